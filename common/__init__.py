@@ -1,0 +1,1 @@
+"""Small pieces every minicloud process shares (logging set-up)."""

@@ -1,0 +1,1 @@
+"""The control plane: gRPC API, state in RocksDB, one stream per node agent."""

@@ -1,0 +1,147 @@
+"""Conversions between generated protobuf messages and the control plane's model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from controlplane.model import DiskSpec, Event, Instance, InstanceSpec, NetworkSpec, VideoSpec
+from controlplane.nodes import NodeCommand, Observation, Outcome
+from protos import common_pb2, instances_pb2, node_pb2
+
+
+def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct as a plain dict, with whole-number floats turned back into ints."""
+    return _ints(json_format.MessageToDict(value))  # type: ignore[no-any-return]
+
+
+def _ints(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_ints(v) for v in value]
+    return value
+
+
+def dict_to_struct(value: dict[str, Any], out: struct_pb2.Struct) -> None:
+    """Fill a Struct from a plain dict."""
+    if value:
+        out.update(value)
+
+
+def spec_from_pb(pb: common_pb2.InstanceSpec) -> InstanceSpec:
+    """A model spec from the wire (defaults are applied later, by validation)."""
+    return InstanceSpec(
+        name=pb.name,
+        cpus=pb.cpus,
+        memory=pb.memory,
+        disks=tuple(DiskSpec(d.size_gb, d.base, d.bus, d.type) for d in pb.disks),
+        networks=tuple(
+            NetworkSpec(n.network_uuid, n.macaddress, n.address, n.model, n.float)
+            for n in pb.networks
+        ),
+        video=VideoSpec(pb.video.model, pb.video.memory, pb.video.vdi),
+        ssh_key=pb.ssh_key,
+        user_data=pb.user_data,
+        metadata=struct_to_dict(pb.metadata),
+        side_channels=tuple(pb.side_channels),
+        uefi=pb.uefi,
+        secure_boot=pb.secure_boot,
+        nvram_template=pb.nvram_template,
+        configdrive=pb.configdrive,
+    )
+
+
+def spec_to_pb(spec: InstanceSpec, out: common_pb2.InstanceSpec) -> None:
+    """Fill a wire spec from the model."""
+    out.name = spec.name
+    out.cpus = spec.cpus
+    out.memory = spec.memory
+    for d in spec.disks:
+        out.disks.add(size_gb=d.size_gb, base=d.base, bus=d.bus, type=d.type)
+    for n in spec.networks:
+        out.networks.add(
+            network_uuid=n.network_uuid, macaddress=n.macaddress, address=n.address,
+            model=n.model, float=n.float,
+        )
+    out.video.model = spec.video.model
+    out.video.memory = spec.video.memory
+    out.video.vdi = spec.video.vdi
+    out.ssh_key = spec.ssh_key
+    out.user_data = spec.user_data
+    dict_to_struct(spec.metadata, out.metadata)
+    out.side_channels.extend(spec.side_channels)
+    out.uefi = spec.uefi
+    out.secure_boot = spec.secure_boot
+    out.nvram_template = spec.nvram_template
+    out.configdrive = spec.configdrive
+
+
+def instance_to_pb(instance: Instance) -> instances_pb2.Instance:
+    """An instance for the wire."""
+    pb = instances_pb2.Instance(
+        uuid=instance.uuid,
+        namespace=instance.namespace,
+        state=instance.state,
+        error_message=instance.error_message,
+        power_state=instance.power_state,
+        node=instance.node,
+        version=instance.version,
+        created_at=instance.created_at,
+        state_updated_at=instance.state_updated_at,
+        agent_state=instance.agent_state,
+        agent_system_boot_time=instance.agent_system_boot_time,
+        console_port=instance.console_port,
+        vdi_port=instance.vdi_port,
+        vdi_tls_port=instance.vdi_tls_port,
+    )
+    spec_to_pb(instance.spec, pb.spec)
+    return pb
+
+
+def event_to_pb(event: Event) -> common_pb2.Event:
+    """An event for the wire."""
+    pb = common_pb2.Event(
+        object_uuid=event.object_uuid, type=event.type, message=event.message,
+        timestamp=event.timestamp, fqdn=event.fqdn, duration=event.duration,
+    )
+    dict_to_struct(event.extra, pb.extra)
+    return pb
+
+
+def event_from_pb(pb: common_pb2.Event) -> Event:
+    """An event from the wire."""
+    return Event(
+        object_uuid=pb.object_uuid, type=pb.type, message=pb.message, timestamp=pb.timestamp,
+        fqdn=pb.fqdn, duration=pb.duration, extra=struct_to_dict(pb.extra),
+    )
+
+
+def observation_from_pb(pb: node_pb2.DomainObservation) -> Observation:
+    """A node's view of a domain."""
+    return Observation(pb.instance_uuid, pb.exists, pb.power_state, pb.reason)
+
+
+def outcome_from_pb(pb: node_pb2.CommandResult) -> Outcome:
+    """A node's answer to a command."""
+    return Outcome(
+        command_id=pb.command_id, instance_uuid=pb.instance_uuid, ok=pb.ok, error=pb.error,
+        retryable=pb.retryable,
+        observation=observation_from_pb(pb.observation) if pb.HasField("observation") else None,
+    )
+
+
+def command_to_pb(command: NodeCommand) -> node_pb2.ControlMessage:
+    """A node command for the wire."""
+    pb = node_pb2.Command(command_id=command.command_id, instance_uuid=command.instance_uuid)
+    if command.kind == "create" and command.spec is not None:
+        pb.create.namespace = command.namespace
+        spec_to_pb(command.spec, pb.create.spec)
+    elif command.kind == "power":
+        pb.power.action = command.power_action
+    else:
+        pb.destroy.SetInParent()
+    return node_pb2.ControlMessage(command=pb)

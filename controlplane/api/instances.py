@@ -1,0 +1,111 @@
+"""The public InstanceService over gRPC: translates messages, calls the service."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from controlplane.api.convert import event_to_pb, instance_to_pb, spec_from_pb
+from controlplane.api.status import grpc_errors, namespace_of
+from controlplane.errors import MiniCloudError, status_of
+from controlplane.model import Instance
+from controlplane.services.instances import InstanceService
+from protos import instances_pb2, instances_pb2_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class InstanceServicer(instances_pb2_grpc.InstanceServiceServicer):
+    """gRPC face of the instance use cases."""
+
+    def __init__(self, service: InstanceService) -> None:
+        self.service = service
+
+    @grpc_errors
+    async def Create(
+        self, request: instances_pb2.CreateInstanceRequest, context: Context
+    ) -> instances_pb2.Instance:
+        spec = spec_from_pb(request.spec)
+        return instance_to_pb(await self.service.create(namespace_of(context), spec))
+
+    @grpc_errors
+    async def Get(self, request: instances_pb2.InstanceRef, context: Context) -> instances_pb2.Instance:
+        return instance_to_pb(await self.service.get(namespace_of(context), request.ref))
+
+    @grpc_errors
+    async def List(
+        self, request: instances_pb2.ListInstancesRequest, context: Context
+    ) -> instances_pb2.ListInstancesResponse:
+        found = await self.service.list(namespace_of(context), request.include_deleted)
+        return instances_pb2.ListInstancesResponse(instances=[instance_to_pb(i) for i in found])
+
+    @grpc_errors
+    async def Delete(
+        self, request: instances_pb2.InstanceRef, context: Context
+    ) -> instances_pb2.Instance:
+        return instance_to_pb(await self.service.delete(namespace_of(context), request.ref))
+
+    async def _power(self, request: instances_pb2.InstanceRef, context: Context, op: str) -> Any:
+        return instance_to_pb(await self.service.power(namespace_of(context), request.ref, op))
+
+    @grpc_errors
+    async def SoftReboot(self, request: instances_pb2.InstanceRef, context: Context) -> Any:
+        return await self._power(request, context, "soft-reboot")
+
+    @grpc_errors
+    async def HardReboot(self, request: instances_pb2.InstanceRef, context: Context) -> Any:
+        return await self._power(request, context, "hard-reboot")
+
+    @grpc_errors
+    async def PowerOn(self, request: instances_pb2.InstanceRef, context: Context) -> Any:
+        return await self._power(request, context, "on")
+
+    @grpc_errors
+    async def PowerOff(self, request: instances_pb2.InstanceRef, context: Context) -> Any:
+        return await self._power(request, context, "off")
+
+    @grpc_errors
+    async def Pause(self, request: instances_pb2.InstanceRef, context: Context) -> Any:
+        return await self._power(request, context, "pause")
+
+    @grpc_errors
+    async def Unpause(self, request: instances_pb2.InstanceRef, context: Context) -> Any:
+        return await self._power(request, context, "unpause")
+
+    @grpc_errors
+    async def GetEvents(
+        self, request: instances_pb2.GetEventsRequest, context: Context
+    ) -> instances_pb2.GetEventsResponse:
+        events = await self.service.events(
+            namespace_of(context), request.ref, request.event_type, request.limit
+        )
+        return instances_pb2.GetEventsResponse(events=[event_to_pb(e) for e in events])
+
+    async def Watch(
+        self, request: instances_pb2.WatchRequest, context: Context
+    ) -> AsyncIterator[instances_pb2.WatchUpdate]:
+        sub = await _subscribe(self.service, namespace_of(context), request.ref, context)
+        try:
+            if request.ref:
+                current = await self.service.get(namespace_of(context), request.ref)
+                yield instances_pb2.WatchUpdate(instance=instance_to_pb(current))
+            while not sub.overflowed:
+                update = await sub.queue.get()
+                if isinstance(update, Instance):
+                    yield instances_pb2.WatchUpdate(instance=instance_to_pb(update))
+                else:
+                    yield instances_pb2.WatchUpdate(event=event_to_pb(update))
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "watcher fell too far behind; watch again"
+            )
+        finally:
+            self.service.hub.unsubscribe(sub)
+
+
+async def _subscribe(service: InstanceService, namespace: str, ref: str, context: Context) -> Any:
+    try:
+        return await service.watch(namespace, ref)
+    except MiniCloudError as exc:
+        await context.abort(getattr(grpc.StatusCode, status_of(exc)[0]), str(exc))

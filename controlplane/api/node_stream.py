@@ -1,0 +1,130 @@
+"""The NodeService stream: one per node agent, translated to registry calls.
+
+The first message must be ``register``; then the node's inventory follows.
+Reads and writes run as two tasks; when either ends (or the node stays
+silent past the timeout) the session is closed and pending commands fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import structlog
+
+from controlplane.api.convert import (
+    command_to_pb,
+    event_from_pb,
+    observation_from_pb,
+    outcome_from_pb,
+)
+from controlplane.model import Node
+from controlplane.nodes import NodeRegistry, Session
+from controlplane.reconciler import Reconciler
+from controlplane.settings import Settings
+from controlplane.store.records import Records
+from protos import node_pb2, node_pb2_grpc
+
+log = structlog.get_logger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class NodeServicer(node_pb2_grpc.NodeServiceServicer):
+    """Holds node agents' streams."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        nodes: NodeRegistry,
+        reconciler: Reconciler,
+        records: Records,
+        clock: Callable[[], float],
+    ) -> None:
+        self.settings = settings
+        self.nodes = nodes
+        self.reconciler = reconciler
+        self.records = records
+        self.clock = clock
+
+    async def Connect(
+        self, request_iterator: AsyncIterator[node_pb2.NodeMessage], context: Context
+    ) -> AsyncIterator[node_pb2.ControlMessage]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("body") != "register":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first message must be register")
+            return
+        reg = first.register
+        if not reg.name or reg.cpus <= 0 or reg.memory_mb <= 0:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "register needs a name, cpus and memory_mb"
+            )
+            return
+        node = Node(
+            name=reg.name, address=reg.address, cpus=reg.cpus, memory_mb=reg.memory_mb,
+            hypervisor=reg.hypervisor, agent_version=reg.agent_version, last_seen=self.clock(),
+        )
+        await self.records.put_node(node)
+        session = self.nodes.connect(node, self.clock())
+        log.info("node connected", node=node.name, hypervisor=node.hypervisor)
+        reader = asyncio.create_task(self._read(session, request_iterator))
+        watchdog = asyncio.create_task(self._watchdog(session))
+        try:
+            yield node_pb2.ControlMessage(
+                registered=node_pb2.Registered(
+                    heartbeat_interval=self.settings.heartbeat_interval
+                )
+            )
+            while (command := await session.outbox.get()) is not None:
+                yield command_to_pb(command)
+        finally:
+            reader.cancel()
+            watchdog.cancel()
+            self.nodes.disconnect(session)
+            log.info("node disconnected", node=node.name)
+
+    async def _read(
+        self, session: Session, messages: AsyncIterator[node_pb2.NodeMessage]
+    ) -> None:
+        try:
+            async for message in messages:
+                session.last_seen = self.clock()
+                try:
+                    await self._dispatch(session, message)
+                except Exception:
+                    log.exception("cannot handle node message", node=session.node.name)
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            pass
+        except Exception:
+            log.exception("node stream failed", node=session.node.name)
+        finally:
+            session.close()
+
+    async def _dispatch(self, session: Session, message: node_pb2.NodeMessage) -> None:
+        kind = message.WhichOneof("body")
+        if kind == "heartbeat":
+            session.heartbeats += 1
+        elif kind == "result":
+            await self.reconciler.on_result(session, outcome_from_pb(message.result))
+        elif kind == "observation":
+            await self.reconciler.on_observation(
+                session, observation_from_pb(message.observation)
+            )
+        elif kind == "inventory":
+            domains = [observation_from_pb(d) for d in message.inventory.domains]
+            await self.reconciler.on_inventory(session, domains)
+        elif kind == "event":
+            await self.reconciler.on_node_event(session, event_from_pb(message.event.event))
+        else:
+            log.warning("unexpected node message", node=session.node.name, kind=kind)
+
+    async def _watchdog(self, session: Session) -> None:
+        timeout = self.settings.node_timeout
+        while True:
+            await asyncio.sleep(timeout / 4)
+            if self.clock() - session.last_seen > timeout:
+                log.warning("node silent too long; closing its stream", node=session.node.name)
+                session.close()
+                return

@@ -1,0 +1,111 @@
+"""The control plane's entry point and composition root.
+
+Builds every piece once from the settings, serves the gRPC API (with health
+checking and server reflection) and the node stream, and shuts down cleanly
+on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from common import logs
+from controlplane.api.instances import InstanceServicer
+from controlplane.api.node_stream import NodeServicer
+from controlplane.hub import Hub
+from controlplane.nodes import NodeRegistry
+from controlplane.reconciler import Reconciler
+from controlplane.services.instances import InstanceService
+from controlplane.settings import Settings
+from controlplane.store.protocol import Store
+from controlplane.store.records import Records
+from controlplane.store.rocks import RocksStore
+from protos import instances_pb2, node_pb2, node_pb2_grpc
+from protos.instances_pb2_grpc import add_InstanceServiceServicer_to_server
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class ControlPlane:
+    """A running control plane: its server, the port it listens on, its parts."""
+
+    server: grpc.aio.Server
+    port: int
+    store: Store
+    records: Records
+    nodes: NodeRegistry
+    service: InstanceService
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Stop serving, end node streams, close the store."""
+        for session in list(self.nodes.sessions.values()):
+            session.close()
+        await self.server.stop(grace)
+        await self.store.close()
+
+
+async def start(
+    settings: Settings, store: Store | None = None, clock: Callable[[], float] = time.time
+) -> ControlPlane:
+    """Build and start a control plane (RocksDB under data_dir unless a store is given)."""
+    store = store if store is not None else RocksStore(settings.data_dir / "store")
+    hub = Hub()
+    records = Records(store, hub)
+    nodes = NodeRegistry()
+    nodes.load_usage(await records.list_instances())
+    reconciler = Reconciler(records, nodes, settings.name, clock)
+    service = InstanceService(settings, records, nodes, reconciler, hub)
+
+    server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    )
+    add_InstanceServiceServicer_to_server(InstanceServicer(service), server)
+    node_pb2_grpc.add_NodeServiceServicer_to_server(
+        NodeServicer(settings, nodes, reconciler, records, clock), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = (
+        instances_pb2.DESCRIPTOR.services_by_name["InstanceService"].full_name,
+        node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
+        health.SERVICE_NAME,
+        reflection.SERVICE_NAME,
+    )
+    reflection.enable_server_reflection(names, server)
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {settings.listen}")
+    await server.start()
+    for name in ("", *names[:2]):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("control plane serving", listen=settings.listen, port=port)
+    return ControlPlane(server, port, store, records, nodes, service)
+
+
+async def run(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    plane = await start(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await plane.stop()
+
+
+def main() -> None:
+    """Console script: minicloud-controlplane."""
+    settings = Settings.from_env()
+    logs.configure(json=settings.log_json)
+    asyncio.run(run(settings))

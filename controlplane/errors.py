@@ -1,0 +1,74 @@
+"""The control plane's error tree, and what each error means to a caller.
+
+    MiniCloudError (retryable: bool)
+    ├── InvalidArgument      bad input; fix the request        INVALID_ARGUMENT / 400
+    ├── NotFound             no such object (or not yours)     NOT_FOUND / 404
+    ├── AlreadyExists        the name is taken                 ALREADY_EXISTS / 409
+    ├── FailedPrecondition   not allowed in the current state  FAILED_PRECONDITION / 409
+    ├── ResourceExhausted    no node can take it               RESOURCE_EXHAUSTED / 507
+    ├── Unavailable          a node is not connected; retry    UNAVAILABLE / 406
+    └── DeadlineExceeded     a node did not answer in time     DEADLINE_EXCEEDED / 406
+
+``STATUS`` maps each class to its gRPC status code name and HTTP status; the
+gRPC servicers and the REST gateway both use it.
+"""
+
+from __future__ import annotations
+
+
+class MiniCloudError(Exception):
+    """Base of every error the control plane reports to callers."""
+
+    retryable = False
+
+
+class InvalidArgument(MiniCloudError):
+    """The request is malformed or asks for something that cannot exist."""
+
+
+class NotFound(MiniCloudError):
+    """No such object in the caller's namespace."""
+
+
+class AlreadyExists(MiniCloudError):
+    """An object with that name already exists in the namespace."""
+
+
+class FailedPrecondition(MiniCloudError):
+    """The object's current state does not allow the operation."""
+
+
+class ResourceExhausted(MiniCloudError):
+    """No node has room for the request."""
+
+
+class Unavailable(MiniCloudError):
+    """A needed node is not connected right now."""
+
+    retryable = True
+
+
+class DeadlineExceeded(MiniCloudError):
+    """A node did not answer in time."""
+
+    retryable = True
+
+
+# class -> (gRPC status code name, HTTP status)
+STATUS: dict[type[MiniCloudError], tuple[str, int]] = {
+    InvalidArgument: ("INVALID_ARGUMENT", 400),
+    NotFound: ("NOT_FOUND", 404),
+    AlreadyExists: ("ALREADY_EXISTS", 409),
+    FailedPrecondition: ("FAILED_PRECONDITION", 409),
+    ResourceExhausted: ("RESOURCE_EXHAUSTED", 507),
+    Unavailable: ("UNAVAILABLE", 406),
+    DeadlineExceeded: ("DEADLINE_EXCEEDED", 406),
+}
+
+
+def status_of(error: MiniCloudError) -> tuple[str, int]:
+    """The gRPC code name and HTTP status for an error (INTERNAL/500 if unmapped)."""
+    for cls in type(error).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]  # type: ignore[index]
+    return ("INTERNAL", 500)

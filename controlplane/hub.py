@@ -1,0 +1,55 @@
+"""In-process fan-out of instance changes and new events to Watch streams."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from controlplane.model import Event, Instance
+
+Update = Instance | Event
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One watcher: what it wants to see and its queue of updates."""
+
+    namespace: str
+    instance_uuid: str = ""
+    queue: asyncio.Queue[Update] = field(default_factory=lambda: asyncio.Queue(maxsize=10000))
+    overflowed: bool = False
+
+
+class Hub:
+    """Delivers each change to every matching subscription without blocking.
+
+    A watcher that falls more than its queue's size behind is marked
+    ``overflowed`` and stops receiving; its stream should end so the client
+    can watch again and re-read.
+    """
+
+    def __init__(self) -> None:
+        self._subs: set[Subscription] = set()
+
+    def subscribe(self, namespace: str, instance_uuid: str = "") -> Subscription:
+        """Start receiving updates for a namespace (or one instance in it)."""
+        sub = Subscription(namespace=namespace, instance_uuid=instance_uuid)
+        self._subs.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        """Stop receiving updates."""
+        self._subs.discard(sub)
+
+    def publish(self, namespace: str, update: Update) -> None:
+        """Hand an instance change or event to every matching watcher."""
+        uuid = update.uuid if isinstance(update, Instance) else update.object_uuid
+        for sub in self._subs:
+            if sub.overflowed or sub.namespace != namespace:
+                continue
+            if sub.instance_uuid and sub.instance_uuid != uuid:
+                continue
+            try:
+                sub.queue.put_nowait(update)
+            except asyncio.QueueFull:
+                sub.overflowed = True

@@ -1,0 +1,175 @@
+"""The control plane's records: instances, events and nodes, as plain dataclasses.
+
+Records are stored as JSON with a ``schema`` number; ``UPGRADES`` holds the
+steps that bring an older stored record up to date when it is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA = 1
+
+JsonDict = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    """One disk: size in GB, base image ref, bus and device type."""
+
+    size_gb: int = 0
+    base: str = ""
+    bus: str = "virtio"
+    type: str = "disk"
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """One interface request; stored now, wired by the networking feature."""
+
+    network_uuid: str = ""
+    macaddress: str = ""
+    address: str = ""
+    model: str = "virtio"
+    float: bool = False
+
+
+@dataclass(frozen=True)
+class VideoSpec:
+    """The video card model, its RAM in KiB, and the remote display protocol."""
+
+    model: str = "cirrus"
+    memory: int = 16384
+    vdi: str = "spice"
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """Everything a caller asked for when creating an instance."""
+
+    name: str
+    cpus: int
+    memory: int
+    disks: tuple[DiskSpec, ...] = ()
+    networks: tuple[NetworkSpec, ...] = ()
+    video: VideoSpec = field(default_factory=VideoSpec)
+    ssh_key: str = ""
+    user_data: str = ""
+    metadata: JsonDict = field(default_factory=dict)
+    side_channels: tuple[str, ...] = ()
+    uefi: bool = False
+    secure_boot: bool = False
+    nvram_template: str = ""
+    configdrive: str = "openstack-disk"
+
+
+@dataclass(frozen=True)
+class Instance:
+    """An instance record: its spec and everything known about it."""
+
+    uuid: str
+    namespace: str
+    spec: InstanceSpec
+    state: str = "initial"
+    power_state: str = "initial"
+    error_message: str = ""
+    node: str = ""
+    version: int = 0
+    created_at: float = 0.0
+    state_updated_at: float = 0.0
+    agent_state: str = ""
+    agent_system_boot_time: float = 0.0
+    console_port: int = 0
+    vdi_port: int = 0
+    vdi_tls_port: int = 0
+    # Sequence number of the last command sent to the node for this instance.
+    command_seq: int = 0
+
+    def with_changes(self, **changes: Any) -> Instance:
+        """A copy with some fields replaced."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of an object's event log."""
+
+    object_uuid: str
+    type: str
+    message: str
+    timestamp: float
+    fqdn: str = ""
+    duration: float = 0.0
+    extra: JsonDict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Node:
+    """A hypervisor node as it registered."""
+
+    name: str
+    address: str
+    cpus: int
+    memory_mb: int
+    hypervisor: str
+    agent_version: str = ""
+    last_seen: float = 0.0
+
+
+def _spec_from_dict(data: JsonDict) -> InstanceSpec:
+    return InstanceSpec(
+        name=data["name"],
+        cpus=data["cpus"],
+        memory=data["memory"],
+        disks=tuple(DiskSpec(**d) for d in data.get("disks", ())),
+        networks=tuple(NetworkSpec(**n) for n in data.get("networks", ())),
+        video=VideoSpec(**data.get("video", {})),
+        ssh_key=data.get("ssh_key", ""),
+        user_data=data.get("user_data", ""),
+        metadata=dict(data.get("metadata", {})),
+        side_channels=tuple(data.get("side_channels", ())),
+        uefi=data.get("uefi", False),
+        secure_boot=data.get("secure_boot", False),
+        nvram_template=data.get("nvram_template", ""),
+        configdrive=data.get("configdrive", "openstack-disk"),
+    )
+
+
+# schema number -> step upgrading a stored dict from that schema to the next.
+UPGRADES: dict[int, Callable[[JsonDict], JsonDict]] = {}
+
+
+def _upgrade(data: JsonDict) -> JsonDict:
+    schema = data.pop("schema", SCHEMA)
+    while schema < SCHEMA:
+        data = UPGRADES[schema](data)
+        schema += 1
+    return data
+
+
+def encode(record: Instance | Event | Node) -> bytes:
+    """A record as stored JSON."""
+    data = dataclasses.asdict(record)
+    data["schema"] = SCHEMA
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def decode_instance(raw: bytes) -> Instance:
+    """An instance record from stored JSON."""
+    data = _upgrade(json.loads(raw))
+    data["spec"] = _spec_from_dict(data["spec"])
+    return Instance(**data)
+
+
+def decode_event(raw: bytes) -> Event:
+    """An event from stored JSON."""
+    return Event(**_upgrade(json.loads(raw)))
+
+
+def decode_node(raw: bytes) -> Node:
+    """A node record from stored JSON."""
+    return Node(**_upgrade(json.loads(raw)))

@@ -1,0 +1,154 @@
+"""The registry of connected node agents and the commands in flight to them.
+
+The node stream adapter turns protobuf into the plain messages here; the
+registry keeps one session per connected node, an outbox per session, a
+future per command awaiting its result, and each node's committed usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from controlplane.errors import Unavailable
+from controlplane.model import Instance, InstanceSpec, Node
+from controlplane.placement import Capacity
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a node sees of one instance's domain."""
+
+    instance_uuid: str
+    exists: bool
+    power_state: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class NodeCommand:
+    """A command for a node: create, power (with an action) or destroy."""
+
+    command_id: str
+    instance_uuid: str
+    kind: str
+    power_action: str = ""
+    namespace: str = ""
+    spec: InstanceSpec | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A node's answer to a command."""
+
+    command_id: str
+    instance_uuid: str
+    ok: bool
+    error: str = ""
+    retryable: bool = False
+    observation: Observation | None = None
+
+
+@dataclass
+class Session:
+    """One connected node agent's stream."""
+
+    node: Node
+    outbox: asyncio.Queue[NodeCommand | None] = field(default_factory=asyncio.Queue)
+    pending: dict[str, asyncio.Future[Outcome]] = field(default_factory=dict)
+    last_seen: float = 0.0
+    heartbeats: int = 0
+
+    def close(self) -> None:
+        """End the stream and fail every command still waiting for an answer."""
+        self.outbox.put_nowait(None)
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(Unavailable(f"node {self.node.name} disconnected"))
+        self.pending.clear()
+
+
+class NodeRegistry:
+    """Connected nodes, their usage, and command routing."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, Session] = {}
+        self._usage: dict[str, dict[str, tuple[int, int]]] = {}
+        self._totals: dict[str, tuple[int, int]] = {}
+
+    def connect(self, node: Node, now: float) -> Session:
+        """Register a node's new stream, closing any older one it had."""
+        old = self.sessions.get(node.name)
+        if old is not None:
+            old.close()
+        session = Session(node=node, last_seen=now)
+        self.sessions[node.name] = session
+        return session
+
+    def disconnect(self, session: Session) -> None:
+        """Forget a stream that ended (if it is still the node's current one)."""
+        if self.sessions.get(session.node.name) is session:
+            del self.sessions[session.node.name]
+        session.close()
+
+    def connected(self, name: str) -> bool:
+        """Whether a node has a live stream."""
+        return name in self.sessions
+
+    def load_usage(self, instances: Iterable[Instance]) -> None:
+        """Count what placed, live instances use on each node (at start-up)."""
+        for instance in instances:
+            if instance.node and instance.state != "deleted":
+                self.add_usage(instance)
+
+    def add_usage(self, instance: Instance) -> None:
+        """Count an instance against its node."""
+        self.release_usage(instance)
+        spec = instance.spec
+        self._usage.setdefault(instance.node, {})[instance.uuid] = (spec.cpus, spec.memory)
+        self._adjust(instance.node, spec.cpus, spec.memory)
+
+    def release_usage(self, instance: Instance) -> None:
+        """Stop counting an instance against its node."""
+        used = self._usage.get(instance.node, {}).pop(instance.uuid, None)
+        if used is not None:
+            self._adjust(instance.node, -used[0], -used[1])
+
+    def _adjust(self, node: str, cpus: int, memory: int) -> None:
+        total = self._totals.get(node, (0, 0))
+        self._totals[node] = (total[0] + cpus, total[1] + memory)
+
+    def capacities(self) -> list[Capacity]:
+        """Size and usage of every connected node, for placement."""
+        result = []
+        for name, session in self.sessions.items():
+            used_cpus, used_memory = self._totals.get(name, (0, 0))
+            result.append(
+                Capacity(
+                    name=name,
+                    cpus=session.node.cpus,
+                    memory_mb=session.node.memory_mb,
+                    used_cpus=used_cpus,
+                    used_memory_mb=used_memory,
+                )
+            )
+        return result
+
+    def send(self, node: str, command: NodeCommand) -> asyncio.Future[Outcome]:
+        """Queue a command for a node; the future resolves with its outcome."""
+        session = self.sessions.get(node)
+        if session is None:
+            raise Unavailable(f"node {node} is not connected; try again later")
+        future = session.pending.get(command.command_id)
+        if future is None or future.done():
+            future = asyncio.get_running_loop().create_future()
+            session.pending[command.command_id] = future
+        session.outbox.put_nowait(command)
+        return future
+
+    def resolve(self, session: Session, outcome: Outcome) -> None:
+        """Hand a command's outcome to whoever waits for it."""
+        future = session.pending.pop(outcome.command_id, None)
+        if future is not None and not future.done():
+            future.set_result(outcome)

@@ -1,0 +1,253 @@
+"""Applies lifecycle decisions: writes records, logs events, sends node commands.
+
+Everything that changes an instance goes through ``transition``: it asks the
+pure lifecycle what an event leads to, commits the change with
+compare-and-set (re-reading on conflict), then performs the decision's
+actions. Node reports (results, observations, inventories) arrive here too,
+so the control plane converges on what the nodes really have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from controlplane import lifecycle
+from controlplane.errors import FailedPrecondition, NotFound
+from controlplane.model import Event, Instance
+from controlplane.nodes import NodeCommand, NodeRegistry, Observation, Outcome, Session
+from controlplane.store.protocol import Conflict
+from controlplane.store.records import Records
+
+log = structlog.get_logger(__name__)
+
+Clock = Callable[[], float]
+MAX_CREATE_ATTEMPTS = 3
+
+
+class Reconciler:
+    """Drives instances through the lifecycle and keeps nodes in step."""
+
+    def __init__(self, records: Records, nodes: NodeRegistry, fqdn: str, clock: Clock) -> None:
+        self.records = records
+        self.nodes = nodes
+        self.fqdn = fqdn
+        self.clock = clock
+        self._create_attempts: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def event(
+        self, uuid: str, message: str, kind: str = "mutate", **extra: Any
+    ) -> Event:
+        """An event stamped now, from this control plane."""
+        return Event(uuid, kind, message, self.clock(), self.fqdn, extra=extra)
+
+    async def transition(
+        self,
+        uuid: str,
+        event: str,
+        *,
+        observed_power: str = "",
+        error: str = "",
+        reason: str = "",
+    ) -> Instance:
+        """Apply one lifecycle event to an instance and perform its actions."""
+        instance, _ = await self.transition_sent(
+            uuid, event, observed_power=observed_power, error=error, reason=reason
+        )
+        return instance
+
+    async def transition_sent(
+        self,
+        uuid: str,
+        event: str,
+        *,
+        observed_power: str = "",
+        error: str = "",
+        reason: str = "",
+    ) -> tuple[Instance, list[asyncio.Future[Outcome]]]:
+        """As transition, also returning the futures of the commands it sent."""
+        for _ in range(20):
+            instance = await self.records.get_instance(uuid)
+            if instance is None:
+                raise NotFound(f"instance {uuid} not found")
+            view = lifecycle.View(instance.state, instance.power_state, bool(instance.node))
+            try:
+                decision = lifecycle.decide(view, event, observed_power)
+            except lifecycle.Refused as exc:
+                raise FailedPrecondition(str(exc)) from exc
+            new, events = self._apply(instance, decision, error, reason)
+            try:
+                stored = await self.records.update_instance(instance, new, events)
+            except Conflict:
+                continue
+            if stored.state == lifecycle.DELETED and instance.state != lifecycle.DELETED:
+                self.nodes.release_usage(instance)
+            return stored, self.perform(stored, decision.actions)
+        raise FailedPrecondition(f"instance {uuid} is changing too fast; try again")
+
+    def _apply(
+        self, old: Instance, decision: lifecycle.Decision, error: str, reason: str
+    ) -> tuple[Instance, list[Event]]:
+        now = self.clock()
+        changes: dict[str, Any] = {}
+        events: list[Event] = []
+        if decision.state != old.state:
+            changes["state"] = decision.state
+            changes["state_updated_at"] = now
+            message = f"state changed from {old.state} to {decision.state}"
+            events.append(self.event(old.uuid, message, old=old.state, new=decision.state))
+        if decision.power_state != old.power_state:
+            changes["power_state"] = decision.power_state
+            message = f"power state changed from {old.power_state} to {decision.power_state}"
+            if reason:
+                message += f" ({reason})"
+            events.append(
+                self.event(old.uuid, message, old=old.power_state, new=decision.power_state)
+            )
+        if error:
+            changes["error_message"] = error
+            events.append(self.event(old.uuid, f"error: {error}", kind="status"))
+        if decision.actions:
+            changes["command_seq"] = old.command_seq + 1
+        return old.with_changes(**changes), events
+
+    def perform(
+        self, instance: Instance, actions: tuple[str, ...]
+    ) -> list[asyncio.Future[Outcome]]:
+        """Send the commands a decision asked for (nodes that are away catch up later)."""
+        futures = []
+        for action in actions:
+            command = self.command_for(instance, action)
+            if self.nodes.connected(instance.node):
+                futures.append(self.nodes.send(instance.node, command))
+        return futures
+
+    def command_for(self, instance: Instance, action: str) -> NodeCommand:
+        """The node command that performs a lifecycle action."""
+        command_id = f"{instance.uuid}/{instance.command_seq}"
+        if action == "create-domain":
+            return NodeCommand(
+                command_id, instance.uuid, "create", namespace=instance.namespace,
+                spec=instance.spec,
+            )
+        if action == "destroy-domain":
+            return NodeCommand(command_id, instance.uuid, "destroy")
+        return NodeCommand(
+            command_id, instance.uuid, "power", power_action=action.removeprefix("power-")
+        )
+
+    async def on_result(self, session: Session, outcome: Outcome) -> None:
+        """A node answered a command: move the instance on, then wake any waiter."""
+        try:
+            await self._handle_result(session, outcome)
+        except Exception:
+            log.exception("cannot apply command result", command=outcome.command_id)
+        self.nodes.resolve(session, outcome)
+
+    async def _handle_result(self, session: Session, outcome: Outcome) -> None:
+        instance = await self.records.get_instance(outcome.instance_uuid)
+        if instance is None:
+            return
+        if instance.state == lifecycle.CREATING:
+            if outcome.ok:
+                self._create_attempts.pop(instance.uuid, None)
+                await self.transition(instance.uuid, "created")
+            else:
+                await self._create_failed(session, instance, outcome)
+            return
+        if instance.state == lifecycle.DELETE_WAIT:
+            if outcome.ok:
+                await self.transition(instance.uuid, "destroyed", reason="domain removed")
+            else:
+                await self.records.add_events(
+                    instance.namespace,
+                    [self.event(instance.uuid, f"delete failed: {outcome.error}", "status")],
+                )
+            return
+        if outcome.observation is not None:
+            await self.on_observation(session, outcome.observation)
+
+    async def _create_failed(self, session: Session, instance: Instance, outcome: Outcome) -> None:
+        attempts = self._create_attempts.get(instance.uuid, 0) + 1
+        if outcome.retryable and attempts < MAX_CREATE_ATTEMPTS:
+            self._create_attempts[instance.uuid] = attempts
+            await self.records.add_events(
+                instance.namespace,
+                [self.event(instance.uuid, f"create failed, retrying: {outcome.error}", "status")],
+            )
+            self._later(2.0 * attempts, self._resend, session.node.name, instance.uuid)
+            return
+        self._create_attempts.pop(instance.uuid, None)
+        await self.transition(instance.uuid, "fail", error=outcome.error)
+        await self.transition(instance.uuid, "settle-error")
+
+    async def _resend(self, node: str, uuid: str) -> None:
+        instance = await self.records.get_instance(uuid)
+        if instance is not None and instance.state == lifecycle.CREATING:
+            self.perform(instance, ("create-domain",))
+
+    def _later(self, delay: float, func: Callable[[str, str], Any], *args: str) -> None:
+        async def run() -> None:
+            await asyncio.sleep(delay)
+            await func(*args)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def on_observation(self, session: Session, obs: Observation) -> None:
+        """A node saw a domain change: record the power state it really has."""
+        instance = await self.records.get_instance(obs.instance_uuid)
+        if instance is None or instance.state == lifecycle.DELETED:
+            if obs.exists:
+                self._destroy_orphan(session, obs.instance_uuid)
+            return
+        if instance.node != session.node.name:
+            return
+        if not obs.exists:
+            if instance.state == lifecycle.CREATED:
+                await self.transition(
+                    instance.uuid, "fail", error=f"domain disappeared from node {instance.node}"
+                )
+                await self.transition(instance.uuid, "settle-error")
+            return
+        if (
+            instance.state in lifecycle.ON_NODE
+            and instance.state != lifecycle.CREATING
+            and obs.power_state != instance.power_state
+        ):
+            await self.transition(
+                instance.uuid, "observed", observed_power=obs.power_state, reason=obs.reason
+            )
+
+    async def on_inventory(self, session: Session, domains: list[Observation]) -> None:
+        """A node (re)connected and listed its domains: converge both ways."""
+        seen = {d.instance_uuid: d for d in domains}
+        node = session.node.name
+        for uuid in await self.records.uuids_on_node(node):
+            instance = await self.records.get_instance(uuid)
+            if instance is None:
+                continue
+            if instance.state == lifecycle.CREATING:
+                self.perform(instance, ("create-domain",))
+            elif instance.state == lifecycle.DELETE_WAIT:
+                self.perform(instance, ("destroy-domain",))
+            else:
+                await self.on_observation(session, seen.get(uuid, Observation(uuid, False)))
+            seen.pop(uuid, None)
+        for uuid in seen:
+            self._destroy_orphan(session, uuid)
+
+    def _destroy_orphan(self, session: Session, uuid: str) -> None:
+        log.info("removing domain unknown to the control plane", node=session.node.name, uuid=uuid)
+        self.nodes.send(session.node.name, NodeCommand(f"{uuid}/orphan", uuid, "destroy"))
+
+    async def on_node_event(self, session: Session, event: Event) -> None:
+        """A node reported progress or a fact about one of its instances."""
+        instance = await self.records.get_instance(event.object_uuid)
+        if instance is not None and instance.node == session.node.name:
+            await self.records.add_events(instance.namespace, [event])

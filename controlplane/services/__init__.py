@@ -1,0 +1,1 @@
+"""Use cases of the public API, free of any transport."""

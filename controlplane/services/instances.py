@@ -1,0 +1,159 @@
+"""Instance use cases: create, read, list, delete, power operations, events, watch."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid as uuidlib
+
+import structlog
+
+from controlplane import lifecycle
+from controlplane.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from controlplane.hub import Hub, Subscription
+from controlplane.model import Event, Instance, InstanceSpec
+from controlplane.nodes import NodeRegistry
+from controlplane.placement import choose_node
+from controlplane.reconciler import Reconciler
+from controlplane.settings import Settings
+from controlplane.store.protocol import Conflict
+from controlplane.store.records import Records
+from controlplane.validation import check_spec, looks_like_uuid
+
+log = structlog.get_logger(__name__)
+
+MAX_EVENTS = 10000
+
+
+class InstanceService:
+    """What callers can do with instances, within their namespace."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        records: Records,
+        nodes: NodeRegistry,
+        reconciler: Reconciler,
+        hub: Hub,
+    ) -> None:
+        self.settings = settings
+        self.records = records
+        self.nodes = nodes
+        self.reconciler = reconciler
+        self.hub = hub
+
+    async def create(self, namespace: str, spec: InstanceSpec) -> Instance:
+        """Check, place and record a new instance, then ask its node to build it."""
+        spec = check_spec(spec)
+        if await self.records.find_by_name(namespace, spec.name) is not None:
+            raise AlreadyExists(f"an instance named {spec.name!r} already exists in {namespace}")
+        node = choose_node(
+            self.nodes.capacities(), spec.cpus, spec.memory,
+            self.settings.cpu_overcommit, self.settings.ram_overcommit,
+        )
+        now = self.reconciler.clock()
+        uuid = str(uuidlib.uuid4())
+        view = lifecycle.View(lifecycle.INITIAL, "initial")
+        view = lifecycle.View(lifecycle.decide(view, "schedule").state, "initial")
+        placed = lifecycle.decide(view, "place")
+        instance = Instance(
+            uuid=uuid, namespace=namespace, spec=spec, state=placed.state,
+            power_state=placed.power_state, node=node, created_at=now, state_updated_at=now,
+            agent_state="not ready (no contact)" if "sf-agent" in spec.side_channels else "",
+            command_seq=1,
+        )
+        event = self.reconciler.event
+        events = [
+            event(uuid, "create requested", "audit", cpus=spec.cpus, memory=spec.memory),
+            event(uuid, f"schedule complete: placed on {node}", "mutate", node=node),
+            event(uuid, "state changed from initial to creating", old="initial", new="creating"),
+        ]
+        try:
+            stored = await self.records.create_instance(instance, events)
+        except Conflict as exc:
+            raise AlreadyExists(
+                f"an instance named {spec.name!r} already exists in {namespace}"
+            ) from exc
+        self.nodes.add_usage(stored)
+        self.reconciler.perform(stored, placed.actions)
+        log.info("instance created", uuid=uuid, name=spec.name, node=node, namespace=namespace)
+        return stored
+
+    async def get(self, namespace: str, ref: str) -> Instance:
+        """An instance by UUID (deleted ones too) or by live name, in the namespace."""
+        if not ref:
+            raise InvalidArgument("an instance UUID or name is required")
+        found = None
+        if looks_like_uuid(ref):
+            found = await self.records.get_instance(ref)
+        if found is None:
+            found = await self.records.find_by_name(namespace, ref)
+        if found is None or found.namespace != namespace:
+            raise NotFound(f"instance {ref!r} not found")
+        return found
+
+    async def list(self, namespace: str, include_deleted: bool = False) -> list[Instance]:
+        """The namespace's instances, oldest first."""
+        found = [
+            i
+            for i in await self.records.list_instances()
+            if i.namespace == namespace and (include_deleted or i.state != lifecycle.DELETED)
+        ]
+        return sorted(found, key=lambda i: i.created_at)
+
+    async def delete(self, namespace: str, ref: str) -> Instance:
+        """Start deleting an instance; deleting a deleted instance is a no-op."""
+        instance = await self.get(namespace, ref)
+        if instance.state in (lifecycle.DELETED, lifecycle.DELETE_WAIT):
+            return instance
+        await self.records.add_events(
+            namespace, [self.reconciler.event(instance.uuid, "delete requested", "audit")]
+        )
+        return await self.reconciler.transition(instance.uuid, "delete")
+
+    async def power(self, namespace: str, ref: str, op: str) -> Instance:
+        """Perform a power operation and wait for the node to confirm it."""
+        instance = await self.get(namespace, ref)
+        if op not in lifecycle.POWER_OPS:
+            raise InvalidArgument(f"unknown power operation {op!r}")
+        view = lifecycle.View(instance.state, instance.power_state, bool(instance.node))
+        try:
+            lifecycle.decide(view, f"power-{op}")
+        except lifecycle.Refused as exc:
+            raise FailedPrecondition(str(exc)) from exc
+        if not self.nodes.connected(instance.node):
+            raise Unavailable(f"node {instance.node} is not connected; try again later")
+        await self.records.add_events(
+            namespace, [self.reconciler.event(instance.uuid, f"{op} requested", "audit")]
+        )
+        updated, futures = await self.reconciler.transition_sent(instance.uuid, f"power-{op}")
+        for future in futures:
+            try:
+                outcome = await asyncio.wait_for(future, self.settings.command_timeout)
+            except TimeoutError as exc:
+                raise DeadlineExceeded(
+                    f"node {updated.node} did not finish {op} in time; it may still"
+                ) from exc
+            if not outcome.ok:
+                raise FailedPrecondition(f"{op} failed on node {updated.node}: {outcome.error}")
+        return await self.get(namespace, updated.uuid)
+
+    async def events(
+        self, namespace: str, ref: str, event_type: str = "", limit: int = 100
+    ) -> list[Event]:
+        """An instance's events, newest first."""
+        if limit < 0 or limit > MAX_EVENTS:
+            raise InvalidArgument(f"limit must be between 0 and {MAX_EVENTS}")
+        instance = await self.get(namespace, ref)
+        return await self.records.events(instance.uuid, event_type, limit or 100)
+
+    async def watch(self, namespace: str, ref: str = "") -> Subscription:
+        """Subscribe to changes of one instance, or of every instance in the namespace."""
+        uuid = (await self.get(namespace, ref)).uuid if ref else ""
+        return self.hub.subscribe(namespace, uuid)

@@ -1,0 +1,45 @@
+"""Control-plane settings: loaded once by the entry point and passed down."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the control plane can be configured with."""
+
+    listen: str = "127.0.0.1:13000"
+    data_dir: Path = Path("/var/lib/minicloud/controlplane")
+    name: str = socket.gethostname()
+    heartbeat_interval: float = 5.0
+    # A node whose stream has been silent this long is treated as gone.
+    node_timeout: float = 20.0
+    # How long a power operation waits for its node's answer.
+    command_timeout: float = 120.0
+    cpu_overcommit: float = 16.0
+    ram_overcommit: float = 1.5
+    log_json: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Settings from MINICLOUD_* environment variables over the defaults."""
+        env = os.environ if env is None else env
+        base = cls()
+        return cls(
+            listen=env.get("MINICLOUD_LISTEN", base.listen),
+            data_dir=Path(env.get("MINICLOUD_DATA_DIR", str(base.data_dir))),
+            name=env.get("MINICLOUD_NAME", base.name),
+            heartbeat_interval=float(
+                env.get("MINICLOUD_HEARTBEAT_INTERVAL", base.heartbeat_interval)
+            ),
+            node_timeout=float(env.get("MINICLOUD_NODE_TIMEOUT", base.node_timeout)),
+            command_timeout=float(env.get("MINICLOUD_COMMAND_TIMEOUT", base.command_timeout)),
+            cpu_overcommit=float(env.get("MINICLOUD_CPU_OVERCOMMIT", base.cpu_overcommit)),
+            ram_overcommit=float(env.get("MINICLOUD_RAM_OVERCOMMIT", base.ram_overcommit)),
+            log_json=env.get("MINICLOUD_LOG_JSON", "") in ("1", "true", "yes"),
+        )

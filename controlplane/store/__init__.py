@@ -1,0 +1,1 @@
+"""The store port, its RocksDB adapter, an in-memory fake, and typed records."""

@@ -1,0 +1,91 @@
+"""The key-value store port every state-keeping piece of the control plane uses.
+
+Semantics every implementation honours (tests/contract/test_store_contract.py):
+
+- Keys and values are bytes. Every key carries a version: 1 when first
+  written, +1 on every later write. A missing key has version 0.
+- ``commit`` applies a batch of puts and deletes atomically. An operation
+  with ``expect`` set is a compare-and-set: the whole batch is refused with
+  ``Conflict`` (retryable) unless the key's current version equals it
+  (0 meaning "must not exist"). Nothing of a refused batch is applied.
+- ``scan`` returns the items whose keys start with ``prefix`` in key order
+  (or reverse order), at most ``limit`` of them.
+- What was committed survives ``close`` and reopening the same location.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class StoreError(Exception):
+    """The store failed; ``retryable`` says whether trying again makes sense."""
+
+    retryable = False
+
+
+class Conflict(StoreError):
+    """A compare-and-set expectation did not hold; read again and retry."""
+
+    retryable = True
+
+
+@dataclass(frozen=True)
+class Item:
+    """A stored value with its key and version."""
+
+    key: bytes
+    value: bytes
+    version: int
+
+
+@dataclass(frozen=True)
+class Put:
+    """Write ``value`` at ``key``; if ``expect`` is set, only at that version."""
+
+    key: bytes
+    value: bytes
+    expect: int | None = None
+
+
+@dataclass(frozen=True)
+class Delete:
+    """Remove ``key``; if ``expect`` is set, only at that version."""
+
+    key: bytes
+    expect: int | None = None
+
+
+Op = Put | Delete
+
+
+class Store(Protocol):
+    """A versioned, ordered key-value store with atomic batches."""
+
+    async def get(self, key: bytes) -> Item | None:
+        """The item at key, or None."""
+        ...
+
+    async def scan(
+        self, prefix: bytes, *, reverse: bool = False, limit: int | None = None
+    ) -> list[Item]:
+        """Items under prefix in key order (or reversed), at most limit."""
+        ...
+
+    async def commit(self, ops: Sequence[Op]) -> None:
+        """Apply every op or none (Conflict when an expectation fails)."""
+        ...
+
+    async def close(self) -> None:
+        """Flush and release the store."""
+        ...
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The smallest key greater than every key starting with prefix."""
+    trimmed = prefix.rstrip(b"\xff")
+    if not trimmed:
+        return b"\xff" * (len(prefix) + 1)
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])

@@ -1,0 +1,153 @@
+"""Typed records over the store port: instances, their indexes, events, nodes.
+
+Key layout (all keys are UTF-8):
+
+    inst/<uuid>                         instance record (JSON)
+    name/<namespace>/<name>             -> uuid of the live instance with that name
+    onnode/<node>/<uuid>                instance placed on a node (empty value)
+    ev/<uuid>/<time ns, 20 digits>/<n>  event (JSON); newest last in key order
+    node/<name>                         node record (JSON)
+
+Every write of an instance is a compare-and-set on its version, so two
+writers never overwrite each other silently; every change is handed to the
+hub for Watch streams after it is committed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+from controlplane.hub import Hub
+from controlplane.model import (
+    Event,
+    Instance,
+    Node,
+    decode_event,
+    decode_instance,
+    decode_node,
+    encode,
+)
+from controlplane.store.protocol import Delete, Op, Put, Store
+
+DELETED = "deleted"
+
+
+def _inst_key(uuid: str) -> bytes:
+    return f"inst/{uuid}".encode()
+
+
+def _name_key(namespace: str, name: str) -> bytes:
+    return f"name/{namespace}/{name}".encode()
+
+
+def _node_index_key(node: str, uuid: str) -> bytes:
+    return f"onnode/{node}/{uuid}".encode()
+
+
+class Records:
+    """Reads and writes the control plane's records."""
+
+    def __init__(self, store: Store, hub: Hub) -> None:
+        self.store = store
+        self.hub = hub
+        self._seq = itertools.count()
+
+    async def get_instance(self, uuid: str) -> Instance | None:
+        """An instance by UUID (deleted ones included), or None."""
+        item = await self.store.get(_inst_key(uuid))
+        if item is None:
+            return None
+        return decode_instance(item.value).with_changes(version=item.version)
+
+    async def find_by_name(self, namespace: str, name: str) -> Instance | None:
+        """The live instance with that name in the namespace, or None."""
+        item = await self.store.get(_name_key(namespace, name))
+        return None if item is None else await self.get_instance(item.value.decode())
+
+    async def list_instances(self) -> list[Instance]:
+        """Every instance record."""
+        items = await self.store.scan(b"inst/")
+        return [decode_instance(i.value).with_changes(version=i.version) for i in items]
+
+    async def uuids_on_node(self, node: str) -> list[str]:
+        """UUIDs of the instances placed on a node and not yet deleted."""
+        prefix = f"onnode/{node}/".encode()
+        return [i.key[len(prefix) :].decode() for i in await self.store.scan(prefix)]
+
+    async def create_instance(self, instance: Instance, events: Sequence[Event]) -> Instance:
+        """Store a new instance and claim its name (Conflict if the name is taken)."""
+        ops: list[Op] = [
+            Put(_inst_key(instance.uuid), encode(instance), expect=0),
+            Put(_name_key(instance.namespace, instance.spec.name), instance.uuid.encode(), 0),
+        ]
+        if instance.node:
+            ops.append(Put(_node_index_key(instance.node, instance.uuid), b""))
+        ops += self._event_ops(events)
+        await self.store.commit(ops)
+        stored = instance.with_changes(version=1)
+        self._publish(stored, events)
+        return stored
+
+    async def update_instance(
+        self, old: Instance, new: Instance, events: Sequence[Event] = ()
+    ) -> Instance:
+        """Replace old with new if nobody changed it meanwhile (else Conflict)."""
+        ops: list[Op] = [Put(_inst_key(new.uuid), encode(new), expect=old.version)]
+        if new.state == DELETED and old.state != DELETED:
+            ops.append(Delete(_name_key(new.namespace, new.spec.name)))
+            if old.node:
+                ops.append(Delete(_node_index_key(old.node, old.uuid)))
+        elif new.node != old.node:
+            if old.node:
+                ops.append(Delete(_node_index_key(old.node, old.uuid)))
+            if new.node:
+                ops.append(Put(_node_index_key(new.node, new.uuid), b""))
+        ops += self._event_ops(events)
+        await self.store.commit(ops)
+        stored = new.with_changes(version=old.version + 1)
+        self._publish(stored, events)
+        return stored
+
+    async def add_events(self, namespace: str, events: Sequence[Event]) -> None:
+        """Append events to their objects' logs."""
+        await self.store.commit(self._event_ops(events))
+        for event in events:
+            self.hub.publish(namespace, event)
+
+    async def events(self, uuid: str, event_type: str = "", limit: int = 100) -> list[Event]:
+        """An object's events, newest first, optionally of one type only."""
+        prefix = f"ev/{uuid}/".encode()
+        if not event_type:
+            items = await self.store.scan(prefix, reverse=True, limit=limit)
+            return [decode_event(i.value) for i in items]
+        found: list[Event] = []
+        for item in await self.store.scan(prefix, reverse=True):
+            event = decode_event(item.value)
+            if event.type == event_type:
+                found.append(event)
+                if len(found) >= limit:
+                    break
+        return found
+
+    async def put_node(self, node: Node) -> None:
+        """Record a node as it registered."""
+        await self.store.commit([Put(f"node/{node.name}".encode(), encode(node))])
+
+    async def list_nodes(self) -> list[Node]:
+        """Every node that ever registered."""
+        return [decode_node(i.value) for i in await self.store.scan(b"node/")]
+
+    def _event_ops(self, events: Sequence[Event]) -> list[Op]:
+        return [
+            Put(
+                f"ev/{e.object_uuid}/{int(e.timestamp * 1e9):020d}/{next(self._seq):08d}".encode(),
+                encode(e),
+            )
+            for e in events
+        ]
+
+    def _publish(self, instance: Instance, events: Sequence[Event]) -> None:
+        for event in events:
+            self.hub.publish(instance.namespace, event)
+        self.hub.publish(instance.namespace, instance)

@@ -1,0 +1,104 @@
+"""The RocksDB store adapter (via rocksdict): the only module that imports it.
+
+Each value is stored behind an 8-byte big-endian version. Batches are checked
+and written under one lock, so compare-and-set is atomic within the process
+(one control plane owns one RocksDB directory). Blocking calls run in a
+worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import rocksdict
+
+from controlplane.store.protocol import Conflict, Delete, Item, Op, Put, StoreError, prefix_end
+
+_VERSION = struct.Struct(">Q")
+
+
+class RocksStore:
+    """A versioned store in one RocksDB directory."""
+
+    def __init__(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        options = rocksdict.Options(raw_mode=True)
+        options.create_if_missing(True)
+        try:
+            self._db = rocksdict.Rdict(str(path), options)
+        except Exception as exc:  # rocksdict raises plain exceptions
+            raise StoreError(f"cannot open RocksDB at {path}: {exc}") from exc
+        self._lock = threading.Lock()
+
+    async def get(self, key: bytes) -> Item | None:
+        return await asyncio.to_thread(self._get, key)
+
+    async def scan(
+        self, prefix: bytes, *, reverse: bool = False, limit: int | None = None
+    ) -> list[Item]:
+        return await asyncio.to_thread(self._scan, prefix, reverse, limit)
+
+    async def commit(self, ops: Sequence[Op]) -> None:
+        await asyncio.to_thread(self._commit, list(ops))
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._close)
+
+    def _get(self, key: bytes) -> Item | None:
+        raw = self._db.get(key)
+        return None if raw is None else _decode(key, raw)
+
+    def _scan(self, prefix: bytes, reverse: bool, limit: int | None) -> list[Item]:
+        found: list[Item] = []
+        it = self._db.iter()
+        if reverse:
+            it.seek_for_prev(prefix_end(prefix))
+            if it.valid() and it.key() == prefix_end(prefix):
+                it.prev()
+        else:
+            it.seek(prefix)
+        while it.valid() and (limit is None or len(found) < limit):
+            key = it.key()
+            if not key.startswith(prefix):
+                break
+            found.append(_decode(key, it.value()))
+            if reverse:
+                it.prev()
+            else:
+                it.next()
+        return found
+
+    def _commit(self, ops: list[Op]) -> None:
+        with self._lock:
+            original = {op.key: self._version(op.key) for op in ops}
+            for op in ops:
+                if op.expect is not None and original[op.key] != op.expect:
+                    raise Conflict(f"key {op.key!r} is not at version {op.expect}")
+            versions = dict(original)
+            batch = rocksdict.WriteBatch(raw_mode=True)
+            for op in ops:
+                if isinstance(op, Put):
+                    versions[op.key] += 1
+                    batch.put(op.key, _VERSION.pack(versions[op.key]) + op.value)
+                elif isinstance(op, Delete):
+                    versions[op.key] = 0
+                    batch.delete(op.key)
+            self._db.write(batch)
+
+    def _version(self, key: bytes) -> int:
+        raw = self._db.get(key)
+        return 0 if raw is None else int(_VERSION.unpack_from(raw)[0])
+
+    def _close(self) -> None:
+        with self._lock:
+            self._db.flush()
+            self._db.close()
+
+
+def _decode(key: bytes, raw: bytes) -> Item:
+    (version,) = _VERSION.unpack_from(raw)
+    return Item(key, raw[_VERSION.size :], version)

@@ -1,0 +1,116 @@
+"""Checks and defaults for what callers ask for, before anything is stored."""
+
+from __future__ import annotations
+
+import re
+
+from controlplane.errors import InvalidArgument
+from controlplane.model import DiskSpec, InstanceSpec, NetworkSpec, VideoSpec
+
+DISK_BUSES = ("virtio", "sata", "scsi", "usb", "nvme")
+DISK_TYPES = ("disk", "cdrom")
+NIC_MODELS = ("virtio", "e1000", "rtl8139", "ne2k_pci", "pcnet", "i82551", "i82557b", "i82559er")
+VIDEO_MODELS = ("vga", "cirrus", "qxl")
+VDI_TYPES = ("vnc", "spice", "spiceconcurrent")
+CONFIGDRIVES = ("openstack-disk", "none")
+MAX_CPUS = 64
+MAX_MEMORY_MB = 1024 * 1024
+MAX_DISK_GB = 64 * 1024
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def looks_like_uuid(text: str) -> bool:
+    """Whether text has the shape of a lower-case UUID."""
+    return bool(UUID_RE.match(text))
+
+
+def _choice(value: str, allowed: tuple[str, ...], default: str, what: str) -> str:
+    value = value or default
+    if value not in allowed:
+        raise InvalidArgument(f"{what} {value!r} is not one of: {', '.join(allowed)}")
+    return value
+
+
+def check_disk(index: int, disk: DiskSpec) -> DiskSpec:
+    """A disk spec with defaults applied, or InvalidArgument saying what is wrong."""
+    if disk.bus == "ide":
+        raise InvalidArgument(
+            f"disk {index}: bus 'ide' is no longer supported (removed in Shaken Fist v0.7 "
+            "for its very poor performance); use virtio, sata, scsi, usb or nvme"
+        )
+    bus = _choice(disk.bus, DISK_BUSES, "virtio", f"disk {index}: bus")
+    kind = _choice(disk.type, DISK_TYPES, "disk", f"disk {index}: type")
+    if disk.size_gb < 0 or disk.size_gb > MAX_DISK_GB:
+        raise InvalidArgument(f"disk {index}: size must be between 0 and {MAX_DISK_GB} GB")
+    if disk.size_gb == 0 and not disk.base:
+        raise InvalidArgument(f"disk {index}: a blank disk needs a size greater than 0")
+    if kind == "cdrom" and not disk.base:
+        raise InvalidArgument(f"disk {index}: a cdrom needs a base image")
+    return DiskSpec(size_gb=disk.size_gb, base=disk.base, bus=bus, type=kind)
+
+
+def check_network(index: int, net: NetworkSpec) -> NetworkSpec:
+    """A network spec with defaults applied; the network itself is checked later."""
+    model = _choice(net.model, NIC_MODELS, "virtio", f"network {index}: model")
+    mac = net.macaddress.lower()
+    if mac and not MAC_RE.match(mac):
+        raise InvalidArgument(f"network {index}: {net.macaddress!r} is not a MAC address")
+    if net.network_uuid and not looks_like_uuid(net.network_uuid):
+        raise InvalidArgument(f"network {index}: {net.network_uuid!r} is not a network UUID")
+    return NetworkSpec(
+        network_uuid=net.network_uuid, macaddress=mac, address=net.address, model=model,
+        float=net.float,
+    )
+
+
+def check_video(video: VideoSpec) -> VideoSpec:
+    """A video spec with defaults applied."""
+    memory = video.memory or 16384
+    if memory < 0 or memory > 512 * 1024:
+        raise InvalidArgument("video memory must be between 1 and 524288 KiB")
+    return VideoSpec(
+        model=_choice(video.model, VIDEO_MODELS, "cirrus", "video model"),
+        memory=memory,
+        vdi=_choice(video.vdi, VDI_TYPES, "spice", "vdi"),
+    )
+
+
+def check_spec(spec: InstanceSpec) -> InstanceSpec:
+    """The whole create request checked, with defaults applied."""
+    if not NAME_RE.match(spec.name):
+        raise InvalidArgument(
+            f"name {spec.name!r} must be 1-63 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    if looks_like_uuid(spec.name):
+        raise InvalidArgument("an instance name may not look like a UUID")
+    if not 1 <= spec.cpus <= MAX_CPUS:
+        raise InvalidArgument(f"cpus must be between 1 and {MAX_CPUS}, not {spec.cpus}")
+    if not 16 <= spec.memory <= MAX_MEMORY_MB:
+        raise InvalidArgument(f"memory must be between 16 and {MAX_MEMORY_MB} MiB, not {spec.memory}")
+    if not spec.disks:
+        raise InvalidArgument("an instance needs at least one disk")
+    if spec.secure_boot and not spec.uefi:
+        raise InvalidArgument("secure_boot needs uefi")
+    configdrive = _choice(spec.configdrive, CONFIGDRIVES, "openstack-disk", "configdrive")
+    for channel in spec.side_channels:
+        if not NAME_RE.match(channel):
+            raise InvalidArgument(f"side channel name {channel!r} is not valid")
+    return InstanceSpec(
+        name=spec.name,
+        cpus=spec.cpus,
+        memory=spec.memory,
+        disks=tuple(check_disk(i, d) for i, d in enumerate(spec.disks)),
+        networks=tuple(check_network(i, n) for i, n in enumerate(spec.networks)),
+        video=check_video(spec.video),
+        ssh_key=spec.ssh_key,
+        user_data=spec.user_data,
+        metadata=dict(spec.metadata),
+        side_channels=tuple(spec.side_channels),
+        uefi=spec.uefi,
+        secure_boot=spec.secure_boot,
+        nvram_template=spec.nvram_template,
+        configdrive=configdrive,
+    )

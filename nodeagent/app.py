@@ -1,0 +1,99 @@
+"""The node agent's entry point and composition root.
+
+Builds the hypervisor driver (libvirt, or the fake for simulations), the
+disk builder, the executor, the observer and the link, and runs them in one
+TaskGroup until SIGTERM or SIGINT. Stopping the agent never stops guests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+
+import structlog
+
+from common import logs
+from nodeagent.disks.fake import FakeDiskBuilder
+from nodeagent.disks.protocol import DiskBuilder
+from nodeagent.executor import Executor
+from nodeagent.hypervisor.fake import FakeHypervisor
+from nodeagent.hypervisor.protocol import Hypervisor
+from nodeagent.link import Identity, Link
+from nodeagent.observer import observe
+from nodeagent.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+def machine_memory_mb() -> int:
+    """Physical memory of this machine in MiB."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+
+
+def build_drivers(settings: Settings) -> tuple[Hypervisor, DiskBuilder]:
+    """The hypervisor driver and disk builder the settings ask for."""
+    if settings.hypervisor == "fake":
+        return FakeHypervisor(), FakeDiskBuilder()
+    from nodeagent.disks.qcow2 import Qcow2DiskBuilder
+    from nodeagent.hypervisor.libvirt_driver import LibvirtHypervisor, probe_domain_type
+
+    hypervisor = LibvirtHypervisor(
+        uri=settings.libvirt_uri,
+        domain_type=probe_domain_type(settings.domain_type),
+        sockets_dir=settings.instances_dir,
+        vdi_listen=settings.vdi_listen,
+    )
+    disks = Qcow2DiskBuilder(
+        settings.instances_dir, settings.image_cache_dir, settings.image_url_template
+    )
+    return hypervisor, disks
+
+
+def build_link(settings: Settings, hypervisor: Hypervisor, disks: DiskBuilder) -> Link:
+    """The link, with its executor, for these drivers."""
+    identity = Identity(
+        name=settings.name,
+        address=settings.address,
+        cpus=settings.cpus or os.cpu_count() or 1,
+        memory_mb=settings.memory_mb or machine_memory_mb(),
+        hypervisor=hypervisor.kind,
+    )
+    link: Link
+    executor = Executor(hypervisor, disks, settings.instances_dir, lambda e: link.emit(e))
+    link = Link(
+        settings.control_plane, identity, executor,
+        backoff_base=settings.backoff_base, backoff_cap=settings.backoff_cap,
+    )
+    return link
+
+
+async def run(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    settings.instances_dir.mkdir(parents=True, exist_ok=True)
+    hypervisor, disks = build_drivers(settings)
+    link = build_link(settings, hypervisor, disks)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("node agent starting", name=settings.name, hypervisor=hypervisor.kind)
+    with contextlib.suppress(asyncio.CancelledError):
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(link.run()),
+                group.create_task(observe(hypervisor, link.send)),
+            ]
+            await stop.wait()
+            log.info("node agent stopping; guests keep running")
+            for task in tasks:
+                task.cancel()
+    await hypervisor.close()
+
+
+def main() -> None:
+    """Console script: minicloud-nodeagent."""
+    settings = Settings.from_env()
+    logs.configure(json=settings.log_json)
+    asyncio.run(run(settings))

@@ -1,0 +1,1 @@
+"""Disk preparation: base images fetched into a cache, qcow2 overlays on top."""

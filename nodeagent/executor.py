@@ -1,0 +1,142 @@
+"""Carries out control-plane commands on the hypervisor, one message in, one result out.
+
+Commands for one instance run one at a time, in arrival order. A command id
+seen before returns its first result (the control plane may replay after a
+reconnect). ``execute`` never raises: every failure becomes a result that
+says whether retrying makes sense.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from nodeagent.disks.protocol import DiskBuilder, DiskError
+from nodeagent.hypervisor.protocol import DomainState, Hypervisor, HypervisorError
+from nodeagent.messages import Command, NodeEvent, Observation, Result
+
+log = structlog.get_logger(__name__)
+
+REMEMBERED_RESULTS = 4096
+
+
+def observation_of(uuid: str, state: DomainState | None) -> Observation:
+    """A domain's state as reported to the control plane."""
+    if state is None:
+        return Observation(uuid, exists=False)
+    return Observation(uuid, True, state.power_state, state.reason)
+
+
+class Executor:
+    """Runs commands against the hypervisor and disk builder."""
+
+    def __init__(
+        self,
+        hypervisor: Hypervisor,
+        disks: DiskBuilder,
+        instances_dir: Path,
+        emit: Callable[[NodeEvent], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.hypervisor = hypervisor
+        self.disks = disks
+        self.instances_dir = instances_dir
+        self.emit = emit
+        self.clock = clock
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._results: OrderedDict[str, Result] = OrderedDict()
+
+    def console_log(self, uuid: str) -> Path:
+        """Where an instance's serial console is logged."""
+        return self.instances_dir / uuid / "console.log"
+
+    async def execute(self, command: Command) -> Result:
+        """Run a command (or return the remembered result of a replayed one)."""
+        lock = self._locks.setdefault(command.instance_uuid, asyncio.Lock())
+        async with lock:
+            remembered = self._results.get(command.command_id)
+            if remembered is not None:
+                return remembered
+            result = await self._run(command)
+            if not (not result.ok and result.retryable):
+                self._remember(result)
+        if command.kind == "destroy":
+            self._locks.pop(command.instance_uuid, None)
+        return result
+
+    def _remember(self, result: Result) -> None:
+        self._results[result.command_id] = result
+        while len(self._results) > REMEMBERED_RESULTS:
+            self._results.popitem(last=False)
+
+    async def _run(self, command: Command) -> Result:
+        uuid = command.instance_uuid
+        bound = log.bind(command=command.command_id, kind=command.kind, uuid=uuid)
+        started = self.clock()
+        try:
+            if command.kind == "create":
+                state = await self._create(command)
+            elif command.kind == "power":
+                state = await self.hypervisor.power(uuid, command.power_action)
+            elif command.kind == "destroy":
+                await self._destroy(uuid)
+                state = None
+            else:
+                return Result(command.command_id, uuid, False, f"unknown command {command.kind!r}")
+        except (HypervisorError, DiskError) as exc:
+            bound.warning("command failed", error=str(exc), retryable=exc.retryable)
+            current = await self._current(uuid)
+            return Result(command.command_id, uuid, False, str(exc), exc.retryable, current)
+        except Exception as exc:
+            bound.exception("command crashed")
+            current = await self._current(uuid)
+            return Result(command.command_id, uuid, False, f"internal error: {exc}", False, current)
+        bound.info("command done", seconds=round(self.clock() - started, 3))
+        return Result(command.command_id, uuid, True, observation=observation_of(uuid, state))
+
+    async def _current(self, uuid: str) -> Observation | None:
+        try:
+            return observation_of(uuid, await self.hypervisor.get_domain(uuid))
+        except HypervisorError:
+            return None
+
+    async def _create(self, command: Command) -> DomainState:
+        spec = command.spec
+        if spec is None:
+            raise HypervisorError("create command without a spec")
+        uuid = spec.uuid
+        existing = await self.hypervisor.get_domain(uuid)
+        if existing is not None and existing.power_state == "on":
+            return existing
+        self.emit(NodeEvent(uuid, "preparing disks", timestamp=self.clock()))
+        started = self.clock()
+        prepared = await self.disks.prepare(
+            uuid, spec.disks, lambda message: self.emit(NodeEvent(uuid, message, timestamp=self.clock()))
+        )
+        self.emit(
+            NodeEvent(
+                uuid, "disks ready", timestamp=self.clock(), duration=self.clock() - started
+            )
+        )
+        self.console_log(uuid).parent.mkdir(parents=True, exist_ok=True)
+        state = await self.hypervisor.define_and_start(spec, prepared, self.console_log(uuid))
+        self.emit(NodeEvent(uuid, "domain started", timestamp=self.clock()))
+        return state
+
+    async def _destroy(self, uuid: str) -> None:
+        await self.hypervisor.remove(uuid)
+        await self.disks.remove(uuid)
+        folder = self.instances_dir / uuid
+        if folder.exists():
+            await asyncio.to_thread(shutil.rmtree, folder, True)
+        self.emit(NodeEvent(uuid, "domain and disks removed", timestamp=self.clock()))
+
+    async def inventory(self) -> list[Observation]:
+        """Every domain the hypervisor has."""
+        return [observation_of(d.uuid, d) for d in await self.hypervisor.list_domains()]

@@ -1,0 +1,1 @@
+"""Hypervisor drivers: the port, the libvirt adapter, and an in-memory fake."""

@@ -1,0 +1,97 @@
+"""The hypervisor port: what the executor needs from libvirt (or a fake).
+
+Semantics every implementation honours (the contract suite checks them):
+
+- Domains are keyed by instance UUID. ``power_state`` is one of ``on``,
+  ``off``, ``paused``, ``crashed``.
+- ``define_and_start`` is idempotent: for a domain that already exists it
+  only makes sure the domain runs, and returns its state.
+- ``power`` acts on an existing domain and returns the state after the action;
+  an unknown UUID raises ``DomainNotFound``; an action the domain's current
+  state does not allow raises ``HypervisorError`` with ``retryable=False``.
+  ``soft-reboot`` asks the guest (ACPI) and returns at once.
+- ``remove`` stops and undefines a domain; removing a missing domain is a
+  no-op.
+- ``events`` yields a ``DomainEvent`` for every power-state change, including
+  ones nobody asked for (the guest powered itself off, the process died,
+  someone used ``virsh destroy``).
+- Blocking work runs off the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from nodeagent.spec import DomainSpec
+
+POWER_ACTIONS = ("on", "off", "pause", "unpause", "soft-reboot", "hard-reboot")
+
+
+class HypervisorError(Exception):
+    """A hypervisor operation failed; ``retryable`` says whether to try again."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class DomainNotFound(HypervisorError):
+    """No domain exists for that instance."""
+
+
+@dataclass(frozen=True)
+class PreparedDisk:
+    """A disk file ready to attach: its path, format, bus and device type."""
+
+    path: Path
+    bus: str = "virtio"
+    device: str = "disk"
+    format: str = "qcow2"
+
+
+@dataclass(frozen=True)
+class DomainState:
+    """What a domain is doing now, and why it changed last."""
+
+    uuid: str
+    power_state: str
+    reason: str = ""
+
+
+class Hypervisor(Protocol):
+    """The operations the node agent performs on domains."""
+
+    kind: str
+
+    async def list_domains(self) -> list[DomainState]:
+        """Every domain this driver manages."""
+        ...
+
+    async def get_domain(self, uuid: str) -> DomainState | None:
+        """One domain's state, or None when it does not exist."""
+        ...
+
+    async def define_and_start(
+        self, spec: DomainSpec, disks: list[PreparedDisk], console_log: Path
+    ) -> DomainState:
+        """Define the domain (serial console logged to console_log) and start it."""
+        ...
+
+    async def power(self, uuid: str, action: str) -> DomainState:
+        """Perform one of POWER_ACTIONS."""
+        ...
+
+    async def remove(self, uuid: str) -> None:
+        """Stop and undefine the domain, if it exists."""
+        ...
+
+    def events(self) -> AsyncIterator[DomainState]:
+        """Power-state changes as they happen, until close()."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and end events()."""
+        ...

@@ -1,0 +1,218 @@
+"""The node agent's stream to the control plane: dial, register, serve, redial.
+
+On every (re)connect it registers, then sends its whole inventory so the
+control plane can reconcile both ways. Commands run concurrently (the
+executor serialises per instance); results, observations, events and
+heartbeats share one outbox. A lost stream is redialled after a jittered,
+capped exponential backoff; the clock and randomness are injected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+import structlog
+from google.protobuf import json_format
+
+from nodeagent.executor import Executor
+from nodeagent.messages import Command, Inventory, NodeEvent, Observation, Report, Result
+from nodeagent.spec import DiskSpec, DomainSpec, VideoSpec
+from protos import common_pb2, node_pb2, node_pb2_grpc
+
+log = structlog.get_logger(__name__)
+
+AGENT_VERSION = "0.1.0"
+OUTBOX_LIMIT = 100_000
+
+
+@dataclass(frozen=True)
+class Identity:
+    """How this node introduces itself."""
+
+    name: str
+    address: str
+    cpus: int
+    memory_mb: int
+    hypervisor: str
+
+
+def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Full-jitter exponential backoff: a random delay in [0, min(cap, base * 2^attempt)]."""
+    return rng.uniform(0, min(cap, base * (2**attempt)))
+
+
+def spec_from_pb(uuid: str, namespace: str, pb: common_pb2.InstanceSpec) -> DomainSpec:
+    """A domain spec from the wire."""
+    return DomainSpec(
+        uuid=uuid,
+        name=pb.name,
+        namespace=namespace,
+        cpus=pb.cpus,
+        memory_mb=pb.memory,
+        disks=tuple(DiskSpec(d.size_gb, d.base, d.bus or "virtio", d.type or "disk") for d in pb.disks),
+        video=VideoSpec(pb.video.model or "cirrus", pb.video.memory or 16384, pb.video.vdi or "spice"),
+        side_channels=tuple(pb.side_channels),
+        uefi=pb.uefi,
+        secure_boot=pb.secure_boot,
+    )
+
+
+def command_from_pb(pb: node_pb2.Command) -> Command:
+    """A command from the wire."""
+    action = pb.WhichOneof("action")
+    if action == "create":
+        spec = spec_from_pb(pb.instance_uuid, pb.create.namespace, pb.create.spec)
+        return Command(pb.command_id, pb.instance_uuid, "create", spec=spec)
+    if action == "power":
+        return Command(pb.command_id, pb.instance_uuid, "power", power_action=pb.power.action)
+    return Command(pb.command_id, pb.instance_uuid, action or "unknown")
+
+
+def _observation_pb(obs: Observation) -> node_pb2.DomainObservation:
+    return node_pb2.DomainObservation(
+        instance_uuid=obs.instance_uuid, exists=obs.exists, power_state=obs.power_state,
+        reason=obs.reason,
+    )
+
+
+def report_to_pb(report: Report) -> node_pb2.NodeMessage:
+    """A report for the wire."""
+    if isinstance(report, Result):
+        result = node_pb2.CommandResult(
+            command_id=report.command_id, instance_uuid=report.instance_uuid, ok=report.ok,
+            error=report.error, retryable=report.retryable,
+        )
+        if report.observation is not None:
+            result.observation.CopyFrom(_observation_pb(report.observation))
+        return node_pb2.NodeMessage(result=result)
+    if isinstance(report, Observation):
+        return node_pb2.NodeMessage(observation=_observation_pb(report))
+    if isinstance(report, Inventory):
+        return node_pb2.NodeMessage(
+            inventory=node_pb2.Inventory(domains=[_observation_pb(d) for d in report.domains])
+        )
+    event = common_pb2.Event(
+        object_uuid=report.instance_uuid, type=report.type, message=report.message,
+        timestamp=report.timestamp, duration=report.duration,
+    )
+    if report.extra:
+        json_format.ParseDict(report.extra, event.extra)
+    return node_pb2.NodeMessage(event=node_pb2.NodeEvent(event=event))
+
+
+class Link:
+    """Keeps one stream to the control plane alive and serves it."""
+
+    def __init__(
+        self,
+        target: str,
+        identity: Identity,
+        executor: Executor,
+        *,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 15.0,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.target = target
+        self.identity = identity
+        self.executor = executor
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.rng = rng or random.Random()
+        self.sleep = sleep
+        self.clock = clock or (lambda: asyncio.get_running_loop().time())
+        self.connected = asyncio.Event()
+        self.connections = 0
+        self._outbox: asyncio.Queue[node_pb2.NodeMessage] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def send(self, report: Report) -> None:
+        """Queue a report; dropped while disconnected (the inventory covers it)."""
+        outbox = self._outbox
+        if outbox is not None and outbox.qsize() < OUTBOX_LIMIT:
+            outbox.put_nowait(report_to_pb(report))
+
+    def emit(self, event: NodeEvent) -> None:
+        """Queue an instance event (the executor's callback)."""
+        self.send(event)
+
+    async def run(self) -> None:
+        """Dial and serve forever, redialling with backoff when the stream is lost."""
+        attempt = 0
+        while True:
+            try:
+                async with grpc.aio.insecure_channel(self.target) as channel:
+                    await self._serve(node_pb2_grpc.NodeServiceStub(channel))
+                attempt = 0
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                log.warning("stream to control plane lost", code=exc.code().name, details=exc.details())
+            except Exception:
+                log.exception("stream to control plane failed")
+            finally:
+                self.connected.clear()
+                self._outbox = None
+            delay = backoff(attempt, self.backoff_base, self.backoff_cap, self.rng)
+            attempt += 1
+            log.info("redialling control plane", delay=round(delay, 2), attempt=attempt)
+            await self.sleep(delay)
+
+    async def _serve(self, stub: node_pb2_grpc.NodeServiceStub) -> None:
+        outbox: asyncio.Queue[node_pb2.NodeMessage] = asyncio.Queue()
+        ident = self.identity
+        outbox.put_nowait(
+            node_pb2.NodeMessage(
+                register=node_pb2.Register(
+                    name=ident.name, address=ident.address, cpus=ident.cpus,
+                    memory_mb=ident.memory_mb, hypervisor=ident.hypervisor,
+                    agent_version=AGENT_VERSION,
+                )
+            )
+        )
+        call = stub.Connect(_drain(outbox))
+        first = await call.read()
+        if first is grpc.aio.EOF or first.WhichOneof("body") != "registered":
+            raise ConnectionError("control plane did not acknowledge registration")
+        self._outbox = outbox
+        self.connections += 1
+        inventory = await self.executor.inventory()
+        outbox.put_nowait(report_to_pb(Inventory(tuple(inventory))))
+        self.connected.set()
+        log.info("connected to control plane", target=self.target, domains=len(inventory))
+        heartbeat = asyncio.create_task(self._heartbeat(outbox, first.registered.heartbeat_interval))
+        try:
+            while (message := await call.read()) is not grpc.aio.EOF:
+                if message.WhichOneof("body") == "command":
+                    self._spawn(self._handle(command_from_pb(message.command)))
+        finally:
+            heartbeat.cancel()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, command: Command) -> None:
+        result = await self.executor.execute(command)
+        self.send(result)
+
+    async def _heartbeat(self, outbox: asyncio.Queue[node_pb2.NodeMessage], interval: float) -> None:
+        seq = 0
+        while True:
+            await self.sleep(interval or 5.0)
+            seq += 1
+            outbox.put_nowait(
+                node_pb2.NodeMessage(heartbeat=node_pb2.Heartbeat(seq=seq, sent_at=self.clock()))
+            )
+
+
+async def _drain(outbox: asyncio.Queue[node_pb2.NodeMessage]) -> AsyncIterator[node_pb2.NodeMessage]:
+    while True:
+        yield await outbox.get()

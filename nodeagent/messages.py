@@ -1,0 +1,63 @@
+"""What flows over the node stream, as plain dataclasses (the link converts)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from nodeagent.spec import DomainSpec
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command from the control plane: create, power (with an action) or destroy."""
+
+    command_id: str
+    instance_uuid: str
+    kind: str
+    power_action: str = ""
+    spec: DomainSpec | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What this node sees of one instance's domain."""
+
+    instance_uuid: str
+    exists: bool
+    power_state: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outcome of one command."""
+
+    command_id: str
+    instance_uuid: str
+    ok: bool
+    error: str = ""
+    retryable: bool = False
+    observation: Observation | None = None
+
+
+@dataclass(frozen=True)
+class NodeEvent:
+    """Progress or a fact about one instance, for its event log."""
+
+    instance_uuid: str
+    message: str
+    type: str = "status"
+    timestamp: float = 0.0
+    duration: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """Every domain this node has, sent after each (re)registration."""
+
+    domains: tuple[Observation, ...]
+
+
+Report = Result | Observation | NodeEvent | Inventory

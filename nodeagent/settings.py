@@ -1,0 +1,75 @@
+"""Node-agent settings: loaded once by the entry point and passed down."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_IMAGE_TEMPLATE = (
+    "https://cloud.debian.org/images/cloud/{codename}/latest/"
+    "debian-{version}-genericcloud-amd64.qcow2"
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the node agent can be configured with."""
+
+    control_plane: str = "127.0.0.1:13000"
+    name: str = socket.gethostname()
+    address: str = "127.0.0.1"
+    data_dir: Path = Path("/var/lib/minicloud/node")
+    # "libvirt" for real guests, "fake" for simulations.
+    hypervisor: str = "libvirt"
+    libvirt_uri: str = "qemu:///system"
+    # "auto" probes KVM; "kvm" or "qemu" (software emulation) force one.
+    domain_type: str = "auto"
+    # Distribution shorthands ("debian:11") are resolved through this template.
+    image_url_template: str = DEFAULT_IMAGE_TEMPLATE
+    # Where VNC/SPICE servers listen.
+    vdi_listen: str = "127.0.0.1"
+    # Capacity offered to the scheduler; 0 means "what the machine has".
+    cpus: int = 0
+    memory_mb: int = 0
+    backoff_base: float = 0.5
+    backoff_cap: float = 15.0
+    log_json: bool = False
+
+    @property
+    def instances_dir(self) -> Path:
+        """Per-instance folders (disks, console log, sockets)."""
+        return self.data_dir / "instances"
+
+    @property
+    def image_cache_dir(self) -> Path:
+        """Fetched base images."""
+        return self.data_dir / "image-cache"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Settings from MINICLOUD_NODE_* environment variables over the defaults."""
+        env = os.environ if env is None else env
+        base = cls()
+
+        def get(name: str, default: object) -> str:
+            return env.get(f"MINICLOUD_NODE_{name}", str(default))
+
+        return cls(
+            control_plane=get("CONTROL_PLANE", base.control_plane),
+            name=get("NAME", base.name),
+            address=get("ADDRESS", base.address),
+            data_dir=Path(get("DATA_DIR", base.data_dir)),
+            hypervisor=get("HYPERVISOR", base.hypervisor),
+            libvirt_uri=get("LIBVIRT_URI", base.libvirt_uri),
+            domain_type=get("DOMAIN_TYPE", base.domain_type),
+            image_url_template=get("IMAGE_URL_TEMPLATE", base.image_url_template),
+            vdi_listen=get("VDI_LISTEN", base.vdi_listen),
+            cpus=int(get("CPUS", base.cpus)),
+            memory_mb=int(get("MEMORY_MB", base.memory_mb)),
+            backoff_base=float(get("BACKOFF_BASE", base.backoff_base)),
+            backoff_cap=float(get("BACKOFF_CAP", base.backoff_cap)),
+            log_json=get("LOG_JSON", "") in ("1", "true", "yes"),
+        )

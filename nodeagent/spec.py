@@ -1,0 +1,44 @@
+"""What the node agent is asked to build: plain, immutable instance specs.
+
+The link translates protobuf messages into these, so nothing below the link
+imports generated code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    """One disk: size in GB (0: as the base), base image ref, bus and device type."""
+
+    size_gb: int = 0
+    base: str = ""
+    bus: str = "virtio"
+    type: str = "disk"
+
+
+@dataclass(frozen=True)
+class VideoSpec:
+    """The video card model, its RAM in KiB and the remote display protocol."""
+
+    model: str = "cirrus"
+    memory: int = 16384
+    vdi: str = "spice"
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """One instance as the hypervisor sees it."""
+
+    uuid: str
+    name: str
+    namespace: str = "system"
+    cpus: int = 1
+    memory_mb: int = 1024
+    disks: tuple[DiskSpec, ...] = ()
+    video: VideoSpec = field(default_factory=VideoSpec)
+    side_channels: tuple[str, ...] = ()
+    uefi: bool = False
+    secure_boot: bool = False

@@ -1,0 +1,129 @@
+"""Component fixtures: a real control plane on 127.0.0.1 and node agents with fakes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from controlplane.app import ControlPlane, start
+from controlplane.settings import Settings
+from nodeagent.disks.fake import FakeDiskBuilder
+from nodeagent.executor import Executor
+from nodeagent.hypervisor.fake import FakeHypervisor
+from nodeagent.link import Identity, Link
+from nodeagent.observer import observe
+from protos import instances_pb2, instances_pb2_grpc
+
+
+@dataclass
+class FakeNode:
+    """A node agent running in the test's event loop with a fake hypervisor."""
+
+    name: str
+    hypervisor: FakeHypervisor
+    disks: FakeDiskBuilder
+    link: Link
+    tasks: list[asyncio.Task[None]]
+
+    async def stop(self) -> None:
+        """Kill the agent (its fake guests stay as they are)."""
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def start_fake_node(
+    target: str, name: str = "node1", cpus: int = 4, memory_mb: int = 8192,
+    hypervisor: FakeHypervisor | None = None, tmp: Path = Path("/tmp/minicloud-fake"),
+) -> FakeNode:
+    """Start a node agent with fakes and wait until it has registered."""
+    hypervisor = hypervisor or FakeHypervisor()
+    disks = FakeDiskBuilder()
+    link: Link
+    executor = Executor(hypervisor, disks, tmp / name, lambda e: link.emit(e))
+    link = Link(
+        target, Identity(name, "127.0.0.1", cpus, memory_mb, "fake"), executor,
+        backoff_base=0.05, backoff_cap=0.2,
+    )
+    tasks = [
+        asyncio.create_task(link.run()),
+        asyncio.create_task(observe(hypervisor, link.send)),
+    ]
+    await asyncio.wait_for(link.connected.wait(), 10)
+    return FakeNode(name, hypervisor, disks, link, tasks)
+
+
+def plane_settings(data_dir: Path, port: int = 0) -> Settings:
+    """Settings for a test control plane with quick timeouts."""
+    return Settings(
+        listen=f"127.0.0.1:{port}", data_dir=data_dir, name="cp-test",
+        heartbeat_interval=0.5, node_timeout=5.0, command_timeout=10.0,
+    )
+
+
+@pytest.fixture
+async def plane(tmp_path: Path) -> AsyncIterator[ControlPlane]:
+    """A control plane with a RocksDB store in a temporary folder."""
+    cp = await start(plane_settings(tmp_path / "cp"))
+    yield cp
+    await cp.stop(0)
+
+
+@pytest.fixture
+async def node(plane: ControlPlane, tmp_path: Path) -> AsyncIterator[FakeNode]:
+    """One fake node agent connected to the plane."""
+    fake = await start_fake_node(f"127.0.0.1:{plane.port}", tmp=tmp_path)
+    yield fake
+    await fake.stop()
+
+
+class Api:
+    """An InstanceService stub that sends a namespace with every call."""
+
+    def __init__(self, channel: grpc.aio.Channel, namespace: str = "system") -> None:
+        self.stub = instances_pb2_grpc.InstanceServiceStub(channel)
+        self.metadata = (("x-namespace", namespace),)
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        method = getattr(self.stub, name)
+
+        def call(request: Any, **kwargs: Any) -> Any:
+            return method(request, metadata=self.metadata, **kwargs)
+
+        return call
+
+    async def wait_for(
+        self, ref: str, predicate: Callable[[instances_pb2.Instance], bool], timeout: float = 10
+    ) -> instances_pb2.Instance:
+        """Poll Get until predicate holds."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            inst = await self.Get(instances_pb2.InstanceRef(ref=ref))
+            if predicate(inst):
+                return inst
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"timed out; last seen: {inst}")
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def api(plane: ControlPlane) -> AsyncIterator[Api]:
+    """A client of the plane in the system namespace."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
+        yield Api(channel)
+
+
+def create_request(name: str = "vm1", **overrides: Any) -> instances_pb2.CreateInstanceRequest:
+    """A valid create request for a small instance, with fields overridden."""
+    spec: dict[str, Any] = {
+        "name": name, "cpus": 1, "memory": 256,
+        "disks": [{"size_gb": 1, "base": "debian:11"}],
+    }
+    spec.update(overrides)
+    return instances_pb2.CreateInstanceRequest(spec=spec)
