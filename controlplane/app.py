@@ -66,9 +66,7 @@ async def start(
     reconciler = Reconciler(records, nodes, settings.name, clock)
     service = InstanceService(settings, records, nodes, reconciler, hub)
 
-    server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-    )
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
     add_InstanceServiceServicer_to_server(InstanceServicer(service), server)
     node_pb2_grpc.add_NodeServiceServicer_to_server(
         NodeServicer(settings, nodes, reconciler, records, clock), server

@@ -70,5 +70,5 @@ def status_of(error: MiniCloudError) -> tuple[str, int]:
     """The gRPC code name and HTTP status for an error (INTERNAL/500 if unmapped)."""
     for cls in type(error).__mro__:
         if cls in STATUS:
-            return STATUS[cls]  # type: ignore[index]
+            return STATUS[cls]
     return ("INTERNAL", 500)

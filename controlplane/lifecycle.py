@@ -25,12 +25,23 @@ CREATING_ERROR = "creating-error"
 CREATED_ERROR = "created-error"
 
 STATES = (
-    INITIAL, PREFLIGHT, CREATING, CREATED, DELETE_WAIT, DELETED, ERROR,
-    INITIAL_ERROR, PREFLIGHT_ERROR, CREATING_ERROR, CREATED_ERROR,
+    INITIAL,
+    PREFLIGHT,
+    CREATING,
+    CREATED,
+    DELETE_WAIT,
+    DELETED,
+    ERROR,
+    INITIAL_ERROR,
+    PREFLIGHT_ERROR,
+    CREATING_ERROR,
+    CREATED_ERROR,
 )
 PHASE_ERROR = {
-    INITIAL: INITIAL_ERROR, PREFLIGHT: PREFLIGHT_ERROR,
-    CREATING: CREATING_ERROR, CREATED: CREATED_ERROR,
+    INITIAL: INITIAL_ERROR,
+    PREFLIGHT: PREFLIGHT_ERROR,
+    CREATING: CREATING_ERROR,
+    CREATED: CREATED_ERROR,
 }
 POWER_STATES = ("initial", "on", "off", "paused", "crashed")
 
@@ -123,7 +134,9 @@ def decide(view: View, event: str, observed_power: str = "") -> Decision:
     if view.state not in rule.states:
         raise Refused(f"cannot {event} an instance that is {view.state}")
     if rule.powers is not None and view.power_state not in rule.powers:
-        raise Refused(f"cannot {event.removeprefix('power-')} an instance that is powered {view.power_state}")
+        raise Refused(
+            f"cannot {event.removeprefix('power-')} an instance that is powered {view.power_state}"
+        )
     state = rule.to_state or view.state
     power = rule.to_power or view.power_state
     actions = rule.actions

@@ -39,9 +39,7 @@ class Reconciler:
         self._create_attempts: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def event(
-        self, uuid: str, message: str, kind: str = "mutate", **extra: Any
-    ) -> Event:
+    def event(self, uuid: str, message: str, kind: str = "mutate", **extra: Any) -> Event:
         """An event stamped now, from this control plane."""
         return Event(uuid, kind, message, self.clock(), self.fqdn, extra=extra)
 
@@ -131,7 +129,10 @@ class Reconciler:
         command_id = f"{instance.uuid}/{instance.command_seq}"
         if action == "create-domain":
             return NodeCommand(
-                command_id, instance.uuid, "create", namespace=instance.namespace,
+                command_id,
+                instance.uuid,
+                "create",
+                namespace=instance.namespace,
                 spec=instance.spec,
             )
         if action == "destroy-domain":

@@ -60,7 +60,10 @@ def check_network(index: int, net: NetworkSpec) -> NetworkSpec:
     if net.network_uuid and not looks_like_uuid(net.network_uuid):
         raise InvalidArgument(f"network {index}: {net.network_uuid!r} is not a network UUID")
     return NetworkSpec(
-        network_uuid=net.network_uuid, macaddress=mac, address=net.address, model=model,
+        network_uuid=net.network_uuid,
+        macaddress=mac,
+        address=net.address,
+        model=model,
         float=net.float,
     )
 
@@ -89,7 +92,9 @@ def check_spec(spec: InstanceSpec) -> InstanceSpec:
     if not 1 <= spec.cpus <= MAX_CPUS:
         raise InvalidArgument(f"cpus must be between 1 and {MAX_CPUS}, not {spec.cpus}")
     if not 16 <= spec.memory <= MAX_MEMORY_MB:
-        raise InvalidArgument(f"memory must be between 16 and {MAX_MEMORY_MB} MiB, not {spec.memory}")
+        raise InvalidArgument(
+            f"memory must be between 16 and {MAX_MEMORY_MB} MiB, not {spec.memory}"
+        )
     if not spec.disks:
         raise InvalidArgument("an instance needs at least one disk")
     if spec.secure_boot and not spec.uefi:

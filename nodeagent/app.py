@@ -63,8 +63,11 @@ def build_link(settings: Settings, hypervisor: Hypervisor, disks: DiskBuilder) -
     link: Link
     executor = Executor(hypervisor, disks, settings.instances_dir, lambda e: link.emit(e))
     link = Link(
-        settings.control_plane, identity, executor,
-        backoff_base=settings.backoff_base, backoff_cap=settings.backoff_cap,
+        settings.control_plane,
+        identity,
+        executor,
+        backoff_base=settings.backoff_base,
+        backoff_cap=settings.backoff_cap,
     )
     return link
 

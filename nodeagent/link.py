@@ -13,6 +13,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 import structlog
@@ -22,6 +23,9 @@ from nodeagent.executor import Executor
 from nodeagent.messages import Command, Inventory, NodeEvent, Observation, Report, Result
 from nodeagent.spec import DiskSpec, DomainSpec, VideoSpec
 from protos import common_pb2, node_pb2, node_pb2_grpc
+
+if TYPE_CHECKING:
+    from protos.node_pb2_grpc import NodeServiceAsyncStub
 
 log = structlog.get_logger(__name__)
 
@@ -53,8 +57,12 @@ def spec_from_pb(uuid: str, namespace: str, pb: common_pb2.InstanceSpec) -> Doma
         namespace=namespace,
         cpus=pb.cpus,
         memory_mb=pb.memory,
-        disks=tuple(DiskSpec(d.size_gb, d.base, d.bus or "virtio", d.type or "disk") for d in pb.disks),
-        video=VideoSpec(pb.video.model or "cirrus", pb.video.memory or 16384, pb.video.vdi or "spice"),
+        disks=tuple(
+            DiskSpec(d.size_gb, d.base, d.bus or "virtio", d.type or "disk") for d in pb.disks
+        ),
+        video=VideoSpec(
+            pb.video.model or "cirrus", pb.video.memory or 16384, pb.video.vdi or "spice"
+        ),
         side_channels=tuple(pb.side_channels),
         uefi=pb.uefi,
         secure_boot=pb.secure_boot,
@@ -74,7 +82,9 @@ def command_from_pb(pb: node_pb2.Command) -> Command:
 
 def _observation_pb(obs: Observation) -> node_pb2.DomainObservation:
     return node_pb2.DomainObservation(
-        instance_uuid=obs.instance_uuid, exists=obs.exists, power_state=obs.power_state,
+        instance_uuid=obs.instance_uuid,
+        exists=obs.exists,
+        power_state=obs.power_state,
         reason=obs.reason,
     )
 
@@ -83,8 +93,11 @@ def report_to_pb(report: Report) -> node_pb2.NodeMessage:
     """A report for the wire."""
     if isinstance(report, Result):
         result = node_pb2.CommandResult(
-            command_id=report.command_id, instance_uuid=report.instance_uuid, ok=report.ok,
-            error=report.error, retryable=report.retryable,
+            command_id=report.command_id,
+            instance_uuid=report.instance_uuid,
+            ok=report.ok,
+            error=report.error,
+            retryable=report.retryable,
         )
         if report.observation is not None:
             result.observation.CopyFrom(_observation_pb(report.observation))
@@ -96,8 +109,11 @@ def report_to_pb(report: Report) -> node_pb2.NodeMessage:
             inventory=node_pb2.Inventory(domains=[_observation_pb(d) for d in report.domains])
         )
     event = common_pb2.Event(
-        object_uuid=report.instance_uuid, type=report.type, message=report.message,
-        timestamp=report.timestamp, duration=report.duration,
+        object_uuid=report.instance_uuid,
+        type=report.type,
+        message=report.message,
+        timestamp=report.timestamp,
+        duration=report.duration,
     )
     if report.extra:
         json_format.ParseDict(report.extra, event.extra)
@@ -148,12 +164,15 @@ class Link:
         while True:
             try:
                 async with grpc.aio.insecure_channel(self.target) as channel:
-                    await self._serve(node_pb2_grpc.NodeServiceStub(channel))
+                    stub: NodeServiceAsyncStub = node_pb2_grpc.NodeServiceStub(channel)
+                    await self._serve(stub)
                 attempt = 0
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as exc:
-                log.warning("stream to control plane lost", code=exc.code().name, details=exc.details())
+                log.warning(
+                    "stream to control plane lost", code=exc.code().name, details=exc.details()
+                )
             except Exception:
                 log.exception("stream to control plane failed")
             finally:
@@ -164,21 +183,24 @@ class Link:
             log.info("redialling control plane", delay=round(delay, 2), attempt=attempt)
             await self.sleep(delay)
 
-    async def _serve(self, stub: node_pb2_grpc.NodeServiceStub) -> None:
+    async def _serve(self, stub: NodeServiceAsyncStub) -> None:
         outbox: asyncio.Queue[node_pb2.NodeMessage] = asyncio.Queue()
         ident = self.identity
         outbox.put_nowait(
             node_pb2.NodeMessage(
                 register=node_pb2.Register(
-                    name=ident.name, address=ident.address, cpus=ident.cpus,
-                    memory_mb=ident.memory_mb, hypervisor=ident.hypervisor,
+                    name=ident.name,
+                    address=ident.address,
+                    cpus=ident.cpus,
+                    memory_mb=ident.memory_mb,
+                    hypervisor=ident.hypervisor,
                     agent_version=AGENT_VERSION,
                 )
             )
         )
         call = stub.Connect(_drain(outbox))
         first = await call.read()
-        if first is grpc.aio.EOF or first.WhichOneof("body") != "registered":
+        if not isinstance(first, node_pb2.ControlMessage) or not first.HasField("registered"):
             raise ConnectionError("control plane did not acknowledge registration")
         self._outbox = outbox
         self.connections += 1
@@ -186,10 +208,12 @@ class Link:
         outbox.put_nowait(report_to_pb(Inventory(tuple(inventory))))
         self.connected.set()
         log.info("connected to control plane", target=self.target, domains=len(inventory))
-        heartbeat = asyncio.create_task(self._heartbeat(outbox, first.registered.heartbeat_interval))
+        heartbeat = asyncio.create_task(
+            self._heartbeat(outbox, first.registered.heartbeat_interval)
+        )
         try:
-            while (message := await call.read()) is not grpc.aio.EOF:
-                if message.WhichOneof("body") == "command":
+            while isinstance(message := await call.read(), node_pb2.ControlMessage):
+                if message.HasField("command"):
                     self._spawn(self._handle(command_from_pb(message.command)))
         finally:
             heartbeat.cancel()
@@ -203,7 +227,9 @@ class Link:
         result = await self.executor.execute(command)
         self.send(result)
 
-    async def _heartbeat(self, outbox: asyncio.Queue[node_pb2.NodeMessage], interval: float) -> None:
+    async def _heartbeat(
+        self, outbox: asyncio.Queue[node_pb2.NodeMessage], interval: float
+    ) -> None:
         seq = 0
         while True:
             await self.sleep(interval or 5.0)
@@ -213,6 +239,8 @@ class Link:
             )
 
 
-async def _drain(outbox: asyncio.Queue[node_pb2.NodeMessage]) -> AsyncIterator[node_pb2.NodeMessage]:
+async def _drain(
+    outbox: asyncio.Queue[node_pb2.NodeMessage],
+) -> AsyncIterator[node_pb2.NodeMessage]:
     while True:
         yield await outbox.get()

@@ -64,8 +64,11 @@ def spec_to_pb(spec: InstanceSpec, out: common_pb2.InstanceSpec) -> None:
         out.disks.add(size_gb=d.size_gb, base=d.base, bus=d.bus, type=d.type)
     for n in spec.networks:
         out.networks.add(
-            network_uuid=n.network_uuid, macaddress=n.macaddress, address=n.address,
-            model=n.model, float=n.float,
+            network_uuid=n.network_uuid,
+            macaddress=n.macaddress,
+            address=n.address,
+            model=n.model,
+            float=n.float,
         )
     out.video.model = spec.video.model
     out.video.memory = spec.video.memory
@@ -105,8 +108,12 @@ def instance_to_pb(instance: Instance) -> instances_pb2.Instance:
 def event_to_pb(event: Event) -> common_pb2.Event:
     """An event for the wire."""
     pb = common_pb2.Event(
-        object_uuid=event.object_uuid, type=event.type, message=event.message,
-        timestamp=event.timestamp, fqdn=event.fqdn, duration=event.duration,
+        object_uuid=event.object_uuid,
+        type=event.type,
+        message=event.message,
+        timestamp=event.timestamp,
+        fqdn=event.fqdn,
+        duration=event.duration,
     )
     dict_to_struct(event.extra, pb.extra)
     return pb
@@ -115,8 +122,13 @@ def event_to_pb(event: Event) -> common_pb2.Event:
 def event_from_pb(pb: common_pb2.Event) -> Event:
     """An event from the wire."""
     return Event(
-        object_uuid=pb.object_uuid, type=pb.type, message=pb.message, timestamp=pb.timestamp,
-        fqdn=pb.fqdn, duration=pb.duration, extra=struct_to_dict(pb.extra),
+        object_uuid=pb.object_uuid,
+        type=pb.type,
+        message=pb.message,
+        timestamp=pb.timestamp,
+        fqdn=pb.fqdn,
+        duration=pb.duration,
+        extra=struct_to_dict(pb.extra),
     )
 
 
@@ -128,7 +140,10 @@ def observation_from_pb(pb: node_pb2.DomainObservation) -> Observation:
 def outcome_from_pb(pb: node_pb2.CommandResult) -> Outcome:
     """A node's answer to a command."""
     return Outcome(
-        command_id=pb.command_id, instance_uuid=pb.instance_uuid, ok=pb.ok, error=pb.error,
+        command_id=pb.command_id,
+        instance_uuid=pb.instance_uuid,
+        ok=pb.ok,
+        error=pb.error,
         retryable=pb.retryable,
         observation=observation_from_pb(pb.observation) if pb.HasField("observation") else None,
     )

@@ -31,14 +31,16 @@ class InstanceServicer(instances_pb2_grpc.InstanceServiceServicer):
         return instance_to_pb(await self.service.create(namespace_of(context), spec))
 
     @grpc_errors
-    async def Get(self, request: instances_pb2.InstanceRef, context: Context) -> instances_pb2.Instance:
+    async def Get(
+        self, request: instances_pb2.InstanceRef, context: Context
+    ) -> instances_pb2.Instance:
         return instance_to_pb(await self.service.get(namespace_of(context), request.ref))
 
     @grpc_errors
     async def List(
         self, request: instances_pb2.ListInstancesRequest, context: Context
     ) -> instances_pb2.ListInstancesResponse:
-        found = await self.service.list(namespace_of(context), request.include_deleted)
+        found = await self.service.list_all(namespace_of(context), request.include_deleted)
         return instances_pb2.ListInstancesResponse(instances=[instance_to_pb(i) for i in found])
 
     @grpc_errors

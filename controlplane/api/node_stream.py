@@ -63,8 +63,13 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             )
             return
         node = Node(
-            name=reg.name, address=reg.address, cpus=reg.cpus, memory_mb=reg.memory_mb,
-            hypervisor=reg.hypervisor, agent_version=reg.agent_version, last_seen=self.clock(),
+            name=reg.name,
+            address=reg.address,
+            cpus=reg.cpus,
+            memory_mb=reg.memory_mb,
+            hypervisor=reg.hypervisor,
+            agent_version=reg.agent_version,
+            last_seen=self.clock(),
         )
         await self.records.put_node(node)
         session = self.nodes.connect(node, self.clock())
@@ -73,9 +78,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         watchdog = asyncio.create_task(self._watchdog(session))
         try:
             yield node_pb2.ControlMessage(
-                registered=node_pb2.Registered(
-                    heartbeat_interval=self.settings.heartbeat_interval
-                )
+                registered=node_pb2.Registered(heartbeat_interval=self.settings.heartbeat_interval)
             )
             while (command := await session.outbox.get()) is not None:
                 yield command_to_pb(command)
@@ -85,9 +88,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             self.nodes.disconnect(session)
             log.info("node disconnected", node=node.name)
 
-    async def _read(
-        self, session: Session, messages: AsyncIterator[node_pb2.NodeMessage]
-    ) -> None:
+    async def _read(self, session: Session, messages: AsyncIterator[node_pb2.NodeMessage]) -> None:
         try:
             async for message in messages:
                 session.last_seen = self.clock()
@@ -109,9 +110,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         elif kind == "result":
             await self.reconciler.on_result(session, outcome_from_pb(message.result))
         elif kind == "observation":
-            await self.reconciler.on_observation(
-                session, observation_from_pb(message.observation)
-            )
+            await self.reconciler.on_observation(session, observation_from_pb(message.observation))
         elif kind == "inventory":
             domains = [observation_from_pb(d) for d in message.inventory.domains]
             await self.reconciler.on_inventory(session, domains)

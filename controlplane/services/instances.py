@@ -54,8 +54,11 @@ class InstanceService:
         if await self.records.find_by_name(namespace, spec.name) is not None:
             raise AlreadyExists(f"an instance named {spec.name!r} already exists in {namespace}")
         node = choose_node(
-            self.nodes.capacities(), spec.cpus, spec.memory,
-            self.settings.cpu_overcommit, self.settings.ram_overcommit,
+            self.nodes.capacities(),
+            spec.cpus,
+            spec.memory,
+            self.settings.cpu_overcommit,
+            self.settings.ram_overcommit,
         )
         now = self.reconciler.clock()
         uuid = str(uuidlib.uuid4())
@@ -63,8 +66,14 @@ class InstanceService:
         view = lifecycle.View(lifecycle.decide(view, "schedule").state, "initial")
         placed = lifecycle.decide(view, "place")
         instance = Instance(
-            uuid=uuid, namespace=namespace, spec=spec, state=placed.state,
-            power_state=placed.power_state, node=node, created_at=now, state_updated_at=now,
+            uuid=uuid,
+            namespace=namespace,
+            spec=spec,
+            state=placed.state,
+            power_state=placed.power_state,
+            node=node,
+            created_at=now,
+            state_updated_at=now,
             agent_state="not ready (no contact)" if "sf-agent" in spec.side_channels else "",
             command_seq=1,
         )
@@ -98,7 +107,7 @@ class InstanceService:
             raise NotFound(f"instance {ref!r} not found")
         return found
 
-    async def list(self, namespace: str, include_deleted: bool = False) -> list[Instance]:
+    async def list_all(self, namespace: str, include_deleted: bool = False) -> list[Instance]:
         """The namespace's instances, oldest first."""
         found = [
             i

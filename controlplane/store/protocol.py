@@ -83,9 +83,9 @@ class Store(Protocol):
         ...
 
 
-def prefix_end(prefix: bytes) -> bytes:
-    """The smallest key greater than every key starting with prefix."""
+def prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with prefix (None: no such key)."""
     trimmed = prefix.rstrip(b"\xff")
     if not trimmed:
-        return b"\xff" * (len(prefix) + 1)
+        return None
     return trimmed[:-1] + bytes([trimmed[-1] + 1])

@@ -56,9 +56,13 @@ class RocksStore:
         found: list[Item] = []
         it = self._db.iter()
         if reverse:
-            it.seek_for_prev(prefix_end(prefix))
-            if it.valid() and it.key() == prefix_end(prefix):
-                it.prev()
+            end = prefix_end(prefix)
+            if end is None:
+                it.seek_to_last()
+            else:
+                it.seek_for_prev(end)
+                if it.valid() and it.key() == end:
+                    it.prev()
         else:
             it.seek(prefix)
         while it.valid() and (limit is None or len(found) < limit):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +39,12 @@ class FakeNode:
 
 
 async def start_fake_node(
-    target: str, name: str = "node1", cpus: int = 4, memory_mb: int = 8192,
-    hypervisor: FakeHypervisor | None = None, tmp: Path = Path("/tmp/minicloud-fake"),
+    target: str,
+    name: str = "node1",
+    cpus: int = 4,
+    memory_mb: int = 8192,
+    hypervisor: FakeHypervisor | None = None,
+    tmp: Path = Path("/tmp/minicloud-fake"),
 ) -> FakeNode:
     """Start a node agent with fakes and wait until it has registered."""
     hypervisor = hypervisor or FakeHypervisor()
@@ -48,8 +52,11 @@ async def start_fake_node(
     link: Link
     executor = Executor(hypervisor, disks, tmp / name, lambda e: link.emit(e))
     link = Link(
-        target, Identity(name, "127.0.0.1", cpus, memory_mb, "fake"), executor,
-        backoff_base=0.05, backoff_cap=0.2,
+        target,
+        Identity(name, "127.0.0.1", cpus, memory_mb, "fake"),
+        executor,
+        backoff_base=0.05,
+        backoff_cap=0.2,
     )
     tasks = [
         asyncio.create_task(link.run()),
@@ -62,8 +69,12 @@ async def start_fake_node(
 def plane_settings(data_dir: Path, port: int = 0) -> Settings:
     """Settings for a test control plane with quick timeouts."""
     return Settings(
-        listen=f"127.0.0.1:{port}", data_dir=data_dir, name="cp-test",
-        heartbeat_interval=0.5, node_timeout=5.0, command_timeout=10.0,
+        listen=f"127.0.0.1:{port}",
+        data_dir=data_dir,
+        name="cp-test",
+        heartbeat_interval=0.5,
+        node_timeout=5.0,
+        command_timeout=10.0,
     )
 
 
@@ -90,7 +101,7 @@ class Api:
         self.stub = instances_pb2_grpc.InstanceServiceStub(channel)
         self.metadata = (("x-namespace", namespace),)
 
-    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+    def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self.stub, name)
 
         def call(request: Any, **kwargs: Any) -> Any:
@@ -104,7 +115,7 @@ class Api:
         """Poll Get until predicate holds."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            inst = await self.Get(instances_pb2.InstanceRef(ref=ref))
+            inst: instances_pb2.Instance = await self.Get(instances_pb2.InstanceRef(ref=ref))
             if predicate(inst):
                 return inst
             if asyncio.get_running_loop().time() > deadline:
@@ -122,8 +133,10 @@ async def api(plane: ControlPlane) -> AsyncIterator[Api]:
 def create_request(name: str = "vm1", **overrides: Any) -> instances_pb2.CreateInstanceRequest:
     """A valid create request for a small instance, with fields overridden."""
     spec: dict[str, Any] = {
-        "name": name, "cpus": 1, "memory": 256,
+        "name": name,
+        "cpus": 1,
+        "memory": 256,
         "disks": [{"size_gb": 1, "base": "debian:11"}],
     }
     spec.update(overrides)
-    return instances_pb2.CreateInstanceRequest(spec=spec)
+    return instances_pb2.CreateInstanceRequest(spec=spec)  # type: ignore[arg-type]

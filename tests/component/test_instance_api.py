@@ -45,19 +45,23 @@ async def test_create_reaches_created_and_on(api: Api, node: FakeNode) -> None:
 async def test_get_by_uuid_and_by_name(api: Api, node: FakeNode) -> None:
     """Get finds an instance by UUID and by name."""
     inst = await created(api)
-    assert (await api.Get(Ref(ref=inst.uuid))).name if False else True
+    assert (await api.Get(Ref(ref=inst.uuid))).spec.name == "vm1"
     by_name = await api.Get(Ref(ref="vm1"))
     assert by_name.uuid == inst.uuid
 
 
-async def test_list_shows_namespace_instances(api: Api, node: FakeNode, plane: ControlPlane) -> None:
+async def test_list_shows_namespace_instances(
+    api: Api, node: FakeNode, plane: ControlPlane
+) -> None:
     """List returns this namespace's instances and not another's."""
     await created(api, "a")
     await created(api, "b")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
         other = Api(channel, "other")
         await other.Create(create_request("c"))
-        names = [i.spec.name for i in (await api.List(instances_pb2.ListInstancesRequest())).instances]
+        names = [
+            i.spec.name for i in (await api.List(instances_pb2.ListInstancesRequest())).instances
+        ]
         assert names == ["a", "b"]
         other_names = [
             i.spec.name for i in (await other.List(instances_pb2.ListInstancesRequest())).instances
@@ -94,8 +98,12 @@ async def test_power_cycle(api: Api, node: FakeNode) -> None:
     events = (await api.GetEvents(instances_pb2.GetEventsRequest(ref=inst.uuid))).events
     requested = [e.message for e in events if e.type == "audit"]
     assert requested[:6] == [
-        "hard-reboot requested", "soft-reboot requested", "unpause requested",
-        "pause requested", "on requested", "off requested",
+        "hard-reboot requested",
+        "soft-reboot requested",
+        "unpause requested",
+        "pause requested",
+        "on requested",
+        "off requested",
     ]
 
 
@@ -127,7 +135,9 @@ async def test_events_newest_first_with_type_filter_and_limit(api: Api, node: Fa
     events = (await api.GetEvents(instances_pb2.GetEventsRequest(ref=inst.uuid))).events
     stamps = [e.timestamp for e in events]
     assert stamps == sorted(stamps, reverse=True)
-    audit = (await api.GetEvents(instances_pb2.GetEventsRequest(ref=inst.uuid, event_type="audit"))).events
+    audit = (
+        await api.GetEvents(instances_pb2.GetEventsRequest(ref=inst.uuid, event_type="audit"))
+    ).events
     assert {e.type for e in audit} == {"audit"}
     one = (await api.GetEvents(instances_pb2.GetEventsRequest(ref=inst.uuid, limit=1))).events
     assert len(one) == 1 and one[0].timestamp == stamps[0]
@@ -169,7 +179,9 @@ async def test_bad_input_is_invalid_argument_and_leaves_nothing(
     api: Api, node: FakeNode, label: str, overrides: dict[str, Any], word: str
 ) -> None:
     """Bad create requests get INVALID_ARGUMENT with a message and store nothing."""
-    request = create_request("bad" if "name" not in overrides else overrides.pop("name"), **overrides)
+    request = create_request(
+        "bad" if "name" not in overrides else overrides.pop("name"), **overrides
+    )
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await api.Create(request)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -189,7 +201,9 @@ async def test_duplicate_name_is_already_exists(api: Api, node: FakeNode) -> Non
 
 async def test_missing_base_ends_in_error_with_message(api: Api, node: FakeNode) -> None:
     """A base image that does not exist ends in error, with the reason, and no domain."""
-    inst = await api.Create(create_request("nobase", disks=[{"size_gb": 1, "base": "/no/such.qcow2"}]))
+    inst = await api.Create(
+        create_request("nobase", disks=[{"size_gb": 1, "base": "/no/such.qcow2"}])
+    )
     failed = await api.wait_for(inst.uuid, lambda i: i.state == "error")
     assert "/no/such.qcow2" in failed.error_message
     assert inst.uuid not in node.hypervisor.domains
@@ -198,8 +212,16 @@ async def test_missing_base_ends_in_error_with_message(api: Api, node: FakeNode)
 async def test_unknown_instance_is_not_found(api: Api, node: FakeNode) -> None:
     """Every call on an unknown instance is NOT_FOUND."""
     ref = Ref(ref="00000000-0000-4000-8000-000000000000")
-    for call in (api.Get, api.Delete, api.PowerOn, api.PowerOff, api.Pause, api.Unpause,
-                 api.SoftReboot, api.HardReboot):
+    for call in (
+        api.Get,
+        api.Delete,
+        api.PowerOn,
+        api.PowerOff,
+        api.Pause,
+        api.Unpause,
+        api.SoftReboot,
+        api.HardReboot,
+    ):
         assert await code_of(call(ref)) == grpc.StatusCode.NOT_FOUND
     events_call = api.GetEvents(instances_pb2.GetEventsRequest(ref="nope"))
     assert await code_of(events_call) == grpc.StatusCode.NOT_FOUND
