@@ -117,12 +117,12 @@ class Executor:
         self.emit(NodeEvent(uuid, "preparing disks", timestamp=self.clock()))
         started = self.clock()
         prepared = await self.disks.prepare(
-            uuid, spec.disks, lambda message: self.emit(NodeEvent(uuid, message, timestamp=self.clock()))
+            uuid,
+            spec.disks,
+            lambda message: self.emit(NodeEvent(uuid, message, timestamp=self.clock())),
         )
         self.emit(
-            NodeEvent(
-                uuid, "disks ready", timestamp=self.clock(), duration=self.clock() - started
-            )
+            NodeEvent(uuid, "disks ready", timestamp=self.clock(), duration=self.clock() - started)
         )
         self.console_log(uuid).parent.mkdir(parents=True, exist_ok=True)
         state = await self.hypervisor.define_and_start(spec, prepared, self.console_log(uuid))

@@ -27,7 +27,9 @@ class FakeDiskBuilder:
             if spec.base and spec.base not in self.known_bases and not Path(spec.base).exists():
                 raise DiskError(f"base image {spec.base!r} does not exist")
         result = [
-            PreparedDisk(path=Path(f"/fake/{instance_uuid}/disk{i}.qcow2"), bus=d.bus, device=d.type)
+            PreparedDisk(
+                path=Path(f"/fake/{instance_uuid}/disk{i}.qcow2"), bus=d.bus, device=d.type
+            )
             for i, d in enumerate(disks)
         ]
         self.prepared[instance_uuid] = result
