@@ -13,7 +13,7 @@ from pathlib import Path
 class Settings:
     """Everything the control plane can be configured with."""
 
-    listen: str = "127.0.0.1:13000"
+    listen: str = "127.0.0.1:13100"
     data_dir: Path = Path("/var/lib/minicloud/controlplane")
     name: str = socket.gethostname()
     heartbeat_interval: float = 5.0

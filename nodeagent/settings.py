@@ -18,7 +18,7 @@ DEFAULT_IMAGE_TEMPLATE = (
 class Settings:
     """Everything the node agent can be configured with."""
 
-    control_plane: str = "127.0.0.1:13000"
+    control_plane: str = "127.0.0.1:13100"
     name: str = socket.gethostname()
     address: str = "127.0.0.1"
     data_dir: Path = Path("/var/lib/minicloud/node")

@@ -1,0 +1,1 @@
+"""A Python client of the minicloud gRPC API, and the `minicloud` CLI."""

@@ -1,0 +1,219 @@
+"""The `minicloud` command line: instances over the gRPC API.
+
+    minicloud instance create demo --cpus 1 --memory 512 --disk size=2,base=debian:11 --wait
+    minicloud instance list
+    minicloud instance show demo
+    minicloud instance poweroff demo
+    minicloud instance events demo --type audit --limit 10
+    minicloud instance watch demo
+    minicloud instance delete demo
+
+The control plane is MINICLOUD_API (default 127.0.0.1:13100), the namespace
+MINICLOUD_NAMESPACE (default system); --api and --namespace override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import grpc
+
+from client.api import Client, JsonDict
+
+POWER_COMMANDS = {
+    "poweron": "on",
+    "poweroff": "off",
+    "pause": "pause",
+    "unpause": "unpause",
+}
+
+
+def parse_disk(text: str) -> JsonDict:
+    """A --disk value: size=GB,base=REF,bus=BUS,type=TYPE (size alone also works)."""
+    disk: JsonDict = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep:
+            key, value = "size", key
+        key = {"size": "size_gb"}.get(key, key)
+        if key not in ("size_gb", "base", "bus", "type"):
+            raise argparse.ArgumentTypeError(f"unknown disk field {key!r}")
+        disk[key] = int(value) if key == "size_gb" else value
+    return disk
+
+
+def parse_network(text: str) -> JsonDict:
+    """A --network value: network_uuid=U,address=A,macaddress=M,model=M,float=true."""
+    net: JsonDict = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        net[key] = value.lower() in ("1", "true", "yes") if key == "float" else value
+    return net
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="minicloud", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--api", default=os.environ.get("MINICLOUD_API", "127.0.0.1:13100"))
+    parser.add_argument("--namespace", default=os.environ.get("MINICLOUD_NAMESPACE", "system"))
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    top = parser.add_subparsers(dest="noun", required=True)
+    inst = top.add_parser("instance", help="manage instances").add_subparsers(
+        dest="verb", required=True
+    )
+    create = inst.add_parser("create", help="create an instance")
+    create.add_argument("name")
+    create.add_argument("--cpus", type=int, default=1)
+    create.add_argument("--memory", type=int, default=1024, help="MiB")
+    create.add_argument(
+        "--disk",
+        type=parse_disk,
+        action="append",
+        default=[],
+        help="size=GB,base=REF,bus=BUS,type=TYPE (repeatable)",
+    )
+    create.add_argument("--network", type=parse_network, action="append", default=[])
+    create.add_argument("--side-channel", action="append", default=[])
+    create.add_argument("--video", default="", help="model,memory_kib,vdi e.g. cirrus,16384,vnc")
+    create.add_argument("--ssh-key", default="")
+    create.add_argument("--user-data", default="")
+    create.add_argument("--uefi", action="store_true")
+    create.add_argument("--secure-boot", action="store_true")
+    create.add_argument("--wait", action="store_true", help="wait until created (or error)")
+    inst.add_parser("list", help="list instances").add_argument(
+        "--all", action="store_true", help="include deleted instances"
+    )
+    for verb in ("show", "delete", "watch", *POWER_COMMANDS):
+        inst.add_parser(verb).add_argument("ref", help="UUID or name")
+    reboot = inst.add_parser("reboot")
+    reboot.add_argument("ref")
+    reboot.add_argument("--hard", action="store_true")
+    events = inst.add_parser("events")
+    events.add_argument("ref")
+    events.add_argument("--type", default="")
+    events.add_argument("--limit", type=int, default=100)
+    return parser
+
+
+def video_spec(text: str) -> JsonDict:
+    """A --video value as a VideoSpec dict."""
+    if not text:
+        return {}
+    model, _, rest = text.partition(",")
+    memory, _, vdi = rest.partition(",")
+    return {"model": model, "memory": int(memory or 0), "vdi": vdi}
+
+
+def show_instance(inst: JsonDict) -> None:
+    """Print an instance as aligned key/value lines."""
+    spec = inst.get("spec", {})
+    rows = [
+        ("uuid", inst["uuid"]),
+        ("name", spec.get("name")),
+        ("namespace", inst["namespace"]),
+        ("state", inst["state"]),
+        ("power state", inst["power_state"]),
+        ("node", inst["node"]),
+        ("cpus", spec.get("cpus")),
+        ("memory", spec.get("memory")),
+        ("error", inst.get("error_message") or ""),
+        ("agent state", inst.get("agent_state")),
+    ]
+    for i, disk in enumerate(spec.get("disks", [])):
+        rows.append(
+            (
+                f"disk {i}",
+                f"{disk['size_gb']}GB {disk['base'] or '(blank)'} {disk['bus']} {disk['type']}",
+            )
+        )
+    for key, value in rows:
+        print(f"{key:<12} {value}")
+
+
+def run(args: argparse.Namespace, client: Client) -> Any:
+    """Perform one command; returns what --json prints."""
+    verb = args.verb
+    if verb == "create":
+        spec = {
+            "name": args.name,
+            "cpus": args.cpus,
+            "memory": args.memory,
+            "disks": args.disk or [{"size_gb": 2, "base": "debian:11"}],
+            "networks": args.network,
+            "side_channels": args.side_channel,
+            "video": video_spec(args.video),
+            "ssh_key": args.ssh_key,
+            "user_data": args.user_data,
+            "uefi": args.uefi,
+            "secure_boot": args.secure_boot,
+        }
+        inst = client.create(spec)
+        if args.wait:
+            inst = client.wait(inst["uuid"], lambda i: i["state"] in ("created", "error"))
+        return inst
+    if verb == "list":
+        return client.list_instances(include_deleted=args.all)
+    if verb == "show":
+        return client.get(args.ref)
+    if verb == "delete":
+        return client.delete(args.ref)
+    if verb in POWER_COMMANDS:
+        return client.power(args.ref, POWER_COMMANDS[verb])
+    if verb == "reboot":
+        return client.power(args.ref, "hard-reboot" if args.hard else "soft-reboot")
+    if verb == "events":
+        return client.events(args.ref, args.type, args.limit)
+    if verb == "watch":
+        for update in client.watch(args.ref):
+            print(json.dumps(update), flush=True)
+        return None
+    raise SystemExit(f"unknown command {verb}")
+
+
+def render(args: argparse.Namespace, result: Any) -> None:
+    """Print a result for people (or as JSON)."""
+    if result is None:
+        return
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    elif args.verb == "list":
+        print(f"{'uuid':<36}  {'name':<20} {'state':<12} {'power':<8} node")
+        for inst in result:
+            print(
+                f"{inst['uuid']:<36}  {inst['spec']['name']:<20} {inst['state']:<12} "
+                f"{inst['power_state']:<8} {inst['node']}"
+            )
+    elif args.verb == "events":
+        for event in result:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event["timestamp"]))
+            print(f"{stamp}  {event['type']:<7} {event['fqdn']:<12} {event['message']}")
+    else:
+        show_instance(result)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console script: minicloud."""
+    args = build_parser().parse_args(argv)
+    client = Client(args.api, args.namespace)
+    try:
+        render(args, run(args, client))
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except (TimeoutError, KeyboardInterrupt) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""The `minicloud` CLI against a real control plane with a fake node."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from client.cli import main
+from controlplane.app import ControlPlane
+from tests.component.conftest import FakeNode
+
+
+async def cli(
+    plane: ControlPlane, capsys: pytest.CaptureFixture[str], *argv: str
+) -> tuple[int, str]:
+    """Run the CLI in a thread (it is synchronous) and capture what it prints."""
+    code = await asyncio.to_thread(main, ["--api", f"127.0.0.1:{plane.port}", *argv])
+    out, err = capsys.readouterr()
+    return code, out if code == 0 else err
+
+
+async def test_create_show_list_power_events_delete(
+    plane: ControlPlane, node: FakeNode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI walks an instance through its life and prints what happened."""
+    code, out = await cli(
+        plane,
+        capsys,
+        "instance",
+        "create",
+        "cli-vm",
+        "--memory",
+        "256",
+        "--disk",
+        "size=3,base=debian:11,bus=sata",
+        "--wait",
+    )
+    assert code == 0, out
+    assert "created" in out and "3GB debian:11 sata disk" in out
+    code, out = await cli(plane, capsys, "instance", "list")
+    assert code == 0 and "cli-vm" in out
+    code, out = await cli(plane, capsys, "--json", "instance", "poweroff", "cli-vm")
+    assert code == 0 and json.loads(out)["power_state"] == "off"
+    code, out = await cli(plane, capsys, "instance", "events", "cli-vm", "--type", "audit")
+    assert code == 0 and "off requested" in out
+    code, out = await cli(plane, capsys, "instance", "delete", "cli-vm")
+    assert code == 0
+
+
+async def test_errors_are_reported_with_code_and_exit_1(
+    plane: ControlPlane, node: FakeNode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A refused request prints the status code and message and exits 1."""
+    code, out = await cli(plane, capsys, "instance", "create", "bad", "--disk", "size=1,bus=ide")
+    assert code == 1
+    assert "INVALID_ARGUMENT" in out and "ide" in out
+    code, out = await cli(plane, capsys, "instance", "show", "missing")
+    assert code == 1 and "NOT_FOUND" in out

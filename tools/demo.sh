@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Install everything, start a control plane, a node agent and a local image
+# server, then create a demo instance and show its state and console.
+#   tools/demo.sh          start (again) and create the demo instance
+#   tools/demo.sh stop     stop the demo's processes and delete its instances
+# Everything the demo keeps lives under var/demo/ in the checkout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+DEMO=$ROOT/var/demo
+API=127.0.0.1:13100
+IMAGE_PORT=13080
+export MINICLOUD_API=$API
+
+stop_demo() {
+  for name in nodeagent controlplane images; do
+    if [ -f "$DEMO/$name.pid" ]; then
+      kill "$(cat "$DEMO/$name.pid")" 2>/dev/null || true
+      rm -f "$DEMO/$name.pid"
+    fi
+  done
+}
+
+if [ "${1:-}" = "stop" ]; then
+  if [ -f "$DEMO/controlplane.pid" ]; then
+    for uuid in $(.venv/bin/minicloud --json instance list | .venv/bin/python -c \
+        'import json,sys; print(" ".join(i["uuid"] for i in json.load(sys.stdin)))'); do
+      .venv/bin/minicloud instance delete "$uuid" >/dev/null || true
+    done
+    sleep 3
+  fi
+  stop_demo
+  echo "demo stopped"
+  exit 0
+fi
+
+image=$(bash tools/install.sh | tail -n 1)
+stop_demo
+mkdir -p "$DEMO/images" "$DEMO/node"
+chmod 755 "$ROOT/var" "$DEMO" "$DEMO/node"
+for name in debian-11 debian-12; do ln -sf "$image" "$DEMO/images/$name.qcow2"; done
+
+start() {  # name, command...
+  local name=$1; shift
+  nohup "$@" >"$DEMO/$name.log" 2>&1 &
+  echo $! >"$DEMO/$name.pid"
+}
+start images .venv/bin/python tools/serve_images.py --dir "$DEMO/images" --port $IMAGE_PORT
+MINICLOUD_LISTEN=$API MINICLOUD_DATA_DIR=$DEMO/controlplane \
+  start controlplane .venv/bin/minicloud-controlplane
+MINICLOUD_NODE_CONTROL_PLANE=$API MINICLOUD_NODE_NAME=demo-node \
+MINICLOUD_NODE_DATA_DIR=$DEMO/node \
+MINICLOUD_NODE_IMAGE_URL_TEMPLATE="http://127.0.0.1:$IMAGE_PORT/{name}-{version}.qcow2" \
+  start nodeagent .venv/bin/minicloud-nodeagent
+
+for _ in $(seq 1 50); do
+  grep -q "connected to control plane" "$DEMO/nodeagent.log" 2>/dev/null && break
+  sleep 0.2
+done
+
+echo "== creating instance 'demo' (1 vCPU, 512 MiB, debian:11 from the local image server)"
+.venv/bin/minicloud instance delete demo >/dev/null 2>&1 && sleep 3 || true
+.venv/bin/minicloud instance create demo --cpus 1 --memory 512 \
+  --disk size=2,base=debian:11 --side-channel sf-agent --wait
+uuid=$(.venv/bin/minicloud --json instance show demo | .venv/bin/python -c \
+  'import json,sys; print(json.load(sys.stdin)["uuid"])')
+console=$DEMO/node/instances/$uuid/console.log
+echo "== waiting for the guest to boot (console: $console)"
+for _ in $(seq 1 120); do
+  grep -q "minicloud-guest: boot complete" "$console" 2>/dev/null && break
+  sleep 1
+done
+echo "== console (last lines)"
+tail -n 15 "$console" || true
+echo "== events"
+.venv/bin/minicloud instance events demo --limit 10
+cat <<EOT
+
+The demo is running: control plane at $API, node agent 'demo-node'.
+  export MINICLOUD_API=$API
+  .venv/bin/minicloud instance list
+  .venv/bin/minicloud instance poweroff demo; .venv/bin/minicloud instance poweron demo
+  tools/demo.sh stop
+Logs: $DEMO/*.log
+EOT

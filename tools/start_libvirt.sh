@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Start virtlogd and libvirtd if they are not running (there is no systemd here).
+# When KVM is unusable (no vmx/svm flag), libvirtd runs in a private mount
+# namespace with /dev/kvm hidden; otherwise it re-probes QEMU on every create.
+set -euo pipefail
+
+if virsh -c qemu:///system version >/dev/null 2>&1; then
+  exit 0
+fi
+mkdir -p /run/libvirt
+pgrep -x virtlogd >/dev/null || virtlogd -d
+if [ -e /dev/kvm ] && ! grep -qE 'vmx|svm' /proc/cpuinfo; then
+  unshare -m --propagation private sh -c 'mount --bind /dev/null /dev/kvm && exec libvirtd -d'
+else
+  libvirtd -d
+fi
+for _ in $(seq 1 50); do
+  virsh -c qemu:///system version >/dev/null 2>&1 && exit 0
+  sleep 0.2
+done
+echo "libvirtd did not come up" >&2
+exit 1
