@@ -53,6 +53,10 @@ class Client:
         """Close the channel."""
         self.channel.close()
 
+    def channel_ready(self, timeout: float) -> None:
+        """Wait until the control plane is reachable (grpc.FutureTimeoutError if not)."""
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
     def __enter__(self) -> Client:
         return self
 

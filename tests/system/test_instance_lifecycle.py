@@ -86,7 +86,7 @@ def test_operation_not_allowed_is_failed_precondition(cluster: Cluster) -> None:
         inst = api.wait(api.create(small_spec("refuse"))["uuid"], settled, timeout=180)
         with pytest.raises(grpc.RpcError) as info:
             api.power(inst["uuid"], "unpause")
-        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert domstate(inst["uuid"]) == "running"
 
 

@@ -1,0 +1,202 @@
+"""A local minicloud for tests, benchmarks and demos: real processes on 127.0.0.1.
+
+``Cluster`` starts an image server (serving a guest image as debian:11 and
+debian:12), a control plane and a node agent as subprocesses, with their logs
+in the cluster's folder, and offers the few helpers tests and benchmarks share.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from client.api import Client
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+BANNER = "minicloud-guest: boot complete"
+
+
+def build_guest_image() -> Path:
+    """The bootable guest image (built once, then cached)."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "build_guest_image.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def virsh(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run virsh against qemu:///system."""
+    return subprocess.run(
+        ["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True, check=False
+    )
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll predicate until it holds, or fail saying what did not happen."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+
+
+@dataclass
+class Cluster:
+    """A control plane, a node agent and an image server, as real processes."""
+
+    root: Path
+    image: Path
+    api: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")
+    image_port: int = field(default_factory=free_port)
+    node_name: str = field(default_factory=lambda: f"sys-{uuidlib.uuid4().hex[:6]}")
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def node_dir(self) -> Path:
+        return self.root / "node"
+
+    def _start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - lives with the process
+        self.procs[name] = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}
+        )
+
+    def start_images(self) -> None:
+        images = self.root / "images"
+        images.mkdir(exist_ok=True)
+        for name in ("debian-11", "debian-12"):
+            link = images / f"{name}.qcow2"
+            if not link.exists():
+                link.symlink_to(self.image)
+        self._start(
+            "images",
+            [
+                sys.executable,
+                str(ROOT / "tools" / "serve_images.py"),
+                "--dir",
+                str(images),
+                "--port",
+                str(self.image_port),
+            ],
+            {},
+        )
+
+    def start_controlplane(self) -> None:
+        self._start(
+            "controlplane",
+            [str(BIN / "minicloud-controlplane")],
+            {
+                "MINICLOUD_LISTEN": self.api,
+                "MINICLOUD_DATA_DIR": str(self.root / "controlplane"),
+                "MINICLOUD_NAME": "cp-system-test",
+                "MINICLOUD_HEARTBEAT_INTERVAL": "1",
+                "MINICLOUD_NODE_TIMEOUT": "6",
+            },
+        )
+
+    def start_node(self) -> None:
+        self._start(
+            "nodeagent",
+            [str(BIN / "minicloud-nodeagent")],
+            {
+                "MINICLOUD_NODE_CONTROL_PLANE": self.api,
+                "MINICLOUD_NODE_NAME": self.node_name,
+                "MINICLOUD_NODE_DATA_DIR": str(self.node_dir),
+                "MINICLOUD_NODE_IMAGE_URL_TEMPLATE": f"http://127.0.0.1:{self.image_port}/{{name}}-{{version}}.qcow2",
+                "MINICLOUD_NODE_BACKOFF_BASE": "0.2",
+                "MINICLOUD_NODE_BACKOFF_CAP": "1",
+            },
+        )
+
+    def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+    def client(self) -> Client:
+        return Client(self.api, timeout=120)
+
+    def wait_node_connected(self, connections: int = 1) -> None:
+        def connected() -> bool:
+            log = (self.root / "nodeagent.log").read_text(errors="replace")
+            return log.count("connected to control plane") >= connections
+
+        wait_until(connected, 30, "the node agent to connect")
+
+    def console(self, uuid: str) -> str:
+        path = self.node_dir / "instances" / uuid / "console.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_banner(self, uuid: str, count: int = 1, timeout: float = 120) -> None:
+        wait_until(
+            lambda: self.console(uuid).count(BANNER) >= count,
+            timeout,
+            f"boot banner #{count} on the console of {uuid}",
+        )
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}"
+            for p in sorted(self.root.glob("*.log"))
+        )
+
+    @classmethod
+    def launch(cls, image: Path, base: Path = Path("/var/lib/minicloud/clusters")) -> Cluster:
+        """Start an image server, a control plane and a node agent in a new folder."""
+        root = base / uuidlib.uuid4().hex[:8]
+        root.mkdir(parents=True)
+        for folder in (base.parent, base, root):
+            folder.chmod(0o755)  # QEMU runs as another user and must reach the disks
+        cluster = cls(root=root, image=image)
+        cluster.start_images()
+        cluster.start_controlplane()
+        cluster.start_node()
+        try:
+            cluster.wait_node_connected()
+        except Exception:
+            cluster.shutdown(keep=True)
+            raise
+        return cluster
+
+    def shutdown(self, keep: bool = False) -> None:
+        """Delete its instances, stop its processes, remove leftovers and its folder."""
+        try:
+            with self.client() as client:
+                client.channel_ready(5)
+                for inst in client.list_instances():
+                    client.delete(inst["uuid"])
+        except Exception:
+            pass
+        for name in ("nodeagent", "controlplane", "images"):
+            self.stop(name)
+        for uuid in virsh("list", "--all", "--uuid").stdout.split():
+            if (self.node_dir / "instances" / uuid).exists():
+                virsh("destroy", uuid)
+                virsh("undefine", uuid, "--nvram")
+        if not keep and os.environ.get("MINICLOUD_KEEP_TEST_DIRS") != "1":
+            shutil.rmtree(self.root, ignore_errors=True)
