@@ -151,9 +151,18 @@ def _upgrade(data: JsonDict) -> JsonDict:
     return data
 
 
+def _plain(value: Any) -> Any:
+    """Dataclasses and tuples as dicts and lists (a cheaper dataclasses.asdict)."""
+    if hasattr(value, "__dataclass_fields__"):
+        return {name: _plain(getattr(value, name)) for name in value.__dataclass_fields__}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
 def encode(record: Instance | Event | Node) -> bytes:
     """A record as stored JSON."""
-    data = dataclasses.asdict(record)
+    data = _plain(record)
     data["schema"] = SCHEMA
     return json.dumps(data, separators=(",", ":")).encode()
 

@@ -51,10 +51,20 @@ class Reconciler:
         observed_power: str = "",
         error: str = "",
         reason: str = "",
+        current: Instance | None = None,
     ) -> Instance:
-        """Apply one lifecycle event to an instance and perform its actions."""
+        """Apply one lifecycle event to an instance and perform its actions.
+
+        ``current`` saves a read when the caller has just read the instance; a
+        stale copy only costs a retry.
+        """
         instance, _ = await self.transition_sent(
-            uuid, event, observed_power=observed_power, error=error, reason=reason
+            uuid,
+            event,
+            observed_power=observed_power,
+            error=error,
+            reason=reason,
+            current=current,
         )
         return instance
 
@@ -66,10 +76,11 @@ class Reconciler:
         observed_power: str = "",
         error: str = "",
         reason: str = "",
+        current: Instance | None = None,
     ) -> tuple[Instance, list[asyncio.Future[Outcome]]]:
         """As transition, also returning the futures of the commands it sent."""
         for _ in range(20):
-            instance = await self.records.get_instance(uuid)
+            instance, current = current or await self.records.get_instance(uuid), None
             if instance is None:
                 raise NotFound(f"instance {uuid} not found")
             view = lifecycle.View(instance.state, instance.power_state, bool(instance.node))
@@ -156,13 +167,15 @@ class Reconciler:
         if instance.state == lifecycle.CREATING:
             if outcome.ok:
                 self._create_attempts.pop(instance.uuid, None)
-                await self.transition(instance.uuid, "created")
+                await self.transition(instance.uuid, "created", current=instance)
             else:
                 await self._create_failed(session, instance, outcome)
             return
         if instance.state == lifecycle.DELETE_WAIT:
             if outcome.ok:
-                await self.transition(instance.uuid, "destroyed", reason="domain removed")
+                await self.transition(
+                    instance.uuid, "destroyed", reason="domain removed", current=instance
+                )
             else:
                 await self.records.add_events(
                     instance.namespace,
@@ -222,7 +235,11 @@ class Reconciler:
             and obs.power_state != instance.power_state
         ):
             await self.transition(
-                instance.uuid, "observed", observed_power=obs.power_state, reason=obs.reason
+                instance.uuid,
+                "observed",
+                observed_power=obs.power_state,
+                reason=obs.reason,
+                current=instance,
             )
 
     async def on_inventory(self, session: Session, domains: list[Observation]) -> None:

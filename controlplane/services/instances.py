@@ -51,8 +51,6 @@ class InstanceService:
     async def create(self, namespace: str, spec: InstanceSpec) -> Instance:
         """Check, place and record a new instance, then ask its node to build it."""
         spec = check_spec(spec)
-        if await self.records.find_by_name(namespace, spec.name) is not None:
-            raise AlreadyExists(f"an instance named {spec.name!r} already exists in {namespace}")
         node = choose_node(
             self.nodes.capacities(),
             spec.cpus,
