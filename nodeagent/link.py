@@ -31,6 +31,7 @@ log = structlog.get_logger(__name__)
 
 AGENT_VERSION = "0.1.0"
 OUTBOX_LIMIT = 100_000
+BATCH_LIMIT = 256
 
 
 @dataclass(frozen=True)
@@ -213,8 +214,10 @@ class Link:
         )
         try:
             while isinstance(message := await call.read(), node_pb2.ControlMessage):
-                if message.HasField("command"):
-                    self._spawn(self._handle(command_from_pb(message.command)))
+                batch = message.batch.messages if message.HasField("batch") else (message,)
+                for one in batch:
+                    if one.HasField("command"):
+                        self._spawn(self._handle(command_from_pb(one.command)))
         finally:
             heartbeat.cancel()
 

@@ -30,6 +30,7 @@ from protos import node_pb2, node_pb2_grpc
 log = structlog.get_logger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
+BATCH_LIMIT = 256
 
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
@@ -81,7 +82,20 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 registered=node_pb2.Registered(heartbeat_interval=self.settings.heartbeat_interval)
             )
             while (command := await session.outbox.get()) is not None:
-                yield command_to_pb(command)
+                if session.outbox.empty():
+                    yield command_to_pb(command)
+                    continue
+                batch = node_pb2.ControlBatch(messages=[command_to_pb(command)])
+                ending = False
+                while not session.outbox.empty() and len(batch.messages) < BATCH_LIMIT:
+                    more = session.outbox.get_nowait()
+                    if more is None:
+                        ending = True
+                        break
+                    batch.messages.append(command_to_pb(more))
+                yield node_pb2.ControlMessage(batch=batch)
+                if ending:
+                    break
         finally:
             reader.cancel()
             watchdog.cancel()
@@ -92,10 +106,12 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         try:
             async for message in messages:
                 session.last_seen = self.clock()
-                try:
-                    await self._dispatch(session, message)
-                except Exception:
-                    log.exception("cannot handle node message", node=session.node.name)
+                batch = message.batch.messages if message.HasField("batch") else (message,)
+                for one in batch:
+                    try:
+                        await self._dispatch(session, one)
+                    except Exception:
+                        log.exception("cannot handle node message", node=session.node.name)
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
         except Exception:
