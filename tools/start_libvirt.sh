@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Start virtlogd and libvirtd if they are not running (there is no systemd here).
 # When KVM is unusable (no vmx/svm flag), libvirtd runs in a private mount
-# namespace with /dev/kvm hidden; otherwise it re-probes QEMU on every create.
+# namespace where /dev/kvm is an inaccessible file; otherwise it re-probes QEMU
+# on every define (tens of seconds each), because its capability cache says
+# "no KVM" while /dev/kvm looks usable.
 set -euo pipefail
 
 if virsh -c qemu:///system version >/dev/null 2>&1; then
@@ -10,7 +12,9 @@ fi
 mkdir -p /run/libvirt
 pgrep -x virtlogd >/dev/null || virtlogd -d
 if [ -e /dev/kvm ] && ! grep -qE 'vmx|svm' /proc/cpuinfo; then
-  unshare -m --propagation private sh -c 'mount --bind /dev/null /dev/kvm && exec libvirtd -d'
+  touch /run/minicloud-no-kvm && chmod 000 /run/minicloud-no-kvm
+  unshare -m --propagation private \
+    sh -c 'mount --bind /run/minicloud-no-kvm /dev/kvm && exec libvirtd -d'
 else
   libvirtd -d
 fi
