@@ -37,13 +37,14 @@ def build_drivers(settings: Settings) -> tuple[Hypervisor, DiskBuilder]:
     if settings.hypervisor == "fake":
         return FakeHypervisor(), FakeDiskBuilder()
     from nodeagent.disks.qcow2 import Qcow2DiskBuilder
-    from nodeagent.hypervisor.libvirt_driver import LibvirtHypervisor, probe_domain_type
+    from nodeagent.hypervisor.libvirt_driver import LibvirtHypervisor
 
     hypervisor = LibvirtHypervisor(
         uri=settings.libvirt_uri,
-        domain_type=probe_domain_type(settings.domain_type),
+        domain_type=settings.domain_type,
         sockets_dir=settings.instances_dir,
         vdi_listen=settings.vdi_listen,
+        node_name=settings.name,
     )
     disks = Qcow2DiskBuilder(
         settings.instances_dir, settings.image_cache_dir, settings.image_url_template

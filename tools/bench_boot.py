@@ -107,7 +107,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
     image = build_guest_image()
-    cluster = Cluster.launch(image, Path("/var/lib/minicloud/bench"))
+    cluster = Cluster.launch(image, Path("/var/lib/mc/b"))
     try:
         minicloud_boot(cluster, 0)  # warm-up: fills the node's image cache
         ours, plain = [], []

@@ -166,8 +166,12 @@ class Cluster:
         )
 
     @classmethod
-    def launch(cls, image: Path, base: Path = Path("/var/lib/minicloud/clusters")) -> Cluster:
-        """Start an image server, a control plane and a node agent in a new folder."""
+    def launch(cls, image: Path, base: Path = Path("/var/lib/mc/c")) -> Cluster:
+        """Start an image server, a control plane and a node agent in a new folder.
+
+        Keep ``base`` short: guest channel sockets live under it, and unix
+        socket paths are limited to 107 bytes.
+        """
         root = base / uuidlib.uuid4().hex[:8]
         root.mkdir(parents=True)
         for folder in (base.parent, base, root):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start virtlogd and libvirtd if they are not running (there is no systemd here).
 # When KVM is unusable (no vmx/svm flag), libvirtd runs in a private mount
-# namespace where /dev/kvm is an inaccessible file; otherwise it re-probes QEMU
+# namespace where /dev/kvm is an inaccessible device node; otherwise it re-probes QEMU
 # on every define (tens of seconds each), because its capability cache says
 # "no KVM" while /dev/kvm looks usable.
 set -euo pipefail
@@ -12,7 +12,9 @@ fi
 mkdir -p /run/libvirt
 pgrep -x virtlogd >/dev/null || virtlogd -d
 if [ -e /dev/kvm ] && ! grep -qE 'vmx|svm' /proc/cpuinfo; then
-  touch /run/minicloud-no-kvm && chmod 000 /run/minicloud-no-kvm
+  # A device node QEMU's user cannot open, with a stable ctime (binding
+  # /dev/null instead makes libvirt re-probe, as every guest start touches it).
+  [ -c /run/minicloud-no-kvm ] || mknod -m 000 /run/minicloud-no-kvm c 1 3
   unshare -m --propagation private \
     sh -c 'mount --bind /run/minicloud-no-kvm /dev/kvm && exec libvirtd -d'
 else

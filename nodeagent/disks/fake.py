@@ -1,7 +1,8 @@
 """A disk builder that writes nothing, for fast tests and scale simulation.
 
 It honours the contract's visible behaviour: bases it is told about (and
-existing local paths) resolve; any other base raises ``DiskError``.
+existing local paths) resolve; any other base raises ``DiskError``, as does a
+cdrom without an image.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ class FakeDiskBuilder:
     async def prepare(
         self, instance_uuid: str, disks: tuple[DiskSpec, ...], progress: ProgressCallback
     ) -> list[PreparedDisk]:
-        for spec in disks:
+        for index, spec in enumerate(disks):
+            if spec.type == "cdrom" and not spec.base:
+                raise DiskError(f"disk {index} is a cdrom without an image")
             if spec.base and spec.base not in self.known_bases and not Path(spec.base).exists():
                 raise DiskError(f"base image {spec.base!r} does not exist")
         result = [

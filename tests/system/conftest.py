@@ -30,7 +30,7 @@ def guest_image() -> Path:
 @pytest.fixture(scope="module")
 def cluster(guest_image: Path) -> Iterator[Cluster]:
     """A running cluster for one test module; everything it made is removed afterwards."""
-    c = Cluster.launch(guest_image, Path("/var/lib/minicloud/test"))
+    c = Cluster.launch(guest_image, Path("/var/lib/mc/t"))
     try:
         yield c
     finally:

@@ -1,0 +1,281 @@
+"""The real disk builder: base images cached once, qcow2 overlays per instance.
+
+A disk's ``base`` is one of:
+
+- an absolute path to an existing file, used in place;
+- an ``http://`` or ``https://`` URL, fetched once into the cache (named by
+  the SHA-256 of the URL, written to a temporary file and renamed into place,
+  so a half-fetched image is never used);
+- a distribution shorthand ``name:version`` (``debian:11``), turned into a URL
+  by the URL template's ``{name}`` and ``{version}`` placeholders (and
+  ``{codename}`` for the Debian releases below, as the default template uses);
+- empty, for a blank disk of ``size_gb``.
+
+Each ``disk`` becomes ``<instances_dir>/<uuid>/disk<N>.qcow2``, a qcow2
+overlay on the base that is never smaller than the base; a ``cdrom`` uses its
+base image read-only in place. Bases are checked with ``qemu-img info``: one
+that itself has a backing file is refused, since following it could expose
+host files to the guest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from nodeagent.disks.protocol import DiskError, ProgressCallback
+from nodeagent.hypervisor.protocol import PreparedDisk
+from nodeagent.spec import DiskSpec
+
+log = structlog.get_logger(__name__)
+
+GIB = 1024**3
+_SHORTHAND = re.compile(r"^(?P<name>[A-Za-z][A-Za-z0-9._-]*):(?P<version>[A-Za-z0-9._-]+)$")
+# Debian's cloud image URLs name the release both by number and by codename.
+DEBIAN_CODENAMES = {
+    "9": "stretch",
+    "10": "buster",
+    "11": "bullseye",
+    "12": "bookworm",
+    "13": "trixie",
+}
+_CHUNK = 1024 * 1024
+_PROGRESS_STEP_PERCENT = 10
+_PROGRESS_INTERVAL_S = 2.0
+_FETCH_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What ``qemu-img info`` says about an image file."""
+
+    format: str
+    virtual_size: int
+
+
+class Qcow2DiskBuilder:
+    """Builds instance disks with ``qemu-img`` under ``instances_dir/<uuid>``."""
+
+    def __init__(self, instances_dir: Path, cache_dir: Path, url_template: str) -> None:
+        self.instances_dir = instances_dir
+        self.cache_dir = cache_dir
+        self.url_template = url_template
+        self._fetch_locks: dict[str, asyncio.Lock] = {}
+        self._instance_locks: dict[str, asyncio.Lock] = {}
+
+    async def prepare(
+        self, instance_uuid: str, disks: tuple[DiskSpec, ...], progress: ProgressCallback
+    ) -> list[PreparedDisk]:
+        """Make the instance's disk files, fetching bases as needed; reuses existing ones."""
+        lock = self._instance_locks.setdefault(instance_uuid, asyncio.Lock())
+        async with lock:
+            folder = self.instances_dir / instance_uuid
+            await asyncio.to_thread(_make_folder, folder)
+            prepared = []
+            for index, spec in enumerate(disks):
+                prepared.append(await self._prepare_one(folder, index, spec, progress))
+            return prepared
+
+    async def remove(self, instance_uuid: str) -> None:
+        """Delete the instance's folder; cached bases stay."""
+        folder = self.instances_dir / instance_uuid
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+        self._instance_locks.pop(instance_uuid, None)
+        log.info("disks_removed", uuid=instance_uuid, folder=str(folder))
+
+    def resolve_url(self, base: str) -> str | None:
+        """The URL to fetch for ``base``, or None when it is not a URL or shorthand."""
+        if base.startswith(("http://", "https://")):
+            return base
+        match = _SHORTHAND.match(base)
+        if match is None:
+            return None
+        name, version = match["name"], match["version"]
+        try:
+            return self.url_template.format(
+                name=name, version=version, codename=DEBIAN_CODENAMES.get(version, version)
+            )
+        except (KeyError, IndexError, ValueError) as exc:
+            raise DiskError(
+                f"image URL template {self.url_template!r} cannot resolve {base!r}: {exc}"
+            ) from exc
+
+    async def _prepare_one(
+        self, folder: Path, index: int, spec: DiskSpec, progress: ProgressCallback
+    ) -> PreparedDisk:
+        if spec.type not in ("disk", "cdrom"):
+            raise DiskError(f"disk {index} has unknown type {spec.type!r}")
+        if spec.size_gb < 0:
+            raise DiskError(f"disk {index} has a negative size ({spec.size_gb} GB)")
+        if spec.type == "cdrom":
+            if not spec.base:
+                raise DiskError(f"disk {index} is a cdrom without an image")
+            base = await self._base_file(spec.base, progress)
+            info = await self._checked_info(base, spec.base)
+            return PreparedDisk(path=base, bus=spec.bus, device="cdrom", format=info.format)
+
+        path = folder / f"disk{index}.qcow2"
+        disk = PreparedDisk(path=path, bus=spec.bus, device="disk", format="qcow2")
+        if path.exists():
+            log.info("disk_reused", path=str(path))
+            return disk
+        if not spec.base:
+            if spec.size_gb == 0:
+                raise DiskError(f"disk {index} is blank and has no size")
+            await self._create(path, ["-f", "qcow2"], f"{spec.size_gb}G")
+            return disk
+        base = await self._base_file(spec.base, progress)
+        info = await self._checked_info(base, spec.base)
+        wanted = spec.size_gb * GIB
+        # Never shrink below the base; size 0 means "as big as the base".
+        size = f"{spec.size_gb}G" if wanted > info.virtual_size else None
+        await self._create(
+            path, ["-f", "qcow2", "-b", str(base.resolve()), "-F", info.format], size
+        )
+        return disk
+
+    async def _create(self, path: Path, options: list[str], size: str | None) -> None:
+        """Run ``qemu-img create`` into a temporary name, then rename it into place."""
+        temporary = path.with_name(f".{path.name}.partial")
+        args = ["create", "-q", *options, str(temporary)]
+        if size is not None:
+            args.append(size)
+        try:
+            await _qemu_img(*args)
+            await asyncio.to_thread(os.replace, temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+        log.info("disk_created", path=str(path), size=size, options=options)
+
+    async def _checked_info(self, path: Path, ref: str) -> ImageInfo:
+        output = await _qemu_img("info", "--output=json", str(path))
+        try:
+            data = json.loads(output)
+            if data.get("backing-filename"):
+                raise DiskError(f"base image {ref!r} has a backing file; refusing to use it")
+            return ImageInfo(format=str(data["format"]), virtual_size=int(data["virtual-size"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DiskError(f"cannot read qemu-img info for base image {ref!r}: {exc}") from exc
+
+    async def _base_file(self, ref: str, progress: ProgressCallback) -> Path:
+        """The local file for a base reference, fetching it into the cache if needed."""
+        url = self.resolve_url(ref)
+        if url is None:
+            path = Path(ref)
+            if path.is_absolute() and path.is_file():
+                return path
+            raise DiskError(f"base image {ref!r} does not exist")
+        key = hashlib.sha256(url.encode()).hexdigest()
+        target = self.cache_dir / key
+        lock = self._fetch_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            if target.exists():
+                return target
+            loop = asyncio.get_running_loop()
+
+            def report(message: str) -> None:
+                loop.call_soon_threadsafe(progress, message)
+
+            started = time.monotonic()
+            await asyncio.to_thread(_make_folder, self.cache_dir)
+            await asyncio.to_thread(_fetch, url, ref, target, report)
+            log.info(
+                "image_fetched",
+                ref=ref,
+                url=url,
+                path=str(target),
+                seconds=round(time.monotonic() - started, 2),
+            )
+            return target
+
+
+def _make_folder(folder: Path) -> None:
+    # QEMU runs as an unprivileged user and must be able to enter the folder.
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o755)
+
+
+async def _qemu_img(*args: str) -> str:
+    """Run qemu-img; DiskError with its stderr when it fails."""
+    try:
+        process = await asyncio.create_subprocess_exec(
+            "qemu-img",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except OSError as exc:
+        raise DiskError(f"cannot run qemu-img: {exc}") from exc
+    stdout, stderr = await process.communicate()
+    if process.returncode != 0:
+        detail = stderr.decode(errors="replace").strip()
+        raise DiskError(f"qemu-img {args[0]} failed: {detail}")
+    return stdout.decode(errors="replace")
+
+
+def _fetch(url: str, ref: str, target: Path, report: Callable[[str], None]) -> None:
+    """Download ``url`` to ``target`` atomically, reporting progress (runs in a thread)."""
+    request = urllib.request.Request(url, headers={"User-Agent": "minicloud-nodeagent"})
+    descriptor, temporary_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    temporary = Path(temporary_name)
+    try:
+        with (
+            os.fdopen(descriptor, "wb") as out,
+            urllib.request.urlopen(request, timeout=_FETCH_TIMEOUT_S) as response,
+        ):
+            total = int(response.headers.get("Content-Length") or 0)
+            done = 0
+            last_percent = -_PROGRESS_STEP_PERCENT
+            last_time = 0.0
+            while chunk := response.read(_CHUNK):
+                out.write(chunk)
+                done += len(chunk)
+                percent = done * 100 // total if total else 0
+                now = time.monotonic()
+                if (
+                    percent - last_percent >= _PROGRESS_STEP_PERCENT
+                    or now - last_time >= _PROGRESS_INTERVAL_S
+                ):
+                    report(_progress_message(ref, done, total))
+                    last_percent, last_time = percent, now
+            if total and done != total:
+                raise DiskError(
+                    f"fetching {url} stopped after {done} of {total} bytes", retryable=True
+                )
+            if last_percent < 100:
+                report(_progress_message(ref, done, total or done))
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, target)
+    except urllib.error.HTTPError as exc:
+        raise DiskError(
+            f"cannot fetch base image {ref!r} from {url}: HTTP {exc.code} {exc.reason}",
+            retryable=exc.code >= 500 or exc.code in (408, 429),
+        ) from exc
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise DiskError(
+            f"cannot fetch base image {ref!r} from {url}: {reason}", retryable=True
+        ) from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+
+
+def _progress_message(ref: str, done: int, total: int) -> str:
+    if total:
+        return f"Fetching required image {ref}, {done * 100 // total}% complete"
+    return f"Fetching required image {ref}, {done // (1024 * 1024)} MiB fetched"
