@@ -10,6 +10,7 @@ so the control plane converges on what the nodes really have.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -268,4 +269,6 @@ class Reconciler:
         """A node reported progress or a fact about one of its instances."""
         instance = await self.records.get_instance(event.object_uuid)
         if instance is not None and instance.node == session.node.name:
+            if not event.fqdn:
+                event = dataclasses.replace(event, fqdn=session.node.name)
             await self.records.add_events(instance.namespace, [event])

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tools.cluster import BANNER, Cluster, build_guest_image, wait_until
 
 MEMORY_MB = 256
+POLL = 0.02  # seconds between console checks, the same for both paths
 
 
 def minicloud_boot(cluster: Cluster, run: int) -> float:
@@ -43,7 +44,7 @@ def minicloud_boot(cluster: Cluster, run: int) -> float:
             }
         )
         uuid = inst["uuid"]
-        wait_until(lambda: BANNER in cluster.console(uuid), 300, "the guest banner")
+        wait_until(lambda: BANNER in cluster.console(uuid), 300, "the guest banner", POLL)
         elapsed = time.monotonic() - started
         api.delete(uuid)
         api.wait(uuid, lambda i: i["state"] == "deleted", timeout=60)

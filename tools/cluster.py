@@ -51,13 +51,13 @@ def virsh(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, poll: float = 0.2) -> None:
     """Poll predicate until it holds, or fail saying what did not happen."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
+        time.sleep(poll)
 
 
 @dataclass
