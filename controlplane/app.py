@@ -19,17 +19,30 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from common import logs
+from controlplane.api.agent import AgentServicer
+from controlplane.api.blobs import BlobServicer
 from controlplane.api.instances import InstanceServicer
 from controlplane.api.node_stream import NodeServicer
 from controlplane.hub import Hub
 from controlplane.nodes import NodeRegistry
 from controlplane.reconciler import Reconciler
+from controlplane.services.agent import AgentService
 from controlplane.services.instances import InstanceService
 from controlplane.settings import Settings
+from controlplane.store.agentops import AgentOperations
+from controlplane.store.blobs import BlobStore
 from controlplane.store.protocol import Store
 from controlplane.store.records import Records
 from controlplane.store.rocks import RocksStore
-from protos import instances_pb2, node_pb2, node_pb2_grpc
+from protos import (
+    agent_pb2,
+    agent_pb2_grpc,
+    blobs_pb2,
+    blobs_pb2_grpc,
+    instances_pb2,
+    node_pb2,
+    node_pb2_grpc,
+)
 from protos.instances_pb2_grpc import add_InstanceServiceServicer_to_server
 
 log = structlog.get_logger(__name__)
@@ -45,6 +58,7 @@ class ControlPlane:
     records: Records
     nodes: NodeRegistry
     service: InstanceService
+    agent: AgentService
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop serving, end node streams, close the store."""
@@ -65,17 +79,23 @@ async def start(
     nodes.load_usage(await records.list_instances())
     reconciler = Reconciler(records, nodes, settings.name, clock)
     service = InstanceService(settings, records, nodes, reconciler, hub)
+    blobs = BlobStore(store, settings.data_dir / "blobs")
+    agent = AgentService(records, AgentOperations(store), blobs, nodes, clock)
 
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
     add_InstanceServiceServicer_to_server(InstanceServicer(service), server)
     node_pb2_grpc.add_NodeServiceServicer_to_server(
-        NodeServicer(settings, nodes, reconciler, records, clock), server
+        NodeServicer(settings, nodes, reconciler, records, clock, agent), server
     )
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(agent, service), server)
+    blobs_pb2_grpc.add_BlobServiceServicer_to_server(BlobServicer(blobs, clock), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (
         instances_pb2.DESCRIPTOR.services_by_name["InstanceService"].full_name,
         node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
+        agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+        blobs_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name,
         health.SERVICE_NAME,
         reflection.SERVICE_NAME,
     )
@@ -84,10 +104,10 @@ async def start(
     if port == 0:
         raise OSError(f"cannot listen on {settings.listen}")
     await server.start()
-    for name in ("", *names[:2]):
+    for name in ("", *names[:4]):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("control plane serving", listen=settings.listen, port=port)
-    return ControlPlane(server, port, store, records, nodes, service)
+    return ControlPlane(server, port, store, records, nodes, service, agent)
 
 
 async def run(settings: Settings) -> None:

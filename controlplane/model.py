@@ -120,6 +120,37 @@ class Node:
     last_seen: float = 0.0
 
 
+@dataclass(frozen=True)
+class AgentOperation:
+    """Commands for an instance's in-guest agent, and their results, as Shaken Fist has them."""
+
+    uuid: str
+    namespace: str
+    instance_uuid: str
+    commands: tuple[JsonDict, ...]
+    state: str = "queued"
+    results: JsonDict = field(default_factory=dict)
+    error_message: str = ""
+    created_at: float = 0.0
+    version: int = 0
+
+    def with_changes(self, **changes: Any) -> AgentOperation:
+        """A copy with some fields replaced."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Blob:
+    """Content-addressed bytes kept by the control plane."""
+
+    uuid: str
+    sha512: str
+    size: int
+    state: str = "created"
+    reference_count: int = 0
+    created_at: float = 0.0
+
+
 def _spec_from_dict(data: JsonDict) -> InstanceSpec:
     return InstanceSpec(
         name=data["name"],
@@ -160,7 +191,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def encode(record: Instance | Event | Node) -> bytes:
+def encode(record: Instance | Event | Node | AgentOperation | Blob) -> bytes:
     """A record as stored JSON."""
     data = _plain(record)
     data["schema"] = SCHEMA
@@ -182,3 +213,15 @@ def decode_event(raw: bytes) -> Event:
 def decode_node(raw: bytes) -> Node:
     """A node record from stored JSON."""
     return Node(**_upgrade(json.loads(raw)))
+
+
+def decode_operation(raw: bytes) -> AgentOperation:
+    """An agent operation from stored JSON."""
+    data = _upgrade(json.loads(raw))
+    data["commands"] = tuple(data["commands"])
+    return AgentOperation(**data)
+
+
+def decode_blob(raw: bytes) -> Blob:
+    """A blob record from stored JSON."""
+    return Blob(**_upgrade(json.loads(raw)))

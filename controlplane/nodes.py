@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from controlplane.errors import Unavailable
 from controlplane.model import Instance, InstanceSpec, Node
@@ -36,6 +37,8 @@ class NodeCommand:
     power_action: str = ""
     namespace: str = ""
     spec: InstanceSpec | None = None
+    # For kind "agent": the AgentAction's fields (kind, command_line, path, ...).
+    agent: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class Outcome:
     error: str = ""
     retryable: bool = False
     observation: Observation | None = None
+    agent_result: dict[str, Any] | None = None
 
 
 @dataclass

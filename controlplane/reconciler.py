@@ -272,3 +272,48 @@ class Reconciler:
             if not event.fqdn:
                 event = dataclasses.replace(event, fqdn=session.node.name)
             await self.records.add_events(instance.namespace, [event])
+
+    async def on_agent_status(
+        self, session: Session, uuid: str, agent_state: str, boot_time: float
+    ) -> Instance | None:
+        """A node reported its in-guest agent's state: record it (and any reboot)."""
+        for _ in range(20):
+            instance = await self.records.get_instance(uuid)
+            if instance is None or instance.node != session.node.name:
+                return None
+            if instance.state == lifecycle.DELETED:
+                return instance
+            boot = boot_time or instance.agent_system_boot_time
+            if agent_state == instance.agent_state and boot == instance.agent_system_boot_time:
+                return instance
+            events = []
+            if agent_state != instance.agent_state:
+                events.append(
+                    self.event(
+                        uuid,
+                        f"agent state changed to {agent_state}",
+                        "status",
+                        old=instance.agent_state,
+                        new=agent_state,
+                    )
+                )
+            if (
+                boot_time
+                and instance.agent_system_boot_time
+                and (abs(boot_time - instance.agent_system_boot_time) > 1)
+            ):
+                events.append(
+                    self.event(
+                        uuid,
+                        "reboot detected",
+                        "status",
+                        old=instance.agent_system_boot_time,
+                        new=boot_time,
+                    )
+                )
+            new = instance.with_changes(agent_state=agent_state, agent_system_boot_time=boot)
+            try:
+                return await self.records.update_instance(instance, new, events)
+            except Conflict:
+                continue
+        return None

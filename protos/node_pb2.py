@@ -22,46 +22,57 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from protos import common_pb2 as protos_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11protos/node.proto\x12\x0cminicloud.v1\x1a\x13protos/common.proto\"\xd8\x02\n\x0bNodeMessage\x12*\n\x08register\x18\x01 \x01(\x0b\x32\x16.minicloud.v1.RegisterH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.minicloud.v1.HeartbeatH\x00\x12-\n\x06result\x18\x03 \x01(\x0b\x32\x1b.minicloud.v1.CommandResultH\x00\x12,\n\tinventory\x18\x04 \x01(\x0b\x32\x17.minicloud.v1.InventoryH\x00\x12\x36\n\x0bobservation\x18\x05 \x01(\x0b\x32\x1f.minicloud.v1.DomainObservationH\x00\x12(\n\x05\x65vent\x18\x06 \x01(\x0b\x32\x17.minicloud.v1.NodeEventH\x00\x12(\n\x05\x62\x61tch\x18\x07 \x01(\x0b\x32\x17.minicloud.v1.NodeBatchH\x00\x42\x06\n\x04\x62ody\"8\n\tNodeBatch\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.minicloud.v1.NodeMessage\"u\n\x08Register\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04\x63pus\x18\x03 \x01(\x05\x12\x11\n\tmemory_mb\x18\x04 \x01(\x03\x12\x12\n\nhypervisor\x18\x05 \x01(\t\x12\x15\n\ragent_version\x18\x06 \x01(\t\")\n\tHeartbeat\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0f\n\x07sent_at\x18\x02 \x01(\x01\"=\n\tInventory\x12\x30\n\x07\x64omains\x18\x01 \x03(\x0b\x32\x1f.minicloud.v1.DomainObservation\"_\n\x11\x44omainObservation\x12\x15\n\rinstance_uuid\x18\x01 \x01(\t\x12\x0e\n\x06\x65xists\x18\x02 \x01(\x08\x12\x13\n\x0bpower_state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"/\n\tNodeEvent\x12\"\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x13.minicloud.v1.Event\"\x9e\x01\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x15\n\rinstance_uuid\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x11\n\tretryable\x18\x05 \x01(\x08\x12\x34\n\x0bobservation\x18\x06 \x01(\x0b\x32\x1f.minicloud.v1.DomainObservation\"\x9f\x01\n\x0e\x43ontrolMessage\x12.\n\nregistered\x18\x01 \x01(\x0b\x32\x18.minicloud.v1.RegisteredH\x00\x12(\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x15.minicloud.v1.CommandH\x00\x12+\n\x05\x62\x61tch\x18\x03 \x01(\x0b\x32\x1a.minicloud.v1.ControlBatchH\x00\x42\x06\n\x04\x62ody\">\n\x0c\x43ontrolBatch\x12.\n\x08messages\x18\x01 \x03(\x0b\x32\x1c.minicloud.v1.ControlMessage\"(\n\nRegistered\x12\x1a\n\x12heartbeat_interval\x18\x01 \x01(\x01\"\xc8\x01\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x15\n\rinstance_uuid\x18\x02 \x01(\t\x12,\n\x06\x63reate\x18\x03 \x01(\x0b\x32\x1a.minicloud.v1.CreateDomainH\x00\x12*\n\x05power\x18\x04 \x01(\x0b\x32\x19.minicloud.v1.PowerActionH\x00\x12.\n\x07\x64\x65stroy\x18\x05 \x01(\x0b\x32\x1b.minicloud.v1.DestroyDomainH\x00\x42\x08\n\x06\x61\x63tion\"K\n\x0c\x43reateDomain\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12(\n\x04spec\x18\x02 \x01(\x0b\x32\x1a.minicloud.v1.InstanceSpec\"\x1d\n\x0bPowerAction\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\"\x0f\n\rDestroyDomain2U\n\x0bNodeService\x12\x46\n\x07\x43onnect\x12\x19.minicloud.v1.NodeMessage\x1a\x1c.minicloud.v1.ControlMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11protos/node.proto\x12\x0cminicloud.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x13protos/common.proto\"\xbc\x03\n\x0bNodeMessage\x12*\n\x08register\x18\x01 \x01(\x0b\x32\x16.minicloud.v1.RegisterH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.minicloud.v1.HeartbeatH\x00\x12-\n\x06result\x18\x03 \x01(\x0b\x32\x1b.minicloud.v1.CommandResultH\x00\x12,\n\tinventory\x18\x04 \x01(\x0b\x32\x17.minicloud.v1.InventoryH\x00\x12\x36\n\x0bobservation\x18\x05 \x01(\x0b\x32\x1f.minicloud.v1.DomainObservationH\x00\x12(\n\x05\x65vent\x18\x06 \x01(\x0b\x32\x17.minicloud.v1.NodeEventH\x00\x12(\n\x05\x62\x61tch\x18\x07 \x01(\x0b\x32\x17.minicloud.v1.NodeBatchH\x00\x12\x31\n\x0c\x61gent_status\x18\x08 \x01(\x0b\x32\x19.minicloud.v1.AgentStatusH\x00\x12/\n\x0b\x65xec_output\x18\t \x01(\x0b\x32\x18.minicloud.v1.ExecOutputH\x00\x42\x06\n\x04\x62ody\"L\n\x0b\x41gentStatus\x12\x15\n\rinstance_uuid\x18\x01 \x01(\t\x12\x13\n\x0b\x61gent_state\x18\x02 \x01(\t\x12\x11\n\tboot_time\x18\x03 \x01(\x01\">\n\nExecOutput\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"8\n\tNodeBatch\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.minicloud.v1.NodeMessage\"u\n\x08Register\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04\x63pus\x18\x03 \x01(\x05\x12\x11\n\tmemory_mb\x18\x04 \x01(\x03\x12\x12\n\nhypervisor\x18\x05 \x01(\t\x12\x15\n\ragent_version\x18\x06 \x01(\t\")\n\tHeartbeat\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0f\n\x07sent_at\x18\x02 \x01(\x01\"=\n\tInventory\x12\x30\n\x07\x64omains\x18\x01 \x03(\x0b\x32\x1f.minicloud.v1.DomainObservation\"_\n\x11\x44omainObservation\x12\x15\n\rinstance_uuid\x18\x01 \x01(\t\x12\x0e\n\x06\x65xists\x18\x02 \x01(\x08\x12\x13\n\x0bpower_state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"/\n\tNodeEvent\x12\"\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x13.minicloud.v1.Event\"\xcd\x01\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x15\n\rinstance_uuid\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x11\n\tretryable\x18\x05 \x01(\x08\x12\x34\n\x0bobservation\x18\x06 \x01(\x0b\x32\x1f.minicloud.v1.DomainObservation\x12-\n\x0c\x61gent_result\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x9f\x01\n\x0e\x43ontrolMessage\x12.\n\nregistered\x18\x01 \x01(\x0b\x32\x18.minicloud.v1.RegisteredH\x00\x12(\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x15.minicloud.v1.CommandH\x00\x12+\n\x05\x62\x61tch\x18\x03 \x01(\x0b\x32\x1a.minicloud.v1.ControlBatchH\x00\x42\x06\n\x04\x62ody\">\n\x0c\x43ontrolBatch\x12.\n\x08messages\x18\x01 \x03(\x0b\x32\x1c.minicloud.v1.ControlMessage\"(\n\nRegistered\x12\x1a\n\x12heartbeat_interval\x18\x01 \x01(\x01\"\xf4\x01\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x15\n\rinstance_uuid\x18\x02 \x01(\t\x12,\n\x06\x63reate\x18\x03 \x01(\x0b\x32\x1a.minicloud.v1.CreateDomainH\x00\x12*\n\x05power\x18\x04 \x01(\x0b\x32\x19.minicloud.v1.PowerActionH\x00\x12.\n\x07\x64\x65stroy\x18\x05 \x01(\x0b\x32\x1b.minicloud.v1.DestroyDomainH\x00\x12*\n\x05\x61gent\x18\x06 \x01(\x0b\x32\x19.minicloud.v1.AgentActionH\x00\x42\x08\n\x06\x61\x63tion\"\xf2\x01\n\x0b\x41gentAction\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x14\n\x0c\x63ommand_line\x18\x02 \x01(\t\x12/\n\x03\x65nv\x18\x03 \x03(\x0b\x32\".minicloud.v1.AgentAction.EnvEntry\x12\x0b\n\x03\x63wd\x18\x04 \x01(\t\x12\x0f\n\x07timeout\x18\x05 \x01(\x01\x12\x0c\n\x04path\x18\x06 \x01(\t\x12\x0c\n\x04mode\x18\x07 \x01(\x03\x12\x11\n\tblob_uuid\x18\x08 \x01(\t\x12\x15\n\rstream_output\x18\t \x01(\x08\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"K\n\x0c\x43reateDomain\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12(\n\x04spec\x18\x02 \x01(\x0b\x32\x1a.minicloud.v1.InstanceSpec\"\x1d\n\x0bPowerAction\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\"\x0f\n\rDestroyDomain2U\n\x0bNodeService\x12\x46\n\x07\x43onnect\x12\x19.minicloud.v1.NodeMessage\x1a\x1c.minicloud.v1.ControlMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.node_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NODEMESSAGE']._serialized_start=57
-  _globals['_NODEMESSAGE']._serialized_end=401
-  _globals['_NODEBATCH']._serialized_start=403
-  _globals['_NODEBATCH']._serialized_end=459
-  _globals['_REGISTER']._serialized_start=461
-  _globals['_REGISTER']._serialized_end=578
-  _globals['_HEARTBEAT']._serialized_start=580
-  _globals['_HEARTBEAT']._serialized_end=621
-  _globals['_INVENTORY']._serialized_start=623
-  _globals['_INVENTORY']._serialized_end=684
-  _globals['_DOMAINOBSERVATION']._serialized_start=686
-  _globals['_DOMAINOBSERVATION']._serialized_end=781
-  _globals['_NODEEVENT']._serialized_start=783
-  _globals['_NODEEVENT']._serialized_end=830
-  _globals['_COMMANDRESULT']._serialized_start=833
-  _globals['_COMMANDRESULT']._serialized_end=991
-  _globals['_CONTROLMESSAGE']._serialized_start=994
-  _globals['_CONTROLMESSAGE']._serialized_end=1153
-  _globals['_CONTROLBATCH']._serialized_start=1155
-  _globals['_CONTROLBATCH']._serialized_end=1217
-  _globals['_REGISTERED']._serialized_start=1219
-  _globals['_REGISTERED']._serialized_end=1259
-  _globals['_COMMAND']._serialized_start=1262
-  _globals['_COMMAND']._serialized_end=1462
-  _globals['_CREATEDOMAIN']._serialized_start=1464
-  _globals['_CREATEDOMAIN']._serialized_end=1539
-  _globals['_POWERACTION']._serialized_start=1541
-  _globals['_POWERACTION']._serialized_end=1570
-  _globals['_DESTROYDOMAIN']._serialized_start=1572
-  _globals['_DESTROYDOMAIN']._serialized_end=1587
-  _globals['_NODESERVICE']._serialized_start=1589
-  _globals['_NODESERVICE']._serialized_end=1674
+  _globals['_AGENTACTION_ENVENTRY']._loaded_options = None
+  _globals['_AGENTACTION_ENVENTRY']._serialized_options = b'8\001'
+  _globals['_NODEMESSAGE']._serialized_start=87
+  _globals['_NODEMESSAGE']._serialized_end=531
+  _globals['_AGENTSTATUS']._serialized_start=533
+  _globals['_AGENTSTATUS']._serialized_end=609
+  _globals['_EXECOUTPUT']._serialized_start=611
+  _globals['_EXECOUTPUT']._serialized_end=673
+  _globals['_NODEBATCH']._serialized_start=675
+  _globals['_NODEBATCH']._serialized_end=731
+  _globals['_REGISTER']._serialized_start=733
+  _globals['_REGISTER']._serialized_end=850
+  _globals['_HEARTBEAT']._serialized_start=852
+  _globals['_HEARTBEAT']._serialized_end=893
+  _globals['_INVENTORY']._serialized_start=895
+  _globals['_INVENTORY']._serialized_end=956
+  _globals['_DOMAINOBSERVATION']._serialized_start=958
+  _globals['_DOMAINOBSERVATION']._serialized_end=1053
+  _globals['_NODEEVENT']._serialized_start=1055
+  _globals['_NODEEVENT']._serialized_end=1102
+  _globals['_COMMANDRESULT']._serialized_start=1105
+  _globals['_COMMANDRESULT']._serialized_end=1310
+  _globals['_CONTROLMESSAGE']._serialized_start=1313
+  _globals['_CONTROLMESSAGE']._serialized_end=1472
+  _globals['_CONTROLBATCH']._serialized_start=1474
+  _globals['_CONTROLBATCH']._serialized_end=1536
+  _globals['_REGISTERED']._serialized_start=1538
+  _globals['_REGISTERED']._serialized_end=1578
+  _globals['_COMMAND']._serialized_start=1581
+  _globals['_COMMAND']._serialized_end=1825
+  _globals['_AGENTACTION']._serialized_start=1828
+  _globals['_AGENTACTION']._serialized_end=2070
+  _globals['_AGENTACTION_ENVENTRY']._serialized_start=2028
+  _globals['_AGENTACTION_ENVENTRY']._serialized_end=2070
+  _globals['_CREATEDOMAIN']._serialized_start=2072
+  _globals['_CREATEDOMAIN']._serialized_end=2147
+  _globals['_POWERACTION']._serialized_start=2149
+  _globals['_POWERACTION']._serialized_end=2178
+  _globals['_DESTROYDOMAIN']._serialized_start=2180
+  _globals['_DESTROYDOMAIN']._serialized_end=2195
+  _globals['_NODESERVICE']._serialized_start=2197
+  _globals['_NODESERVICE']._serialized_end=2282
 # @@protoc_insertion_point(module_scope)

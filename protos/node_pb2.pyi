@@ -9,6 +9,7 @@ observed state, events and heartbeats.
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from protos import common_pb2 as _common_pb2
 import builtins as _builtins
@@ -35,6 +36,8 @@ class NodeMessage(_message.Message):
     OBSERVATION_FIELD_NUMBER: _builtins.int
     EVENT_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
+    AGENT_STATUS_FIELD_NUMBER: _builtins.int
+    EXEC_OUTPUT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def register(self) -> Global___Register: ...
     @_builtins.property
@@ -51,6 +54,10 @@ class NodeMessage(_message.Message):
     def batch(self) -> Global___NodeBatch:
         """Several messages at once, sent when more are queued (saves per-message cost)."""
 
+    @_builtins.property
+    def agent_status(self) -> Global___AgentStatus: ...
+    @_builtins.property
+    def exec_output(self) -> Global___ExecOutput: ...
     def __init__(
         self,
         *,
@@ -61,16 +68,74 @@ class NodeMessage(_message.Message):
         observation: Global___DomainObservation | None = ...,
         event: Global___NodeEvent | None = ...,
         batch: Global___NodeBatch | None = ...,
+        agent_status: Global___AgentStatus | None = ...,
+        exec_output: Global___ExecOutput | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "body", b"body", "event", b"event", "heartbeat", b"heartbeat", "inventory", b"inventory", "observation", b"observation", "register", b"register", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_status", b"agent_status", "batch", b"batch", "body", b"body", "event", b"event", "exec_output", b"exec_output", "heartbeat", b"heartbeat", "inventory", b"inventory", "observation", b"observation", "register", b"register", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "body", b"body", "event", b"event", "heartbeat", b"heartbeat", "inventory", b"inventory", "observation", b"observation", "register", b"register", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_status", b"agent_status", "batch", b"batch", "body", b"body", "event", b"event", "exec_output", b"exec_output", "heartbeat", b"heartbeat", "inventory", b"inventory", "observation", b"observation", "register", b"register", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["register", "heartbeat", "result", "inventory", "observation", "event", "batch"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["register", "heartbeat", "result", "inventory", "observation", "event", "batch", "agent_status", "exec_output"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
 Global___NodeMessage: _TypeAlias = NodeMessage  # noqa: Y015
+
+@_typing.final
+class AgentStatus(_message.Message):
+    """The in-guest agent of one instance: its state and the guest's boot time."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_UUID_FIELD_NUMBER: _builtins.int
+    AGENT_STATE_FIELD_NUMBER: _builtins.int
+    BOOT_TIME_FIELD_NUMBER: _builtins.int
+    instance_uuid: _builtins.str
+    agent_state: _builtins.str
+    """Shaken Fist's strings: "ready", "not ready (no contact)", ..."""
+    boot_time: _builtins.float
+    def __init__(
+        self,
+        *,
+        instance_uuid: _builtins.str = ...,
+        agent_state: _builtins.str = ...,
+        boot_time: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_state", b"agent_state", "boot_time", b"boot_time", "instance_uuid", b"instance_uuid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentStatus: _TypeAlias = AgentStatus  # noqa: Y015
+
+@_typing.final
+class ExecOutput(_message.Message):
+    """Output of a running execute command, as the guest produces it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_ID_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    command_id: _builtins.str
+    stream: _builtins.str
+    """"stdout" or "stderr"."""
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        command_id: _builtins.str = ...,
+        stream: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_id", b"command_id", "data", b"data", "stream", b"stream"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecOutput: _TypeAlias = ExecOutput  # noqa: Y015
 
 @_typing.final
 class NodeBatch(_message.Message):
@@ -237,6 +302,7 @@ class CommandResult(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     RETRYABLE_FIELD_NUMBER: _builtins.int
     OBSERVATION_FIELD_NUMBER: _builtins.int
+    AGENT_RESULT_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     instance_uuid: _builtins.str
     ok: _builtins.bool
@@ -247,6 +313,10 @@ class CommandResult(_message.Message):
     def observation(self) -> Global___DomainObservation:
         """The domain as it is after the command."""
 
+    @_builtins.property
+    def agent_result(self) -> _struct_pb2.Struct:
+        """For agent commands: Shaken Fist's result fields (return-code, stdout, ...)."""
+
     def __init__(
         self,
         *,
@@ -256,10 +326,11 @@ class CommandResult(_message.Message):
         error: _builtins.str = ...,
         retryable: _builtins.bool = ...,
         observation: Global___DomainObservation | None = ...,
+        agent_result: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["observation", b"observation"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_result", b"agent_result", "observation", b"observation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_id", b"command_id", "error", b"error", "instance_uuid", b"instance_uuid", "observation", b"observation", "ok", b"ok", "retryable", b"retryable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_result", b"agent_result", "command_id", b"command_id", "error", b"error", "instance_uuid", b"instance_uuid", "observation", b"observation", "ok", b"ok", "retryable", b"retryable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -347,6 +418,7 @@ class Command(_message.Message):
     CREATE_FIELD_NUMBER: _builtins.int
     POWER_FIELD_NUMBER: _builtins.int
     DESTROY_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     instance_uuid: _builtins.str
     @_builtins.property
@@ -355,6 +427,8 @@ class Command(_message.Message):
     def power(self) -> Global___PowerAction: ...
     @_builtins.property
     def destroy(self) -> Global___DestroyDomain: ...
+    @_builtins.property
+    def agent(self) -> Global___AgentAction: ...
     def __init__(
         self,
         *,
@@ -363,16 +437,87 @@ class Command(_message.Message):
         create: Global___CreateDomain | None = ...,
         power: Global___PowerAction | None = ...,
         destroy: Global___DestroyDomain | None = ...,
+        agent: Global___AgentAction | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "create", b"create", "destroy", b"destroy", "power", b"power"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent", b"agent", "create", b"create", "destroy", b"destroy", "power", b"power"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "command_id", b"command_id", "create", b"create", "destroy", b"destroy", "instance_uuid", b"instance_uuid", "power", b"power"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent", b"agent", "command_id", b"command_id", "create", b"create", "destroy", b"destroy", "instance_uuid", b"instance_uuid", "power", b"power"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["create", "power", "destroy"]  # noqa: Y015
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["create", "power", "destroy", "agent"]  # noqa: Y015
     _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
 
 Global___Command: _TypeAlias = Command  # noqa: Y015
+
+@_typing.final
+class AgentAction(_message.Message):
+    """One command for an instance's in-guest agent. Blobs move through the
+    control plane's BlobService, which the node agent calls directly.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    KIND_FIELD_NUMBER: _builtins.int
+    COMMAND_LINE_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
+    CWD_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    BLOB_UUID_FIELD_NUMBER: _builtins.int
+    STREAM_OUTPUT_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """execute, put or get."""
+    command_line: _builtins.str
+    cwd: _builtins.str
+    timeout: _builtins.float
+    path: _builtins.str
+    mode: _builtins.int
+    blob_uuid: _builtins.str
+    stream_output: _builtins.bool
+    """Send ExecOutput messages while it runs."""
+    @_builtins.property
+    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        command_line: _builtins.str = ...,
+        env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        cwd: _builtins.str = ...,
+        timeout: _builtins.float = ...,
+        path: _builtins.str = ...,
+        mode: _builtins.int = ...,
+        blob_uuid: _builtins.str = ...,
+        stream_output: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_uuid", b"blob_uuid", "command_line", b"command_line", "cwd", b"cwd", "env", b"env", "kind", b"kind", "mode", b"mode", "path", b"path", "stream_output", b"stream_output", "timeout", b"timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentAction: _TypeAlias = AgentAction  # noqa: Y015
 
 @_typing.final
 class CreateDomain(_message.Message):

@@ -146,6 +146,7 @@ def outcome_from_pb(pb: node_pb2.CommandResult) -> Outcome:
         error=pb.error,
         retryable=pb.retryable,
         observation=observation_from_pb(pb.observation) if pb.HasField("observation") else None,
+        agent_result=struct_to_dict(pb.agent_result) if pb.HasField("agent_result") else None,
     )
 
 
@@ -157,6 +158,8 @@ def command_to_pb(command: NodeCommand) -> node_pb2.ControlMessage:
         spec_to_pb(command.spec, pb.create.spec)
     elif command.kind == "power":
         pb.power.action = command.power_action
+    elif command.kind == "agent" and command.agent is not None:
+        pb.agent.CopyFrom(node_pb2.AgentAction(**command.agent))
     else:
         pb.destroy.SetInParent()
     return node_pb2.ControlMessage(command=pb)

@@ -8,8 +8,8 @@ from typing import Any
 import grpc
 
 from controlplane.api.convert import event_to_pb, instance_to_pb, spec_from_pb
-from controlplane.api.status import grpc_errors, namespace_of
-from controlplane.errors import MiniCloudError, status_of
+from controlplane.api.status import abort_for, grpc_errors, namespace_of
+from controlplane.errors import MiniCloudError
 from controlplane.model import Instance
 from controlplane.services.instances import InstanceService
 from protos import instances_pb2, instances_pb2_grpc
@@ -110,4 +110,4 @@ async def _subscribe(service: InstanceService, namespace: str, ref: str, context
     try:
         return await service.watch(namespace, ref)
     except MiniCloudError as exc:
-        await context.abort(getattr(grpc.StatusCode, status_of(exc)[0]), str(exc))
+        await abort_for(context, exc)

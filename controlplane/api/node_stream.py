@@ -23,6 +23,7 @@ from controlplane.api.convert import (
 from controlplane.model import Node
 from controlplane.nodes import NodeRegistry, Session
 from controlplane.reconciler import Reconciler
+from controlplane.services.agent import AgentService
 from controlplane.settings import Settings
 from controlplane.store.records import Records
 from protos import node_pb2, node_pb2_grpc
@@ -43,7 +44,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         reconciler: Reconciler,
         records: Records,
         clock: Callable[[], float],
+        agent: AgentService,
     ) -> None:
+        self.agent = agent
         self.settings = settings
         self.nodes = nodes
         self.reconciler = reconciler
@@ -132,6 +135,16 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             await self.reconciler.on_inventory(session, domains)
         elif kind == "event":
             await self.reconciler.on_node_event(session, event_from_pb(message.event.event))
+        elif kind == "exec_output":
+            out = message.exec_output
+            self.agent.on_output(out.command_id, out.stream, out.data)
+        elif kind == "agent_status":
+            status = message.agent_status
+            await self.reconciler.on_agent_status(
+                session, status.instance_uuid, status.agent_state, status.boot_time
+            )
+            if status.agent_state == "ready":
+                self.agent.kick(status.instance_uuid)
         else:
             log.warning("unexpected node message", node=session.node.name, kind=kind)
 

@@ -26,6 +26,11 @@ def namespace_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return DEFAULT_NAMESPACE
 
 
+async def abort_for(context: grpc.aio.ServicerContext[Any, Any], error: MiniCloudError) -> None:
+    """End a call (a streaming one, typically) with the status mapped from error."""
+    await context.abort(getattr(grpc.StatusCode, status_of(error)[0]), str(error))
+
+
 def grpc_errors(
     method: Callable[..., Awaitable[T]],
 ) -> Callable[..., Awaitable[T]]:

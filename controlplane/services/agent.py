@@ -1,0 +1,298 @@
+"""Agent operations: queued per instance, run one at a time while the agent is ready.
+
+Operations follow Shaken Fist: ``commands`` as dicts, ``results`` keyed "0",
+"1", ...; states queued → executing → complete or error (and deleted).
+Execute output over 10 KiB is kept in a blob (``stdout_blob``,
+``stderr_blob``); a get stores the file's content in a blob
+(``content_blob``). ExecuteStream subscribers receive output chunks as the
+node relays them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
+from controlplane.model import AgentOperation, Instance
+from controlplane.nodes import NodeCommand, NodeRegistry, Outcome
+from controlplane.store.agentops import AgentOperations
+from controlplane.store.blobs import BlobStore
+from controlplane.store.protocol import Conflict
+from controlplane.store.records import Records
+
+log = structlog.get_logger(__name__)
+
+INLINE_OUTPUT_LIMIT = 10 * 1024
+DEFAULT_TIMEOUT = 300.0
+MAX_TIMEOUT = 24 * 3600.0
+READY = "ready"
+FINISHED = ("complete", "error", "deleted")
+
+
+@dataclass(eq=False)
+class OutputStream:
+    """One ExecuteStream caller's queue of (stream, bytes) chunks; None ends it."""
+
+    queue: asyncio.Queue[tuple[str, bytes] | None] = field(
+        default_factory=lambda: asyncio.Queue(maxsize=4096)
+    )
+
+
+class AgentService:
+    """Create, run and report agent operations."""
+
+    def __init__(
+        self,
+        records: Records,
+        ops: AgentOperations,
+        blobs: BlobStore,
+        nodes: NodeRegistry,
+        clock: Callable[[], float],
+    ) -> None:
+        self.records = records
+        self.ops = ops
+        self.blobs = blobs
+        self.nodes = nodes
+        self.clock = clock
+        self._running: dict[str, str] = {}
+        self._streams: dict[str, OutputStream] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- creating operations -------------------------------------------------
+
+    async def execute(
+        self,
+        instance: Instance,
+        command_line: str,
+        env: dict[str, str] | None = None,
+        cwd: str = "",
+        timeout: float = 0.0,
+        stream: OutputStream | None = None,
+    ) -> AgentOperation:
+        """Queue a command line (its output streamed to ``stream`` if given)."""
+        if not command_line.strip():
+            raise InvalidArgument("a command line is required")
+        if timeout < 0 or timeout > MAX_TIMEOUT:
+            raise InvalidArgument(f"timeout must be between 0 and {MAX_TIMEOUT:g} seconds")
+        command: dict[str, Any] = {
+            "command": "execute",
+            "commandline": command_line,
+            "block-for-result": True,
+        }
+        if env:
+            command["env"] = dict(env)
+        if cwd:
+            command["cwd"] = cwd
+        if timeout:
+            command["timeout"] = timeout
+        return await self._queue(instance, [command], stream)
+
+    async def put(self, instance: Instance, blob_uuid: str, path: str, mode: int) -> AgentOperation:
+        """Queue copying a blob into the instance at path, then setting its mode."""
+        _check_path(path)
+        blob = await self.blobs.get(blob_uuid)
+        if blob is None:
+            raise NotFound(f"blob {blob_uuid!r} not found")
+        if mode < 0 or mode > 0o177777:
+            raise InvalidArgument(f"mode {mode} is not a file mode")
+        await self.blobs.reference(blob.uuid)
+        return await self._queue(
+            instance,
+            [
+                {"command": "put-blob", "blob_uuid": blob.uuid, "path": path},
+                {"command": "chmod", "mode": mode, "path": path},
+            ],
+        )
+
+    async def get_file(self, instance: Instance, path: str) -> AgentOperation:
+        """Queue copying a file out of the instance into a new blob."""
+        _check_path(path)
+        return await self._queue(instance, [{"command": "get-file", "path": path}])
+
+    async def _queue(
+        self, instance: Instance, commands: list[dict[str, Any]], stream: OutputStream | None = None
+    ) -> AgentOperation:
+        if instance.state in ("deleted", "delete-wait"):
+            raise FailedPrecondition(f"instance {instance.uuid} is {instance.state}")
+        if "sf-agent" not in instance.spec.side_channels:
+            raise FailedPrecondition(
+                "instance has no sf-agent side channel; create it with side_channels=['sf-agent']"
+            )
+        op = AgentOperation(
+            uuid=str(uuidlib.uuid4()),
+            namespace=instance.namespace,
+            instance_uuid=instance.uuid,
+            commands=tuple(commands),
+            state="queued",
+            created_at=self.clock(),
+        )
+        if stream is not None:
+            self._streams[op.uuid] = stream
+        stored = await self.ops.create(op)
+        self.kick(instance.uuid)
+        return stored
+
+    # -- reading -------------------------------------------------------------
+
+    async def get(self, namespace: str, uuid: str) -> AgentOperation:
+        """An operation by UUID, in the namespace."""
+        op = await self.ops.get(uuid)
+        if op is None or op.namespace != namespace:
+            raise NotFound(f"agent operation {uuid!r} not found")
+        return op
+
+    async def list_for(self, instance: Instance, include_all: bool = False) -> list[AgentOperation]:
+        """An instance's queued operations (every one with include_all), oldest first."""
+        ops = await self.ops.for_instance(instance.uuid)
+        if include_all:
+            return [op for op in ops if op.state != "deleted"]
+        return [op for op in ops if op.state in ("queued", "executing")]
+
+    async def delete(self, namespace: str, uuid: str) -> AgentOperation:
+        """Mark an operation deleted (a queued one will not run)."""
+        for _ in range(20):
+            op = await self.get(namespace, uuid)
+            if op.state == "executing":
+                raise FailedPrecondition("an executing operation cannot be deleted; wait for it")
+            if op.state == "deleted":
+                return op
+            try:
+                return await self.ops.update(op, op.with_changes(state="deleted"))
+            except Conflict:
+                continue
+        raise FailedPrecondition(f"agent operation {uuid} is changing too fast; try again")
+
+    def unsubscribe(self, op_uuid: str) -> None:
+        """Stop streaming an operation's output."""
+        self._streams.pop(op_uuid, None)
+
+    def on_output(self, command_id: str, stream: str, data: bytes) -> None:
+        """A node relayed output of a running execute: pass it to the stream's caller."""
+        sub = self._streams.get(command_id.split("/", 1)[0])
+        if sub is not None:
+            try:
+                sub.queue.put_nowait((stream, data))
+            except asyncio.QueueFull:
+                log.warning("execute stream reader too slow; output dropped", command=command_id)
+
+    # -- running -------------------------------------------------------------
+
+    def kick(self, instance_uuid: str) -> None:
+        """Start the instance's next queued operation if none is running."""
+        if instance_uuid in self._running:
+            return
+        self._running[instance_uuid] = ""
+        task = asyncio.get_running_loop().create_task(self._next(instance_uuid))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _next(self, instance_uuid: str) -> None:
+        try:
+            instance = await self.records.get_instance(instance_uuid)
+            if instance is None or instance.agent_state != READY:
+                return
+            if not self.nodes.connected(instance.node):
+                return
+            queued = [
+                op for op in await self.ops.for_instance(instance_uuid) if op.state == "queued"
+            ]
+            if not queued:
+                return
+            op = await self.ops.update(queued[0], queued[0].with_changes(state="executing"))
+            self._running[instance_uuid] = op.uuid
+            await self._run(instance, op)
+        except Exception:
+            log.exception("agent operation runner failed", instance=instance_uuid)
+            return
+        finally:
+            self._running.pop(instance_uuid, None)
+        self.kick(instance_uuid)
+
+    async def _run(self, instance: Instance, op: AgentOperation) -> None:
+        command = op.commands[0]
+        action: dict[str, Any]
+        if command["command"] == "execute":
+            action = {
+                "kind": "execute",
+                "command_line": command["commandline"],
+                "env": command.get("env", {}),
+                "cwd": command.get("cwd", ""),
+                "timeout": command.get("timeout", DEFAULT_TIMEOUT),
+                "stream_output": op.uuid in self._streams,
+            }
+        elif command["command"] == "put-blob":
+            action = {
+                "kind": "put",
+                "path": command["path"],
+                "blob_uuid": command["blob_uuid"],
+                "mode": op.commands[1]["mode"],
+                "timeout": DEFAULT_TIMEOUT,
+            }
+        else:
+            action = {"kind": "get", "path": command["path"], "timeout": DEFAULT_TIMEOUT}
+        node_command = NodeCommand(f"{op.uuid}/0", instance.uuid, "agent", agent=action)
+        try:
+            future = self.nodes.send(instance.node, node_command)
+            outcome = await asyncio.wait_for(future, float(action["timeout"]) + 60)
+        except Exception as exc:  # disconnects, deadlines
+            outcome = Outcome(
+                node_command.command_id, instance.uuid, False, str(exc) or "timed out"
+            )
+        await self._finish(op, outcome)
+
+    async def _finish(self, op: AgentOperation, outcome: Outcome) -> None:
+        results: dict[str, Any] = {}
+        state, error = "complete", ""
+        result = dict(outcome.agent_result or {})
+        if not outcome.ok:
+            state, error = "error", outcome.error or "the agent operation failed"
+        elif op.commands[0]["command"] == "execute":
+            results["0"] = await self._execute_result(op, result)
+        elif op.commands[0]["command"] == "put-blob":
+            results = {"0": {"path": op.commands[0]["path"]}, "1": {"path": op.commands[1]["path"]}}
+        else:
+            results["0"] = {
+                "path": op.commands[0]["path"],
+                "stat_result": result.get("stat_result", {}),
+                "content_blob": result.get("content_blob", ""),
+            }
+        for _ in range(20):
+            try:
+                current = await self.ops.get(op.uuid) or op
+                await self.ops.update(
+                    current,
+                    current.with_changes(state=state, results=results, error_message=error),
+                )
+                break
+            except Conflict:
+                continue
+        stream = self._streams.get(op.uuid)
+        if stream is not None:
+            stream.queue.put_nowait(None)
+
+    async def _execute_result(self, op: AgentOperation, result: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "command-line": op.commands[0]["commandline"],
+            "result": True,
+            "return-code": int(result.get("return-code", -1)),
+        }
+        for name in ("stdout", "stderr"):
+            text = str(result.get(name, ""))
+            if len(text.encode()) > INLINE_OUTPUT_LIMIT:
+                blob = await self.blobs.add_bytes(text.encode(), self.clock())
+                out[f"{name}_blob"] = blob.uuid
+                out[name] = ""
+            else:
+                out[name] = text
+        return out
+
+
+def _check_path(path: str) -> None:
+    if not path.startswith("/") or "\0" in path or len(path) > 4096:
+        raise InvalidArgument(f"path {path!r} must be an absolute path inside the instance")

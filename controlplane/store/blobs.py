@@ -1,0 +1,120 @@
+"""Blob records (content-addressed by sha512) and their bytes on disk.
+
+Key layout:
+
+    blob/<uuid>            blob record (JSON)
+    blobhash/<sha512>      -> uuid of the blob with that content
+
+The bytes live in ``<folder>/<uuid>``. An upload is written to a temporary
+file while it is hashed; content already stored returns the existing blob.
+File I/O runs in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import tempfile
+import uuid as uuidlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from controlplane.model import Blob, decode_blob, encode
+from controlplane.store.protocol import Conflict, Put, Store
+
+CHUNK = 1024 * 1024
+
+
+class BlobStore:
+    """Blob records in the store, blob bytes in a folder."""
+
+    def __init__(self, store: Store, folder: Path) -> None:
+        self.store = store
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    async def get(self, uuid: str) -> Blob | None:
+        """A blob by UUID, or None."""
+        item = await self.store.get(f"blob/{uuid}".encode())
+        return None if item is None else decode_blob(item.value)
+
+    async def find(self, sha512: str) -> Blob | None:
+        """The blob with that content hash, or None."""
+        item = await self.store.get(f"blobhash/{sha512.lower()}".encode())
+        return None if item is None else await self.get(item.value.decode())
+
+    async def add(self, chunks: AsyncIterator[bytes], now: float) -> Blob:
+        """Store streamed bytes as a blob (the existing one if the content is known)."""
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".upload-")
+        digest = hashlib.sha512()
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as out:
+                async for chunk in chunks:
+                    digest.update(chunk)
+                    size += len(chunk)
+                    await asyncio.to_thread(out.write, chunk)
+            sha = digest.hexdigest()
+            existing = await self.find(sha)
+            if existing is not None:
+                return existing
+            blob = Blob(uuid=str(uuidlib.uuid4()), sha512=sha, size=size, created_at=now)
+            os.replace(tmp, self.path(blob.uuid))
+            try:
+                await self.store.commit(
+                    [
+                        Put(f"blobhash/{sha}".encode(), blob.uuid.encode(), expect=0),
+                        Put(f"blob/{blob.uuid}".encode(), encode(blob), expect=0),
+                    ]
+                )
+            except Conflict:
+                self.path(blob.uuid).unlink(missing_ok=True)
+                again = await self.find(sha)
+                if again is None:
+                    raise
+                return again
+            return blob
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    async def add_bytes(self, data: bytes, now: float) -> Blob:
+        """Store bytes already in memory as a blob."""
+
+        async def one() -> AsyncIterator[bytes]:
+            yield data
+
+        return await self.add(one(), now)
+
+    async def reference(self, uuid: str, delta: int = 1) -> None:
+        """Count one more (or fewer) user of a blob."""
+        for _ in range(20):
+            item = await self.store.get(f"blob/{uuid}".encode())
+            if item is None:
+                return
+            blob = decode_blob(item.value)
+            count = max(0, blob.reference_count + delta)
+            new = Blob(**{**blob.__dict__, "reference_count": count})
+            try:
+                await self.store.commit([Put(item.key, encode(new), expect=item.version)])
+                return
+            except Conflict:
+                continue
+
+    def path(self, uuid: str) -> Path:
+        """Where a blob's bytes are."""
+        return self.folder / uuid
+
+    async def read(self, uuid: str, offset: int = 0, limit: int = 0) -> AsyncIterator[bytes]:
+        """A blob's bytes from offset, at most limit of them (0: all), in chunks."""
+        remaining = limit if limit > 0 else None
+        with open(self.path(uuid), "rb") as src:
+            src.seek(offset)
+            while remaining is None or remaining > 0:
+                size = CHUNK if remaining is None else min(CHUNK, remaining)
+                data = await asyncio.to_thread(src.read, size)
+                if not data:
+                    return
+                if remaining is not None:
+                    remaining -= len(data)
+                yield data
