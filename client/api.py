@@ -19,7 +19,14 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from protos import instances_pb2, instances_pb2_grpc
+from protos import (
+    agent_pb2,
+    agent_pb2_grpc,
+    blobs_pb2,
+    blobs_pb2_grpc,
+    instances_pb2,
+    instances_pb2_grpc,
+)
 
 JsonDict = dict[str, Any]
 
@@ -44,8 +51,16 @@ class Client:
     """One channel to a control plane, calls made in one namespace."""
 
     def __init__(self, target: str, namespace: str = "system", timeout: float = 300) -> None:
-        self.channel = grpc.insecure_channel(target)
+        self.channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ],
+        )
         self.stub = instances_pb2_grpc.InstanceServiceStub(self.channel)
+        self.agent = agent_pb2_grpc.AgentServiceStub(self.channel)
+        self.blobs = blobs_pb2_grpc.BlobServiceStub(self.channel)
         self.metadata = (("x-namespace", namespace),)
         self.timeout = timeout
 
@@ -63,8 +78,9 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, request: Message) -> Any:
-        return getattr(self.stub, method)(request, metadata=self.metadata, timeout=self.timeout)
+    def _call(self, method: str, request: Message, stub: Any = None) -> Any:
+        stub = stub or self.stub
+        return getattr(stub, method)(request, metadata=self.metadata, timeout=self.timeout)
 
     def create(self, spec: JsonDict) -> JsonDict:
         """Create an instance from a spec dict (InstanceSpec's fields)."""
@@ -116,3 +132,110 @@ class Client:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"instance {ref} still {inst['state']}/{inst['power_state']}")
             time.sleep(poll)
+
+    # -- agent operations ------------------------------------------------------
+
+    def execute(
+        self,
+        ref: str,
+        command_line: str,
+        env: dict[str, str] | None = None,
+        cwd: str = "",
+        timeout: float = 0,
+    ) -> JsonDict:
+        """Queue a command in the instance; returns the agent operation."""
+        request = agent_pb2.ExecuteRequest(
+            ref=ref, command_line=command_line, env=env or {}, cwd=cwd, timeout=timeout
+        )
+        return to_dict(self._call("Execute", request, self.agent))
+
+    def execute_stream(
+        self,
+        ref: str,
+        command_line: str,
+        on_output: Callable[[str, bytes], None],
+        env: dict[str, str] | None = None,
+        cwd: str = "",
+        timeout: float = 0,
+    ) -> JsonDict:
+        """Run a command, passing output chunks to on_output; returns the finished operation."""
+        request = agent_pb2.ExecuteRequest(
+            ref=ref, command_line=command_line, env=env or {}, cwd=cwd, timeout=timeout
+        )
+        final: JsonDict = {}
+        for out in self.agent.ExecuteStream(request, metadata=self.metadata):
+            kind = out.WhichOneof("output")
+            if kind == "operation":
+                final = to_dict(out.operation)
+            elif kind in ("stdout", "stderr"):
+                on_output(kind, getattr(out, kind))
+        return final
+
+    def agent_operation(self, uuid: str) -> JsonDict:
+        """An agent operation by UUID."""
+        return to_dict(
+            self._call("GetAgentOperation", agent_pb2.OperationRef(uuid=uuid), self.agent)
+        )
+
+    def agent_operations(self, ref: str, include_all: bool = False) -> list[JsonDict]:
+        """An instance's queued (or all) agent operations."""
+        request = agent_pb2.ListAgentOperationsRequest(ref=ref, all=include_all)
+        return [
+            to_dict(o) for o in self._call("ListAgentOperations", request, self.agent).operations
+        ]
+
+    def delete_agent_operation(self, uuid: str) -> JsonDict:
+        """Delete an agent operation."""
+        return to_dict(
+            self._call("DeleteAgentOperation", agent_pb2.OperationRef(uuid=uuid), self.agent)
+        )
+
+    def wait_operation(self, uuid: str, timeout: float = 600, poll: float = 0.2) -> JsonDict:
+        """Poll an agent operation until it is complete or in error."""
+        deadline = time.monotonic() + timeout
+        while True:
+            op = self.agent_operation(uuid)
+            if op["state"] in ("complete", "error", "deleted"):
+                return op
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"agent operation {uuid} still {op['state']}")
+            time.sleep(poll)
+
+    def put_blob(self, ref: str, blob_uuid: str, path: str, mode: int) -> JsonDict:
+        """Queue copying a blob into the instance."""
+        request = agent_pb2.PutRequest(ref=ref, blob_uuid=blob_uuid, path=path, mode=mode)
+        return to_dict(self._call("Put", request, self.agent))
+
+    def get_file(self, ref: str, path: str) -> JsonDict:
+        """Queue copying a file out of the instance into a blob."""
+        return to_dict(self._call("Get", agent_pb2.GetRequest(ref=ref, path=path), self.agent))
+
+    # -- blobs -------------------------------------------------------------------
+
+    def upload_blob(
+        self, chunks: Iterator[bytes], progress: Callable[[int], None] | None = None
+    ) -> JsonDict:
+        """Stream bytes into a new blob (or the existing one with the same content)."""
+
+        def messages() -> Iterator[blobs_pb2.BlobChunk]:
+            for chunk in chunks:
+                if progress is not None:
+                    progress(len(chunk))
+                yield blobs_pb2.BlobChunk(data=chunk)
+
+        return to_dict(self.blobs.Upload(messages(), metadata=self.metadata))
+
+    def download_blob(self, uuid: str, offset: int = 0, limit: int = 0) -> Iterator[bytes]:
+        """A blob's bytes, in chunks."""
+        request = blobs_pb2.DownloadRequest(uuid=uuid, offset=offset, limit=limit)
+        for chunk in self.blobs.Download(request, metadata=self.metadata):
+            yield chunk.data
+
+    def blob(self, uuid: str) -> JsonDict:
+        """A blob's record."""
+        return to_dict(self._call("GetBlob", blobs_pb2.BlobRef(uuid=uuid), self.blobs))
+
+    def find_blob(self, sha512: str) -> JsonDict | None:
+        """The blob with this content hash, if any."""
+        found = self._call("SearchBlobs", blobs_pb2.SearchBlobsRequest(sha512=sha512), self.blobs)
+        return to_dict(found.blobs[0]) if found.blobs else None

@@ -6,6 +6,11 @@
     minicloud instance poweroff demo
     minicloud instance events demo --type audit --limit 10
     minicloud instance watch demo
+    minicloud instance execute demo "cat /etc/os-release"
+    minicloud instance copy-to demo ./notes.txt /tmp/notes.txt
+    minicloud instance copy-from demo /etc/hostname ./hostname
+    minicloud instance agentops demo --all
+    minicloud blob upload ./disk.img ; minicloud blob download UUID ./copy.img
     minicloud instance delete demo
 
 The control plane is MINICLOUD_API (default 127.0.0.1:13100), the namespace
@@ -15,15 +20,19 @@ MINICLOUD_NAMESPACE (default system); --api and --namespace override them.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 
 from client.api import Client, JsonDict
+from client.progress import Progress
 
 POWER_COMMANDS = {
     "poweron": "on",
@@ -95,6 +104,28 @@ def build_parser() -> argparse.ArgumentParser:
     reboot = inst.add_parser("reboot")
     reboot.add_argument("ref")
     reboot.add_argument("--hard", action="store_true")
+    execute = inst.add_parser("execute", help="run a command in the instance (its agent)")
+    execute.add_argument("ref")
+    execute.add_argument("command_line")
+    execute.add_argument("--timeout", type=float, default=0)
+    copy_to = inst.add_parser("copy-to", help="copy a local file into the instance")
+    copy_to.add_argument("ref")
+    copy_to.add_argument("local", type=Path)
+    copy_to.add_argument("remote")
+    copy_to.add_argument("--mode", type=lambda v: int(v, 8), default=None, help="octal")
+    copy_from = inst.add_parser("copy-from", help="copy a file out of the instance")
+    copy_from.add_argument("ref")
+    copy_from.add_argument("remote")
+    copy_from.add_argument("local", type=Path)
+    agentops = inst.add_parser("agentops", help="list agent operations")
+    agentops.add_argument("ref")
+    agentops.add_argument("--all", action="store_true")
+    blob = top.add_parser("blob", help="manage blobs").add_subparsers(dest="verb", required=True)
+    blob.add_parser("upload").add_argument("path", type=Path)
+    download = blob.add_parser("download")
+    download.add_argument("uuid")
+    download.add_argument("path", type=Path)
+    blob.add_parser("show").add_argument("uuid")
     events = inst.add_parser("events")
     events.add_argument("ref")
     events.add_argument("--type", default="")
@@ -137,9 +168,89 @@ def show_instance(inst: JsonDict) -> None:
         print(f"{key:<12} {value}")
 
 
+def file_chunks(path: Path, size: int = 1024 * 1024) -> Iterator[bytes]:
+    """A file's bytes in chunks."""
+    with path.open("rb") as src:
+        while chunk := src.read(size):
+            yield chunk
+
+
+def upload_file(client: Client, path: Path) -> JsonDict:
+    """Upload a file as a blob, reusing a blob with the same content."""
+    digest = hashlib.sha512()
+    for chunk in file_chunks(path):
+        digest.update(chunk)
+    existing = client.find_blob(digest.hexdigest())
+    if existing is not None:
+        print(f"reusing blob {existing['uuid']} with the same content", file=sys.stderr)
+        return existing
+    progress = Progress(f"upload {path.name}", path.stat().st_size)
+    blob = client.upload_blob(file_chunks(path), progress)
+    progress.finish()
+    return blob
+
+
+def download_file(client: Client, uuid: str, path: Path) -> None:
+    """Download a blob into a file."""
+    progress = Progress(f"download {path.name}", int(client.blob(uuid)["size"]))
+    with path.open("wb") as out:
+        for chunk in client.download_blob(uuid):
+            out.write(chunk)
+            progress(len(chunk))
+    progress.finish()
+
+
+def finished(client: Client, op: JsonDict) -> JsonDict:
+    """Wait for an agent operation; SystemExit with its error if it fails."""
+    done = client.wait_operation(op["uuid"])
+    if done["state"] != "complete":
+        raise SystemExit(f"error: agent operation {done['state']}: {done['error_message']}")
+    return done
+
+
+def run_agent(args: argparse.Namespace, client: Client) -> Any:
+    """The commands that go through the in-guest agent."""
+    if args.verb == "execute":
+
+        def show(stream: str, data: bytes) -> None:
+            out = sys.stderr if stream == "stderr" else sys.stdout
+            out.buffer.write(data)
+            out.flush()
+
+        op = client.execute_stream(args.ref, args.command_line, show, timeout=args.timeout)
+        if op.get("state") != "complete":
+            raise SystemExit(f"error: {op.get('error_message') or op.get('state')}")
+        result = op["results"]["0"]
+        args.exit_code = int(result.get("return-code", 0))
+        return op if args.json else None
+    if args.verb == "copy-to":
+        blob = upload_file(client, args.local)
+        mode = args.mode if args.mode is not None else args.local.stat().st_mode & 0o7777
+        return finished(client, client.put_blob(args.ref, blob["uuid"], args.remote, mode))
+    if args.verb == "copy-from":
+        op = finished(client, client.get_file(args.ref, args.remote))
+        download_file(client, op["results"]["0"]["content_blob"], args.local)
+        return op
+    return client.agent_operations(args.ref, include_all=args.all)
+
+
+def run_blob(args: argparse.Namespace, client: Client) -> Any:
+    """Blob commands."""
+    if args.verb == "upload":
+        return upload_file(client, args.path)
+    if args.verb == "download":
+        download_file(client, args.uuid, args.path)
+        return client.blob(args.uuid)
+    return client.blob(args.uuid)
+
+
 def run(args: argparse.Namespace, client: Client) -> Any:
     """Perform one command; returns what --json prints."""
+    if args.noun == "blob":
+        return run_blob(args, client)
     verb = args.verb
+    if verb in ("execute", "copy-to", "copy-from", "agentops"):
+        return run_agent(args, client)
     if verb == "create":
         spec = {
             "name": args.name,
@@ -181,7 +292,7 @@ def render(args: argparse.Namespace, result: Any) -> None:
     """Print a result for people (or as JSON)."""
     if result is None:
         return
-    if args.json:
+    if args.json or args.noun == "blob" or args.verb in ("copy-to", "copy-from", "agentops"):
         print(json.dumps(result, indent=2, sort_keys=True))
     elif args.verb == "list":
         print(f"{'uuid':<36}  {'name':<20} {'state':<12} {'power':<8} node")
@@ -201,6 +312,7 @@ def render(args: argparse.Namespace, result: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Console script: minicloud."""
     args = build_parser().parse_args(argv)
+    args.exit_code = 0
     client = Client(args.api, args.namespace)
     try:
         render(args, run(args, client))
@@ -212,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         client.close()
-    return 0
+    return int(args.exit_code)
 
 
 if __name__ == "__main__":

@@ -11,16 +11,22 @@ import asyncio
 import contextlib
 import os
 import signal
+from dataclasses import dataclass
 
 import structlog
 
 from common import logs
+from nodeagent.blobclient import GrpcBlobs
 from nodeagent.disks.fake import FakeDiskBuilder
 from nodeagent.disks.protocol import DiskBuilder
 from nodeagent.executor import Executor
+from nodeagent.guest.channel import GuestLinks
+from nodeagent.guestops import GuestOps
+from nodeagent.guestwatch import GuestWatch
 from nodeagent.hypervisor.fake import FakeHypervisor
 from nodeagent.hypervisor.protocol import Hypervisor
 from nodeagent.link import Identity, Link
+from nodeagent.messages import Observation
 from nodeagent.observer import observe
 from nodeagent.settings import Settings
 
@@ -52,8 +58,18 @@ def build_drivers(settings: Settings) -> tuple[Hypervisor, DiskBuilder]:
     return hypervisor, disks
 
 
-def build_link(settings: Settings, hypervisor: Hypervisor, disks: DiskBuilder) -> Link:
-    """The link, with its executor, for these drivers."""
+@dataclass
+class Agent:
+    """The node agent's long-lived parts."""
+
+    link: Link
+    links: GuestLinks
+    watch: GuestWatch
+    blobs: GrpcBlobs
+
+
+def build_agent(settings: Settings, hypervisor: Hypervisor, disks: DiskBuilder) -> Agent:
+    """The link, executor and guest-agent plumbing for these drivers."""
     identity = Identity(
         name=settings.name,
         address=settings.address,
@@ -62,22 +78,42 @@ def build_link(settings: Settings, hypervisor: Hypervisor, disks: DiskBuilder) -
         hypervisor=hypervisor.kind,
     )
     link: Link
-    executor = Executor(hypervisor, disks, settings.instances_dir, lambda e: link.emit(e))
+    watch = GuestWatch(settings.instances_dir, lambda status: link.send(status))
+    links = GuestLinks(watch.on_state)
+    watch.links = links
+    blobs = GrpcBlobs(settings.control_plane)
+    guestops = GuestOps(links, blobs, lambda output: link.send(output))
+    executor = Executor(
+        hypervisor,
+        disks,
+        settings.instances_dir,
+        lambda e: link.emit(e),
+        guestops=guestops,
+        guestwatch=watch,
+    )
+
+    def connected(inventory: list[Observation]) -> None:
+        for domain in inventory:
+            if domain.power_state == "on":
+                watch.domain_on(domain.instance_uuid)
+        watch.resend()
+
     link = Link(
         settings.control_plane,
         identity,
         executor,
         backoff_base=settings.backoff_base,
         backoff_cap=settings.backoff_cap,
+        on_connected=connected,
     )
-    return link
+    return Agent(link, links, watch, blobs)
 
 
 async def run(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT."""
     settings.instances_dir.mkdir(parents=True, exist_ok=True)
     hypervisor, disks = build_drivers(settings)
-    link = build_link(settings, hypervisor, disks)
+    agent = build_agent(settings, hypervisor, disks)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -86,13 +122,15 @@ async def run(settings: Settings) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         async with asyncio.TaskGroup() as group:
             tasks = [
-                group.create_task(link.run()),
-                group.create_task(observe(hypervisor, link.send)),
+                group.create_task(agent.link.run()),
+                group.create_task(observe(hypervisor, agent.link.send, agent.watch)),
             ]
             await stop.wait()
             log.info("node agent stopping; guests keep running")
             for task in tasks:
                 task.cancel()
+    await agent.links.close()
+    await agent.blobs.close()
     await hypervisor.close()
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 import structlog
 
 from nodeagent.disks.protocol import DiskBuilder, DiskError
+from nodeagent.guestops import GuestOpError, GuestOps
+from nodeagent.guestwatch import GuestWatch
 from nodeagent.hypervisor.protocol import DomainState, Hypervisor, HypervisorError
 from nodeagent.messages import Command, NodeEvent, Observation, Result
 
@@ -43,7 +45,11 @@ class Executor:
         instances_dir: Path,
         emit: Callable[[NodeEvent], None],
         clock: Callable[[], float] = time.time,
+        guestops: GuestOps | None = None,
+        guestwatch: GuestWatch | None = None,
     ) -> None:
+        self.guestops = guestops
+        self.guestwatch = guestwatch
         self.hypervisor = hypervisor
         self.disks = disks
         self.instances_dir = instances_dir
@@ -58,6 +64,9 @@ class Executor:
 
     async def execute(self, command: Command) -> Result:
         """Run a command (or return the remembered result of a replayed one)."""
+        if command.kind == "agent":
+            # In-guest work does not hold up power operations on the instance.
+            return await self._agent(command)
         lock = self._locks.setdefault(command.instance_uuid, asyncio.Lock())
         async with lock:
             remembered = self._results.get(command.command_id)
@@ -69,6 +78,20 @@ class Executor:
         if command.kind == "destroy":
             self._locks.pop(command.instance_uuid, None)
         return result
+
+    async def _agent(self, command: Command) -> Result:
+        uuid = command.instance_uuid
+        if self.guestops is None:
+            return Result(command.command_id, uuid, False, "this node has no guest agent support")
+        try:
+            result = await self.guestops.run(command)
+        except GuestOpError as exc:
+            log.warning("agent command failed", command=command.command_id, error=str(exc))
+            return Result(command.command_id, uuid, False, str(exc), exc.retryable)
+        except Exception as exc:
+            log.exception("agent command crashed", command=command.command_id)
+            return Result(command.command_id, uuid, False, f"internal error: {exc}")
+        return Result(command.command_id, uuid, True, agent_result=result)
 
     def _remember(self, result: Result) -> None:
         self._results[result.command_id] = result
@@ -127,9 +150,13 @@ class Executor:
         self.console_log(uuid).parent.mkdir(parents=True, exist_ok=True)
         state = await self.hypervisor.define_and_start(spec, prepared, self.console_log(uuid))
         self.emit(NodeEvent(uuid, "domain started", timestamp=self.clock()))
+        if self.guestwatch is not None:
+            self.guestwatch.domain_on(uuid, "sf-agent" in spec.side_channels)
         return state
 
     async def _destroy(self, uuid: str) -> None:
+        if self.guestwatch is not None:
+            self.guestwatch.domain_gone(uuid)
         await self.hypervisor.remove(uuid)
         await self.disks.remove(uuid)
         folder = self.instances_dir / uuid

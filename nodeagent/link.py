@@ -20,7 +20,16 @@ import structlog
 from google.protobuf import json_format
 
 from nodeagent.executor import Executor
-from nodeagent.messages import Command, Inventory, NodeEvent, Observation, Report, Result
+from nodeagent.messages import (
+    AgentStatus,
+    Command,
+    ExecOutput,
+    Inventory,
+    NodeEvent,
+    Observation,
+    Report,
+    Result,
+)
 from nodeagent.spec import DiskSpec, DomainSpec, VideoSpec
 from protos import common_pb2, node_pb2, node_pb2_grpc
 
@@ -78,6 +87,19 @@ def command_from_pb(pb: node_pb2.Command) -> Command:
         return Command(pb.command_id, pb.instance_uuid, "create", spec=spec)
     if action == "power":
         return Command(pb.command_id, pb.instance_uuid, "power", power_action=pb.power.action)
+    if action == "agent":
+        agent = {
+            "kind": pb.agent.kind,
+            "command_line": pb.agent.command_line,
+            "env": dict(pb.agent.env),
+            "cwd": pb.agent.cwd,
+            "timeout": pb.agent.timeout,
+            "path": pb.agent.path,
+            "mode": pb.agent.mode,
+            "blob_uuid": pb.agent.blob_uuid,
+            "stream_output": pb.agent.stream_output,
+        }
+        return Command(pb.command_id, pb.instance_uuid, "agent", agent=agent)
     return Command(pb.command_id, pb.instance_uuid, action or "unknown")
 
 
@@ -102,7 +124,23 @@ def report_to_pb(report: Report) -> node_pb2.NodeMessage:
         )
         if report.observation is not None:
             result.observation.CopyFrom(_observation_pb(report.observation))
+        if report.agent_result is not None:
+            json_format.ParseDict(report.agent_result, result.agent_result)
         return node_pb2.NodeMessage(result=result)
+    if isinstance(report, AgentStatus):
+        return node_pb2.NodeMessage(
+            agent_status=node_pb2.AgentStatus(
+                instance_uuid=report.instance_uuid,
+                agent_state=report.agent_state,
+                boot_time=report.boot_time,
+            )
+        )
+    if isinstance(report, ExecOutput):
+        return node_pb2.NodeMessage(
+            exec_output=node_pb2.ExecOutput(
+                command_id=report.command_id, stream=report.stream, data=report.data
+            )
+        )
     if isinstance(report, Observation):
         return node_pb2.NodeMessage(observation=_observation_pb(report))
     if isinstance(report, Inventory):
@@ -135,7 +173,9 @@ class Link:
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] | None = None,
+        on_connected: Callable[[list[Observation]], None] | None = None,
     ) -> None:
+        self.on_connected = on_connected
         self.target = target
         self.identity = identity
         self.executor = executor
@@ -207,6 +247,8 @@ class Link:
         self.connections += 1
         inventory = await self.executor.inventory()
         outbox.put_nowait(report_to_pb(Inventory(tuple(inventory))))
+        if self.on_connected is not None:
+            self.on_connected(inventory)
         self.connected.set()
         log.info("connected to control plane", target=self.target, domains=len(inventory))
         heartbeat = asyncio.create_task(

@@ -17,6 +17,8 @@ class Command:
     kind: str
     power_action: str = ""
     spec: DomainSpec | None = None
+    # For kind "agent": kind (execute, put, get), command_line, path, mode, ...
+    agent: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Result:
     error: str = ""
     retryable: bool = False
     observation: Observation | None = None
+    agent_result: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -60,4 +63,22 @@ class Inventory:
     domains: tuple[Observation, ...]
 
 
-Report = Result | Observation | NodeEvent | Inventory
+@dataclass(frozen=True)
+class AgentStatus:
+    """The in-guest agent of one instance: Shaken Fist's state string and boot time."""
+
+    instance_uuid: str
+    agent_state: str
+    boot_time: float = 0.0
+
+
+@dataclass(frozen=True)
+class ExecOutput:
+    """A chunk of a running command's output."""
+
+    command_id: str
+    stream: str
+    data: bytes
+
+
+Report = Result | Observation | NodeEvent | Inventory | AgentStatus | ExecOutput

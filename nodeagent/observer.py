@@ -6,16 +6,30 @@ from collections.abc import Callable
 
 import structlog
 
+from nodeagent.guestwatch import GuestWatch
 from nodeagent.hypervisor.protocol import Hypervisor
 from nodeagent.messages import Observation
 
 log = structlog.get_logger(__name__)
 
 
-async def observe(hypervisor: Hypervisor, send: Callable[[Observation], None]) -> None:
-    """Until the hypervisor closes, send an Observation for each domain event."""
+async def observe(
+    hypervisor: Hypervisor,
+    send: Callable[[Observation], None],
+    guestwatch: GuestWatch | None = None,
+) -> None:
+    """Until the hypervisor closes, send an Observation for each domain event.
+
+    Guest agent links follow: a domain that runs gets one (if it has the
+    channel), a domain that stops loses it.
+    """
     async for state in hypervisor.events():
         log.info(
             "domain changed", uuid=state.uuid, power_state=state.power_state, reason=state.reason
         )
         send(Observation(state.uuid, True, state.power_state, state.reason))
+        if guestwatch is not None:
+            if state.power_state == "on":
+                guestwatch.domain_on(state.uuid)
+            elif state.power_state in ("off", "crashed"):
+                guestwatch.domain_off(state.uuid)

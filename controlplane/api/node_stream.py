@@ -143,7 +143,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             await self.reconciler.on_agent_status(
                 session, status.instance_uuid, status.agent_state, status.boot_time
             )
-            if status.agent_state == "ready":
+            if status.agent_state.startswith("ready"):
                 self.agent.kick(status.instance_uuid)
         else:
             log.warning("unexpected node message", node=session.node.name, kind=kind)

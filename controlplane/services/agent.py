@@ -30,6 +30,7 @@ log = structlog.get_logger(__name__)
 
 INLINE_OUTPUT_LIMIT = 10 * 1024
 DEFAULT_TIMEOUT = 300.0
+REQUEUE_DELAY = 1.0
 MAX_TIMEOUT = 24 * 3600.0
 READY = "ready"
 FINISHED = ("complete", "error", "deleted")
@@ -193,9 +194,10 @@ class AgentService:
         task.add_done_callback(self._tasks.discard)
 
     async def _next(self, instance_uuid: str) -> None:
+        requeued = False
         try:
             instance = await self.records.get_instance(instance_uuid)
-            if instance is None or instance.agent_state != READY:
+            if instance is None or not instance.agent_state.startswith(READY):
                 return
             if not self.nodes.connected(instance.node):
                 return
@@ -206,15 +208,17 @@ class AgentService:
                 return
             op = await self.ops.update(queued[0], queued[0].with_changes(state="executing"))
             self._running[instance_uuid] = op.uuid
-            await self._run(instance, op)
+            requeued = not await self._run(instance, op)
         except Exception:
             log.exception("agent operation runner failed", instance=instance_uuid)
             return
         finally:
             self._running.pop(instance_uuid, None)
-        self.kick(instance_uuid)
+        if not requeued:
+            self.kick(instance_uuid)
 
-    async def _run(self, instance: Instance, op: AgentOperation) -> None:
+    async def _run(self, instance: Instance, op: AgentOperation) -> bool:
+        """Run one operation; False when it went back to the queue."""
         command = op.commands[0]
         action: dict[str, Any]
         if command["command"] == "execute":
@@ -231,7 +235,7 @@ class AgentService:
                 "kind": "put",
                 "path": command["path"],
                 "blob_uuid": command["blob_uuid"],
-                "mode": op.commands[1]["mode"],
+                "mode": int(op.commands[1]["mode"]) & 0o7777,
                 "timeout": DEFAULT_TIMEOUT,
             }
         else:
@@ -244,7 +248,32 @@ class AgentService:
             outcome = Outcome(
                 node_command.command_id, instance.uuid, False, str(exc) or "timed out"
             )
+        if not outcome.ok and outcome.retryable:
+            # Nothing reached the guest (its agent was not ready after all): queue it again.
+            log.info("agent not ready; operation queued again", op=op.uuid, error=outcome.error)
+            await self._requeue(op)
+            return False
         await self._finish(op, outcome)
+        return True
+
+    async def _requeue(self, op: AgentOperation) -> None:
+        for _ in range(20):
+            current = await self.ops.get(op.uuid) or op
+            try:
+                await self.ops.update(current, current.with_changes(state="queued"))
+                break
+            except Conflict:
+                continue
+        self._later(REQUEUE_DELAY, op.instance_uuid)
+
+    def _later(self, delay: float, instance_uuid: str) -> None:
+        async def kick_later() -> None:
+            await asyncio.sleep(delay)
+            self.kick(instance_uuid)
+
+        task = asyncio.get_running_loop().create_task(kick_later())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _finish(self, op: AgentOperation, outcome: Outcome) -> None:
         results: dict[str, Any] = {}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +15,12 @@ import pytest
 
 from controlplane.app import ControlPlane, start
 from controlplane.settings import Settings
+from nodeagent.app import Agent, build_agent
 from nodeagent.disks.fake import FakeDiskBuilder
-from nodeagent.executor import Executor
 from nodeagent.hypervisor.fake import FakeHypervisor
-from nodeagent.link import Identity, Link
+from nodeagent.link import Link
 from nodeagent.observer import observe
+from nodeagent.settings import Settings as NodeSettings
 from protos import instances_pb2, instances_pb2_grpc
 
 
@@ -28,14 +31,26 @@ class FakeNode:
     name: str
     hypervisor: FakeHypervisor
     disks: FakeDiskBuilder
-    link: Link
+    agent: Agent
     tasks: list[asyncio.Task[None]]
+    settings: NodeSettings
+
+    @property
+    def link(self) -> Link:
+        return self.agent.link
+
+    def agent_socket(self, uuid: str) -> Path:
+        """Where an instance's sf-agent channel socket is (a guest agent may serve it)."""
+        return self.agent.watch.socket_path(uuid)
 
     async def stop(self) -> None:
         """Kill the agent (its fake guests stay as they are)."""
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.agent.links.close()
+        await self.agent.blobs.close()
+        shutil.rmtree(self.settings.data_dir, ignore_errors=True)
 
 
 async def start_fake_node(
@@ -44,26 +59,23 @@ async def start_fake_node(
     cpus: int = 4,
     memory_mb: int = 8192,
     hypervisor: FakeHypervisor | None = None,
-    tmp: Path = Path("/tmp/minicloud-fake"),
 ) -> FakeNode:
     """Start a node agent with fakes and wait until it has registered."""
     hypervisor = hypervisor or FakeHypervisor()
     disks = FakeDiskBuilder()
-    link: Link
-    executor = Executor(hypervisor, disks, tmp / name, lambda e: link.emit(e))
-    link = Link(
-        target,
-        Identity(name, "127.0.0.1", cpus, memory_mb, "fake"),
-        executor,
-        backoff_base=0.05,
-        backoff_cap=0.2,
+    # Short: guest agent sockets live under it (unix socket paths are limited to 107 bytes).
+    data_dir = Path(tempfile.mkdtemp(prefix="mcn-", dir="/tmp"))
+    settings = NodeSettings(
+        control_plane=target, name=name, data_dir=data_dir, hypervisor="fake", cpus=cpus,
+        memory_mb=memory_mb, backoff_base=0.05, backoff_cap=0.2,
     )
+    agent = build_agent(settings, hypervisor, disks)
     tasks = [
-        asyncio.create_task(link.run()),
-        asyncio.create_task(observe(hypervisor, link.send)),
+        asyncio.create_task(agent.link.run()),
+        asyncio.create_task(observe(hypervisor, agent.link.send, agent.watch)),
     ]
-    await asyncio.wait_for(link.connected.wait(), 10)
-    return FakeNode(name, hypervisor, disks, link, tasks)
+    await asyncio.wait_for(agent.link.connected.wait(), 10)
+    return FakeNode(name, hypervisor, disks, agent, tasks, settings)
 
 
 def plane_settings(data_dir: Path, port: int = 0) -> Settings:
@@ -89,7 +101,7 @@ async def plane(tmp_path: Path) -> AsyncIterator[ControlPlane]:
 @pytest.fixture
 async def node(plane: ControlPlane, tmp_path: Path) -> AsyncIterator[FakeNode]:
     """One fake node agent connected to the plane."""
-    fake = await start_fake_node(f"127.0.0.1:{plane.port}", tmp=tmp_path)
+    fake = await start_fake_node(f"127.0.0.1:{plane.port}")
     yield fake
     await fake.stop()
 

@@ -29,7 +29,7 @@ async def test_control_plane_restart_keeps_instances(tmp_path: Path) -> None:
     """After a control-plane restart every instance is still there and the node reconnects."""
     plane = await start(plane_settings(tmp_path / "cp"))
     port = plane.port
-    node = await start_fake_node(f"127.0.0.1:{port}", tmp=tmp_path)
+    node = await start_fake_node(f"127.0.0.1:{port}")
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             api = Api(channel)
@@ -57,7 +57,7 @@ async def test_node_agent_restart_converges(tmp_path: Path) -> None:
     plane = await start(plane_settings(tmp_path / "cp"))
     target = f"127.0.0.1:{plane.port}"
     hypervisor = FakeHypervisor()
-    node = await start_fake_node(target, hypervisor=hypervisor, tmp=tmp_path)
+    node = await start_fake_node(target, hypervisor=hypervisor)
     try:
         async with grpc.aio.insecure_channel(target) as channel:
             api = Api(channel)
@@ -68,7 +68,7 @@ async def test_node_agent_restart_converges(tmp_path: Path) -> None:
             # While the agent is away the guest powers off, and a stray domain appears.
             hypervisor.external_power(inst.uuid, "off", "shutdown by guest")
             hypervisor.external_power("11111111-2222-4333-8444-555555555555", "on", "stray")
-            node = await start_fake_node(target, hypervisor=hypervisor, tmp=tmp_path)
+            node = await start_fake_node(target, hypervisor=hypervisor)
             seen = await api.wait_for(inst.uuid, lambda i: i.power_state == "off")
             assert seen.state == "created"
             await api.wait_for(
@@ -95,7 +95,7 @@ async def test_missing_domain_after_reconnect_is_an_error(tmp_path: Path) -> Non
     plane = await start(plane_settings(tmp_path / "cp"))
     target = f"127.0.0.1:{plane.port}"
     hypervisor = FakeHypervisor()
-    node = await start_fake_node(target, hypervisor=hypervisor, tmp=tmp_path)
+    node = await start_fake_node(target, hypervisor=hypervisor)
     try:
         async with grpc.aio.insecure_channel(target) as channel:
             api = Api(channel)
@@ -103,7 +103,7 @@ async def test_missing_domain_after_reconnect_is_an_error(tmp_path: Path) -> Non
             await api.wait_for(inst.uuid, on)
             await node.stop()
             await hypervisor.remove(inst.uuid)
-            node = await start_fake_node(target, hypervisor=hypervisor, tmp=tmp_path)
+            node = await start_fake_node(target, hypervisor=hypervisor)
             failed = await api.wait_for(inst.uuid, lambda i: i.state == "error")
             assert "disappeared" in failed.error_message
     finally:
@@ -116,7 +116,7 @@ async def test_delete_while_node_away_finishes_on_return(tmp_path: Path) -> None
     plane = await start(plane_settings(tmp_path / "cp"))
     target = f"127.0.0.1:{plane.port}"
     hypervisor = FakeHypervisor()
-    node = await start_fake_node(target, hypervisor=hypervisor, tmp=tmp_path)
+    node = await start_fake_node(target, hypervisor=hypervisor)
     try:
         async with grpc.aio.insecure_channel(target) as channel:
             api = Api(channel)
@@ -129,7 +129,7 @@ async def test_delete_while_node_away_finishes_on_return(tmp_path: Path) -> None
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await api.PowerOff(Ref(ref=inst.uuid))
             assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-            node = await start_fake_node(target, hypervisor=hypervisor, tmp=tmp_path)
+            node = await start_fake_node(target, hypervisor=hypervisor)
             await api.wait_for(inst.uuid, lambda i: i.state == "deleted")
             assert inst.uuid not in hypervisor.domains
     finally:
@@ -141,7 +141,7 @@ async def test_power_op_on_disconnected_node_is_unavailable(tmp_path: Path) -> N
     """A power operation while the instance's node is away is UNAVAILABLE (retry later)."""
     plane = await start(plane_settings(tmp_path / "cp"))
     target = f"127.0.0.1:{plane.port}"
-    node = await start_fake_node(target, tmp=tmp_path)
+    node = await start_fake_node(target)
     try:
         async with grpc.aio.insecure_channel(target) as channel:
             api = Api(channel)

@@ -1,0 +1,48 @@
+"""Blob transfer through the control plane's BlobService: the node's adapter for it.
+
+``GrpcBlobs`` implements ``nodeagent.guestops.BlobTransfer`` over gRPC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import grpc
+
+from protos import blobs_pb2, blobs_pb2_grpc
+
+if TYPE_CHECKING:
+    from protos.blobs_pb2_grpc import BlobServiceAsyncStub
+
+MAX_MESSAGE = 64 * 1024 * 1024
+
+
+class GrpcBlobs:
+    """BlobTransfer over the control plane's BlobService."""
+
+    def __init__(self, target: str) -> None:
+        self.channel = grpc.aio.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", MAX_MESSAGE),
+            ],
+        )
+        self.stub: BlobServiceAsyncStub = blobs_pb2_grpc.BlobServiceStub(self.channel)
+
+    async def download(self, uuid: str) -> AsyncIterator[bytes]:
+        async for chunk in self.stub.Download(blobs_pb2.DownloadRequest(uuid=uuid)):
+            yield chunk.data
+
+    async def upload(self, chunks: AsyncIterator[bytes]) -> str:
+        async def messages() -> AsyncIterator[blobs_pb2.BlobChunk]:
+            async for data in chunks:
+                yield blobs_pb2.BlobChunk(data=data)
+
+        blob = await self.stub.Upload(messages())
+        return blob.uuid
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self.channel.close()
