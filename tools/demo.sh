@@ -72,6 +72,13 @@ for _ in $(seq 1 120); do
 done
 echo "== console (last lines)"
 tail -n 15 "$console" || true
+echo "== waiting for the in-guest agent"
+for _ in $(seq 1 120); do
+  .venv/bin/minicloud --json instance show demo | grep -q '"agent_state": "ready"' && break
+  sleep 1
+done
+echo "== minicloud instance execute demo \"cat /etc/os-release\""
+.venv/bin/minicloud instance execute demo "cat /etc/os-release"
 echo "== events"
 .venv/bin/minicloud instance events demo --limit 10
 cat <<EOT
@@ -79,6 +86,9 @@ cat <<EOT
 The demo is running: control plane at $API, node agent 'demo-node'.
   export MINICLOUD_API=$API
   .venv/bin/minicloud instance list
+  .venv/bin/minicloud instance execute demo "uname -a"
+  .venv/bin/minicloud instance copy-to demo README.md /root/README.md
+  .venv/bin/minicloud instance copy-from demo /etc/hostname ./hostname
   .venv/bin/minicloud instance poweroff demo; .venv/bin/minicloud instance poweron demo
   tools/demo.sh stop
 Logs: $DEMO/*.log
