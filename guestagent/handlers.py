@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from guestagent.protocol import GUEST_FRAME_LIMIT, HEADER_SIZE, Frame, Kind, ProtocolError
 
@@ -29,7 +30,8 @@ CHUNK = GUEST_FRAME_LIMIT - HEADER_SIZE  # data per STDOUT/STDERR/GET_DATA frame
 OUTPUT_DRAIN_GRACE = 1.0  # seconds to keep reading pipes after the command exited
 POLL_INTERVAL = 0.1
 
-Send = Callable[[Frame], bool]
+if TYPE_CHECKING:  # (a runtime alias would need Python 3.9)
+    Send = Callable[[Frame], bool]
 
 
 class Handler:
@@ -135,10 +137,18 @@ class ExecuteHandler(Handler):
                 raise ProtocolError("execute env must map strings to strings")
             self.env = env
 
+    process: subprocess.Popen[bytes] | None = None
+
+    def cancel(self) -> None:
+        """Kill the command at once; the relay thread then answers "cancelled"."""
+        super().cancel()
+        if self.process is not None and self.process.returncode is None:
+            kill_group(self.process)
+
     def run(self) -> None:
         """Start the command, relay its output, then report how it ended."""
         try:
-            process = subprocess.Popen(
+            self.process = process = subprocess.Popen(
                 ["/bin/sh", "-c", self.command],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -291,7 +301,7 @@ class PutHandler(Handler):
         self.ended = False
         self.temporary = ""
         self.size = 0
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # cancel() may interrupt feed() on the same thread
 
     def run(self) -> None:
         """Create the temporary file, or fail at once."""

@@ -18,11 +18,19 @@ checked on the Debian 6.1 cloud kernel under QEMU):
   wakes it and the next ``read`` returns 0: that is how the agent learns a
   host connection ended, and everything the old connection asked for is
   abandoned;
+* a ``read`` returns at most one receive buffer (a 4 KiB page), so the agent
+  reads with ``readv`` into page-sized pieces: the kernel then drains several
+  buffers per system call;
 * ``write`` blocks (EAGAIN here, as the port is non-blocking) while no host is
   connected, and takes at most 32 KiB per call; each frame the agent sends
   fits in one call, so a host never sees half a frame;
+* a host that disconnects and connects again quickly can go unnoticed (the
+  reader only sees the gap if it looks during it), so a host HELLO also
+  starts a new session, and hosts pause briefly before reconnecting;
 * bytes a host sent to an agent that died may still be queued when the next
-  agent opens the port, so the first bytes seen can be the middle of a frame.
+  agent opens the port, so the first bytes seen can be the middle of a frame;
+  the host's socket stays connected across agent restarts, which is why a
+  new agent announces itself with an unsolicited HELLO (request id 0).
 
 Garbage from the host (any ``ProtocolError``) is answered with an ERROR frame
 with request id 0; the agent then abandons that connection's requests and
@@ -30,6 +38,8 @@ discards input until the host disconnects, since a broken stream has no frame
 boundaries left. A HELLO from the host starts a new session as well (so a
 disconnect the agent slept through does no harm). The agent serves requests
 concurrently, one thread per request, and logs sparingly to stderr.
+SIGTERM abandons the current requests (commands killed, partial files
+deleted) before the agent exits.
 """
 
 from __future__ import annotations
@@ -40,7 +50,9 @@ import errno
 import glob
 import os
 import select
+import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -58,7 +70,8 @@ from guestagent.protocol import (
 
 AGENT_VERSION = "1.0"
 AGENT_NAME = f"minicloud-guestagent/{AGENT_VERSION}"
-READ_SIZE = 64 * 1024  # virtio_console returns at most a page per read anyway
+READ_SIZE = 256 * 1024
+PAGE = 4096  # virtio_console's receive buffers: one read() returns at most one of them
 IDLE_POLL = 0.1  # seconds between reads while no host is connected
 WRITE_TIMEOUT = 30.0  # a host that reads nothing for this long is dropped
 MAX_REQUESTS = 64
@@ -110,12 +123,16 @@ class VirtioPort(Port):
         self.reader.register(self.fd, select.POLLIN)
         self.writer = select.poll()
         self.writer.register(self.fd, select.POLLOUT)
+        # readv with page-sized pieces drains many receive buffers per system call
+        # (the kernel calls the driver's read() once per piece while they come full)
+        self.view = memoryview(bytearray(READ_SIZE))
+        self.pieces = [self.view[at : at + PAGE] for at in range(0, READ_SIZE, PAGE)]
 
     def read(self) -> bytes | None:
         """Bytes from the host, or None once when the host disconnects."""
         while True:
             try:
-                data = os.read(self.fd, READ_SIZE)
+                data = bytes(self.view[: os.readv(self.fd, self.pieces)])
             except BlockingIOError:
                 self.reader.poll(1000)
                 continue
@@ -183,18 +200,15 @@ class ListenPort(Port):
         conn = self.conn
         if conn is None:
             conn, _ = self.server.accept()
-            conn.settimeout(self.write_timeout)
+            seconds = int(self.write_timeout)
+            send_timeout = struct.pack("ll", seconds, int((self.write_timeout - seconds) * 1e6))
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, send_timeout)
             with self.lock:
                 self.conn = conn
-        while True:
-            try:
-                data = conn.recv(READ_SIZE)
-                break
-            except TimeoutError:
-                continue
-            except OSError:
-                data = b""
-                break
+        try:
+            data = conn.recv(READ_SIZE)
+        except OSError:
+            data = b""
         if data:
             return data
         with self.lock:
@@ -465,6 +479,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", help="open this device instead of looking the name up")
     parser.add_argument("--listen", help="serve on a unix socket at this path (tests)")
     args = parser.parse_args(argv)
+    # SIGTERM ends the agent through SystemExit, so that requests are abandoned
+    # properly (commands killed, partial files deleted) before it exits
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
     while True:
         port = open_port(args)
         agent = Agent(port)
@@ -475,6 +492,9 @@ def main(argv: list[str] | None = None) -> None:
             log(f"{exc}; opening the port again")
             port.close()
             time.sleep(1)
+        finally:
+            if agent.session is not None:
+                agent.session.end("the agent is stopping")
 
 
 if __name__ == "__main__":

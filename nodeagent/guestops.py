@@ -94,7 +94,10 @@ class GuestOps:
                 return {"path": action["path"]}
             if kind == "get":
                 stat, chunks = await channel.get(str(action["path"]))
-                blob = await self.blobs.upload(chunks)
+                try:
+                    blob = await self.blobs.upload(chunks)
+                finally:
+                    await chunks.aclose()  # a failed upload must not leave the channel stalled
                 return {"path": action["path"], "stat_result": stat, "content_blob": blob}
         except GuestUnavailable as exc:
             # It may have run in part: not safe to repeat by itself.

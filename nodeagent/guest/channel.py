@@ -196,6 +196,7 @@ class GuestChannel:
         self._cancelled: set[int] = set()
         self._ids = itertools.count(1)
         self._failure: GuestUnavailable | None = None
+        self._closed = asyncio.Event()
         self._handshaking = False
 
     # --- state ------------------------------------------------------------
@@ -225,6 +226,12 @@ class GuestChannel:
         """Frames received but not yet taken by their requests."""
         return sum(pending.queue.qsize() for pending in self._pending.values())
 
+    async def wait_closed(self) -> GuestUnavailable:
+        """Wait until the connection fails or is closed; return why."""
+        await self._closed.wait()
+        assert self._failure is not None
+        return self._failure
+
     # --- connection -------------------------------------------------------
 
     async def connect(self) -> GuestHello:
@@ -251,6 +258,10 @@ class GuestChannel:
                 "handshake",
                 deadline,
             )
+        except GuestError as exc:
+            raise self._violation(
+                f"the guest answered the handshake with an error: {exc}"
+            ) from None
         finally:
             self._handshaking = False
         if frame.kind != Kind.HELLO:
@@ -431,7 +442,13 @@ class GuestChannel:
         request_id = self._new_id()
         pending = _Pending(request_id, what, asyncio.Queue(self.settings.queue_frames))
         self._pending[request_id] = pending
-        await self._send(Frame(frame.kind, request_id, frame.fields, frame.data))
+        try:
+            await self._send(Frame(frame.kind, request_id, frame.fields, frame.data))
+        except BaseException:
+            self._pending.pop(request_id, None)
+            if self._failure is None:  # cancelled mid-send: drop whatever answers come
+                self._cancelled.add(request_id)
+            raise
         return pending
 
     def _new_id(self) -> int:
@@ -585,6 +602,7 @@ class GuestChannel:
             return GuestUnavailable(str(self._failure))
         failure = GuestUnavailable(f"{self.name}: {message}")
         self._failure = failure
+        self._closed.set()
         if log_it:
             log.warning("guest link reset", channel=self.name, reason=message)
         writer = self._writer
@@ -720,6 +738,18 @@ class _Link:
         if channel is not None:
             await channel.close()
 
+    async def pause(self, channel: GuestChannel, seconds: float) -> None:
+        """Sleep until the next heartbeat, or raise as soon as the channel fails."""
+        naps = asyncio.ensure_future(self.links.sleep(seconds))
+        closed = asyncio.ensure_future(channel.wait_closed())
+        try:
+            await asyncio.wait({naps, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            naps.cancel()
+            closed.cancel()
+        if channel.closed:
+            raise await channel.wait_closed()
+
     async def run(self) -> None:
         settings = self.links.settings
         clock, sleep = self.links.clock, self.links.sleep
@@ -738,8 +768,8 @@ class _Link:
                         system = await channel.is_system_running()
                         boot_time = hello.boot_time
                     else:
-                        await sleep(settings.heartbeat)
                         channel = self.channel
+                        await self.pause(channel, settings.heartbeat)
                         if self.state == READY:
                             await channel.ping()
                         else:

@@ -66,8 +66,14 @@ async def start_fake_node(
     # Short: guest agent sockets live under it (unix socket paths are limited to 107 bytes).
     data_dir = Path(tempfile.mkdtemp(prefix="mcn-", dir="/tmp"))
     settings = NodeSettings(
-        control_plane=target, name=name, data_dir=data_dir, hypervisor="fake", cpus=cpus,
-        memory_mb=memory_mb, backoff_base=0.05, backoff_cap=0.2,
+        control_plane=target,
+        name=name,
+        data_dir=data_dir,
+        hypervisor="fake",
+        cpus=cpus,
+        memory_mb=memory_mb,
+        backoff_base=0.05,
+        backoff_cap=0.2,
     )
     agent = build_agent(settings, hypervisor, disks)
     tasks = [

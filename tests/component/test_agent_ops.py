@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import pytest
 
+from client.api import JsonDict, to_dict
 from controlplane.app import ControlPlane
 from protos import agent_pb2, agent_pb2_grpc, blobs_pb2, blobs_pb2_grpc, instances_pb2
 from tests.component.conftest import Api, FakeNode, create_request
@@ -74,17 +75,17 @@ async def agent_instance(
     return inst.uuid, guest
 
 
-async def finished(agent: Any, uuid: str, timeout: float = 20) -> agent_pb2.AgentOperation:
-    """Poll an operation until it is complete or in error."""
+async def finished(agent: Any, uuid: str, timeout: float = 20) -> JsonDict:
+    """Poll an operation until it is complete or in error; returns it as a dict."""
     for _ in range(int(timeout / 0.05)):
         op = await agent.GetAgentOperation(agent_pb2.OperationRef(uuid=uuid), metadata=NS)
         if op.state in ("complete", "error"):
-            return op
+            return to_dict(op)
         await asyncio.sleep(0.05)
     raise AssertionError(f"operation {uuid} did not finish: {op}")
 
 
-async def execute(agent: Any, ref: str, command: str) -> agent_pb2.AgentOperation:
+async def execute(agent: Any, ref: str, command: str) -> JsonDict:
     op = await agent.Execute(agent_pb2.ExecuteRequest(ref=ref, command_line=command), metadata=NS)
     return await finished(agent, op.uuid)
 
@@ -108,12 +109,12 @@ async def test_execute_returns_output_and_exit_codes(api: Api, node: FakeNode, a
     uuid, guest = await agent_instance(api, node)
     try:
         ok = await execute(agent, uuid, "echo hello")
-        assert ok.state == "complete"
-        assert ok.commands[0]["command"] == "execute"
-        result = ok.results["0"]
+        assert ok["state"] == "complete"
+        assert ok["commands"][0]["command"] == "execute"
+        result = ok["results"]["0"]
         assert (result["return-code"], result["stdout"], result["stderr"]) == (0, "hello\n", "")
-        assert (await execute(agent, uuid, "exit 3")).results["0"]["return-code"] == 3
-        missing = (await execute(agent, uuid, "no-such-command-here")).results["0"]
+        assert (await execute(agent, uuid, "exit 3"))["results"]["0"]["return-code"] == 3
+        missing = (await execute(agent, uuid, "no-such-command-here"))["results"]["0"]
         assert missing["return-code"] == 127 and "not found" in missing["stderr"]
     finally:
         guest.stop()
@@ -125,7 +126,7 @@ async def test_large_output_goes_to_a_blob(
     """Output over 10 KiB is kept in a blob named by stdout_blob."""
     uuid, guest = await agent_instance(api, node)
     try:
-        result = (await execute(agent, uuid, "yes x | head -c 20000")).results["0"]
+        result = (await execute(agent, uuid, "yes x | head -c 20000"))["results"]["0"]
         assert result["stdout"] == ""
         assert await download(blobs, result["stdout_blob"]) == b"x\n" * 10000
     finally:
@@ -175,13 +176,13 @@ async def test_put_and_get_round_trip_10_mib(
             metadata=NS,
         )
         done = await finished(agent, put.uuid)
-        assert done.state == "complete", done.error_message
-        assert [c["command"] for c in done.commands] == ["put-blob", "chmod"]
+        assert done["state"] == "complete", done["error_message"]
+        assert [c["command"] for c in done["commands"]] == ["put-blob", "chmod"]
         assert target.stat().st_mode & 0o777 == 0o600
         get = await agent.Get(agent_pb2.GetRequest(ref=uuid, path=str(target)), metadata=NS)
         got = await finished(agent, get.uuid)
-        assert got.state == "complete"
-        result = got.results["0"]
+        assert got["state"] == "complete"
+        result = got["results"]["0"]
         assert result["stat_result"]["size"] == len(data)
         back = await download(blobs, result["content_blob"])
         assert hashlib.sha512(back).hexdigest() == blob.sha512
@@ -195,8 +196,8 @@ async def test_get_missing_path_ends_in_error(api: Api, node: FakeNode, agent: A
     try:
         op = await agent.Get(agent_pb2.GetRequest(ref=uuid, path="/no/such/file"), metadata=NS)
         done = await finished(agent, op.uuid)
-        assert done.state == "error"
-        assert "/no/such/file" in done.error_message
+        assert done["state"] == "error"
+        assert "/no/such/file" in done["error_message"]
     finally:
         guest.stop()
 
@@ -221,8 +222,8 @@ async def test_ops_queued_before_the_agent_is_ready_run_later(
         assert [o.uuid for o in listed.operations] == [first.uuid, second.uuid]
         assert {o.state for o in listed.operations} == {"queued"}
         guest.start()
-        assert (await finished(agent, first.uuid)).results["0"]["stdout"] == "1\n"
-        assert (await finished(agent, second.uuid)).results["0"]["stdout"] == "2\n"
+        assert (await finished(agent, first.uuid))["results"]["0"]["stdout"] == "1\n"
+        assert (await finished(agent, second.uuid))["results"]["0"]["stdout"] == "2\n"
         ready = await api.Get(instances_pb2.InstanceRef(ref=uuid))
         assert ready.agent_state == "ready" and ready.agent_system_boot_time > 0
         queued = await agent.ListAgentOperations(
@@ -271,7 +272,7 @@ async def test_agent_killed_fails_operation_and_state_says_so(
         await asyncio.sleep(0.5)
         guest.stop()
         done = await finished(agent, op.uuid, timeout=40)
-        assert done.state == "error" and done.error_message
+        assert done["state"] == "error" and done["error_message"]
         await api.wait_for(uuid, lambda i: i.agent_state != "ready", timeout=30)
     finally:
         guest.stop()
@@ -297,7 +298,7 @@ async def test_agent_ops_need_the_side_channel_and_valid_input(
             agent_pb2.ExecuteRequest(ref=plain.uuid, command_line="true"), metadata=NS
         )
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    uuid, guest = await agent_instance(api, node, start=False)
+    uuid, _guest = await agent_instance(api, node, start=False)
     cases = [
         (
             agent.Execute(agent_pb2.ExecuteRequest(ref=uuid, command_line=" "), metadata=NS),

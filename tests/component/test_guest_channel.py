@@ -66,6 +66,12 @@ class AgentProcess:
             await asyncio.sleep(0.02)
         raise AssertionError("the guest agent did not create its socket")
 
+    def terminate(self) -> None:
+        """SIGTERM it and wait for it to exit."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(5)
+
     def kill(self) -> None:
         """SIGKILL it (its socket file stays behind, refusing connections)."""
         if self.process is not None and self.process.poll() is None:
@@ -328,6 +334,30 @@ async def test_agent_killed_mid_request_then_reconnect(agent: AgentProcess) -> N
     await ch.close()
 
 
+async def test_agent_stopped_mid_put_leaves_no_partial_file(
+    agent: AgentProcess, short_dir: Path
+) -> None:
+    """SIGTERM during a put fails it with GuestUnavailable and deletes the temporary file."""
+    ch = GuestChannel(agent.path, QUICK)
+    await ch.connect()
+    started = asyncio.Event()
+
+    async def endless() -> AsyncIterator[bytes]:
+        while True:
+            yield b"\x00" * 1024 * 1024
+            started.set()
+
+    put = asyncio.create_task(ch.put(str(short_dir / "growing"), 0o644, endless()))
+    await started.wait()
+    await asyncio.sleep(0.2)
+    assert [p for p in short_dir.iterdir() if p.name.endswith(".part")]
+    agent.terminate()
+    with pytest.raises(GuestUnavailable):
+        await put
+    assert sorted(p.name for p in short_dir.iterdir()) == ["agent.sock"]
+    await ch.close()
+
+
 async def test_agent_survives_garbage_from_the_host(agent: AgentProcess) -> None:
     """Garbage gets an ERROR with request id 0; after the host reconnects, all is well."""
     reader, writer = await asyncio.open_unix_connection(str(agent.path))
@@ -449,7 +479,13 @@ async def test_guest_going_silent_mid_transfer(short_dir: Path, channel: GuestCh
         decoder = await handshake(reader, writer)
         request = await read_frame(reader, decoder)
         if request.fields.get("op") == "get":
-            stat = {"size": 10**9, "mode": 0o644, "mtime": 0.0, "uid": 0, "gid": 0}
+            stat: dict[str, object] = {
+                "size": 10**9,
+                "mode": 0o644,
+                "mtime": 0.0,
+                "uid": 0,
+                "gid": 0,
+            }
             writer.write(encode(Frame(Kind.STAT, request.request_id, stat)))
             writer.write(encode(Frame(Kind.GET_DATA, request.request_id, data=b"x" * 1000)))
             await writer.drain()
@@ -688,3 +724,26 @@ async def test_links_back_off_while_the_socket_is_missing(short_dir: Path) -> No
         await asyncio.sleep(0.01)
     await links.close()
     assert delays[:7] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
+
+
+async def test_links_reconnect_at_once_when_the_agent_restarts(short_dir: Path) -> None:
+    """A restarted agent is linked again within moments, without leaving the ready state."""
+    states = States()
+    links = GuestLinks(states, LinkSettings(heartbeat=30, unresponsive_after=10, channel=QUICK))
+    agent = AgentProcess(short_dir / "restart.sock")
+    await agent.start()
+    links.watch("i-3", agent.path)
+    try:
+        await states.wait_for("i-3", READY)
+        first = links.channel("i-3")
+        assert first is not None
+        agent.kill()
+        await agent.start()
+        async with asyncio.timeout(5):
+            while (current := links.channel("i-3")) is None or current is first:
+                await asyncio.sleep(0.05)
+        assert (await current.execute("echo again")).stdout == b"again\n"
+        assert [state for _, state, _ in states.calls] == [NO_CONTACT, READY]
+    finally:
+        await links.close()
+        agent.kill()
