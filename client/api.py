@@ -22,6 +22,8 @@ from google.protobuf.message import Message
 from protos import (
     agent_pb2,
     agent_pb2_grpc,
+    artifacts_pb2,
+    artifacts_pb2_grpc,
     blobs_pb2,
     blobs_pb2_grpc,
     instances_pb2,
@@ -61,6 +63,7 @@ class Client:
         self.stub = instances_pb2_grpc.InstanceServiceStub(self.channel)
         self.agent = agent_pb2_grpc.AgentServiceStub(self.channel)
         self.blobs = blobs_pb2_grpc.BlobServiceStub(self.channel)
+        self.artifacts = artifacts_pb2_grpc.ArtifactServiceStub(self.channel)
         self.metadata = (("x-namespace", namespace),)
         self.timeout = timeout
 
@@ -239,3 +242,35 @@ class Client:
         """The blob with this content hash, if any."""
         found = self._call("SearchBlobs", blobs_pb2.SearchBlobsRequest(sha512=sha512), self.blobs)
         return to_dict(found.blobs[0]) if found.blobs else None
+
+    # -- artifacts ---------------------------------------------------------------
+
+    def upload_artifact(
+        self, name: str, chunks: Iterator[bytes], progress: Callable[[int], None] | None = None
+    ) -> JsonDict:
+        """Upload bytes as the newest version of the upload artifact NAME."""
+
+        def messages() -> Iterator[artifacts_pb2.ArtifactUploadChunk]:
+            yield artifacts_pb2.ArtifactUploadChunk(name=name)
+            for chunk in chunks:
+                if progress is not None:
+                    progress(len(chunk))
+                yield artifacts_pb2.ArtifactUploadChunk(data=chunk)
+
+        return to_dict(self.artifacts.Upload(messages(), metadata=self.metadata))
+
+    def label_blob(self, name: str, blob_uuid: str) -> JsonDict:
+        """Point the label NAME at a blob (a new version)."""
+        request = artifacts_pb2.FromBlobRequest(name=name, blob_uuid=blob_uuid, type="label")
+        return to_dict(self._call("FromBlob", request, self.artifacts))
+
+    def artifact(self, ref: str) -> JsonDict:
+        """An artifact by UUID or TYPE:NAME."""
+        return to_dict(
+            self._call("GetArtifact", artifacts_pb2.ArtifactRef(ref=ref), self.artifacts)
+        )
+
+    def list_artifacts(self) -> list[JsonDict]:
+        """The namespace's artifacts."""
+        found = self._call("ListArtifacts", artifacts_pb2.ListArtifactsRequest(), self.artifacts)
+        return [to_dict(a) for a in found.artifacts]

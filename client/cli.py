@@ -11,6 +11,7 @@
     minicloud instance copy-from demo /etc/hostname ./hostname
     minicloud instance agentops demo --all
     minicloud blob upload ./disk.img ; minicloud blob download UUID ./copy.img
+    minicloud artifact upload myimage ./disk.qcow2   # then: --disk size=10,base=sf://upload/system/myimage
     minicloud instance delete demo
 
 The control plane is MINICLOUD_API (default 127.0.0.1:13100), the namespace
@@ -126,6 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("uuid")
     download.add_argument("path", type=Path)
     blob.add_parser("show").add_argument("uuid")
+    artifact = top.add_parser("artifact", help="manage artifacts").add_subparsers(
+        dest="verb", required=True
+    )
+    art_upload = artifact.add_parser("upload", help="upload a file as an artifact version")
+    art_upload.add_argument("name")
+    art_upload.add_argument("path", type=Path)
+    label = artifact.add_parser("label", help="point a label at a blob")
+    label.add_argument("name")
+    label.add_argument("blob_uuid")
+    artifact.add_parser("show").add_argument("ref", help="UUID or TYPE:NAME")
+    artifact.add_parser("list")
     events = inst.add_parser("events")
     events.add_argument("ref")
     events.add_argument("--type", default="")
@@ -244,10 +256,26 @@ def run_blob(args: argparse.Namespace, client: Client) -> Any:
     return client.blob(args.uuid)
 
 
+def run_artifact(args: argparse.Namespace, client: Client) -> Any:
+    """Artifact commands."""
+    if args.verb == "upload":
+        progress = Progress(f"upload {args.path.name}", args.path.stat().st_size)
+        art = client.upload_artifact(args.name, file_chunks(args.path), progress)
+        progress.finish()
+        return art
+    if args.verb == "label":
+        return client.label_blob(args.name, args.blob_uuid)
+    if args.verb == "show":
+        return client.artifact(args.ref)
+    return client.list_artifacts()
+
+
 def run(args: argparse.Namespace, client: Client) -> Any:
     """Perform one command; returns what --json prints."""
     if args.noun == "blob":
         return run_blob(args, client)
+    if args.noun == "artifact":
+        return run_artifact(args, client)
     verb = args.verb
     if verb in ("execute", "copy-to", "copy-from", "agentops"):
         return run_agent(args, client)
@@ -292,7 +320,11 @@ def render(args: argparse.Namespace, result: Any) -> None:
     """Print a result for people (or as JSON)."""
     if result is None:
         return
-    if args.json or args.noun == "blob" or args.verb in ("copy-to", "copy-from", "agentops"):
+    if (
+        args.json
+        or args.noun in ("blob", "artifact")
+        or args.verb in ("copy-to", "copy-from", "agentops")
+    ):
         print(json.dumps(result, indent=2, sort_keys=True))
     elif args.verb == "list":
         print(f"{'uuid':<36}  {'name':<20} {'state':<12} {'power':<8} node")

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from common import logs
 from controlplane.api.agent import AgentServicer
+from controlplane.api.artifacts import ArtifactServicer
 from controlplane.api.blobs import BlobServicer
 from controlplane.api.instances import InstanceServicer
 from controlplane.api.node_stream import NodeServicer
@@ -27,9 +28,11 @@ from controlplane.hub import Hub
 from controlplane.nodes import NodeRegistry
 from controlplane.reconciler import Reconciler
 from controlplane.services.agent import AgentService
+from controlplane.services.artifacts import ArtifactService
 from controlplane.services.instances import InstanceService
 from controlplane.settings import Settings
 from controlplane.store.agentops import AgentOperations
+from controlplane.store.artifacts import Artifacts
 from controlplane.store.blobs import BlobStore
 from controlplane.store.protocol import Store
 from controlplane.store.records import Records
@@ -37,6 +40,8 @@ from controlplane.store.rocks import RocksStore
 from protos import (
     agent_pb2,
     agent_pb2_grpc,
+    artifacts_pb2,
+    artifacts_pb2_grpc,
     blobs_pb2,
     blobs_pb2_grpc,
     instances_pb2,
@@ -78,8 +83,9 @@ async def start(
     nodes = NodeRegistry()
     nodes.load_usage(await records.list_instances())
     reconciler = Reconciler(records, nodes, settings.name, clock)
-    service = InstanceService(settings, records, nodes, reconciler, hub)
     blobs = BlobStore(store, settings.data_dir / "blobs")
+    artifacts = ArtifactService(Artifacts(store), blobs, clock)
+    service = InstanceService(settings, records, nodes, reconciler, hub, artifacts)
     agent = AgentService(records, AgentOperations(store), blobs, nodes, clock)
 
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
@@ -89,6 +95,7 @@ async def start(
     )
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(agent, service), server)
     blobs_pb2_grpc.add_BlobServiceServicer_to_server(BlobServicer(blobs, clock), server)
+    artifacts_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(artifacts), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (
@@ -96,6 +103,7 @@ async def start(
         node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
         agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
         blobs_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name,
+        artifacts_pb2.DESCRIPTOR.services_by_name["ArtifactService"].full_name,
         health.SERVICE_NAME,
         reflection.SERVICE_NAME,
     )
@@ -104,7 +112,7 @@ async def start(
     if port == 0:
         raise OSError(f"cannot listen on {settings.listen}")
     await server.start()
-    for name in ("", *names[:4]):
+    for name in ("", *names[:5]):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("control plane serving", listen=settings.listen, port=port)
     return ControlPlane(server, port, store, records, nodes, service, agent)

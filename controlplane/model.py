@@ -151,6 +151,24 @@ class Blob:
     created_at: float = 0.0
 
 
+@dataclass(frozen=True)
+class Artifact:
+    """A named, versioned reference to blobs: an upload or a label."""
+
+    uuid: str
+    namespace: str
+    type: str
+    name: str
+    versions: tuple[JsonDict, ...] = ()
+    state: str = "created"
+    source_url: str = ""
+
+    @property
+    def blob_uuid(self) -> str:
+        """The newest version's blob."""
+        return str(self.versions[-1]["blob_uuid"]) if self.versions else ""
+
+
 def _spec_from_dict(data: JsonDict) -> InstanceSpec:
     return InstanceSpec(
         name=data["name"],
@@ -191,7 +209,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def encode(record: Instance | Event | Node | AgentOperation | Blob) -> bytes:
+def encode(record: Instance | Event | Node | AgentOperation | Blob | Artifact) -> bytes:
     """A record as stored JSON."""
     data = _plain(record)
     data["schema"] = SCHEMA
@@ -225,3 +243,10 @@ def decode_operation(raw: bytes) -> AgentOperation:
 def decode_blob(raw: bytes) -> Blob:
     """A blob record from stored JSON."""
     return Blob(**_upgrade(json.loads(raw)))
+
+
+def decode_artifact(raw: bytes) -> Artifact:
+    """An artifact from stored JSON."""
+    data = _upgrade(json.loads(raw))
+    data["versions"] = tuple(data["versions"])
+    return Artifact(**data)

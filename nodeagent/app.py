@@ -38,7 +38,7 @@ def machine_memory_mb() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
 
 
-def build_drivers(settings: Settings) -> tuple[Hypervisor, DiskBuilder]:
+def build_drivers(settings: Settings, blobs: GrpcBlobs) -> tuple[Hypervisor, DiskBuilder]:
     """The hypervisor driver and disk builder the settings ask for."""
     if settings.hypervisor == "fake":
         return FakeHypervisor(), FakeDiskBuilder()
@@ -53,7 +53,7 @@ def build_drivers(settings: Settings) -> tuple[Hypervisor, DiskBuilder]:
         node_name=settings.name,
     )
     disks = Qcow2DiskBuilder(
-        settings.instances_dir, settings.image_cache_dir, settings.image_url_template
+        settings.instances_dir, settings.image_cache_dir, settings.image_url_template, blobs
     )
     return hypervisor, disks
 
@@ -68,7 +68,9 @@ class Agent:
     blobs: GrpcBlobs
 
 
-def build_agent(settings: Settings, hypervisor: Hypervisor, disks: DiskBuilder) -> Agent:
+def build_agent(
+    settings: Settings, hypervisor: Hypervisor, disks: DiskBuilder, blobs: GrpcBlobs
+) -> Agent:
     """The link, executor and guest-agent plumbing for these drivers."""
     identity = Identity(
         name=settings.name,
@@ -81,7 +83,6 @@ def build_agent(settings: Settings, hypervisor: Hypervisor, disks: DiskBuilder) 
     watch = GuestWatch(settings.instances_dir, lambda status: link.send(status))
     links = GuestLinks(watch.on_state)
     watch.links = links
-    blobs = GrpcBlobs(settings.control_plane)
     guestops = GuestOps(links, blobs, lambda output: link.send(output))
     executor = Executor(
         hypervisor,
@@ -112,8 +113,9 @@ def build_agent(settings: Settings, hypervisor: Hypervisor, disks: DiskBuilder) 
 async def run(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT."""
     settings.instances_dir.mkdir(parents=True, exist_ok=True)
-    hypervisor, disks = build_drivers(settings)
-    agent = build_agent(settings, hypervisor, disks)
+    blobs = GrpcBlobs(settings.control_plane)
+    hypervisor, disks = build_drivers(settings, blobs)
+    agent = build_agent(settings, hypervisor, disks, blobs)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

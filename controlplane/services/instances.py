@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid as uuidlib
 
 import structlog
@@ -21,6 +22,7 @@ from controlplane.model import Event, Instance, InstanceSpec
 from controlplane.nodes import NodeRegistry
 from controlplane.placement import choose_node
 from controlplane.reconciler import Reconciler
+from controlplane.services.artifacts import ArtifactService
 from controlplane.settings import Settings
 from controlplane.store.protocol import Conflict
 from controlplane.store.records import Records
@@ -41,7 +43,9 @@ class InstanceService:
         nodes: NodeRegistry,
         reconciler: Reconciler,
         hub: Hub,
+        artifacts: ArtifactService | None = None,
     ) -> None:
+        self.artifacts = artifacts
         self.settings = settings
         self.records = records
         self.nodes = nodes
@@ -51,6 +55,14 @@ class InstanceService:
     async def create(self, namespace: str, spec: InstanceSpec) -> Instance:
         """Check, place and record a new instance, then ask its node to build it."""
         spec = check_spec(spec)
+        if self.artifacts is not None:
+            disks = [
+                dataclasses.replace(d, base=await self.artifacts.resolve_base(namespace, d.base))
+                if d.base
+                else d
+                for d in spec.disks
+            ]
+            spec = dataclasses.replace(spec, disks=tuple(disks))
         node = choose_node(
             self.nodes.capacities(),
             spec.cpus,

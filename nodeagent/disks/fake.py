@@ -27,7 +27,8 @@ class FakeDiskBuilder:
         for index, spec in enumerate(disks):
             if spec.type == "cdrom" and not spec.base:
                 raise DiskError(f"disk {index} is a cdrom without an image")
-            if spec.base and spec.base not in self.known_bases and not Path(spec.base).exists():
+            known = spec.base in self.known_bases or spec.base.startswith("sf://blob/")
+            if spec.base and not known and not Path(spec.base).exists():
                 raise DiskError(f"base image {spec.base!r} does not exist")
         result = [
             PreparedDisk(

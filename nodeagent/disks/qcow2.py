@@ -31,9 +31,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
@@ -67,10 +68,23 @@ class ImageInfo:
     virtual_size: int
 
 
+class BlobSource(Protocol):
+    """Where ``sf://blob/UUID`` bases come from (the control plane's blob service)."""
+
+    def download(self, uuid: str) -> AsyncIterator[bytes]: ...
+
+
 class Qcow2DiskBuilder:
     """Builds instance disks with ``qemu-img`` under ``instances_dir/<uuid>``."""
 
-    def __init__(self, instances_dir: Path, cache_dir: Path, url_template: str) -> None:
+    def __init__(
+        self,
+        instances_dir: Path,
+        cache_dir: Path,
+        url_template: str,
+        blobs: BlobSource | None = None,
+    ) -> None:
+        self.blobs = blobs
         self.instances_dir = instances_dir
         self.cache_dir = cache_dir
         self.url_template = url_template
@@ -148,6 +162,25 @@ class Qcow2DiskBuilder:
         )
         return disk
 
+    async def _blob_file(self, ref: str, progress: ProgressCallback) -> Path:
+        """A blob base, downloaded once from the control plane into the cache."""
+        uuid = ref.removeprefix(BLOB_PREFIX)
+        if self.blobs is None or not uuid or "/" in uuid:
+            raise DiskError(f"base image {ref!r} cannot be fetched by this node")
+        target = self.cache_dir / f"blob-{uuid}"
+        lock = self._fetch_locks.setdefault(target.name, asyncio.Lock())
+        async with lock:
+            if not target.exists():
+                await asyncio.to_thread(_make_folder, self.cache_dir)
+                try:
+                    await _download_blob(self.blobs, uuid, target, progress)
+                except DiskError:
+                    raise
+                except Exception as exc:
+                    raise DiskError(f"cannot fetch base image {ref!r}: {exc}") from exc
+                log.info("blob_fetched", ref=ref, path=str(target))
+            return target
+
     async def _create(self, path: Path, options: list[str], size: str | None) -> None:
         """Run ``qemu-img create`` into a temporary name, then rename it into place."""
         temporary = path.with_name(f".{path.name}.partial")
@@ -173,6 +206,8 @@ class Qcow2DiskBuilder:
 
     async def _base_file(self, ref: str, progress: ProgressCallback) -> Path:
         """The local file for a base reference, fetching it into the cache if needed."""
+        if ref.startswith(BLOB_PREFIX):
+            return await self._blob_file(ref, progress)
         url = self.resolve_url(ref)
         if url is None:
             path = Path(ref)
@@ -279,3 +314,25 @@ def _progress_message(ref: str, done: int, total: int) -> str:
     if total:
         return f"Fetching required image {ref}, {done * 100 // total}% complete"
     return f"Fetching required image {ref}, {done // (1024 * 1024)} MiB fetched"
+
+
+BLOB_PREFIX = "sf://blob/"
+
+
+async def _download_blob(
+    source: BlobSource, uuid: str, target: Path, progress: ProgressCallback
+) -> None:
+    """Write a blob into target through a temporary file, reporting progress."""
+    temporary = target.with_name(f".{target.name}.partial")
+    done, reported = 0, 0
+    try:
+        with temporary.open("wb") as out:
+            async for chunk in source.download(uuid):
+                await asyncio.to_thread(out.write, chunk)
+                done += len(chunk)
+                if done - reported >= 64 * 1024 * 1024:
+                    reported = done
+                    progress(f"Fetching required blob {uuid}, {done // (1024 * 1024)} MiB")
+        await asyncio.to_thread(os.replace, temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)

@@ -16,6 +16,7 @@ import pytest
 from controlplane.app import ControlPlane, start
 from controlplane.settings import Settings
 from nodeagent.app import Agent, build_agent
+from nodeagent.blobclient import GrpcBlobs
 from nodeagent.disks.fake import FakeDiskBuilder
 from nodeagent.hypervisor.fake import FakeHypervisor
 from nodeagent.link import Link
@@ -75,7 +76,7 @@ async def start_fake_node(
         backoff_base=0.05,
         backoff_cap=0.2,
     )
-    agent = build_agent(settings, hypervisor, disks)
+    agent = build_agent(settings, hypervisor, disks, GrpcBlobs(target))
     tasks = [
         asyncio.create_task(agent.link.run()),
         asyncio.create_task(observe(hypervisor, agent.link.send, agent.watch)),

@@ -94,3 +94,25 @@ def test_agent_killed_in_guest_fails_cleanly_and_recovers(cluster: Cluster) -> N
         assert done["state"] == "error" and done["error_message"]
         wait_until(lambda: api.get(uuid)["agent_state"] == "ready", 120, "the agent to come back")
         assert run(api, uuid, "echo alive")["stdout"] == "alive\n"
+
+
+def test_instance_boots_from_an_uploaded_artifact(cluster: Cluster) -> None:
+    """An image uploaded as an artifact is fetched by the node from the control plane and boots."""
+    with cluster.client() as api:
+        with cluster.image.open("rb") as src:
+            art = api.upload_artifact("guest", iter(lambda: src.read(1 << 20), b""))
+        assert art["versions"][-1]["blob_uuid"] == art["blob_uuid"]
+        api.label_blob("golden", art["blob_uuid"])
+        for name, base in (
+            ("fromupload", "sf://upload/system/guest"),
+            ("fromlabel", "label:golden"),
+        ):
+            inst = api.create(small_spec(name, disks=[{"size_gb": 2, "base": base}]))
+            assert inst["spec"]["disks"][0]["base"] == f"sf://blob/{art['blob_uuid']}"
+            ready = api.wait(
+                inst["uuid"],
+                lambda i: i["state"] == "error" or i["agent_state"] == "ready",
+                timeout=180,
+            )
+            assert ready["agent_state"] == "ready", ready
+            api.delete(inst["uuid"])
