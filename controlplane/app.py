@@ -87,6 +87,7 @@ async def start(
     artifacts = ArtifactService(Artifacts(store), blobs, clock)
     service = InstanceService(settings, records, nodes, reconciler, hub, artifacts)
     agent = AgentService(records, AgentOperations(store), blobs, nodes, clock)
+    await agent.recover()
 
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
     add_InstanceServiceServicer_to_server(InstanceServicer(service), server)

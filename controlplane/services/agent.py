@@ -184,6 +184,17 @@ class AgentService:
 
     # -- running -------------------------------------------------------------
 
+    async def recover(self) -> None:
+        """At start-up: operations left executing by a previous run end in error."""
+        for op in await self.ops.all_in_state("executing"):
+            await self.ops.update(
+                op,
+                op.with_changes(
+                    state="error",
+                    error_message="the control plane restarted while the operation ran",
+                ),
+            )
+
     def kick(self, instance_uuid: str) -> None:
         """Start the instance's next queued operation if none is running."""
         if instance_uuid in self._running:

@@ -55,3 +55,12 @@ class AgentOperations:
             if op is not None:
                 found.append(op)
         return found
+
+    async def all_in_state(self, state: str) -> list[AgentOperation]:
+        """Every operation in a state (a full scan; used at start-up)."""
+        found = []
+        for item in await self.store.scan(b"op/"):
+            op = decode_operation(item.value).with_changes(version=item.version)
+            if op.state == state:
+                found.append(op)
+        return found

@@ -337,3 +337,31 @@ async def test_blobs_dedupe_search_and_ranges(blobs: Any) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await blobs.GetBlob(blobs_pb2.BlobRef(uuid="missing"), metadata=NS)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_operations_left_executing_by_a_restart_end_in_error(tmp_path: Path) -> None:
+    """An operation still executing when the control plane stopped ends in error on restart."""
+    from controlplane.app import start
+    from controlplane.model import AgentOperation
+    from controlplane.store.agentops import AgentOperations
+    from controlplane.store.rocks import RocksStore
+    from tests.component.conftest import plane_settings
+
+    settings = plane_settings(tmp_path / "cp")
+    store = RocksStore(settings.data_dir / "store")
+    op = AgentOperation(
+        "11111111-1111-4111-8111-111111111111",
+        "system",
+        "i",
+        ({"command": "execute"},),
+        "executing",
+        created_at=1.0,
+    )
+    await AgentOperations(store).create(op)
+    await store.close()
+    plane = await start(settings)
+    try:
+        again = await plane.agent.get("system", op.uuid)
+        assert again.state == "error" and "restarted" in again.error_message
+    finally:
+        await plane.stop(0)
