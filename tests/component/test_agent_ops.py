@@ -16,9 +16,12 @@ import grpc
 import pytest
 
 from client.api import JsonDict, to_dict
-from controlplane.app import ControlPlane
+from controlplane.app import ControlPlane, start
+from controlplane.model import AgentOperation
+from controlplane.store.agentops import AgentOperations
+from controlplane.store.rocks import RocksStore
 from protos import agent_pb2, agent_pb2_grpc, blobs_pb2, blobs_pb2_grpc, instances_pb2
-from tests.component.conftest import Api, FakeNode, create_request
+from tests.component.conftest import Api, FakeNode, create_request, plane_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = (("x-namespace", "system"),)
@@ -341,12 +344,6 @@ async def test_blobs_dedupe_search_and_ranges(blobs: Any) -> None:
 
 async def test_operations_left_executing_by_a_restart_end_in_error(tmp_path: Path) -> None:
     """An operation still executing when the control plane stopped ends in error on restart."""
-    from controlplane.app import start
-    from controlplane.model import AgentOperation
-    from controlplane.store.agentops import AgentOperations
-    from controlplane.store.rocks import RocksStore
-    from tests.component.conftest import plane_settings
-
     settings = plane_settings(tmp_path / "cp")
     store = RocksStore(settings.data_dir / "store")
     op = AgentOperation(
