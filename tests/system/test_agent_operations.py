@@ -116,3 +116,15 @@ def test_instance_boots_from_an_uploaded_artifact(cluster: Cluster) -> None:
             )
             assert ready["agent_state"] == "ready", ready
             api.delete(inst["uuid"])
+
+
+def test_operations_queued_while_booting_run_once_ready(cluster: Cluster) -> None:
+    """An execute queued right after create waits for the booting guest's agent, then runs."""
+    with cluster.client() as api:
+        inst = api.create(small_spec("early"))
+        op = api.execute(inst["uuid"], "echo early bird")
+        assert op["state"] == "queued"
+        assert api.get(inst["uuid"])["agent_state"] != "ready"
+        done = api.wait_operation(op["uuid"], timeout=180)
+        assert done["state"] == "complete", done
+        assert done["results"]["0"]["stdout"] == "early bird\n"
