@@ -95,7 +95,7 @@ class GuestOps:
             if kind == "get":
                 stat, chunks = await channel.get(str(action["path"]))
                 try:
-                    blob = await self.blobs.upload(chunks)
+                    blob = await self.blobs.upload(coalesce(chunks))
                 finally:
                     await chunks.aclose()  # a failed upload must not leave the channel stalled
                 return {"path": action["path"], "stat_result": stat, "content_blob": blob}
@@ -124,3 +124,18 @@ class GuestOps:
             "stdout": result.stdout.decode("utf-8", "replace"),
             "stderr": result.stderr.decode("utf-8", "replace"),
         }
+
+
+UPLOAD_CHUNK = 1024 * 1024
+
+
+async def coalesce(chunks: AsyncIterator[bytes], size: int = UPLOAD_CHUNK) -> AsyncIterator[bytes]:
+    """Join small chunks (the guest sends 32 KiB frames) into ~1 MiB messages."""
+    buffer = bytearray()
+    async for chunk in chunks:
+        buffer += chunk
+        if len(buffer) >= size:
+            yield bytes(buffer)
+            buffer.clear()
+    if buffer:
+        yield bytes(buffer)

@@ -212,12 +212,10 @@ class AgentService:
                 return
             if not self.nodes.connected(instance.node):
                 return
-            queued = [
-                op for op in await self.ops.for_instance(instance_uuid) if op.state == "queued"
-            ]
-            if not queued:
+            queued = await self.ops.next_queued(instance_uuid)
+            if queued is None:
                 return
-            op = await self.ops.update(queued[0], queued[0].with_changes(state="executing"))
+            op = await self.ops.update(queued, queued.with_changes(state="executing"))
             self._running[instance_uuid] = op.uuid
             requeued = not await self._run(instance, op)
         except Exception:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -70,6 +71,9 @@ MAX_CANCELLED = 256  # abandoned requests whose trailing frames are still droppe
 
 Output = Callable[[str, bytes], None]
 Chunks = AsyncIterator[bytes] | Iterable[bytes]
+
+
+SOCKET_BUFFER = 4 * 1024 * 1024
 
 
 class GuestChannelError(Exception):
@@ -250,6 +254,12 @@ class GuestChannel:
             raise self._closed_with(f"nothing listens on {self.socket_path}") from None
         except (OSError, TimeoutError) as exc:
             raise self._closed_with(f"cannot connect to {self.socket_path}: {exc}") from None
+        sock = self._writer.get_extra_info("socket")
+        if sock is not None:
+            # Deep socket buffers keep a bulk put streaming while the guest drains its port.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
         self._read_task = asyncio.create_task(self._read_loop(), name=f"guest-read {self.name}")
         self._handshaking = True
         try:
