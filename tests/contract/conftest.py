@@ -167,6 +167,8 @@ async def backend(request: pytest.FixtureRequest, work_dir: Path) -> AsyncIterat
 
     reason = _libvirt_available()
     if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"libvirt must be available in CI: {reason}")
         pytest.skip(reason)
     from nodeagent.hypervisor.libvirt_driver import LibvirtHypervisor
 
