@@ -22,27 +22,37 @@ stop_demo() {
 }
 
 if [ "${1:-}" = "stop" ]; then
-  if [ -f "$DEMO/controlplane.pid" ]; then
-    for uuid in $(.venv/bin/minicloud --json instance list | .venv/bin/python -c \
-        'import json,sys; print(" ".join(i["uuid"] for i in json.load(sys.stdin)))'); do
-      .venv/bin/minicloud instance delete "$uuid" >/dev/null || true
-    done
-    sleep 3
-  fi
+  uuids=$(.venv/bin/minicloud --json instance list 2>/dev/null | .venv/bin/python -c \
+    'import json,sys; print(" ".join(i["uuid"] for i in json.load(sys.stdin)))' 2>/dev/null || true)
+  for uuid in $uuids; do
+    .venv/bin/minicloud instance delete "$uuid" >/dev/null || true
+  done
+  [ -z "$uuids" ] || sleep 3
   stop_demo
+  # Domains of the demo left behind (say, the control plane was already down).
+  for folder in "$DEMO"/node/instances/*/; do
+    [ -d "$folder" ] || continue
+    uuid=$(basename "$folder")
+    virsh -c qemu:///system destroy "$uuid" >/dev/null 2>&1 || true
+    virsh -c qemu:///system undefine "$uuid" --nvram >/dev/null 2>&1 || true
+    rm -rf "$folder"
+  done
   echo "demo stopped"
   exit 0
 fi
 
 image=$(bash tools/install.sh | tail -n 1)
 stop_demo
+# The image may have been rebuilt since the last demo: fetch it afresh.
+rm -rf "$DEMO/node/image-cache"
 mkdir -p "$DEMO/images" "$DEMO/node"
 chmod 755 "$ROOT/var" "$DEMO" "$DEMO/node"
 for name in debian-11 debian-12; do ln -sf "$image" "$DEMO/images/$name.qcow2"; done
 
 start() {  # name, command...
   local name=$1; shift
-  nohup "$@" >"$DEMO/$name.log" 2>&1 &
+  # Their own session, so they outlive this script and its terminal.
+  setsid nohup "$@" >"$DEMO/$name.log" 2>&1 </dev/null &
   echo $! >"$DEMO/$name.pid"
 }
 start images .venv/bin/python tools/serve_images.py --dir "$DEMO/images" --port $IMAGE_PORT
@@ -78,7 +88,8 @@ for _ in $(seq 1 120); do
   sleep 1
 done
 echo "== minicloud instance execute demo \"cat /etc/os-release\""
-.venv/bin/minicloud instance execute demo "cat /etc/os-release"
+.venv/bin/minicloud instance execute demo "cat /etc/os-release" || \
+  echo "(the agent is not ready yet; try again in a moment)"
 echo "== events"
 .venv/bin/minicloud instance events demo --limit 10
 cat <<EOT
