@@ -29,8 +29,12 @@ def guest_image() -> Path:
 
 @pytest.fixture(scope="module")
 def cluster(guest_image: Path) -> Iterator[Cluster]:
-    """A running cluster for one test module; everything it made is removed afterwards."""
-    c = Cluster.launch(guest_image, Path("/var/lib/mc/t"))
+    """A running cluster for one test module; everything it made is removed afterwards.
+
+    MINICLOUD_TEST_ROOT (default /var/lib/mc/t; keep it short) lets several
+    checkouts run system tests at once.
+    """
+    c = Cluster.launch(guest_image, Path(os.environ.get("MINICLOUD_TEST_ROOT", "/var/lib/mc/t")))
     try:
         yield c
     finally:
