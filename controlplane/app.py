@@ -11,7 +11,7 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import structlog
@@ -23,13 +23,22 @@ from controlplane.api.agent import AgentServicer
 from controlplane.api.artifacts import ArtifactServicer
 from controlplane.api.blobs import BlobServicer
 from controlplane.api.instances import InstanceServicer
+from controlplane.api.metadata import MetadataServicer
 from controlplane.api.node_stream import NodeServicer
 from controlplane.hub import Hub
 from controlplane.nodes import NodeRegistry
 from controlplane.reconciler import Reconciler
 from controlplane.services.agent import AgentService
 from controlplane.services.artifacts import ArtifactService
+from controlplane.services.events import EventPruner
 from controlplane.services.instances import InstanceService
+from controlplane.services.metadata import (
+    ArtifactKind,
+    BlobKind,
+    InstanceKind,
+    MetadataKind,
+    MetadataService,
+)
 from controlplane.settings import Settings
 from controlplane.store.agentops import AgentOperations
 from controlplane.store.artifacts import Artifacts
@@ -45,6 +54,8 @@ from protos import (
     blobs_pb2,
     blobs_pb2_grpc,
     instances_pb2,
+    metadata_pb2,
+    metadata_pb2_grpc,
     node_pb2,
     node_pb2_grpc,
 )
@@ -64,9 +75,14 @@ class ControlPlane:
     nodes: NodeRegistry
     service: InstanceService
     agent: AgentService
+    pruner: EventPruner
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self, grace: float = 2.0) -> None:
-        """Stop serving, end node streams, close the store."""
+        """Stop serving and background tasks, end node streams, close the store."""
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         for session in list(self.nodes.sessions.values()):
             session.close()
         await self.server.stop(grace)
@@ -84,10 +100,17 @@ async def start(
     nodes.load_usage(await records.list_instances())
     reconciler = Reconciler(records, nodes, settings.name, clock)
     blobs = BlobStore(store, settings.data_dir / "blobs")
-    artifacts = ArtifactService(Artifacts(store), blobs, clock)
+    artifact_records = Artifacts(store)
+    artifacts = ArtifactService(artifact_records, blobs, clock)
     service = InstanceService(settings, records, nodes, reconciler, hub, artifacts)
     agent = AgentService(records, AgentOperations(store), blobs, nodes, clock)
     await agent.recover()
+    kinds: dict[str, MetadataKind] = {
+        "instance": InstanceKind(records),
+        "blob": BlobKind(blobs, records),
+        "artifact": ArtifactKind(artifact_records, records),
+    }
+    metadata = MetadataService(kinds, reconciler.event)
 
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
     add_InstanceServiceServicer_to_server(InstanceServicer(service), server)
@@ -97,6 +120,7 @@ async def start(
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(agent, service), server)
     blobs_pb2_grpc.add_BlobServiceServicer_to_server(BlobServicer(blobs, clock), server)
     artifacts_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(artifacts), server)
+    metadata_pb2_grpc.add_MetadataServiceServicer_to_server(MetadataServicer(metadata), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (
@@ -105,6 +129,7 @@ async def start(
         agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
         blobs_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name,
         artifacts_pb2.DESCRIPTOR.services_by_name["ArtifactService"].full_name,
+        metadata_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name,
         health.SERVICE_NAME,
         reflection.SERVICE_NAME,
     )
@@ -113,10 +138,14 @@ async def start(
     if port == 0:
         raise OSError(f"cannot listen on {settings.listen}")
     await server.start()
-    for name in ("", *names[:5]):
+    for name in ("", *names[:6]):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    pruner = EventPruner(
+        records, settings.retention_days(), settings.event_prune_interval, clock, settings.name
+    )
+    tasks = [asyncio.get_running_loop().create_task(pruner.run())]
     log.info("control plane serving", listen=settings.listen, port=port)
-    return ControlPlane(server, port, store, records, nodes, service, agent)
+    return ControlPlane(server, port, store, records, nodes, service, agent, pruner, tasks)
 
 
 async def run(settings: Settings) -> None:
