@@ -39,6 +39,7 @@ from controlplane.services.metadata import (
     InstanceKind,
     MetadataKind,
     MetadataService,
+    NamespaceKind,
 )
 from controlplane.services.namespaces import NamespaceService
 from controlplane.settings import Settings
@@ -117,6 +118,7 @@ async def start(
         "instance": InstanceKind(records),
         "blob": BlobKind(blobs, records),
         "artifact": ArtifactKind(artifact_records, records),
+        "namespace": NamespaceKind(namespaces, records),
     }
     metadata = MetadataService(kinds, reconciler.event)
 

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
 from controlplane.model import Event, Instance, JsonDict
+from controlplane.services.namespaces import NamespaceService
 from controlplane.store.artifacts import Artifacts
 from controlplane.store.blobs import BlobStore
 from controlplane.store.protocol import Conflict
@@ -163,6 +164,26 @@ class ArtifactKind:
             raise FailedPrecondition(f"{exc}; try again") from exc
         if result is None:
             raise NotFound(f"artifact {found.uuid} not found")
+        return result
+
+
+class NamespaceKind:
+    """Namespace metadata lives in the namespace record; found by name."""
+
+    def __init__(self, namespaces: NamespaceService, records: Records) -> None:
+        self.namespaces = namespaces
+        self.records = records
+
+    async def find(self, namespace: str, ref: str) -> Found:
+        ns = self.namespaces.get(namespace, ref)
+        return Found(ns.name, ns.name, ns.metadata)
+
+    def check(self, metadata: JsonDict) -> JsonDict:
+        return check_metadata_size(metadata)
+
+    async def update(self, found: Found, change: Change, event: Event) -> JsonDict:
+        result = await self.namespaces.update_metadata(found.uuid, change)
+        await self.records.add_events(found.namespace, [event])
         return result
 
 

@@ -205,3 +205,12 @@ async def test_blob_and_artifact_metadata(plane: ControlPlane, meta: Any) -> Non
             artifacts_pb2.FromBlobRequest(name="img", blob_uuid=blob.uuid), metadata=TEAM
         )
     assert await get_all(meta, "artifact", art.uuid, TEAM) == {"tags": "not checked here"}
+
+
+async def test_namespace_metadata_is_kept_and_private(meta: Any) -> None:
+    """A namespace keeps metadata too; system may set it, others cannot see it."""
+    assert await set_key(meta, "namespace", "team", "owner", "ops") == {"owner": "ops"}
+    assert await get_all(meta, "namespace", "team", TEAM) == {"owner": "ops"}
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await get_all(meta, "namespace", "team", OTHER)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
