@@ -230,3 +230,66 @@ class Event(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Event: _TypeAlias = Event  # noqa: Y015
+
+@_typing.final
+class NetworkInterface(_message.Message):
+    """One network interface of an instance, as Shaken Fist's interface object.
+    The node stream carries the same message (uuid, network_uuid, macaddr, ipv4,
+    model, order) inside CreateDomain and AttachInterface.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UUID_FIELD_NUMBER: _builtins.int
+    NETWORK_UUID_FIELD_NUMBER: _builtins.int
+    INSTANCE_UUID_FIELD_NUMBER: _builtins.int
+    MACADDR_FIELD_NUMBER: _builtins.int
+    IPV4_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    FLOATING_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    uuid: _builtins.str
+    network_uuid: _builtins.str
+    instance_uuid: _builtins.str
+    macaddr: _builtins.str
+    """e.g. 02:00:00:6d:e5:e0, unique cluster-wide."""
+    ipv4: _builtins.str
+    """Empty when created with address "none"."""
+    order: _builtins.int
+    """0-based NIC order."""
+    model: _builtins.str
+    floating: _builtins.str
+    """The floating address when floated, else empty."""
+    state: _builtins.str
+    """initial, created, deleted, error."""
+    version: _builtins.int
+    namespace: _builtins.str
+    @_builtins.property
+    def metadata(self) -> _struct_pb2.Struct: ...
+    def __init__(
+        self,
+        *,
+        uuid: _builtins.str = ...,
+        network_uuid: _builtins.str = ...,
+        instance_uuid: _builtins.str = ...,
+        macaddr: _builtins.str = ...,
+        ipv4: _builtins.str = ...,
+        order: _builtins.int = ...,
+        model: _builtins.str = ...,
+        floating: _builtins.str = ...,
+        state: _builtins.str = ...,
+        metadata: _struct_pb2.Struct | None = ...,
+        version: _builtins.int = ...,
+        namespace: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["floating", b"floating", "instance_uuid", b"instance_uuid", "ipv4", b"ipv4", "macaddr", b"macaddr", "metadata", b"metadata", "model", b"model", "namespace", b"namespace", "network_uuid", b"network_uuid", "order", b"order", "state", b"state", "uuid", b"uuid", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkInterface: _TypeAlias = NetworkInterface  # noqa: Y015

@@ -82,6 +82,7 @@ class Instance(_message.Message):
     VDI_PORT_FIELD_NUMBER: _builtins.int
     VDI_TLS_PORT_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    INTERFACES_FIELD_NUMBER: _builtins.int
     uuid: _builtins.str
     namespace: _builtins.str
     state: _builtins.str
@@ -106,6 +107,12 @@ class Instance(_message.Message):
     def metadata(self) -> _struct_pb2.Struct:
         """The caller's metadata: starts as spec.metadata, changed through MetadataService."""
 
+    @_builtins.property
+    def interfaces(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.NetworkInterface]:
+        """Its network interfaces in order (state and floating address through
+        InterfaceService; here uuid, network_uuid, macaddr, ipv4, model, order).
+        """
+
     def __init__(
         self,
         *,
@@ -125,10 +132,11 @@ class Instance(_message.Message):
         vdi_port: _builtins.int = ...,
         vdi_tls_port: _builtins.int = ...,
         metadata: _struct_pb2.Struct | None = ...,
+        interfaces: _abc.Iterable[_common_pb2.NetworkInterface] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_state", b"agent_state", "agent_system_boot_time", b"agent_system_boot_time", "console_port", b"console_port", "created_at", b"created_at", "error_message", b"error_message", "metadata", b"metadata", "namespace", b"namespace", "node", b"node", "power_state", b"power_state", "spec", b"spec", "state", b"state", "state_updated_at", b"state_updated_at", "uuid", b"uuid", "vdi_port", b"vdi_port", "vdi_tls_port", b"vdi_tls_port", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_state", b"agent_state", "agent_system_boot_time", b"agent_system_boot_time", "console_port", b"console_port", "created_at", b"created_at", "error_message", b"error_message", "interfaces", b"interfaces", "metadata", b"metadata", "namespace", b"namespace", "node", b"node", "power_state", b"power_state", "spec", b"spec", "state", b"state", "state_updated_at", b"state_updated_at", "uuid", b"uuid", "vdi_port", b"vdi_port", "vdi_tls_port", b"vdi_tls_port", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from protos import common_pb2 as protos_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11protos/node.proto\x12\x0cminicloud.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x13protos/common.proto\"\xbc\x03\n\x0bNodeMessage\x12*\n\x08register\x18\x01 \x01(\x0b\x32\x16.minicloud.v1.RegisterH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.minicloud.v1.HeartbeatH\x00\x12-\n\x06result\x18\x03 \x01(\x0b\x32\x1b.minicloud.v1.CommandResultH\x00\x12,\n\tinventory\x18\x04 \x01(\x0b\x32\x17.minicloud.v1.InventoryH\x00\x12\x36\n\x0bobservation\x18\x05 \x01(\x0b\x32\x1f.minicloud.v1.DomainObservationH\x00\x12(\n\x05\x65vent\x18\x06 \x01(\x0b\x32\x17.minicloud.v1.NodeEventH\x00\x12(\n\x05\x62\x61tch\x18\x07 \x01(\x0b\x32\x17.minicloud.v1.NodeBatchH\x00\x12\x31\n\x0c\x61gent_status\x18\x08 \x01(\x0b\x32\x19.minicloud.v1.AgentStatusH\x00\x12/\n\x0b\x65xec_output\x18\t \x01(\x0b\x32\x18.minicloud.v1.ExecOutputH\x00\x42\x06\n\x04\x62ody\"L\n\x0b\x41gentStatus\x12\x15\n\rinstance_uuid\x18\x01 \x01(\t\x12\x13\n\x0b\x61gent_state\x18\x02 \x01(\t\x12\x11\n\tboot_time\x18\x03 \x01(\x01\">\n\nExecOutput\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"8\n\tNodeBatch\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.minicloud.v1.NodeMessage\"u\n\x08Register\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04\x63pus\x18\x03 \x01(\x05\x12\x11\n\tmemory_mb\x18\x04 \x01(\x03\x12\x12\n\nhypervisor\x18\x05 \x01(\t\x12\x15\n\ragent_version\x18\x06 \x01(\t\")\n\tHeartbeat\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0f\n\x07sent_at\x18\x02 \x01(\x01\"=\n\tInventory\x12\x30\n\x07\x64omains\x18\x01 \x03(\x0b\x32\x1f.minicloud.v1.DomainObservation\"_\n\x11\x44omainObservation\x12\x15\n\rinstance_uuid\x18\x01 \x01(\t\x12\x0e\n\x06\x65xists\x18\x02 \x01(\x08\x12\x13\n\x0bpower_state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"/\n\tNodeEvent\x12\"\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x13.minicloud.v1.Event\"\xcd\x01\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x15\n\rinstance_uuid\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x11\n\tretryable\x18\x05 \x01(\x08\x12\x34\n\x0bobservation\x18\x06 \x01(\x0b\x32\x1f.minicloud.v1.DomainObservation\x12-\n\x0c\x61gent_result\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x9f\x01\n\x0e\x43ontrolMessage\x12.\n\nregistered\x18\x01 \x01(\x0b\x32\x18.minicloud.v1.RegisteredH\x00\x12(\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x15.minicloud.v1.CommandH\x00\x12+\n\x05\x62\x61tch\x18\x03 \x01(\x0b\x32\x1a.minicloud.v1.ControlBatchH\x00\x42\x06\n\x04\x62ody\">\n\x0c\x43ontrolBatch\x12.\n\x08messages\x18\x01 \x03(\x0b\x32\x1c.minicloud.v1.ControlMessage\"(\n\nRegistered\x12\x1a\n\x12heartbeat_interval\x18\x01 \x01(\x01\"\xf4\x01\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x15\n\rinstance_uuid\x18\x02 \x01(\t\x12,\n\x06\x63reate\x18\x03 \x01(\x0b\x32\x1a.minicloud.v1.CreateDomainH\x00\x12*\n\x05power\x18\x04 \x01(\x0b\x32\x19.minicloud.v1.PowerActionH\x00\x12.\n\x07\x64\x65stroy\x18\x05 \x01(\x0b\x32\x1b.minicloud.v1.DestroyDomainH\x00\x12*\n\x05\x61gent\x18\x06 \x01(\x0b\x32\x19.minicloud.v1.AgentActionH\x00\x42\x08\n\x06\x61\x63tion\"\xf2\x01\n\x0b\x41gentAction\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x14\n\x0c\x63ommand_line\x18\x02 \x01(\t\x12/\n\x03\x65nv\x18\x03 \x03(\x0b\x32\".minicloud.v1.AgentAction.EnvEntry\x12\x0b\n\x03\x63wd\x18\x04 \x01(\t\x12\x0f\n\x07timeout\x18\x05 \x01(\x01\x12\x0c\n\x04path\x18\x06 \x01(\t\x12\x0c\n\x04mode\x18\x07 \x01(\x03\x12\x11\n\tblob_uuid\x18\x08 \x01(\t\x12\x15\n\rstream_output\x18\t \x01(\x08\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"K\n\x0c\x43reateDomain\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12(\n\x04spec\x18\x02 \x01(\x0b\x32\x1a.minicloud.v1.InstanceSpec\"\x1d\n\x0bPowerAction\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\"\x0f\n\rDestroyDomain2U\n\x0bNodeService\x12\x46\n\x07\x43onnect\x12\x19.minicloud.v1.NodeMessage\x1a\x1c.minicloud.v1.ControlMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11protos/node.proto\x12\x0cminicloud.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x13protos/common.proto\"\xbc\x03\n\x0bNodeMessage\x12*\n\x08register\x18\x01 \x01(\x0b\x32\x16.minicloud.v1.RegisterH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.minicloud.v1.HeartbeatH\x00\x12-\n\x06result\x18\x03 \x01(\x0b\x32\x1b.minicloud.v1.CommandResultH\x00\x12,\n\tinventory\x18\x04 \x01(\x0b\x32\x17.minicloud.v1.InventoryH\x00\x12\x36\n\x0bobservation\x18\x05 \x01(\x0b\x32\x1f.minicloud.v1.DomainObservationH\x00\x12(\n\x05\x65vent\x18\x06 \x01(\x0b\x32\x17.minicloud.v1.NodeEventH\x00\x12(\n\x05\x62\x61tch\x18\x07 \x01(\x0b\x32\x17.minicloud.v1.NodeBatchH\x00\x12\x31\n\x0c\x61gent_status\x18\x08 \x01(\x0b\x32\x19.minicloud.v1.AgentStatusH\x00\x12/\n\x0b\x65xec_output\x18\t \x01(\x0b\x32\x18.minicloud.v1.ExecOutputH\x00\x42\x06\n\x04\x62ody\"L\n\x0b\x41gentStatus\x12\x15\n\rinstance_uuid\x18\x01 \x01(\t\x12\x13\n\x0b\x61gent_state\x18\x02 \x01(\t\x12\x11\n\tboot_time\x18\x03 \x01(\x01\">\n\nExecOutput\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"8\n\tNodeBatch\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.minicloud.v1.NodeMessage\"u\n\x08Register\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04\x63pus\x18\x03 \x01(\x05\x12\x11\n\tmemory_mb\x18\x04 \x01(\x03\x12\x12\n\nhypervisor\x18\x05 \x01(\t\x12\x15\n\ragent_version\x18\x06 \x01(\t\")\n\tHeartbeat\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0f\n\x07sent_at\x18\x02 \x01(\x01\"O\n\tInventory\x12\x30\n\x07\x64omains\x18\x01 \x03(\x0b\x32\x1f.minicloud.v1.DomainObservation\x12\x10\n\x08networks\x18\x14 \x03(\t\"_\n\x11\x44omainObservation\x12\x15\n\rinstance_uuid\x18\x01 \x01(\t\x12\x0e\n\x06\x65xists\x18\x02 \x01(\x08\x12\x13\n\x0bpower_state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"/\n\tNodeEvent\x12\"\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x13.minicloud.v1.Event\"\xcd\x01\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x15\n\rinstance_uuid\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x11\n\tretryable\x18\x05 \x01(\x08\x12\x34\n\x0bobservation\x18\x06 \x01(\x0b\x32\x1f.minicloud.v1.DomainObservation\x12-\n\x0c\x61gent_result\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x9f\x01\n\x0e\x43ontrolMessage\x12.\n\nregistered\x18\x01 \x01(\x0b\x32\x18.minicloud.v1.RegisteredH\x00\x12(\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x15.minicloud.v1.CommandH\x00\x12+\n\x05\x62\x61tch\x18\x03 \x01(\x0b\x32\x1a.minicloud.v1.ControlBatchH\x00\x42\x06\n\x04\x62ody\">\n\x0c\x43ontrolBatch\x12.\n\x08messages\x18\x01 \x03(\x0b\x32\x1c.minicloud.v1.ControlMessage\"(\n\nRegistered\x12\x1a\n\x12heartbeat_interval\x18\x01 \x01(\x01\"\x9d\x03\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x15\n\rinstance_uuid\x18\x02 \x01(\t\x12,\n\x06\x63reate\x18\x03 \x01(\x0b\x32\x1a.minicloud.v1.CreateDomainH\x00\x12*\n\x05power\x18\x04 \x01(\x0b\x32\x19.minicloud.v1.PowerActionH\x00\x12.\n\x07\x64\x65stroy\x18\x05 \x01(\x0b\x32\x1b.minicloud.v1.DestroyDomainH\x00\x12*\n\x05\x61gent\x18\x06 \x01(\x0b\x32\x19.minicloud.v1.AgentActionH\x00\x12\x35\n\x0e\x65nsure_network\x18\x14 \x01(\x0b\x32\x1b.minicloud.v1.EnsureNetworkH\x00\x12\x35\n\x0eremove_network\x18\x15 \x01(\x0b\x32\x1b.minicloud.v1.RemoveNetworkH\x00\x12\x39\n\x10\x61ttach_interface\x18\x16 \x01(\x0b\x32\x1d.minicloud.v1.AttachInterfaceH\x00\x42\x08\n\x06\x61\x63tion\"\xf2\x01\n\x0b\x41gentAction\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x14\n\x0c\x63ommand_line\x18\x02 \x01(\t\x12/\n\x03\x65nv\x18\x03 \x03(\x0b\x32\".minicloud.v1.AgentAction.EnvEntry\x12\x0b\n\x03\x63wd\x18\x04 \x01(\t\x12\x0f\n\x07timeout\x18\x05 \x01(\x01\x12\x0c\n\x04path\x18\x06 \x01(\t\x12\x0c\n\x04mode\x18\x07 \x01(\x03\x12\x11\n\tblob_uuid\x18\x08 \x01(\t\x12\x15\n\rstream_output\x18\t \x01(\x08\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x7f\n\x0c\x43reateDomain\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12(\n\x04spec\x18\x02 \x01(\x0b\x32\x1a.minicloud.v1.InstanceSpec\x12\x32\n\ninterfaces\x18\x14 \x03(\x0b\x32\x1e.minicloud.v1.NetworkInterface\"\x1d\n\x0bPowerAction\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\"\x0f\n\rDestroyDomain\">\n\x0cNetworkLease\x12\x0b\n\x03mac\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\"9\n\x0f\x46loatingAddress\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x15\n\rinner_address\x18\x02 \x01(\t\"\xc0\x02\n\rEnsureNetwork\x12\x14\n\x0cnetwork_uuid\x18\x01 \x01(\t\x12\x0b\n\x03vni\x18\x02 \x01(\x05\x12\x10\n\x08netblock\x18\x03 \x01(\t\x12\x0f\n\x07gateway\x18\x04 \x01(\t\x12\x14\n\x0cprovide_dhcp\x18\x05 \x01(\x08\x12\x13\n\x0bprovide_nat\x18\x06 \x01(\x08\x12\x15\n\rservices_here\x18\x07 \x01(\x08\x12*\n\x06leases\x18\x08 \x03(\x0b\x32\x1a.minicloud.v1.NetworkLease\x12\r\n\x05peers\x18\t \x03(\t\x12\x16\n\x0e\x65gress_address\x18\n \x01(\t\x12\x16\n\x0e\x65gress_gateway\x18\x0b \x01(\t\x12/\n\x08\x66loating\x18\x0c \x03(\x0b\x32\x1d.minicloud.v1.FloatingAddress\x12\x0b\n\x03mtu\x18\r \x01(\x05\"%\n\rRemoveNetwork\x12\x14\n\x0cnetwork_uuid\x18\x01 \x01(\t\"D\n\x0f\x41ttachInterface\x12\x31\n\tinterface\x18\x01 \x01(\x0b\x32\x1e.minicloud.v1.NetworkInterface2U\n\x0bNodeService\x12\x46\n\x07\x43onnect\x12\x19.minicloud.v1.NodeMessage\x1a\x1c.minicloud.v1.ControlMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,31 +48,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEAT']._serialized_start=852
   _globals['_HEARTBEAT']._serialized_end=893
   _globals['_INVENTORY']._serialized_start=895
-  _globals['_INVENTORY']._serialized_end=956
-  _globals['_DOMAINOBSERVATION']._serialized_start=958
-  _globals['_DOMAINOBSERVATION']._serialized_end=1053
-  _globals['_NODEEVENT']._serialized_start=1055
-  _globals['_NODEEVENT']._serialized_end=1102
-  _globals['_COMMANDRESULT']._serialized_start=1105
-  _globals['_COMMANDRESULT']._serialized_end=1310
-  _globals['_CONTROLMESSAGE']._serialized_start=1313
-  _globals['_CONTROLMESSAGE']._serialized_end=1472
-  _globals['_CONTROLBATCH']._serialized_start=1474
-  _globals['_CONTROLBATCH']._serialized_end=1536
-  _globals['_REGISTERED']._serialized_start=1538
-  _globals['_REGISTERED']._serialized_end=1578
-  _globals['_COMMAND']._serialized_start=1581
-  _globals['_COMMAND']._serialized_end=1825
-  _globals['_AGENTACTION']._serialized_start=1828
-  _globals['_AGENTACTION']._serialized_end=2070
-  _globals['_AGENTACTION_ENVENTRY']._serialized_start=2028
-  _globals['_AGENTACTION_ENVENTRY']._serialized_end=2070
-  _globals['_CREATEDOMAIN']._serialized_start=2072
-  _globals['_CREATEDOMAIN']._serialized_end=2147
-  _globals['_POWERACTION']._serialized_start=2149
-  _globals['_POWERACTION']._serialized_end=2178
-  _globals['_DESTROYDOMAIN']._serialized_start=2180
-  _globals['_DESTROYDOMAIN']._serialized_end=2195
-  _globals['_NODESERVICE']._serialized_start=2197
-  _globals['_NODESERVICE']._serialized_end=2282
+  _globals['_INVENTORY']._serialized_end=974
+  _globals['_DOMAINOBSERVATION']._serialized_start=976
+  _globals['_DOMAINOBSERVATION']._serialized_end=1071
+  _globals['_NODEEVENT']._serialized_start=1073
+  _globals['_NODEEVENT']._serialized_end=1120
+  _globals['_COMMANDRESULT']._serialized_start=1123
+  _globals['_COMMANDRESULT']._serialized_end=1328
+  _globals['_CONTROLMESSAGE']._serialized_start=1331
+  _globals['_CONTROLMESSAGE']._serialized_end=1490
+  _globals['_CONTROLBATCH']._serialized_start=1492
+  _globals['_CONTROLBATCH']._serialized_end=1554
+  _globals['_REGISTERED']._serialized_start=1556
+  _globals['_REGISTERED']._serialized_end=1596
+  _globals['_COMMAND']._serialized_start=1599
+  _globals['_COMMAND']._serialized_end=2012
+  _globals['_AGENTACTION']._serialized_start=2015
+  _globals['_AGENTACTION']._serialized_end=2257
+  _globals['_AGENTACTION_ENVENTRY']._serialized_start=2215
+  _globals['_AGENTACTION_ENVENTRY']._serialized_end=2257
+  _globals['_CREATEDOMAIN']._serialized_start=2259
+  _globals['_CREATEDOMAIN']._serialized_end=2386
+  _globals['_POWERACTION']._serialized_start=2388
+  _globals['_POWERACTION']._serialized_end=2417
+  _globals['_DESTROYDOMAIN']._serialized_start=2419
+  _globals['_DESTROYDOMAIN']._serialized_end=2434
+  _globals['_NETWORKLEASE']._serialized_start=2436
+  _globals['_NETWORKLEASE']._serialized_end=2498
+  _globals['_FLOATINGADDRESS']._serialized_start=2500
+  _globals['_FLOATINGADDRESS']._serialized_end=2557
+  _globals['_ENSURENETWORK']._serialized_start=2560
+  _globals['_ENSURENETWORK']._serialized_end=2880
+  _globals['_REMOVENETWORK']._serialized_start=2882
+  _globals['_REMOVENETWORK']._serialized_end=2919
+  _globals['_ATTACHINTERFACE']._serialized_start=2921
+  _globals['_ATTACHINTERFACE']._serialized_end=2989
+  _globals['_NODESERVICE']._serialized_start=2991
+  _globals['_NODESERVICE']._serialized_end=3076
 # @@protoc_insertion_point(module_scope)

@@ -225,16 +225,22 @@ class Inventory(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DOMAINS_FIELD_NUMBER: _builtins.int
+    NETWORKS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def domains(self) -> _containers.RepeatedCompositeFieldContainer[Global___DomainObservation]: ...
+    @_builtins.property
+    def networks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """UUIDs of the networks this node has anything for (NetworkDriver.present)."""
+
     def __init__(
         self,
         *,
         domains: _abc.Iterable[Global___DomainObservation] | None = ...,
+        networks: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["domains", b"domains"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["domains", b"domains", "networks", b"networks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -419,6 +425,9 @@ class Command(_message.Message):
     POWER_FIELD_NUMBER: _builtins.int
     DESTROY_FIELD_NUMBER: _builtins.int
     AGENT_FIELD_NUMBER: _builtins.int
+    ENSURE_NETWORK_FIELD_NUMBER: _builtins.int
+    REMOVE_NETWORK_FIELD_NUMBER: _builtins.int
+    ATTACH_INTERFACE_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     instance_uuid: _builtins.str
     @_builtins.property
@@ -429,6 +438,14 @@ class Command(_message.Message):
     def destroy(self) -> Global___DestroyDomain: ...
     @_builtins.property
     def agent(self) -> Global___AgentAction: ...
+    @_builtins.property
+    def ensure_network(self) -> Global___EnsureNetwork:
+        """Networks (command instance_uuid holds the network's UUID) and hot plug."""
+
+    @_builtins.property
+    def remove_network(self) -> Global___RemoveNetwork: ...
+    @_builtins.property
+    def attach_interface(self) -> Global___AttachInterface: ...
     def __init__(
         self,
         *,
@@ -438,12 +455,15 @@ class Command(_message.Message):
         power: Global___PowerAction | None = ...,
         destroy: Global___DestroyDomain | None = ...,
         agent: Global___AgentAction | None = ...,
+        ensure_network: Global___EnsureNetwork | None = ...,
+        remove_network: Global___RemoveNetwork | None = ...,
+        attach_interface: Global___AttachInterface | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent", b"agent", "create", b"create", "destroy", b"destroy", "power", b"power"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent", b"agent", "attach_interface", b"attach_interface", "create", b"create", "destroy", b"destroy", "ensure_network", b"ensure_network", "power", b"power", "remove_network", b"remove_network"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent", b"agent", "command_id", b"command_id", "create", b"create", "destroy", b"destroy", "instance_uuid", b"instance_uuid", "power", b"power"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent", b"agent", "attach_interface", b"attach_interface", "command_id", b"command_id", "create", b"create", "destroy", b"destroy", "ensure_network", b"ensure_network", "instance_uuid", b"instance_uuid", "power", b"power", "remove_network", b"remove_network"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["create", "power", "destroy", "agent"]  # noqa: Y015
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["create", "power", "destroy", "agent", "ensure_network", "remove_network", "attach_interface"]  # noqa: Y015
     _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
 
@@ -525,18 +545,24 @@ class CreateDomain(_message.Message):
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
+    INTERFACES_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     @_builtins.property
     def spec(self) -> _common_pb2.InstanceSpec: ...
+    @_builtins.property
+    def interfaces(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.NetworkInterface]:
+        """Its interfaces in order; their networks arrive first as EnsureNetwork."""
+
     def __init__(
         self,
         *,
         namespace: _builtins.str = ...,
         spec: _common_pb2.InstanceSpec | None = ...,
+        interfaces: _abc.Iterable[_common_pb2.NetworkInterface] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interfaces", b"interfaces", "namespace", b"namespace", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -578,3 +604,157 @@ class DestroyDomain(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DestroyDomain: _TypeAlias = DestroyDomain  # noqa: Y015
+
+@_typing.final
+class NetworkLease(_message.Message):
+    """One DHCP reservation of a network."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAC_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    mac: _builtins.str
+    address: _builtins.str
+    hostname: _builtins.str
+    def __init__(
+        self,
+        *,
+        mac: _builtins.str = ...,
+        address: _builtins.str = ...,
+        hostname: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "hostname", b"hostname", "mac", b"mac"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkLease: _TypeAlias = NetworkLease  # noqa: Y015
+
+@_typing.final
+class FloatingAddress(_message.Message):
+    """A floating address DNATed to an interface's address inside the network."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    INNER_ADDRESS_FIELD_NUMBER: _builtins.int
+    address: _builtins.str
+    inner_address: _builtins.str
+    def __init__(
+        self,
+        *,
+        address: _builtins.str = ...,
+        inner_address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "inner_address", b"inner_address"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FloatingAddress: _TypeAlias = FloatingAddress  # noqa: Y015
+
+@_typing.final
+class EnsureNetwork(_message.Message):
+    """Make this node carry a network exactly so (the node's NetworkConfig)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORK_UUID_FIELD_NUMBER: _builtins.int
+    VNI_FIELD_NUMBER: _builtins.int
+    NETBLOCK_FIELD_NUMBER: _builtins.int
+    GATEWAY_FIELD_NUMBER: _builtins.int
+    PROVIDE_DHCP_FIELD_NUMBER: _builtins.int
+    PROVIDE_NAT_FIELD_NUMBER: _builtins.int
+    SERVICES_HERE_FIELD_NUMBER: _builtins.int
+    LEASES_FIELD_NUMBER: _builtins.int
+    PEERS_FIELD_NUMBER: _builtins.int
+    EGRESS_ADDRESS_FIELD_NUMBER: _builtins.int
+    EGRESS_GATEWAY_FIELD_NUMBER: _builtins.int
+    FLOATING_FIELD_NUMBER: _builtins.int
+    MTU_FIELD_NUMBER: _builtins.int
+    network_uuid: _builtins.str
+    vni: _builtins.int
+    netblock: _builtins.str
+    gateway: _builtins.str
+    provide_dhcp: _builtins.bool
+    provide_nat: _builtins.bool
+    services_here: _builtins.bool
+    egress_address: _builtins.str
+    egress_gateway: _builtins.str
+    mtu: _builtins.int
+    @_builtins.property
+    def leases(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkLease]: ...
+    @_builtins.property
+    def peers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def floating(self) -> _containers.RepeatedCompositeFieldContainer[Global___FloatingAddress]: ...
+    def __init__(
+        self,
+        *,
+        network_uuid: _builtins.str = ...,
+        vni: _builtins.int = ...,
+        netblock: _builtins.str = ...,
+        gateway: _builtins.str = ...,
+        provide_dhcp: _builtins.bool = ...,
+        provide_nat: _builtins.bool = ...,
+        services_here: _builtins.bool = ...,
+        leases: _abc.Iterable[Global___NetworkLease] | None = ...,
+        peers: _abc.Iterable[_builtins.str] | None = ...,
+        egress_address: _builtins.str = ...,
+        egress_gateway: _builtins.str = ...,
+        floating: _abc.Iterable[Global___FloatingAddress] | None = ...,
+        mtu: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["egress_address", b"egress_address", "egress_gateway", b"egress_gateway", "floating", b"floating", "gateway", b"gateway", "leases", b"leases", "mtu", b"mtu", "netblock", b"netblock", "network_uuid", b"network_uuid", "peers", b"peers", "provide_dhcp", b"provide_dhcp", "provide_nat", b"provide_nat", "services_here", b"services_here", "vni", b"vni"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnsureNetwork: _TypeAlias = EnsureNetwork  # noqa: Y015
+
+@_typing.final
+class RemoveNetwork(_message.Message):
+    """Remove everything this node has for a network."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORK_UUID_FIELD_NUMBER: _builtins.int
+    network_uuid: _builtins.str
+    def __init__(
+        self,
+        *,
+        network_uuid: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["network_uuid", b"network_uuid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveNetwork: _TypeAlias = RemoveNetwork  # noqa: Y015
+
+@_typing.final
+class AttachInterface(_message.Message):
+    """Hot plug one interface into the command's instance (live and persistent)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INTERFACE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def interface(self) -> _common_pb2.NetworkInterface: ...
+    def __init__(
+        self,
+        *,
+        interface: _common_pb2.NetworkInterface | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["interface", b"interface"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interface", b"interface"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttachInterface: _TypeAlias = AttachInterface  # noqa: Y015
