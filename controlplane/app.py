@@ -25,6 +25,7 @@ from controlplane.api.auth import AuthInterceptor, AuthServicer, NamespaceServic
 from controlplane.api.blobs import BlobServicer
 from controlplane.api.instances import InstanceServicer
 from controlplane.api.metadata import MetadataServicer
+from controlplane.api.networks import InterfaceServicer, NetworkServicer
 from controlplane.api.node_stream import NodeServicer
 from controlplane.hub import Hub
 from controlplane.nodes import NodeRegistry
@@ -33,20 +34,26 @@ from controlplane.services.agent import AgentService
 from controlplane.services.artifacts import ArtifactService
 from controlplane.services.events import EventPruner
 from controlplane.services.instances import InstanceService
+from controlplane.services.interfaces import InterfaceService
 from controlplane.services.metadata import (
     ArtifactKind,
     BlobKind,
     InstanceKind,
+    InterfaceKind,
     MetadataKind,
     MetadataService,
     NamespaceKind,
+    NetworkKind,
 )
 from controlplane.services.namespaces import NamespaceService
+from controlplane.services.netsync import NetworkSync
+from controlplane.services.networks import NetworkService
 from controlplane.settings import Settings
 from controlplane.store.agentops import AgentOperations
 from controlplane.store.artifacts import Artifacts
 from controlplane.store.blobs import BlobStore
 from controlplane.store.namespaces import Namespaces
+from controlplane.store.networks import NetworkRecords
 from controlplane.store.protocol import Store
 from controlplane.store.records import Records
 from controlplane.store.rocks import RocksStore
@@ -62,6 +69,8 @@ from protos import (
     instances_pb2,
     metadata_pb2,
     metadata_pb2_grpc,
+    networks_pb2,
+    networks_pb2_grpc,
     node_pb2,
     node_pb2_grpc,
 )
@@ -109,7 +118,21 @@ async def start(
     blobs = BlobStore(store, settings.data_dir / "blobs")
     artifact_records = Artifacts(store)
     artifacts = ArtifactService(artifact_records, blobs, clock)
-    service = InstanceService(settings, records, nodes, reconciler, hub, artifacts)
+    network_records = NetworkRecords(store)
+    networks = NetworkService(
+        records,
+        network_records,
+        reconciler.event,
+        clock,
+        settings.floating_netblock,
+        settings.network_node,
+    )
+    netsync = NetworkSync(networks, records, nodes)
+    reconciler.hooks = netsync
+    service = InstanceService(
+        settings, records, nodes, reconciler, hub, artifacts, networks, netsync
+    )
+    interfaces = InterfaceService(service, networks, netsync, nodes, settings.command_timeout)
     agent = AgentService(records, AgentOperations(store), blobs, nodes, clock)
     await agent.recover()
     namespaces = NamespaceService(Namespaces(store), clock, settings.token_ttl)
@@ -119,6 +142,8 @@ async def start(
         "blob": BlobKind(blobs, records),
         "artifact": ArtifactKind(artifact_records, records),
         "namespace": NamespaceKind(namespaces, records),
+        "network": NetworkKind(network_records, records),
+        "interface": InterfaceKind(network_records, records),
     }
     metadata = MetadataService(kinds, reconciler.event)
 
@@ -138,6 +163,10 @@ async def start(
     blobs_pb2_grpc.add_BlobServiceServicer_to_server(BlobServicer(blobs, clock), server)
     artifacts_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(artifacts), server)
     metadata_pb2_grpc.add_MetadataServiceServicer_to_server(MetadataServicer(metadata), server)
+    networks_pb2_grpc.add_NetworkServiceServicer_to_server(
+        NetworkServicer(networks, netsync), server
+    )
+    networks_pb2_grpc.add_InterfaceServiceServicer_to_server(InterfaceServicer(interfaces), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (
@@ -149,6 +178,8 @@ async def start(
         auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
         auth_pb2.DESCRIPTOR.services_by_name["NamespaceService"].full_name,
         metadata_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name,
+        networks_pb2.DESCRIPTOR.services_by_name["NetworkService"].full_name,
+        networks_pb2.DESCRIPTOR.services_by_name["InterfaceService"].full_name,
         health.SERVICE_NAME,
         reflection.SERVICE_NAME,
     )

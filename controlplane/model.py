@@ -29,7 +29,7 @@ class DiskSpec:
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """One interface request; stored now, wired by the networking feature."""
+    """One interface request: a network (UUID or name), address, MAC, NIC model, float."""
 
     network_uuid: str = ""
     macaddress: str = ""
@@ -68,6 +68,88 @@ class InstanceSpec:
 
 
 @dataclass(frozen=True)
+class Nic:
+    """What a node needs to build one interface of an instance."""
+
+    uuid: str
+    network_uuid: str
+    macaddr: str
+    ipv4: str = ""
+    model: str = "virtio"
+    order: int = 0
+
+
+@dataclass(frozen=True)
+class Network:
+    """A virtual network: an IPv4 netblock in one namespace, carried over VXLAN."""
+
+    uuid: str
+    namespace: str
+    name: str
+    netblock: str
+    vxlan_id: int
+    provide_dhcp: bool = True
+    provide_nat: bool = True
+    state: str = "initial"
+    error_message: str = ""
+    # The network's address in the floating pool ("" without NAT).
+    egress_address: str = ""
+    # The node running its namespace (gateway, DHCP, NAT); set by the first interface.
+    services_node: str = ""
+    created_at: float = 0.0
+    state_updated_at: float = 0.0
+    metadata: JsonDict = field(default_factory=dict)
+    version: int = 0
+
+    def with_changes(self, **changes: Any) -> Network:
+        """A copy with some fields replaced."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Interface:
+    """A network interface: an instance's address and MAC on one network."""
+
+    uuid: str
+    namespace: str
+    instance_uuid: str
+    network_uuid: str
+    macaddr: str
+    ipv4: str = ""
+    order: int = 0
+    model: str = "virtio"
+    # The instance's node (where the interface lives).
+    node: str = ""
+    floating: str = ""
+    state: str = "initial"
+    created_at: float = 0.0
+    state_updated_at: float = 0.0
+    metadata: JsonDict = field(default_factory=dict)
+    version: int = 0
+
+    @property
+    def nic(self) -> Nic:
+        """What the node needs of it."""
+        return Nic(self.uuid, self.network_uuid, self.macaddr, self.ipv4, self.model, self.order)
+
+    def with_changes(self, **changes: Any) -> Interface:
+        """A copy with some fields replaced."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Who holds one address of a network (or of the floating pool)."""
+
+    address: str
+    type: str
+    user_type: str = ""
+    user_uuid: str = ""
+    when: float = 0.0
+    comment: str = ""
+
+
+@dataclass(frozen=True)
 class Instance:
     """An instance record: its spec and everything known about it."""
 
@@ -90,6 +172,8 @@ class Instance:
     command_seq: int = 0
     # The caller's metadata, mutable after create (starts as spec.metadata).
     metadata: JsonDict = field(default_factory=dict)
+    # Its network interfaces in order (the node builds them; details in Interface records).
+    interfaces: tuple[Nic, ...] = ()
 
     def with_changes(self, **changes: Any) -> Instance:
         """A copy with some fields replaced."""
@@ -197,12 +281,17 @@ def _instance_metadata(data: JsonDict) -> JsonDict:
     return {**data, "metadata": dict(data.get("spec", {}).get("metadata", {}))}
 
 
+def _instance_interfaces(data: JsonDict) -> JsonDict:
+    """Schema 2 -> 3: instances gained ``interfaces`` (none before networks existed)."""
+    return {**data, "interfaces": []}
+
+
 # Record class name -> its current schema number (SCHEMA when absent).
-SCHEMAS: dict[str, int] = {"Instance": 2}
+SCHEMAS: dict[str, int] = {"Instance": 3}
 # Record class name -> {schema number -> step upgrading a stored dict from that schema
 # to the next}. Each record type has its own numbering.
 UPGRADES: dict[str, dict[int, Callable[[JsonDict], JsonDict]]] = {
-    "Instance": {1: _instance_metadata},
+    "Instance": {1: _instance_metadata, 2: _instance_interfaces},
 }
 
 
@@ -224,7 +313,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def encode(record: Instance | Event | Node | AgentOperation | Blob | Artifact) -> bytes:
+Record = (
+    Instance | Event | Node | AgentOperation | Blob | Artifact | Network | Interface | Reservation
+)
+
+
+def encode(record: Record) -> bytes:
     """A record as stored JSON."""
     data = _plain(record)
     data["schema"] = SCHEMAS.get(type(record).__name__, SCHEMA)
@@ -235,6 +329,7 @@ def decode_instance(raw: bytes) -> Instance:
     """An instance record from stored JSON."""
     data = _upgrade(json.loads(raw), "Instance")
     data["spec"] = _spec_from_dict(data["spec"])
+    data["interfaces"] = tuple(Nic(**n) for n in data.get("interfaces", ()))
     return Instance(**data)
 
 
@@ -265,3 +360,18 @@ def decode_artifact(raw: bytes) -> Artifact:
     data = _upgrade(json.loads(raw))
     data["versions"] = tuple(data["versions"])
     return Artifact(**data)
+
+
+def decode_network(raw: bytes) -> Network:
+    """A network record from stored JSON."""
+    return Network(**_upgrade(json.loads(raw)))
+
+
+def decode_interface(raw: bytes) -> Interface:
+    """An interface record from stored JSON."""
+    return Interface(**_upgrade(json.loads(raw)))
+
+
+def decode_reservation(raw: bytes) -> Reservation:
+    """An address reservation from stored JSON."""
+    return Reservation(**_upgrade(json.loads(raw)))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.errors import Unavailable
-from controlplane.model import Instance, InstanceSpec, Node
+from controlplane.model import Instance, InstanceSpec, Nic, Node
 from controlplane.placement import Capacity
 
 
@@ -29,7 +29,11 @@ class Observation:
 
 @dataclass(frozen=True)
 class NodeCommand:
-    """A command for a node: create, power (with an action) or destroy."""
+    """A command for a node: create, power, destroy, agent, or a network command.
+
+    Network commands (ensure-network, remove-network) carry the network's UUID
+    in ``instance_uuid``, so the node serialises them per network.
+    """
 
     command_id: str
     instance_uuid: str
@@ -39,6 +43,12 @@ class NodeCommand:
     spec: InstanceSpec | None = None
     # For kind "agent": the AgentAction's fields (kind, command_line, path, ...).
     agent: dict[str, Any] | None = None
+    # For create: the instance's interfaces in order.
+    interfaces: tuple[Nic, ...] = ()
+    # For ensure-network: the NetworkConfig's fields (see services/netsync.py).
+    network: dict[str, Any] | None = None
+    # For attach-interface: the interface to hot plug.
+    nic: Nic | None = None
 
 
 @dataclass(frozen=True)

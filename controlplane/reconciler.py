@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 import structlog
 
@@ -20,7 +20,7 @@ from controlplane import lifecycle
 from controlplane.errors import FailedPrecondition, NotFound
 from controlplane.model import Event, Instance
 from controlplane.nodes import NodeCommand, NodeRegistry, Observation, Outcome, Session
-from controlplane.store.protocol import Conflict
+from controlplane.store.protocol import Conflict, Op
 from controlplane.store.records import Records
 
 log = structlog.get_logger(__name__)
@@ -29,10 +29,27 @@ Clock = Callable[[], float]
 MAX_CREATE_ATTEMPTS = 3
 
 
+class InstanceHooks(Protocol):
+    """What other parts (networks) do as instances change and nodes connect."""
+
+    async def release_ops(self, instance: Instance) -> tuple[list[Op], list[Event]]:
+        """Operations and events to commit with an instance's deletion."""
+        ...
+
+    async def instance_changed(self, old: Instance, new: Instance) -> None:
+        """Called after each committed state change."""
+        ...
+
+    async def node_connected(self, node: str, present: Iterable[str]) -> None:
+        """A node (re)connected; present: the networks it has."""
+        ...
+
+
 class Reconciler:
     """Drives instances through the lifecycle and keeps nodes in step."""
 
     def __init__(self, records: Records, nodes: NodeRegistry, fqdn: str, clock: Clock) -> None:
+        self.hooks: InstanceHooks | None = None
         self.records = records
         self.nodes = nodes
         self.fqdn = fqdn
@@ -90,12 +107,19 @@ class Reconciler:
             except lifecycle.Refused as exc:
                 raise FailedPrecondition(str(exc)) from exc
             new, events = self._apply(instance, decision, error, reason)
+            extra: list[Op] = []
+            deleting = new.state == lifecycle.DELETED and instance.state != lifecycle.DELETED
+            if deleting and self.hooks is not None:
+                extra, more = await self.hooks.release_ops(instance)
+                events += more
             try:
-                stored = await self.records.update_instance(instance, new, events)
+                stored = await self.records.update_instance(instance, new, events, extra)
             except Conflict:
                 continue
             if stored.state == lifecycle.DELETED and instance.state != lifecycle.DELETED:
                 self.nodes.release_usage(instance)
+            if self.hooks is not None and stored.state != instance.state:
+                await self.hooks.instance_changed(instance, stored)
             return stored, self.perform(stored, decision.actions)
         raise FailedPrecondition(f"instance {uuid} is changing too fast; try again")
 
@@ -146,6 +170,7 @@ class Reconciler:
                 "create",
                 namespace=instance.namespace,
                 spec=instance.spec,
+                interfaces=instance.interfaces,
             )
         if action == "destroy-domain":
             return NodeCommand(command_id, instance.uuid, "destroy")
@@ -162,6 +187,19 @@ class Reconciler:
         self.nodes.resolve(session, outcome)
 
     async def _handle_result(self, session: Session, outcome: Outcome) -> None:
+        if outcome.command_id.startswith("net/"):
+            if not outcome.ok:
+                log.warning(
+                    "network command failed",
+                    node=session.node.name,
+                    network=outcome.instance_uuid,
+                    error=outcome.error,
+                )
+                message = f"network command failed on node {session.node.name}: {outcome.error}"
+                await self.records.add_events(
+                    "", [self.event(outcome.instance_uuid, message, "status")]
+                )
+            return
         instance = await self.records.get_instance(outcome.instance_uuid)
         if instance is None:
             return
@@ -243,10 +281,15 @@ class Reconciler:
                 current=instance,
             )
 
-    async def on_inventory(self, session: Session, domains: list[Observation]) -> None:
-        """A node (re)connected and listed its domains: converge both ways."""
+    async def on_inventory(
+        self, session: Session, domains: list[Observation], networks: Iterable[str] = ()
+    ) -> None:
+        """A node (re)connected and listed its domains and networks: converge both ways."""
         seen = {d.instance_uuid: d for d in domains}
         node = session.node.name
+        if self.hooks is not None:
+            # Networks first: creates resent below need them on the node.
+            await self.hooks.node_connected(node, networks)
         for uuid in await self.records.uuids_on_node(node):
             instance = await self.records.get_instance(uuid)
             if instance is None:

@@ -42,6 +42,12 @@ class Settings:
     retain_prune_days: float = 30
     retain_historic_days: float = 90
     event_prune_interval: float = 3600.0
+    # Floating addresses and each NAT network's egress address come from here; its
+    # first usable address is the egress gateway on every node's egress bridge.
+    floating_netblock: str = "192.168.240.0/24"
+    # A node that runs every network's services (gateway, DHCP, NAT); empty: the
+    # first node that needs a network runs them.
+    network_node: str = ""
 
     def retention_days(self) -> dict[str, float]:
         """Event type -> days its events are kept."""
@@ -69,6 +75,8 @@ class Settings:
             event_prune_interval=float(
                 env.get("MINICLOUD_EVENT_PRUNE_INTERVAL", base.event_prune_interval)
             ),
+            floating_netblock=env.get("MINICLOUD_FLOATING_NETBLOCK", base.floating_netblock),
+            network_node=env.get("MINICLOUD_NETWORK_NODE", base.network_node),
         )
         retention: dict[str, Any] = {
             f"retain_{kind}_days": float(env.get(f"MINICLOUD_RETAIN_{kind.upper()}_DAYS", days))

@@ -130,13 +130,17 @@ def check_disk(index: int, disk: DiskSpec) -> DiskSpec:
 
 
 def check_network(index: int, net: NetworkSpec) -> NetworkSpec:
-    """A network spec with defaults applied; the network itself is checked later."""
+    """A network spec with defaults applied; the network and addresses are checked later."""
     model = _choice(net.model, NIC_MODELS, "virtio", f"network {index}: model")
     mac = net.macaddress.lower()
     if mac and not MAC_RE.match(mac):
         raise InvalidArgument(f"network {index}: {net.macaddress!r} is not a MAC address")
-    if net.network_uuid and not looks_like_uuid(net.network_uuid):
-        raise InvalidArgument(f"network {index}: {net.network_uuid!r} is not a network UUID")
+    if not net.network_uuid:
+        raise InvalidArgument(f"network {index}: network_uuid (a network UUID or name) is required")
+    if not looks_like_uuid(net.network_uuid) and not NAME_RE.match(net.network_uuid):
+        raise InvalidArgument(
+            f"network {index}: {net.network_uuid!r} is neither a network UUID nor a name"
+        )
     return NetworkSpec(
         network_uuid=net.network_uuid,
         macaddress=mac,

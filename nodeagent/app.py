@@ -28,6 +28,7 @@ from nodeagent.hypervisor.fake import FakeHypervisor
 from nodeagent.hypervisor.protocol import Hypervisor
 from nodeagent.link import Identity, Link
 from nodeagent.messages import Observation
+from nodeagent.network.protocol import NetworkDriver
 from nodeagent.observer import observe
 from nodeagent.settings import Settings
 
@@ -59,6 +60,17 @@ def build_drivers(settings: Settings, blobs: GrpcBlobs) -> tuple[Hypervisor, Dis
     return hypervisor, disks
 
 
+def build_network(settings: Settings) -> NetworkDriver:
+    """The network driver the settings ask for: the fake with the fake hypervisor."""
+    if settings.hypervisor == "fake":
+        from nodeagent.network.fake import FakeNetworkDriver
+
+        return FakeNetworkDriver()
+    from nodeagent.network.linux import LinuxNetworkDriver
+
+    return LinuxNetworkDriver.from_settings(settings)
+
+
 @dataclass
 class Agent:
     """The node agent's long-lived parts."""
@@ -70,7 +82,11 @@ class Agent:
 
 
 def build_agent(
-    settings: Settings, hypervisor: Hypervisor, disks: DiskBuilder, blobs: GrpcBlobs
+    settings: Settings,
+    hypervisor: Hypervisor,
+    disks: DiskBuilder,
+    blobs: GrpcBlobs,
+    network: NetworkDriver | None = None,
 ) -> Agent:
     """The link, executor and guest-agent plumbing for these drivers."""
     identity = Identity(
@@ -92,6 +108,7 @@ def build_agent(
         lambda e: link.emit(e),
         guestops=guestops,
         guestwatch=watch,
+        network=network,
     )
 
     def connected(inventory: list[Observation]) -> None:
@@ -117,7 +134,7 @@ async def run(settings: Settings) -> None:
     settings.instances_dir.mkdir(parents=True, exist_ok=True)
     blobs = GrpcBlobs(settings.control_plane, Credentials("system", settings.node_key()))
     hypervisor, disks = build_drivers(settings, blobs)
-    agent = build_agent(settings, hypervisor, disks, blobs)
+    agent = build_agent(settings, hypervisor, disks, blobs, build_network(settings))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -9,6 +9,7 @@ says whether retrying makes sense.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import time
 from collections import OrderedDict
@@ -22,10 +23,14 @@ from nodeagent.guestops import GuestOpError, GuestOps
 from nodeagent.guestwatch import GuestWatch
 from nodeagent.hypervisor.protocol import DomainState, Hypervisor, HypervisorError
 from nodeagent.messages import Command, NodeEvent, Observation, Result
+from nodeagent.network.protocol import NetworkDriver, NetworkError
+from nodeagent.spec import DomainSpec, NicSpec
 
 log = structlog.get_logger(__name__)
 
 REMEMBERED_RESULTS = 4096
+# How long building a domain waits for its networks to be set up on this node.
+NETWORK_WAIT = 60.0
 
 
 def observation_of(uuid: str, state: DomainState | None) -> Observation:
@@ -47,7 +52,13 @@ class Executor:
         clock: Callable[[], float] = time.time,
         guestops: GuestOps | None = None,
         guestwatch: GuestWatch | None = None,
+        network: NetworkDriver | None = None,
+        network_wait: float = NETWORK_WAIT,
     ) -> None:
+        self.network = network
+        self.network_wait = network_wait
+        # Networks ensured on this node since the agent started (set: ready).
+        self._networks: dict[str, asyncio.Event] = {}
         self.guestops = guestops
         self.guestwatch = guestwatch
         self.hypervisor = hypervisor
@@ -110,9 +121,14 @@ class Executor:
             elif command.kind == "destroy":
                 await self._destroy(uuid)
                 state = None
+            elif command.kind in ("ensure-network", "remove-network"):
+                await self._network(command)
+                return Result(command.command_id, uuid, True)
+            elif command.kind == "attach-interface":
+                state = await self._attach(command)
             else:
                 return Result(command.command_id, uuid, False, f"unknown command {command.kind!r}")
-        except (HypervisorError, DiskError) as exc:
+        except (HypervisorError, DiskError, NetworkError) as exc:
             bound.warning("command failed", error=str(exc), retryable=exc.retryable)
             current = await self._current(uuid)
             return Result(command.command_id, uuid, False, str(exc), exc.retryable, current)
@@ -148,11 +164,68 @@ class Executor:
             NodeEvent(uuid, "disks ready", timestamp=self.clock(), duration=self.clock() - started)
         )
         self.console_log(uuid).parent.mkdir(parents=True, exist_ok=True)
+        spec = await self._with_bridges(spec)
         state = await self.hypervisor.define_and_start(spec, prepared, self.console_log(uuid))
         self.emit(NodeEvent(uuid, "domain started", timestamp=self.clock()))
         if self.guestwatch is not None:
             self.guestwatch.domain_on(uuid, "sf-agent" in spec.side_channels)
         return state
+
+    async def _network(self, command: Command) -> None:
+        if self.network is None:
+            raise NetworkError("this node has no network driver")
+        uuid = command.instance_uuid
+        if command.kind == "remove-network":
+            await self.network.remove(uuid)
+            self._networks.pop(uuid, None)
+            return
+        if command.network is None:
+            raise NetworkError("ensure-network command without a network")
+        await self.network.ensure(command.network)
+        self._networks.setdefault(uuid, asyncio.Event()).set()
+
+    async def _bridge(self, nic: NicSpec) -> NicSpec:
+        """The interface with its network's bridge, once the network is set up here."""
+        if self.network is None:
+            raise NetworkError("this node has no network driver")
+        ready = self._networks.setdefault(nic.network_uuid, asyncio.Event())
+        try:
+            await asyncio.wait_for(ready.wait(), self.network_wait)
+        except TimeoutError as exc:
+            raise NetworkError(
+                f"network {nic.network_uuid} is not set up on this node yet", retryable=True
+            ) from exc
+        return dataclasses.replace(nic, bridge=self.network.bridge_name(nic.network_uuid))
+
+    async def _with_bridges(self, spec: DomainSpec) -> DomainSpec:
+        if not spec.interfaces:
+            return spec
+        nics = [await self._bridge(nic) for nic in spec.interfaces]
+        return dataclasses.replace(spec, interfaces=tuple(nics))
+
+    async def _attach(self, command: Command) -> DomainState | None:
+        if command.nic is None:
+            raise HypervisorError("attach-interface command without an interface")
+        nic = await self._bridge(command.nic)
+        await self.hypervisor.attach_interface(command.instance_uuid, nic)
+        self.emit(
+            NodeEvent(
+                command.instance_uuid,
+                f"interface {nic.order} attached to {nic.bridge}",
+                timestamp=self.clock(),
+            )
+        )
+        return await self.hypervisor.get_domain(command.instance_uuid)
+
+    async def networks_present(self) -> list[str]:
+        """UUIDs of the networks this node has anything for."""
+        if self.network is None:
+            return []
+        try:
+            return await self.network.present()
+        except NetworkError:
+            log.exception("cannot list this node's networks")
+            return []
 
     async def _destroy(self, uuid: str) -> None:
         if self.guestwatch is not None:

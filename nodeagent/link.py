@@ -31,7 +31,8 @@ from nodeagent.messages import (
     Report,
     Result,
 )
-from nodeagent.spec import DiskSpec, DomainSpec, VideoSpec
+from nodeagent.network.protocol import Floating, Lease, NetworkConfig
+from nodeagent.spec import DiskSpec, DomainSpec, NicSpec, VideoSpec
 from protos import common_pb2, node_pb2, node_pb2_grpc
 
 if TYPE_CHECKING:
@@ -60,7 +61,43 @@ def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
     return rng.uniform(0, min(cap, base * (2**attempt)))
 
 
-def spec_from_pb(uuid: str, namespace: str, pb: common_pb2.InstanceSpec) -> DomainSpec:
+def nic_from_pb(pb: common_pb2.NetworkInterface) -> NicSpec:
+    """An interface from the wire."""
+    return NicSpec(
+        uuid=pb.uuid,
+        network_uuid=pb.network_uuid,
+        mac=pb.macaddr,
+        ipv4=pb.ipv4,
+        model=pb.model or "virtio",
+        order=pb.order,
+    )
+
+
+def network_from_pb(pb: node_pb2.EnsureNetwork) -> NetworkConfig:
+    """A network config from the wire."""
+    return NetworkConfig(
+        uuid=pb.network_uuid,
+        vni=pb.vni,
+        netblock=pb.netblock,
+        gateway=pb.gateway,
+        provide_dhcp=pb.provide_dhcp,
+        provide_nat=pb.provide_nat,
+        services_here=pb.services_here,
+        leases=tuple(Lease(x.mac, x.address, x.hostname) for x in pb.leases),
+        peers=tuple(pb.peers),
+        egress_address=pb.egress_address,
+        egress_gateway=pb.egress_gateway,
+        floating=tuple(Floating(f.address, f.inner_address) for f in pb.floating),
+        mtu=pb.mtu or 1450,
+    )
+
+
+def spec_from_pb(
+    uuid: str,
+    namespace: str,
+    pb: common_pb2.InstanceSpec,
+    interfaces: tuple[NicSpec, ...] = (),
+) -> DomainSpec:
     """A domain spec from the wire."""
     return DomainSpec(
         uuid=uuid,
@@ -77,6 +114,7 @@ def spec_from_pb(uuid: str, namespace: str, pb: common_pb2.InstanceSpec) -> Doma
         side_channels=tuple(pb.side_channels),
         uefi=pb.uefi,
         secure_boot=pb.secure_boot,
+        interfaces=interfaces,
     )
 
 
@@ -84,8 +122,17 @@ def command_from_pb(pb: node_pb2.Command) -> Command:
     """A command from the wire."""
     action = pb.WhichOneof("action")
     if action == "create":
-        spec = spec_from_pb(pb.instance_uuid, pb.create.namespace, pb.create.spec)
+        nics = tuple(nic_from_pb(n) for n in pb.create.interfaces)
+        spec = spec_from_pb(pb.instance_uuid, pb.create.namespace, pb.create.spec, nics)
         return Command(pb.command_id, pb.instance_uuid, "create", spec=spec)
+    if action == "ensure_network":
+        network = network_from_pb(pb.ensure_network)
+        return Command(pb.command_id, pb.instance_uuid, "ensure-network", network=network)
+    if action == "remove_network":
+        return Command(pb.command_id, pb.instance_uuid, "remove-network")
+    if action == "attach_interface":
+        nic = nic_from_pb(pb.attach_interface.interface)
+        return Command(pb.command_id, pb.instance_uuid, "attach-interface", nic=nic)
     if action == "power":
         return Command(pb.command_id, pb.instance_uuid, "power", power_action=pb.power.action)
     if action == "agent":
@@ -146,7 +193,10 @@ def report_to_pb(report: Report) -> node_pb2.NodeMessage:
         return node_pb2.NodeMessage(observation=_observation_pb(report))
     if isinstance(report, Inventory):
         return node_pb2.NodeMessage(
-            inventory=node_pb2.Inventory(domains=[_observation_pb(d) for d in report.domains])
+            inventory=node_pb2.Inventory(
+                domains=[_observation_pb(d) for d in report.domains],
+                networks=list(report.networks),
+            )
         )
     event = common_pb2.Event(
         object_uuid=report.instance_uuid,
@@ -251,7 +301,8 @@ class Link:
         self._outbox = outbox
         self.connections += 1
         inventory = await self.executor.inventory()
-        outbox.put_nowait(report_to_pb(Inventory(tuple(inventory))))
+        networks = await self.executor.networks_present()
+        outbox.put_nowait(report_to_pb(Inventory(tuple(inventory), tuple(networks))))
         if self.on_connected is not None:
             self.on_connected(inventory)
         self.connected.set()

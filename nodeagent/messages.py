@@ -5,12 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodeagent.spec import DomainSpec
+from nodeagent.network.protocol import NetworkConfig
+from nodeagent.spec import DomainSpec, NicSpec
 
 
 @dataclass(frozen=True)
 class Command:
-    """A command from the control plane: create, power (with an action) or destroy."""
+    """A command from the control plane: create, power, destroy, agent, or a network one.
+
+    Network commands (ensure-network, remove-network) carry the network's UUID
+    in ``instance_uuid``, so the executor runs them one at a time per network.
+    """
 
     command_id: str
     instance_uuid: str
@@ -19,6 +24,10 @@ class Command:
     spec: DomainSpec | None = None
     # For kind "agent": kind (execute, put, get), command_line, path, mode, ...
     agent: dict[str, Any] | None = None
+    # For ensure-network.
+    network: NetworkConfig | None = None
+    # For attach-interface.
+    nic: NicSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,8 @@ class Inventory:
     """Every domain this node has, sent after each (re)registration."""
 
     domains: tuple[Observation, ...]
+    # UUIDs of the networks this node has anything for.
+    networks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,23 @@ class VideoSpec:
 
 
 @dataclass(frozen=True)
+class NicSpec:
+    """One network interface: its MAC, NIC model and order on a network's bridge.
+
+    ``bridge`` is filled in by the executor from the network driver just before
+    the domain is defined (the control plane does not know bridge names).
+    """
+
+    uuid: str
+    network_uuid: str
+    mac: str
+    ipv4: str = ""
+    model: str = "virtio"
+    order: int = 0
+    bridge: str = ""
+
+
+@dataclass(frozen=True)
 class DomainSpec:
     """One instance as the hypervisor sees it."""
 
@@ -42,3 +59,4 @@ class DomainSpec:
     side_channels: tuple[str, ...] = ()
     uefi: bool = False
     secure_boot: bool = False
+    interfaces: tuple[NicSpec, ...] = ()

@@ -6,7 +6,16 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 
-from controlplane.model import DiskSpec, Event, Instance, InstanceSpec, NetworkSpec, VideoSpec
+from controlplane.model import (
+    DiskSpec,
+    Event,
+    Instance,
+    InstanceSpec,
+    Interface,
+    NetworkSpec,
+    Nic,
+    VideoSpec,
+)
 from controlplane.nodes import NodeCommand, Observation, Outcome
 from protos import common_pb2, instances_pb2, node_pb2
 
@@ -109,6 +118,38 @@ def instance_to_pb(instance: Instance) -> instances_pb2.Instance:
     )
     spec_to_pb(instance.spec, pb.spec)
     dict_to_struct(instance.metadata, pb.metadata)
+    for nic in instance.interfaces:
+        nic_to_pb(nic, pb.interfaces.add(), instance.uuid)
+    return pb
+
+
+def nic_to_pb(nic: Nic, out: common_pb2.NetworkInterface, instance_uuid: str = "") -> None:
+    """Fill a wire interface from what a node needs of it."""
+    out.uuid = nic.uuid
+    out.network_uuid = nic.network_uuid
+    out.instance_uuid = instance_uuid
+    out.macaddr = nic.macaddr
+    out.ipv4 = nic.ipv4
+    out.model = nic.model
+    out.order = nic.order
+
+
+def interface_to_pb(iface: Interface) -> common_pb2.NetworkInterface:
+    """An interface for the wire."""
+    pb = common_pb2.NetworkInterface(
+        uuid=iface.uuid,
+        network_uuid=iface.network_uuid,
+        instance_uuid=iface.instance_uuid,
+        macaddr=iface.macaddr,
+        ipv4=iface.ipv4,
+        order=iface.order,
+        model=iface.model,
+        floating=iface.floating,
+        state=iface.state,
+        version=iface.version,
+        namespace=iface.namespace,
+    )
+    dict_to_struct(iface.metadata, pb.metadata)
     return pb
 
 
@@ -163,6 +204,14 @@ def command_to_pb(command: NodeCommand) -> node_pb2.ControlMessage:
     if command.kind == "create" and command.spec is not None:
         pb.create.namespace = command.namespace
         spec_to_pb(command.spec, pb.create.spec)
+        for nic in command.interfaces:
+            nic_to_pb(nic, pb.create.interfaces.add(), command.instance_uuid)
+    elif command.kind == "ensure-network" and command.network is not None:
+        _ensure_to_pb(command.network, pb.ensure_network)
+    elif command.kind == "remove-network":
+        pb.remove_network.network_uuid = command.instance_uuid
+    elif command.kind == "attach-interface" and command.nic is not None:
+        nic_to_pb(command.nic, pb.attach_interface.interface, command.instance_uuid)
     elif command.kind == "power":
         pb.power.action = command.power_action
     elif command.kind == "agent" and command.agent is not None:
@@ -170,3 +219,22 @@ def command_to_pb(command: NodeCommand) -> node_pb2.ControlMessage:
     else:
         pb.destroy.SetInParent()
     return node_pb2.ControlMessage(command=pb)
+
+
+def _ensure_to_pb(config: dict[str, Any], out: node_pb2.EnsureNetwork) -> None:
+    """Fill an EnsureNetwork from a network config (services/netsync.py's fields)."""
+    out.network_uuid = config["uuid"]
+    out.vni = config["vni"]
+    out.netblock = config["netblock"]
+    out.gateway = config["gateway"]
+    out.provide_dhcp = config["provide_dhcp"]
+    out.provide_nat = config["provide_nat"]
+    out.services_here = config["services_here"]
+    for mac, address, hostname in config["leases"]:
+        out.leases.add(mac=mac, address=address, hostname=hostname)
+    out.peers.extend(config["peers"])
+    out.egress_address = config["egress_address"]
+    out.egress_gateway = config["egress_gateway"]
+    for address, inner in config["floating"]:
+        out.floating.add(address=address, inner_address=inner)
+    out.mtu = config["mtu"]

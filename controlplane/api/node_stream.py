@@ -132,7 +132,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             await self.reconciler.on_observation(session, observation_from_pb(message.observation))
         elif kind == "inventory":
             domains = [observation_from_pb(d) for d in message.inventory.domains]
-            await self.reconciler.on_inventory(session, domains)
+            await self.reconciler.on_inventory(session, domains, list(message.inventory.networks))
         elif kind == "event":
             await self.reconciler.on_node_event(session, event_from_pb(message.event.event))
         elif kind == "exec_output":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid as uuidlib
+from collections.abc import Mapping
 
 import structlog
 
@@ -25,6 +26,8 @@ from controlplane.reconciler import Reconciler
 from controlplane.retention import check_event_type
 from controlplane.services.artifacts import ArtifactService
 from controlplane.services.namespaces import SYSTEM, can_see
+from controlplane.services.netsync import NetworkSync
+from controlplane.services.networks import NetworkService
 from controlplane.settings import Settings
 from controlplane.store.protocol import Conflict
 from controlplane.store.records import Records
@@ -46,7 +49,11 @@ class InstanceService:
         reconciler: Reconciler,
         hub: Hub,
         artifacts: ArtifactService | None = None,
+        networks: NetworkService | None = None,
+        netsync: NetworkSync | None = None,
     ) -> None:
+        self.networks = networks
+        self.netsync = netsync
         self.artifacts = artifacts
         self.settings = settings
         self.records = records
@@ -76,8 +83,34 @@ class InstanceService:
             await self._neighbours(namespace) if not affinity.empty else None,
         )
         node = choice.node
+        for _ in range(20):
+            try:
+                return await self._commit(namespace, spec, node, choice.scores, affinity)
+            except Conflict as exc:
+                if await self.records.find_by_name(namespace, spec.name) is not None:
+                    raise AlreadyExists(
+                        f"an instance named {spec.name!r} already exists in {namespace}"
+                    ) from exc
+                # An address, MAC or network changed meanwhile: allocate again.
+        raise FailedPrecondition("the instance's networks are changing too fast; try again")
+
+    async def _commit(
+        self,
+        namespace: str,
+        spec: InstanceSpec,
+        node: str,
+        scores: Mapping[str, float],
+        affinity: Affinity,
+    ) -> Instance:
+        """Allocate interfaces and store the instance in one batch (Conflict: try again)."""
         now = self.reconciler.clock()
         uuid = str(uuidlib.uuid4())
+        alloc = None
+        if spec.networks and self.networks is not None:
+            alloc = await self.networks.allocate(namespace, uuid, node, spec.networks)
+            spec = dataclasses.replace(spec, networks=tuple(alloc.specs))
+        elif spec.networks:
+            raise InvalidArgument("this control plane has no networks")
         view = lifecycle.View(lifecycle.INITIAL, "initial")
         view = lifecycle.View(lifecycle.decide(view, "schedule").state, "initial")
         placed = lifecycle.decide(view, "place")
@@ -93,23 +126,26 @@ class InstanceService:
             agent_state="not ready (no contact)" if "sf-agent" in spec.side_channels else "",
             command_seq=1,
             metadata=dict(spec.metadata),
+            interfaces=alloc.nics if alloc is not None else (),
         )
         event = self.reconciler.event
         placed_extra: dict[str, object] = {"node": node}
         if not affinity.empty:
-            placed_extra["affinity_scores"] = dict(choice.scores)
+            placed_extra["affinity_scores"] = dict(scores)
         events = [
             event(uuid, "create requested", "audit", cpus=spec.cpus, memory=spec.memory),
             event(uuid, f"schedule complete: placed on {node}", "mutate", **placed_extra),
             event(uuid, "state changed from initial to creating", old="initial", new="creating"),
         ]
-        try:
-            stored = await self.records.create_instance(instance, events)
-        except Conflict as exc:
-            raise AlreadyExists(
-                f"an instance named {spec.name!r} already exists in {namespace}"
-            ) from exc
+        if alloc is not None:
+            events += alloc.events
+        stored = await self.records.create_instance(
+            instance, events, alloc.ops if alloc is not None else ()
+        )
         self.nodes.add_usage(stored)
+        if alloc is not None and self.netsync is not None:
+            # Queued before the create, so the node has the networks when it builds.
+            await self.netsync.sync(alloc.network_uuids)
         self.reconciler.perform(stored, placed.actions)
         log.info("instance created", uuid=uuid, name=spec.name, node=node, namespace=namespace)
         return stored

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
-from controlplane.model import Event, Instance, JsonDict
+from controlplane.model import Event, Instance, Interface, JsonDict, Network, encode
 from controlplane.services.namespaces import NamespaceService
 from controlplane.store.artifacts import Artifacts
 from controlplane.store.blobs import BlobStore
-from controlplane.store.protocol import Conflict
+from controlplane.store.networks import NetworkRecords, iface_key, net_key
+from controlplane.store.protocol import Conflict, Put
 from controlplane.store.records import DELETED, Records
 from controlplane.validation import (
     check_instance_metadata,
@@ -185,6 +186,75 @@ class NamespaceKind:
         result = await self.namespaces.update_metadata(found.uuid, change)
         await self.records.add_events(found.namespace, [event])
         return result
+
+
+class NetworkKind:
+    """Network metadata lives in the network record; found by UUID or name."""
+
+    def __init__(self, networks: NetworkRecords, records: Records) -> None:
+        self.networks = networks
+        self.records = records
+
+    async def find(self, namespace: str, ref: str) -> Found:
+        net: Network | None = None
+        if looks_like_uuid(ref):
+            net = await self.networks.get_network(ref)
+        if net is None:
+            net = await self.networks.find_network(namespace, ref)
+        if net is None or not visible(net.namespace, namespace):
+            raise NotFound(f"network {ref!r} not found")
+        return Found(net.uuid, net.namespace, net.metadata)
+
+    def check(self, metadata: JsonDict) -> JsonDict:
+        return check_metadata_size(metadata)
+
+    async def update(self, found: Found, change: Change, event: Event) -> JsonDict:
+        for _ in range(50):
+            net = await self.networks.get_network(found.uuid)
+            if net is None or net.state == DELETED:
+                raise NotFound(f"network {found.uuid} not found")
+            metadata = change(dict(net.metadata))
+            put = Put(net_key(net.uuid), encode(net.with_changes(metadata=metadata)), net.version)
+            try:
+                await self.networks.store.commit([put, *self.records.event_ops([event])])
+                return metadata
+            except Conflict:
+                continue
+        raise FailedPrecondition(f"network {found.uuid} is changing too fast; try again")
+
+
+class InterfaceKind:
+    """Interface metadata lives in the interface record; found by UUID."""
+
+    def __init__(self, networks: NetworkRecords, records: Records) -> None:
+        self.networks = networks
+        self.records = records
+
+    async def find(self, namespace: str, ref: str) -> Found:
+        iface: Interface | None = None
+        if looks_like_uuid(ref):
+            iface = await self.networks.get_interface(ref)
+        if iface is None or not visible(iface.namespace, namespace):
+            raise NotFound(f"interface {ref!r} not found")
+        return Found(iface.uuid, iface.namespace, iface.metadata)
+
+    def check(self, metadata: JsonDict) -> JsonDict:
+        return check_metadata_size(metadata)
+
+    async def update(self, found: Found, change: Change, event: Event) -> JsonDict:
+        for _ in range(50):
+            iface = await self.networks.get_interface(found.uuid)
+            if iface is None or iface.state == DELETED:
+                raise NotFound(f"interface {found.uuid} not found")
+            metadata = change(dict(iface.metadata))
+            new = iface.with_changes(metadata=metadata)
+            put = Put(iface_key(iface.uuid), encode(new), iface.version)
+            try:
+                await self.networks.store.commit([put, *self.records.event_ops([event])])
+                return metadata
+            except Conflict:
+                continue
+        raise FailedPrecondition(f"interface {found.uuid} is changing too fast; try again")
 
 
 class MetadataService:

@@ -78,9 +78,15 @@ class Records:
         prefix = f"onnode/{node}/".encode()
         return [i.key[len(prefix) :].decode() for i in await self.store.scan(prefix)]
 
-    async def create_instance(self, instance: Instance, events: Sequence[Event]) -> Instance:
-        """Store a new instance and claim its name (Conflict if the name is taken)."""
+    async def create_instance(
+        self, instance: Instance, events: Sequence[Event], extra: Sequence[Op] = ()
+    ) -> Instance:
+        """Store a new instance and claim its name (Conflict if the name is taken).
+
+        ``extra`` operations (interface claims, say) commit in the same batch.
+        """
         ops: list[Op] = [
+            *extra,
             Put(_inst_key(instance.uuid), encode(instance), expect=0),
             Put(_name_key(instance.namespace, instance.spec.name), instance.uuid.encode(), 0),
         ]
@@ -93,10 +99,10 @@ class Records:
         return stored
 
     async def update_instance(
-        self, old: Instance, new: Instance, events: Sequence[Event] = ()
+        self, old: Instance, new: Instance, events: Sequence[Event] = (), extra: Sequence[Op] = ()
     ) -> Instance:
-        """Replace old with new if nobody changed it meanwhile (else Conflict)."""
-        ops: list[Op] = [Put(_inst_key(new.uuid), encode(new), expect=old.version)]
+        """Replace old with new if nobody changed it meanwhile (else Conflict), with extra ops."""
+        ops: list[Op] = [*extra, Put(_inst_key(new.uuid), encode(new), expect=old.version)]
         if new.state == DELETED and old.state != DELETED:
             ops.append(Delete(_name_key(new.namespace, new.spec.name)))
             if old.node:

@@ -16,6 +16,10 @@ Choices worth knowing (each checked by booting a guest on libvirt 9.0 / QEMU 7.2
   disk (so libvirt still opens, labels and tracks the whole backing chain)
   whose QEMU device is switched to ``nvme`` with ``<qemu:override>``; the
   guest sees an NVMe controller (PCI 1b36:0010) with the disk as namespace 1.
+- Each network interface is a ``<interface type='bridge'>`` on its network's
+  bridge, in order (libvirt gives PCI slots in document order, so the guest
+  sees them as eth0, eth1, ...), with the allocated MAC and NIC model; virtio
+  NICs get the VXLAN-sized MTU (1450) — libvirt refuses an MTU on other models.
 - SPICE has no share policy in libvirt; ``spiceconcurrent`` (as in Shaken
   Fist) sets ``SPICE_DEBUG_ALLOW_MC=1`` in QEMU's environment, which lets
   several SPICE clients share the console.
@@ -30,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nodeagent.hypervisor.protocol import HypervisorError, PreparedDisk
-from nodeagent.spec import DomainSpec
+from nodeagent.spec import DomainSpec, NicSpec
 
 METADATA_NS = "https://minicloud.dev/xmlns/libvirt/domain/1.0"
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
@@ -49,6 +53,11 @@ VIDEO_MODELS = frozenset({"cirrus", "vga", "qxl", "virtio", "bochs", "ramfb", "n
 # Models whose video RAM libvirt sets through the ``vram`` attribute.
 VIDEO_MODELS_WITH_VRAM = frozenset({"cirrus", "vga", "qxl"})
 GRAPHICS = frozenset({"vnc", "spice", "spiceconcurrent"})
+NIC_MODELS = frozenset(
+    {"virtio", "e1000", "rtl8139", "ne2k_pci", "pcnet", "i82551", "i82557b", "i82559er"}
+)
+NIC_MTU = 1450
+_MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 
 # Longest unix socket path the kernel accepts (sun_path is 108 bytes with a NUL).
 MAX_SOCKET_PATH = 107
@@ -131,6 +140,8 @@ def build_domain_xml(
 
     devices = ET.SubElement(root, "devices")
     nvme_aliases = _disks(devices, disks)
+    for nic in sorted(spec.interfaces, key=lambda n: n.order):
+        devices.append(interface_element(nic))
     _console(devices, console_log)
     _video(devices, spec)
     _graphics(devices, spec, listen_address)
@@ -140,6 +151,39 @@ def build_domain_xml(
     _qemu_extras(root, spec, nvme_aliases)
     ET.indent(root)
     return ET.tostring(root, encoding="unicode")
+
+
+def interface_element(nic: NicSpec) -> ET.Element:
+    """The ``<interface>`` of one NIC on its network's bridge (HypervisorError if unusable)."""
+    if not nic.bridge:
+        raise HypervisorError(f"interface {nic.uuid} has no bridge to attach to")
+    if nic.model not in NIC_MODELS:
+        raise HypervisorError(f"interface {nic.uuid} has unknown NIC model {nic.model!r}")
+    if not _MAC.match(nic.mac):
+        raise HypervisorError(f"interface {nic.uuid} has a bad MAC address {nic.mac!r}")
+    element = ET.Element("interface", type="bridge")
+    ET.SubElement(element, "source", bridge=nic.bridge)
+    ET.SubElement(element, "mac", address=nic.mac)
+    ET.SubElement(element, "model", type=nic.model)
+    if nic.model == "virtio":
+        ET.SubElement(element, "mtu", size=str(NIC_MTU))
+    return element
+
+
+def interface_xml(nic: NicSpec) -> str:
+    """One NIC's ``<interface>`` XML, for hot plugging."""
+    element = interface_element(nic)
+    ET.indent(element)
+    return ET.tostring(element, encoding="unicode")
+
+
+def interface_macs(xml: str) -> list[str]:
+    """The MAC addresses of a domain's interfaces, from its XML."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise HypervisorError(f"unreadable domain XML: {exc}") from exc
+    return [m.get("address", "").lower() for m in root.findall("devices/interface/mac")]
 
 
 def parse_domain_identity(xml: str) -> DomainIdentity:

@@ -8,6 +8,7 @@ back (a QEMU process dying, ``virsh destroy``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from nodeagent.hypervisor.protocol import (
     PreparedDisk,
 )
 from nodeagent.hypervisor.transitions import target_of
-from nodeagent.spec import DomainSpec
+from nodeagent.spec import DomainSpec, NicSpec
 
 
 class FakeHypervisor:
@@ -66,6 +67,16 @@ class FakeHypervisor:
         if self.domains.pop(uuid, None) is not None:
             self.specs.pop(uuid, None)
             self.disks.pop(uuid, None)
+
+    async def attach_interface(self, uuid: str, nic: NicSpec) -> None:
+        spec = self.specs.get(uuid)
+        if spec is None or uuid not in self.domains:
+            raise DomainNotFound(f"no domain for instance {uuid}")
+        if not nic.bridge:
+            raise HypervisorError(f"interface {nic.uuid} has no bridge to attach to")
+        if any(n.mac == nic.mac for n in spec.interfaces):
+            return
+        self.specs[uuid] = dataclasses.replace(spec, interfaces=(*spec.interfaces, nic))
 
     async def events(self) -> AsyncIterator[DomainState]:
         while (event := await self._events.get()) is not None:

@@ -40,6 +40,8 @@ from nodeagent.hypervisor.domain_xml import (
     DOMAIN_PREFIX,
     build_domain_xml,
     domain_name,
+    interface_macs,
+    interface_xml,
     parse_domain_identity,
 )
 from nodeagent.hypervisor.protocol import (
@@ -50,7 +52,7 @@ from nodeagent.hypervisor.protocol import (
     PreparedDisk,
 )
 from nodeagent.hypervisor.transitions import target_of
-from nodeagent.spec import DomainSpec
+from nodeagent.spec import DomainSpec, NicSpec
 
 log = structlog.get_logger(__name__)
 
@@ -351,6 +353,13 @@ class LibvirtHypervisor:
         """Destroy and undefine the domain (with its NVRAM); a missing domain is a no-op."""
         await self._run(f"remove instance {uuid}", self._remove_sync, uuid)
 
+    async def attach_interface(self, uuid: str, nic: NicSpec) -> None:
+        """Hot plug a NIC: live (if running) and into the persistent definition."""
+        xml = interface_xml(nic)
+        await self._run(
+            f"attach an interface to instance {uuid}", self._attach_sync, uuid, nic, xml
+        )
+
     async def events(self) -> AsyncIterator[DomainState]:
         """Power-state changes of managed domains as libvirt reports them, until close()."""
         if not self._closed:
@@ -562,6 +571,18 @@ class LibvirtHypervisor:
             dom.pMWakeup(0)
         else:
             dom.resume()
+
+    def _attach_sync(self, uuid: str, nic: NicSpec, xml: str) -> None:
+        dom = self._lookup(uuid)
+        flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        if dom.isActive():
+            flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+            if nic.mac.lower() in interface_macs(dom.XMLDesc(0)):
+                return
+        elif nic.mac.lower() in interface_macs(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)):
+            return
+        dom.attachDeviceFlags(xml, flags)
+        log.info("interface_attached", uuid=uuid, mac=nic.mac, bridge=nic.bridge)
 
     def _remove_sync(self, uuid: str) -> None:
         try:

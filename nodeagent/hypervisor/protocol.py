@@ -12,6 +12,9 @@ Semantics every implementation honours (the contract suite checks them):
   ``soft-reboot`` asks the guest (ACPI) and returns at once.
 - ``remove`` stops and undefines a domain; removing a missing domain is a
   no-op.
+- ``attach_interface`` hot plugs a NIC into a domain, live when it runs and
+  in its persistent definition either way; attaching a NIC whose MAC the
+  domain already has is a no-op; an unknown UUID raises ``DomainNotFound``.
 - ``events`` yields a ``DomainEvent`` for every power-state change, including
   ones nobody asked for (the guest powered itself off, the process died,
   someone used ``virsh destroy``).
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from nodeagent.spec import DomainSpec
+from nodeagent.spec import DomainSpec, NicSpec
 
 POWER_ACTIONS = ("on", "off", "pause", "unpause", "soft-reboot", "hard-reboot")
 
@@ -86,6 +89,10 @@ class Hypervisor(Protocol):
 
     async def remove(self, uuid: str) -> None:
         """Stop and undefine the domain, if it exists."""
+        ...
+
+    async def attach_interface(self, uuid: str, nic: NicSpec) -> None:
+        """Hot plug a NIC (live if running, and persistently)."""
         ...
 
     def events(self) -> AsyncIterator[DomainState]:

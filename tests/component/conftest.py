@@ -24,6 +24,7 @@ from nodeagent.link import Link
 from nodeagent.observer import observe
 from nodeagent.settings import Settings as NodeSettings
 from protos import auth_pb2, auth_pb2_grpc, instances_pb2, instances_pb2_grpc
+from tests.component.netfake import MemoryNetworkDriver
 
 SYSTEM_KEY = "component-test-system-key"
 
@@ -38,6 +39,7 @@ class FakeNode:
     agent: Agent
     tasks: list[asyncio.Task[None]]
     settings: NodeSettings
+    network: MemoryNetworkDriver
 
     @property
     def link(self) -> Link:
@@ -63,9 +65,12 @@ async def start_fake_node(
     cpus: int = 4,
     memory_mb: int = 8192,
     hypervisor: FakeHypervisor | None = None,
+    network: MemoryNetworkDriver | None = None,
+    address: str = "127.0.0.1",
 ) -> FakeNode:
     """Start a node agent with fakes and wait until it has registered."""
     hypervisor = hypervisor or FakeHypervisor()
+    network = network or MemoryNetworkDriver()
     disks = FakeDiskBuilder()
     # Short: guest agent sockets live under it (unix socket paths are limited to 107 bytes).
     data_dir = Path(tempfile.mkdtemp(prefix="mcn-", dir="/tmp"))
@@ -78,16 +83,21 @@ async def start_fake_node(
         memory_mb=memory_mb,
         backoff_base=0.05,
         backoff_cap=0.2,
+        address=address,
     )
     agent = build_agent(
-        settings, hypervisor, disks, GrpcBlobs(target, Credentials("system", SYSTEM_KEY))
+        settings,
+        hypervisor,
+        disks,
+        GrpcBlobs(target, Credentials("system", SYSTEM_KEY)),
+        network,
     )
     tasks = [
         asyncio.create_task(agent.link.run()),
         asyncio.create_task(observe(hypervisor, agent.link.send, agent.watch)),
     ]
     await asyncio.wait_for(agent.link.connected.wait(), 10)
-    return FakeNode(name, hypervisor, disks, agent, tasks, settings)
+    return FakeNode(name, hypervisor, disks, agent, tasks, settings, network)
 
 
 def plane_settings(data_dir: Path, port: int = 0) -> Settings:

@@ -17,7 +17,7 @@ def spec(**kw: object) -> InstanceSpec:
 
 def test_defaults_are_applied() -> None:
     """Bus, device type, NIC model, video and configdrive get Shaken Fist's defaults."""
-    checked = check_spec(spec(networks=(NetworkSpec(),)))
+    checked = check_spec(spec(networks=(NetworkSpec("net1"),)))
     assert checked.disks[0] == DiskSpec(1, "", "virtio", "disk")
     assert checked.networks[0].model == "virtio"
     assert (checked.video.model, checked.video.memory, checked.video.vdi) == (
@@ -36,7 +36,7 @@ def test_ide_is_refused_with_the_reason() -> None:
 
 def test_mac_is_normalised_to_lower_case() -> None:
     """MAC addresses are accepted in any case and stored in lower case."""
-    checked = check_spec(spec(networks=(NetworkSpec(macaddress="02:00:00:EA:3A:28"),)))
+    checked = check_spec(spec(networks=(NetworkSpec("net1", macaddress="02:00:00:EA:3A:28"),)))
     assert checked.networks[0].macaddress == "02:00:00:ea:3a:28"
 
 
@@ -49,7 +49,8 @@ def test_mac_is_normalised_to_lower_case() -> None:
         {"disks": (DiskSpec(-1, base="x"),)},
         {"configdrive": "floppy"},
         {"side_channels": ("has space",)},
-        {"networks": (NetworkSpec(network_uuid="not-a-uuid"),)},
+        {"networks": (NetworkSpec(network_uuid="not a uuid or name"),)},
+        {"networks": (NetworkSpec(),)},
     ],
 )
 def test_more_bad_input(bad: dict[str, object]) -> None:
