@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from nodeagent.hypervisor.domain_xml import interface_macs
 from nodeagent.hypervisor.fake import FakeHypervisor
 from nodeagent.hypervisor.protocol import DomainState, Hypervisor, PreparedDisk
 from nodeagent.spec import DomainSpec
@@ -65,6 +66,8 @@ class Backend:
     created: list[str] = field(default_factory=list)
     external_destroy: Callable[[str], None] = lambda uuid: None
     external_crash: Callable[[str], None] = lambda uuid: None
+    # The MAC addresses of a domain's NICs: (live, persistent definition).
+    macs: Callable[[str], tuple[list[str], list[str]]] = lambda uuid: ([], [])
 
     def new_spec(self, **overrides: object) -> DomainSpec:
         """A small spec with a fresh UUID, remembered for clean-up."""
@@ -161,6 +164,7 @@ async def backend(request: pytest.FixtureRequest, work_dir: Path) -> AsyncIterat
             root=work_dir,
             external_destroy=lambda uuid: fake.external_power(uuid, "off", "destroyed"),
             external_crash=lambda uuid: fake.external_power(uuid, "crashed", "QEMU process died"),
+            macs=lambda uuid: ([n.mac for n in fake.specs[uuid].interfaces],) * 2,
         )
         await fake.close()
         return
@@ -184,12 +188,19 @@ async def backend(request: pytest.FixtureRequest, work_dir: Path) -> AsyncIterat
         image=request.getfixturevalue("boot_image"),
         external_destroy=lambda uuid: _check(virsh("destroy", f"mc-{uuid}")),
         external_crash=_kill_qemu,
+        macs=_libvirt_macs,
     )
     try:
         yield real
     finally:
         await driver.close()
         _cleanup_domains(real.created)
+
+
+def _libvirt_macs(uuid: str) -> tuple[list[str], list[str]]:
+    live = virsh("dumpxml", f"mc-{uuid}").stdout
+    config = virsh("dumpxml", "--inactive", f"mc-{uuid}").stdout
+    return interface_macs(live), interface_macs(config)
 
 
 def _check(result: subprocess.CompletedProcess[str]) -> None:

@@ -6,12 +6,17 @@ libvirt half boots real QEMU guests (marked ``system``).
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import uuid as uuidlib
+from collections.abc import Iterator
 
 import pytest
 
 from nodeagent.hypervisor.protocol import POWER_ACTIONS, DomainNotFound, HypervisorError
 from nodeagent.hypervisor.transitions import POWER_TRANSITIONS, target_of
+from nodeagent.spec import NicSpec
 from tests.contract.conftest import Backend, next_event
 
 EVENT_TIMEOUT = 20.0
@@ -160,3 +165,32 @@ async def test_events_end_after_close(backend: Backend) -> None:
     await backend.hypervisor.close()
     remaining = [event async for event in events]
     assert all(event.uuid for event in remaining)
+
+
+@pytest.fixture
+def bridges() -> Iterator[list[str]]:
+    """Two empty Linux bridges made for the test (libvirt needs real ones), removed after."""
+    names = [f"mcct{uuidlib.uuid4().hex[:6]}" for _ in range(2)]
+    if os.geteuid() == 0 and shutil.which("ip"):
+        for name in names:
+            subprocess.run(["ip", "link", "add", name, "type", "bridge"], check=True)
+            subprocess.run(["ip", "link", "set", name, "up"], check=True)
+    try:
+        yield names
+    finally:
+        for name in names:
+            subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
+
+
+async def test_interfaces_are_built_and_hot_plugged(backend: Backend, bridges: list[str]) -> None:
+    """A domain gets its NICs in order; a hot-plugged NIC is live and persistent, once."""
+    first = NicSpec("i0", "n0", "02:00:00:00:00:01", model="virtio", order=0, bridge=bridges[0])
+    spec, _ = await backend.boot(interfaces=(first,))
+    assert backend.macs(spec.uuid) == (["02:00:00:00:00:01"], ["02:00:00:00:00:01"])
+    plugged = NicSpec("i1", "n1", "02:00:00:00:00:02", model="virtio", order=1, bridge=bridges[1])
+    await backend.hypervisor.attach_interface(spec.uuid, plugged)
+    await backend.hypervisor.attach_interface(spec.uuid, plugged)
+    both = ["02:00:00:00:00:01", "02:00:00:00:00:02"]
+    assert backend.macs(spec.uuid) == (both, both)
+    with pytest.raises(DomainNotFound):
+        await backend.hypervisor.attach_interface(str(uuidlib.uuid4()), plugged)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,12 @@ from nodeagent.hypervisor.domain_xml import (
     build_domain_xml,
     channel_socket_path,
     domain_name,
+    interface_macs,
+    interface_xml,
     parse_domain_identity,
 )
 from nodeagent.hypervisor.protocol import HypervisorError, PreparedDisk
-from nodeagent.spec import DomainSpec, VideoSpec
+from nodeagent.spec import DomainSpec, NicSpec, VideoSpec
 
 UUID = "6f1c1a52-8e0c-4c35-9d43-2f6d1b7c0a11"
 SOCKETS = Path("/var/lib/minicloud/node/instances") / UUID
@@ -462,3 +465,44 @@ def test_state_mapping() -> None:
     )
     assert power(libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_CRASHED)[0] == "crashed"
     assert power(libvirt.VIR_DOMAIN_CRASHED, 0)[0] == "crashed"
+
+
+def nic(order: int, model: str = "virtio", bridge: str = "mcbr-x") -> NicSpec:
+    """A NIC on a bridge."""
+    return NicSpec(
+        f"i{order}", "n", f"02:00:00:00:00:0{order}", model=model, order=order, bridge=bridge
+    )
+
+
+def test_interfaces_are_bridge_nics_in_order() -> None:
+    """Each NIC is a bridge interface with its MAC and model, in order; virtio gets MTU 1450."""
+    root = build(spec(interfaces=(nic(1, "e1000", "br-b"), nic(0, bridge="br-a"))))
+    found = [
+        (
+            i.get("type"),
+            i.find("source").get("bridge"),  # type: ignore[union-attr]
+            i.find("mac").get("address"),  # type: ignore[union-attr]
+            i.find("model").get("type"),  # type: ignore[union-attr]
+            i.find("mtu").get("size") if i.find("mtu") is not None else None,  # type: ignore[union-attr]
+        )
+        for i in root.iterfind("devices/interface")
+    ]
+    assert found == [
+        ("bridge", "br-a", "02:00:00:00:00:00", "virtio", "1450"),
+        ("bridge", "br-b", "02:00:00:00:00:01", "e1000", None),
+    ]
+    assert interface_macs(ET.tostring(root, encoding="unicode")) == [
+        "02:00:00:00:00:00",
+        "02:00:00:00:00:01",
+    ]
+
+
+@pytest.mark.parametrize(
+    "bad", [nic(0, bridge=""), nic(0, model="tulip"), replace(nic(0), mac="zz")]
+)
+def test_unusable_interfaces_are_refused(bad: NicSpec) -> None:
+    """A NIC without a bridge, with an unknown model or a bad MAC cannot be expressed."""
+    with pytest.raises(HypervisorError):
+        build(spec(interfaces=(bad,)))
+    with pytest.raises(HypervisorError):
+        interface_xml(bad)
