@@ -24,12 +24,14 @@ from controlplane.api.artifacts import ArtifactServicer
 from controlplane.api.blobs import BlobServicer
 from controlplane.api.instances import InstanceServicer
 from controlplane.api.node_stream import NodeServicer
+from controlplane.api.uploads import UploadServicer
 from controlplane.hub import Hub
 from controlplane.nodes import NodeRegistry
 from controlplane.reconciler import Reconciler
 from controlplane.services.agent import AgentService
 from controlplane.services.artifacts import ArtifactService
 from controlplane.services.instances import InstanceService
+from controlplane.services.uploads import UploadService
 from controlplane.settings import Settings
 from controlplane.store.agentops import AgentOperations
 from controlplane.store.artifacts import Artifacts
@@ -37,6 +39,7 @@ from controlplane.store.blobs import BlobStore
 from controlplane.store.protocol import Store
 from controlplane.store.records import Records
 from controlplane.store.rocks import RocksStore
+from controlplane.store.uploads import Uploads
 from protos import (
     agent_pb2,
     agent_pb2_grpc,
@@ -47,6 +50,8 @@ from protos import (
     instances_pb2,
     node_pb2,
     node_pb2_grpc,
+    uploads_pb2,
+    uploads_pb2_grpc,
 )
 from protos.instances_pb2_grpc import add_InstanceServiceServicer_to_server
 
@@ -87,6 +92,9 @@ async def start(
     artifacts = ArtifactService(Artifacts(store), blobs, clock)
     service = InstanceService(settings, records, nodes, reconciler, hub, artifacts)
     agent = AgentService(records, AgentOperations(store), blobs, nodes, clock)
+    uploads = UploadService(
+        Uploads(store, settings.data_dir / "uploads"), artifacts, settings.name, clock
+    )
     await agent.recover()
 
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
@@ -97,6 +105,7 @@ async def start(
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(agent, service), server)
     blobs_pb2_grpc.add_BlobServiceServicer_to_server(BlobServicer(blobs, clock), server)
     artifacts_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(artifacts), server)
+    uploads_pb2_grpc.add_UploadServiceServicer_to_server(UploadServicer(uploads), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (
@@ -105,6 +114,7 @@ async def start(
         agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
         blobs_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name,
         artifacts_pb2.DESCRIPTOR.services_by_name["ArtifactService"].full_name,
+        uploads_pb2.DESCRIPTOR.services_by_name["UploadService"].full_name,
         health.SERVICE_NAME,
         reflection.SERVICE_NAME,
     )
@@ -113,7 +123,7 @@ async def start(
     if port == 0:
         raise OSError(f"cannot listen on {settings.listen}")
     await server.start()
-    for name in ("", *names[:5]):
+    for name in ("", *names[:6]):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("control plane serving", listen=settings.listen, port=port)
     return ControlPlane(server, port, store, records, nodes, service, agent)

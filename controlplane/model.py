@@ -169,6 +169,17 @@ class Artifact:
         return str(self.versions[-1]["blob_uuid"]) if self.versions else ""
 
 
+@dataclass(frozen=True)
+class Upload:
+    """Bytes being sent in chunks, before they become a blob (the size is the file's)."""
+
+    uuid: str
+    namespace: str
+    node: str
+    created_at: float
+    state: str = "created"
+
+
 def _spec_from_dict(data: JsonDict) -> InstanceSpec:
     return InstanceSpec(
         name=data["name"],
@@ -209,7 +220,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def encode(record: Instance | Event | Node | AgentOperation | Blob | Artifact) -> bytes:
+def encode(record: Instance | Event | Node | AgentOperation | Blob | Artifact | Upload) -> bytes:
     """A record as stored JSON."""
     data = _plain(record)
     data["schema"] = SCHEMA
@@ -250,3 +261,8 @@ def decode_artifact(raw: bytes) -> Artifact:
     data = _upgrade(json.loads(raw))
     data["versions"] = tuple(data["versions"])
     return Artifact(**data)
+
+
+def decode_upload(raw: bytes) -> Upload:
+    """An upload record from stored JSON."""
+    return Upload(**_upgrade(json.loads(raw)))
