@@ -10,7 +10,7 @@ import structlog
 from aiohttp import web
 
 from controlplane.gateway.errors import HttpError
-from controlplane.gateway.routing import json_response
+from controlplane.gateway.routing import REQUEST_ID, json_response
 
 log = structlog.get_logger("controlplane.gateway.access")
 
@@ -27,7 +27,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     """Give the request an id, turn failures into JSON errors, log one line."""
     incoming = request.headers.get("X-Request-ID", "")
     request_id = incoming if 0 < len(incoming) <= 64 else str(uuidlib.uuid4())
-    request["request_id"] = request_id
+    request[REQUEST_ID] = request_id
     started = time.perf_counter()
     try:
         response = await handler(request)

@@ -24,6 +24,7 @@ from controlplane.gateway.settings import GatewaySettings
 
 BACKEND: web.AppKey[Backend] = web.AppKey("backend", Backend)
 SETTINGS: web.AppKey[GatewaySettings] = web.AppKey("settings", GatewaySettings)
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 NAMESPACE_KEY = "x-namespace"
 UUID_CHARS = set("0123456789abcdef-")
 
@@ -62,7 +63,7 @@ class Call:
         auth = self.request.headers.get("Authorization")
         if auth:
             out.append(("authorization", auth))
-        out.append(("x-request-id", self.request["request_id"]))
+        out.append(("x-request-id", self.request[REQUEST_ID]))
         if namespace:
             out.append((NAMESPACE_KEY, namespace))
         return tuple(out)

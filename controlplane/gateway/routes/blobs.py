@@ -10,7 +10,7 @@ from aiohttp import web
 from controlplane.gateway import views
 from controlplane.gateway.errors import HttpError, from_rpc
 from controlplane.gateway.fields import Field, to_int
-from controlplane.gateway.routing import Call, RouteTable
+from controlplane.gateway.routing import REQUEST_ID, Call, RouteTable
 from protos import blobs_pb2
 
 table = RouteTable()
@@ -50,7 +50,7 @@ async def blob_data(call: Call) -> web.StreamResponse:
         first = await anext(iterator, None)
     except grpc.aio.AioRpcError as exc:
         raise from_rpc(exc) from exc
-    response = web.StreamResponse(headers={"X-Request-ID": call.request["request_id"]})
+    response = web.StreamResponse(headers={"X-Request-ID": call.request[REQUEST_ID]})
     response.content_type = "application/octet-stream"
     await response.prepare(call.request)
     if first is not None:
