@@ -68,6 +68,7 @@ class Cluster:
     image: Path
     api: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")
     image_port: int = field(default_factory=free_port)
+    gateway_port: int = field(default_factory=free_port)
     node_name: str = field(default_factory=lambda: f"sys-{uuidlib.uuid4().hex[:6]}")
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -111,6 +112,29 @@ class Cluster:
                 "MINICLOUD_NAME": "cp-system-test",
                 "MINICLOUD_HEARTBEAT_INTERVAL": "1",
                 "MINICLOUD_NODE_TIMEOUT": "6",
+            },
+        )
+
+    @property
+    def rest_url(self) -> str:
+        """The Shaken Fist REST gateway's URL (SHAKENFIST_API_URL)."""
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    def rest_env(self, namespace: str = "system", key: str | None = None) -> dict[str, str]:
+        """SHAKENFIST_* variables for shakenfist-client against this cluster."""
+        return {
+            "SHAKENFIST_API_URL": self.rest_url,
+            "SHAKENFIST_NAMESPACE": namespace,
+            "SHAKENFIST_KEY": key if key is not None else getattr(self, "system_key", "") or "",
+        }
+
+    def start_gateway(self) -> None:
+        self._start(
+            "gateway",
+            [sys.executable, "-m", "controlplane.gateway"],
+            {
+                "MINICLOUD_GATEWAY_LISTEN": f"127.0.0.1:{self.gateway_port}",
+                "MINICLOUD_GATEWAY_API": self.api,
             },
         )
 
@@ -179,6 +203,7 @@ class Cluster:
         cluster = cls(root=root, image=image)
         cluster.start_images()
         cluster.start_controlplane()
+        cluster.start_gateway()
         cluster.start_node()
         try:
             cluster.wait_node_connected()
@@ -196,7 +221,7 @@ class Cluster:
                     client.delete(inst["uuid"])
         except Exception:
             pass
-        for name in ("nodeagent", "controlplane", "images"):
+        for name in ("nodeagent", "gateway", "controlplane", "images"):
             self.stop(name)
         for uuid in virsh("list", "--all", "--uuid").stdout.split():
             if (self.node_dir / "instances" / uuid).exists():
