@@ -172,6 +172,13 @@ class Cluster:
 
         wait_until(connected, 30, "the node agent to connect")
 
+    def wait_gateway(self) -> None:
+        def listening() -> bool:
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", self.gateway_port)) == 0
+
+        wait_until(listening, 30, "the REST gateway to listen")
+
     def console(self, uuid: str) -> str:
         path = self.node_dir / "instances" / uuid / "console.log"
         return path.read_text(errors="replace") if path.exists() else ""
@@ -207,6 +214,7 @@ class Cluster:
         cluster.start_node()
         try:
             cluster.wait_node_connected()
+            cluster.wait_gateway()
         except Exception:
             cluster.shutdown(keep=True)
             raise

@@ -10,10 +10,11 @@ ROOT=$(pwd)
 DEMO=$ROOT/var/demo
 API=127.0.0.1:13100
 IMAGE_PORT=13080
+REST=127.0.0.1:13000
 export MINICLOUD_API=$API
 
 stop_demo() {
-  for name in nodeagent controlplane images; do
+  for name in gateway nodeagent controlplane images; do
     if [ -f "$DEMO/$name.pid" ]; then
       kill "$(cat "$DEMO/$name.pid")" 2>/dev/null || true
       rm -f "$DEMO/$name.pid"
@@ -58,6 +59,8 @@ start() {  # name, command...
 start images .venv/bin/python tools/serve_images.py --dir "$DEMO/images" --port $IMAGE_PORT
 MINICLOUD_LISTEN=$API MINICLOUD_DATA_DIR=$DEMO/controlplane \
   start controlplane .venv/bin/minicloud-controlplane
+MINICLOUD_GATEWAY_LISTEN=$REST MINICLOUD_GATEWAY_API=$API \
+  start gateway .venv/bin/python -m controlplane.gateway
 MINICLOUD_NODE_CONTROL_PLANE=$API MINICLOUD_NODE_NAME=demo-node \
 MINICLOUD_NODE_DATA_DIR=$DEMO/node \
 MINICLOUD_NODE_IMAGE_URL_TEMPLATE="http://127.0.0.1:$IMAGE_PORT/{name}-{version}.qcow2" \
@@ -103,4 +106,8 @@ The demo is running: control plane at $API, node agent 'demo-node'.
   .venv/bin/minicloud instance poweroff demo; .venv/bin/minicloud instance poweron demo
   tools/demo.sh stop
 Logs: $DEMO/*.log
+
+The Shaken Fist REST gateway is at http://$REST; for shakenfist-client and sf-client:
+  export SHAKENFIST_API_URL=http://$REST SHAKENFIST_NAMESPACE=system SHAKENFIST_KEY=\${MINICLOUD_SYSTEM_KEY:-}
+  .venv/bin/sf-client instance list
 EOT
