@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -35,6 +36,7 @@ from typing import Any
 import aiohttp
 import grpc
 
+from common import logs
 from nodeagent.app import build_agent
 from nodeagent.blobclient import GrpcBlobs
 from nodeagent.disks.fake import FakeDiskBuilder
@@ -213,6 +215,7 @@ def main() -> None:
     parser.add_argument("--key", default=os.environ.get("MINICLOUD_SYSTEM_KEY", ""))
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    logs.configure(level=logging.WARNING)
 
     work = Path(tempfile.mkdtemp(prefix="mc-bench-gw-"))
     api_port, rest_port = free_port(), free_port()

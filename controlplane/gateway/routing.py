@@ -115,12 +115,22 @@ class RouteTable:
         return register
 
 
-async def _json_body(request: web.Request, limit: int) -> Any:
+async def read_body(request: web.Request, limit: int, what: str = "a request body") -> bytes:
+    """The whole request body, or 413 as soon as it is known to exceed limit bytes."""
+    too_big = HttpError(413, f"{what} may be at most {limit} bytes")
     if request.content_length is not None and request.content_length > limit:
-        raise HttpError(413, f"request body larger than {limit} bytes")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise HttpError(413, f"request body larger than {limit} bytes")
+        raise too_big
+    parts, size = [], 0
+    while chunk := await request.content.read(min(1 << 20, limit + 1 - size)):
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+    return b"".join(parts)
+
+
+async def _json_body(request: web.Request, limit: int) -> Any:
+    raw = await read_body(request, limit)
     if not raw.strip():
         return None
     try:

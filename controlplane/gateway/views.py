@@ -43,6 +43,8 @@ def _ints(value: Any) -> Any:
 
 def struct_dict(value: struct_pb2.Struct) -> JsonDict:
     """A Struct as a plain dict (whole numbers as ints)."""
+    if not value.fields:
+        return {}
     return _ints(json_format.MessageToDict(value))  # type: ignore[no-any-return]
 
 

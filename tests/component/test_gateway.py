@@ -198,6 +198,9 @@ async def test_uploads_artifacts_blobs_and_labels(rest: Rest) -> None:
     assert await rest.call("POST", f"/upload/{uuid}", raw=b"junk") == (200, 10)
     assert await rest.call("POST", f"/upload/{uuid}/truncate/6") == (200, None)
     assert await rest.call("POST", f"/upload/{uuid}", raw=b"world") == (200, 11)
+    big = bytes(range(256)) * 3600  # 900 KiB in one chunk, read whole across TCP segments
+    assert await rest.call("POST", f"/upload/{uuid}", raw=big) == (200, 11 + len(big))
+    assert await rest.call("POST", f"/upload/{uuid}/truncate/11") == (200, None)
     status, art = await rest.call(
         "POST",
         "/artifacts/upload/greeting",

@@ -10,7 +10,7 @@ import grpc
 from controlplane.gateway import views
 from controlplane.gateway.errors import HttpError
 from controlplane.gateway.fields import Field, to_int
-from controlplane.gateway.routing import Call, RouteTable
+from controlplane.gateway.routing import Call, RouteTable, read_body
 from protos import artifacts_pb2, blobs_pb2, uploads_pb2
 
 table = RouteTable()
@@ -29,12 +29,7 @@ async def create_upload(call: Call) -> Any:
 )
 async def append_upload(call: Call) -> Any:
     uuid = call.uuid_param("uuid", "upload")
-    limit = call.settings.max_chunk_bytes
-    if call.request.content_length is not None and call.request.content_length > limit:
-        raise HttpError(413, f"an upload chunk may be at most {limit} bytes")
-    data = await call.request.content.read(limit + 1)
-    if len(data) > limit:
-        raise HttpError(413, f"an upload chunk may be at most {limit} bytes")
+    data = await read_body(call.request, call.settings.max_chunk_bytes, "an upload chunk")
     found = await call.rpc(call.api.uploads.Append, uploads_pb2.AppendRequest(uuid=uuid, data=data))
     return found.size
 

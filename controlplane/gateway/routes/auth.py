@@ -10,7 +10,7 @@ import grpc
 from controlplane.gateway import views
 from controlplane.gateway.errors import HttpError
 from controlplane.gateway.fields import Field
-from controlplane.gateway.routing import Call, RouteTable
+from controlplane.gateway.routing import Call, RouteTable, read_body
 from protos import auth_pb2
 
 table = RouteTable()
@@ -25,9 +25,7 @@ table = RouteTable()
     public=True,
 )
 async def authenticate(call: Call) -> Any:
-    raw = await call.request.content.read(call.settings.max_json_bytes + 1)
-    if len(raw) > call.settings.max_json_bytes:
-        raise HttpError(413, "request body too large")
+    raw = await read_body(call.request, call.settings.max_json_bytes)
     try:
         body = json.loads(raw or b"{}")
     except ValueError as exc:
