@@ -11,8 +11,8 @@ from one load-generator process:
 * Get throughput with ``--concurrency`` requests in flight.
 
 For each: requests per second, p50 and p99 in ms; the gateway's added latency
-is REST p50 minus gRPC p50. With auth on the control plane, pass the system
-key (``--key`` or MINICLOUD_SYSTEM_KEY): both paths then carry a token.
+is REST p50 minus gRPC p50. Both paths carry a token of the system namespace
+(the control plane is started with a fresh system key).
 
     .venv/bin/python tools/bench_gateway.py            # about 1 minute
 """
@@ -24,6 +24,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -39,6 +40,7 @@ import grpc
 from common import logs
 from nodeagent.app import build_agent
 from nodeagent.blobclient import GrpcBlobs
+from nodeagent.credentials import Credentials
 from nodeagent.disks.fake import FakeDiskBuilder
 from nodeagent.hypervisor.fake import FakeHypervisor
 from nodeagent.observer import observe
@@ -115,7 +117,9 @@ def wait_port(port: int, timeout: float = 20) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-async def populate(target: str, instances: int, metadata: tuple[tuple[str, str], ...]) -> str:
+async def populate(
+    target: str, instances: int, metadata: tuple[tuple[str, str], ...], key: str
+) -> str:
     """Create instances through a short-lived fake node; returns one instance's UUID."""
     data_dir = Path(tempfile.mkdtemp(prefix="mcb-", dir="/tmp"))
     settings = NodeSettings(
@@ -125,9 +129,12 @@ async def populate(target: str, instances: int, metadata: tuple[tuple[str, str],
         hypervisor="fake",
         cpus=4096,
         memory_mb=1 << 30,
+        key=key,
     )
     hypervisor = FakeHypervisor()
-    agent = build_agent(settings, hypervisor, FakeDiskBuilder(), GrpcBlobs(target))
+    agent = build_agent(
+        settings, hypervisor, FakeDiskBuilder(), GrpcBlobs(target, Credentials("system", key))
+    )
     tasks = [
         asyncio.create_task(agent.link.run()),
         asyncio.create_task(observe(hypervisor, agent.link.send, agent.watch)),
@@ -158,17 +165,15 @@ async def populate(target: str, instances: int, metadata: tuple[tuple[str, str],
 
 async def measure(args: argparse.Namespace, api: str, rest: str) -> JsonDict:
     async with grpc.aio.insecure_channel(api) as channel:
-        auth: tuple[tuple[str, str], ...] = ()
-        if args.key:
-            token = await auth_pb2_grpc.AuthServiceStub(channel).Token(
-                auth_pb2.TokenRequest(namespace="system", key=args.key)
-            )
-            auth = (("authorization", f"Bearer {token.access_token}"),)
-        uuid = await populate(api, args.instances, auth)
+        token = await auth_pb2_grpc.AuthServiceStub(channel).Token(
+            auth_pb2.TokenRequest(namespace="system", key=args.key)
+        )
+        auth = (("authorization", f"Bearer {token.access_token}"),)
+        uuid = await populate(api, args.instances, auth, args.key)
         stub = instances_pb2_grpc.InstanceServiceStub(channel)
         ref = instances_pb2.InstanceRef(ref=uuid)
         list_request = instances_pb2.ListInstancesRequest()
-        headers = {"Authorization": auth[0][1]} if auth else {}
+        headers = {"Authorization": auth[0][1]}
         connector = aiohttp.TCPConnector(limit=args.concurrency)
         async with aiohttp.ClientSession(rest, headers=headers, connector=connector) as http:
 
@@ -212,9 +217,9 @@ def main() -> None:
     parser.add_argument("--gets", type=int, default=3000)
     parser.add_argument("--lists", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--key", default=os.environ.get("MINICLOUD_SYSTEM_KEY", ""))
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    args.key = secrets.token_urlsafe(16)
     logs.configure(level=logging.WARNING)
 
     work = Path(tempfile.mkdtemp(prefix="mc-bench-gw-"))
@@ -230,6 +235,7 @@ def main() -> None:
                     "MINICLOUD_LISTEN": f"127.0.0.1:{api_port}",
                     "MINICLOUD_DATA_DIR": str(work / "cp"),
                     "MINICLOUD_NAME": "bench-cp",
+                    "MINICLOUD_SYSTEM_KEY": args.key,
                 },
                 stdout=subprocess.DEVNULL,
                 stderr=open(work / "controlplane.log", "wb"),  # noqa: SIM115

@@ -5,8 +5,7 @@ page holds nothing but these lines (no prose in which a token could appear by
 accident). A token is listed only when its routes exist and the control plane
 implements the gRPC service behind them.
 
-Not advertised yet, though their routes exist: ``blob-metadata`` and
-``artifact-metadata`` (need the MetadataService), ``vdi-console-helper`` and
+Not advertised yet, though their routes exist: ``vdi-console-helper`` and
 ``instance-screenshot`` (need the ConsoleService). Not served at all: networks,
 interfaces, nodes, snapshots, cluster operations, artifact versions and sharing.
 """
@@ -20,7 +19,8 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
         "instance-agentoperations",
         "instance-agentoperations-all",
     ),
-    "blobs": ("blob-search-by-hash", "blob-data-limit"),
+    "artifacts": ("artifact-metadata",),
+    "blobs": ("blob-metadata", "blob-search-by-hash", "blob-data-limit"),
     "events": ("events-by-type",),
     "instances": (
         "get-instance-namespace",

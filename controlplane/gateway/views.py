@@ -60,7 +60,7 @@ def instance(pb: instances_pb2.Instance) -> JsonDict:
         "namespace": pb.namespace,
         "state": pb.state,
         "version": INSTANCE_VERSION,
-        "metadata": struct_dict(spec.metadata),
+        "metadata": struct_dict(pb.metadata),
         "cpus": spec.cpus,
         "memory": spec.memory,
         "disk_spec": [

@@ -17,7 +17,7 @@ from controlplane.gateway.app import serve
 from controlplane.gateway.capabilities import CLIENT_TOKENS, advertised
 from controlplane.gateway.settings import GatewaySettings
 from protos import auth_pb2, auth_pb2_grpc
-from tests.component.conftest import FakeNode
+from tests.component.conftest import SYSTEM_KEY, FakeNode
 
 JsonDict = dict[str, Any]
 
@@ -28,12 +28,19 @@ class Rest:
     def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
         self.session = session
         self.url = url
+        self.token = "none"
+
+    async def login(self, namespace: str = "system", key: str = SYSTEM_KEY) -> None:
+        """Trade the key for a token used by later calls."""
+        status, answer = await self.call("POST", "/auth", {"namespace": namespace, "key": key})
+        assert status == 200, answer
+        self.token = answer["access_token"]
 
     async def call(
         self, method: str, path: str, body: Any = None, raw: bytes | None = None, **kw: Any
     ) -> tuple[int, Any]:
         data = raw if raw is not None else (json.dumps(body) if body is not None else None)
-        headers = {"Authorization": "Bearer test"}
+        headers = {"Authorization": f"Bearer {self.token}"}
         if body is not None:
             headers["Content-Type"] = "application/json"
         async with self.session.request(
@@ -57,7 +64,9 @@ async def rest(plane: ControlPlane) -> AsyncIterator[Rest]:
     """A gateway in front of the plane, and a client of it."""
     runner, url = await start_gateway(f"127.0.0.1:{plane.port}")
     async with aiohttp.ClientSession() as session:
-        yield Rest(session, url)
+        rest = Rest(session, url)
+        await rest.login()
+        yield rest
     await runner.cleanup()
 
 
@@ -354,3 +363,28 @@ async def test_auth_maps_token_service_answers() -> None:
     finally:
         await runner.cleanup()
         await server.stop(0)
+
+
+async def test_metadata_on_instances_blobs_and_artifacts(rest: Rest, node: FakeNode) -> None:
+    """PUT, GET and DELETE /<plural>/<ref>/metadata[/<key>], with null answers and 400s."""
+    status, inst = await rest.call("POST", "/instances", create_body("meta", metadata={"a": 1}))
+    assert status == 200 and inst["metadata"] == {"a": 1}
+    base = f"/instances/{inst['uuid']}/metadata"
+    assert await rest.call("PUT", f"{base}/foo", {"value": "bar"}) == (200, None)
+    assert await rest.call("GET", base) == (200, {"a": 1, "foo": "bar"})
+    assert await rest.call("GET", "/instances/meta/metadata") == (200, {"a": 1, "foo": "bar"})
+    assert await rest.call("DELETE", f"{base}/foo") == (200, None)
+    assert await rest.call("DELETE", f"{base}/foo") == (200, None)
+    status, answer = await rest.call("PUT", f"{base}/tags", {"value": "notalist"})
+    assert status == 400 and "tags" in answer["error"]
+    status, answer = await rest.call("PUT", f"{base}/foo", {"value": ""})
+    assert status == 400 and "no value" in answer["error"]
+
+    _, upload = await rest.call("POST", "/upload")
+    await rest.call("POST", f"/upload/{upload['uuid']}", raw=b"meta bytes")
+    _, art = await rest.call("POST", "/artifacts/upload/metaart", {"upload_uuid": upload["uuid"]})
+    for base in (f"/blobs/{art['blob_uuid']}/metadata", "/artifacts/metaart/metadata"):
+        assert await rest.call("PUT", f"{base}/k", {"value": [1, 2]}) == (200, None)
+        assert await rest.call("GET", base) == (200, {"k": [1, 2]})
+    status, _ = await rest.call("GET", f"/instances/{'4' * 8}-4444-4444-4444-{'4' * 12}/metadata")
+    assert status == 404

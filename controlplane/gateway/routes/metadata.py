@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
 from google.protobuf import struct_pb2
 
 from controlplane.gateway import views
 from controlplane.gateway.errors import HttpError
 from controlplane.gateway.fields import Field
+from controlplane.gateway.routes.artifacts import find_artifact
 from controlplane.gateway.routing import Call, RouteTable
-from protos import instances_pb2, metadata_pb2
+from protos import metadata_pb2
 
 table = RouteTable()
 # REST plural -> MetadataService object type.
@@ -32,17 +32,15 @@ def _value(value: Any) -> struct_pb2.Value:
 def _routes(plural: str, object_type: str) -> None:
     base = f"/{plural}/{{ref}}/metadata"
 
+    async def ref_of(call: Call) -> str:
+        ref = call.param("ref")
+        if object_type == "artifact":
+            return (await find_artifact(call, ref)).uuid
+        return ref
+
     async def get_all(call: Call) -> Any:
-        ref = metadata_pb2.MetadataRef(object_type=object_type, ref=call.param("ref"))
-        try:
-            return views.struct_dict((await call.rpc(call.api.metadata.Get, ref)).metadata)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.UNIMPLEMENTED or object_type != "instance":
-                raise
-        # A control plane without a MetadataService: the metadata given at create.
-        inst_ref = instances_pb2.InstanceRef(ref=call.param("ref"))
-        inst = await call.rpc(call.api.instances.Get, inst_ref)
-        return views.struct_dict(inst.spec.metadata)
+        ref = metadata_pb2.MetadataRef(object_type=object_type, ref=await ref_of(call))
+        return views.struct_dict((await call.rpc(call.api.metadata.Get, ref)).metadata)
 
     async def set_one(call: Call, key: str, value: Any) -> Any:
         if not key:
@@ -50,7 +48,7 @@ def _routes(plural: str, object_type: str) -> None:
         if value in (None, "", [], {}):
             raise HttpError(400, "no value specified")
         request = metadata_pb2.SetMetadataRequest(
-            object_type=object_type, ref=call.param("ref"), key=key, value=_value(value)
+            object_type=object_type, ref=await ref_of(call), key=key, value=_value(value)
         )
         await call.rpc(call.api.metadata.Set, request)
         return None
@@ -63,7 +61,7 @@ def _routes(plural: str, object_type: str) -> None:
 
     async def delete_key(call: Call) -> Any:
         request = metadata_pb2.DeleteMetadataRequest(
-            object_type=object_type, ref=call.param("ref"), key=call.param("key")
+            object_type=object_type, ref=await ref_of(call), key=call.param("key")
         )
         await call.rpc(call.api.metadata.Delete, request)
         return None
