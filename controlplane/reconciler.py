@@ -149,9 +149,18 @@ class Reconciler:
             )
         if action == "destroy-domain":
             return NodeCommand(command_id, instance.uuid, "destroy")
-        return NodeCommand(
-            command_id, instance.uuid, "power", power_action=action.removeprefix("power-")
-        )
+        power_action = action.removeprefix("power-")
+        if power_action == "on":
+            # Powering on rebuilds the config drive from the instance as it is now.
+            return NodeCommand(
+                command_id,
+                instance.uuid,
+                "power",
+                power_action=power_action,
+                namespace=instance.namespace,
+                spec=instance.spec,
+            )
+        return NodeCommand(command_id, instance.uuid, "power", power_action=power_action)
 
     async def on_result(self, session: Session, outcome: Outcome) -> None:
         """A node answered a command: move the instance on, then wake any waiter."""
