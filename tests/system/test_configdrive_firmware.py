@@ -145,5 +145,7 @@ def test_secure_boot_without_uefi_is_refused(cluster: Cluster) -> None:
     """secure_boot without uefi is INVALID_ARGUMENT, with the reason."""
     with cluster.client() as api, pytest.raises(grpc.RpcError) as info:
         api.create(small_spec("nouefi", secure_boot=True))
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
-    assert "secure boot requires UEFI be enabled" in info.value.details()  # type: ignore[attr-defined]
+    error = info.value
+    assert isinstance(error, grpc.Call)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "secure boot requires UEFI be enabled" in (error.details() or "")
