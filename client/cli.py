@@ -15,7 +15,8 @@
     minicloud instance delete demo
 
 The control plane is MINICLOUD_API (default 127.0.0.1:13100), the namespace
-MINICLOUD_NAMESPACE (default system); --api and --namespace override them.
+MINICLOUD_NAMESPACE (default system) and its key MINICLOUD_KEY; --api,
+--namespace and --key override them.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--api", default=os.environ.get("MINICLOUD_API", "127.0.0.1:13100"))
     parser.add_argument("--namespace", default=os.environ.get("MINICLOUD_NAMESPACE", "system"))
+    parser.add_argument("--key", default=os.environ.get("MINICLOUD_KEY", ""))
     parser.add_argument("--json", action="store_true", help="print JSON")
     top = parser.add_subparsers(dest="noun", required=True)
     inst = top.add_parser("instance", help="manage instances").add_subparsers(
@@ -368,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console script: minicloud."""
     args = build_parser().parse_args(argv)
     args.exit_code = 0
-    client = Client(args.api, args.namespace)
+    client = Client(args.api, args.namespace, args.key)
     try:
         render(args, run(args, client))
     except grpc.RpcError as exc:

@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from common import logs
 from controlplane.api.agent import AgentServicer
 from controlplane.api.artifacts import ArtifactServicer
+from controlplane.api.auth import AuthInterceptor, AuthServicer, NamespaceServicer
 from controlplane.api.blobs import BlobServicer
 from controlplane.api.instances import InstanceServicer
 from controlplane.api.node_stream import NodeServicer
@@ -30,10 +31,12 @@ from controlplane.reconciler import Reconciler
 from controlplane.services.agent import AgentService
 from controlplane.services.artifacts import ArtifactService
 from controlplane.services.instances import InstanceService
+from controlplane.services.namespaces import NamespaceService
 from controlplane.settings import Settings
 from controlplane.store.agentops import AgentOperations
 from controlplane.store.artifacts import Artifacts
 from controlplane.store.blobs import BlobStore
+from controlplane.store.namespaces import Namespaces
 from controlplane.store.protocol import Store
 from controlplane.store.records import Records
 from controlplane.store.rocks import RocksStore
@@ -42,6 +45,8 @@ from protos import (
     agent_pb2_grpc,
     artifacts_pb2,
     artifacts_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
     blobs_pb2,
     blobs_pb2_grpc,
     instances_pb2,
@@ -64,6 +69,7 @@ class ControlPlane:
     nodes: NodeRegistry
     service: InstanceService
     agent: AgentService
+    namespaces: NamespaceService
 
     async def stop(self, grace: float = 2.0) -> None:
         """Stop serving, end node streams, close the store."""
@@ -88,8 +94,17 @@ async def start(
     service = InstanceService(settings, records, nodes, reconciler, hub, artifacts)
     agent = AgentService(records, AgentOperations(store), blobs, nodes, clock)
     await agent.recover()
+    namespaces = NamespaceService(Namespaces(store), clock, settings.token_ttl)
+    await namespaces.start(settings.system_key, settings.data_dir / "system-key")
 
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+    server = grpc.aio.server(
+        interceptors=[AuthInterceptor(namespaces)],
+        options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+    )
+    auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(namespaces), server)
+    auth_pb2_grpc.add_NamespaceServiceServicer_to_server(
+        NamespaceServicer(namespaces, service), server
+    )
     add_InstanceServiceServicer_to_server(InstanceServicer(service), server)
     node_pb2_grpc.add_NodeServiceServicer_to_server(
         NodeServicer(settings, nodes, reconciler, records, clock, agent), server
@@ -105,6 +120,8 @@ async def start(
         agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
         blobs_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name,
         artifacts_pb2.DESCRIPTOR.services_by_name["ArtifactService"].full_name,
+        auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+        auth_pb2.DESCRIPTOR.services_by_name["NamespaceService"].full_name,
         health.SERVICE_NAME,
         reflection.SERVICE_NAME,
     )
@@ -113,10 +130,10 @@ async def start(
     if port == 0:
         raise OSError(f"cannot listen on {settings.listen}")
     await server.start()
-    for name in ("", *names[:5]):
+    for name in ("", *names[:-2]):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("control plane serving", listen=settings.listen, port=port)
-    return ControlPlane(server, port, store, records, nodes, service, agent)
+    return ControlPlane(server, port, store, records, nodes, service, agent, namespaces)
 
 
 async def run(settings: Settings) -> None:

@@ -24,6 +24,11 @@ class Settings:
     cpu_overcommit: float = 16.0
     ram_overcommit: float = 1.5
     log_json: bool = False
+    # The system namespace's "deploy" key; when empty and the namespace has no
+    # key yet, one is generated and written to <data_dir>/system-key.
+    system_key: str = ""
+    # Lifetime of access tokens, in seconds.
+    token_ttl: float = 900.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -42,4 +47,6 @@ class Settings:
             cpu_overcommit=float(env.get("MINICLOUD_CPU_OVERCOMMIT", base.cpu_overcommit)),
             ram_overcommit=float(env.get("MINICLOUD_RAM_OVERCOMMIT", base.ram_overcommit)),
             log_json=env.get("MINICLOUD_LOG_JSON", "") in ("1", "true", "yes"),
+            system_key=env.get("MINICLOUD_SYSTEM_KEY", base.system_key),
+            token_ttl=float(env.get("MINICLOUD_TOKEN_TTL", base.token_ttl)),
         )

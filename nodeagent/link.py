@@ -19,6 +19,7 @@ import grpc
 import structlog
 from google.protobuf import json_format
 
+from nodeagent.credentials import Credentials, Metadata
 from nodeagent.executor import Executor
 from nodeagent.messages import (
     AgentStatus,
@@ -187,6 +188,7 @@ class Link:
         target: str,
         identity: Identity,
         executor: Executor,
+        credentials: Credentials,
         *,
         backoff_base: float = 0.5,
         backoff_cap: float = 15.0,
@@ -196,6 +198,7 @@ class Link:
         on_connected: Callable[[list[Observation]], None] | None = None,
     ) -> None:
         self.on_connected = on_connected
+        self.credentials = credentials
         self.target = target
         self.identity = identity
         self.executor = executor
@@ -226,11 +229,13 @@ class Link:
             try:
                 async with grpc.aio.insecure_channel(self.target) as channel:
                     stub: NodeServiceAsyncStub = node_pb2_grpc.NodeServiceStub(channel)
-                    await self._serve(stub)
+                    await self._serve(stub, await self.credentials.metadata(channel))
                 attempt = 0
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    self.credentials.forget()
                 log.warning(
                     "stream to control plane lost", code=exc.code().name, details=exc.details()
                 )
@@ -244,7 +249,7 @@ class Link:
             log.info("redialling control plane", delay=round(delay, 2), attempt=attempt)
             await self.sleep(delay)
 
-    async def _serve(self, stub: NodeServiceAsyncStub) -> None:
+    async def _serve(self, stub: NodeServiceAsyncStub, metadata: Metadata) -> None:
         outbox: asyncio.Queue[node_pb2.NodeMessage] = asyncio.Queue()
         ident = self.identity
         outbox.put_nowait(
@@ -259,7 +264,7 @@ class Link:
                 )
             )
         )
-        call = stub.Connect(_drain(outbox))
+        call = stub.Connect(_drain(outbox), metadata=metadata)
         first = await call.read()
         if not isinstance(first, node_pb2.ControlMessage) or not first.HasField("registered"):
             raise ConnectionError("control plane did not acknowledge registration")

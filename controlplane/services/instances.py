@@ -23,6 +23,7 @@ from controlplane.nodes import NodeRegistry
 from controlplane.placement import choose_node
 from controlplane.reconciler import Reconciler
 from controlplane.services.artifacts import ArtifactService
+from controlplane.services.namespaces import SYSTEM, can_see
 from controlplane.settings import Settings
 from controlplane.store.protocol import Conflict
 from controlplane.store.records import Records
@@ -116,16 +117,31 @@ class InstanceService:
             found = await self.records.get_instance(ref)
         if found is None:
             found = await self.records.find_by_name(namespace, ref)
-        if found is None or found.namespace != namespace:
+        if found is None and namespace == SYSTEM:
+            found = await self._find_by_name_anywhere(ref)
+        if found is None or not can_see(namespace, found.namespace):
             raise NotFound(f"instance {ref!r} not found")
         return found
 
+    async def _find_by_name_anywhere(self, name: str) -> Instance | None:
+        """A live instance with that name in any namespace (for system); ambiguity refused."""
+        matches = [
+            i
+            for i in await self.records.list_instances()
+            if i.spec.name == name and i.state != lifecycle.DELETED
+        ]
+        if len(matches) > 1:
+            raise InvalidArgument(
+                f"several instances are named {name!r} in different namespaces; use a UUID"
+            )
+        return matches[0] if matches else None
+
     async def list_all(self, namespace: str, include_deleted: bool = False) -> list[Instance]:
-        """The namespace's instances, oldest first."""
+        """The namespace's instances (every namespace's for system), oldest first."""
         found = [
             i
             for i in await self.records.list_instances()
-            if i.namespace == namespace and (include_deleted or i.state != lifecycle.DELETED)
+            if can_see(namespace, i.namespace) and (include_deleted or i.state != lifecycle.DELETED)
         ]
         return sorted(found, key=lambda i: i.created_at)
 
@@ -135,7 +151,7 @@ class InstanceService:
         if instance.state in (lifecycle.DELETED, lifecycle.DELETE_WAIT):
             return instance
         await self.records.add_events(
-            namespace, [self.reconciler.event(instance.uuid, "delete requested", "audit")]
+            instance.namespace, [self.reconciler.event(instance.uuid, "delete requested", "audit")]
         )
         return await self.reconciler.transition(instance.uuid, "delete")
 
@@ -152,7 +168,7 @@ class InstanceService:
         if not self.nodes.connected(instance.node):
             raise Unavailable(f"node {instance.node} is not connected; try again later")
         await self.records.add_events(
-            namespace, [self.reconciler.event(instance.uuid, f"{op} requested", "audit")]
+            instance.namespace, [self.reconciler.event(instance.uuid, f"{op} requested", "audit")]
         )
         updated, futures = await self.reconciler.transition_sent(instance.uuid, f"power-{op}")
         for future in futures:
@@ -178,4 +194,4 @@ class InstanceService:
     async def watch(self, namespace: str, ref: str = "") -> Subscription:
         """Subscribe to changes of one instance, or of every instance in the namespace."""
         uuid = (await self.get(namespace, ref)).uuid if ref else ""
-        return self.hub.subscribe(namespace, uuid)
+        return self.hub.subscribe("" if namespace == SYSTEM else namespace, uuid)

@@ -9,14 +9,16 @@ import pytest
 
 from client.cli import main
 from controlplane.app import ControlPlane
-from tests.component.conftest import FakeNode
+from tests.component.conftest import SYSTEM_KEY, FakeNode
 
 
 async def cli(
     plane: ControlPlane, capsys: pytest.CaptureFixture[str], *argv: str
 ) -> tuple[int, str]:
     """Run the CLI in a thread (it is synchronous) and capture what it prints."""
-    code = await asyncio.to_thread(main, ["--api", f"127.0.0.1:{plane.port}", *argv])
+    code = await asyncio.to_thread(
+        main, ["--api", f"127.0.0.1:{plane.port}", "--key", SYSTEM_KEY, *argv]
+    )
     out, err = capsys.readouterr()
     return code, out if code == 0 else err
 
