@@ -32,6 +32,8 @@ from protos import (
     blobs_pb2_grpc,
     instances_pb2,
     instances_pb2_grpc,
+    metadata_pb2,
+    metadata_pb2_grpc,
 )
 
 JsonDict = dict[str, Any]
@@ -80,6 +82,7 @@ class Client:
         self.namespace = namespace
         self.key = key
         self.act_as = act_as
+        self.meta = metadata_pb2_grpc.MetadataServiceStub(self.channel)
         self.timeout = timeout
         self._token = ""
         self._token_expires = 0.0
@@ -337,3 +340,37 @@ class Client:
         """The namespace's artifacts."""
         found = self._call("ListArtifacts", artifacts_pb2.ListArtifactsRequest(), self.artifacts)
         return [to_dict(a) for a in found.artifacts]
+
+    # -- metadata ----------------------------------------------------------------
+
+    def get_metadata(self, object_type: str, ref: str) -> JsonDict:
+        """An object's metadata (object_type: instance, blob, artifact, ...)."""
+        request = metadata_pb2.MetadataRef(object_type=object_type, ref=ref)
+        return _metadata(self._call("Get", request, self.meta))
+
+    def set_metadata(self, object_type: str, ref: str, key: str, value: Any) -> JsonDict:
+        """Set one key to any JSON value; returns the whole metadata."""
+        request = metadata_pb2.SetMetadataRequest(object_type=object_type, ref=ref, key=key)
+        json_format.ParseDict(value, request.value)
+        return _metadata(self._call("Set", request, self.meta))
+
+    def delete_metadata(self, object_type: str, ref: str, key: str) -> JsonDict:
+        """Remove one key (absent is fine); returns the whole metadata."""
+        request = metadata_pb2.DeleteMetadataRequest(object_type=object_type, ref=ref, key=key)
+        return _metadata(self._call("Delete", request, self.meta))
+
+
+def _metadata(found: metadata_pb2.Metadata) -> JsonDict:
+    data: JsonDict = json_format.MessageToDict(found.metadata)
+    return _whole_numbers(data)  # type: ignore[no-any-return]
+
+
+def _whole_numbers(value: Any) -> Any:
+    """JSON with whole-number floats as ints (protobuf Value has only doubles)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    return value

@@ -11,7 +11,7 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import structlog
@@ -24,13 +24,23 @@ from controlplane.api.artifacts import ArtifactServicer
 from controlplane.api.auth import AuthInterceptor, AuthServicer, NamespaceServicer
 from controlplane.api.blobs import BlobServicer
 from controlplane.api.instances import InstanceServicer
+from controlplane.api.metadata import MetadataServicer
 from controlplane.api.node_stream import NodeServicer
 from controlplane.hub import Hub
 from controlplane.nodes import NodeRegistry
 from controlplane.reconciler import Reconciler
 from controlplane.services.agent import AgentService
 from controlplane.services.artifacts import ArtifactService
+from controlplane.services.events import EventPruner
 from controlplane.services.instances import InstanceService
+from controlplane.services.metadata import (
+    ArtifactKind,
+    BlobKind,
+    InstanceKind,
+    MetadataKind,
+    MetadataService,
+    NamespaceKind,
+)
 from controlplane.services.namespaces import NamespaceService
 from controlplane.settings import Settings
 from controlplane.store.agentops import AgentOperations
@@ -50,6 +60,8 @@ from protos import (
     blobs_pb2,
     blobs_pb2_grpc,
     instances_pb2,
+    metadata_pb2,
+    metadata_pb2_grpc,
     node_pb2,
     node_pb2_grpc,
 )
@@ -70,9 +82,14 @@ class ControlPlane:
     service: InstanceService
     agent: AgentService
     namespaces: NamespaceService
+    pruner: EventPruner
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self, grace: float = 2.0) -> None:
-        """Stop serving, end node streams, close the store."""
+        """Stop serving and background tasks, end node streams, close the store."""
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         for session in list(self.nodes.sessions.values()):
             session.close()
         await self.server.stop(grace)
@@ -90,12 +107,20 @@ async def start(
     nodes.load_usage(await records.list_instances())
     reconciler = Reconciler(records, nodes, settings.name, clock)
     blobs = BlobStore(store, settings.data_dir / "blobs")
-    artifacts = ArtifactService(Artifacts(store), blobs, clock)
+    artifact_records = Artifacts(store)
+    artifacts = ArtifactService(artifact_records, blobs, clock)
     service = InstanceService(settings, records, nodes, reconciler, hub, artifacts)
     agent = AgentService(records, AgentOperations(store), blobs, nodes, clock)
     await agent.recover()
     namespaces = NamespaceService(Namespaces(store), clock, settings.token_ttl)
     await namespaces.start(settings.system_key, settings.data_dir / "system-key")
+    kinds: dict[str, MetadataKind] = {
+        "instance": InstanceKind(records),
+        "blob": BlobKind(blobs, records),
+        "artifact": ArtifactKind(artifact_records, records),
+        "namespace": NamespaceKind(namespaces, records),
+    }
+    metadata = MetadataService(kinds, reconciler.event)
 
     server = grpc.aio.server(
         interceptors=[AuthInterceptor(namespaces)],
@@ -112,6 +137,7 @@ async def start(
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(agent, service), server)
     blobs_pb2_grpc.add_BlobServiceServicer_to_server(BlobServicer(blobs, clock), server)
     artifacts_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(artifacts), server)
+    metadata_pb2_grpc.add_MetadataServiceServicer_to_server(MetadataServicer(metadata), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (
@@ -122,6 +148,7 @@ async def start(
         artifacts_pb2.DESCRIPTOR.services_by_name["ArtifactService"].full_name,
         auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
         auth_pb2.DESCRIPTOR.services_by_name["NamespaceService"].full_name,
+        metadata_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name,
         health.SERVICE_NAME,
         reflection.SERVICE_NAME,
     )
@@ -132,8 +159,14 @@ async def start(
     await server.start()
     for name in ("", *names[:-2]):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    pruner = EventPruner(
+        records, settings.retention_days(), settings.event_prune_interval, clock, settings.name
+    )
+    tasks = [asyncio.get_running_loop().create_task(pruner.run())]
     log.info("control plane serving", listen=settings.listen, port=port)
-    return ControlPlane(server, port, store, records, nodes, service, agent, namespaces)
+    return ControlPlane(
+        server, port, store, records, nodes, service, agent, namespaces, pruner, tasks
+    )
 
 
 async def run(settings: Settings) -> None:

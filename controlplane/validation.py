@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
+from typing import Any
 
 from controlplane.errors import InvalidArgument
 from controlplane.model import DiskSpec, InstanceSpec, NetworkSpec, VideoSpec
@@ -22,6 +24,11 @@ MAX_DISK_GB = 64 * 1024
 MAX_USER_DATA = 64 * 1024
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+MAX_METADATA_KEY = 255
+MAX_METADATA_BYTES = 64 * 1024
+# The constraint form of the reserved "affinity" key (Shaken Fist's newest): lists of tags.
+AFFINITY_HARD = ("require_with_tag", "require_without_tag")
+AFFINITY_SOFT = ("prefer_with_tag", "prefer_without_tag")
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -35,6 +42,77 @@ def _choice(value: str, allowed: tuple[str, ...], default: str, what: str) -> st
     if value not in allowed:
         raise InvalidArgument(f"{what} {value!r} is not one of: {', '.join(allowed)}")
     return value
+
+
+def check_metadata_key(key: str) -> str:
+    """A metadata key, or InvalidArgument if it is empty or too long."""
+    if not key:
+        raise InvalidArgument("a metadata key is required")
+    if len(key) > MAX_METADATA_KEY:
+        raise InvalidArgument(f"a metadata key may have at most {MAX_METADATA_KEY} characters")
+    return key
+
+
+def check_tags(value: Any) -> list[str]:
+    """The reserved ``tags`` value: a JSON list of strings."""
+    if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):
+        raise InvalidArgument(
+            f"metadata 'tags' must be a JSON list of non-empty strings, not {json.dumps(value)}"
+        )
+    return value
+
+
+def check_affinity(value: Any) -> dict[str, Any]:
+    """The reserved ``affinity`` value, in one of its two shapes (never both at once).
+
+    Weighted: an object of tag -> integer weight (negative for anti-affinity).
+    Constraints: an object using only require_with_tag, require_without_tag,
+    prefer_with_tag and prefer_without_tag, each a list of tags.
+    """
+    if not isinstance(value, dict):
+        raise InvalidArgument(
+            f"metadata 'affinity' must be a JSON object of tag -> integer weight, "
+            f"not {json.dumps(value)}"
+        )
+    names = AFFINITY_HARD + AFFINITY_SOFT
+    constraints = [k for k in value if k in names]
+    if constraints and len(constraints) != len(value):
+        raise InvalidArgument(
+            "metadata 'affinity' mixes tag weights with constraints "
+            f"({', '.join(constraints)}); use one form or the other"
+        )
+    for key, item in value.items():
+        if not key:
+            raise InvalidArgument("metadata 'affinity' has an empty tag")
+        if constraints:
+            if not isinstance(item, list) or not all(isinstance(t, str) and t for t in item):
+                raise InvalidArgument(
+                    f"metadata 'affinity' {key!r} must be a list of tags, not {json.dumps(item)}"
+                )
+        elif isinstance(item, bool) or not isinstance(item, int):
+            raise InvalidArgument(
+                f"metadata 'affinity' weight for tag {key!r} must be an integer "
+                f"(negative for anti-affinity), not {json.dumps(item)}"
+            )
+    return value
+
+
+def check_instance_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """An instance's whole metadata: reserved keys checked, size bounded."""
+    for key in metadata:
+        check_metadata_key(key)
+    if "tags" in metadata:
+        check_tags(metadata["tags"])
+    if "affinity" in metadata:
+        check_affinity(metadata["affinity"])
+    return check_metadata_size(metadata)
+
+
+def check_metadata_size(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Metadata as long as its JSON fits MAX_METADATA_BYTES."""
+    if len(json.dumps(metadata, separators=(",", ":"))) > MAX_METADATA_BYTES:
+        raise InvalidArgument(f"metadata may hold at most {MAX_METADATA_BYTES} bytes of JSON")
+    return metadata
 
 
 def check_disk(index: int, disk: DiskSpec) -> DiskSpec:
@@ -150,7 +228,7 @@ def check_spec(spec: InstanceSpec) -> InstanceSpec:
         video=check_video(spec.video),
         ssh_key=spec.ssh_key,
         user_data=check_user_data(spec.user_data),
-        metadata=dict(spec.metadata),
+        metadata=check_instance_metadata(dict(spec.metadata)),
         side_channels=tuple(spec.side_channels),
         uefi=spec.uefi,
         secure_boot=spec.secure_boot,

@@ -14,16 +14,22 @@ from protos import common_pb2, instances_pb2, node_pb2
 
 def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
     """A Struct as a plain dict, with whole-number floats turned back into ints."""
-    return _ints(json_format.MessageToDict(value))  # type: ignore[no-any-return]
+    return ints(json_format.MessageToDict(value))  # type: ignore[no-any-return]
 
 
-def _ints(value: Any) -> Any:
+def value_to_python(value: struct_pb2.Value) -> Any:
+    """A Value as a plain JSON value, with whole-number floats turned back into ints."""
+    return ints(json_format.MessageToDict(value))
+
+
+def ints(value: Any) -> Any:
+    """A JSON value with whole-number floats turned into ints (protobuf has only doubles)."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, dict):
-        return {k: _ints(v) for k, v in value.items()}
+        return {k: ints(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_ints(v) for v in value]
+        return [ints(v) for v in value]
     return value
 
 
@@ -104,6 +110,7 @@ def instance_to_pb(instance: Instance) -> instances_pb2.Instance:
         machine_type=machine_type(instance.spec),
     )
     spec_to_pb(instance.spec, pb.spec)
+    dict_to_struct(instance.metadata, pb.metadata)
     return pb
 
 

@@ -20,8 +20,9 @@ from controlplane.errors import (
 from controlplane.hub import Hub, Subscription
 from controlplane.model import Event, Instance, InstanceSpec
 from controlplane.nodes import NodeRegistry
-from controlplane.placement import choose_node
+from controlplane.placement import Affinity, Neighbours, place
 from controlplane.reconciler import Reconciler
+from controlplane.retention import check_event_type
 from controlplane.services.artifacts import ArtifactService
 from controlplane.services.namespaces import SYSTEM, can_see
 from controlplane.settings import Settings
@@ -67,13 +68,17 @@ class InstanceService:
             if spec.nvram_template:
                 template = await self.artifacts.resolve_base(namespace, spec.nvram_template)
                 spec = dataclasses.replace(spec, nvram_template=template)
-        node = choose_node(
+        affinity = Affinity.parse(spec.metadata.get("affinity"))
+        choice = place(
             self.nodes.capacities(),
             spec.cpus,
             spec.memory,
             self.settings.cpu_overcommit,
             self.settings.ram_overcommit,
+            affinity,
+            await self._neighbours(namespace) if not affinity.empty else None,
         )
+        node = choice.node
         now = self.reconciler.clock()
         uuid = str(uuidlib.uuid4())
         view = lifecycle.View(lifecycle.INITIAL, "initial")
@@ -90,11 +95,15 @@ class InstanceService:
             state_updated_at=now,
             agent_state="not ready (no contact)" if "sf-agent" in spec.side_channels else "",
             command_seq=1,
+            metadata=dict(spec.metadata),
         )
         event = self.reconciler.event
+        placed_extra: dict[str, object] = {"node": node}
+        if not affinity.empty:
+            placed_extra["affinity_scores"] = dict(choice.scores)
         events = [
             event(uuid, "create requested", "audit", cpus=spec.cpus, memory=spec.memory),
-            event(uuid, f"schedule complete: placed on {node}", "mutate", node=node),
+            event(uuid, f"schedule complete: placed on {node}", "mutate", **placed_extra),
             event(uuid, "state changed from initial to creating", old="initial", new="creating"),
         ]
         try:
@@ -107,6 +116,15 @@ class InstanceService:
         self.reconciler.perform(stored, placed.actions)
         log.info("instance created", uuid=uuid, name=spec.name, node=node, namespace=namespace)
         return stored
+
+    async def _neighbours(self, namespace: str) -> Neighbours:
+        """The tags of the namespace's live instances, per node (for affinity)."""
+        found: dict[str, list[list[str]]] = {}
+        for inst in await self.records.list_instances():
+            if inst.namespace == namespace and inst.node and inst.state != lifecycle.DELETED:
+                tags = inst.metadata.get("tags")
+                found.setdefault(inst.node, []).append(tags if isinstance(tags, list) else [])
+        return found
 
     async def get(self, namespace: str, ref: str) -> Instance:
         """An instance by UUID (deleted ones too) or by live name, in the namespace."""
@@ -188,6 +206,7 @@ class InstanceService:
         """An instance's events, newest first."""
         if limit < 0 or limit > MAX_EVENTS:
             raise InvalidArgument(f"limit must be between 0 and {MAX_EVENTS}")
+        check_event_type(event_type)
         instance = await self.get(namespace, ref)
         return await self.records.events(instance.uuid, event_type, limit or 100)
 

@@ -12,6 +12,7 @@ import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -213,6 +214,23 @@ class NamespaceService:
         )
         log.info("key deleted", namespace=namespace, key_name=key_name)
         return stored
+
+    async def update_metadata(
+        self, name: str, change: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Apply change to a namespace's metadata (compare-and-set, retried)."""
+        for _ in range(10):
+            ns = self._cache.get(name)
+            if ns is None or ns.state != "created":
+                raise NotFound("namespace not found")
+            metadata = change(dict(ns.metadata))
+            try:
+                await self._write(ns.with_changes(metadata=metadata))
+            except Conflict:
+                await self._reload(name)
+                continue
+            return metadata
+        raise Unavailable("the namespace changed too often; try again")
 
     def _new_key(self, key_name: str, key: str) -> Key:
         salt, digest = tokens.hash_key(key)

@@ -155,7 +155,8 @@ class Authed:
         method = getattr(self.stub, name)
 
         def call(request: Any, **kwargs: Any) -> Any:
-            kwargs.setdefault("metadata", self.metadata)
+            # Extra metadata (x-namespace, say) goes beside the token.
+            kwargs["metadata"] = (*self.metadata, *kwargs.get("metadata", ()))
             return method(request, **kwargs)
 
         return call

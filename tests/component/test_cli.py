@@ -89,3 +89,21 @@ async def test_create_sends_user_data_base64_and_firmware_flags(
         plane, capsys, "instance", "create", "cli-sb", "--memory", "256", "--secure-boot"
     )
     assert code == 1 and "secure boot requires UEFI be enabled" in out
+
+
+async def test_metadata_verbs(
+    plane: ControlPlane, node: FakeNode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """set-metadata takes JSON (or a plain string); get and delete round trip; bad tags exit 1."""
+    code, out = await cli(plane, capsys, "instance", "create", "md-vm", "--memory", "256")
+    assert code == 0, out
+    code, out = await cli(plane, capsys, "instance", "set-metadata", "md-vm", "tags", '["web"]')
+    assert code == 0 and json.loads(out) == {"tags": ["web"]}
+    code, out = await cli(plane, capsys, "instance", "set-metadata", "md-vm", "owner", "ann")
+    assert code == 0 and json.loads(out) == {"tags": ["web"], "owner": "ann"}
+    code, out = await cli(plane, capsys, "instance", "delete-metadata", "md-vm", "owner")
+    assert code == 0 and json.loads(out) == {"tags": ["web"]}
+    code, out = await cli(plane, capsys, "instance", "get-metadata", "md-vm")
+    assert code == 0 and json.loads(out) == {"tags": ["web"]}
+    code, out = await cli(plane, capsys, "instance", "set-metadata", "md-vm", "tags", "web")
+    assert code == 1 and "INVALID_ARGUMENT" in out and "'tags' must be a JSON list" in out

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 
 from controlplane.app import ControlPlane
-from protos import instances_pb2
-from tests.component.conftest import Api, FakeNode, create_request
+from protos import instances_pb2, metadata_pb2, metadata_pb2_grpc
+from tests.component.conftest import Api, FakeNode, authed, create_request
 
 Ref = instances_pb2.InstanceRef
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIComponentTestKey test@example"
@@ -58,17 +58,23 @@ async def test_no_config_drive_when_none(api: Api, node: FakeNode) -> None:
 async def test_power_on_rebuilds_the_drive_with_changes(
     api: Api, node: FakeNode, plane: ControlPlane
 ) -> None:
-    """Power off, change the record, power on: the drive is rebuilt and holds the change."""
+    """Power off, set metadata, power on: the drive is rebuilt and holds the change."""
     inst = await api.wait_for((await api.Create(create_request("cd2"))).uuid, is_on)
     first_seed = meta_of(node, inst.uuid)["random_seed"]
     assert "meta" not in meta_of(node, inst.uuid)
     await api.PowerOff(Ref(ref=inst.uuid))
     await api.wait_for(inst.uuid, lambda i: i.power_state == "off")
-    # A change made while off (the metadata API will make such changes).
-    old = await plane.records.get_instance(inst.uuid)
-    assert old is not None
-    new_spec = dataclasses.replace(old.spec, metadata={"role": "db"})
-    await plane.records.update_instance(old, old.with_changes(spec=new_spec))
+    # A change made while off, through the metadata API.
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
+        metadata = await authed(metadata_pb2_grpc.MetadataServiceStub, channel)
+        await metadata.Set(
+            metadata_pb2.SetMetadataRequest(
+                object_type="instance",
+                ref=inst.uuid,
+                key="role",
+                value=struct_pb2.Value(string_value="db"),
+            )
+        )
     await api.PowerOn(Ref(ref=inst.uuid))
     await api.wait_for(inst.uuid, is_on)
     meta = meta_of(node, inst.uuid)

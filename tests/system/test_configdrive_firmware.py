@@ -54,7 +54,7 @@ def read_drive(api: Client, uuid: str, dev: str) -> tuple[JsonDict, str, JsonDic
 
 
 def test_guest_reads_its_config_drive_and_power_on_rebuilds_it(cluster: Cluster) -> None:
-    """The guest mounts vdb (label config-2) and finds its identity; power off/on rebuilds it."""
+    """The guest mounts vdb (config-2) and finds itself; metadata set while off shows after on."""
     with cluster.client() as api:
         spec = small_spec("cdguest", ssh_key=KEY, user_data=base64.b64encode(USER_DATA).decode())
         uuid = api.create(spec)["uuid"]
@@ -73,8 +73,11 @@ def test_guest_reads_its_config_drive_and_power_on_rebuilds_it(cluster: Cluster)
 
         drive = cluster.node_dir / "instances" / uuid / "config.iso"
         first_build = drive.stat().st_mtime_ns
+        assert "meta" not in meta
         api.power(uuid, "off")
         api.wait(uuid, lambda i: i["power_state"] == "off", timeout=60)
+        api.set_metadata("instance", uuid, "role", "database")
+        api.set_metadata("instance", uuid, "tags", ["db", "primary"])
         api.power(uuid, "on")
         again = agent_ready(api, uuid, inst["agent_system_boot_time"])
         assert again["agent_state"] == "ready", cluster.logs()
@@ -83,6 +86,7 @@ def test_guest_reads_its_config_drive_and_power_on_rebuilds_it(cluster: Cluster)
         rebuilt, user_after, _ = read_drive(api, uuid, "/dev/vdb")
         assert rebuilt["uuid"] == uuid and user_after == USER_DATA.decode()
         assert rebuilt["random_seed"] != meta["random_seed"]
+        assert rebuilt["meta"] == {"role": "database", "tags": '["db", "primary"]'}
         messages = [e["message"] for e in api.events(uuid)]
         assert messages.count("config drive built") == 2
         api.delete(uuid)
