@@ -23,6 +23,7 @@ MINICLOUD_NAMESPACE (default system) and its key MINICLOUD_KEY; --api,
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import os
@@ -98,9 +99,23 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--side-channel", action="append", default=[])
     create.add_argument("--video", default="", help="model,memory_kib,vdi e.g. cirrus,16384,vnc")
     create.add_argument("--ssh-key", default="")
-    create.add_argument("--user-data", default="")
+    create.add_argument(
+        "--user-data", default="", help="user data text (sent base64-encoded, as the API takes it)"
+    )
+    create.add_argument("--user-data-file", type=Path, help="user data from a file")
+    create.add_argument(
+        "--configdrive",
+        default="",
+        help="openstack-disk (default) or none",
+        choices=["", "openstack-disk", "none"],
+    )
     create.add_argument("--uefi", action="store_true")
-    create.add_argument("--secure-boot", action="store_true")
+    create.add_argument("--secure-boot", action="store_true", help="needs --uefi")
+    create.add_argument(
+        "--nvram-template",
+        default="",
+        help="UEFI variables template: sf://blob/UUID, label:NAME or a node path",
+    )
     create.add_argument("--wait", action="store_true", help="wait until created (or error)")
     inst.add_parser("list", help="list instances").add_argument(
         "--all", action="store_true", help="include deleted instances"
@@ -308,6 +323,12 @@ def run_artifact(args: argparse.Namespace, client: Client) -> Any:
     return client.list_artifacts()
 
 
+def user_data(args: argparse.Namespace) -> str:
+    """The create request's user data: the text or file given, base64-encoded."""
+    raw = args.user_data_file.read_bytes() if args.user_data_file else args.user_data.encode()
+    return base64.b64encode(raw).decode() if raw else ""
+
+
 def run(args: argparse.Namespace, client: Client) -> Any:
     """Perform one command; returns what --json prints."""
     if args.verb.endswith("-metadata"):
@@ -329,9 +350,11 @@ def run(args: argparse.Namespace, client: Client) -> Any:
             "side_channels": args.side_channel,
             "video": video_spec(args.video),
             "ssh_key": args.ssh_key,
-            "user_data": args.user_data,
+            "user_data": user_data(args),
+            "configdrive": args.configdrive,
             "uefi": args.uefi,
             "secure_boot": args.secure_boot,
+            "nvram_template": args.nvram_template,
         }
         inst = client.create(spec)
         if args.wait:

@@ -31,7 +31,7 @@ from nodeagent.messages import (
     Report,
     Result,
 )
-from nodeagent.spec import DiskSpec, DomainSpec, VideoSpec
+from nodeagent.spec import DiskSpec, DomainSpec, NetworkSpec, VideoSpec
 from protos import common_pb2, node_pb2, node_pb2_grpc
 
 if TYPE_CHECKING:
@@ -75,8 +75,17 @@ def spec_from_pb(uuid: str, namespace: str, pb: common_pb2.InstanceSpec) -> Doma
             pb.video.model or "cirrus", pb.video.memory or 16384, pb.video.vdi or "spice"
         ),
         side_channels=tuple(pb.side_channels),
+        networks=tuple(
+            NetworkSpec(n.network_uuid, n.macaddress, n.address, n.model or "virtio")
+            for n in pb.networks
+        ),
+        ssh_key=pb.ssh_key,
+        user_data=pb.user_data,
+        metadata=json_format.MessageToDict(pb.metadata),
         uefi=pb.uefi,
         secure_boot=pb.secure_boot,
+        nvram_template=pb.nvram_template,
+        configdrive=pb.configdrive or "openstack-disk",
     )
 
 
@@ -87,7 +96,18 @@ def command_from_pb(pb: node_pb2.Command) -> Command:
         spec = spec_from_pb(pb.instance_uuid, pb.create.namespace, pb.create.spec)
         return Command(pb.command_id, pb.instance_uuid, "create", spec=spec)
     if action == "power":
-        return Command(pb.command_id, pb.instance_uuid, "power", power_action=pb.power.action)
+        power_spec = None
+        if pb.power.HasField("domain"):
+            power_spec = spec_from_pb(
+                pb.instance_uuid, pb.power.domain.namespace, pb.power.domain.spec
+            )
+        return Command(
+            pb.command_id,
+            pb.instance_uuid,
+            "power",
+            power_action=pb.power.action,
+            spec=power_spec,
+        )
     if action == "agent":
         agent = {
             "kind": pb.agent.kind,

@@ -8,6 +8,7 @@ from google.protobuf import json_format, struct_pb2
 
 from controlplane.model import DiskSpec, Event, Instance, InstanceSpec, NetworkSpec, VideoSpec
 from controlplane.nodes import NodeCommand, Observation, Outcome
+from controlplane.validation import machine_type
 from protos import common_pb2, instances_pb2, node_pb2
 
 
@@ -106,6 +107,7 @@ def instance_to_pb(instance: Instance) -> instances_pb2.Instance:
         console_port=instance.console_port,
         vdi_port=instance.vdi_port,
         vdi_tls_port=instance.vdi_tls_port,
+        machine_type=machine_type(instance.spec),
     )
     spec_to_pb(instance.spec, pb.spec)
     dict_to_struct(instance.metadata, pb.metadata)
@@ -165,6 +167,9 @@ def command_to_pb(command: NodeCommand) -> node_pb2.ControlMessage:
         spec_to_pb(command.spec, pb.create.spec)
     elif command.kind == "power":
         pb.power.action = command.power_action
+        if command.spec is not None:
+            pb.power.domain.namespace = command.namespace
+            spec_to_pb(command.spec, pb.power.domain.spec)
     elif command.kind == "agent" and command.agent is not None:
         pb.agent.CopyFrom(node_pb2.AgentAction(**command.agent))
     else:
