@@ -108,14 +108,6 @@ cat <<EOT
 The demo is running: control plane at $API, node agent 'demo-node'.
 Credentials (namespace system, key in $DEMO/system-key):
   export MINICLOUD_API=$API MINICLOUD_NAMESPACE=system MINICLOUD_KEY=$MINICLOUD_KEY
-# The system namespace's key: made once, kept in var/demo/system-key (mode 0600).
-mkdir -p "$DEMO"
-if [ ! -s "$DEMO/system-key" ]; then
-  (umask 077; head -c 18 /dev/urandom | base64 | tr '+/' '-_' >"$DEMO/system-key")
-fi
-export MINICLOUD_NAMESPACE=system
-MINICLOUD_KEY=$(cat "$DEMO/system-key")
-export MINICLOUD_KEY
   .venv/bin/minicloud instance list
   .venv/bin/minicloud instance execute demo "uname -a"
   .venv/bin/minicloud instance copy-to demo README.md /root/README.md
