@@ -22,6 +22,7 @@ from common import logs
 from controlplane.api.agent import AgentServicer
 from controlplane.api.artifacts import ArtifactServicer
 from controlplane.api.blobs import BlobServicer
+from controlplane.api.consoles import ConsoleServicer
 from controlplane.api.instances import InstanceServicer
 from controlplane.api.node_stream import NodeServicer
 from controlplane.hub import Hub
@@ -29,6 +30,7 @@ from controlplane.nodes import NodeRegistry
 from controlplane.reconciler import Reconciler
 from controlplane.services.agent import AgentService
 from controlplane.services.artifacts import ArtifactService
+from controlplane.services.consoles import ConsoleService
 from controlplane.services.instances import InstanceService
 from controlplane.settings import Settings
 from controlplane.store.agentops import AgentOperations
@@ -44,6 +46,8 @@ from protos import (
     artifacts_pb2_grpc,
     blobs_pb2,
     blobs_pb2_grpc,
+    consoles_pb2,
+    consoles_pb2_grpc,
     instances_pb2,
     node_pb2,
     node_pb2_grpc,
@@ -97,6 +101,12 @@ async def start(
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(agent, service), server)
     blobs_pb2_grpc.add_BlobServiceServicer_to_server(BlobServicer(blobs, clock), server)
     artifacts_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(artifacts), server)
+    consoles = ConsoleService(
+        records, nodes, blobs, settings.name, clock, timeout=settings.command_timeout
+    )
+    consoles_pb2_grpc.add_ConsoleServiceServicer_to_server(
+        ConsoleServicer(consoles, service), server
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (
@@ -105,6 +115,7 @@ async def start(
         agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
         blobs_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name,
         artifacts_pb2.DESCRIPTOR.services_by_name["ArtifactService"].full_name,
+        consoles_pb2.DESCRIPTOR.services_by_name["ConsoleService"].full_name,
         health.SERVICE_NAME,
         reflection.SERVICE_NAME,
     )
@@ -113,7 +124,7 @@ async def start(
     if port == 0:
         raise OSError(f"cannot listen on {settings.listen}")
     await server.start()
-    for name in ("", *names[:5]):
+    for name in ("", *names[:6]):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("control plane serving", listen=settings.listen, port=port)
     return ControlPlane(server, port, store, records, nodes, service, agent)
