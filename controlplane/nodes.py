@@ -206,7 +206,9 @@ class NodeRegistry:
     def console_input(self, session_id: str, data: bytes) -> int:
         """Queue keystrokes for a session's node; returns the node's outbox depth."""
         sink = self.consoles.get(session_id)
-        session = self.sessions.get(sink.node) if sink is not None else None
+        if sink is None:
+            raise Unavailable("the console session has ended")
+        session = self.sessions.get(sink.node)
         if session is None:
             raise Unavailable("the console's node is not connected")
         session.outbox.put_nowait(ConsoleRelay(session_id, data))

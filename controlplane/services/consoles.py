@@ -26,7 +26,7 @@ from controlplane.store.records import Records
 DEFAULT_LENGTH = 10240
 MAX_INPUT_CHUNK = 64 * 1024
 # Console output chunks buffered per attached client before it counts as stalled.
-OUTPUT_QUEUE = 1024
+OUTPUT_QUEUE = 256
 # Node outbox depth above which a client's keystrokes wait (gRPC then pushes back).
 INPUT_HIGH = 1000
 
