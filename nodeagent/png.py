@@ -81,3 +81,35 @@ def png_size(data: bytes) -> tuple[int, int]:
         raise ImageError("not a PNG")
     width, height = struct.unpack(">II", data[16:24])
     return int(width), int(height)
+
+
+_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}
+
+
+def check_png(data: bytes) -> tuple[int, int]:
+    """Width and height of an 8-bit PNG after checking every chunk's CRC and the pixel data size."""
+    width, height = png_size(data)
+    depth, color = data[24], data[25]
+    if depth != 8 or color not in _CHANNELS:
+        raise ImageError(f"unsupported PNG: bit depth {depth}, colour type {color}")
+    pos, idat = len(PNG_SIGNATURE), bytearray()
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
+        if len(body) != length or zlib.crc32(kind + body) & 0xFFFFFFFF != crc:
+            raise ImageError(f"PNG chunk {kind!r} is damaged")
+        if kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+        if kind == b"IEND":
+            break
+    else:
+        raise ImageError("PNG has no IEND chunk")
+    try:
+        raw = zlib.decompress(bytes(idat))
+    except zlib.error as exc:
+        raise ImageError(f"PNG pixel data is unreadable: {exc}") from exc
+    if len(raw) != height * (1 + width * _CHANNELS[color]):
+        raise ImageError("PNG pixel data does not match its size")
+    return width, height

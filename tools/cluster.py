@@ -69,6 +69,8 @@ class Cluster:
     api: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")
     image_port: int = field(default_factory=free_port)
     node_name: str = field(default_factory=lambda: f"sys-{uuidlib.uuid4().hex[:6]}")
+    # Seconds between the node's usage events.
+    usage_interval: float = 60.0
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -125,6 +127,7 @@ class Cluster:
                 "MINICLOUD_NODE_IMAGE_URL_TEMPLATE": f"http://127.0.0.1:{self.image_port}/{{name}}-{{version}}.qcow2",
                 "MINICLOUD_NODE_BACKOFF_BASE": "0.2",
                 "MINICLOUD_NODE_BACKOFF_CAP": "1",
+                "MINICLOUD_NODE_USAGE_INTERVAL": str(self.usage_interval),
             },
         )
 
@@ -166,7 +169,9 @@ class Cluster:
         )
 
     @classmethod
-    def launch(cls, image: Path, base: Path = Path("/var/lib/mc/c")) -> Cluster:
+    def launch(
+        cls, image: Path, base: Path = Path("/var/lib/mc/c"), usage_interval: float = 60.0
+    ) -> Cluster:
         """Start an image server, a control plane and a node agent in a new folder.
 
         Keep ``base`` short: guest channel sockets live under it, and unix
@@ -176,7 +181,7 @@ class Cluster:
         root.mkdir(parents=True)
         for folder in (base.parent, base, root):
             folder.chmod(0o755)  # QEMU runs as another user and must reach the disks
-        cluster = cls(root=root, image=image)
+        cluster = cls(root=root, image=image, usage_interval=usage_interval)
         cluster.start_images()
         cluster.start_controlplane()
         cluster.start_node()

@@ -65,9 +65,7 @@ async def test_console_data_is_the_logs_tail(api: Api, node: FakeNode, consoles:
         consoles_pb2.ConsoleDataRequest(ref="vm1", length=7), metadata=NS
     )
     assert tail.data == whole.data[-7:]
-    default = await consoles.GetConsoleData(
-        consoles_pb2.ConsoleDataRequest(ref="vm1"), metadata=NS
-    )
+    default = await consoles.GetConsoleData(consoles_pb2.ConsoleDataRequest(ref="vm1"), metadata=NS)
     assert default.data == whole.data[-10240:]
 
 
@@ -102,7 +100,7 @@ async def test_screenshot_is_a_downloadable_png_blob(
 
 
 async def test_vdi_helper_names_type_host_and_port(api: Api, node: FakeNode, consoles: Any) -> None:
-    """The .vv file says spice (the default) or vnc, the node's console host and the display port."""
+    """The .vv file names spice (the default) or vnc, the node's console host and display port."""
     spice = await running(api, "spicy")
     vnc = await running(api, "vnc1", video={"vdi": "vnc"})
     for inst, kind in ((spice, "spice"), (vnc, "vnc")):

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid as uuidlib
-import zlib
 
 import pytest
 
 from nodeagent.hypervisor.ports import PORT_MAX, PORT_MIN
 from nodeagent.hypervisor.protocol import DomainNotFound
-from nodeagent.png import PNG_SIGNATURE, png_size
+from nodeagent.png import PNG_SIGNATURE, check_png
 from tests.contract.conftest import Backend
 
 
@@ -43,7 +42,7 @@ async def test_serial_console_endpoint_accepts_a_connection(backend: Backend) ->
     spec, state = await backend.boot()
     host, port = await backend.hypervisor.console_endpoint(spec.uuid)
     assert port == state.ports.console_port
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+    _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
     writer.write(b"\r\n")
     await writer.drain()
     writer.close()
@@ -57,12 +56,8 @@ async def test_screenshot_is_a_png_of_the_display(backend: Backend) -> None:
     spec, _ = await backend.boot()
     png = await backend.hypervisor.screenshot(spec.uuid)
     assert png.startswith(PNG_SIGNATURE)
-    width, height = png_size(png)
+    width, height = check_png(png)
     assert width >= 320 and height >= 200
-    idat = png.index(b"IDAT")
-    length = int.from_bytes(png[idat - 4 : idat], "big")
-    raw = zlib.decompress(png[idat + 4 : idat + 4 + length])
-    assert len(raw) == height * (1 + width * 3)
 
 
 async def test_usage_counts_cpu_and_disks_of_running_domains(backend: Backend) -> None:
