@@ -1,12 +1,14 @@
 """A small synchronous client of the InstanceService, used by the CLI and tools.
 
     from client.api import Client
-    c = Client("127.0.0.1:13100", namespace="system")
+    c = Client("127.0.0.1:13100", namespace="system", key="...")
     inst = c.create({"name": "demo", "cpus": 1, "memory": 512,
                      "disks": [{"size_gb": 2, "base": "debian:11"}]})
     c.wait(inst["uuid"], lambda i: i["state"] in ("created", "error"))
 
-Results are plain dicts (protobuf JSON with the proto field names).
+Results are plain dicts (protobuf JSON with the proto field names). The client
+trades its namespace and key for a token on first use and again whenever the
+control plane says the token is no longer good (it expired, say).
 """
 
 from __future__ import annotations
@@ -24,12 +26,16 @@ from protos import (
     agent_pb2_grpc,
     artifacts_pb2,
     artifacts_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
     blobs_pb2,
     blobs_pb2_grpc,
     consoles_pb2,
     consoles_pb2_grpc,
     instances_pb2,
     instances_pb2_grpc,
+    metadata_pb2,
+    metadata_pb2_grpc,
 )
 
 JsonDict = dict[str, Any]
@@ -54,7 +60,14 @@ def to_dict(message: Message) -> JsonDict:
 class Client:
     """One channel to a control plane, calls made in one namespace."""
 
-    def __init__(self, target: str, namespace: str = "system", timeout: float = 300) -> None:
+    def __init__(
+        self,
+        target: str,
+        namespace: str = "system",
+        key: str = "",
+        timeout: float = 300,
+        act_as: str = "",
+    ) -> None:
         self.channel = grpc.insecure_channel(
             target,
             options=[
@@ -67,8 +80,30 @@ class Client:
         self.blobs = blobs_pb2_grpc.BlobServiceStub(self.channel)
         self.artifacts = artifacts_pb2_grpc.ArtifactServiceStub(self.channel)
         self.consoles = consoles_pb2_grpc.ConsoleServiceStub(self.channel)
-        self.metadata = (("x-namespace", namespace),)
+        self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
+        self.namespaces = auth_pb2_grpc.NamespaceServiceStub(self.channel)
+        self.namespace = namespace
+        self.key = key
+        self.act_as = act_as
+        self.meta = metadata_pb2_grpc.MetadataServiceStub(self.channel)
         self.timeout = timeout
+        self._token = ""
+        self._token_expires = 0.0
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """Call metadata with a current token (minted when missing or about to expire)."""
+        if not self._token or time.monotonic() > self._token_expires - 30:
+            reply = self.auth.Token(
+                auth_pb2.TokenRequest(namespace=self.namespace, key=self.key),
+                timeout=self.timeout,
+            )
+            self._token = reply.access_token
+            self._token_expires = time.monotonic() + reply.expires_in
+        found: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {self._token}"),)
+        if self.act_as:
+            found += (("x-namespace", self.act_as),)
+        return found
 
     def close(self) -> None:
         """Close the channel."""
@@ -86,7 +121,38 @@ class Client:
 
     def _call(self, method: str, request: Message, stub: Any = None) -> Any:
         stub = stub or self.stub
-        return getattr(stub, method)(request, metadata=self.metadata, timeout=self.timeout)
+        try:
+            return getattr(stub, method)(request, metadata=self.metadata, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
+                raise
+            self._token = ""  # expired or revoked: authenticate again, once
+            return getattr(stub, method)(request, metadata=self.metadata, timeout=self.timeout)
+
+    def token(self) -> str:
+        """A current bearer token for this client's namespace."""
+        self.metadata  # noqa: B018 - refreshes the token when needed
+        return self._token
+
+    def create_namespace(self, name: str, key_name: str = "", key: str = "") -> JsonDict:
+        """A new namespace (system only), optionally with a first key."""
+        request = auth_pb2.CreateNamespaceRequest(name=name, key_name=key_name, key=key)
+        return to_dict(self._call("Create", request, self.namespaces))
+
+    def list_namespaces(self) -> list[JsonDict]:
+        """Namespaces the caller can see."""
+        reply = self._call("List", auth_pb2.ListNamespacesRequest(), self.namespaces)
+        return [to_dict(n) for n in reply.namespaces]
+
+    def add_key(self, namespace: str, key_name: str, key: str) -> JsonDict:
+        """Add or replace a key of a namespace."""
+        request = auth_pb2.AddKeyRequest(namespace=namespace, key_name=key_name, key=key)
+        return to_dict(self._call("AddKey", request, self.namespaces))
+
+    def delete_key(self, namespace: str, key_name: str) -> JsonDict:
+        """Remove a key, revoking its tokens."""
+        request = auth_pb2.DeleteKeyRequest(namespace=namespace, key_name=key_name)
+        return to_dict(self._call("DeleteKey", request, self.namespaces))
 
     def create(self, spec: JsonDict) -> JsonDict:
         """Create an instance from a spec dict (InstanceSpec's fields)."""
@@ -313,6 +379,40 @@ class Client:
 
         call = self.consoles.Attach(messages(), metadata=self.metadata)
         return ConsoleOutput(call)
+
+    # -- metadata ----------------------------------------------------------------
+
+    def get_metadata(self, object_type: str, ref: str) -> JsonDict:
+        """An object's metadata (object_type: instance, blob, artifact, ...)."""
+        request = metadata_pb2.MetadataRef(object_type=object_type, ref=ref)
+        return _metadata(self._call("Get", request, self.meta))
+
+    def set_metadata(self, object_type: str, ref: str, key: str, value: Any) -> JsonDict:
+        """Set one key to any JSON value; returns the whole metadata."""
+        request = metadata_pb2.SetMetadataRequest(object_type=object_type, ref=ref, key=key)
+        json_format.ParseDict(value, request.value)
+        return _metadata(self._call("Set", request, self.meta))
+
+    def delete_metadata(self, object_type: str, ref: str, key: str) -> JsonDict:
+        """Remove one key (absent is fine); returns the whole metadata."""
+        request = metadata_pb2.DeleteMetadataRequest(object_type=object_type, ref=ref, key=key)
+        return _metadata(self._call("Delete", request, self.meta))
+
+
+def _metadata(found: metadata_pb2.Metadata) -> JsonDict:
+    data: JsonDict = json_format.MessageToDict(found.metadata)
+    return _whole_numbers(data)  # type: ignore[no-any-return]
+
+
+def _whole_numbers(value: Any) -> Any:
+    """JSON with whole-number floats as ints (protobuf Value has only doubles)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    return value
 
 
 class ConsoleOutput:

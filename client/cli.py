@@ -15,15 +15,18 @@
     minicloud instance screenshot demo ./screen.png ; minicloud instance vdiconsolefile demo
     minicloud blob upload ./disk.img ; minicloud blob download UUID ./copy.img
     minicloud artifact upload myimage ./disk.qcow2   # then: --disk size=10,base=sf://upload/system/myimage
+    minicloud instance set-metadata demo tags '["web"]'   # also get-metadata, delete-metadata
     minicloud instance delete demo
 
 The control plane is MINICLOUD_API (default 127.0.0.1:13100), the namespace
-MINICLOUD_NAMESPACE (default system); --api and --namespace override them.
+MINICLOUD_NAMESPACE (default system) and its key MINICLOUD_KEY; --api,
+--namespace and --key override them.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import hashlib
 import json
@@ -81,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--api", default=os.environ.get("MINICLOUD_API", "127.0.0.1:13100"))
     parser.add_argument("--namespace", default=os.environ.get("MINICLOUD_NAMESPACE", "system"))
+    parser.add_argument(
+        "--key", dest="auth_key", default=os.environ.get("MINICLOUD_KEY", ""), help="namespace key"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON")
     top = parser.add_subparsers(dest="noun", required=True)
     inst = top.add_parser("instance", help="manage instances").add_subparsers(
@@ -101,9 +107,23 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--side-channel", action="append", default=[])
     create.add_argument("--video", default="", help="model,memory_kib,vdi e.g. cirrus,16384,vnc")
     create.add_argument("--ssh-key", default="")
-    create.add_argument("--user-data", default="")
+    create.add_argument(
+        "--user-data", default="", help="user data text (sent base64-encoded, as the API takes it)"
+    )
+    create.add_argument("--user-data-file", type=Path, help="user data from a file")
+    create.add_argument(
+        "--configdrive",
+        default="",
+        help="openstack-disk (default) or none",
+        choices=["", "openstack-disk", "none"],
+    )
     create.add_argument("--uefi", action="store_true")
-    create.add_argument("--secure-boot", action="store_true")
+    create.add_argument("--secure-boot", action="store_true", help="needs --uefi")
+    create.add_argument(
+        "--nvram-template",
+        default="",
+        help="UEFI variables template: sf://blob/UUID, label:NAME or a node path",
+    )
     create.add_argument("--wait", action="store_true", help="wait until created (or error)")
     inst.add_parser("list", help="list instances").add_argument(
         "--all", action="store_true", help="include deleted instances"
@@ -157,11 +177,43 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("blob_uuid")
     artifact.add_parser("show").add_argument("ref", help="UUID or TYPE:NAME")
     artifact.add_parser("list")
+    for noun in (inst, blob, artifact):
+        add_metadata_verbs(noun)
     events = inst.add_parser("events")
     events.add_argument("ref")
     events.add_argument("--type", default="")
     events.add_argument("--limit", type=int, default=100)
     return parser
+
+
+def add_metadata_verbs(noun: Any) -> None:
+    """set-metadata, get-metadata and delete-metadata under a noun."""
+    get = noun.add_parser("get-metadata", help="show the metadata")
+    get.add_argument("ref")
+    put = noun.add_parser("set-metadata", help="set one key (VALUE is JSON, else a string)")
+    put.add_argument("ref")
+    put.add_argument("key")
+    put.add_argument("value", type=json_or_string)
+    delete = noun.add_parser("delete-metadata", help="remove one key")
+    delete.add_argument("ref")
+    delete.add_argument("key")
+
+
+def json_or_string(text: str) -> Any:
+    """A metadata value from the command line: JSON if it parses, else the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def run_metadata(args: argparse.Namespace, client: Client) -> Any:
+    """The metadata verbs, for any noun."""
+    if args.verb == "get-metadata":
+        return client.get_metadata(args.noun, args.ref)
+    if args.verb == "set-metadata":
+        return client.set_metadata(args.noun, args.ref, args.key, args.value)
+    return client.delete_metadata(args.noun, args.ref, args.key)
 
 
 def video_spec(text: str) -> JsonDict:
@@ -187,6 +239,7 @@ def show_instance(inst: JsonDict) -> None:
         ("memory", spec.get("memory")),
         ("error", inst.get("error_message") or ""),
         ("agent state", inst.get("agent_state")),
+        ("metadata", json.dumps(inst.get("metadata") or {}, sort_keys=True)),
     ]
     for i, disk in enumerate(spec.get("disks", [])):
         rows.append(
@@ -358,8 +411,16 @@ def run_artifact(args: argparse.Namespace, client: Client) -> Any:
     return client.list_artifacts()
 
 
+def user_data(args: argparse.Namespace) -> str:
+    """The create request's user data: the text or file given, base64-encoded."""
+    raw = args.user_data_file.read_bytes() if args.user_data_file else args.user_data.encode()
+    return base64.b64encode(raw).decode() if raw else ""
+
+
 def run(args: argparse.Namespace, client: Client) -> Any:
     """Perform one command; returns what --json prints."""
+    if args.verb.endswith("-metadata"):
+        return run_metadata(args, client)
     if args.noun == "blob":
         return run_blob(args, client)
     if args.noun == "artifact":
@@ -379,9 +440,11 @@ def run(args: argparse.Namespace, client: Client) -> Any:
             "side_channels": args.side_channel,
             "video": video_spec(args.video),
             "ssh_key": args.ssh_key,
-            "user_data": args.user_data,
+            "user_data": user_data(args),
+            "configdrive": args.configdrive,
             "uefi": args.uefi,
             "secure_boot": args.secure_boot,
+            "nvram_template": args.nvram_template,
         }
         inst = client.create(spec)
         if args.wait:
@@ -414,6 +477,7 @@ def render(args: argparse.Namespace, result: Any) -> None:
         args.json
         or args.noun in ("blob", "artifact")
         or args.verb in ("copy-to", "copy-from", "agentops", "screenshot", "vdiconsolefile")
+        or args.verb.endswith("-metadata")
     ):
         print(json.dumps(result, indent=2, sort_keys=True))
     elif args.verb == "list":
@@ -435,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console script: minicloud."""
     args = build_parser().parse_args(argv)
     args.exit_code = 0
-    client = Client(args.api, args.namespace)
+    client = Client(args.api, args.namespace, args.auth_key)
     try:
         render(args, run(args, client))
     except grpc.RpcError as exc:

@@ -11,7 +11,7 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import structlog
@@ -21,9 +21,11 @@ from grpc_reflection.v1alpha import reflection
 from common import logs
 from controlplane.api.agent import AgentServicer
 from controlplane.api.artifacts import ArtifactServicer
+from controlplane.api.auth import AuthInterceptor, AuthServicer, NamespaceServicer
 from controlplane.api.blobs import BlobServicer
 from controlplane.api.consoles import ConsoleServicer
 from controlplane.api.instances import InstanceServicer
+from controlplane.api.metadata import MetadataServicer
 from controlplane.api.node_stream import NodeServicer
 from controlplane.hub import Hub
 from controlplane.nodes import NodeRegistry
@@ -31,11 +33,22 @@ from controlplane.reconciler import Reconciler
 from controlplane.services.agent import AgentService
 from controlplane.services.artifacts import ArtifactService
 from controlplane.services.consoles import ConsoleService
+from controlplane.services.events import EventPruner
 from controlplane.services.instances import InstanceService
+from controlplane.services.metadata import (
+    ArtifactKind,
+    BlobKind,
+    InstanceKind,
+    MetadataKind,
+    MetadataService,
+    NamespaceKind,
+)
+from controlplane.services.namespaces import NamespaceService
 from controlplane.settings import Settings
 from controlplane.store.agentops import AgentOperations
 from controlplane.store.artifacts import Artifacts
 from controlplane.store.blobs import BlobStore
+from controlplane.store.namespaces import Namespaces
 from controlplane.store.protocol import Store
 from controlplane.store.records import Records
 from controlplane.store.rocks import RocksStore
@@ -44,11 +57,15 @@ from protos import (
     agent_pb2_grpc,
     artifacts_pb2,
     artifacts_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
     blobs_pb2,
     blobs_pb2_grpc,
     consoles_pb2,
     consoles_pb2_grpc,
     instances_pb2,
+    metadata_pb2,
+    metadata_pb2_grpc,
     node_pb2,
     node_pb2_grpc,
 )
@@ -68,9 +85,15 @@ class ControlPlane:
     nodes: NodeRegistry
     service: InstanceService
     agent: AgentService
+    namespaces: NamespaceService
+    pruner: EventPruner
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self, grace: float = 2.0) -> None:
-        """Stop serving, end node streams, close the store."""
+        """Stop serving and background tasks, end node streams, close the store."""
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         for session in list(self.nodes.sessions.values()):
             session.close()
         await self.server.stop(grace)
@@ -88,12 +111,29 @@ async def start(
     nodes.load_usage(await records.list_instances())
     reconciler = Reconciler(records, nodes, settings.name, clock)
     blobs = BlobStore(store, settings.data_dir / "blobs")
-    artifacts = ArtifactService(Artifacts(store), blobs, clock)
+    artifact_records = Artifacts(store)
+    artifacts = ArtifactService(artifact_records, blobs, clock)
     service = InstanceService(settings, records, nodes, reconciler, hub, artifacts)
     agent = AgentService(records, AgentOperations(store), blobs, nodes, clock)
     await agent.recover()
+    namespaces = NamespaceService(Namespaces(store), clock, settings.token_ttl)
+    await namespaces.start(settings.system_key, settings.data_dir / "system-key")
+    kinds: dict[str, MetadataKind] = {
+        "instance": InstanceKind(records),
+        "blob": BlobKind(blobs, records),
+        "artifact": ArtifactKind(artifact_records, records),
+        "namespace": NamespaceKind(namespaces, records),
+    }
+    metadata = MetadataService(kinds, reconciler.event)
 
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+    server = grpc.aio.server(
+        interceptors=[AuthInterceptor(namespaces)],
+        options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+    )
+    auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(namespaces), server)
+    auth_pb2_grpc.add_NamespaceServiceServicer_to_server(
+        NamespaceServicer(namespaces, service), server
+    )
     add_InstanceServiceServicer_to_server(InstanceServicer(service), server)
     node_pb2_grpc.add_NodeServiceServicer_to_server(
         NodeServicer(settings, nodes, reconciler, records, clock, agent), server
@@ -107,6 +147,7 @@ async def start(
     consoles_pb2_grpc.add_ConsoleServiceServicer_to_server(
         ConsoleServicer(consoles, service), server
     )
+    metadata_pb2_grpc.add_MetadataServiceServicer_to_server(MetadataServicer(metadata), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (
@@ -116,6 +157,9 @@ async def start(
         blobs_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name,
         artifacts_pb2.DESCRIPTOR.services_by_name["ArtifactService"].full_name,
         consoles_pb2.DESCRIPTOR.services_by_name["ConsoleService"].full_name,
+        auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+        auth_pb2.DESCRIPTOR.services_by_name["NamespaceService"].full_name,
+        metadata_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name,
         health.SERVICE_NAME,
         reflection.SERVICE_NAME,
     )
@@ -124,10 +168,16 @@ async def start(
     if port == 0:
         raise OSError(f"cannot listen on {settings.listen}")
     await server.start()
-    for name in ("", *names[:6]):
+    for name in ("", *names[:-2]):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    pruner = EventPruner(
+        records, settings.retention_days(), settings.event_prune_interval, clock, settings.name
+    )
+    tasks = [asyncio.get_running_loop().create_task(pruner.run())]
     log.info("control plane serving", listen=settings.listen, port=port)
-    return ControlPlane(server, port, store, records, nodes, service, agent)
+    return ControlPlane(
+        server, port, store, records, nodes, service, agent, namespaces, pruner, tasks
+    )
 
 
 async def run(settings: Settings) -> None:

@@ -2,6 +2,8 @@
 
     MiniCloudError (retryable: bool)
     ├── InvalidArgument      bad input; fix the request        INVALID_ARGUMENT / 400
+    ├── Unauthenticated      no, bad or expired token/key      UNAUTHENTICATED / 401
+    ├── PermissionDenied     only the system namespace may     PERMISSION_DENIED / 401
     ├── NotFound             no such object (or not yours)     NOT_FOUND / 404
     ├── AlreadyExists        the name is taken                 ALREADY_EXISTS / 409
     ├── FailedPrecondition   not allowed in the current state  FAILED_PRECONDITION / 409
@@ -24,6 +26,17 @@ class MiniCloudError(Exception):
 
 class InvalidArgument(MiniCloudError):
     """The request is malformed or asks for something that cannot exist."""
+
+
+class Unauthenticated(MiniCloudError):
+    """The caller did not prove who it is (missing, bad or expired token, wrong key)."""
+
+
+class PermissionDenied(MiniCloudError):
+    """The caller is known but may not do this (administrator-only calls).
+
+    Shaken Fist answers these with HTTP 401, and its client relies on it.
+    """
 
 
 class NotFound(MiniCloudError):
@@ -57,6 +70,8 @@ class DeadlineExceeded(MiniCloudError):
 # class -> (gRPC status code name, HTTP status)
 STATUS: dict[type[MiniCloudError], tuple[str, int]] = {
     InvalidArgument: ("INVALID_ARGUMENT", 400),
+    Unauthenticated: ("UNAUTHENTICATED", 401),
+    PermissionDenied: ("PERMISSION_DENIED", 401),
     NotFound: ("NOT_FOUND", 404),
     AlreadyExists: ("ALREADY_EXISTS", 409),
     FailedPrecondition: ("FAILED_PRECONDITION", 409),

@@ -32,7 +32,7 @@ class Hub:
         self._subs: set[Subscription] = set()
 
     def subscribe(self, namespace: str, instance_uuid: str = "") -> Subscription:
-        """Start receiving updates for a namespace (or one instance in it)."""
+        """Start receiving updates for a namespace ("" for all), or one instance in it."""
         sub = Subscription(namespace=namespace, instance_uuid=instance_uuid)
         self._subs.add(sub)
         return sub
@@ -45,7 +45,7 @@ class Hub:
         """Hand an instance change or event to every matching watcher."""
         uuid = update.uuid if isinstance(update, Instance) else update.object_uuid
         for sub in self._subs:
-            if sub.overflowed or sub.namespace != namespace:
+            if sub.overflowed or sub.namespace not in ("", namespace):
                 continue
             if sub.instance_uuid and sub.instance_uuid != uuid:
                 continue

@@ -88,6 +88,8 @@ class Instance:
     vdi_tls_port: int = 0
     # Sequence number of the last command sent to the node for this instance.
     command_seq: int = 0
+    # The caller's metadata, mutable after create (starts as spec.metadata).
+    metadata: JsonDict = field(default_factory=dict)
 
     def with_changes(self, **changes: Any) -> Instance:
         """A copy with some fields replaced."""
@@ -151,6 +153,7 @@ class Blob:
     state: str = "created"
     reference_count: int = 0
     created_at: float = 0.0
+    metadata: JsonDict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,7 @@ class Artifact:
     versions: tuple[JsonDict, ...] = ()
     state: str = "created"
     source_url: str = ""
+    metadata: JsonDict = field(default_factory=dict)
 
     @property
     def blob_uuid(self) -> str:
@@ -190,14 +194,25 @@ def _spec_from_dict(data: JsonDict) -> InstanceSpec:
     )
 
 
-# schema number -> step upgrading a stored dict from that schema to the next.
-UPGRADES: dict[int, Callable[[JsonDict], JsonDict]] = {}
+def _instance_metadata(data: JsonDict) -> JsonDict:
+    """Schema 1 -> 2: instances gained a mutable ``metadata``, seeded from the spec's."""
+    return {**data, "metadata": dict(data.get("spec", {}).get("metadata", {}))}
 
 
-def _upgrade(data: JsonDict) -> JsonDict:
-    schema = data.pop("schema", SCHEMA)
-    while schema < SCHEMA:
-        data = UPGRADES[schema](data)
+# Record class name -> its current schema number (SCHEMA when absent).
+SCHEMAS: dict[str, int] = {"Instance": 2}
+# Record class name -> {schema number -> step upgrading a stored dict from that schema
+# to the next}. Each record type has its own numbering.
+UPGRADES: dict[str, dict[int, Callable[[JsonDict], JsonDict]]] = {
+    "Instance": {1: _instance_metadata},
+}
+
+
+def _upgrade(data: JsonDict, kind: str = "") -> JsonDict:
+    current = SCHEMAS.get(kind, SCHEMA)
+    schema = data.pop("schema", current)
+    while schema < current:
+        data = UPGRADES[kind][schema](data)
         schema += 1
     return data
 
@@ -214,13 +229,13 @@ def _plain(value: Any) -> Any:
 def encode(record: Instance | Event | Node | AgentOperation | Blob | Artifact) -> bytes:
     """A record as stored JSON."""
     data = _plain(record)
-    data["schema"] = SCHEMA
+    data["schema"] = SCHEMAS.get(type(record).__name__, SCHEMA)
     return json.dumps(data, separators=(",", ":")).encode()
 
 
 def decode_instance(raw: bytes) -> Instance:
     """An instance record from stored JSON."""
-    data = _upgrade(json.loads(raw))
+    data = _upgrade(json.loads(raw), "Instance")
     data["spec"] = _spec_from_dict(data["spec"])
     return Instance(**data)
 

@@ -18,7 +18,7 @@ import structlog
 
 from controlplane import lifecycle
 from controlplane.errors import FailedPrecondition, NotFound
-from controlplane.model import Event, Instance
+from controlplane.model import Event, Instance, InstanceSpec
 from controlplane.nodes import NodeCommand, NodeRegistry, Observation, Outcome, Session
 from controlplane.store.protocol import Conflict
 from controlplane.store.records import Records
@@ -136,6 +136,11 @@ class Reconciler:
                 futures.append(self.nodes.send(instance.node, command))
         return futures
 
+    @staticmethod
+    def node_spec(instance: Instance) -> InstanceSpec:
+        """The spec a node builds from: the request, with the instance's current metadata."""
+        return dataclasses.replace(instance.spec, metadata=dict(instance.metadata))
+
     def command_for(self, instance: Instance, action: str) -> NodeCommand:
         """The node command that performs a lifecycle action."""
         command_id = f"{instance.uuid}/{instance.command_seq}"
@@ -145,13 +150,22 @@ class Reconciler:
                 instance.uuid,
                 "create",
                 namespace=instance.namespace,
-                spec=instance.spec,
+                spec=self.node_spec(instance),
             )
         if action == "destroy-domain":
             return NodeCommand(command_id, instance.uuid, "destroy")
-        return NodeCommand(
-            command_id, instance.uuid, "power", power_action=action.removeprefix("power-")
-        )
+        power_action = action.removeprefix("power-")
+        if power_action == "on":
+            # Powering on rebuilds the config drive from the instance as it is now.
+            return NodeCommand(
+                command_id,
+                instance.uuid,
+                "power",
+                power_action=power_action,
+                namespace=instance.namespace,
+                spec=self.node_spec(instance),
+            )
+        return NodeCommand(command_id, instance.uuid, "power", power_action=power_action)
 
     async def on_result(self, session: Session, outcome: Outcome) -> None:
         """A node answered a command: move the instance on, then wake any waiter."""

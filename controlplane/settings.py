@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from controlplane.retention import EVENT_TYPES
 
 
 @dataclass(frozen=True)
@@ -24,13 +28,31 @@ class Settings:
     cpu_overcommit: float = 16.0
     ram_overcommit: float = 1.5
     log_json: bool = False
+    # The system namespace's "deploy" key; when empty and the namespace has no
+    # key yet, one is generated and written to <data_dir>/system-key.
+    system_key: str = ""
+    # Lifetime of access tokens, in seconds.
+    token_ttl: float = 900.0
+    # Days each event type is kept (0: forever), and how often old events are pruned.
+    retain_audit_days: float = 90
+    retain_mutate_days: float = 90
+    retain_status_days: float = 7
+    retain_usage_days: float = 30
+    retain_resources_days: float = 7
+    retain_prune_days: float = 30
+    retain_historic_days: float = 90
+    event_prune_interval: float = 3600.0
+
+    def retention_days(self) -> dict[str, float]:
+        """Event type -> days its events are kept."""
+        return {kind: float(getattr(self, f"retain_{kind}_days")) for kind in EVENT_TYPES}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Settings from MINICLOUD_* environment variables over the defaults."""
         env = os.environ if env is None else env
         base = cls()
-        return cls(
+        settings = cls(
             listen=env.get("MINICLOUD_LISTEN", base.listen),
             data_dir=Path(env.get("MINICLOUD_DATA_DIR", str(base.data_dir))),
             name=env.get("MINICLOUD_NAME", base.name),
@@ -42,4 +64,14 @@ class Settings:
             cpu_overcommit=float(env.get("MINICLOUD_CPU_OVERCOMMIT", base.cpu_overcommit)),
             ram_overcommit=float(env.get("MINICLOUD_RAM_OVERCOMMIT", base.ram_overcommit)),
             log_json=env.get("MINICLOUD_LOG_JSON", "") in ("1", "true", "yes"),
+            system_key=env.get("MINICLOUD_SYSTEM_KEY", base.system_key),
+            token_ttl=float(env.get("MINICLOUD_TOKEN_TTL", base.token_ttl)),
+            event_prune_interval=float(
+                env.get("MINICLOUD_EVENT_PRUNE_INTERVAL", base.event_prune_interval)
+            ),
         )
+        retention: dict[str, Any] = {
+            f"retain_{kind}_days": float(env.get(f"MINICLOUD_RETAIN_{kind.upper()}_DAYS", days))
+            for kind, days in base.retention_days().items()
+        }
+        return dataclasses.replace(settings, **retention)

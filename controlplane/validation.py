@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
+from typing import Any
 
 from controlplane.errors import InvalidArgument
 from controlplane.model import DiskSpec, InstanceSpec, NetworkSpec, VideoSpec
@@ -16,8 +20,15 @@ CONFIGDRIVES = ("openstack-disk", "none")
 MAX_CPUS = 64
 MAX_MEMORY_MB = 1024 * 1024
 MAX_DISK_GB = 64 * 1024
+# As Nova: user data is at most 64 KiB once decoded.
+MAX_USER_DATA = 64 * 1024
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+MAX_METADATA_KEY = 255
+MAX_METADATA_BYTES = 64 * 1024
+# The constraint form of the reserved "affinity" key (Shaken Fist's newest): lists of tags.
+AFFINITY_HARD = ("require_with_tag", "require_without_tag")
+AFFINITY_SOFT = ("prefer_with_tag", "prefer_without_tag")
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -31,6 +42,77 @@ def _choice(value: str, allowed: tuple[str, ...], default: str, what: str) -> st
     if value not in allowed:
         raise InvalidArgument(f"{what} {value!r} is not one of: {', '.join(allowed)}")
     return value
+
+
+def check_metadata_key(key: str) -> str:
+    """A metadata key, or InvalidArgument if it is empty or too long."""
+    if not key:
+        raise InvalidArgument("a metadata key is required")
+    if len(key) > MAX_METADATA_KEY:
+        raise InvalidArgument(f"a metadata key may have at most {MAX_METADATA_KEY} characters")
+    return key
+
+
+def check_tags(value: Any) -> list[str]:
+    """The reserved ``tags`` value: a JSON list of strings."""
+    if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):
+        raise InvalidArgument(
+            f"metadata 'tags' must be a JSON list of non-empty strings, not {json.dumps(value)}"
+        )
+    return value
+
+
+def check_affinity(value: Any) -> dict[str, Any]:
+    """The reserved ``affinity`` value, in one of its two shapes (never both at once).
+
+    Weighted: an object of tag -> integer weight (negative for anti-affinity).
+    Constraints: an object using only require_with_tag, require_without_tag,
+    prefer_with_tag and prefer_without_tag, each a list of tags.
+    """
+    if not isinstance(value, dict):
+        raise InvalidArgument(
+            f"metadata 'affinity' must be a JSON object of tag -> integer weight, "
+            f"not {json.dumps(value)}"
+        )
+    names = AFFINITY_HARD + AFFINITY_SOFT
+    constraints = [k for k in value if k in names]
+    if constraints and len(constraints) != len(value):
+        raise InvalidArgument(
+            "metadata 'affinity' mixes tag weights with constraints "
+            f"({', '.join(constraints)}); use one form or the other"
+        )
+    for key, item in value.items():
+        if not key:
+            raise InvalidArgument("metadata 'affinity' has an empty tag")
+        if constraints:
+            if not isinstance(item, list) or not all(isinstance(t, str) and t for t in item):
+                raise InvalidArgument(
+                    f"metadata 'affinity' {key!r} must be a list of tags, not {json.dumps(item)}"
+                )
+        elif isinstance(item, bool) or not isinstance(item, int):
+            raise InvalidArgument(
+                f"metadata 'affinity' weight for tag {key!r} must be an integer "
+                f"(negative for anti-affinity), not {json.dumps(item)}"
+            )
+    return value
+
+
+def check_instance_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """An instance's whole metadata: reserved keys checked, size bounded."""
+    for key in metadata:
+        check_metadata_key(key)
+    if "tags" in metadata:
+        check_tags(metadata["tags"])
+    if "affinity" in metadata:
+        check_affinity(metadata["affinity"])
+    return check_metadata_size(metadata)
+
+
+def check_metadata_size(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Metadata as long as its JSON fits MAX_METADATA_BYTES."""
+    if len(json.dumps(metadata, separators=(",", ":"))) > MAX_METADATA_BYTES:
+        raise InvalidArgument(f"metadata may hold at most {MAX_METADATA_BYTES} bytes of JSON")
+    return metadata
 
 
 def check_disk(index: int, disk: DiskSpec) -> DiskSpec:
@@ -80,6 +162,41 @@ def check_video(video: VideoSpec) -> VideoSpec:
     )
 
 
+def check_user_data(user_data: str) -> str:
+    """User data as stored: base64 text (as Shaken Fist takes it), checked to decode."""
+    text = "".join(user_data.split())
+    if not text:
+        return ""
+    try:
+        decoded = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidArgument(f"user_data must be base64-encoded: {exc}") from exc
+    if len(decoded) > MAX_USER_DATA:
+        raise InvalidArgument(
+            f"user_data is {len(decoded)} bytes once decoded; at most {MAX_USER_DATA} are allowed"
+        )
+    return text
+
+
+def check_firmware(spec: InstanceSpec) -> None:
+    """Secure boot and an NVRAM template only make sense with UEFI."""
+    if spec.secure_boot and not spec.uefi:
+        raise InvalidArgument("secure boot requires UEFI be enabled")
+    if spec.nvram_template and not spec.uefi:
+        raise InvalidArgument("an nvram_template requires UEFI be enabled")
+    template = spec.nvram_template
+    if template and not (template.startswith("/") or ":" in template):
+        raise InvalidArgument(
+            f"nvram_template {template!r} must be an absolute path on the node, "
+            "sf://blob/UUID, sf://upload/NAMESPACE/NAME or label:NAME"
+        )
+
+
+def machine_type(spec: InstanceSpec) -> str:
+    """The emulated machine an instance gets: q35 for secure boot (SMM), pc otherwise."""
+    return "q35" if spec.secure_boot else "pc"
+
+
 def check_spec(spec: InstanceSpec) -> InstanceSpec:
     """The whole create request checked, with defaults applied."""
     if not NAME_RE.match(spec.name):
@@ -97,8 +214,7 @@ def check_spec(spec: InstanceSpec) -> InstanceSpec:
         )
     if not spec.disks:
         raise InvalidArgument("an instance needs at least one disk")
-    if spec.secure_boot and not spec.uefi:
-        raise InvalidArgument("secure_boot needs uefi")
+    check_firmware(spec)
     configdrive = _choice(spec.configdrive, CONFIGDRIVES, "openstack-disk", "configdrive")
     for channel in spec.side_channels:
         if not NAME_RE.match(channel):
@@ -111,8 +227,8 @@ def check_spec(spec: InstanceSpec) -> InstanceSpec:
         networks=tuple(check_network(i, n) for i, n in enumerate(spec.networks)),
         video=check_video(spec.video),
         ssh_key=spec.ssh_key,
-        user_data=spec.user_data,
-        metadata=dict(spec.metadata),
+        user_data=check_user_data(spec.user_data),
+        metadata=check_instance_metadata(dict(spec.metadata)),
         side_channels=tuple(spec.side_channels),
         uefi=spec.uefi,
         secure_boot=spec.secure_boot,

@@ -18,6 +18,7 @@ import structlog
 from common import logs
 from nodeagent.blobclient import GrpcBlobs
 from nodeagent.consoles import Consoles
+from nodeagent.credentials import Credentials
 from nodeagent.disks.fake import FakeDiskBuilder
 from nodeagent.disks.protocol import DiskBuilder
 from nodeagent.executor import Executor
@@ -116,6 +117,7 @@ def build_agent(
         settings.control_plane,
         identity,
         executor,
+        blobs.credentials,
         backoff_base=settings.backoff_base,
         backoff_cap=settings.backoff_cap,
         on_connected=connected,
@@ -128,7 +130,7 @@ def build_agent(
 async def run(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT."""
     settings.instances_dir.mkdir(parents=True, exist_ok=True)
-    blobs = GrpcBlobs(settings.control_plane)
+    blobs = GrpcBlobs(settings.control_plane, Credentials("system", settings.node_key()))
     hypervisor, disks = build_drivers(settings, blobs)
     agent = build_agent(settings, hypervisor, disks, blobs)
     stop = asyncio.Event()

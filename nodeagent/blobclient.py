@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from nodeagent.credentials import Credentials
 from protos import blobs_pb2, blobs_pb2_grpc
 
 if TYPE_CHECKING:
@@ -21,7 +22,8 @@ MAX_MESSAGE = 64 * 1024 * 1024
 class GrpcBlobs:
     """BlobTransfer over the control plane's BlobService."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, credentials: Credentials) -> None:
+        self.credentials = credentials
         self.channel = grpc.aio.insecure_channel(
             target,
             options=[
@@ -32,15 +34,29 @@ class GrpcBlobs:
         self.stub: BlobServiceAsyncStub = blobs_pb2_grpc.BlobServiceStub(self.channel)
 
     async def download(self, uuid: str) -> AsyncIterator[bytes]:
-        async for chunk in self.stub.Download(blobs_pb2.DownloadRequest(uuid=uuid)):
-            yield chunk.data
+        metadata = await self.credentials.metadata(self.channel)
+        try:
+            async for chunk in self.stub.Download(
+                blobs_pb2.DownloadRequest(uuid=uuid), metadata=metadata
+            ):
+                yield chunk.data
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                self.credentials.forget()
+            raise
 
     async def upload(self, chunks: AsyncIterator[bytes]) -> str:
         async def messages() -> AsyncIterator[blobs_pb2.BlobChunk]:
             async for data in chunks:
                 yield blobs_pb2.BlobChunk(data=data)
 
-        blob = await self.stub.Upload(messages())
+        metadata = await self.credentials.metadata(self.channel)
+        try:
+            blob = await self.stub.Upload(messages(), metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                self.credentials.forget()
+            raise
         return blob.uuid
 
     async def close(self) -> None:

@@ -9,6 +9,7 @@ says whether retrying makes sense.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import time
 from collections import OrderedDict
@@ -21,8 +22,9 @@ from nodeagent.consoles import Consoles
 from nodeagent.disks.protocol import DiskBuilder, DiskError
 from nodeagent.guestops import GuestOpError, GuestOps
 from nodeagent.guestwatch import GuestWatch
-from nodeagent.hypervisor.protocol import DomainState, Hypervisor, HypervisorError
+from nodeagent.hypervisor.protocol import DomainState, Hypervisor, HypervisorError, PreparedDisk
 from nodeagent.messages import Command, NodeEvent, Observation, Result
+from nodeagent.spec import DomainSpec
 
 log = structlog.get_logger(__name__)
 
@@ -123,7 +125,7 @@ class Executor:
             if command.kind == "create":
                 state = await self._create(command)
             elif command.kind == "power":
-                state = await self.hypervisor.power(uuid, command.power_action)
+                state = await self._power(command)
             elif command.kind == "destroy":
                 await self._destroy(uuid)
                 state = None
@@ -164,12 +166,47 @@ class Executor:
         self.emit(
             NodeEvent(uuid, "disks ready", timestamp=self.clock(), duration=self.clock() - started)
         )
+        drive = await self._config_drive(spec)
+        if drive is not None:
+            # Second disk, as Shaken Fist attaches it: vdb behind a virtio boot disk.
+            prepared.insert(1, drive)
+        if spec.uefi and spec.nvram_template:
+            template = await self.disks.firmware_template(
+                spec.nvram_template,
+                lambda message: self.emit(NodeEvent(uuid, message, timestamp=self.clock())),
+            )
+            spec = dataclasses.replace(spec, nvram_template=str(template))
         self.console_log(uuid).parent.mkdir(parents=True, exist_ok=True)
         state = await self.hypervisor.define_and_start(spec, prepared, self.console_log(uuid))
         self.emit(NodeEvent(uuid, "domain started", timestamp=self.clock()))
         if self.guestwatch is not None:
             self.guestwatch.domain_on(uuid, "sf-agent" in spec.side_channels)
         return state
+
+    async def _config_drive(self, spec: DomainSpec) -> PreparedDisk | None:
+        """Build the instance's config drive afresh, with an event saying so."""
+        started = self.clock()
+        drive = await self.disks.config_drive(spec)
+        if drive is not None:
+            self.emit(
+                NodeEvent(
+                    spec.uuid,
+                    "config drive built",
+                    timestamp=self.clock(),
+                    duration=self.clock() - started,
+                )
+            )
+        return drive
+
+    async def _power(self, command: Command) -> DomainState:
+        """A power action; powering on a stopped domain first rebuilds its config drive."""
+        uuid, action = command.instance_uuid, command.power_action
+        if action == "on" and command.spec is not None:
+            current = await self.hypervisor.get_domain(uuid)
+            # Only a stopped guest: a running one keeps the drive it booted with.
+            if current is not None and current.power_state in ("off", "crashed"):
+                await self._config_drive(command.spec)
+        return await self.hypervisor.power(uuid, action)
 
     async def _destroy(self, uuid: str) -> None:
         if self.consoles is not None:

@@ -19,6 +19,7 @@ import grpc
 import structlog
 from google.protobuf import json_format
 
+from nodeagent.credentials import Credentials, Metadata
 from nodeagent.executor import Executor
 from nodeagent.messages import (
     AgentStatus,
@@ -31,7 +32,7 @@ from nodeagent.messages import (
     Report,
     Result,
 )
-from nodeagent.spec import DiskSpec, DomainSpec, VideoSpec
+from nodeagent.spec import DiskSpec, DomainSpec, NetworkSpec, VideoSpec
 from protos import common_pb2, node_pb2, node_pb2_grpc
 
 if TYPE_CHECKING:
@@ -76,8 +77,17 @@ def spec_from_pb(uuid: str, namespace: str, pb: common_pb2.InstanceSpec) -> Doma
             pb.video.model or "cirrus", pb.video.memory or 16384, pb.video.vdi or "spice"
         ),
         side_channels=tuple(pb.side_channels),
+        networks=tuple(
+            NetworkSpec(n.network_uuid, n.macaddress, n.address, n.model or "virtio")
+            for n in pb.networks
+        ),
+        ssh_key=pb.ssh_key,
+        user_data=pb.user_data,
+        metadata=json_format.MessageToDict(pb.metadata),
         uefi=pb.uefi,
         secure_boot=pb.secure_boot,
+        nvram_template=pb.nvram_template,
+        configdrive=pb.configdrive or "openstack-disk",
     )
 
 
@@ -88,7 +98,18 @@ def command_from_pb(pb: node_pb2.Command) -> Command:
         spec = spec_from_pb(pb.instance_uuid, pb.create.namespace, pb.create.spec)
         return Command(pb.command_id, pb.instance_uuid, "create", spec=spec)
     if action == "power":
-        return Command(pb.command_id, pb.instance_uuid, "power", power_action=pb.power.action)
+        power_spec = None
+        if pb.power.HasField("domain"):
+            power_spec = spec_from_pb(
+                pb.instance_uuid, pb.power.domain.namespace, pb.power.domain.spec
+            )
+        return Command(
+            pb.command_id,
+            pb.instance_uuid,
+            "power",
+            power_action=pb.power.action,
+            spec=power_spec,
+        )
     if action == "agent":
         agent = {
             "kind": pb.agent.kind,
@@ -190,6 +211,7 @@ class Link:
         target: str,
         identity: Identity,
         executor: Executor,
+        credentials: Credentials,
         *,
         backoff_base: float = 0.5,
         backoff_cap: float = 15.0,
@@ -203,6 +225,7 @@ class Link:
         self.on_connected = on_connected
         self.on_disconnected = on_disconnected
         self.on_console = on_console
+        self.credentials = credentials
         self.target = target
         self.identity = identity
         self.executor = executor
@@ -238,11 +261,13 @@ class Link:
             try:
                 async with grpc.aio.insecure_channel(self.target) as channel:
                     stub: NodeServiceAsyncStub = node_pb2_grpc.NodeServiceStub(channel)
-                    await self._serve(stub)
+                    await self._serve(stub, await self.credentials.metadata(channel))
                 attempt = 0
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    self.credentials.forget()
                 log.warning(
                     "stream to control plane lost", code=exc.code().name, details=exc.details()
                 )
@@ -258,7 +283,7 @@ class Link:
             log.info("redialling control plane", delay=round(delay, 2), attempt=attempt)
             await self.sleep(delay)
 
-    async def _serve(self, stub: NodeServiceAsyncStub) -> None:
+    async def _serve(self, stub: NodeServiceAsyncStub, metadata: Metadata) -> None:
         outbox: asyncio.Queue[node_pb2.NodeMessage] = asyncio.Queue()
         ident = self.identity
         outbox.put_nowait(
@@ -274,7 +299,7 @@ class Link:
                 )
             )
         )
-        call = stub.Connect(_drain(outbox))
+        call = stub.Connect(_drain(outbox), metadata=metadata)
         first = await call.read()
         if not isinstance(first, node_pb2.ControlMessage) or not first.HasField("registered"):
             raise ConnectionError("control plane did not acknowledge registration")

@@ -19,6 +19,9 @@ class Settings:
     """Everything the node agent can be configured with."""
 
     control_plane: str = "127.0.0.1:13100"
+    # A key of the system namespace, traded for tokens (or read from key_file).
+    key: str = ""
+    key_file: str = ""
     name: str = socket.gethostname()
     address: str = "127.0.0.1"
     data_dir: Path = Path("/var/lib/minicloud/node")
@@ -41,6 +44,12 @@ class Settings:
     backoff_base: float = 0.5
     backoff_cap: float = 15.0
     log_json: bool = False
+
+    def node_key(self) -> str:
+        """The key to authenticate with: key, else the first line of key_file."""
+        if self.key or not self.key_file:
+            return self.key
+        return Path(self.key_file).read_text().strip()
 
     @property
     def instances_dir(self) -> Path:
@@ -68,6 +77,8 @@ class Settings:
 
         return cls(
             control_plane=get("CONTROL_PLANE", base.control_plane),
+            key=get("KEY", base.key),
+            key_file=get("KEY_FILE", base.key_file),
             name=get("NAME", base.name),
             address=get("ADDRESS", base.address),
             data_dir=Path(get("DATA_DIR", base.data_dir)),

@@ -650,16 +650,24 @@ class PowerAction(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACTION_FIELD_NUMBER: _builtins.int
+    DOMAIN_FIELD_NUMBER: _builtins.int
     action: _builtins.str
     """on, off, pause, unpause, soft-reboot, hard-reboot."""
+    @_builtins.property
+    def domain(self) -> Global___CreateDomain:
+        """For "on": the instance as the control plane has it now, so the node can
+        rebuild what it derives from it (the config drive) before starting.
+        """
+
     def __init__(
         self,
         *,
         action: _builtins.str = ...,
+        domain: Global___CreateDomain | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "domain", b"domain"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

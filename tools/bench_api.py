@@ -77,12 +77,13 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from nodeagent.credentials import Credentials
 from nodeagent.disks.fake import FakeDiskBuilder
 from nodeagent.executor import Executor
 from nodeagent.hypervisor.fake import FakeHypervisor
 from nodeagent.link import Identity, Link
 from nodeagent.observer import observe
-from protos import common_pb2, instances_pb2, instances_pb2_grpc
+from protos import auth_pb2, auth_pb2_grpc, common_pb2, instances_pb2, instances_pb2_grpc
 
 if TYPE_CHECKING:
     from protos.instances_pb2_grpc import InstanceServiceAsyncStub
@@ -341,7 +342,23 @@ def _stubs(channels: list[grpc.aio.Channel]) -> list[InstanceServiceAsyncStub]:
     return [instances_pb2_grpc.InstanceServiceStub(c) for c in channels]
 
 
-METADATA = (("x-namespace", NAMESPACE),)
+# Call metadata of the benchmark's namespace: set by login() once the control plane is up.
+METADATA: tuple[tuple[str, str], ...] = ()
+BENCH_KEY = "bench-system-key"
+
+
+def login(target: str) -> None:
+    """Make the benchmark's namespace and authenticate as it (sets METADATA)."""
+    global METADATA
+    with grpc.insecure_channel(target) as channel:
+        auth = auth_pb2_grpc.AuthServiceStub(channel)
+        token = auth.Token(auth_pb2.TokenRequest(namespace="system", key=BENCH_KEY)).access_token
+        namespaces = auth_pb2_grpc.NamespaceServiceStub(channel)
+        request = auth_pb2.CreateNamespaceRequest(name=NAMESPACE, key_name="k", key=BENCH_KEY)
+        with contextlib.suppress(grpc.RpcError):  # it exists already
+            namespaces.Create(request, metadata=(("authorization", f"Bearer {token}"),))
+        token = auth.Token(auth_pb2.TokenRequest(namespace=NAMESPACE, key=BENCH_KEY)).access_token
+    METADATA = (("authorization", f"Bearer {token}"),)
 
 
 async def _echo(target: str, total: int, concurrency: int, channels: int) -> JsonDict:
@@ -554,6 +571,8 @@ def control_plane(workdir: Path, heartbeat_interval: float) -> Iterator[Plane]:
         "MINICLOUD_DATA_DIR": str(workdir / "data"),
         "MINICLOUD_NAME": "bench-cp",
         "MINICLOUD_HEARTBEAT_INTERVAL": str(heartbeat_interval),
+        "MINICLOUD_SYSTEM_KEY": BENCH_KEY,
+        "MINICLOUD_TOKEN_TTL": "86400",
     }
     log = workdir / "controlplane.log"
     with log.open("wb") as out:
@@ -568,6 +587,7 @@ def control_plane(workdir: Path, heartbeat_interval: float) -> Iterator[Plane]:
     plane = Plane(proc, port, log)
     try:
         _wait_ready(plane, 30)
+        login(plane.target)
         yield plane
     finally:
         if proc.poll() is None:
@@ -635,7 +655,16 @@ def build_agent(config: NodeSimConfig, name: str, sleep: Sleep) -> tuple[Link, F
         hypervisor, FakeDiskBuilder(), Path(config.workdir) / name, lambda e: link.emit(e)
     )
     identity = Identity(name, "127.0.0.1", config.cpus, config.memory_mb, "fake")
-    link = Link(config.target, identity, executor, backoff_base=0.5, backoff_cap=5.0, sleep=sleep)
+    credentials = Credentials("system", BENCH_KEY)
+    link = Link(
+        config.target,
+        identity,
+        executor,
+        credentials,
+        backoff_base=0.5,
+        backoff_cap=5.0,
+        sleep=sleep,
+    )
     return link, hypervisor
 
 

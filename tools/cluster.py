@@ -8,6 +8,7 @@ in the cluster's folder, and offers the few helpers tests and benchmarks share.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -71,6 +72,8 @@ class Cluster:
     node_name: str = field(default_factory=lambda: f"sys-{uuidlib.uuid4().hex[:6]}")
     # Seconds between the node's usage events.
     usage_interval: float = 60.0
+    # The system namespace's key: the client and the node agent log in with it.
+    key: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -113,6 +116,7 @@ class Cluster:
                 "MINICLOUD_NAME": "cp-system-test",
                 "MINICLOUD_HEARTBEAT_INTERVAL": "1",
                 "MINICLOUD_NODE_TIMEOUT": "6",
+                "MINICLOUD_SYSTEM_KEY": self.key,
             },
         )
 
@@ -122,6 +126,7 @@ class Cluster:
             [str(BIN / "minicloud-nodeagent")],
             {
                 "MINICLOUD_NODE_CONTROL_PLANE": self.api,
+                "MINICLOUD_NODE_KEY": self.key,
                 "MINICLOUD_NODE_NAME": self.node_name,
                 "MINICLOUD_NODE_DATA_DIR": str(self.node_dir),
                 "MINICLOUD_NODE_IMAGE_URL_TEMPLATE": f"http://127.0.0.1:{self.image_port}/{{name}}-{{version}}.qcow2",
@@ -142,7 +147,7 @@ class Cluster:
                 proc.wait(5)
 
     def client(self) -> Client:
-        return Client(self.api, timeout=120)
+        return Client(self.api, "system", self.key, timeout=120)
 
     def wait_node_connected(self, connections: int = 1) -> None:
         def connected() -> bool:

@@ -11,6 +11,14 @@ DEMO=$ROOT/var/demo
 API=127.0.0.1:13100
 IMAGE_PORT=13080
 export MINICLOUD_API=$API
+# The system namespace's key: made once, kept in var/demo/system-key (mode 0600).
+mkdir -p "$DEMO"
+if [ ! -s "$DEMO/system-key" ]; then
+  (umask 077; head -c 18 /dev/urandom | base64 | tr '+/' '-_' >"$DEMO/system-key")
+fi
+export MINICLOUD_NAMESPACE=system
+MINICLOUD_KEY=$(cat "$DEMO/system-key")
+export MINICLOUD_KEY
 
 stop_demo() {
   for name in nodeagent controlplane images; do
@@ -56,9 +64,9 @@ start() {  # name, command...
   echo $! >"$DEMO/$name.pid"
 }
 start images .venv/bin/python tools/serve_images.py --dir "$DEMO/images" --port $IMAGE_PORT
-MINICLOUD_LISTEN=$API MINICLOUD_DATA_DIR=$DEMO/controlplane \
+MINICLOUD_LISTEN=$API MINICLOUD_DATA_DIR=$DEMO/controlplane MINICLOUD_SYSTEM_KEY=$MINICLOUD_KEY \
   start controlplane .venv/bin/minicloud-controlplane
-MINICLOUD_NODE_CONTROL_PLANE=$API MINICLOUD_NODE_NAME=demo-node \
+MINICLOUD_NODE_CONTROL_PLANE=$API MINICLOUD_NODE_NAME=demo-node MINICLOUD_NODE_KEY=$MINICLOUD_KEY \
 MINICLOUD_NODE_DATA_DIR=$DEMO/node \
 MINICLOUD_NODE_IMAGE_URL_TEMPLATE="http://127.0.0.1:$IMAGE_PORT/{name}-{version}.qcow2" \
   start nodeagent .venv/bin/minicloud-nodeagent
@@ -95,7 +103,16 @@ echo "== events"
 cat <<EOT
 
 The demo is running: control plane at $API, node agent 'demo-node'.
-  export MINICLOUD_API=$API
+Credentials (namespace system, key in $DEMO/system-key):
+  export MINICLOUD_API=$API MINICLOUD_NAMESPACE=system MINICLOUD_KEY=$MINICLOUD_KEY
+# The system namespace's key: made once, kept in var/demo/system-key (mode 0600).
+mkdir -p "$DEMO"
+if [ ! -s "$DEMO/system-key" ]; then
+  (umask 077; head -c 18 /dev/urandom | base64 | tr '+/' '-_' >"$DEMO/system-key")
+fi
+export MINICLOUD_NAMESPACE=system
+MINICLOUD_KEY=$(cat "$DEMO/system-key")
+export MINICLOUD_KEY
   .venv/bin/minicloud instance list
   .venv/bin/minicloud instance execute demo "uname -a"
   .venv/bin/minicloud instance copy-to demo README.md /root/README.md

@@ -8,21 +8,28 @@ from google.protobuf import json_format, struct_pb2
 
 from controlplane.model import DiskSpec, Event, Instance, InstanceSpec, NetworkSpec, VideoSpec
 from controlplane.nodes import ConsoleRelay, NodeCommand, Observation, Outcome
+from controlplane.validation import machine_type
 from protos import common_pb2, instances_pb2, node_pb2
 
 
 def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
     """A Struct as a plain dict, with whole-number floats turned back into ints."""
-    return _ints(json_format.MessageToDict(value))  # type: ignore[no-any-return]
+    return ints(json_format.MessageToDict(value))  # type: ignore[no-any-return]
 
 
-def _ints(value: Any) -> Any:
+def value_to_python(value: struct_pb2.Value) -> Any:
+    """A Value as a plain JSON value, with whole-number floats turned back into ints."""
+    return ints(json_format.MessageToDict(value))
+
+
+def ints(value: Any) -> Any:
+    """A JSON value with whole-number floats turned into ints (protobuf has only doubles)."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, dict):
-        return {k: _ints(v) for k, v in value.items()}
+        return {k: ints(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_ints(v) for v in value]
+        return [ints(v) for v in value]
     return value
 
 
@@ -100,8 +107,10 @@ def instance_to_pb(instance: Instance) -> instances_pb2.Instance:
         console_port=instance.console_port,
         vdi_port=instance.vdi_port,
         vdi_tls_port=instance.vdi_tls_port,
+        machine_type=machine_type(instance.spec),
     )
     spec_to_pb(instance.spec, pb.spec)
+    dict_to_struct(instance.metadata, pb.metadata)
     return pb
 
 
@@ -168,6 +177,9 @@ def command_to_pb(command: NodeCommand) -> node_pb2.ControlMessage:
         spec_to_pb(command.spec, pb.create.spec)
     elif command.kind == "power":
         pb.power.action = command.power_action
+        if command.spec is not None:
+            pb.power.domain.namespace = command.namespace
+            spec_to_pb(command.spec, pb.power.domain.spec)
     elif command.kind == "agent" and command.agent is not None:
         pb.agent.CopyFrom(node_pb2.AgentAction(**command.agent))
     elif command.kind == "console" and command.console is not None:

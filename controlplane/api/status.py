@@ -1,7 +1,14 @@
-"""Turning control-plane errors into gRPC statuses, in one place."""
+"""Who is calling, and turning control-plane errors into gRPC statuses, in one place.
+
+The authentication interceptor (controlplane.api.auth) sets the caller's
+namespace for the duration of each call; servicers read it with
+``namespace_of``. grpc.aio runs interceptors and the handler of one call in
+the same task, so a context variable carries it without globals.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -9,21 +16,37 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 
-from controlplane.errors import MiniCloudError, status_of
+from controlplane.errors import MiniCloudError, Unauthenticated, status_of
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 NAMESPACE_KEY = "x-namespace"
-DEFAULT_NAMESPACE = "system"
+AUTHORIZATION_KEY = "authorization"
+
+# The namespace the current call acts in, set by the authentication interceptor.
+CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("minicloud_caller", default="")
 
 
 def namespace_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """The caller's namespace, from call metadata."""
-    for key, value in context.invocation_metadata() or ():
-        if key == NAMESPACE_KEY and isinstance(value, str) and value:
+    """The namespace the current call acts in (Unauthenticated if it has none)."""
+    caller = CALLER.get()
+    if not caller:
+        raise Unauthenticated("this call needs 'authorization: Bearer <token>'")
+    return caller
+
+
+def metadata_value(context_or_details: Any, key: str) -> str:
+    """One call-metadata value ("" when absent), from a context or handler call details."""
+    metadata = (
+        context_or_details.invocation_metadata
+        if not callable(getattr(context_or_details, "invocation_metadata", None))
+        else context_or_details.invocation_metadata()
+    )
+    for k, value in metadata or ():
+        if k == key and isinstance(value, str):
             return value
-    return DEFAULT_NAMESPACE
+    return ""
 
 
 async def abort_for(context: grpc.aio.ServicerContext[Any, Any], error: MiniCloudError) -> None:

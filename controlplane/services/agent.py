@@ -21,6 +21,7 @@ import structlog
 from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
 from controlplane.model import AgentOperation, Instance
 from controlplane.nodes import NodeCommand, NodeRegistry, Outcome
+from controlplane.services.namespaces import can_see
 from controlplane.store.agentops import AgentOperations
 from controlplane.store.blobs import BlobStore
 from controlplane.store.protocol import Conflict
@@ -144,7 +145,7 @@ class AgentService:
     async def get(self, namespace: str, uuid: str) -> AgentOperation:
         """An operation by UUID, in the namespace."""
         op = await self.ops.get(uuid)
-        if op is None or op.namespace != namespace:
+        if op is None or not can_see(namespace, op.namespace):
             raise NotFound(f"agent operation {uuid!r} not found")
         return op
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 
 from controlplane.errors import InvalidArgument, NotFound
 from controlplane.model import Artifact
+from controlplane.services.namespaces import can_see
 from controlplane.store.artifacts import Artifacts
 from controlplane.store.blobs import BlobStore
 from controlplane.validation import NAME_RE, looks_like_uuid
@@ -58,7 +59,7 @@ class ArtifactService:
         elif ":" in ref:
             kind, _, name = ref.partition(":")
             found = await self.artifacts.find(namespace, kind, name)
-        if found is None or found.namespace != namespace:
+        if found is None or not can_see(namespace, found.namespace):
             raise NotFound(f"artifact {ref!r} not found")
         return found
 

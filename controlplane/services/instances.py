@@ -20,9 +20,11 @@ from controlplane.errors import (
 from controlplane.hub import Hub, Subscription
 from controlplane.model import Event, Instance, InstanceSpec
 from controlplane.nodes import NodeRegistry
-from controlplane.placement import choose_node
+from controlplane.placement import Affinity, Neighbours, place
 from controlplane.reconciler import Reconciler
+from controlplane.retention import check_event_type
 from controlplane.services.artifacts import ArtifactService
+from controlplane.services.namespaces import SYSTEM, can_see
 from controlplane.settings import Settings
 from controlplane.store.protocol import Conflict
 from controlplane.store.records import Records
@@ -63,13 +65,20 @@ class InstanceService:
                 for d in spec.disks
             ]
             spec = dataclasses.replace(spec, disks=tuple(disks))
-        node = choose_node(
+            if spec.nvram_template:
+                template = await self.artifacts.resolve_base(namespace, spec.nvram_template)
+                spec = dataclasses.replace(spec, nvram_template=template)
+        affinity = Affinity.parse(spec.metadata.get("affinity"))
+        choice = place(
             self.nodes.capacities(),
             spec.cpus,
             spec.memory,
             self.settings.cpu_overcommit,
             self.settings.ram_overcommit,
+            affinity,
+            await self._neighbours(namespace) if not affinity.empty else None,
         )
+        node = choice.node
         now = self.reconciler.clock()
         uuid = str(uuidlib.uuid4())
         view = lifecycle.View(lifecycle.INITIAL, "initial")
@@ -86,11 +95,15 @@ class InstanceService:
             state_updated_at=now,
             agent_state="not ready (no contact)" if "sf-agent" in spec.side_channels else "",
             command_seq=1,
+            metadata=dict(spec.metadata),
         )
         event = self.reconciler.event
+        placed_extra: dict[str, object] = {"node": node}
+        if not affinity.empty:
+            placed_extra["affinity_scores"] = dict(choice.scores)
         events = [
             event(uuid, "create requested", "audit", cpus=spec.cpus, memory=spec.memory),
-            event(uuid, f"schedule complete: placed on {node}", "mutate", node=node),
+            event(uuid, f"schedule complete: placed on {node}", "mutate", **placed_extra),
             event(uuid, "state changed from initial to creating", old="initial", new="creating"),
         ]
         try:
@@ -104,6 +117,15 @@ class InstanceService:
         log.info("instance created", uuid=uuid, name=spec.name, node=node, namespace=namespace)
         return stored
 
+    async def _neighbours(self, namespace: str) -> Neighbours:
+        """The tags of the namespace's live instances, per node (for affinity)."""
+        found: dict[str, list[list[str]]] = {}
+        for inst in await self.records.list_instances():
+            if inst.namespace == namespace and inst.node and inst.state != lifecycle.DELETED:
+                tags = inst.metadata.get("tags")
+                found.setdefault(inst.node, []).append(tags if isinstance(tags, list) else [])
+        return found
+
     async def get(self, namespace: str, ref: str) -> Instance:
         """An instance by UUID (deleted ones too) or by live name, in the namespace."""
         if not ref:
@@ -113,16 +135,31 @@ class InstanceService:
             found = await self.records.get_instance(ref)
         if found is None:
             found = await self.records.find_by_name(namespace, ref)
-        if found is None or found.namespace != namespace:
+        if found is None and namespace == SYSTEM:
+            found = await self._find_by_name_anywhere(ref)
+        if found is None or not can_see(namespace, found.namespace):
             raise NotFound(f"instance {ref!r} not found")
         return found
 
+    async def _find_by_name_anywhere(self, name: str) -> Instance | None:
+        """A live instance with that name in any namespace (for system); ambiguity refused."""
+        matches = [
+            i
+            for i in await self.records.list_instances()
+            if i.spec.name == name and i.state != lifecycle.DELETED
+        ]
+        if len(matches) > 1:
+            raise InvalidArgument(
+                f"several instances are named {name!r} in different namespaces; use a UUID"
+            )
+        return matches[0] if matches else None
+
     async def list_all(self, namespace: str, include_deleted: bool = False) -> list[Instance]:
-        """The namespace's instances, oldest first."""
+        """The namespace's instances (every namespace's for system), oldest first."""
         found = [
             i
             for i in await self.records.list_instances()
-            if i.namespace == namespace and (include_deleted or i.state != lifecycle.DELETED)
+            if can_see(namespace, i.namespace) and (include_deleted or i.state != lifecycle.DELETED)
         ]
         return sorted(found, key=lambda i: i.created_at)
 
@@ -132,7 +169,7 @@ class InstanceService:
         if instance.state in (lifecycle.DELETED, lifecycle.DELETE_WAIT):
             return instance
         await self.records.add_events(
-            namespace, [self.reconciler.event(instance.uuid, "delete requested", "audit")]
+            instance.namespace, [self.reconciler.event(instance.uuid, "delete requested", "audit")]
         )
         return await self.reconciler.transition(instance.uuid, "delete")
 
@@ -149,7 +186,7 @@ class InstanceService:
         if not self.nodes.connected(instance.node):
             raise Unavailable(f"node {instance.node} is not connected; try again later")
         await self.records.add_events(
-            namespace, [self.reconciler.event(instance.uuid, f"{op} requested", "audit")]
+            instance.namespace, [self.reconciler.event(instance.uuid, f"{op} requested", "audit")]
         )
         updated, futures = await self.reconciler.transition_sent(instance.uuid, f"power-{op}")
         for future in futures:
@@ -169,10 +206,11 @@ class InstanceService:
         """An instance's events, newest first."""
         if limit < 0 or limit > MAX_EVENTS:
             raise InvalidArgument(f"limit must be between 0 and {MAX_EVENTS}")
+        check_event_type(event_type)
         instance = await self.get(namespace, ref)
         return await self.records.events(instance.uuid, event_type, limit or 100)
 
     async def watch(self, namespace: str, ref: str = "") -> Subscription:
         """Subscribe to changes of one instance, or of every instance in the namespace."""
         uuid = (await self.get(namespace, ref)).uuid if ref else ""
-        return self.hub.subscribe(namespace, uuid)
+        return self.hub.subscribe("" if namespace == SYSTEM else namespace, uuid)

@@ -8,10 +8,12 @@ Key layout:
 
 from __future__ import annotations
 
+import dataclasses
 import uuid as uuidlib
+from collections.abc import Callable, Sequence
 
-from controlplane.model import Artifact, decode_artifact, encode
-from controlplane.store.protocol import Conflict, Put, Store
+from controlplane.model import Artifact, JsonDict, decode_artifact, encode
+from controlplane.store.protocol import Conflict, Op, Put, Store
 
 
 class Artifacts:
@@ -80,6 +82,29 @@ class Artifacts:
             except Conflict:
                 continue
         raise Conflict(f"artifact {kind}:{name} is changing too fast")
+
+    async def update_metadata(
+        self, uuid: str, change: Callable[[JsonDict], JsonDict], extra: Sequence[Op] = ()
+    ) -> JsonDict | None:
+        """Replace an artifact's metadata with change(old), atomically with extra ops.
+
+        None when there is no such artifact; compare-and-set, retried on conflict.
+        """
+        for _ in range(50):
+            item = await self.store.get(f"art/{uuid}".encode())
+            if item is None:
+                return None
+            art = decode_artifact(item.value)
+            metadata = change(dict(art.metadata))
+            if metadata == art.metadata:
+                return metadata
+            new = dataclasses.replace(art, metadata=metadata)
+            try:
+                await self.store.commit([Put(item.key, encode(new), item.version), *extra])
+                return metadata
+            except Conflict:
+                continue
+        raise Conflict(f"artifact {uuid} is changing too fast")
 
     async def list_all(self, namespace: str) -> list[Artifact]:
         """The namespace's artifacts."""

@@ -13,15 +13,16 @@ File I/O runs in worker threads.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import tempfile
 import uuid as uuidlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
-from controlplane.model import Blob, decode_blob, encode
-from controlplane.store.protocol import Conflict, Put, Store
+from controlplane.model import Blob, JsonDict, decode_blob, encode
+from controlplane.store.protocol import Conflict, Op, Put, Store
 
 CHUNK = 1024 * 1024
 
@@ -100,6 +101,30 @@ class BlobStore:
                 return
             except Conflict:
                 continue
+
+    async def update_metadata(
+        self, uuid: str, change: Callable[[JsonDict], JsonDict], extra: Sequence[Op] = ()
+    ) -> JsonDict | None:
+        """Replace a blob's metadata with change(old), atomically with extra ops (None: no blob).
+
+        A compare-and-set on the record's version, retried on conflict, so
+        concurrent changes are all kept.
+        """
+        for _ in range(50):
+            item = await self.store.get(f"blob/{uuid}".encode())
+            if item is None:
+                return None
+            blob = decode_blob(item.value)
+            metadata = change(dict(blob.metadata))
+            if metadata == blob.metadata:
+                return metadata
+            new = dataclasses.replace(blob, metadata=metadata)
+            try:
+                await self.store.commit([Put(item.key, encode(new), item.version), *extra])
+                return metadata
+            except Conflict:
+                continue
+        raise Conflict(f"blob {uuid} is changing too fast")
 
     def path(self, uuid: str) -> Path:
         """Where a blob's bytes are."""

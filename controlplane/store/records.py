@@ -6,6 +6,9 @@ Key layout (all keys are UTF-8):
     name/<namespace>/<name>             -> uuid of the live instance with that name
     onnode/<node>/<uuid>                instance placed on a node (empty value)
     ev/<uuid>/<time ns, 20 digits>/<n>  event (JSON); newest last in key order
+    evt/<type>/<time ns>/<uuid>/<n>     -> the event's ev/ key (oldest first per type, so
+                                        pruning one type is a scan from the start)
+    evindex                             marker: events written before evt/ existed are indexed
     node/<name>                         node record (JSON)
 
 Every write of an instance is a compare-and-set on its version, so two
@@ -83,7 +86,7 @@ class Records:
         ]
         if instance.node:
             ops.append(Put(_node_index_key(instance.node, instance.uuid), b""))
-        ops += self._event_ops(events)
+        ops += self.event_ops(events)
         await self.store.commit(ops)
         stored = instance.with_changes(version=1)
         self._publish(stored, events)
@@ -103,7 +106,7 @@ class Records:
                 ops.append(Delete(_node_index_key(old.node, old.uuid)))
             if new.node:
                 ops.append(Put(_node_index_key(new.node, new.uuid), b""))
-        ops += self._event_ops(events)
+        ops += self.event_ops(events)
         await self.store.commit(ops)
         stored = new.with_changes(version=old.version + 1)
         self._publish(stored, events)
@@ -111,7 +114,7 @@ class Records:
 
     async def add_events(self, namespace: str, events: Sequence[Event]) -> None:
         """Append events to their objects' logs."""
-        await self.store.commit(self._event_ops(events))
+        await self.store.commit(self.event_ops(events))
         for event in events:
             self.hub.publish(namespace, event)
 
@@ -138,14 +141,55 @@ class Records:
         """Every node that ever registered."""
         return [decode_node(i.value) for i in await self.store.scan(b"node/")]
 
-    def _event_ops(self, events: Sequence[Event]) -> list[Op]:
-        return [
-            Put(
-                f"ev/{e.object_uuid}/{int(e.timestamp * 1e9):020d}/{next(self._seq):08d}".encode(),
-                encode(e),
-            )
-            for e in events
-        ]
+    def event_ops(self, events: Sequence[Event]) -> list[Op]:
+        """The puts that append events to their objects' logs (and the type index)."""
+        ops: list[Op] = []
+        for e in events:
+            stamp = f"{int(e.timestamp * 1e9):020d}"
+            seq = f"{next(self._seq):08d}"
+            key = f"ev/{e.object_uuid}/{stamp}/{seq}".encode()
+            ops.append(Put(key, encode(e)))
+            ops.append(Put(f"evt/{e.type}/{stamp}/{e.object_uuid}/{seq}".encode(), key))
+        return ops
+
+    async def prune_events(self, event_type: str, before: float, batch: int = 512) -> int:
+        """Delete events of one type stamped before a time; returns how many went.
+
+        Reads the type index from its oldest end and stops at the first newer
+        event, so the cost follows what is removed, not what is kept.
+        """
+        prefix = f"evt/{event_type}/".encode()
+        limit = f"{int(before * 1e9):020d}".encode()
+        removed = 0
+        while True:
+            items = await self.store.scan(prefix, limit=batch)
+            old = [i for i in items if i.key[len(prefix) : len(prefix) + 20] < limit]
+            if old:
+                ops: list[Op] = []
+                for item in old:
+                    ops += [Delete(item.key), Delete(item.value)]
+                await self.store.commit(ops)
+                removed += len(old)
+            if len(old) < batch:
+                return removed
+
+    async def index_old_events(self) -> int:
+        """Once per store: add type-index entries for events written before the index."""
+        if await self.store.get(b"evindex") is not None:
+            return 0
+        ops: list[Op] = []
+        count = 0
+        for item in await self.store.scan(b"ev/"):
+            event = decode_event(item.value)
+            _, stamp, seq = item.key.rsplit(b"/", 2)
+            index = f"evt/{event.type}/{stamp.decode()}/{event.object_uuid}/{seq.decode()}"
+            ops.append(Put(index.encode(), item.key))
+            count += 1
+            if len(ops) >= 1024:
+                await self.store.commit(ops)
+                ops = []
+        await self.store.commit([*ops, Put(b"evindex", b"1")])
+        return count
 
     def _publish(self, instance: Instance, events: Sequence[Event]) -> None:
         for event in events:

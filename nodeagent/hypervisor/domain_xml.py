@@ -12,6 +12,12 @@ Choices worth knowing (each checked by booting a guest on libvirt 9.0 / QEMU 7.2
   is a power-button press followed, when the guest powers down, by a reset
   instead of a stop. ``on_poweroff=destroy`` then means a guest that powers
   itself off ends up ``off``.
+- UEFI boots OVMF's code read-only from ``/usr/share/OVMF`` with a
+  per-instance variable store. Secure boot takes the ``q35`` machine (libvirt
+  requires it for a secure loader), the ``secboot`` code, a loader marked
+  ``secure`` and SMM on; other instances keep ``pc``.
+- A config drive is an ordinary disk marked read-only (``<readonly/>``); the
+  executor puts it second, so it is ``vdb`` behind a virtio boot disk.
 - libvirt 9.0 has no ``nvme`` disk bus. An nvme disk is defined as a virtio
   disk (so libvirt still opens, labels and tracks the whole backing chain)
   whose QEMU device is switched to ``nvme`` with ``<qemu:override>``; the
@@ -102,7 +108,9 @@ def build_domain_xml(
 
     ``socket_dir`` is the instance's own folder for channel sockets; the UEFI
     variable store goes to ``nvram_path`` (default: ``socket_dir/nvram.fd``),
-    which libvirt fills from the OVMF template on first start. Raises
+    which libvirt fills on first start from ``spec.nvram_template`` (a local
+    file) or the OVMF template that fits (standard keys enrolled for secure
+    boot). Raises
     ``HypervisorError`` (not retryable) for specs that cannot be expressed.
     """
     if domain_type not in DOMAIN_TYPES:
@@ -191,6 +199,9 @@ def _os(root: ET.Element, spec: DomainSpec, nvram_path: Path) -> None:
         type="pflash",
         secure="yes" if spec.secure_boot else "no",
     )
+    if spec.nvram_template:
+        # A local file by now: the executor resolved the caller's reference.
+        template = Path(spec.nvram_template)
     _text(os_element, "nvram", str(nvram_path), template=str(template))
 
 
@@ -229,7 +240,7 @@ def _disks(devices: ET.Element, disks: list[PreparedDisk]) -> list[str]:
         ET.SubElement(element, "driver", name="qemu", type=disk.format)
         ET.SubElement(element, "source", file=str(disk.path))
         ET.SubElement(element, "target", dev=dev, bus="virtio" if bus == "nvme" else bus)
-        if disk.device == "cdrom":
+        if disk.device == "cdrom" or disk.readonly:
             ET.SubElement(element, "readonly")
         if bus == "nvme":
             # QEMU's nvme device refuses to start without a serial number.

@@ -51,12 +51,13 @@ class DomainNotFound(HypervisorError):
 
 @dataclass(frozen=True)
 class PreparedDisk:
-    """A disk file ready to attach: its path, format, bus and device type."""
+    """A disk file ready to attach: its path, format, bus, device type and whether read-only."""
 
     path: Path
     bus: str = "virtio"
     device: str = "disk"
     format: str = "qcow2"
+    readonly: bool = False
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,16 @@ from controlplane.app import ControlPlane, start
 from controlplane.settings import Settings
 from nodeagent.app import Agent, build_agent
 from nodeagent.blobclient import GrpcBlobs
+from nodeagent.credentials import Credentials
 from nodeagent.disks.fake import FakeDiskBuilder
 from nodeagent.hypervisor.fake import FakeHypervisor
 from nodeagent.link import Link
 from nodeagent.observer import observe
 from nodeagent.settings import Settings as NodeSettings
 from nodeagent.usage import report_usage
-from protos import instances_pb2, instances_pb2_grpc
+from protos import auth_pb2, auth_pb2_grpc, instances_pb2, instances_pb2_grpc
+
+SYSTEM_KEY = "component-test-system-key"
 
 
 @dataclass
@@ -79,7 +82,9 @@ async def start_fake_node(
         backoff_cap=0.2,
         usage_interval=usage_interval,
     )
-    agent = build_agent(settings, hypervisor, disks, GrpcBlobs(target))
+    agent = build_agent(
+        settings, hypervisor, disks, GrpcBlobs(target, Credentials("system", SYSTEM_KEY))
+    )
     tasks = [
         asyncio.create_task(agent.link.run()),
         asyncio.create_task(observe(hypervisor, agent.link.send, agent.watch)),
@@ -98,6 +103,7 @@ def plane_settings(data_dir: Path, port: int = 0) -> Settings:
         heartbeat_interval=0.5,
         node_timeout=5.0,
         command_timeout=10.0,
+        system_key=SYSTEM_KEY,
     )
 
 
@@ -117,20 +123,59 @@ async def node(plane: ControlPlane, tmp_path: Path) -> AsyncIterator[FakeNode]:
     await fake.stop()
 
 
-class Api:
-    """An InstanceService stub that sends a namespace with every call."""
+async def bearer(
+    channel: grpc.aio.Channel, namespace: str = "system", key: str = SYSTEM_KEY
+) -> Any:
+    """Call metadata with a token for the namespace."""
+    reply = await auth_pb2_grpc.AuthServiceStub(channel).Token(
+        auth_pb2.TokenRequest(namespace=namespace, key=key)
+    )
+    return (("authorization", f"Bearer {reply.access_token}"),)
 
-    def __init__(self, channel: grpc.aio.Channel, namespace: str = "system") -> None:
-        self.stub = instances_pb2_grpc.InstanceServiceStub(channel)
-        self.metadata = (("x-namespace", namespace),)
+
+async def make_api(
+    channel: grpc.aio.Channel, namespace: str = "system", key: str = SYSTEM_KEY
+) -> Api:
+    """An Api authenticated as the namespace (which must exist and hold key)."""
+    return Api(channel, await bearer(channel, namespace, key))
+
+
+async def namespace_api(channel: grpc.aio.Channel, namespace: str) -> Api:
+    """An Api for a new namespace (made by system with a key)."""
+    namespaces = await authed(auth_pb2_grpc.NamespaceServiceStub, channel)
+    key = f"{namespace}-key"
+    await namespaces.Create(auth_pb2.CreateNamespaceRequest(name=namespace, key_name="k", key=key))
+    return await make_api(channel, namespace, key)
+
+
+class Authed:
+    """A stub that sends a token with every call."""
+
+    def __init__(self, stub: Any, metadata: Any) -> None:
+        self.stub = stub
+        self.metadata = metadata
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self.stub, name)
 
         def call(request: Any, **kwargs: Any) -> Any:
-            return method(request, metadata=self.metadata, **kwargs)
+            # Extra metadata (x-namespace, say) goes beside the token.
+            kwargs["metadata"] = (*self.metadata, *kwargs.get("metadata", ()))
+            return method(request, **kwargs)
 
         return call
+
+
+async def authed(stub_class: Any, channel: grpc.aio.Channel) -> Any:
+    """A stub of stub_class on channel, authenticated as the system namespace."""
+    return Authed(stub_class(channel), await bearer(channel))
+
+
+class Api(Authed):
+    """An InstanceService stub that sends a token with every call."""
+
+    def __init__(self, channel: grpc.aio.Channel, metadata: Any) -> None:
+        super().__init__(instances_pb2_grpc.InstanceServiceStub(channel), metadata)
 
     async def wait_for(
         self, ref: str, predicate: Callable[[instances_pb2.Instance], bool], timeout: float = 10
@@ -150,7 +195,7 @@ class Api:
 async def api(plane: ControlPlane) -> AsyncIterator[Api]:
     """A client of the plane in the system namespace."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
-        yield Api(channel)
+        yield await make_api(channel)
 
 
 def create_request(name: str = "vm1", **overrides: Any) -> instances_pb2.CreateInstanceRequest:

@@ -21,10 +21,9 @@ from controlplane.model import AgentOperation
 from controlplane.store.agentops import AgentOperations
 from controlplane.store.rocks import RocksStore
 from protos import agent_pb2, agent_pb2_grpc, blobs_pb2, blobs_pb2_grpc, instances_pb2
-from tests.component.conftest import Api, FakeNode, create_request, plane_settings
+from tests.component.conftest import Api, FakeNode, authed, create_request, plane_settings
 
 ROOT = Path(__file__).resolve().parents[2]
-NS = (("x-namespace", "system"),)
 
 
 class GuestAgent:
@@ -54,15 +53,15 @@ def channel(plane: ControlPlane) -> Iterator[grpc.aio.Channel]:
 
 
 @pytest.fixture
-def agent(channel: grpc.aio.Channel) -> Any:
-    """An AgentService stub."""
-    return agent_pb2_grpc.AgentServiceStub(channel)
+async def agent(channel: grpc.aio.Channel) -> Any:
+    """An AgentService stub authenticated as system."""
+    return await authed(agent_pb2_grpc.AgentServiceStub, channel)
 
 
 @pytest.fixture
-def blobs(channel: grpc.aio.Channel) -> Any:
-    """A BlobService stub."""
-    return blobs_pb2_grpc.BlobServiceStub(channel)
+async def blobs(channel: grpc.aio.Channel) -> Any:
+    """A BlobService stub authenticated as system."""
+    return await authed(blobs_pb2_grpc.BlobServiceStub, channel)
 
 
 async def agent_instance(
@@ -81,7 +80,7 @@ async def agent_instance(
 async def finished(agent: Any, uuid: str, timeout: float = 20) -> JsonDict:
     """Poll an operation until it is complete or in error; returns it as a dict."""
     for _ in range(int(timeout / 0.05)):
-        op = await agent.GetAgentOperation(agent_pb2.OperationRef(uuid=uuid), metadata=NS)
+        op = await agent.GetAgentOperation(agent_pb2.OperationRef(uuid=uuid))
         if op.state in ("complete", "error"):
             return to_dict(op)
         await asyncio.sleep(0.05)
@@ -89,7 +88,7 @@ async def finished(agent: Any, uuid: str, timeout: float = 20) -> JsonDict:
 
 
 async def execute(agent: Any, ref: str, command: str) -> JsonDict:
-    op = await agent.Execute(agent_pb2.ExecuteRequest(ref=ref, command_line=command), metadata=NS)
+    op = await agent.Execute(agent_pb2.ExecuteRequest(ref=ref, command_line=command))
     return await finished(agent, op.uuid)
 
 
@@ -98,13 +97,13 @@ async def upload(blobs: Any, data: bytes) -> blobs_pb2.Blob:
         for i in range(0, len(data), 1 << 20):
             yield blobs_pb2.BlobChunk(data=data[i : i + (1 << 20)])
 
-    blob: blobs_pb2.Blob = await blobs.Upload(chunks(), metadata=NS)
+    blob: blobs_pb2.Blob = await blobs.Upload(chunks())
     return blob
 
 
 async def download(blobs: Any, uuid: str, offset: int = 0, limit: int = 0) -> bytes:
     request = blobs_pb2.DownloadRequest(uuid=uuid, offset=offset, limit=limit)
-    return b"".join([c.data async for c in blobs.Download(request, metadata=NS)])
+    return b"".join([c.data async for c in blobs.Download(request)])
 
 
 async def test_execute_returns_output_and_exit_codes(api: Api, node: FakeNode, agent: Any) -> None:
@@ -149,7 +148,7 @@ async def test_execute_stream_yields_output_before_the_command_ends(
         request = agent_pb2.ExecuteRequest(
             ref=uuid, command_line="echo a; echo e >&2; sleep 2; echo b"
         )
-        async for out in agent.ExecuteStream(request, metadata=NS):
+        async for out in agent.ExecuteStream(request):
             kind = out.WhichOneof("output")
             if kind == "operation":
                 final = out.operation
@@ -176,13 +175,12 @@ async def test_put_and_get_round_trip_10_mib(
         target = tmp_path / "put.bin"
         put = await agent.Put(
             agent_pb2.PutRequest(ref=uuid, blob_uuid=blob.uuid, path=str(target), mode=0o100600),
-            metadata=NS,
         )
         done = await finished(agent, put.uuid)
         assert done["state"] == "complete", done["error_message"]
         assert [c["command"] for c in done["commands"]] == ["put-blob", "chmod"]
         assert target.stat().st_mode & 0o777 == 0o600
-        get = await agent.Get(agent_pb2.GetRequest(ref=uuid, path=str(target)), metadata=NS)
+        get = await agent.Get(agent_pb2.GetRequest(ref=uuid, path=str(target)))
         got = await finished(agent, get.uuid)
         assert got["state"] == "complete"
         result = got["results"]["0"]
@@ -197,7 +195,7 @@ async def test_get_missing_path_ends_in_error(api: Api, node: FakeNode, agent: A
     """Getting a path that does not exist ends the operation in error, saying so."""
     uuid, guest = await agent_instance(api, node)
     try:
-        op = await agent.Get(agent_pb2.GetRequest(ref=uuid, path="/no/such/file"), metadata=NS)
+        op = await agent.Get(agent_pb2.GetRequest(ref=uuid, path="/no/such/file"))
         done = await finished(agent, op.uuid)
         assert done["state"] == "error"
         assert "/no/such/file" in done["error_message"]
@@ -213,15 +211,9 @@ async def test_ops_queued_before_the_agent_is_ready_run_later(
     try:
         inst = await api.Get(instances_pb2.InstanceRef(ref=uuid))
         assert inst.agent_state == "not ready (no contact)"
-        first = await agent.Execute(
-            agent_pb2.ExecuteRequest(ref=uuid, command_line="echo 1"), metadata=NS
-        )
-        second = await agent.Execute(
-            agent_pb2.ExecuteRequest(ref=uuid, command_line="echo 2"), metadata=NS
-        )
-        listed = await agent.ListAgentOperations(
-            agent_pb2.ListAgentOperationsRequest(ref=uuid), metadata=NS
-        )
+        first = await agent.Execute(agent_pb2.ExecuteRequest(ref=uuid, command_line="echo 1"))
+        second = await agent.Execute(agent_pb2.ExecuteRequest(ref=uuid, command_line="echo 2"))
+        listed = await agent.ListAgentOperations(agent_pb2.ListAgentOperationsRequest(ref=uuid))
         assert [o.uuid for o in listed.operations] == [first.uuid, second.uuid]
         assert {o.state for o in listed.operations} == {"queued"}
         guest.start()
@@ -229,12 +221,10 @@ async def test_ops_queued_before_the_agent_is_ready_run_later(
         assert (await finished(agent, second.uuid))["results"]["0"]["stdout"] == "2\n"
         ready = await api.Get(instances_pb2.InstanceRef(ref=uuid))
         assert ready.agent_state == "ready" and ready.agent_system_boot_time > 0
-        queued = await agent.ListAgentOperations(
-            agent_pb2.ListAgentOperationsRequest(ref=uuid), metadata=NS
-        )
+        queued = await agent.ListAgentOperations(agent_pb2.ListAgentOperationsRequest(ref=uuid))
         assert list(queued.operations) == []
         everything = await agent.ListAgentOperations(
-            agent_pb2.ListAgentOperationsRequest(ref=uuid, all=True), metadata=NS
+            agent_pb2.ListAgentOperationsRequest(ref=uuid, all=True)
         )
         assert len(everything.operations) == 2
     finally:
@@ -247,17 +237,13 @@ async def test_delete_queued_operation_keeps_it_from_running(
     """A deleted queued operation never runs."""
     uuid, guest = await agent_instance(api, node, start=False)
     try:
-        op = await agent.Execute(
-            agent_pb2.ExecuteRequest(ref=uuid, command_line="echo x"), metadata=NS
-        )
-        deleted = await agent.DeleteAgentOperation(
-            agent_pb2.OperationRef(uuid=op.uuid), metadata=NS
-        )
+        op = await agent.Execute(agent_pb2.ExecuteRequest(ref=uuid, command_line="echo x"))
+        deleted = await agent.DeleteAgentOperation(agent_pb2.OperationRef(uuid=op.uuid))
         assert deleted.state == "deleted"
         guest.start()
         await api.wait_for(uuid, lambda i: i.agent_state == "ready")
         await asyncio.sleep(0.3)
-        again = await agent.GetAgentOperation(agent_pb2.OperationRef(uuid=op.uuid), metadata=NS)
+        again = await agent.GetAgentOperation(agent_pb2.OperationRef(uuid=op.uuid))
         assert again.state == "deleted"
     finally:
         guest.stop()
@@ -269,9 +255,7 @@ async def test_agent_killed_fails_operation_and_state_says_so(
     """Killing the agent mid-command ends the operation in error and leaves the state not ready."""
     uuid, guest = await agent_instance(api, node)
     try:
-        op = await agent.Execute(
-            agent_pb2.ExecuteRequest(ref=uuid, command_line="sleep 30"), metadata=NS
-        )
+        op = await agent.Execute(agent_pb2.ExecuteRequest(ref=uuid, command_line="sleep 30"))
         await asyncio.sleep(0.5)
         guest.stop()
         done = await finished(agent, op.uuid, timeout=40)
@@ -297,28 +281,24 @@ async def test_agent_ops_need_the_side_channel_and_valid_input(
     """Instances without sf-agent, empty commands, relative paths and unknown blobs are refused."""
     plain = await api.Create(create_request("plain"))
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await agent.Execute(
-            agent_pb2.ExecuteRequest(ref=plain.uuid, command_line="true"), metadata=NS
-        )
+        await agent.Execute(agent_pb2.ExecuteRequest(ref=plain.uuid, command_line="true"))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     uuid, _guest = await agent_instance(api, node, start=False)
     cases = [
         (
-            agent.Execute(agent_pb2.ExecuteRequest(ref=uuid, command_line=" "), metadata=NS),
+            agent.Execute(agent_pb2.ExecuteRequest(ref=uuid, command_line=" ")),
             grpc.StatusCode.INVALID_ARGUMENT,
         ),
         (
-            agent.Get(agent_pb2.GetRequest(ref=uuid, path="relative"), metadata=NS),
+            agent.Get(agent_pb2.GetRequest(ref=uuid, path="relative")),
             grpc.StatusCode.INVALID_ARGUMENT,
         ),
         (
-            agent.Put(
-                agent_pb2.PutRequest(ref=uuid, blob_uuid="nope", path="/x", mode=0o644), metadata=NS
-            ),
+            agent.Put(agent_pb2.PutRequest(ref=uuid, blob_uuid="nope", path="/x", mode=0o644)),
             grpc.StatusCode.NOT_FOUND,
         ),
         (
-            agent.GetAgentOperation(agent_pb2.OperationRef(uuid="nope"), metadata=NS),
+            agent.GetAgentOperation(agent_pb2.OperationRef(uuid="nope")),
             grpc.StatusCode.NOT_FOUND,
         ),
     ]
@@ -334,11 +314,11 @@ async def test_blobs_dedupe_search_and_ranges(blobs: Any) -> None:
     first = await upload(blobs, data)
     second = await upload(blobs, data)
     assert first.uuid == second.uuid and first.size == len(data)
-    found = await blobs.SearchBlobs(blobs_pb2.SearchBlobsRequest(sha512=first.sha512), metadata=NS)
+    found = await blobs.SearchBlobs(blobs_pb2.SearchBlobsRequest(sha512=first.sha512))
     assert [b.uuid for b in found.blobs] == [first.uuid]
     assert await download(blobs, first.uuid, offset=5, limit=7) == data[5:12]
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await blobs.GetBlob(blobs_pb2.BlobRef(uuid="missing"), metadata=NS)
+        await blobs.GetBlob(blobs_pb2.BlobRef(uuid="missing"))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 

@@ -10,16 +10,14 @@ import pytest
 
 from controlplane.app import ControlPlane
 from protos import artifacts_pb2, artifacts_pb2_grpc, instances_pb2
-from tests.component.conftest import Api, FakeNode, create_request
-
-NS = (("x-namespace", "system"),)
+from tests.component.conftest import Api, FakeNode, authed, create_request
 
 
 @pytest.fixture
-def artifacts(plane: ControlPlane) -> Any:
-    """An ArtifactService stub."""
-    return artifacts_pb2_grpc.ArtifactServiceStub(
-        grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}")
+async def artifacts(plane: ControlPlane) -> Any:
+    """An ArtifactService stub authenticated as system."""
+    return await authed(
+        artifacts_pb2_grpc.ArtifactServiceStub, grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}")
     )
 
 
@@ -28,7 +26,7 @@ async def upload(artifacts: Any, name: str, data: bytes) -> artifacts_pb2.Artifa
         yield artifacts_pb2.ArtifactUploadChunk(name=name)
         yield artifacts_pb2.ArtifactUploadChunk(data=data)
 
-    art: artifacts_pb2.Artifact = await artifacts.Upload(parts(), metadata=NS)
+    art: artifacts_pb2.Artifact = await artifacts.Upload(parts())
     return art
 
 
@@ -41,11 +39,10 @@ async def test_uploads_version_and_labels_point_at_blobs(artifacts: Any) -> None
     assert second.blob_uuid == second.versions[-1].blob_uuid != first.blob_uuid
     label = await artifacts.FromBlob(
         artifacts_pb2.FromBlobRequest(name="golden", blob_uuid=first.blob_uuid, type="label"),
-        metadata=NS,
     )
-    found = await artifacts.GetArtifact(artifacts_pb2.ArtifactRef(ref="label:golden"), metadata=NS)
+    found = await artifacts.GetArtifact(artifacts_pb2.ArtifactRef(ref="label:golden"))
     assert found.uuid == label.uuid and found.blob_uuid == first.blob_uuid
-    listed = await artifacts.ListArtifacts(artifacts_pb2.ListArtifactsRequest(), metadata=NS)
+    listed = await artifacts.ListArtifacts(artifacts_pb2.ListArtifactsRequest())
     assert sorted((a.type, a.name) for a in listed.artifacts) == [
         ("label", "golden"),
         ("upload", "image"),
@@ -59,7 +56,6 @@ async def test_disk_bases_naming_artifacts_resolve_to_blobs(
     art = await upload(artifacts, "base", b"disk bytes")
     await artifacts.FromBlob(
         artifacts_pb2.FromBlobRequest(name="base", blob_uuid=art.blob_uuid, type="label"),
-        metadata=NS,
     )
     for i, base in enumerate(
         ("label:base", "sf://upload/system/base", f"sf://blob/{art.blob_uuid}")
@@ -105,5 +101,5 @@ async def test_bad_artifact_requests(artifacts: Any) -> None:
     ]
     for request, code in cases:
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await artifacts.FromBlob(request, metadata=NS)
+            await artifacts.FromBlob(request)
         assert info.value.code() == code

@@ -9,14 +9,16 @@ import pytest
 
 from client.cli import main
 from controlplane.app import ControlPlane
-from tests.component.conftest import FakeNode
+from tests.component.conftest import SYSTEM_KEY, FakeNode
 
 
 async def cli(
     plane: ControlPlane, capsys: pytest.CaptureFixture[str], *argv: str
 ) -> tuple[int, str]:
     """Run the CLI in a thread (it is synchronous) and capture what it prints."""
-    code = await asyncio.to_thread(main, ["--api", f"127.0.0.1:{plane.port}", *argv])
+    code = await asyncio.to_thread(
+        main, ["--api", f"127.0.0.1:{plane.port}", "--key", SYSTEM_KEY, *argv]
+    )
     out, err = capsys.readouterr()
     return code, out if code == 0 else err
 
@@ -58,3 +60,50 @@ async def test_errors_are_reported_with_code_and_exit_1(
     assert "INVALID_ARGUMENT" in out and "ide" in out
     code, out = await cli(plane, capsys, "instance", "show", "missing")
     assert code == 1 and "NOT_FOUND" in out
+
+
+async def test_create_sends_user_data_base64_and_firmware_flags(
+    plane: ControlPlane, node: FakeNode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--user-data text reaches the drive decoded; --uefi/--secure-boot give a q35 machine."""
+    code, out = await cli(
+        plane,
+        capsys,
+        "--json",
+        "instance",
+        "create",
+        "cli-cd",
+        "--memory",
+        "256",
+        "--user-data",
+        "#cloud-config\n",
+        "--uefi",
+        "--secure-boot",
+        "--wait",
+    )
+    assert code == 0, out
+    inst = json.loads(out)
+    assert inst["machine_type"] == "q35"
+    assert node.disks.drives[inst["uuid"]]["openstack/latest/user_data"] == b"#cloud-config\n"
+    code, out = await cli(
+        plane, capsys, "instance", "create", "cli-sb", "--memory", "256", "--secure-boot"
+    )
+    assert code == 1 and "secure boot requires UEFI be enabled" in out
+
+
+async def test_metadata_verbs(
+    plane: ControlPlane, node: FakeNode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """set-metadata takes JSON (or a plain string); get and delete round trip; bad tags exit 1."""
+    code, out = await cli(plane, capsys, "instance", "create", "md-vm", "--memory", "256")
+    assert code == 0, out
+    code, out = await cli(plane, capsys, "instance", "set-metadata", "md-vm", "tags", '["web"]')
+    assert code == 0 and json.loads(out) == {"tags": ["web"]}
+    code, out = await cli(plane, capsys, "instance", "set-metadata", "md-vm", "owner", "ann")
+    assert code == 0 and json.loads(out) == {"tags": ["web"], "owner": "ann"}
+    code, out = await cli(plane, capsys, "instance", "delete-metadata", "md-vm", "owner")
+    assert code == 0 and json.loads(out) == {"tags": ["web"]}
+    code, out = await cli(plane, capsys, "instance", "get-metadata", "md-vm")
+    assert code == 0 and json.loads(out) == {"tags": ["web"]}
+    code, out = await cli(plane, capsys, "instance", "set-metadata", "md-vm", "tags", "web")
+    assert code == 1 and "INVALID_ARGUMENT" in out and "'tags' must be a JSON list" in out

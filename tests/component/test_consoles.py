@@ -17,9 +17,7 @@ from nodeagent.hypervisor.fake import FAKE_BANNER
 from nodeagent.hypervisor.ports import PORT_MAX, PORT_MIN
 from nodeagent.png import png_size
 from protos import blobs_pb2, blobs_pb2_grpc, consoles_pb2, consoles_pb2_grpc, instances_pb2
-from tests.component.conftest import Api, FakeNode, create_request, start_fake_node
-
-NS = (("x-namespace", "system"),)
+from tests.component.conftest import Api, FakeNode, authed, create_request, start_fake_node
 
 
 @pytest.fixture
@@ -29,9 +27,9 @@ def channel(plane: ControlPlane) -> Iterator[grpc.aio.Channel]:
 
 
 @pytest.fixture
-def consoles(channel: grpc.aio.Channel) -> Any:
-    """A ConsoleService stub."""
-    return consoles_pb2_grpc.ConsoleServiceStub(channel)
+async def consoles(channel: grpc.aio.Channel) -> Any:
+    """A ConsoleService stub authenticated as system."""
+    return await authed(consoles_pb2_grpc.ConsoleServiceStub, channel)
 
 
 async def running(api: Api, name: str = "vm1", **spec: Any) -> instances_pb2.Instance:
@@ -56,16 +54,12 @@ async def test_instance_gets_console_and_display_ports(api: Api, node: FakeNode)
 async def test_console_data_is_the_logs_tail(api: Api, node: FakeNode, consoles: Any) -> None:
     """Console data holds the boot banner, and length N returns exactly the log's last N bytes."""
     inst = await running(api)
-    whole = await consoles.GetConsoleData(
-        consoles_pb2.ConsoleDataRequest(ref=inst.uuid, length=-1), metadata=NS
-    )
+    whole = await consoles.GetConsoleData(consoles_pb2.ConsoleDataRequest(ref=inst.uuid, length=-1))
     assert FAKE_BANNER.encode() in whole.data
     assert whole.data == console_log(node, inst.uuid).read_bytes()
-    tail = await consoles.GetConsoleData(
-        consoles_pb2.ConsoleDataRequest(ref="vm1", length=7), metadata=NS
-    )
+    tail = await consoles.GetConsoleData(consoles_pb2.ConsoleDataRequest(ref="vm1", length=7))
     assert tail.data == whole.data[-7:]
-    default = await consoles.GetConsoleData(consoles_pb2.ConsoleDataRequest(ref="vm1"), metadata=NS)
+    default = await consoles.GetConsoleData(consoles_pb2.ConsoleDataRequest(ref="vm1"))
     assert default.data == whole.data[-10240:]
 
 
@@ -74,10 +68,8 @@ async def test_clearing_empties_the_log_and_adds_an_audit_event(
 ) -> None:
     """Clearing leaves an empty console log and an audit event saying so."""
     inst = await running(api)
-    await consoles.ClearConsoleData(instances_pb2.InstanceRef(ref=inst.uuid), metadata=NS)
-    data = await consoles.GetConsoleData(
-        consoles_pb2.ConsoleDataRequest(ref=inst.uuid, length=-1), metadata=NS
-    )
+    await consoles.ClearConsoleData(instances_pb2.InstanceRef(ref=inst.uuid))
+    data = await consoles.GetConsoleData(consoles_pb2.ConsoleDataRequest(ref=inst.uuid, length=-1))
     assert data.data == b""
     assert console_log(node, inst.uuid).read_bytes() == b""
     events = await api.GetEvents(instances_pb2.GetEventsRequest(ref=inst.uuid, event_type="audit"))
@@ -89,9 +81,9 @@ async def test_screenshot_is_a_downloadable_png_blob(
 ) -> None:
     """A screenshot returns a blob uuid whose content is a PNG of the display, at once."""
     inst = await running(api)
-    shot = await consoles.Screenshot(instances_pb2.InstanceRef(ref=inst.uuid), metadata=NS)
-    blobs = blobs_pb2_grpc.BlobServiceStub(channel)
-    blob = await blobs.GetBlob(blobs_pb2.BlobRef(uuid=shot.blob_uuid), metadata=NS)
+    shot = await consoles.Screenshot(instances_pb2.InstanceRef(ref=inst.uuid))
+    blobs = await authed(blobs_pb2_grpc.BlobServiceStub, channel)
+    blob = await blobs.GetBlob(blobs_pb2.BlobRef(uuid=shot.blob_uuid))
     assert blob.state == "created"
     data = b"".join(
         [c.data async for c in blobs.Download(blobs_pb2.DownloadRequest(uuid=shot.blob_uuid))]
@@ -104,9 +96,7 @@ async def test_vdi_helper_names_type_host_and_port(api: Api, node: FakeNode, con
     spice = await running(api, "spicy")
     vnc = await running(api, "vnc1", video={"vdi": "vnc"})
     for inst, kind in ((spice, "spice"), (vnc, "vnc")):
-        helper = await consoles.VdiConsoleHelper(
-            instances_pb2.InstanceRef(ref=inst.uuid), metadata=NS
-        )
+        helper = await consoles.VdiConsoleHelper(instances_pb2.InstanceRef(ref=inst.uuid))
         lines = helper.vv.splitlines()
         assert lines[0] == "[virt-viewer]"
         assert f"type={kind}" in lines and "host=127.0.0.1" in lines
@@ -121,33 +111,31 @@ async def test_bad_references_and_states_are_refused(
     """Unknown instances are NOT_FOUND; deleted ones FAILED_PRECONDITION; bad lengths INVALID."""
     ref = instances_pb2.InstanceRef(ref="nope")
     for call in (
-        consoles.GetConsoleData(consoles_pb2.ConsoleDataRequest(ref="nope"), metadata=NS),
-        consoles.ClearConsoleData(ref, metadata=NS),
-        consoles.Screenshot(ref, metadata=NS),
-        consoles.VdiConsoleHelper(ref, metadata=NS),
+        consoles.GetConsoleData(consoles_pb2.ConsoleDataRequest(ref="nope")),
+        consoles.ClearConsoleData(ref),
+        consoles.Screenshot(ref),
+        consoles.VdiConsoleHelper(ref),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
     inst = await running(api)
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await consoles.GetConsoleData(
-            consoles_pb2.ConsoleDataRequest(ref=inst.uuid, length=-2), metadata=NS
-        )
+        await consoles.GetConsoleData(consoles_pb2.ConsoleDataRequest(ref=inst.uuid, length=-2))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     await api.Delete(instances_pb2.InstanceRef(ref=inst.uuid))
     await api.wait_for(inst.uuid, lambda i: i.state == "deleted")
     gone = instances_pb2.InstanceRef(ref=inst.uuid)
     for call in (
-        consoles.GetConsoleData(consoles_pb2.ConsoleDataRequest(ref=inst.uuid), metadata=NS),
-        consoles.ClearConsoleData(gone, metadata=NS),
-        consoles.Screenshot(gone, metadata=NS),
-        consoles.VdiConsoleHelper(gone, metadata=NS),
+        consoles.GetConsoleData(consoles_pb2.ConsoleDataRequest(ref=inst.uuid)),
+        consoles.ClearConsoleData(gone),
+        consoles.Screenshot(gone),
+        consoles.VdiConsoleHelper(gone),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    stream = consoles.Attach(iter([consoles_pb2.ConsoleInput(ref=inst.uuid)]), metadata=NS)
+    stream = consoles.Attach(iter([consoles_pb2.ConsoleInput(ref=inst.uuid)]))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stream.read()
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -178,12 +166,12 @@ async def test_attach_relays_both_ways_through_the_node(
             yield item
 
     queue.put_nowait(consoles_pb2.ConsoleInput(ref=inst.uuid))
-    call = consoles.Attach(inputs(), metadata=NS)
+    call = consoles.Attach(inputs())
     await _read_until(call, f"fake console of {inst.uuid}".encode())
     queue.put_nowait(consoles_pb2.ConsoleInput(data=b"echo hello\r"))
     await _read_until(call, b"echo hello")
     # A second session on the same instance is refused while the first is attached.
-    second = consoles.Attach(iter([consoles_pb2.ConsoleInput(ref=inst.uuid)]), metadata=NS)
+    second = consoles.Attach(iter([consoles_pb2.ConsoleInput(ref=inst.uuid)]))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await second.read()
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -205,13 +193,13 @@ async def test_a_stalled_console_client_does_not_stall_the_node(
         for _ in range(2000):
             yield consoles_pb2.ConsoleInput(data=chunk)
 
-    call = consoles.Attach(flood(), metadata=NS)
+    call = consoles.Attach(flood())
     started = time.monotonic()
     while node.agent.consoles.sessions == {} and time.monotonic() - started < 10:
         await asyncio.sleep(0.05)
     await asyncio.sleep(1.0)  # the echo fills every queue on the way back
     before = time.monotonic()
-    await consoles.GetConsoleData(consoles_pb2.ConsoleDataRequest(ref=inst.uuid), metadata=NS)
+    await consoles.GetConsoleData(consoles_pb2.ConsoleDataRequest(ref=inst.uuid))
     assert time.monotonic() - before < 2.0
     ended = False
     deadline = time.monotonic() + 30

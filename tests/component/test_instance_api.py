@@ -10,7 +10,7 @@ import pytest
 
 from controlplane.app import ControlPlane
 from protos import instances_pb2
-from tests.component.conftest import Api, FakeNode, create_request
+from tests.component.conftest import Api, FakeNode, create_request, namespace_api
 
 Ref = instances_pb2.InstanceRef
 
@@ -50,24 +50,27 @@ async def test_get_by_uuid_and_by_name(api: Api, node: FakeNode) -> None:
     assert by_name.uuid == inst.uuid
 
 
-async def test_list_shows_namespace_instances(
+async def test_namespaces_see_only_their_own_instances(
     api: Api, node: FakeNode, plane: ControlPlane
 ) -> None:
-    """List returns this namespace's instances and not another's."""
-    await created(api, "a")
+    """A namespace lists, gets and changes only its instances; system sees every namespace's."""
+    a = await created(api, "a")
     await created(api, "b")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
-        other = Api(channel, "other")
-        await other.Create(create_request("c"))
-        names = [
-            i.spec.name for i in (await api.List(instances_pb2.ListInstancesRequest())).instances
-        ]
-        assert names == ["a", "b"]
+        other = await namespace_api(channel, "other")
+        c = await other.Create(create_request("c"))
         other_names = [
             i.spec.name for i in (await other.List(instances_pb2.ListInstancesRequest())).instances
         ]
         assert other_names == ["c"]
-        assert await code_of(other.Get(Ref(ref="a"))) == grpc.StatusCode.NOT_FOUND
+        for call in (other.Get, other.Delete, other.PowerOff):
+            assert await code_of(call(Ref(ref="a"))) == grpc.StatusCode.NOT_FOUND
+            assert await code_of(call(Ref(ref=a.uuid))) == grpc.StatusCode.NOT_FOUND
+        names = [
+            i.spec.name for i in (await api.List(instances_pb2.ListInstancesRequest())).instances
+        ]
+        assert names == ["a", "b", "c"]
+        assert (await api.Get(Ref(ref=c.uuid))).namespace == "other"
 
 
 @pytest.mark.parametrize(

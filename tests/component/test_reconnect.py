@@ -15,6 +15,7 @@ from tests.component.conftest import (
     Api,
     FakeNode,
     create_request,
+    make_api,
     plane_settings,
     start_fake_node,
 )
@@ -61,7 +62,7 @@ async def test_control_plane_restart_keeps_instances(tmp_path: Path) -> None:
     node = await start_fake_node(f"127.0.0.1:{port}")
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            api = Api(channel)
+            api = await make_api(channel)
             uuids = [(await api.Create(create_request(f"vm{i}"))).uuid for i in range(3)]
             for uuid in uuids:
                 await api.wait_for(uuid, on)
@@ -69,7 +70,7 @@ async def test_control_plane_restart_keeps_instances(tmp_path: Path) -> None:
         connections = node.link.connections
         plane = await start(plane_settings(tmp_path / "cp", port))
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            api = Api(channel)
+            api = await make_api(channel)
             listed = await api.List(instances_pb2.ListInstancesRequest(), wait_for_ready=True)
             assert sorted(i.uuid for i in listed.instances) == sorted(uuids)
             assert all(on(i) for i in listed.instances)

@@ -1,0 +1,177 @@
+"""Authentication over gRPC: the token and namespace services, and the interceptor.
+
+Every call but the public ones (token minting, health, reflection) must carry
+``authorization: Bearer <token>``. The interceptor checks the token, resolves
+the namespace the call acts in (``x-namespace`` lets system act elsewhere),
+and hands it to the servicers through ``controlplane.api.status.CALLER``.
+Calls it refuses end with UNAUTHENTICATED (or PERMISSION_DENIED for the node
+stream, which only the system namespace may open) before any servicer runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeAlias
+
+import grpc
+
+from controlplane.api.status import (
+    AUTHORIZATION_KEY,
+    CALLER,
+    NAMESPACE_KEY,
+    grpc_errors,
+    metadata_value,
+    namespace_of,
+)
+from controlplane.errors import MiniCloudError, status_of
+from controlplane.services.instances import InstanceService
+from controlplane.services.namespaces import NamespaceService, require_system
+from controlplane.store.namespaces import Namespace
+from controlplane.tokens import bearer
+from protos import auth_pb2, auth_pb2_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+
+PUBLIC_PREFIXES = (
+    "/minicloud.v1.AuthService/",
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.",
+)
+SYSTEM_ONLY_PREFIXES = ("/minicloud.v1.NodeService/",)
+
+
+def namespace_to_pb(ns: Namespace) -> auth_pb2.Namespace:
+    """A namespace as its API message (key names only)."""
+    return auth_pb2.Namespace(
+        name=ns.name,
+        state=ns.state,
+        keys=sorted(ns.keys),
+        created_at=ns.created_at,
+        version=ns.version,
+    )
+
+
+class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
+    """Trades a namespace and key for a token."""
+
+    def __init__(self, namespaces: NamespaceService) -> None:
+        self.namespaces = namespaces
+
+    @grpc_errors
+    async def Token(
+        self, request: auth_pb2.TokenRequest, context: Context
+    ) -> auth_pb2.TokenResponse:
+        token, ttl = await self.namespaces.token(request.namespace, request.key)
+        return auth_pb2.TokenResponse(access_token=token, token_type="Bearer", expires_in=ttl)
+
+
+class NamespaceServicer(auth_pb2_grpc.NamespaceServiceServicer):
+    """Namespace and key management."""
+
+    def __init__(self, namespaces: NamespaceService, instances: InstanceService) -> None:
+        self.namespaces = namespaces
+        self.instances = instances
+
+    @grpc_errors
+    async def Create(
+        self, request: auth_pb2.CreateNamespaceRequest, context: Context
+    ) -> auth_pb2.Namespace:
+        ns = await self.namespaces.create(
+            namespace_of(context), request.name, request.key_name, request.key
+        )
+        return namespace_to_pb(ns)
+
+    @grpc_errors
+    async def Get(self, request: auth_pb2.NamespaceRef, context: Context) -> auth_pb2.Namespace:
+        return namespace_to_pb(self.namespaces.get(namespace_of(context), request.name))
+
+    @grpc_errors
+    async def List(
+        self, request: auth_pb2.ListNamespacesRequest, context: Context
+    ) -> auth_pb2.ListNamespacesResponse:
+        found = self.namespaces.list_all(namespace_of(context))
+        return auth_pb2.ListNamespacesResponse(namespaces=[namespace_to_pb(n) for n in found])
+
+    @grpc_errors
+    async def Delete(self, request: auth_pb2.NamespaceRef, context: Context) -> auth_pb2.Namespace:
+        caller = namespace_of(context)
+        require_system(caller, "delete namespaces")
+        live = await self.instances.list_all(request.name)
+        ns = await self.namespaces.delete(caller, request.name, len(live))
+        return namespace_to_pb(ns)
+
+    @grpc_errors
+    async def AddKey(self, request: auth_pb2.AddKeyRequest, context: Context) -> auth_pb2.Namespace:
+        ns = await self.namespaces.add_key(
+            namespace_of(context), request.namespace, request.key_name, request.key
+        )
+        return namespace_to_pb(ns)
+
+    @grpc_errors
+    async def DeleteKey(
+        self, request: auth_pb2.DeleteKeyRequest, context: Context
+    ) -> auth_pb2.Namespace:
+        ns = await self.namespaces.delete_key(
+            namespace_of(context), request.namespace, request.key_name
+        )
+        return namespace_to_pb(ns)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls without a valid token; tells servicers whose call it is."""
+
+    def __init__(self, namespaces: NamespaceService) -> None:
+        self.namespaces = namespaces
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        method = handler_call_details.method
+        if method.startswith(PUBLIC_PREFIXES):
+            CALLER.set("")
+            return await continuation(handler_call_details)
+        try:
+            token = bearer(metadata_value(handler_call_details, AUTHORIZATION_KEY))
+            caller = self.namespaces.authenticate(token)
+            if method.startswith(SYSTEM_ONLY_PREFIXES):
+                require_system(caller, "open a node stream")
+            acting = self.namespaces.acting_as(
+                caller, metadata_value(handler_call_details, NAMESPACE_KEY)
+            )
+        except MiniCloudError as exc:
+            return _refusal(await continuation(handler_call_details), exc)
+        CALLER.set(acting)
+        return await continuation(handler_call_details)
+
+
+def _refusal(handler: Handler | None, error: MiniCloudError) -> Handler | None:
+    """A handler of the same shape as handler that ends the call with error's status."""
+    if handler is None:
+        return None
+    code = getattr(grpc.StatusCode, status_of(error)[0])
+    message = str(error)
+
+    async def refuse_unary(request: Any, context: Context) -> Any:
+        await context.abort(code, message)
+
+    async def refuse_stream(request: Any, context: Context) -> AsyncIterator[Any]:
+        await context.abort(code, message)
+        yield  # pragma: no cover - abort raises
+
+    kinds = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    streaming = handler.response_streaming
+    make: Any = kinds[(handler.request_streaming, streaming)]
+    refusal: Handler = make(
+        refuse_stream if streaming else refuse_unary,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+    return refusal

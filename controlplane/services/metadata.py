@@ -1,0 +1,247 @@
+"""User metadata on objects: get, set one key, delete one key.
+
+Object types plug in through a small registry (``MetadataService.kinds``):
+each ``MetadataKind`` knows how to find an object the caller may see, how to
+check a whole metadata dict for its reserved keys, and how to replace its
+metadata with a compare-and-set (so concurrent sets never lose each other)
+in the same batch as the ``mutate`` event that records the change. Instances,
+blobs and artifacts are registered here; namespaces, networks, interfaces and
+nodes add a kind of their own.
+
+Visibility follows the other services: an object of another namespace looks
+exactly like a missing one, except to ``system``, which sees everything.
+Blobs belong to no namespace (as in the BlobService) and are visible to all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
+from controlplane.model import Event, Instance, JsonDict
+from controlplane.services.namespaces import NamespaceService
+from controlplane.store.artifacts import Artifacts
+from controlplane.store.blobs import BlobStore
+from controlplane.store.protocol import Conflict
+from controlplane.store.records import DELETED, Records
+from controlplane.validation import (
+    check_instance_metadata,
+    check_metadata_key,
+    check_metadata_size,
+    looks_like_uuid,
+)
+
+SYSTEM = "system"
+Change = Callable[[JsonDict], JsonDict]
+
+
+def visible(owner: str, caller: str) -> bool:
+    """Whether the caller's namespace may see an object owned by owner."""
+    return caller in (owner, SYSTEM)
+
+
+@dataclass(frozen=True)
+class Found:
+    """An object the caller may see: its UUID, namespace and current metadata."""
+
+    uuid: str
+    namespace: str
+    metadata: JsonDict
+
+
+class MetadataKind(Protocol):
+    """How one object type keeps its metadata."""
+
+    async def find(self, namespace: str, ref: str) -> Found:
+        """The object by ref, if the namespace may see it (else NotFound)."""
+        ...
+
+    def check(self, metadata: JsonDict) -> JsonDict:
+        """The whole metadata after a change, checked (InvalidArgument if not allowed)."""
+        ...
+
+    async def update(self, found: Found, change: Change, event: Event) -> JsonDict:
+        """Apply change to the current metadata with compare-and-set, recording event."""
+        ...
+
+
+class InstanceKind:
+    """Instance metadata lives in the instance record; ``tags`` and ``affinity`` are checked."""
+
+    def __init__(self, records: Records) -> None:
+        self.records = records
+
+    async def find(self, namespace: str, ref: str) -> Found:
+        found: Instance | None = None
+        if looks_like_uuid(ref):
+            found = await self.records.get_instance(ref)
+        if found is None:
+            found = await self.records.find_by_name(namespace, ref)
+        if found is None or not visible(found.namespace, namespace):
+            raise NotFound(f"instance {ref!r} not found")
+        return Found(found.uuid, found.namespace, found.metadata)
+
+    def check(self, metadata: JsonDict) -> JsonDict:
+        return check_instance_metadata(metadata)
+
+    async def update(self, found: Found, change: Change, event: Event) -> JsonDict:
+        for _ in range(50):
+            current = await self.records.get_instance(found.uuid)
+            if current is None:
+                raise NotFound(f"instance {found.uuid} not found")
+            if current.state == DELETED:
+                raise FailedPrecondition(f"instance {found.uuid} is deleted")
+            metadata = change(dict(current.metadata))
+            if metadata == current.metadata:
+                return metadata
+            try:
+                await self.records.update_instance(
+                    current, current.with_changes(metadata=metadata), [event]
+                )
+                return metadata
+            except Conflict:
+                continue
+        raise FailedPrecondition(f"instance {found.uuid} is changing too fast; try again")
+
+
+class BlobKind:
+    """Blob metadata lives in the blob record; blobs are visible to every namespace."""
+
+    def __init__(self, blobs: BlobStore, records: Records) -> None:
+        self.blobs = blobs
+        self.records = records
+
+    async def find(self, namespace: str, ref: str) -> Found:
+        blob = await self.blobs.get(ref) if looks_like_uuid(ref) else None
+        if blob is None:
+            raise NotFound(f"blob {ref!r} not found")
+        return Found(blob.uuid, "", blob.metadata)
+
+    def check(self, metadata: JsonDict) -> JsonDict:
+        return check_metadata_size(metadata)
+
+    async def update(self, found: Found, change: Change, event: Event) -> JsonDict:
+        try:
+            result = await self.blobs.update_metadata(
+                found.uuid, change, self.records.event_ops([event])
+            )
+        except Conflict as exc:
+            raise FailedPrecondition(f"{exc}; try again") from exc
+        if result is None:
+            raise NotFound(f"blob {found.uuid} not found")
+        return result
+
+
+class ArtifactKind:
+    """Artifact metadata lives in the artifact record; found by UUID or TYPE:NAME."""
+
+    def __init__(self, artifacts: Artifacts, records: Records) -> None:
+        self.artifacts = artifacts
+        self.records = records
+
+    async def find(self, namespace: str, ref: str) -> Found:
+        art = None
+        if looks_like_uuid(ref):
+            art = await self.artifacts.get(ref)
+        elif ":" in ref:
+            kind, _, name = ref.partition(":")
+            art = await self.artifacts.find(namespace, kind, name)
+        if art is None or not visible(art.namespace, namespace):
+            raise NotFound(f"artifact {ref!r} not found")
+        return Found(art.uuid, art.namespace, art.metadata)
+
+    def check(self, metadata: JsonDict) -> JsonDict:
+        return check_metadata_size(metadata)
+
+    async def update(self, found: Found, change: Change, event: Event) -> JsonDict:
+        try:
+            result = await self.artifacts.update_metadata(
+                found.uuid, change, self.records.event_ops([event])
+            )
+        except Conflict as exc:
+            raise FailedPrecondition(f"{exc}; try again") from exc
+        if result is None:
+            raise NotFound(f"artifact {found.uuid} not found")
+        return result
+
+
+class NamespaceKind:
+    """Namespace metadata lives in the namespace record; found by name."""
+
+    def __init__(self, namespaces: NamespaceService, records: Records) -> None:
+        self.namespaces = namespaces
+        self.records = records
+
+    async def find(self, namespace: str, ref: str) -> Found:
+        ns = self.namespaces.get(namespace, ref)
+        return Found(ns.name, ns.name, ns.metadata)
+
+    def check(self, metadata: JsonDict) -> JsonDict:
+        return check_metadata_size(metadata)
+
+    async def update(self, found: Found, change: Change, event: Event) -> JsonDict:
+        result = await self.namespaces.update_metadata(found.uuid, change)
+        await self.records.add_events(found.namespace, [event])
+        return result
+
+
+class MetadataService:
+    """Get, set and delete metadata keys on any registered object type."""
+
+    def __init__(
+        self,
+        kinds: dict[str, MetadataKind],
+        event: Callable[..., Event],
+    ) -> None:
+        self.kinds = kinds
+        self.event = event
+
+    def _kind(self, object_type: str) -> MetadataKind:
+        kind = self.kinds.get(object_type)
+        if kind is None:
+            known = ", ".join(sorted(self.kinds))
+            raise InvalidArgument(
+                f"object type {object_type!r} has no metadata here; known types: {known}"
+            )
+        return kind
+
+    async def _find(self, namespace: str, object_type: str, ref: str) -> Found:
+        kind = self._kind(object_type)
+        if not ref:
+            raise InvalidArgument(f"a {object_type} UUID or name is required")
+        return await kind.find(namespace, ref)
+
+    async def get(self, namespace: str, object_type: str, ref: str) -> JsonDict:
+        """An object's whole metadata."""
+        return (await self._find(namespace, object_type, ref)).metadata
+
+    async def set(
+        self, namespace: str, object_type: str, ref: str, key: str, value: Any
+    ) -> JsonDict:
+        """Set one key (reserved keys checked); returns the whole metadata afterwards."""
+        check_metadata_key(key)
+        kind = self._kind(object_type)
+        kind.check({key: value})
+        found = await self._find(namespace, object_type, ref)
+
+        def change(metadata: JsonDict) -> JsonDict:
+            return kind.check({**metadata, key: value})
+
+        event = self.event(found.uuid, "set metadata", "mutate", key=key, value=value)
+        return await kind.update(found, change, event)
+
+    async def delete(self, namespace: str, object_type: str, ref: str, key: str) -> JsonDict:
+        """Remove one key (absent keys are fine); returns the whole metadata afterwards."""
+        check_metadata_key(key)
+        kind = self._kind(object_type)
+        found = await self._find(namespace, object_type, ref)
+        if key not in found.metadata:
+            return found.metadata
+
+        def change(metadata: JsonDict) -> JsonDict:
+            return {k: v for k, v in metadata.items() if k != key}
+
+        event = self.event(found.uuid, "delete metadata", "mutate", key=key)
+        return await kind.update(found, change, event)

@@ -1,0 +1,247 @@
+"""Namespace use cases: keys, tokens, and who may see what.
+
+The ``system`` namespace is the administrator. Every other namespace sees only
+its own objects; an object of another namespace looks exactly like a missing
+one. Namespace records are few and read on every call, so they are cached in
+memory; every write goes through this service, which keeps the cache true.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from controlplane import tokens
+from controlplane.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
+from controlplane.store.namespaces import Key, Namespace, Namespaces
+from controlplane.store.protocol import Conflict
+
+log = structlog.get_logger(__name__)
+
+SYSTEM = "system"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+KEY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+MAX_KEY_LENGTH = 1024
+DEPLOY_KEY = "deploy"
+
+
+def can_see(caller: str, owner: str) -> bool:
+    """Whether a caller namespace may see an object owned by owner."""
+    return caller in (SYSTEM, owner)
+
+
+def require_system(caller: str, what: str) -> None:
+    """Refuse administrator-only operations to other namespaces."""
+    if caller != SYSTEM:
+        raise PermissionDenied(f"only the system namespace may {what}")
+
+
+class NamespaceService:
+    """Namespaces, their keys, and the tokens minted from them."""
+
+    def __init__(
+        self,
+        namespaces: Namespaces,
+        clock: Callable[[], float],
+        token_ttl: float,
+    ) -> None:
+        self.namespaces = namespaces
+        self.clock = clock
+        self.token_ttl = token_ttl
+        self._secret = b""
+        self._cache: dict[str, Namespace] = {}
+
+    async def start(self, system_key: str = "", key_file: Path | None = None) -> None:
+        """Load the secret and namespaces; make sure the system namespace can log in.
+
+        With ``system_key`` the system namespace's "deploy" key is set to it.
+        Without, and when the system namespace has no key yet, a random key is
+        made and written to ``key_file`` (mode 0600) for the operator.
+        """
+        self._secret = await self.namespaces.secret()
+        self._cache = {ns.name: ns for ns in await self.namespaces.list_all()}
+        system = self._cache.get(SYSTEM) or await self._write(
+            Namespace(name=SYSTEM, created_at=self.clock())
+        )
+        if system_key:
+            current = system.keys.get(DEPLOY_KEY)
+            if current is None or not tokens.key_matches(system_key, current.salt, current.hash):
+                await self.add_key(SYSTEM, SYSTEM, DEPLOY_KEY, system_key)
+        elif not system.keys:
+            generated = secrets.token_urlsafe(24)
+            await self.add_key(SYSTEM, SYSTEM, DEPLOY_KEY, generated)
+            if key_file is not None:
+                key_file.parent.mkdir(parents=True, exist_ok=True)
+                key_file.touch(mode=0o600)
+                key_file.write_text(generated + "\n")
+                log.warning("generated a system key", key_file=str(key_file))
+
+    # -- tokens -------------------------------------------------------------
+
+    async def token(self, namespace: str, key: str) -> tuple[str, int]:
+        """A signed token and its lifetime in seconds, for a namespace and one of its keys."""
+        if not namespace:
+            raise InvalidArgument("missing namespace in request")
+        if not key:
+            raise InvalidArgument("missing key in request")
+        ns = self._cache.get(namespace)
+        if ns is None or ns.state != "created":
+            raise NotFound("namespace not found")
+        for name, stored in sorted(ns.keys.items()):
+            if tokens.key_matches(key, stored.salt, stored.hash):
+                ttl = int(self.token_ttl)
+                claims = tokens.Claims(namespace, name, stored.nonce, self.clock() + ttl)
+                log.info("token issued", namespace=namespace, key_name=name)
+                return tokens.mint(self._secret, claims), ttl
+        log.warning("authentication failed", namespace=namespace)
+        raise Unauthenticated("unauthorized")
+
+    def authenticate(self, token: str) -> str:
+        """The namespace a bearer token speaks for (Unauthenticated if it does not)."""
+        claims = tokens.verify(self._secret, token, self.clock())
+        ns = self._cache.get(claims.namespace)
+        if ns is None or ns.state != "created":
+            raise Unauthenticated("the token's namespace no longer exists")
+        key = ns.keys.get(claims.key_name)
+        if key is None or key.nonce != claims.nonce:
+            raise Unauthenticated("the token's key was deleted or replaced")
+        return claims.namespace
+
+    def acting_as(self, caller: str, requested: str) -> str:
+        """The namespace a call acts in: system may name another one; others cannot."""
+        if not requested or requested == caller or caller != SYSTEM:
+            return caller
+        ns = self._cache.get(requested)
+        if ns is None or ns.state != "created":
+            raise NotFound(f"namespace {requested!r} not found")
+        return requested
+
+    # -- namespaces and keys -------------------------------------------------
+
+    async def create(self, caller: str, name: str, key_name: str = "", key: str = "") -> Namespace:
+        """A new namespace (system only), optionally with a first key."""
+        require_system(caller, "create namespaces")
+        if not NAME_RE.match(name or ""):
+            raise InvalidArgument(
+                "a namespace name is 1-63 letters, digits, '-', '_' or '.', starting alnum"
+            )
+        existing = self._cache.get(name)
+        if existing is not None and existing.state == "created":
+            raise AlreadyExists(f"namespace {name!r} already exists")
+        if bool(key_name) != bool(key):
+            raise InvalidArgument("give both key_name and key, or neither")
+        keys = {key_name: self._new_key(key_name, key)} if key else {}
+        ns = Namespace(
+            name=name,
+            keys=keys,
+            created_at=self.clock(),
+            version=existing.version if existing else 0,
+        )
+        stored = await self._write(ns)
+        log.info("namespace created", namespace=name)
+        return stored
+
+    def get(self, caller: str, name: str) -> Namespace:
+        """A namespace the caller may see (its own; any for system)."""
+        ns = self._cache.get(name)
+        if ns is None or ns.state != "created" or not can_see(caller, name):
+            raise NotFound("namespace not found")
+        return ns
+
+    def list_all(self, caller: str) -> list[Namespace]:
+        """The caller's namespace, or every live namespace for system."""
+        return sorted(
+            (
+                ns
+                for ns in self._cache.values()
+                if ns.state == "created" and can_see(caller, ns.name)
+            ),
+            key=lambda ns: ns.name,
+        )
+
+    async def delete(self, caller: str, name: str, live_instances: int) -> Namespace:
+        """Mark a namespace deleted (system only; refused while it has live instances)."""
+        require_system(caller, "delete namespaces")
+        if name == SYSTEM:
+            raise FailedPrecondition("you cannot delete the system namespace")
+        ns = self.get(caller, name)
+        if live_instances:
+            raise FailedPrecondition(
+                f"namespace {name!r} still has {live_instances} instance(s); delete them first"
+            )
+        stored = await self._write(ns.with_changes(state="deleted", keys={}))
+        log.info("namespace deleted", namespace=name)
+        return stored
+
+    async def add_key(self, caller: str, namespace: str, key_name: str, key: str) -> Namespace:
+        """Add or replace a key (system, or the namespace itself)."""
+        if not KEY_NAME_RE.match(key_name or "") or key_name.startswith("_service_key"):
+            raise InvalidArgument("illegal key name")
+        if not key or len(key) > MAX_KEY_LENGTH:
+            raise InvalidArgument(f"a key is 1-{MAX_KEY_LENGTH} characters")
+        new_key = self._new_key(key_name, key)
+        for _ in range(10):
+            ns = self.get(caller, namespace)
+            try:
+                stored = await self._write(ns.with_changes(keys={**ns.keys, key_name: new_key}))
+            except Conflict:
+                await self._reload(namespace)
+                continue
+            log.info("key set", namespace=namespace, key_name=key_name)
+            return stored
+        raise Unavailable("the namespace changed too often; try again")
+
+    async def delete_key(self, caller: str, namespace: str, key_name: str) -> Namespace:
+        """Remove a key, revoking the tokens minted with it."""
+        ns = self.get(caller, namespace)
+        if key_name not in ns.keys:
+            raise NotFound("key name not found in namespace")
+        stored = await self._write(
+            ns.with_changes(keys={k: v for k, v in ns.keys.items() if k != key_name})
+        )
+        log.info("key deleted", namespace=namespace, key_name=key_name)
+        return stored
+
+    async def update_metadata(
+        self, name: str, change: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Apply change to a namespace's metadata (compare-and-set, retried)."""
+        for _ in range(10):
+            ns = self._cache.get(name)
+            if ns is None or ns.state != "created":
+                raise NotFound("namespace not found")
+            metadata = change(dict(ns.metadata))
+            try:
+                await self._write(ns.with_changes(metadata=metadata))
+            except Conflict:
+                await self._reload(name)
+                continue
+            return metadata
+        raise Unavailable("the namespace changed too often; try again")
+
+    def _new_key(self, key_name: str, key: str) -> Key:
+        salt, digest = tokens.hash_key(key)
+        return Key(salt=salt, hash=digest, nonce=tokens.new_nonce(), created_at=self.clock())
+
+    async def _write(self, ns: Namespace) -> Namespace:
+        stored = await self.namespaces.put(ns)
+        self._cache[ns.name] = stored
+        return stored
+
+    async def _reload(self, name: str) -> None:
+        found = await self.namespaces.get(name)
+        if found is not None:
+            self._cache[name] = found

@@ -1,0 +1,45 @@
+"""The node agent's credentials: a system-namespace key traded for short-lived tokens.
+
+Node agents authenticate like any caller: they trade a key of the system
+namespace (``MINICLOUD_NODE_KEY``) for a token through AuthService.Token and
+send it as ``authorization: Bearer <token>``. A token is reused until a minute
+before it expires, or until a call says it is no longer good.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import grpc
+
+from protos import auth_pb2, auth_pb2_grpc
+
+Metadata = tuple[tuple[str, str], ...]
+REFRESH_MARGIN = 60.0
+
+
+class Credentials:
+    """Mints and caches this node's bearer token."""
+
+    def __init__(
+        self, namespace: str, key: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.namespace = namespace
+        self.key = key
+        self.clock = clock
+        self._token = ""
+        self._expires = 0.0
+
+    async def metadata(self, channel: grpc.aio.Channel) -> Metadata:
+        """Call metadata carrying a current token (minted over channel when needed)."""
+        if not self._token or self.clock() > self._expires - REFRESH_MARGIN:
+            stub = auth_pb2_grpc.AuthServiceStub(channel)
+            reply = await stub.Token(auth_pb2.TokenRequest(namespace=self.namespace, key=self.key))
+            self._token = reply.access_token
+            self._expires = self.clock() + reply.expires_in
+        return (("authorization", f"Bearer {self._token}"),)
+
+    def forget(self) -> None:
+        """Drop the cached token (after the control plane refused it)."""
+        self._token = ""

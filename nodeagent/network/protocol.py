@@ -1,0 +1,99 @@
+"""The network-driver port: a node's share of the virtual networks.
+
+Each virtual network (an IPv4 netblock with a VXLAN id) exists on a node as a
+Linux bridge (``bridge_name``) joined to the other nodes that carry it by a
+VXLAN device (one VNI per network; ``peers`` are the other nodes' underlay
+addresses, flooded through static FDB entries). On the one node that hosts the
+network's services (``services_here``) it also has a network namespace
+holding the gateway address on a veth into the bridge, dnsmasq serving DHCP
+leases for exactly the allocated MAC/IP pairs, and, when asked, NAT out
+through an egress veth into the node's egress bridge, where the namespace
+holds the network's ``egress_address`` and any floating addresses (DNAT to
+their inner address, SNAT back).
+
+Semantics every implementation honours (tests/contract/test_network_contract.py):
+
+- ``ensure`` makes the node's state match the config, whatever was there:
+  calling it twice with the same config changes nothing; calling it with a
+  changed config (new leases, peers, floating addresses, NAT off) converges.
+- ``remove`` deletes everything ``ensure`` made for the network (bridge,
+  VXLAN, namespace, veths, dnsmasq process and files, firewall rules);
+  removing an absent network is a no-op.
+- ``present`` lists the UUIDs of networks that have anything on this node,
+  so a restarted agent can remove those the control plane no longer knows.
+- Failures raise ``NetworkError``; ``retryable`` says whether to try again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class NetworkError(Exception):
+    """A network could not be set up or torn down."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One DHCP reservation: this MAC gets this address (and hostname)."""
+
+    mac: str
+    address: str
+    hostname: str = ""
+
+
+@dataclass(frozen=True)
+class Floating:
+    """A floating address, DNATed to an interface's address inside the network."""
+
+    address: str
+    inner_address: str
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Everything a node needs to carry one network."""
+
+    uuid: str
+    vni: int
+    # e.g. "10.0.0.0/24"; the gateway is its first usable address.
+    netblock: str
+    gateway: str
+    provide_dhcp: bool = True
+    provide_nat: bool = True
+    # Run the namespace (gateway, dnsmasq, NAT, floating addresses) on this node.
+    services_here: bool = True
+    leases: tuple[Lease, ...] = ()
+    # Underlay addresses of the other nodes carrying this network.
+    peers: tuple[str, ...] = ()
+    # The namespace's address on the egress bridge (NAT source), with its prefix
+    # length, e.g. "192.168.240.5/24"; empty: no egress at all.
+    egress_address: str = ""
+    egress_gateway: str = ""
+    floating: tuple[Floating, ...] = ()
+    mtu: int = 1450
+
+
+class NetworkDriver(Protocol):
+    """Sets up and tears down this node's part of virtual networks."""
+
+    def bridge_name(self, network_uuid: str) -> str:
+        """The Linux bridge guests' interfaces on this network attach to."""
+        ...
+
+    async def ensure(self, config: NetworkConfig) -> None:
+        """Make this node carry the network exactly as configured (idempotent)."""
+        ...
+
+    async def remove(self, network_uuid: str) -> None:
+        """Remove everything this node has for the network (idempotent)."""
+        ...
+
+    async def present(self) -> list[str]:
+        """UUIDs of the networks this node has anything for."""
+        ...
