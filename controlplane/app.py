@@ -23,6 +23,7 @@ from controlplane.api.agent import AgentServicer
 from controlplane.api.artifacts import ArtifactServicer
 from controlplane.api.auth import AuthInterceptor, AuthServicer, NamespaceServicer
 from controlplane.api.blobs import BlobServicer
+from controlplane.api.consoles import ConsoleServicer
 from controlplane.api.instances import InstanceServicer
 from controlplane.api.metadata import MetadataServicer
 from controlplane.api.node_stream import NodeServicer
@@ -32,6 +33,7 @@ from controlplane.nodes import NodeRegistry
 from controlplane.reconciler import Reconciler
 from controlplane.services.agent import AgentService
 from controlplane.services.artifacts import ArtifactService
+from controlplane.services.consoles import ConsoleService
 from controlplane.services.events import EventPruner
 from controlplane.services.instances import InstanceService
 from controlplane.services.metadata import (
@@ -62,6 +64,8 @@ from protos import (
     auth_pb2_grpc,
     blobs_pb2,
     blobs_pb2_grpc,
+    consoles_pb2,
+    consoles_pb2_grpc,
     instances_pb2,
     metadata_pb2,
     metadata_pb2_grpc,
@@ -146,6 +150,12 @@ async def start(
     blobs_pb2_grpc.add_BlobServiceServicer_to_server(BlobServicer(blobs, clock), server)
     artifacts_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(artifacts), server)
     uploads_pb2_grpc.add_UploadServiceServicer_to_server(UploadServicer(uploads), server)
+    consoles = ConsoleService(
+        records, nodes, blobs, settings.name, clock, timeout=settings.command_timeout
+    )
+    consoles_pb2_grpc.add_ConsoleServiceServicer_to_server(
+        ConsoleServicer(consoles, service), server
+    )
     metadata_pb2_grpc.add_MetadataServiceServicer_to_server(MetadataServicer(metadata), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -156,6 +166,7 @@ async def start(
         blobs_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name,
         artifacts_pb2.DESCRIPTOR.services_by_name["ArtifactService"].full_name,
         uploads_pb2.DESCRIPTOR.services_by_name["UploadService"].full_name,
+        consoles_pb2.DESCRIPTOR.services_by_name["ConsoleService"].full_name,
         auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
         auth_pb2.DESCRIPTOR.services_by_name["NamespaceService"].full_name,
         metadata_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name,

@@ -120,6 +120,8 @@ class Node:
     hypervisor: str
     agent_version: str = ""
     last_seen: float = 0.0
+    # Where the node's console ports listen, as clients reach it.
+    console_host: str = ""
 
 
 @dataclass(frozen=True)

@@ -179,6 +179,8 @@ class Reconciler:
         instance = await self.records.get_instance(outcome.instance_uuid)
         if instance is None:
             return
+        if outcome.observation is not None and instance.node == session.node.name:
+            instance = await self.record_ports(instance, outcome.observation)
         if instance.state == lifecycle.CREATING:
             if outcome.ok:
                 self._create_attempts.pop(instance.uuid, None)
@@ -237,6 +239,7 @@ class Reconciler:
             return
         if instance.node != session.node.name:
             return
+        instance = await self.record_ports(instance, obs)
         if not obs.exists:
             if instance.state == lifecycle.CREATED:
                 await self.transition(
@@ -256,6 +259,26 @@ class Reconciler:
                 reason=obs.reason,
                 current=instance,
             )
+
+    async def record_ports(self, instance: Instance, obs: Observation) -> Instance:
+        """Keep the console ports a node reported for an instance's domain."""
+        for _ in range(20):
+            if not obs.exists or not obs.console_port or instance.state == lifecycle.DELETED:
+                return instance
+            ports = (obs.console_port, obs.vdi_port, obs.vdi_tls_port)
+            if ports == (instance.console_port, instance.vdi_port, instance.vdi_tls_port):
+                return instance
+            new = instance.with_changes(
+                console_port=obs.console_port, vdi_port=obs.vdi_port, vdi_tls_port=obs.vdi_tls_port
+            )
+            try:
+                return await self.records.update_instance(instance, new, [])
+            except Conflict:
+                latest = await self.records.get_instance(instance.uuid)
+                if latest is None:
+                    return instance
+                instance = latest
+        return instance
 
     async def on_inventory(self, session: Session, domains: list[Observation]) -> None:
         """A node (re)connected and listed its domains: converge both ways."""

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import structlog
 
+from nodeagent.consoles import Consoles
 from nodeagent.disks.protocol import DiskBuilder, DiskError
 from nodeagent.guestops import GuestOpError, GuestOps
 from nodeagent.guestwatch import GuestWatch
@@ -34,7 +35,16 @@ def observation_of(uuid: str, state: DomainState | None) -> Observation:
     """A domain's state as reported to the control plane."""
     if state is None:
         return Observation(uuid, exists=False)
-    return Observation(uuid, True, state.power_state, state.reason)
+    ports = state.ports
+    return Observation(
+        uuid,
+        True,
+        state.power_state,
+        state.reason,
+        ports.console_port,
+        ports.vdi_port,
+        ports.vdi_tls_port,
+    )
 
 
 class Executor:
@@ -49,7 +59,9 @@ class Executor:
         clock: Callable[[], float] = time.time,
         guestops: GuestOps | None = None,
         guestwatch: GuestWatch | None = None,
+        consoles: Consoles | None = None,
     ) -> None:
+        self.consoles = consoles
         self.guestops = guestops
         self.guestwatch = guestwatch
         self.hypervisor = hypervisor
@@ -69,6 +81,11 @@ class Executor:
         if command.kind == "agent":
             # In-guest work does not hold up power operations on the instance.
             return await self._agent(command)
+        if command.kind == "console":
+            # Nor do console reads, screenshots or sessions (and they are not remembered).
+            if self.consoles is None:
+                return Result(command.command_id, command.instance_uuid, False, "no consoles here")
+            return await self.consoles.run(command)
         lock = self._locks.setdefault(command.instance_uuid, asyncio.Lock())
         async with lock:
             remembered = self._results.get(command.command_id)
@@ -192,6 +209,8 @@ class Executor:
         return await self.hypervisor.power(uuid, action)
 
     async def _destroy(self, uuid: str) -> None:
+        if self.consoles is not None:
+            await self.consoles.close_instance(uuid)
         if self.guestwatch is not None:
             self.guestwatch.domain_gone(uuid)
         await self.hypervisor.remove(uuid)

@@ -19,6 +19,8 @@ class Command:
     spec: DomainSpec | None = None
     # For kind "agent": kind (execute, put, get), command_line, path, mode, ...
     agent: dict[str, Any] | None = None
+    # For kind "console": kind (read, clear, screenshot, open), length, session_id.
+    console: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,9 @@ class Observation:
     exists: bool
     power_state: str = ""
     reason: str = ""
+    console_port: int = 0
+    vdi_port: int = 0
+    vdi_tls_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,9 @@ class Result:
     retryable: bool = False
     observation: Observation | None = None
     agent_result: dict[str, Any] | None = None
+    # Console commands: log bytes read, or the screenshot's blob.
+    data: bytes = b""
+    blob_uuid: str = ""
 
 
 @dataclass(frozen=True)
@@ -81,4 +89,14 @@ class ExecOutput:
     data: bytes
 
 
-Report = Result | Observation | NodeEvent | Inventory | AgentStatus | ExecOutput
+@dataclass(frozen=True)
+class ConsoleRelay:
+    """Bytes of an interactive console session (either way), or its end."""
+
+    session_id: str
+    data: bytes = b""
+    close: bool = False
+    error: str = ""
+
+
+Report = Result | Observation | NodeEvent | Inventory | AgentStatus | ExecOutput | ConsoleRelay

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from protos import common_pb2 as protos_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11protos/node.proto\x12\x0cminicloud.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x13protos/common.proto\"\xbc\x03\n\x0bNodeMessage\x12*\n\x08register\x18\x01 \x01(\x0b\x32\x16.minicloud.v1.RegisterH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.minicloud.v1.HeartbeatH\x00\x12-\n\x06result\x18\x03 \x01(\x0b\x32\x1b.minicloud.v1.CommandResultH\x00\x12,\n\tinventory\x18\x04 \x01(\x0b\x32\x17.minicloud.v1.InventoryH\x00\x12\x36\n\x0bobservation\x18\x05 \x01(\x0b\x32\x1f.minicloud.v1.DomainObservationH\x00\x12(\n\x05\x65vent\x18\x06 \x01(\x0b\x32\x17.minicloud.v1.NodeEventH\x00\x12(\n\x05\x62\x61tch\x18\x07 \x01(\x0b\x32\x17.minicloud.v1.NodeBatchH\x00\x12\x31\n\x0c\x61gent_status\x18\x08 \x01(\x0b\x32\x19.minicloud.v1.AgentStatusH\x00\x12/\n\x0b\x65xec_output\x18\t \x01(\x0b\x32\x18.minicloud.v1.ExecOutputH\x00\x42\x06\n\x04\x62ody\"L\n\x0b\x41gentStatus\x12\x15\n\rinstance_uuid\x18\x01 \x01(\t\x12\x13\n\x0b\x61gent_state\x18\x02 \x01(\t\x12\x11\n\tboot_time\x18\x03 \x01(\x01\">\n\nExecOutput\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"8\n\tNodeBatch\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.minicloud.v1.NodeMessage\"u\n\x08Register\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04\x63pus\x18\x03 \x01(\x05\x12\x11\n\tmemory_mb\x18\x04 \x01(\x03\x12\x12\n\nhypervisor\x18\x05 \x01(\t\x12\x15\n\ragent_version\x18\x06 \x01(\t\")\n\tHeartbeat\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0f\n\x07sent_at\x18\x02 \x01(\x01\"=\n\tInventory\x12\x30\n\x07\x64omains\x18\x01 \x03(\x0b\x32\x1f.minicloud.v1.DomainObservation\"_\n\x11\x44omainObservation\x12\x15\n\rinstance_uuid\x18\x01 \x01(\t\x12\x0e\n\x06\x65xists\x18\x02 \x01(\x08\x12\x13\n\x0bpower_state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"/\n\tNodeEvent\x12\"\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x13.minicloud.v1.Event\"\xcd\x01\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x15\n\rinstance_uuid\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x11\n\tretryable\x18\x05 \x01(\x08\x12\x34\n\x0bobservation\x18\x06 \x01(\x0b\x32\x1f.minicloud.v1.DomainObservation\x12-\n\x0c\x61gent_result\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x9f\x01\n\x0e\x43ontrolMessage\x12.\n\nregistered\x18\x01 \x01(\x0b\x32\x18.minicloud.v1.RegisteredH\x00\x12(\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x15.minicloud.v1.CommandH\x00\x12+\n\x05\x62\x61tch\x18\x03 \x01(\x0b\x32\x1a.minicloud.v1.ControlBatchH\x00\x42\x06\n\x04\x62ody\">\n\x0c\x43ontrolBatch\x12.\n\x08messages\x18\x01 \x03(\x0b\x32\x1c.minicloud.v1.ControlMessage\"(\n\nRegistered\x12\x1a\n\x12heartbeat_interval\x18\x01 \x01(\x01\"\xf4\x01\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x15\n\rinstance_uuid\x18\x02 \x01(\t\x12,\n\x06\x63reate\x18\x03 \x01(\x0b\x32\x1a.minicloud.v1.CreateDomainH\x00\x12*\n\x05power\x18\x04 \x01(\x0b\x32\x19.minicloud.v1.PowerActionH\x00\x12.\n\x07\x64\x65stroy\x18\x05 \x01(\x0b\x32\x1b.minicloud.v1.DestroyDomainH\x00\x12*\n\x05\x61gent\x18\x06 \x01(\x0b\x32\x19.minicloud.v1.AgentActionH\x00\x42\x08\n\x06\x61\x63tion\"\xf2\x01\n\x0b\x41gentAction\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x14\n\x0c\x63ommand_line\x18\x02 \x01(\t\x12/\n\x03\x65nv\x18\x03 \x03(\x0b\x32\".minicloud.v1.AgentAction.EnvEntry\x12\x0b\n\x03\x63wd\x18\x04 \x01(\t\x12\x0f\n\x07timeout\x18\x05 \x01(\x01\x12\x0c\n\x04path\x18\x06 \x01(\t\x12\x0c\n\x04mode\x18\x07 \x01(\x03\x12\x11\n\tblob_uuid\x18\x08 \x01(\t\x12\x15\n\rstream_output\x18\t \x01(\x08\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"K\n\x0c\x43reateDomain\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12(\n\x04spec\x18\x02 \x01(\x0b\x32\x1a.minicloud.v1.InstanceSpec\"I\n\x0bPowerAction\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12*\n\x06\x64omain\x18\x02 \x01(\x0b\x32\x1a.minicloud.v1.CreateDomain\"\x0f\n\rDestroyDomain2U\n\x0bNodeService\x12\x46\n\x07\x43onnect\x12\x19.minicloud.v1.NodeMessage\x1a\x1c.minicloud.v1.ControlMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11protos/node.proto\x12\x0cminicloud.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x13protos/common.proto\"\xeb\x03\n\x0bNodeMessage\x12*\n\x08register\x18\x01 \x01(\x0b\x32\x16.minicloud.v1.RegisterH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.minicloud.v1.HeartbeatH\x00\x12-\n\x06result\x18\x03 \x01(\x0b\x32\x1b.minicloud.v1.CommandResultH\x00\x12,\n\tinventory\x18\x04 \x01(\x0b\x32\x17.minicloud.v1.InventoryH\x00\x12\x36\n\x0bobservation\x18\x05 \x01(\x0b\x32\x1f.minicloud.v1.DomainObservationH\x00\x12(\n\x05\x65vent\x18\x06 \x01(\x0b\x32\x17.minicloud.v1.NodeEventH\x00\x12(\n\x05\x62\x61tch\x18\x07 \x01(\x0b\x32\x17.minicloud.v1.NodeBatchH\x00\x12\x31\n\x0c\x61gent_status\x18\x08 \x01(\x0b\x32\x19.minicloud.v1.AgentStatusH\x00\x12/\n\x0b\x65xec_output\x18\t \x01(\x0b\x32\x18.minicloud.v1.ExecOutputH\x00\x12-\n\x07\x63onsole\x18\n \x01(\x0b\x32\x1a.minicloud.v1.ConsoleRelayH\x00\x42\x06\n\x04\x62ody\"N\n\x0c\x43onsoleRelay\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05\x63lose\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"L\n\x0b\x41gentStatus\x12\x15\n\rinstance_uuid\x18\x01 \x01(\t\x12\x13\n\x0b\x61gent_state\x18\x02 \x01(\t\x12\x11\n\tboot_time\x18\x03 \x01(\x01\">\n\nExecOutput\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"8\n\tNodeBatch\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.minicloud.v1.NodeMessage\"\x8b\x01\n\x08Register\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04\x63pus\x18\x03 \x01(\x05\x12\x11\n\tmemory_mb\x18\x04 \x01(\x03\x12\x12\n\nhypervisor\x18\x05 \x01(\t\x12\x15\n\ragent_version\x18\x06 \x01(\t\x12\x14\n\x0c\x63onsole_host\x18\x07 \x01(\t\")\n\tHeartbeat\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0f\n\x07sent_at\x18\x02 \x01(\x01\"=\n\tInventory\x12\x30\n\x07\x64omains\x18\x01 \x03(\x0b\x32\x1f.minicloud.v1.DomainObservation\"\x9d\x01\n\x11\x44omainObservation\x12\x15\n\rinstance_uuid\x18\x01 \x01(\t\x12\x0e\n\x06\x65xists\x18\x02 \x01(\x08\x12\x13\n\x0bpower_state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x14\n\x0c\x63onsole_port\x18\x05 \x01(\x05\x12\x10\n\x08vdi_port\x18\x06 \x01(\x05\x12\x14\n\x0cvdi_tls_port\x18\x07 \x01(\x05\"/\n\tNodeEvent\x12\"\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x13.minicloud.v1.Event\"\xee\x01\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x15\n\rinstance_uuid\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x11\n\tretryable\x18\x05 \x01(\x08\x12\x34\n\x0bobservation\x18\x06 \x01(\x0b\x32\x1f.minicloud.v1.DomainObservation\x12-\n\x0c\x61gent_result\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0c\n\x04\x64\x61ta\x18\x08 \x01(\x0c\x12\x11\n\tblob_uuid\x18\t \x01(\t\"\xce\x01\n\x0e\x43ontrolMessage\x12.\n\nregistered\x18\x01 \x01(\x0b\x32\x18.minicloud.v1.RegisteredH\x00\x12(\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x15.minicloud.v1.CommandH\x00\x12+\n\x05\x62\x61tch\x18\x03 \x01(\x0b\x32\x1a.minicloud.v1.ControlBatchH\x00\x12-\n\x07\x63onsole\x18\x04 \x01(\x0b\x32\x1a.minicloud.v1.ConsoleRelayH\x00\x42\x06\n\x04\x62ody\">\n\x0c\x43ontrolBatch\x12.\n\x08messages\x18\x01 \x03(\x0b\x32\x1c.minicloud.v1.ControlMessage\"(\n\nRegistered\x12\x1a\n\x12heartbeat_interval\x18\x01 \x01(\x01\"\xa4\x02\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x15\n\rinstance_uuid\x18\x02 \x01(\t\x12,\n\x06\x63reate\x18\x03 \x01(\x0b\x32\x1a.minicloud.v1.CreateDomainH\x00\x12*\n\x05power\x18\x04 \x01(\x0b\x32\x19.minicloud.v1.PowerActionH\x00\x12.\n\x07\x64\x65stroy\x18\x05 \x01(\x0b\x32\x1b.minicloud.v1.DestroyDomainH\x00\x12*\n\x05\x61gent\x18\x06 \x01(\x0b\x32\x19.minicloud.v1.AgentActionH\x00\x12.\n\x07\x63onsole\x18\x07 \x01(\x0b\x32\x1b.minicloud.v1.ConsoleActionH\x00\x42\x08\n\x06\x61\x63tion\"A\n\rConsoleAction\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06length\x18\x02 \x01(\x03\x12\x12\n\nsession_id\x18\x03 \x01(\t\"\xf2\x01\n\x0b\x41gentAction\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x14\n\x0c\x63ommand_line\x18\x02 \x01(\t\x12/\n\x03\x65nv\x18\x03 \x03(\x0b\x32\".minicloud.v1.AgentAction.EnvEntry\x12\x0b\n\x03\x63wd\x18\x04 \x01(\t\x12\x0f\n\x07timeout\x18\x05 \x01(\x01\x12\x0c\n\x04path\x18\x06 \x01(\t\x12\x0c\n\x04mode\x18\x07 \x01(\x03\x12\x11\n\tblob_uuid\x18\x08 \x01(\t\x12\x15\n\rstream_output\x18\t \x01(\x08\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"K\n\x0c\x43reateDomain\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12(\n\x04spec\x18\x02 \x01(\x0b\x32\x1a.minicloud.v1.InstanceSpec\"I\n\x0bPowerAction\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12*\n\x06\x64omain\x18\x02 \x01(\x0b\x32\x1a.minicloud.v1.CreateDomain\"\x0f\n\rDestroyDomain2U\n\x0bNodeService\x12\x46\n\x07\x43onnect\x12\x19.minicloud.v1.NodeMessage\x1a\x1c.minicloud.v1.ControlMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,43 +36,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENTACTION_ENVENTRY']._loaded_options = None
   _globals['_AGENTACTION_ENVENTRY']._serialized_options = b'8\001'
   _globals['_NODEMESSAGE']._serialized_start=87
-  _globals['_NODEMESSAGE']._serialized_end=531
-  _globals['_AGENTSTATUS']._serialized_start=533
-  _globals['_AGENTSTATUS']._serialized_end=609
-  _globals['_EXECOUTPUT']._serialized_start=611
-  _globals['_EXECOUTPUT']._serialized_end=673
-  _globals['_NODEBATCH']._serialized_start=675
-  _globals['_NODEBATCH']._serialized_end=731
-  _globals['_REGISTER']._serialized_start=733
-  _globals['_REGISTER']._serialized_end=850
-  _globals['_HEARTBEAT']._serialized_start=852
-  _globals['_HEARTBEAT']._serialized_end=893
-  _globals['_INVENTORY']._serialized_start=895
-  _globals['_INVENTORY']._serialized_end=956
-  _globals['_DOMAINOBSERVATION']._serialized_start=958
-  _globals['_DOMAINOBSERVATION']._serialized_end=1053
-  _globals['_NODEEVENT']._serialized_start=1055
-  _globals['_NODEEVENT']._serialized_end=1102
-  _globals['_COMMANDRESULT']._serialized_start=1105
-  _globals['_COMMANDRESULT']._serialized_end=1310
-  _globals['_CONTROLMESSAGE']._serialized_start=1313
-  _globals['_CONTROLMESSAGE']._serialized_end=1472
-  _globals['_CONTROLBATCH']._serialized_start=1474
-  _globals['_CONTROLBATCH']._serialized_end=1536
-  _globals['_REGISTERED']._serialized_start=1538
-  _globals['_REGISTERED']._serialized_end=1578
-  _globals['_COMMAND']._serialized_start=1581
-  _globals['_COMMAND']._serialized_end=1825
-  _globals['_AGENTACTION']._serialized_start=1828
-  _globals['_AGENTACTION']._serialized_end=2070
-  _globals['_AGENTACTION_ENVENTRY']._serialized_start=2028
-  _globals['_AGENTACTION_ENVENTRY']._serialized_end=2070
-  _globals['_CREATEDOMAIN']._serialized_start=2072
-  _globals['_CREATEDOMAIN']._serialized_end=2147
-  _globals['_POWERACTION']._serialized_start=2149
-  _globals['_POWERACTION']._serialized_end=2222
-  _globals['_DESTROYDOMAIN']._serialized_start=2224
-  _globals['_DESTROYDOMAIN']._serialized_end=2239
-  _globals['_NODESERVICE']._serialized_start=2241
-  _globals['_NODESERVICE']._serialized_end=2326
+  _globals['_NODEMESSAGE']._serialized_end=578
+  _globals['_CONSOLERELAY']._serialized_start=580
+  _globals['_CONSOLERELAY']._serialized_end=658
+  _globals['_AGENTSTATUS']._serialized_start=660
+  _globals['_AGENTSTATUS']._serialized_end=736
+  _globals['_EXECOUTPUT']._serialized_start=738
+  _globals['_EXECOUTPUT']._serialized_end=800
+  _globals['_NODEBATCH']._serialized_start=802
+  _globals['_NODEBATCH']._serialized_end=858
+  _globals['_REGISTER']._serialized_start=861
+  _globals['_REGISTER']._serialized_end=1000
+  _globals['_HEARTBEAT']._serialized_start=1002
+  _globals['_HEARTBEAT']._serialized_end=1043
+  _globals['_INVENTORY']._serialized_start=1045
+  _globals['_INVENTORY']._serialized_end=1106
+  _globals['_DOMAINOBSERVATION']._serialized_start=1109
+  _globals['_DOMAINOBSERVATION']._serialized_end=1266
+  _globals['_NODEEVENT']._serialized_start=1268
+  _globals['_NODEEVENT']._serialized_end=1315
+  _globals['_COMMANDRESULT']._serialized_start=1318
+  _globals['_COMMANDRESULT']._serialized_end=1556
+  _globals['_CONTROLMESSAGE']._serialized_start=1559
+  _globals['_CONTROLMESSAGE']._serialized_end=1765
+  _globals['_CONTROLBATCH']._serialized_start=1767
+  _globals['_CONTROLBATCH']._serialized_end=1829
+  _globals['_REGISTERED']._serialized_start=1831
+  _globals['_REGISTERED']._serialized_end=1871
+  _globals['_COMMAND']._serialized_start=1874
+  _globals['_COMMAND']._serialized_end=2166
+  _globals['_CONSOLEACTION']._serialized_start=2168
+  _globals['_CONSOLEACTION']._serialized_end=2233
+  _globals['_AGENTACTION']._serialized_start=2236
+  _globals['_AGENTACTION']._serialized_end=2478
+  _globals['_AGENTACTION_ENVENTRY']._serialized_start=2436
+  _globals['_AGENTACTION_ENVENTRY']._serialized_end=2478
+  _globals['_CREATEDOMAIN']._serialized_start=2480
+  _globals['_CREATEDOMAIN']._serialized_end=2555
+  _globals['_POWERACTION']._serialized_start=2557
+  _globals['_POWERACTION']._serialized_end=2630
+  _globals['_DESTROYDOMAIN']._serialized_start=2632
+  _globals['_DESTROYDOMAIN']._serialized_end=2647
+  _globals['_NODESERVICE']._serialized_start=2649
+  _globals['_NODESERVICE']._serialized_end=2734
 # @@protoc_insertion_point(module_scope)

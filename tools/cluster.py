@@ -71,6 +71,8 @@ class Cluster:
     image_port: int = field(default_factory=free_port)
     gateway_port: int = field(default_factory=free_port)
     node_name: str = field(default_factory=lambda: f"sys-{uuidlib.uuid4().hex[:6]}")
+    # Seconds between the node's usage events.
+    usage_interval: float = 60.0
     # The system namespace's key: the client and the node agent log in with it.
     key: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -154,6 +156,7 @@ class Cluster:
                 "MINICLOUD_NODE_IMAGE_URL_TEMPLATE": f"http://127.0.0.1:{self.image_port}/{{name}}-{{version}}.qcow2",
                 "MINICLOUD_NODE_BACKOFF_BASE": "0.2",
                 "MINICLOUD_NODE_BACKOFF_CAP": "1",
+                "MINICLOUD_NODE_USAGE_INTERVAL": str(self.usage_interval),
             },
         )
 
@@ -202,7 +205,9 @@ class Cluster:
         )
 
     @classmethod
-    def launch(cls, image: Path, base: Path = Path("/var/lib/mc/c")) -> Cluster:
+    def launch(
+        cls, image: Path, base: Path = Path("/var/lib/mc/c"), usage_interval: float = 60.0
+    ) -> Cluster:
         """Start an image server, a control plane and a node agent in a new folder.
 
         Keep ``base`` short: guest channel sockets live under it, and unix
@@ -212,7 +217,7 @@ class Cluster:
         root.mkdir(parents=True)
         for folder in (base.parent, base, root):
             folder.chmod(0o755)  # QEMU runs as another user and must reach the disks
-        cluster = cls(root=root, image=image)
+        cluster = cls(root=root, image=image, usage_interval=usage_interval)
         cluster.start_images()
         cluster.start_controlplane()
         cluster.start_gateway()

@@ -22,6 +22,13 @@ Choices worth knowing (each checked by booting a guest on libvirt 9.0 / QEMU 7.2
   disk (so libvirt still opens, labels and tracks the whole backing chain)
   whose QEMU device is switched to ``nvme`` with ``<qemu:override>``; the
   guest sees an NVMe controller (PCI 1b36:0010) with the disk as namespace 1.
+- The serial console is a TCP server (``console_port``, raw protocol) on the
+  node's console address, logged to the console log; libvirt hands the log
+  to virtlogd, which rotates it. Without a console port (unit tests) it is a
+  pty. VNC and SPICE listen on fixed ports (``vdi_port``, and
+  ``vdi_tls_port`` for SPICE when TLS is configured) instead of libvirt's
+  autoport, so the ports are known before the domain starts and stay the
+  same across power cycles.
 - SPICE has no share policy in libvirt; ``spiceconcurrent`` (as in Shaken
   Fist) sets ``SPICE_DEBUG_ALLOW_MC=1`` in QEMU's environment, which lets
   several SPICE clients share the console.
@@ -35,6 +42,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+from nodeagent.hypervisor.ports import ConsolePorts
 from nodeagent.hypervisor.protocol import HypervisorError, PreparedDisk
 from nodeagent.spec import DomainSpec
 
@@ -94,6 +102,7 @@ def build_domain_xml(
     nvram_path: Path | None = None,
     listen_address: str = "127.0.0.1",
     node_name: str = "",
+    ports: ConsolePorts | None = None,
 ) -> str:
     """Return the libvirt domain XML for ``spec`` with ``disks`` attached in order.
 
@@ -139,9 +148,10 @@ def build_domain_xml(
 
     devices = ET.SubElement(root, "devices")
     nvme_aliases = _disks(devices, disks)
-    _console(devices, console_log)
+    ports = ports or ConsolePorts()
+    _console(devices, console_log, listen_address, ports.console_port)
     _video(devices, spec)
-    _graphics(devices, spec, listen_address)
+    _graphics(devices, spec, listen_address, ports)
     _channels(devices, spec, socket_dir)
     ET.SubElement(devices, "memballoon", model="virtio")
 
@@ -245,11 +255,46 @@ def _disks(devices: ET.Element, disks: list[PreparedDisk]) -> list[str]:
     return nvme_aliases
 
 
-def _console(devices: ET.Element, console_log: Path) -> None:
-    serial = ET.SubElement(devices, "serial", type="pty")
+def parse_console_ports(xml: str) -> ConsolePorts:
+    """The serial console's TCP port and the VNC/SPICE ports named in domain XML."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise HypervisorError(f"unreadable domain XML: {exc}") from exc
+    console_port = 0
+    for serial in root.iterfind("devices/serial"):
+        source = serial.find("source")
+        if serial.get("type") == "tcp" and source is not None:
+            console_port = _port(source.get("service"))
+            break
+    vdi_port = vdi_tls_port = 0
+    graphics = root.find("devices/graphics")
+    if graphics is not None:
+        vdi_port = _port(graphics.get("port"))
+        vdi_tls_port = _port(graphics.get("tlsPort"))
+    return ConsolePorts(console_port, vdi_port, vdi_tls_port)
+
+
+def _port(value: str | None) -> int:
+    try:
+        port = int(value or 0)
+    except ValueError:
+        return 0
+    return port if 0 < port < 65536 else 0
+
+
+def _console(devices: ET.Element, console_log: Path, listen_address: str, port: int) -> None:
+    if port:
+        serial = ET.SubElement(devices, "serial", type="tcp")
+        ET.SubElement(serial, "source", mode="bind", host=listen_address, service=str(port))
+        ET.SubElement(serial, "protocol", type="raw")
+        kind = "tcp"
+    else:
+        serial = ET.SubElement(devices, "serial", type="pty")
+        kind = "pty"
     ET.SubElement(serial, "log", file=str(console_log), append="on")
     ET.SubElement(serial, "target", port="0")
-    console = ET.SubElement(devices, "console", type="pty")
+    console = ET.SubElement(devices, "console", type=kind)
     ET.SubElement(console, "target", type="serial", port="0")
 
 
@@ -266,12 +311,19 @@ def _video(devices: ET.Element, spec: DomainSpec) -> None:
     ET.SubElement(video, "model", attributes)
 
 
-def _graphics(devices: ET.Element, spec: DomainSpec, listen_address: str) -> None:
+def _graphics(
+    devices: ET.Element, spec: DomainSpec, listen_address: str, ports: ConsolePorts
+) -> None:
     vdi = spec.video.vdi
     if vdi not in GRAPHICS:
         raise HypervisorError(f"unknown remote display protocol {vdi!r}")
     kind = "vnc" if vdi == "vnc" else "spice"
-    graphics = ET.SubElement(devices, "graphics", type=kind, autoport="yes", listen=listen_address)
+    attributes = {"type": kind, "autoport": "yes", "listen": listen_address}
+    if ports.vdi_port:
+        attributes.update(autoport="no", port=str(ports.vdi_port))
+        if kind == "spice" and ports.vdi_tls_port:
+            attributes["tlsPort"] = str(ports.vdi_tls_port)
+    graphics = ET.SubElement(devices, "graphics", attributes)
     ET.SubElement(graphics, "listen", type="address", address=listen_address)
 
 

@@ -23,6 +23,7 @@ from nodeagent.hypervisor.fake import FakeHypervisor
 from nodeagent.link import Link
 from nodeagent.observer import observe
 from nodeagent.settings import Settings as NodeSettings
+from nodeagent.usage import report_usage
 from protos import auth_pb2, auth_pb2_grpc, instances_pb2, instances_pb2_grpc
 
 SYSTEM_KEY = "component-test-system-key"
@@ -63,6 +64,7 @@ async def start_fake_node(
     cpus: int = 4,
     memory_mb: int = 8192,
     hypervisor: FakeHypervisor | None = None,
+    usage_interval: float = 0.0,
 ) -> FakeNode:
     """Start a node agent with fakes and wait until it has registered."""
     hypervisor = hypervisor or FakeHypervisor()
@@ -78,6 +80,7 @@ async def start_fake_node(
         memory_mb=memory_mb,
         backoff_base=0.05,
         backoff_cap=0.2,
+        usage_interval=usage_interval,
     )
     agent = build_agent(
         settings, hypervisor, disks, GrpcBlobs(target, Credentials("system", SYSTEM_KEY))
@@ -85,6 +88,7 @@ async def start_fake_node(
     tasks = [
         asyncio.create_task(agent.link.run()),
         asyncio.create_task(observe(hypervisor, agent.link.send, agent.watch)),
+        asyncio.create_task(report_usage(hypervisor, agent.link.emit, usage_interval)),
     ]
     await asyncio.wait_for(agent.link.connected.wait(), 10)
     return FakeNode(name, hypervisor, disks, agent, tasks, settings)
