@@ -30,6 +30,8 @@ from protos import (
     auth_pb2_grpc,
     blobs_pb2,
     blobs_pb2_grpc,
+    consoles_pb2,
+    consoles_pb2_grpc,
     instances_pb2,
     instances_pb2_grpc,
     metadata_pb2,
@@ -77,6 +79,7 @@ class Client:
         self.agent = agent_pb2_grpc.AgentServiceStub(self.channel)
         self.blobs = blobs_pb2_grpc.BlobServiceStub(self.channel)
         self.artifacts = artifacts_pb2_grpc.ArtifactServiceStub(self.channel)
+        self.consoles = consoles_pb2_grpc.ConsoleServiceStub(self.channel)
         self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
         self.namespaces = auth_pb2_grpc.NamespaceServiceStub(self.channel)
         self.namespace = namespace
@@ -341,6 +344,42 @@ class Client:
         found = self._call("ListArtifacts", artifacts_pb2.ListArtifactsRequest(), self.artifacts)
         return [to_dict(a) for a in found.artifacts]
 
+    # -- consoles ------------------------------------------------------------
+
+    def console_data(self, ref: str, length: int = 0) -> bytes:
+        """The last ``length`` bytes of the serial console log (10240 when 0, all when -1)."""
+        request = consoles_pb2.ConsoleDataRequest(ref=ref, length=length)
+        return bytes(self._call("GetConsoleData", request, self.consoles).data)
+
+    def clear_console(self, ref: str) -> None:
+        """Empty the serial console log (an audit event records it)."""
+        self._call("ClearConsoleData", instances_pb2.InstanceRef(ref=ref), self.consoles)
+
+    def screenshot(self, ref: str) -> str:
+        """Capture the display as a PNG blob; returns the blob's uuid."""
+        reply = self._call("Screenshot", instances_pb2.InstanceRef(ref=ref), self.consoles)
+        return str(reply.blob_uuid)
+
+    def vdi_console_helper(self, ref: str) -> JsonDict:
+        """The virt-viewer file (``vv``) and the display's type, host and ports."""
+        reply = self._call("VdiConsoleHelper", instances_pb2.InstanceRef(ref=ref), self.consoles)
+        return to_dict(reply)
+
+    def attach(self, ref: str, keystrokes: Iterator[bytes]) -> ConsoleOutput:
+        """An interactive serial console: yields output while ``keystrokes`` are sent.
+
+        The session ends when ``keystrokes`` ends or the server ends it. Call
+        ``cancel()`` on the returned iterator to stop reading early.
+        """
+
+        def messages() -> Iterator[consoles_pb2.ConsoleInput]:
+            yield consoles_pb2.ConsoleInput(ref=ref)
+            for data in keystrokes:
+                yield consoles_pb2.ConsoleInput(data=data)
+
+        call = self.consoles.Attach(messages(), metadata=self.metadata)
+        return ConsoleOutput(call)
+
     # -- metadata ----------------------------------------------------------------
 
     def get_metadata(self, object_type: str, ref: str) -> JsonDict:
@@ -374,3 +413,18 @@ def _whole_numbers(value: Any) -> Any:
     if isinstance(value, list):
         return [_whole_numbers(v) for v in value]
     return value
+
+
+class ConsoleOutput:
+    """Console output chunks from an Attach call; cancel() ends it."""
+
+    def __init__(self, call: Any) -> None:
+        self.call = call
+
+    def __iter__(self) -> Iterator[bytes]:
+        for message in self.call:
+            yield bytes(message.data)
+
+    def cancel(self) -> None:
+        """Stop the call."""
+        self.call.cancel()

@@ -10,6 +10,9 @@
     minicloud instance copy-to demo ./notes.txt /tmp/notes.txt
     minicloud instance copy-from demo /etc/hostname ./hostname
     minicloud instance agentops demo --all
+    minicloud instance console demo          # interactive serial console; Ctrl-] detaches
+    minicloud instance consoledata demo 2000 ; minicloud instance consoledelete demo
+    minicloud instance screenshot demo ./screen.png ; minicloud instance vdiconsolefile demo
     minicloud blob upload ./disk.img ; minicloud blob download UUID ./copy.img
     minicloud artifact upload myimage ./disk.qcow2   # then: --disk size=10,base=sf://upload/system/myimage
     minicloud instance set-metadata demo tags '["web"]'   # also get-metadata, delete-metadata
@@ -23,11 +26,17 @@ MINICLOUD_NAMESPACE (default system) and its key MINICLOUD_KEY; --api,
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
 import hashlib
 import json
 import os
+import queue
 import sys
+import termios
+import threading
 import time
+import tty
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -98,9 +107,23 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--side-channel", action="append", default=[])
     create.add_argument("--video", default="", help="model,memory_kib,vdi e.g. cirrus,16384,vnc")
     create.add_argument("--ssh-key", default="")
-    create.add_argument("--user-data", default="")
+    create.add_argument(
+        "--user-data", default="", help="user data text (sent base64-encoded, as the API takes it)"
+    )
+    create.add_argument("--user-data-file", type=Path, help="user data from a file")
+    create.add_argument(
+        "--configdrive",
+        default="",
+        help="openstack-disk (default) or none",
+        choices=["", "openstack-disk", "none"],
+    )
     create.add_argument("--uefi", action="store_true")
-    create.add_argument("--secure-boot", action="store_true")
+    create.add_argument("--secure-boot", action="store_true", help="needs --uefi")
+    create.add_argument(
+        "--nvram-template",
+        default="",
+        help="UEFI variables template: sf://blob/UUID, label:NAME or a node path",
+    )
     create.add_argument("--wait", action="store_true", help="wait until created (or error)")
     inst.add_parser("list", help="list instances").add_argument(
         "--all", action="store_true", help="include deleted instances"
@@ -126,6 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
     agentops = inst.add_parser("agentops", help="list agent operations")
     agentops.add_argument("ref")
     agentops.add_argument("--all", action="store_true")
+    inst.add_parser("console", help="attach a terminal to the serial console").add_argument("ref")
+    consoledata = inst.add_parser("consoledata", help="print the serial console log's tail")
+    consoledata.add_argument("ref")
+    consoledata.add_argument("length", type=int, nargs="?", default=0, help="bytes; -1 for all")
+    inst.add_parser("consoledelete", help="empty the serial console log").add_argument("ref")
+    screenshot = inst.add_parser("screenshot", help="save a PNG of the display")
+    screenshot.add_argument("ref")
+    screenshot.add_argument("file", type=Path)
+    vdi = inst.add_parser("vdiconsolefile", help="write a virt-viewer (.vv) file")
+    vdi.add_argument("ref")
+    vdi.add_argument("file", type=Path, nargs="?", help="default: print it")
     blob = top.add_parser("blob", help="manage blobs").add_subparsers(dest="verb", required=True)
     blob.add_parser("upload").add_argument("path", type=Path)
     download = blob.add_parser("download")
@@ -284,6 +318,75 @@ def run_agent(args: argparse.Namespace, client: Client) -> Any:
     return client.agent_operations(args.ref, include_all=args.all)
 
 
+DETACH = b"\x1d"  # Ctrl-]
+
+
+def attach_terminal(client: Client, ref: str) -> None:
+    """Relay the terminal to the instance's serial console until Ctrl-] or the end."""
+    keys: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
+    stdin = sys.stdin.fileno()
+    interactive = os.isatty(stdin)
+
+    def keystrokes() -> Iterator[bytes]:
+        while (data := keys.get()) is not None:
+            yield data
+
+    def read_keys() -> None:
+        while True:
+            data = os.read(stdin, 4096)
+            if not data or DETACH in data:
+                if data.split(DETACH)[0]:
+                    keys.put(data.split(DETACH)[0])
+                keys.put(None)
+                output.cancel()
+                return
+            keys.put(data)
+
+    output = client.attach(ref, keystrokes())
+    saved = termios.tcgetattr(stdin) if interactive else None
+    print("connected; Ctrl-] detaches", file=sys.stderr)
+    try:
+        if interactive:
+            tty.setraw(stdin)
+        threading.Thread(target=read_keys, daemon=True).start()
+        for data in output:
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.CANCELLED:
+            raise
+    finally:
+        if saved is not None:
+            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+        with contextlib.suppress(queue.Full):
+            keys.put_nowait(None)
+    print("\r\ndetached", file=sys.stderr)
+
+
+def run_console(args: argparse.Namespace, client: Client) -> Any:
+    """Console commands."""
+    if args.verb == "console":
+        attach_terminal(client, args.ref)
+        return None
+    if args.verb == "consoledata":
+        sys.stdout.buffer.write(client.console_data(args.ref, args.length))
+        sys.stdout.flush()
+        return None
+    if args.verb == "consoledelete":
+        client.clear_console(args.ref)
+        return None
+    if args.verb == "screenshot":
+        blob = client.screenshot(args.ref)
+        download_file(client, blob, args.file)
+        return {"blob_uuid": blob, "file": str(args.file)}
+    helper = client.vdi_console_helper(args.ref)
+    if args.file is None:
+        print(helper["vv"], end="")
+        return None
+    args.file.write_text(helper["vv"])
+    return {"file": str(args.file), **{k: v for k, v in helper.items() if k != "vv"}}
+
+
 def run_blob(args: argparse.Namespace, client: Client) -> Any:
     """Blob commands."""
     if args.verb == "upload":
@@ -308,6 +411,12 @@ def run_artifact(args: argparse.Namespace, client: Client) -> Any:
     return client.list_artifacts()
 
 
+def user_data(args: argparse.Namespace) -> str:
+    """The create request's user data: the text or file given, base64-encoded."""
+    raw = args.user_data_file.read_bytes() if args.user_data_file else args.user_data.encode()
+    return base64.b64encode(raw).decode() if raw else ""
+
+
 def run(args: argparse.Namespace, client: Client) -> Any:
     """Perform one command; returns what --json prints."""
     if args.verb.endswith("-metadata"):
@@ -319,6 +428,8 @@ def run(args: argparse.Namespace, client: Client) -> Any:
     verb = args.verb
     if verb in ("execute", "copy-to", "copy-from", "agentops"):
         return run_agent(args, client)
+    if verb in ("console", "consoledata", "consoledelete", "screenshot", "vdiconsolefile"):
+        return run_console(args, client)
     if verb == "create":
         spec = {
             "name": args.name,
@@ -329,9 +440,11 @@ def run(args: argparse.Namespace, client: Client) -> Any:
             "side_channels": args.side_channel,
             "video": video_spec(args.video),
             "ssh_key": args.ssh_key,
-            "user_data": args.user_data,
+            "user_data": user_data(args),
+            "configdrive": args.configdrive,
             "uefi": args.uefi,
             "secure_boot": args.secure_boot,
+            "nvram_template": args.nvram_template,
         }
         inst = client.create(spec)
         if args.wait:
@@ -363,7 +476,7 @@ def render(args: argparse.Namespace, result: Any) -> None:
     if (
         args.json
         or args.noun in ("blob", "artifact")
-        or args.verb in ("copy-to", "copy-from", "agentops")
+        or args.verb in ("copy-to", "copy-from", "agentops", "screenshot", "vdiconsolefile")
         or args.verb.endswith("-metadata")
     ):
         print(json.dumps(result, indent=2, sort_keys=True))

@@ -23,15 +23,18 @@ from controlplane.api.agent import AgentServicer
 from controlplane.api.artifacts import ArtifactServicer
 from controlplane.api.auth import AuthInterceptor, AuthServicer, NamespaceServicer
 from controlplane.api.blobs import BlobServicer
+from controlplane.api.consoles import ConsoleServicer
 from controlplane.api.instances import InstanceServicer
 from controlplane.api.metadata import MetadataServicer
 from controlplane.api.networks import InterfaceServicer, NetworkServicer
 from controlplane.api.node_stream import NodeServicer
+from controlplane.api.uploads import UploadServicer
 from controlplane.hub import Hub
 from controlplane.nodes import NodeRegistry
 from controlplane.reconciler import Reconciler
 from controlplane.services.agent import AgentService
 from controlplane.services.artifacts import ArtifactService
+from controlplane.services.consoles import ConsoleService
 from controlplane.services.events import EventPruner
 from controlplane.services.instances import InstanceService
 from controlplane.services.interfaces import InterfaceService
@@ -48,6 +51,7 @@ from controlplane.services.metadata import (
 from controlplane.services.namespaces import NamespaceService
 from controlplane.services.netsync import NetworkSync
 from controlplane.services.networks import NetworkService
+from controlplane.services.uploads import UploadService
 from controlplane.settings import Settings
 from controlplane.store.agentops import AgentOperations
 from controlplane.store.artifacts import Artifacts
@@ -57,6 +61,7 @@ from controlplane.store.networks import NetworkRecords
 from controlplane.store.protocol import Store
 from controlplane.store.records import Records
 from controlplane.store.rocks import RocksStore
+from controlplane.store.uploads import Uploads
 from protos import (
     agent_pb2,
     agent_pb2_grpc,
@@ -66,6 +71,8 @@ from protos import (
     auth_pb2_grpc,
     blobs_pb2,
     blobs_pb2_grpc,
+    consoles_pb2,
+    consoles_pb2_grpc,
     instances_pb2,
     metadata_pb2,
     metadata_pb2_grpc,
@@ -73,6 +80,8 @@ from protos import (
     networks_pb2_grpc,
     node_pb2,
     node_pb2_grpc,
+    uploads_pb2,
+    uploads_pb2_grpc,
 )
 from protos.instances_pb2_grpc import add_InstanceServiceServicer_to_server
 
@@ -134,6 +143,9 @@ async def start(
     )
     interfaces = InterfaceService(service, networks, netsync, nodes, settings.command_timeout)
     agent = AgentService(records, AgentOperations(store), blobs, nodes, clock)
+    uploads = UploadService(
+        Uploads(store, settings.data_dir / "uploads"), artifacts, settings.name, clock
+    )
     await agent.recover()
     namespaces = NamespaceService(Namespaces(store), clock, settings.token_ttl)
     await namespaces.start(settings.system_key, settings.data_dir / "system-key")
@@ -162,6 +174,13 @@ async def start(
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(agent, service), server)
     blobs_pb2_grpc.add_BlobServiceServicer_to_server(BlobServicer(blobs, clock), server)
     artifacts_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(artifacts), server)
+    uploads_pb2_grpc.add_UploadServiceServicer_to_server(UploadServicer(uploads), server)
+    consoles = ConsoleService(
+        records, nodes, blobs, settings.name, clock, timeout=settings.command_timeout
+    )
+    consoles_pb2_grpc.add_ConsoleServiceServicer_to_server(
+        ConsoleServicer(consoles, service), server
+    )
     metadata_pb2_grpc.add_MetadataServiceServicer_to_server(MetadataServicer(metadata), server)
     networks_pb2_grpc.add_NetworkServiceServicer_to_server(
         NetworkServicer(networks, netsync), server
@@ -175,6 +194,8 @@ async def start(
         agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
         blobs_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name,
         artifacts_pb2.DESCRIPTOR.services_by_name["ArtifactService"].full_name,
+        uploads_pb2.DESCRIPTOR.services_by_name["UploadService"].full_name,
+        consoles_pb2.DESCRIPTOR.services_by_name["ConsoleService"].full_name,
         auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
         auth_pb2.DESCRIPTOR.services_by_name["NamespaceService"].full_name,
         metadata_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name,

@@ -204,6 +204,8 @@ class Node:
     hypervisor: str
     agent_version: str = ""
     last_seen: float = 0.0
+    # Where the node's console ports listen, as clients reach it.
+    console_host: str = ""
 
 
 @dataclass(frozen=True)
@@ -255,6 +257,17 @@ class Artifact:
     def blob_uuid(self) -> str:
         """The newest version's blob."""
         return str(self.versions[-1]["blob_uuid"]) if self.versions else ""
+
+
+@dataclass(frozen=True)
+class Upload:
+    """Bytes being sent in chunks, before they become a blob (the size is the file's)."""
+
+    uuid: str
+    namespace: str
+    node: str
+    created_at: float
+    state: str = "created"
 
 
 def _spec_from_dict(data: JsonDict) -> InstanceSpec:
@@ -314,7 +327,16 @@ def _plain(value: Any) -> Any:
 
 
 Record = (
-    Instance | Event | Node | AgentOperation | Blob | Artifact | Network | Interface | Reservation
+    Instance
+    | Event
+    | Node
+    | AgentOperation
+    | Blob
+    | Artifact
+    | Upload
+    | Network
+    | Interface
+    | Reservation
 )
 
 
@@ -375,3 +397,8 @@ def decode_interface(raw: bytes) -> Interface:
 def decode_reservation(raw: bytes) -> Reservation:
     """An address reservation from stored JSON."""
     return Reservation(**_upgrade(json.loads(raw)))
+
+
+def decode_upload(raw: bytes) -> Upload:
+    """An upload record from stored JSON."""
+    return Upload(**_upgrade(json.loads(raw)))

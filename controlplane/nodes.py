@@ -2,7 +2,8 @@
 
 The node stream adapter turns protobuf into the plain messages here; the
 registry keeps one session per connected node, an outbox per session, a
-future per command awaiting its result, and each node's committed usage.
+future per command awaiting its result, each node's committed usage, and
+the interactive console sessions relayed through each node.
 """
 
 from __future__ import annotations
@@ -25,6 +26,27 @@ class Observation:
     exists: bool
     power_state: str = ""
     reason: str = ""
+    console_port: int = 0
+    vdi_port: int = 0
+    vdi_tls_port: int = 0
+
+
+@dataclass(frozen=True)
+class ConsoleRelay:
+    """Bytes of an interactive console session, either way, or its end."""
+
+    session_id: str
+    data: bytes = b""
+    close: bool = False
+    error: str = ""
+
+
+@dataclass(eq=False)
+class ConsoleSink:
+    """Where a node's console output for one session goes: a bounded queue; None ends it."""
+
+    node: str
+    queue: asyncio.Queue[ConsoleRelay | None]
 
 
 @dataclass(frozen=True)
@@ -49,6 +71,8 @@ class NodeCommand:
     network: dict[str, Any] | None = None
     # For attach-interface: the interface to hot plug.
     nic: Nic | None = None
+    # For kind "console": kind (read, clear, screenshot, open), length, session_id.
+    console: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +86,8 @@ class Outcome:
     retryable: bool = False
     observation: Observation | None = None
     agent_result: dict[str, Any] | None = None
+    data: bytes = b""
+    blob_uuid: str = ""
 
 
 @dataclass
@@ -69,7 +95,7 @@ class Session:
     """One connected node agent's stream."""
 
     node: Node
-    outbox: asyncio.Queue[NodeCommand | None] = field(default_factory=asyncio.Queue)
+    outbox: asyncio.Queue[NodeCommand | ConsoleRelay | None] = field(default_factory=asyncio.Queue)
     pending: dict[str, asyncio.Future[Outcome]] = field(default_factory=dict)
     last_seen: float = 0.0
     heartbeats: int = 0
@@ -90,6 +116,7 @@ class NodeRegistry:
         self.sessions: dict[str, Session] = {}
         self._usage: dict[str, dict[str, tuple[int, int]]] = {}
         self._totals: dict[str, tuple[int, int]] = {}
+        self.consoles: dict[str, ConsoleSink] = {}
 
     def connect(self, node: Node, now: float) -> Session:
         """Register a node's new stream, closing any older one it had."""
@@ -104,6 +131,11 @@ class NodeRegistry:
         """Forget a stream that ended (if it is still the node's current one)."""
         if self.sessions.get(session.node.name) is session:
             del self.sessions[session.node.name]
+            for session_id, sink in list(self.consoles.items()):
+                if sink.node == session.node.name:
+                    self.console_output(
+                        ConsoleRelay(session_id, close=True, error="the node disconnected")
+                    )
         session.close()
 
     def connected(self, name: str) -> bool:
@@ -166,3 +198,60 @@ class NodeRegistry:
         future = session.pending.pop(outcome.command_id, None)
         if future is not None and not future.done():
             future.set_result(outcome)
+
+    # -- interactive consoles ---------------------------------------------
+
+    def console_attach(self, session_id: str, node: str, sink: ConsoleSink) -> None:
+        """Route a console session's output from a node to a sink."""
+        self.consoles[session_id] = sink
+
+    def console_detach(self, session_id: str) -> None:
+        """Stop routing a session (telling its node to close it, if connected)."""
+        sink = self.consoles.pop(session_id, None)
+        if sink is not None:
+            session = self.sessions.get(sink.node)
+            if session is not None:
+                session.outbox.put_nowait(ConsoleRelay(session_id, close=True))
+
+    def console_input(self, session_id: str, data: bytes) -> int:
+        """Queue keystrokes for a session's node; returns the node's outbox depth."""
+        sink = self.consoles.get(session_id)
+        if sink is None:
+            raise Unavailable("the console session has ended")
+        session = self.sessions.get(sink.node)
+        if session is None:
+            raise Unavailable("the console's node is not connected")
+        session.outbox.put_nowait(ConsoleRelay(session_id, data))
+        return session.outbox.qsize()
+
+    def console_output(self, relay: ConsoleRelay) -> None:
+        """A node relayed console output (or the end): hand it to the session's sink.
+
+        A sink that is full (its reader stalled) loses the session: it is ended
+        with an error rather than buffering without bound.
+        """
+        sink = self.consoles.get(relay.session_id)
+        if sink is None:
+            return
+        if relay.close:
+            self.consoles.pop(relay.session_id, None)
+            put_last(sink.queue, relay)
+            return
+        try:
+            sink.queue.put_nowait(relay)
+        except asyncio.QueueFull:
+            self.console_detach(relay.session_id)
+            put_last(
+                sink.queue,
+                ConsoleRelay(relay.session_id, close=True, error="console client too slow"),
+            )
+
+
+def put_last(queue: asyncio.Queue[ConsoleRelay | None], relay: ConsoleRelay | None) -> None:
+    """Put a final message on a bounded queue, making room if needed."""
+    while True:
+        try:
+            queue.put_nowait(relay)
+            return
+        except asyncio.QueueFull:
+            queue.get_nowait()

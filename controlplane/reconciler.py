@@ -18,7 +18,7 @@ import structlog
 
 from controlplane import lifecycle
 from controlplane.errors import FailedPrecondition, NotFound
-from controlplane.model import Event, Instance
+from controlplane.model import Event, Instance, InstanceSpec
 from controlplane.nodes import NodeCommand, NodeRegistry, Observation, Outcome, Session
 from controlplane.store.protocol import Conflict, Op
 from controlplane.store.records import Records
@@ -160,6 +160,11 @@ class Reconciler:
                 futures.append(self.nodes.send(instance.node, command))
         return futures
 
+    @staticmethod
+    def node_spec(instance: Instance) -> InstanceSpec:
+        """The spec a node builds from: the request, with the instance's current metadata."""
+        return dataclasses.replace(instance.spec, metadata=dict(instance.metadata))
+
     def command_for(self, instance: Instance, action: str) -> NodeCommand:
         """The node command that performs a lifecycle action."""
         command_id = f"{instance.uuid}/{instance.command_seq}"
@@ -169,14 +174,23 @@ class Reconciler:
                 instance.uuid,
                 "create",
                 namespace=instance.namespace,
-                spec=instance.spec,
+                spec=self.node_spec(instance),
                 interfaces=instance.interfaces,
             )
         if action == "destroy-domain":
             return NodeCommand(command_id, instance.uuid, "destroy")
-        return NodeCommand(
-            command_id, instance.uuid, "power", power_action=action.removeprefix("power-")
-        )
+        power_action = action.removeprefix("power-")
+        if power_action == "on":
+            # Powering on rebuilds the config drive from the instance as it is now.
+            return NodeCommand(
+                command_id,
+                instance.uuid,
+                "power",
+                power_action=power_action,
+                namespace=instance.namespace,
+                spec=self.node_spec(instance),
+            )
+        return NodeCommand(command_id, instance.uuid, "power", power_action=power_action)
 
     async def on_result(self, session: Session, outcome: Outcome) -> None:
         """A node answered a command: move the instance on, then wake any waiter."""
@@ -203,6 +217,8 @@ class Reconciler:
         instance = await self.records.get_instance(outcome.instance_uuid)
         if instance is None:
             return
+        if outcome.observation is not None and instance.node == session.node.name:
+            instance = await self.record_ports(instance, outcome.observation)
         if instance.state == lifecycle.CREATING:
             if outcome.ok:
                 self._create_attempts.pop(instance.uuid, None)
@@ -261,6 +277,7 @@ class Reconciler:
             return
         if instance.node != session.node.name:
             return
+        instance = await self.record_ports(instance, obs)
         if not obs.exists:
             if instance.state == lifecycle.CREATED:
                 await self.transition(
@@ -280,6 +297,26 @@ class Reconciler:
                 reason=obs.reason,
                 current=instance,
             )
+
+    async def record_ports(self, instance: Instance, obs: Observation) -> Instance:
+        """Keep the console ports a node reported for an instance's domain."""
+        for _ in range(20):
+            if not obs.exists or not obs.console_port or instance.state == lifecycle.DELETED:
+                return instance
+            ports = (obs.console_port, obs.vdi_port, obs.vdi_tls_port)
+            if ports == (instance.console_port, instance.vdi_port, instance.vdi_tls_port):
+                return instance
+            new = instance.with_changes(
+                console_port=obs.console_port, vdi_port=obs.vdi_port, vdi_tls_port=obs.vdi_tls_port
+            )
+            try:
+                return await self.records.update_instance(instance, new, [])
+            except Conflict:
+                latest = await self.records.get_instance(instance.uuid)
+                if latest is None:
+                    return instance
+                instance = latest
+        return instance
 
     async def on_inventory(
         self, session: Session, domains: list[Observation], networks: Iterable[str] = ()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 from typing import Any
@@ -18,6 +20,8 @@ CONFIGDRIVES = ("openstack-disk", "none")
 MAX_CPUS = 64
 MAX_MEMORY_MB = 1024 * 1024
 MAX_DISK_GB = 64 * 1024
+# As Nova: user data is at most 64 KiB once decoded.
+MAX_USER_DATA = 64 * 1024
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 MAX_METADATA_KEY = 255
@@ -162,6 +166,41 @@ def check_video(video: VideoSpec) -> VideoSpec:
     )
 
 
+def check_user_data(user_data: str) -> str:
+    """User data as stored: base64 text (as Shaken Fist takes it), checked to decode."""
+    text = "".join(user_data.split())
+    if not text:
+        return ""
+    try:
+        decoded = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidArgument(f"user_data must be base64-encoded: {exc}") from exc
+    if len(decoded) > MAX_USER_DATA:
+        raise InvalidArgument(
+            f"user_data is {len(decoded)} bytes once decoded; at most {MAX_USER_DATA} are allowed"
+        )
+    return text
+
+
+def check_firmware(spec: InstanceSpec) -> None:
+    """Secure boot and an NVRAM template only make sense with UEFI."""
+    if spec.secure_boot and not spec.uefi:
+        raise InvalidArgument("secure boot requires UEFI be enabled")
+    if spec.nvram_template and not spec.uefi:
+        raise InvalidArgument("an nvram_template requires UEFI be enabled")
+    template = spec.nvram_template
+    if template and not (template.startswith("/") or ":" in template):
+        raise InvalidArgument(
+            f"nvram_template {template!r} must be an absolute path on the node, "
+            "sf://blob/UUID, sf://upload/NAMESPACE/NAME or label:NAME"
+        )
+
+
+def machine_type(spec: InstanceSpec) -> str:
+    """The emulated machine an instance gets: q35 for secure boot (SMM), pc otherwise."""
+    return "q35" if spec.secure_boot else "pc"
+
+
 def check_spec(spec: InstanceSpec) -> InstanceSpec:
     """The whole create request checked, with defaults applied."""
     if not NAME_RE.match(spec.name):
@@ -179,8 +218,7 @@ def check_spec(spec: InstanceSpec) -> InstanceSpec:
         )
     if not spec.disks:
         raise InvalidArgument("an instance needs at least one disk")
-    if spec.secure_boot and not spec.uefi:
-        raise InvalidArgument("secure_boot needs uefi")
+    check_firmware(spec)
     configdrive = _choice(spec.configdrive, CONFIGDRIVES, "openstack-disk", "configdrive")
     for channel in spec.side_channels:
         if not NAME_RE.match(channel):
@@ -193,7 +231,7 @@ def check_spec(spec: InstanceSpec) -> InstanceSpec:
         networks=tuple(check_network(i, n) for i, n in enumerate(spec.networks)),
         video=check_video(spec.video),
         ssh_key=spec.ssh_key,
-        user_data=spec.user_data,
+        user_data=check_user_data(spec.user_data),
         metadata=check_instance_metadata(dict(spec.metadata)),
         side_channels=tuple(spec.side_channels),
         uefi=spec.uefi,

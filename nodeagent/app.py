@@ -17,6 +17,7 @@ import structlog
 
 from common import logs
 from nodeagent.blobclient import GrpcBlobs
+from nodeagent.consoles import Consoles
 from nodeagent.credentials import Credentials
 from nodeagent.disks.fake import FakeDiskBuilder
 from nodeagent.disks.protocol import DiskBuilder
@@ -31,6 +32,7 @@ from nodeagent.messages import Observation
 from nodeagent.network.protocol import NetworkDriver
 from nodeagent.observer import observe
 from nodeagent.settings import Settings
+from nodeagent.usage import report_usage
 
 log = structlog.get_logger(__name__)
 
@@ -43,7 +45,7 @@ def machine_memory_mb() -> int:
 def build_drivers(settings: Settings, blobs: GrpcBlobs) -> tuple[Hypervisor, DiskBuilder]:
     """The hypervisor driver and disk builder the settings ask for."""
     if settings.hypervisor == "fake":
-        return FakeHypervisor(), FakeDiskBuilder()
+        return FakeHypervisor(settings.vdi_listen), FakeDiskBuilder()
     from nodeagent.disks.qcow2 import Qcow2DiskBuilder
     from nodeagent.hypervisor.libvirt_driver import LibvirtHypervisor
 
@@ -52,6 +54,7 @@ def build_drivers(settings: Settings, blobs: GrpcBlobs) -> tuple[Hypervisor, Dis
         domain_type=settings.domain_type,
         sockets_dir=settings.instances_dir,
         vdi_listen=settings.vdi_listen,
+        vdi_tls=settings.vdi_tls,
         node_name=settings.name,
     )
     disks = Qcow2DiskBuilder(
@@ -79,6 +82,7 @@ class Agent:
     links: GuestLinks
     watch: GuestWatch
     blobs: GrpcBlobs
+    consoles: Consoles
 
 
 def build_agent(
@@ -95,12 +99,20 @@ def build_agent(
         cpus=settings.cpus or os.cpu_count() or 1,
         memory_mb=settings.memory_mb or machine_memory_mb(),
         hypervisor=hypervisor.kind,
+        console_host=settings.console_host,
     )
     link: Link
     watch = GuestWatch(settings.instances_dir, lambda status: link.send(status))
     links = GuestLinks(watch.on_state)
     watch.links = links
     guestops = GuestOps(links, blobs, lambda output: link.send(output))
+    consoles = Consoles(
+        hypervisor,
+        blobs,
+        settings.instances_dir,
+        lambda relay: link.send(relay),
+        backlog=lambda: link.backlog(),
+    )
     executor = Executor(
         hypervisor,
         disks,
@@ -109,6 +121,7 @@ def build_agent(
         guestops=guestops,
         guestwatch=watch,
         network=network,
+        consoles=consoles,
     )
 
     def connected(inventory: list[Observation]) -> None:
@@ -125,8 +138,10 @@ def build_agent(
         backoff_base=settings.backoff_base,
         backoff_cap=settings.backoff_cap,
         on_connected=connected,
+        on_disconnected=consoles.close_all,
+        on_console=consoles.relay,
     )
-    return Agent(link, links, watch, blobs)
+    return Agent(link, links, watch, blobs, consoles)
 
 
 async def run(settings: Settings) -> None:
@@ -145,6 +160,9 @@ async def run(settings: Settings) -> None:
             tasks = [
                 group.create_task(agent.link.run()),
                 group.create_task(observe(hypervisor, agent.link.send, agent.watch)),
+                group.create_task(
+                    report_usage(hypervisor, agent.link.emit, settings.usage_interval)
+                ),
             ]
             await stop.wait()
             log.info("node agent stopping; guests keep running")

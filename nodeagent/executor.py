@@ -18,10 +18,11 @@ from pathlib import Path
 
 import structlog
 
+from nodeagent.consoles import Consoles
 from nodeagent.disks.protocol import DiskBuilder, DiskError
 from nodeagent.guestops import GuestOpError, GuestOps
 from nodeagent.guestwatch import GuestWatch
-from nodeagent.hypervisor.protocol import DomainState, Hypervisor, HypervisorError
+from nodeagent.hypervisor.protocol import DomainState, Hypervisor, HypervisorError, PreparedDisk
 from nodeagent.messages import Command, NodeEvent, Observation, Result
 from nodeagent.network.protocol import NetworkDriver, NetworkError
 from nodeagent.spec import DomainSpec, NicSpec
@@ -37,7 +38,16 @@ def observation_of(uuid: str, state: DomainState | None) -> Observation:
     """A domain's state as reported to the control plane."""
     if state is None:
         return Observation(uuid, exists=False)
-    return Observation(uuid, True, state.power_state, state.reason)
+    ports = state.ports
+    return Observation(
+        uuid,
+        True,
+        state.power_state,
+        state.reason,
+        ports.console_port,
+        ports.vdi_port,
+        ports.vdi_tls_port,
+    )
 
 
 class Executor:
@@ -54,7 +64,9 @@ class Executor:
         guestwatch: GuestWatch | None = None,
         network: NetworkDriver | None = None,
         network_wait: float = NETWORK_WAIT,
+        consoles: Consoles | None = None,
     ) -> None:
+        self.consoles = consoles
         self.network = network
         self.network_wait = network_wait
         # Networks ensured on this node since the agent started (set: ready).
@@ -78,6 +90,11 @@ class Executor:
         if command.kind == "agent":
             # In-guest work does not hold up power operations on the instance.
             return await self._agent(command)
+        if command.kind == "console":
+            # Nor do console reads, screenshots or sessions (and they are not remembered).
+            if self.consoles is None:
+                return Result(command.command_id, command.instance_uuid, False, "no consoles here")
+            return await self.consoles.run(command)
         lock = self._locks.setdefault(command.instance_uuid, asyncio.Lock())
         async with lock:
             remembered = self._results.get(command.command_id)
@@ -117,7 +134,7 @@ class Executor:
             if command.kind == "create":
                 state = await self._create(command)
             elif command.kind == "power":
-                state = await self.hypervisor.power(uuid, command.power_action)
+                state = await self._power(command)
             elif command.kind == "destroy":
                 await self._destroy(uuid)
                 state = None
@@ -163,6 +180,16 @@ class Executor:
         self.emit(
             NodeEvent(uuid, "disks ready", timestamp=self.clock(), duration=self.clock() - started)
         )
+        drive = await self._config_drive(spec)
+        if drive is not None:
+            # Second disk, as Shaken Fist attaches it: vdb behind a virtio boot disk.
+            prepared.insert(1, drive)
+        if spec.uefi and spec.nvram_template:
+            template = await self.disks.firmware_template(
+                spec.nvram_template,
+                lambda message: self.emit(NodeEvent(uuid, message, timestamp=self.clock())),
+            )
+            spec = dataclasses.replace(spec, nvram_template=str(template))
         self.console_log(uuid).parent.mkdir(parents=True, exist_ok=True)
         spec = await self._with_bridges(spec)
         state = await self.hypervisor.define_and_start(spec, prepared, self.console_log(uuid))
@@ -227,7 +254,34 @@ class Executor:
             log.exception("cannot list this node's networks")
             return []
 
+    async def _config_drive(self, spec: DomainSpec) -> PreparedDisk | None:
+        """Build the instance's config drive afresh, with an event saying so."""
+        started = self.clock()
+        drive = await self.disks.config_drive(spec)
+        if drive is not None:
+            self.emit(
+                NodeEvent(
+                    spec.uuid,
+                    "config drive built",
+                    timestamp=self.clock(),
+                    duration=self.clock() - started,
+                )
+            )
+        return drive
+
+    async def _power(self, command: Command) -> DomainState:
+        """A power action; powering on a stopped domain first rebuilds its config drive."""
+        uuid, action = command.instance_uuid, command.power_action
+        if action == "on" and command.spec is not None:
+            current = await self.hypervisor.get_domain(uuid)
+            # Only a stopped guest: a running one keeps the drive it booted with.
+            if current is not None and current.power_state in ("off", "crashed"):
+                await self._config_drive(command.spec)
+        return await self.hypervisor.power(uuid, action)
+
     async def _destroy(self, uuid: str) -> None:
+        if self.consoles is not None:
+            await self.consoles.close_instance(uuid)
         if self.guestwatch is not None:
             self.guestwatch.domain_gone(uuid)
         await self.hypervisor.remove(uuid)

@@ -24,6 +24,7 @@ from nodeagent.executor import Executor
 from nodeagent.messages import (
     AgentStatus,
     Command,
+    ConsoleRelay,
     ExecOutput,
     Inventory,
     NodeEvent,
@@ -32,7 +33,7 @@ from nodeagent.messages import (
     Result,
 )
 from nodeagent.network.protocol import Floating, Lease, NetworkConfig
-from nodeagent.spec import DiskSpec, DomainSpec, NicSpec, VideoSpec
+from nodeagent.spec import DiskSpec, DomainSpec, NetworkSpec, NicSpec, VideoSpec
 from protos import common_pb2, node_pb2, node_pb2_grpc
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ class Identity:
     cpus: int
     memory_mb: int
     hypervisor: str
+    console_host: str = ""
 
 
 def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -112,9 +114,18 @@ def spec_from_pb(
             pb.video.model or "cirrus", pb.video.memory or 16384, pb.video.vdi or "spice"
         ),
         side_channels=tuple(pb.side_channels),
+        networks=tuple(
+            NetworkSpec(n.network_uuid, n.macaddress, n.address, n.model or "virtio")
+            for n in pb.networks
+        ),
+        ssh_key=pb.ssh_key,
+        user_data=pb.user_data,
+        metadata=json_format.MessageToDict(pb.metadata),
         uefi=pb.uefi,
         secure_boot=pb.secure_boot,
         interfaces=interfaces,
+        nvram_template=pb.nvram_template,
+        configdrive=pb.configdrive or "openstack-disk",
     )
 
 
@@ -134,7 +145,18 @@ def command_from_pb(pb: node_pb2.Command) -> Command:
         nic = nic_from_pb(pb.attach_interface.interface)
         return Command(pb.command_id, pb.instance_uuid, "attach-interface", nic=nic)
     if action == "power":
-        return Command(pb.command_id, pb.instance_uuid, "power", power_action=pb.power.action)
+        power_spec = None
+        if pb.power.HasField("domain"):
+            power_spec = spec_from_pb(
+                pb.instance_uuid, pb.power.domain.namespace, pb.power.domain.spec
+            )
+        return Command(
+            pb.command_id,
+            pb.instance_uuid,
+            "power",
+            power_action=pb.power.action,
+            spec=power_spec,
+        )
     if action == "agent":
         agent = {
             "kind": pb.agent.kind,
@@ -148,6 +170,13 @@ def command_from_pb(pb: node_pb2.Command) -> Command:
             "stream_output": pb.agent.stream_output,
         }
         return Command(pb.command_id, pb.instance_uuid, "agent", agent=agent)
+    if action == "console":
+        console = {
+            "kind": pb.console.kind,
+            "length": pb.console.length,
+            "session_id": pb.console.session_id,
+        }
+        return Command(pb.command_id, pb.instance_uuid, "console", console=console)
     return Command(pb.command_id, pb.instance_uuid, action or "unknown")
 
 
@@ -157,6 +186,9 @@ def _observation_pb(obs: Observation) -> node_pb2.DomainObservation:
         exists=obs.exists,
         power_state=obs.power_state,
         reason=obs.reason,
+        console_port=obs.console_port,
+        vdi_port=obs.vdi_port,
+        vdi_tls_port=obs.vdi_tls_port,
     )
 
 
@@ -169,6 +201,8 @@ def report_to_pb(report: Report) -> node_pb2.NodeMessage:
             ok=report.ok,
             error=report.error,
             retryable=report.retryable,
+            data=report.data,
+            blob_uuid=report.blob_uuid,
         )
         if report.observation is not None:
             result.observation.CopyFrom(_observation_pb(report.observation))
@@ -187,6 +221,15 @@ def report_to_pb(report: Report) -> node_pb2.NodeMessage:
         return node_pb2.NodeMessage(
             exec_output=node_pb2.ExecOutput(
                 command_id=report.command_id, stream=report.stream, data=report.data
+            )
+        )
+    if isinstance(report, ConsoleRelay):
+        return node_pb2.NodeMessage(
+            console=node_pb2.ConsoleRelay(
+                session_id=report.session_id,
+                data=report.data,
+                close=report.close,
+                error=report.error,
             )
         )
     if isinstance(report, Observation):
@@ -226,8 +269,12 @@ class Link:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] | None = None,
         on_connected: Callable[[list[Observation]], None] | None = None,
+        on_disconnected: Callable[[], Awaitable[None]] | None = None,
+        on_console: Callable[[ConsoleRelay], None] | None = None,
     ) -> None:
         self.on_connected = on_connected
+        self.on_disconnected = on_disconnected
+        self.on_console = on_console
         self.credentials = credentials
         self.target = target
         self.identity = identity
@@ -247,6 +294,11 @@ class Link:
         outbox = self._outbox
         if outbox is not None and outbox.qsize() < OUTBOX_LIMIT:
             outbox.put_nowait(report_to_pb(report))
+
+    def backlog(self) -> int:
+        """Messages waiting to be sent (0 while disconnected)."""
+        outbox = self._outbox
+        return outbox.qsize() if outbox is not None else 0
 
     def emit(self, event: NodeEvent) -> None:
         """Queue an instance event (the executor's callback)."""
@@ -274,6 +326,8 @@ class Link:
             finally:
                 self.connected.clear()
                 self._outbox = None
+                if self.on_disconnected is not None:
+                    await self.on_disconnected()
             delay = backoff(attempt, self.backoff_base, self.backoff_cap, self.rng)
             attempt += 1
             log.info("redialling control plane", delay=round(delay, 2), attempt=attempt)
@@ -291,6 +345,7 @@ class Link:
                     memory_mb=ident.memory_mb,
                     hypervisor=ident.hypervisor,
                     agent_version=AGENT_VERSION,
+                    console_host=ident.console_host,
                 )
             )
         )
@@ -316,6 +371,9 @@ class Link:
                 for one in batch:
                     if one.HasField("command"):
                         self._spawn(self._handle(command_from_pb(one.command)))
+                    elif one.HasField("console") and self.on_console is not None:
+                        c = one.console
+                        self.on_console(ConsoleRelay(c.session_id, c.data, c.close, c.error))
         finally:
             heartbeat.cancel()
 

@@ -28,6 +28,8 @@ class Command:
     network: NetworkConfig | None = None
     # For attach-interface.
     nic: NicSpec | None = None
+    # For kind "console": kind (read, clear, screenshot, open), length, session_id.
+    console: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,9 @@ class Observation:
     exists: bool
     power_state: str = ""
     reason: str = ""
+    console_port: int = 0
+    vdi_port: int = 0
+    vdi_tls_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,9 @@ class Result:
     retryable: bool = False
     observation: Observation | None = None
     agent_result: dict[str, Any] | None = None
+    # Console commands: log bytes read, or the screenshot's blob.
+    data: bytes = b""
+    blob_uuid: str = ""
 
 
 @dataclass(frozen=True)
@@ -92,4 +100,14 @@ class ExecOutput:
     data: bytes
 
 
-Report = Result | Observation | NodeEvent | Inventory | AgentStatus | ExecOutput
+@dataclass(frozen=True)
+class ConsoleRelay:
+    """Bytes of an interactive console session (either way), or its end."""
+
+    session_id: str
+    data: bytes = b""
+    close: bool = False
+    error: str = ""
+
+
+Report = Result | Observation | NodeEvent | Inventory | AgentStatus | ExecOutput | ConsoleRelay

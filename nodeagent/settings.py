@@ -32,8 +32,12 @@ class Settings:
     domain_type: str = "auto"
     # Distribution shorthands ("debian:11") are resolved through this template.
     image_url_template: str = DEFAULT_IMAGE_TEMPLATE
-    # Where VNC/SPICE servers listen.
+    # Where serial console TCP ports and VNC/SPICE servers listen.
     vdi_listen: str = "127.0.0.1"
+    # Give SPICE displays a TLS port too (libvirt's qemu.conf must have spice_tls set up).
+    vdi_tls: bool = False
+    # Seconds between usage events (0 turns them off).
+    usage_interval: float = 60.0
     # Capacity offered to the scheduler; 0 means "what the machine has".
     cpus: int = 0
     memory_mb: int = 0
@@ -51,6 +55,11 @@ class Settings:
     def instances_dir(self) -> Path:
         """Per-instance folders (disks, console log, sockets)."""
         return self.data_dir / "instances"
+
+    @property
+    def console_host(self) -> str:
+        """The address console clients connect to: the listen address, unless it is a wildcard."""
+        return self.address if self.vdi_listen in ("0.0.0.0", "::", "") else self.vdi_listen
 
     @property
     def image_cache_dir(self) -> Path:
@@ -78,6 +87,8 @@ class Settings:
             domain_type=get("DOMAIN_TYPE", base.domain_type),
             image_url_template=get("IMAGE_URL_TEMPLATE", base.image_url_template),
             vdi_listen=get("VDI_LISTEN", base.vdi_listen),
+            vdi_tls=get("VDI_TLS", "") in ("1", "true", "yes"),
+            usage_interval=float(get("USAGE_INTERVAL", base.usage_interval)),
             cpus=int(get("CPUS", base.cpus)),
             memory_mb=int(get("MEMORY_MB", base.memory_mb)),
             backoff_base=float(get("BACKOFF_BASE", base.backoff_base)),

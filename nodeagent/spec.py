@@ -7,6 +7,7 @@ imports generated code.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,16 @@ class DiskSpec:
     base: str = ""
     bus: str = "virtio"
     type: str = "disk"
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """One interface: its network, MAC and IPv4 address (when known) and NIC model."""
+
+    network_uuid: str = ""
+    macaddress: str = ""
+    address: str = ""
+    model: str = "virtio"
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,16 @@ class DomainSpec:
     disks: tuple[DiskSpec, ...] = ()
     video: VideoSpec = field(default_factory=VideoSpec)
     side_channels: tuple[str, ...] = ()
+    networks: tuple[NetworkSpec, ...] = ()
+    ssh_key: str = ""
+    # Base64 text, as the API takes it; the config drive holds it decoded.
+    user_data: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
     uefi: bool = False
     secure_boot: bool = False
     interfaces: tuple[NicSpec, ...] = ()
+    # As the caller gave it (a node path or sf://blob/UUID); the executor hands
+    # the hypervisor a local file path instead. Empty: the OVMF default.
+    nvram_template: str = ""
+    # "openstack-disk" or "none".
+    configdrive: str = "openstack-disk"

@@ -83,6 +83,7 @@ class Instance(_message.Message):
     VDI_TLS_PORT_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     INTERFACES_FIELD_NUMBER: _builtins.int
+    MACHINE_TYPE_FIELD_NUMBER: _builtins.int
     uuid: _builtins.str
     namespace: _builtins.str
     state: _builtins.str
@@ -101,6 +102,8 @@ class Instance(_message.Message):
     console_port: _builtins.int
     vdi_port: _builtins.int
     vdi_tls_port: _builtins.int
+    machine_type: _builtins.str
+    """The emulated machine: "q35" for secure boot, "pc" otherwise."""
     @_builtins.property
     def spec(self) -> _common_pb2.InstanceSpec: ...
     @_builtins.property
@@ -133,10 +136,11 @@ class Instance(_message.Message):
         vdi_tls_port: _builtins.int = ...,
         metadata: _struct_pb2.Struct | None = ...,
         interfaces: _abc.Iterable[_common_pb2.NetworkInterface] | None = ...,
+        machine_type: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_state", b"agent_state", "agent_system_boot_time", b"agent_system_boot_time", "console_port", b"console_port", "created_at", b"created_at", "error_message", b"error_message", "interfaces", b"interfaces", "metadata", b"metadata", "namespace", b"namespace", "node", b"node", "power_state", b"power_state", "spec", b"spec", "state", b"state", "state_updated_at", b"state_updated_at", "uuid", b"uuid", "vdi_port", b"vdi_port", "vdi_tls_port", b"vdi_tls_port", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_state", b"agent_state", "agent_system_boot_time", b"agent_system_boot_time", "console_port", b"console_port", "created_at", b"created_at", "error_message", b"error_message", "interfaces", b"interfaces", "machine_type", b"machine_type", "metadata", b"metadata", "namespace", b"namespace", "node", b"node", "power_state", b"power_state", "spec", b"spec", "state", b"state", "state_updated_at", b"state_updated_at", "uuid", b"uuid", "vdi_port", b"vdi_port", "vdi_tls_port", b"vdi_tls_port", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

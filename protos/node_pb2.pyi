@@ -38,6 +38,7 @@ class NodeMessage(_message.Message):
     BATCH_FIELD_NUMBER: _builtins.int
     AGENT_STATUS_FIELD_NUMBER: _builtins.int
     EXEC_OUTPUT_FIELD_NUMBER: _builtins.int
+    CONSOLE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def register(self) -> Global___Register: ...
     @_builtins.property
@@ -58,6 +59,10 @@ class NodeMessage(_message.Message):
     def agent_status(self) -> Global___AgentStatus: ...
     @_builtins.property
     def exec_output(self) -> Global___ExecOutput: ...
+    @_builtins.property
+    def console(self) -> Global___ConsoleRelay:
+        """Output of an interactive console session (or its end)."""
+
     def __init__(
         self,
         *,
@@ -70,16 +75,50 @@ class NodeMessage(_message.Message):
         batch: Global___NodeBatch | None = ...,
         agent_status: Global___AgentStatus | None = ...,
         exec_output: Global___ExecOutput | None = ...,
+        console: Global___ConsoleRelay | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_status", b"agent_status", "batch", b"batch", "body", b"body", "event", b"event", "exec_output", b"exec_output", "heartbeat", b"heartbeat", "inventory", b"inventory", "observation", b"observation", "register", b"register", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_status", b"agent_status", "batch", b"batch", "body", b"body", "console", b"console", "event", b"event", "exec_output", b"exec_output", "heartbeat", b"heartbeat", "inventory", b"inventory", "observation", b"observation", "register", b"register", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_status", b"agent_status", "batch", b"batch", "body", b"body", "event", b"event", "exec_output", b"exec_output", "heartbeat", b"heartbeat", "inventory", b"inventory", "observation", b"observation", "register", b"register", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_status", b"agent_status", "batch", b"batch", "body", b"body", "console", b"console", "event", b"event", "exec_output", b"exec_output", "heartbeat", b"heartbeat", "inventory", b"inventory", "observation", b"observation", "register", b"register", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["register", "heartbeat", "result", "inventory", "observation", "event", "batch", "agent_status", "exec_output"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["register", "heartbeat", "result", "inventory", "observation", "event", "batch", "agent_status", "exec_output", "console"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
 Global___NodeMessage: _TypeAlias = NodeMessage  # noqa: Y015
+
+@_typing.final
+class ConsoleRelay(_message.Message):
+    """Bytes of one interactive serial console session, either way. The node
+    sends guest output and, once, close (with error when it failed); the
+    control plane sends keystrokes and close when the user detaches.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    CLOSE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    data: _builtins.bytes
+    close: _builtins.bool
+    error: _builtins.str
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+        close: _builtins.bool = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close", b"close", "data", b"data", "error", b"error", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsoleRelay: _TypeAlias = ConsoleRelay  # noqa: Y015
 
 @_typing.final
 class AgentStatus(_message.Message):
@@ -169,6 +208,7 @@ class Register(_message.Message):
     MEMORY_MB_FIELD_NUMBER: _builtins.int
     HYPERVISOR_FIELD_NUMBER: _builtins.int
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
+    CONSOLE_HOST_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     address: _builtins.str
     cpus: _builtins.int
@@ -176,6 +216,8 @@ class Register(_message.Message):
     hypervisor: _builtins.str
     """"kvm" or "qemu" (software emulation), or "fake"."""
     agent_version: _builtins.str
+    console_host: _builtins.str
+    """The address consoles (serial TCP ports, VNC, SPICE) listen on, as clients reach it."""
     def __init__(
         self,
         *,
@@ -185,10 +227,11 @@ class Register(_message.Message):
         memory_mb: _builtins.int = ...,
         hypervisor: _builtins.str = ...,
         agent_version: _builtins.str = ...,
+        console_host: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_version", b"agent_version", "cpus", b"cpus", "hypervisor", b"hypervisor", "memory_mb", b"memory_mb", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_version", b"agent_version", "console_host", b"console_host", "cpus", b"cpus", "hypervisor", b"hypervisor", "memory_mb", b"memory_mb", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -256,12 +299,19 @@ class DomainObservation(_message.Message):
     EXISTS_FIELD_NUMBER: _builtins.int
     POWER_STATE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    CONSOLE_PORT_FIELD_NUMBER: _builtins.int
+    VDI_PORT_FIELD_NUMBER: _builtins.int
+    VDI_TLS_PORT_FIELD_NUMBER: _builtins.int
     instance_uuid: _builtins.str
     exists: _builtins.bool
     power_state: _builtins.str
     """on, off, paused, crashed."""
     reason: _builtins.str
     """Why it changed, in words (e.g. "destroyed", "shutdown by guest")."""
+    console_port: _builtins.int
+    """The domain's console ports, when known (0: unknown or none)."""
+    vdi_port: _builtins.int
+    vdi_tls_port: _builtins.int
     def __init__(
         self,
         *,
@@ -269,10 +319,13 @@ class DomainObservation(_message.Message):
         exists: _builtins.bool = ...,
         power_state: _builtins.str = ...,
         reason: _builtins.str = ...,
+        console_port: _builtins.int = ...,
+        vdi_port: _builtins.int = ...,
+        vdi_tls_port: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exists", b"exists", "instance_uuid", b"instance_uuid", "power_state", b"power_state", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["console_port", b"console_port", "exists", b"exists", "instance_uuid", b"instance_uuid", "power_state", b"power_state", "reason", b"reason", "vdi_port", b"vdi_port", "vdi_tls_port", b"vdi_tls_port"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -309,12 +362,18 @@ class CommandResult(_message.Message):
     RETRYABLE_FIELD_NUMBER: _builtins.int
     OBSERVATION_FIELD_NUMBER: _builtins.int
     AGENT_RESULT_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    BLOB_UUID_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     instance_uuid: _builtins.str
     ok: _builtins.bool
     error: _builtins.str
     retryable: _builtins.bool
     """Whether trying the same command again could succeed."""
+    data: _builtins.bytes
+    """For console commands: the console log bytes read."""
+    blob_uuid: _builtins.str
+    """For screenshots: the blob holding the PNG."""
     @_builtins.property
     def observation(self) -> Global___DomainObservation:
         """The domain as it is after the command."""
@@ -333,10 +392,12 @@ class CommandResult(_message.Message):
         retryable: _builtins.bool = ...,
         observation: Global___DomainObservation | None = ...,
         agent_result: _struct_pb2.Struct | None = ...,
+        data: _builtins.bytes = ...,
+        blob_uuid: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent_result", b"agent_result", "observation", b"observation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_result", b"agent_result", "command_id", b"command_id", "error", b"error", "instance_uuid", b"instance_uuid", "observation", b"observation", "ok", b"ok", "retryable", b"retryable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_result", b"agent_result", "blob_uuid", b"blob_uuid", "command_id", b"command_id", "data", b"data", "error", b"error", "instance_uuid", b"instance_uuid", "observation", b"observation", "ok", b"ok", "retryable", b"retryable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -351,24 +412,30 @@ class ControlMessage(_message.Message):
     REGISTERED_FIELD_NUMBER: _builtins.int
     COMMAND_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
+    CONSOLE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def registered(self) -> Global___Registered: ...
     @_builtins.property
     def command(self) -> Global___Command: ...
     @_builtins.property
     def batch(self) -> Global___ControlBatch: ...
+    @_builtins.property
+    def console(self) -> Global___ConsoleRelay:
+        """Keystrokes for an interactive console session (or its end)."""
+
     def __init__(
         self,
         *,
         registered: Global___Registered | None = ...,
         command: Global___Command | None = ...,
         batch: Global___ControlBatch | None = ...,
+        console: Global___ConsoleRelay | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "body", b"body", "command", b"command", "registered", b"registered"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "body", b"body", "command", b"command", "console", b"console", "registered", b"registered"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "body", b"body", "command", b"command", "registered", b"registered"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "body", b"body", "command", b"command", "console", b"console", "registered", b"registered"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["registered", "command", "batch"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["registered", "command", "batch", "console"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -428,6 +495,7 @@ class Command(_message.Message):
     ENSURE_NETWORK_FIELD_NUMBER: _builtins.int
     REMOVE_NETWORK_FIELD_NUMBER: _builtins.int
     ATTACH_INTERFACE_FIELD_NUMBER: _builtins.int
+    CONSOLE_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     instance_uuid: _builtins.str
     @_builtins.property
@@ -446,6 +514,8 @@ class Command(_message.Message):
     def remove_network(self) -> Global___RemoveNetwork: ...
     @_builtins.property
     def attach_interface(self) -> Global___AttachInterface: ...
+    @_builtins.property
+    def console(self) -> Global___ConsoleAction: ...
     def __init__(
         self,
         *,
@@ -458,16 +528,49 @@ class Command(_message.Message):
         ensure_network: Global___EnsureNetwork | None = ...,
         remove_network: Global___RemoveNetwork | None = ...,
         attach_interface: Global___AttachInterface | None = ...,
+        console: Global___ConsoleAction | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent", b"agent", "attach_interface", b"attach_interface", "create", b"create", "destroy", b"destroy", "ensure_network", b"ensure_network", "power", b"power", "remove_network", b"remove_network"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent", b"agent", "attach_interface", b"attach_interface", "console", b"console", "create", b"create", "destroy", b"destroy", "ensure_network", b"ensure_network", "power", b"power", "remove_network", b"remove_network"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent", b"agent", "attach_interface", b"attach_interface", "command_id", b"command_id", "create", b"create", "destroy", b"destroy", "ensure_network", b"ensure_network", "instance_uuid", b"instance_uuid", "power", b"power", "remove_network", b"remove_network"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent", b"agent", "attach_interface", b"attach_interface", "command_id", b"command_id", "console", b"console", "create", b"create", "destroy", b"destroy", "ensure_network", b"ensure_network", "instance_uuid", b"instance_uuid", "power", b"power", "remove_network", b"remove_network"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["create", "power", "destroy", "agent", "ensure_network", "remove_network", "attach_interface"]  # noqa: Y015
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["create", "power", "destroy", "agent", "ensure_network", "remove_network", "attach_interface", "console"]  # noqa: Y015
     _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
 
 Global___Command: _TypeAlias = Command  # noqa: Y015
+
+@_typing.final
+class ConsoleAction(_message.Message):
+    """Out-of-band access to an instance's console."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    LENGTH_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """read (the console log's tail), clear (empty the log), screenshot, or
+    open (connect an interactive session: later ConsoleRelay messages carry its bytes).
+    """
+    length: _builtins.int
+    """For read: how many bytes from the end (-1: all)."""
+    session_id: _builtins.str
+    """For open: the session's id."""
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        length: _builtins.int = ...,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "length", b"length", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsoleAction: _TypeAlias = ConsoleAction  # noqa: Y015
 
 @_typing.final
 class AgentAction(_message.Message):
@@ -573,16 +676,24 @@ class PowerAction(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACTION_FIELD_NUMBER: _builtins.int
+    DOMAIN_FIELD_NUMBER: _builtins.int
     action: _builtins.str
     """on, off, pause, unpause, soft-reboot, hard-reboot."""
+    @_builtins.property
+    def domain(self) -> Global___CreateDomain:
+        """For "on": the instance as the control plane has it now, so the node can
+        rebuild what it derives from it (the config drive) before starting.
+        """
+
     def __init__(
         self,
         *,
         action: _builtins.str = ...,
+        domain: Global___CreateDomain | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "domain", b"domain"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

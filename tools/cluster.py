@@ -69,7 +69,10 @@ class Cluster:
     image: Path
     api: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")
     image_port: int = field(default_factory=free_port)
+    gateway_port: int = field(default_factory=free_port)
     node_name: str = field(default_factory=lambda: f"sys-{uuidlib.uuid4().hex[:6]}")
+    # Seconds between the node's usage events.
+    usage_interval: float = 60.0
     # The system namespace's key: the client and the node agent log in with it.
     key: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -118,6 +121,29 @@ class Cluster:
             },
         )
 
+    @property
+    def rest_url(self) -> str:
+        """The Shaken Fist REST gateway's URL (SHAKENFIST_API_URL)."""
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    def rest_env(self, namespace: str = "system", key: str | None = None) -> dict[str, str]:
+        """SHAKENFIST_* variables for shakenfist-client against this cluster."""
+        return {
+            "SHAKENFIST_API_URL": self.rest_url,
+            "SHAKENFIST_NAMESPACE": namespace,
+            "SHAKENFIST_KEY": key if key is not None else self.key,
+        }
+
+    def start_gateway(self) -> None:
+        self._start(
+            "gateway",
+            [sys.executable, "-m", "controlplane.gateway"],
+            {
+                "MINICLOUD_GATEWAY_LISTEN": f"127.0.0.1:{self.gateway_port}",
+                "MINICLOUD_GATEWAY_API": self.api,
+            },
+        )
+
     def start_node(self) -> None:
         self._start(
             "nodeagent",
@@ -130,6 +156,7 @@ class Cluster:
                 "MINICLOUD_NODE_IMAGE_URL_TEMPLATE": f"http://127.0.0.1:{self.image_port}/{{name}}-{{version}}.qcow2",
                 "MINICLOUD_NODE_BACKOFF_BASE": "0.2",
                 "MINICLOUD_NODE_BACKOFF_CAP": "1",
+                "MINICLOUD_NODE_USAGE_INTERVAL": str(self.usage_interval),
             },
         )
 
@@ -153,6 +180,13 @@ class Cluster:
 
         wait_until(connected, 30, "the node agent to connect")
 
+    def wait_gateway(self) -> None:
+        def listening() -> bool:
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", self.gateway_port)) == 0
+
+        wait_until(listening, 30, "the REST gateway to listen")
+
     def console(self, uuid: str) -> str:
         path = self.node_dir / "instances" / uuid / "console.log"
         return path.read_text(errors="replace") if path.exists() else ""
@@ -171,7 +205,9 @@ class Cluster:
         )
 
     @classmethod
-    def launch(cls, image: Path, base: Path = Path("/var/lib/mc/c")) -> Cluster:
+    def launch(
+        cls, image: Path, base: Path = Path("/var/lib/mc/c"), usage_interval: float = 60.0
+    ) -> Cluster:
         """Start an image server, a control plane and a node agent in a new folder.
 
         Keep ``base`` short: guest channel sockets live under it, and unix
@@ -181,12 +217,14 @@ class Cluster:
         root.mkdir(parents=True)
         for folder in (base.parent, base, root):
             folder.chmod(0o755)  # QEMU runs as another user and must reach the disks
-        cluster = cls(root=root, image=image)
+        cluster = cls(root=root, image=image, usage_interval=usage_interval)
         cluster.start_images()
         cluster.start_controlplane()
+        cluster.start_gateway()
         cluster.start_node()
         try:
             cluster.wait_node_connected()
+            cluster.wait_gateway()
         except Exception:
             cluster.shutdown(keep=True)
             raise
@@ -201,7 +239,7 @@ class Cluster:
                     client.delete(inst["uuid"])
         except Exception:
             pass
-        for name in ("nodeagent", "controlplane", "images"):
+        for name in ("nodeagent", "gateway", "controlplane", "images"):
             self.stop(name)
         for uuid in virsh("list", "--all", "--uuid").stdout.split():
             if (self.node_dir / "instances" / uuid).exists():

@@ -10,6 +10,7 @@ ROOT=$(pwd)
 DEMO=$ROOT/var/demo
 API=127.0.0.1:13100
 IMAGE_PORT=13080
+REST=127.0.0.1:13000
 export MINICLOUD_API=$API
 # The system namespace's key: made once, kept in var/demo/system-key (mode 0600).
 mkdir -p "$DEMO"
@@ -21,7 +22,7 @@ MINICLOUD_KEY=$(cat "$DEMO/system-key")
 export MINICLOUD_KEY
 
 stop_demo() {
-  for name in nodeagent controlplane images; do
+  for name in gateway nodeagent controlplane images; do
     if [ -f "$DEMO/$name.pid" ]; then
       kill "$(cat "$DEMO/$name.pid")" 2>/dev/null || true
       rm -f "$DEMO/$name.pid"
@@ -66,6 +67,8 @@ start() {  # name, command...
 start images .venv/bin/python tools/serve_images.py --dir "$DEMO/images" --port $IMAGE_PORT
 MINICLOUD_LISTEN=$API MINICLOUD_DATA_DIR=$DEMO/controlplane MINICLOUD_SYSTEM_KEY=$MINICLOUD_KEY \
   start controlplane .venv/bin/minicloud-controlplane
+MINICLOUD_GATEWAY_LISTEN=$REST MINICLOUD_GATEWAY_API=$API \
+  start gateway .venv/bin/python -m controlplane.gateway
 MINICLOUD_NODE_CONTROL_PLANE=$API MINICLOUD_NODE_NAME=demo-node MINICLOUD_NODE_KEY=$MINICLOUD_KEY \
 MINICLOUD_NODE_DATA_DIR=$DEMO/node \
 MINICLOUD_NODE_IMAGE_URL_TEMPLATE="http://127.0.0.1:$IMAGE_PORT/{name}-{version}.qcow2" \
@@ -105,14 +108,6 @@ cat <<EOT
 The demo is running: control plane at $API, node agent 'demo-node'.
 Credentials (namespace system, key in $DEMO/system-key):
   export MINICLOUD_API=$API MINICLOUD_NAMESPACE=system MINICLOUD_KEY=$MINICLOUD_KEY
-# The system namespace's key: made once, kept in var/demo/system-key (mode 0600).
-mkdir -p "$DEMO"
-if [ ! -s "$DEMO/system-key" ]; then
-  (umask 077; head -c 18 /dev/urandom | base64 | tr '+/' '-_' >"$DEMO/system-key")
-fi
-export MINICLOUD_NAMESPACE=system
-MINICLOUD_KEY=$(cat "$DEMO/system-key")
-export MINICLOUD_KEY
   .venv/bin/minicloud instance list
   .venv/bin/minicloud instance execute demo "uname -a"
   .venv/bin/minicloud instance copy-to demo README.md /root/README.md
@@ -120,4 +115,8 @@ export MINICLOUD_KEY
   .venv/bin/minicloud instance poweroff demo; .venv/bin/minicloud instance poweron demo
   tools/demo.sh stop
 Logs: $DEMO/*.log
+
+The Shaken Fist REST gateway is at http://$REST; for shakenfist-client and sf-client:
+  export SHAKENFIST_API_URL=http://$REST SHAKENFIST_NAMESPACE=system SHAKENFIST_KEY=$MINICLOUD_KEY
+  .venv/bin/sf-client instance list
 EOT

@@ -16,7 +16,8 @@ from controlplane.model import (
     Nic,
     VideoSpec,
 )
-from controlplane.nodes import NodeCommand, Observation, Outcome
+from controlplane.nodes import ConsoleRelay, NodeCommand, Observation, Outcome
+from controlplane.validation import machine_type
 from protos import common_pb2, instances_pb2, node_pb2
 
 
@@ -115,6 +116,7 @@ def instance_to_pb(instance: Instance) -> instances_pb2.Instance:
         console_port=instance.console_port,
         vdi_port=instance.vdi_port,
         vdi_tls_port=instance.vdi_tls_port,
+        machine_type=machine_type(instance.spec),
     )
     spec_to_pb(instance.spec, pb.spec)
     dict_to_struct(instance.metadata, pb.metadata)
@@ -182,7 +184,15 @@ def event_from_pb(pb: common_pb2.Event) -> Event:
 
 def observation_from_pb(pb: node_pb2.DomainObservation) -> Observation:
     """A node's view of a domain."""
-    return Observation(pb.instance_uuid, pb.exists, pb.power_state, pb.reason)
+    return Observation(
+        pb.instance_uuid,
+        pb.exists,
+        pb.power_state,
+        pb.reason,
+        pb.console_port,
+        pb.vdi_port,
+        pb.vdi_tls_port,
+    )
 
 
 def outcome_from_pb(pb: node_pb2.CommandResult) -> Outcome:
@@ -195,6 +205,8 @@ def outcome_from_pb(pb: node_pb2.CommandResult) -> Outcome:
         retryable=pb.retryable,
         observation=observation_from_pb(pb.observation) if pb.HasField("observation") else None,
         agent_result=struct_to_dict(pb.agent_result) if pb.HasField("agent_result") else None,
+        data=pb.data,
+        blob_uuid=pb.blob_uuid,
     )
 
 
@@ -214,10 +226,17 @@ def command_to_pb(command: NodeCommand) -> node_pb2.ControlMessage:
         nic_to_pb(command.nic, pb.attach_interface.interface, command.instance_uuid)
     elif command.kind == "power":
         pb.power.action = command.power_action
+        if command.spec is not None:
+            pb.power.domain.namespace = command.namespace
+            spec_to_pb(command.spec, pb.power.domain.spec)
     elif command.kind == "agent" and command.agent is not None:
         pb.agent.CopyFrom(node_pb2.AgentAction(**command.agent))
-    else:
+    elif command.kind == "console" and command.console is not None:
+        pb.console.CopyFrom(node_pb2.ConsoleAction(**command.console))
+    elif command.kind == "destroy":
         pb.destroy.SetInParent()
+    else:
+        raise ValueError(f"cannot send a {command.kind!r} command")
     return node_pb2.ControlMessage(command=pb)
 
 
@@ -238,3 +257,14 @@ def _ensure_to_pb(config: dict[str, Any], out: node_pb2.EnsureNetwork) -> None:
     for address, inner in config["floating"]:
         out.floating.add(address=address, inner_address=inner)
     out.mtu = config["mtu"]
+
+
+def control_to_pb(item: NodeCommand | ConsoleRelay) -> node_pb2.ControlMessage:
+    """A command or console bytes for a node's stream."""
+    if isinstance(item, ConsoleRelay):
+        return node_pb2.ControlMessage(
+            console=node_pb2.ConsoleRelay(
+                session_id=item.session_id, data=item.data, close=item.close, error=item.error
+            )
+        )
+    return command_to_pb(item)

@@ -15,13 +15,13 @@ import grpc
 import structlog
 
 from controlplane.api.convert import (
-    command_to_pb,
+    control_to_pb,
     event_from_pb,
     observation_from_pb,
     outcome_from_pb,
 )
 from controlplane.model import Node
-from controlplane.nodes import NodeRegistry, Session
+from controlplane.nodes import ConsoleRelay, NodeRegistry, Session
 from controlplane.reconciler import Reconciler
 from controlplane.services.agent import AgentService
 from controlplane.settings import Settings
@@ -74,6 +74,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             hypervisor=reg.hypervisor,
             agent_version=reg.agent_version,
             last_seen=self.clock(),
+            console_host=reg.console_host or reg.address,
         )
         await self.records.put_node(node)
         session = self.nodes.connect(node, self.clock())
@@ -86,16 +87,16 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             )
             while (command := await session.outbox.get()) is not None:
                 if session.outbox.empty():
-                    yield command_to_pb(command)
+                    yield control_to_pb(command)
                     continue
-                batch = node_pb2.ControlBatch(messages=[command_to_pb(command)])
+                batch = node_pb2.ControlBatch(messages=[control_to_pb(command)])
                 ending = False
                 while not session.outbox.empty() and len(batch.messages) < BATCH_LIMIT:
                     more = session.outbox.get_nowait()
                     if more is None:
                         ending = True
                         break
-                    batch.messages.append(command_to_pb(more))
+                    batch.messages.append(control_to_pb(more))
                 yield node_pb2.ControlMessage(batch=batch)
                 if ending:
                     break
@@ -138,6 +139,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         elif kind == "exec_output":
             out = message.exec_output
             self.agent.on_output(out.command_id, out.stream, out.data)
+        elif kind == "console":
+            c = message.console
+            self.nodes.console_output(ConsoleRelay(c.session_id, c.data, c.close, c.error))
         elif kind == "agent_status":
             status = message.agent_status
             await self.reconciler.on_agent_status(

@@ -72,6 +72,9 @@ class InstanceService:
                 for d in spec.disks
             ]
             spec = dataclasses.replace(spec, disks=tuple(disks))
+            if spec.nvram_template:
+                template = await self.artifacts.resolve_base(namespace, spec.nvram_template)
+                spec = dataclasses.replace(spec, nvram_template=template)
         affinity = Affinity.parse(spec.metadata.get("affinity"))
         choice = place(
             self.nodes.capacities(),

@@ -2,16 +2,19 @@
 
 It honours the contract's visible behaviour: bases it is told about (and
 existing local paths) resolve; any other base raises ``DiskError``, as does a
-cdrom without an image.
+cdrom without an image. Config drives are built with the real content
+builder and kept in ``drives`` (path -> content) instead of an ISO file.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from nodeagent.disks.protocol import DiskError, ProgressCallback
+from nodeagent.disks.configdrive import RANDOM_SEED_BYTES, drive_files
+from nodeagent.disks.protocol import DiskError, ProgressCallback, local_firmware
 from nodeagent.hypervisor.protocol import PreparedDisk
-from nodeagent.spec import DiskSpec
+from nodeagent.spec import DiskSpec, DomainSpec
 
 
 class FakeDiskBuilder:
@@ -20,6 +23,9 @@ class FakeDiskBuilder:
     def __init__(self, known_bases: frozenset[str] = frozenset({"debian:11", "debian:12"})) -> None:
         self.known_bases = known_bases
         self.prepared: dict[str, list[PreparedDisk]] = {}
+        self.drives: dict[str, dict[str, bytes]] = {}
+        # How many times each instance's config drive was built.
+        self.drive_builds: dict[str, int] = {}
 
     async def prepare(
         self, instance_uuid: str, disks: tuple[DiskSpec, ...], progress: ProgressCallback
@@ -41,3 +47,25 @@ class FakeDiskBuilder:
 
     async def remove(self, instance_uuid: str) -> None:
         self.prepared.pop(instance_uuid, None)
+        self.drives.pop(instance_uuid, None)
+        self.drive_builds.pop(instance_uuid, None)
+
+    async def config_drive(self, spec: DomainSpec) -> PreparedDisk | None:
+        if spec.configdrive == "none":
+            return None
+        if spec.configdrive != "openstack-disk":
+            raise DiskError(f"unknown config drive kind {spec.configdrive!r}")
+        self.drives[spec.uuid] = drive_files(spec, random_seed=os.urandom(RANDOM_SEED_BYTES))
+        self.drive_builds[spec.uuid] = self.drive_builds.get(spec.uuid, 0) + 1
+        return PreparedDisk(
+            path=Path(f"/fake/{spec.uuid}/config.iso"),
+            bus="virtio",
+            device="disk",
+            format="raw",
+            readonly=True,
+        )
+
+    async def firmware_template(self, ref: str, progress: ProgressCallback) -> Path:
+        if ref.startswith("sf://blob/"):
+            return Path("/fake/cache") / f"blob-{ref.removeprefix('sf://blob/')}"
+        return local_firmware(ref)

@@ -11,17 +11,30 @@ Semantics every implementation honours:
   human-readable message (e.g. "Fetching required image debian:11, 30% complete").
 - ``remove`` deletes everything ``prepare`` made for the instance; removing
   twice is a no-op. Cached base images are kept.
+- ``config_drive`` (re)builds the instance's config drive from the spec every
+  time it is called (fresh content, e.g. a new random seed) and returns it as
+  a read-only raw virtio disk in the instance's folder, or None when the spec
+  asks for none (``configdrive: none``). An unknown ``configdrive`` kind or
+  user data that is not base64 raises ``DiskError`` (not retryable).
+- ``firmware_template`` gives a local file for an NVRAM template reference (an
+  absolute path to a file in one of ``FIRMWARE_DIRS``, or ``sf://blob/UUID``
+  fetched once into the cache); any other reference raises ``DiskError``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 from nodeagent.hypervisor.protocol import PreparedDisk
-from nodeagent.spec import DiskSpec
+from nodeagent.spec import DiskSpec, DomainSpec
 
 ProgressCallback = Callable[[str], None]
+
+# Node folders whose files an instance may name as its NVRAM template (a guest
+# reads its NVRAM, so any other host file could leak into it).
+FIRMWARE_DIRS = (Path("/usr/share/OVMF"), Path("/usr/share/ovmf"))
 
 
 class DiskError(Exception):
@@ -44,3 +57,25 @@ class DiskBuilder(Protocol):
     async def remove(self, instance_uuid: str) -> None:
         """Delete the instance's disk files."""
         ...
+
+    async def config_drive(self, spec: DomainSpec) -> PreparedDisk | None:
+        """Build (or rebuild) the instance's config drive; None when it asks for none."""
+        ...
+
+    async def firmware_template(self, ref: str, progress: ProgressCallback) -> Path:
+        """A local file with the NVRAM template ``ref`` refers to."""
+        ...
+
+
+def local_firmware(ref: str, folders: tuple[Path, ...] = FIRMWARE_DIRS) -> Path:
+    """A node path to an NVRAM template, checked to be a file in one of ``folders``."""
+    path = Path(ref)
+    if not path.is_absolute():
+        raise DiskError(f"NVRAM template {ref!r} is neither a node path nor sf://blob/UUID")
+    resolved = path.resolve()
+    if not any(resolved.is_relative_to(folder) for folder in folders):
+        names = ", ".join(str(f) for f in folders)
+        raise DiskError(f"NVRAM template {ref!r} is not in a firmware folder ({names})")
+    if not resolved.is_file():
+        raise DiskError(f"NVRAM template {ref!r} does not exist")
+    return resolved

@@ -38,9 +38,11 @@ from typing import Protocol
 
 import structlog
 
-from nodeagent.disks.protocol import DiskError, ProgressCallback
+from nodeagent.disks.configdrive import LABEL, RANDOM_SEED_BYTES, drive_files
+from nodeagent.disks.iso import write_iso
+from nodeagent.disks.protocol import FIRMWARE_DIRS, DiskError, ProgressCallback, local_firmware
 from nodeagent.hypervisor.protocol import PreparedDisk
-from nodeagent.spec import DiskSpec
+from nodeagent.spec import DiskSpec, DomainSpec
 
 log = structlog.get_logger(__name__)
 
@@ -58,6 +60,7 @@ _CHUNK = 1024 * 1024
 _PROGRESS_STEP_PERCENT = 10
 _PROGRESS_INTERVAL_S = 2.0
 _FETCH_TIMEOUT_S = 30.0
+CONFIG_DRIVE = "config.iso"
 
 
 @dataclass(frozen=True)
@@ -83,8 +86,13 @@ class Qcow2DiskBuilder:
         cache_dir: Path,
         url_template: str,
         blobs: BlobSource | None = None,
+        *,
+        availability_zone: str = "minicloud",
+        firmware_dirs: tuple[Path, ...] = FIRMWARE_DIRS,
     ) -> None:
         self.blobs = blobs
+        self.availability_zone = availability_zone
+        self.firmware_dirs = firmware_dirs
         self.instances_dir = instances_dir
         self.cache_dir = cache_dir
         self.url_template = url_template
@@ -110,6 +118,32 @@ class Qcow2DiskBuilder:
         await asyncio.to_thread(shutil.rmtree, folder, True)
         self._instance_locks.pop(instance_uuid, None)
         log.info("disks_removed", uuid=instance_uuid, folder=str(folder))
+
+    async def config_drive(self, spec: DomainSpec) -> PreparedDisk | None:
+        """Write the instance's config drive afresh as ``config.iso`` in its folder."""
+        if spec.configdrive == "none":
+            return None
+        if spec.configdrive != "openstack-disk":
+            raise DiskError(f"unknown config drive kind {spec.configdrive!r}")
+        files = drive_files(
+            spec,
+            random_seed=os.urandom(RANDOM_SEED_BYTES),
+            availability_zone=self.availability_zone,
+        )
+        lock = self._instance_locks.setdefault(spec.uuid, asyncio.Lock())
+        async with lock:
+            folder = self.instances_dir / spec.uuid
+            await asyncio.to_thread(_make_folder, folder)
+            path = folder / CONFIG_DRIVE
+            await write_iso(files, path, LABEL)
+        log.info("config_drive_built", uuid=spec.uuid, path=str(path), files=len(files))
+        return PreparedDisk(path=path, bus="virtio", device="disk", format="raw", readonly=True)
+
+    async def firmware_template(self, ref: str, progress: ProgressCallback) -> Path:
+        """An NVRAM template: a file in a firmware folder, or a blob fetched into the cache."""
+        if ref.startswith(BLOB_PREFIX):
+            return await self._blob_file(ref, progress)
+        return local_firmware(ref, self.firmware_dirs)
 
     def resolve_url(self, base: str) -> str | None:
         """The URL to fetch for ``base``, or None when it is not a URL or shorthand."""

@@ -12,6 +12,12 @@ Choices worth knowing (each checked by booting a guest on libvirt 9.0 / QEMU 7.2
   is a power-button press followed, when the guest powers down, by a reset
   instead of a stop. ``on_poweroff=destroy`` then means a guest that powers
   itself off ends up ``off``.
+- UEFI boots OVMF's code read-only from ``/usr/share/OVMF`` with a
+  per-instance variable store. Secure boot takes the ``q35`` machine (libvirt
+  requires it for a secure loader), the ``secboot`` code, a loader marked
+  ``secure`` and SMM on; other instances keep ``pc``.
+- A config drive is an ordinary disk marked read-only (``<readonly/>``); the
+  executor puts it second, so it is ``vdb`` behind a virtio boot disk.
 - libvirt 9.0 has no ``nvme`` disk bus. An nvme disk is defined as a virtio
   disk (so libvirt still opens, labels and tracks the whole backing chain)
   whose QEMU device is switched to ``nvme`` with ``<qemu:override>``; the
@@ -20,6 +26,13 @@ Choices worth knowing (each checked by booting a guest on libvirt 9.0 / QEMU 7.2
   bridge, in order (libvirt gives PCI slots in document order, so the guest
   sees them as eth0, eth1, ...), with the allocated MAC and NIC model; virtio
   NICs get the VXLAN-sized MTU (1450) — libvirt refuses an MTU on other models.
+- The serial console is a TCP server (``console_port``, raw protocol) on the
+  node's console address, logged to the console log; libvirt hands the log
+  to virtlogd, which rotates it. Without a console port (unit tests) it is a
+  pty. VNC and SPICE listen on fixed ports (``vdi_port``, and
+  ``vdi_tls_port`` for SPICE when TLS is configured) instead of libvirt's
+  autoport, so the ports are known before the domain starts and stay the
+  same across power cycles.
 - SPICE has no share policy in libvirt; ``spiceconcurrent`` (as in Shaken
   Fist) sets ``SPICE_DEBUG_ALLOW_MC=1`` in QEMU's environment, which lets
   several SPICE clients share the console.
@@ -33,6 +46,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+from nodeagent.hypervisor.ports import ConsolePorts
 from nodeagent.hypervisor.protocol import HypervisorError, PreparedDisk
 from nodeagent.spec import DomainSpec, NicSpec
 
@@ -97,12 +111,15 @@ def build_domain_xml(
     nvram_path: Path | None = None,
     listen_address: str = "127.0.0.1",
     node_name: str = "",
+    ports: ConsolePorts | None = None,
 ) -> str:
     """Return the libvirt domain XML for ``spec`` with ``disks`` attached in order.
 
     ``socket_dir`` is the instance's own folder for channel sockets; the UEFI
     variable store goes to ``nvram_path`` (default: ``socket_dir/nvram.fd``),
-    which libvirt fills from the OVMF template on first start. Raises
+    which libvirt fills on first start from ``spec.nvram_template`` (a local
+    file) or the OVMF template that fits (standard keys enrolled for secure
+    boot). Raises
     ``HypervisorError`` (not retryable) for specs that cannot be expressed.
     """
     if domain_type not in DOMAIN_TYPES:
@@ -142,9 +159,10 @@ def build_domain_xml(
     nvme_aliases = _disks(devices, disks)
     for nic in sorted(spec.interfaces, key=lambda n: n.order):
         devices.append(interface_element(nic))
-    _console(devices, console_log)
+    ports = ports or ConsolePorts()
+    _console(devices, console_log, listen_address, ports.console_port)
     _video(devices, spec)
-    _graphics(devices, spec, listen_address)
+    _graphics(devices, spec, listen_address, ports)
     _channels(devices, spec, socket_dir)
     ET.SubElement(devices, "memballoon", model="virtio")
 
@@ -225,6 +243,9 @@ def _os(root: ET.Element, spec: DomainSpec, nvram_path: Path) -> None:
         type="pflash",
         secure="yes" if spec.secure_boot else "no",
     )
+    if spec.nvram_template:
+        # A local file by now: the executor resolved the caller's reference.
+        template = Path(spec.nvram_template)
     _text(os_element, "nvram", str(nvram_path), template=str(template))
 
 
@@ -263,7 +284,7 @@ def _disks(devices: ET.Element, disks: list[PreparedDisk]) -> list[str]:
         ET.SubElement(element, "driver", name="qemu", type=disk.format)
         ET.SubElement(element, "source", file=str(disk.path))
         ET.SubElement(element, "target", dev=dev, bus="virtio" if bus == "nvme" else bus)
-        if disk.device == "cdrom":
+        if disk.device == "cdrom" or disk.readonly:
             ET.SubElement(element, "readonly")
         if bus == "nvme":
             # QEMU's nvme device refuses to start without a serial number.
@@ -278,11 +299,46 @@ def _disks(devices: ET.Element, disks: list[PreparedDisk]) -> list[str]:
     return nvme_aliases
 
 
-def _console(devices: ET.Element, console_log: Path) -> None:
-    serial = ET.SubElement(devices, "serial", type="pty")
+def parse_console_ports(xml: str) -> ConsolePorts:
+    """The serial console's TCP port and the VNC/SPICE ports named in domain XML."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise HypervisorError(f"unreadable domain XML: {exc}") from exc
+    console_port = 0
+    for serial in root.iterfind("devices/serial"):
+        source = serial.find("source")
+        if serial.get("type") == "tcp" and source is not None:
+            console_port = _port(source.get("service"))
+            break
+    vdi_port = vdi_tls_port = 0
+    graphics = root.find("devices/graphics")
+    if graphics is not None:
+        vdi_port = _port(graphics.get("port"))
+        vdi_tls_port = _port(graphics.get("tlsPort"))
+    return ConsolePorts(console_port, vdi_port, vdi_tls_port)
+
+
+def _port(value: str | None) -> int:
+    try:
+        port = int(value or 0)
+    except ValueError:
+        return 0
+    return port if 0 < port < 65536 else 0
+
+
+def _console(devices: ET.Element, console_log: Path, listen_address: str, port: int) -> None:
+    if port:
+        serial = ET.SubElement(devices, "serial", type="tcp")
+        ET.SubElement(serial, "source", mode="bind", host=listen_address, service=str(port))
+        ET.SubElement(serial, "protocol", type="raw")
+        kind = "tcp"
+    else:
+        serial = ET.SubElement(devices, "serial", type="pty")
+        kind = "pty"
     ET.SubElement(serial, "log", file=str(console_log), append="on")
     ET.SubElement(serial, "target", port="0")
-    console = ET.SubElement(devices, "console", type="pty")
+    console = ET.SubElement(devices, "console", type=kind)
     ET.SubElement(console, "target", type="serial", port="0")
 
 
@@ -299,12 +355,19 @@ def _video(devices: ET.Element, spec: DomainSpec) -> None:
     ET.SubElement(video, "model", attributes)
 
 
-def _graphics(devices: ET.Element, spec: DomainSpec, listen_address: str) -> None:
+def _graphics(
+    devices: ET.Element, spec: DomainSpec, listen_address: str, ports: ConsolePorts
+) -> None:
     vdi = spec.video.vdi
     if vdi not in GRAPHICS:
         raise HypervisorError(f"unknown remote display protocol {vdi!r}")
     kind = "vnc" if vdi == "vnc" else "spice"
-    graphics = ET.SubElement(devices, "graphics", type=kind, autoport="yes", listen=listen_address)
+    attributes = {"type": kind, "autoport": "yes", "listen": listen_address}
+    if ports.vdi_port:
+        attributes.update(autoport="no", port=str(ports.vdi_port))
+        if kind == "spice" and ports.vdi_tls_port:
+            attributes["tlsPort"] = str(ports.vdi_tls_port)
+    graphics = ET.SubElement(devices, "graphics", attributes)
     ET.SubElement(graphics, "listen", type="address", address=listen_address)
 
 

@@ -3,24 +3,38 @@
 Used by fast component tests and by the scale simulation. ``crash`` and
 ``external_power`` stand in for things that happen behind the node agent's
 back (a QEMU process dying, ``virsh destroy``).
+
+Each fake domain has a real serial console: a TCP server on its
+``console_port`` (127.0.0.1) that greets with a banner and echoes what it is
+sent, logging both to the console log as QEMU would. Screenshots are a plain
+720x400 PNG; usage counters grow with the time the domain has been on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from nodeagent.hypervisor.ports import ConsolePorts, bindable, pick_ports
 from nodeagent.hypervisor.protocol import (
     POWER_ACTIONS,
+    DiskUsage,
     DomainNotFound,
     DomainState,
+    DomainUsage,
     HypervisorError,
     PreparedDisk,
 )
 from nodeagent.hypervisor.transitions import target_of
+from nodeagent.png import rgb_to_png
 from nodeagent.spec import DomainSpec, NicSpec
+
+FAKE_BANNER = "fake-guest: boot complete"
+SCREEN = (720, 400)
 
 
 class FakeHypervisor:
@@ -28,10 +42,19 @@ class FakeHypervisor:
 
     kind = "fake"
 
-    def __init__(self) -> None:
+    def __init__(
+        self, console_host: str = "127.0.0.1", clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.domains: dict[str, DomainState] = {}
         self.specs: dict[str, DomainSpec] = {}
         self.disks: dict[str, list[PreparedDisk]] = {}
+        self.console_host = console_host
+        self.clock = clock
+        self._ports: dict[str, ConsolePorts] = {}
+        self._logs: dict[str, Path] = {}
+        self._servers: dict[str, asyncio.Server] = {}
+        self._on_since: dict[str, float] = {}
+        self._on_total: dict[str, float] = {}
         self._events: asyncio.Queue[DomainState | None] = asyncio.Queue()
 
     async def list_domains(self) -> list[DomainState]:
@@ -48,6 +71,14 @@ class FakeHypervisor:
             return existing
         self.specs[spec.uuid] = spec
         self.disks[spec.uuid] = list(disks)
+        self._logs[spec.uuid] = console_log
+        if spec.uuid not in self._ports:
+            taken = [p for ports in self._ports.values() for p in ports.ports()]
+            # No TLS here, so no vdi_tls_port (as on a node without SPICE TLS).
+            console, vdi = pick_ports(2, taken, bindable(self.console_host))
+            self._ports[spec.uuid] = ConsolePorts(console, vdi)
+        await self._serve_console(spec.uuid)
+        self._log(spec.uuid, f"{FAKE_BANNER}\r\n".encode())
         return self._set(spec.uuid, "on", "booted")
 
     async def power(self, uuid: str, action: str) -> DomainState:
@@ -67,6 +98,49 @@ class FakeHypervisor:
         if self.domains.pop(uuid, None) is not None:
             self.specs.pop(uuid, None)
             self.disks.pop(uuid, None)
+            self._ports.pop(uuid, None)
+            self._logs.pop(uuid, None)
+            self._on_since.pop(uuid, None)
+            self._on_total.pop(uuid, None)
+            server = self._servers.pop(uuid, None)
+            if server is not None:
+                server.close()
+
+    async def console_endpoint(self, uuid: str) -> tuple[str, int]:
+        ports = self._ports.get(uuid)
+        if uuid not in self.domains or ports is None:
+            raise DomainNotFound(f"no domain for instance {uuid}")
+        return self.console_host, ports.console_port
+
+    async def screenshot(self, uuid: str) -> bytes:
+        state = self.domains.get(uuid)
+        if state is None:
+            raise DomainNotFound(f"no domain for instance {uuid}")
+        if state.power_state not in ("on", "paused"):
+            raise HypervisorError(f"cannot take a screenshot: the domain is {state.power_state}")
+        width, height = SCREEN
+        return rgb_to_png(width, height, b"\x00\x00\xaa" * (width * height))
+
+    async def usage(self) -> dict[str, DomainUsage]:
+        result = {}
+        for uuid, state in self.domains.items():
+            if state.power_state not in ("on", "paused"):
+                continue
+            seconds = self._seconds_on(uuid)
+            cpu = int(seconds * 20_000_000) + 1_000_000
+            disks = {}
+            for index, _disk in enumerate(self.disks.get(uuid, [])):
+                grow = int(seconds * 4096)
+                disks[f"vd{chr(ord('a') + index)}"] = DiskUsage(
+                    actual_bytes=196_608 + grow,
+                    read_bytes=1_048_576 + grow * 2,
+                    read_requests=256 + int(seconds),
+                    write_bytes=grow,
+                    write_requests=int(seconds),
+                    errors=-1,
+                )
+            result[uuid] = DomainUsage(cpu, cpu * 7 // 10, cpu * 3 // 10, disks, {})
+        return result
 
     async def attach_interface(self, uuid: str, nic: NicSpec) -> None:
         spec = self.specs.get(uuid)
@@ -83,14 +157,52 @@ class FakeHypervisor:
             yield event
 
     async def close(self) -> None:
+        for server in self._servers.values():
+            server.close()
+        self._servers.clear()
         self._events.put_nowait(None)
 
     def external_power(self, uuid: str, power_state: str, reason: str) -> None:
         """Change a domain's power state as something outside the agent would."""
         self._set(uuid, power_state, reason)
 
+    def _seconds_on(self, uuid: str) -> float:
+        since = self._on_since.get(uuid)
+        running = self.clock() - since if since is not None else 0.0
+        return self._on_total.get(uuid, 0.0) + running
+
     def _set(self, uuid: str, power_state: str, reason: str) -> DomainState:
-        state = DomainState(uuid=uuid, power_state=power_state, reason=reason)
+        if power_state == "on" and uuid not in self._on_since:
+            self._on_since[uuid] = self.clock()
+        elif power_state != "on" and uuid in self._on_since:
+            self._on_total[uuid] = self._seconds_on(uuid)
+            del self._on_since[uuid]
+        state = DomainState(uuid, power_state, reason, self._ports.get(uuid, ConsolePorts()))
         self.domains[uuid] = state
         self._events.put_nowait(state)
         return state
+
+    def _log(self, uuid: str, data: bytes) -> None:
+        path = self._logs.get(uuid)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("ab") as handle:
+                handle.write(data)
+
+    async def _serve_console(self, uuid: str) -> None:
+        if uuid in self._servers:
+            return
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            greeting = f"fake console of {uuid}\r\n".encode()
+            writer.write(greeting)
+            self._log(uuid, greeting)
+            with contextlib.suppress(ConnectionError):
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    self._log(uuid, data)
+                    await writer.drain()
+            writer.close()
+
+        port = self._ports[uuid].console_port
+        self._servers[uuid] = await asyncio.start_server(serve, self.console_host, port)

@@ -15,6 +15,13 @@ starts with ``mc-``; anything else on the host is invisible to it.
 - When the connection drops (libvirtd restarted), the next call opens a new
   one, registers for events again and emits the current state of every
   managed domain, since events may have been missed meanwhile.
+- Console ports (serial TCP, VNC/SPICE) are chosen when a domain is first
+  defined (``ports.pick_ports``: 30000-50000, not used by another of our
+  domains, bindable now) and read back from the domain's XML afterwards, so
+  they stay the same across power cycles and node-agent restarts.
+- Screenshots come through a libvirt stream, as PNG from libvirt 9 with QEMU
+  7.1 or later (passed through) or as PPM from older ones (converted); usage
+  counters come from one ``getAllDomainStats`` call for all domains.
 - A domain that crashed stays ``crashed`` (libvirt keeps the shut-off reason)
   until it is started again or powered ``off`` through this driver; the
   driver remembers the latter in memory because libvirt cannot clear the
@@ -42,16 +49,22 @@ from nodeagent.hypervisor.domain_xml import (
     domain_name,
     interface_macs,
     interface_xml,
+    parse_console_ports,
     parse_domain_identity,
 )
+from nodeagent.hypervisor.ports import ConsolePorts, NoFreePort, bindable, pick_ports
 from nodeagent.hypervisor.protocol import (
     POWER_ACTIONS,
+    DiskUsage,
     DomainNotFound,
     DomainState,
+    DomainUsage,
     HypervisorError,
+    NicUsage,
     PreparedDisk,
 )
 from nodeagent.hypervisor.transitions import target_of
+from nodeagent.png import PNG_SIGNATURE, ImageError, ppm_to_png
 from nodeagent.spec import DomainSpec, NicSpec
 
 log = structlog.get_logger(__name__)
@@ -60,6 +73,12 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 DOMAIN_TYPE_SETTINGS = ("auto", "kvm", "qemu")
+MAX_SCREENSHOT = 64 * 1024 * 1024
+_USAGE_STATS = (
+    libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+    | libvirt.VIR_DOMAIN_STATS_BLOCK
+    | libvirt.VIR_DOMAIN_STATS_INTERFACE
+)
 
 # libvirt error codes after which trying again may succeed: the daemon was
 # unreachable or busy, or the domain changed state under us. (System errors,
@@ -292,8 +311,12 @@ class LibvirtHypervisor:
         domain_type: str = "auto",
         vdi_listen: str = "127.0.0.1",
         node_name: str = "",
+        vdi_tls: bool = False,
     ) -> None:
         self.uri = uri
+        self.vdi_tls = vdi_tls
+        self._ports: dict[str, ConsolePorts] = {}
+        self._ports_lock = threading.Lock()
         # Only domains whose metadata names this node are ours ("" = every mc- domain).
         self.node_name = node_name
         self._owners: dict[str, bool] = {}
@@ -324,23 +347,8 @@ class LibvirtHypervisor:
         self, spec: DomainSpec, disks: list[PreparedDisk], console_log: Path
     ) -> DomainState:
         """Define the domain (or refresh a stopped one's definition) and make it run."""
-        instance_dir = self.sockets_dir / spec.uuid
-        xml = build_domain_xml(
-            spec,
-            disks,
-            console_log=console_log,
-            domain_type=self.domain_type,
-            socket_dir=instance_dir,
-            listen_address=self.vdi_listen,
-            node_name=self.node_name,
-        )
         return await self._run(
-            f"start instance {spec.uuid}",
-            self._define_and_start_sync,
-            spec.uuid,
-            xml,
-            instance_dir,
-            console_log,
+            f"start instance {spec.uuid}", self._define_and_start_sync, spec, disks, console_log
         )
 
     async def power(self, uuid: str, action: str) -> DomainState:
@@ -359,6 +367,27 @@ class LibvirtHypervisor:
         await self._run(
             f"attach an interface to instance {uuid}", self._attach_sync, uuid, nic, xml
         )
+
+    async def console_endpoint(self, uuid: str) -> tuple[str, int]:
+        """Where the domain's serial console listens (its TCP chardev)."""
+        ports = await self._run(f"look up the console of {uuid}", self._ports_sync, uuid)
+        if not ports.console_port:
+            raise HypervisorError(f"instance {uuid} has no TCP serial console")
+        return self.vdi_listen, ports.console_port
+
+    async def screenshot(self, uuid: str) -> bytes:
+        """A PNG of the display of a running (or paused) domain."""
+        image = await self._run(f"take a screenshot of {uuid}", self._screenshot_sync, uuid)
+        if image.startswith(PNG_SIGNATURE):
+            return image  # libvirt 9+ with QEMU 7.1+ hands over PNG already
+        try:
+            return await asyncio.to_thread(ppm_to_png, image)
+        except ImageError as exc:
+            raise HypervisorError(f"the screenshot of {uuid} is unreadable: {exc}") from exc
+
+    async def usage(self) -> dict[str, DomainUsage]:
+        """CPU, disk and interface counters of every running managed domain."""
+        return await self._run("read usage statistics", self._usage_sync)
 
     async def events(self) -> AsyncIterator[DomainState]:
         """Power-state changes of managed domains as libvirt reports them, until close()."""
@@ -482,7 +511,80 @@ class LibvirtHypervisor:
         power_state, words = libvirt_state_to_power(int(state), int(reason))
         if power_state == "crashed" and not dom.isActive() and uuid in self._off_acknowledged:
             power_state, words = "off", "powered off after a crash"
-        return DomainState(uuid=uuid, power_state=power_state, reason=words)
+        return DomainState(uuid, power_state, words, self._ports_of(uuid, dom))
+
+    def _ports_of(self, uuid: str, dom: Any) -> ConsolePorts:
+        """A domain's console ports, read from its XML once and then remembered."""
+        ports = self._ports.get(uuid)
+        if ports is None:
+            ports = parse_console_ports(str(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
+            self._ports[uuid] = ports
+        return ports
+
+    def _ports_sync(self, uuid: str) -> ConsolePorts:
+        return self._ports_of(uuid, self._lookup(uuid))
+
+    def _choose_ports(self, spec: DomainSpec) -> ConsolePorts:
+        """The domain's existing ports, or new ones no other domain of ours uses."""
+        try:
+            existing = self._ports_of(spec.uuid, self._lookup(spec.uuid))
+        except DomainNotFound:
+            existing = ConsolePorts()
+        tls = self.vdi_tls and spec.video.vdi != "vnc"
+        if existing.console_port and existing.vdi_port and (existing.vdi_tls_port or not tls):
+            return existing
+        taken: list[int] = []
+        for dom in self._connection().listAllDomains(0):
+            try:
+                if self._owned(dom) and str(dom.UUIDString()) != spec.uuid:
+                    taken += self._ports_of(str(dom.UUIDString()), dom).ports()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+        try:
+            picked = pick_ports(3 if tls else 2, taken, bindable(self.vdi_listen))
+        except NoFreePort as exc:
+            raise HypervisorError(f"cannot start instance {spec.uuid}: {exc}") from exc
+        return ConsolePorts(picked[0], picked[1], picked[2] if tls else 0)
+
+    def _screenshot_sync(self, uuid: str) -> bytes:
+        dom = self._lookup(uuid)
+        if not dom.isActive():
+            raise HypervisorError(
+                f"cannot take a screenshot of instance {uuid}: it is not running", retryable=False
+            )
+        stream = self._connection().newStream(0)
+        try:
+            dom.screenshot(stream, 0, 0)
+            data = bytearray()
+            while chunk := stream.recv(256 * 1024):
+                if isinstance(chunk, int):  # -2: would block (only for non-blocking streams)
+                    continue
+                data += chunk
+                if len(data) > MAX_SCREENSHOT:
+                    raise HypervisorError(f"the screenshot of {uuid} is too large")
+            stream.finish()
+        except BaseException:
+            with contextlib.suppress(libvirt.libvirtError):
+                stream.abort()
+            raise
+        return bytes(data)
+
+    def _usage_sync(self) -> dict[str, DomainUsage]:
+        conn = self._connection()
+        flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
+        result = {}
+        for dom, stats in conn.getAllDomainStats(_USAGE_STATS, flags):
+            try:
+                if not self._owned(dom):
+                    continue
+                macs = _interface_macs(str(dom.XMLDesc(0)))
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue  # it went away meanwhile
+                raise
+            result[str(dom.UUIDString())] = usage_from_stats(stats, macs)
+        return result
 
     def _list_sync(self) -> list[DomainState]:
         states = []
@@ -504,8 +606,10 @@ class LibvirtHypervisor:
             return None
 
     def _define_and_start_sync(
-        self, uuid: str, xml: str, instance_dir: Path, console_log: Path
+        self, spec: DomainSpec, disks: list[PreparedDisk], console_log: Path
     ) -> DomainState:
+        uuid = spec.uuid
+        instance_dir = self.sockets_dir / uuid
         conn = self._connection()
         try:
             dom = self._lookup(uuid)
@@ -520,6 +624,19 @@ class LibvirtHypervisor:
                 self._unpause(dom)
                 return self._state_of(uuid, dom)
             dom.destroy()  # an active but crashed domain
+        with self._ports_lock:  # two creates at once must not choose the same ports
+            ports = self._choose_ports(spec)
+            xml = build_domain_xml(
+                spec,
+                disks,
+                console_log=console_log,
+                domain_type=self.domain_type,
+                socket_dir=instance_dir,
+                listen_address=self.vdi_listen,
+                node_name=self.node_name,
+                ports=ports,
+            )
+            self._ports[uuid] = ports
         # QEMU runs as an unprivileged user: it must be able to enter the folders.
         instance_dir.mkdir(parents=True, exist_ok=True)
         instance_dir.chmod(0o755)
@@ -555,7 +672,7 @@ class LibvirtHypervisor:
         elif action == "soft-reboot":
             dom.reboot(libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)
             log.info("domain_power", uuid=uuid, action=action)
-            return DomainState(uuid=uuid, power_state="on", reason=action)
+            return DomainState(uuid, "on", action, current.ports)
         elif action == "hard-reboot":
             if dom.isActive():
                 dom.destroy()
@@ -563,7 +680,7 @@ class LibvirtHypervisor:
             dom.create()
         after = self._state_of(uuid, dom)
         log.info("domain_power", uuid=uuid, action=action, power_state=after.power_state)
-        return DomainState(uuid=uuid, power_state=after.power_state, reason=action)
+        return DomainState(uuid, after.power_state, action, after.ports)
 
     def _unpause(self, dom: Any) -> None:
         state, _ = dom.state()
@@ -603,6 +720,7 @@ class LibvirtHypervisor:
                     path.unlink(missing_ok=True)
             log.info("domain_removed", uuid=uuid)
         self._off_acknowledged.discard(uuid)
+        self._ports.pop(uuid, None)
 
     def _owned_sockets(self, uuid: str, xml: str) -> list[Path]:
         """Channel sockets of the domain that live in its folder (ours to delete)."""
@@ -641,3 +759,68 @@ class LibvirtHypervisor:
         # RuntimeError: the loop has closed, so nobody is listening any more.
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._events.put_nowait, state)
+
+
+def _interface_macs(xml: str) -> dict[str, str]:
+    """Host-side interface name -> guest MAC address, from domain XML."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return {}
+    macs = {}
+    for interface in root.iterfind("devices/interface"):
+        target, mac = interface.find("target"), interface.find("mac")
+        if target is not None and mac is not None:
+            macs[target.get("dev", "")] = mac.get("address", "")
+    return macs
+
+
+def _disk_bytes(path: str) -> int:
+    """Bytes a disk file really occupies on the host (its allocated blocks)."""
+    try:
+        return os.stat(path).st_blocks * 512
+    except OSError:
+        return 0
+
+
+def usage_from_stats(stats: dict[str, Any], macs: dict[str, str]) -> DomainUsage:
+    """DomainUsage from one domain's ``getAllDomainStats`` record."""
+
+    def number(key: str, default: int = 0) -> int:
+        return int(stats.get(key, default))
+
+    disks = {}
+    for i in range(number("block.count")):
+        name = str(stats.get(f"block.{i}.name", ""))
+        if not name or name in disks:
+            continue  # a backing file of a disk already counted
+        disks[name] = DiskUsage(
+            actual_bytes=_disk_bytes(str(stats.get(f"block.{i}.path", ""))),
+            read_bytes=number(f"block.{i}.rd.bytes"),
+            read_requests=number(f"block.{i}.rd.reqs"),
+            write_bytes=number(f"block.{i}.wr.bytes"),
+            write_requests=number(f"block.{i}.wr.reqs"),
+            errors=number(f"block.{i}.errors", -1),
+        )
+    nics = {}
+    for i in range(number("net.count")):
+        name = str(stats.get(f"net.{i}.name", ""))
+        mac = macs.get(name, name)
+        # The host's rx is what the guest sent: Shaken Fist reports the host side's view.
+        nics[mac] = NicUsage(
+            read_bytes=number(f"net.{i}.rx.bytes"),
+            read_packets=number(f"net.{i}.rx.pkts"),
+            read_errors=number(f"net.{i}.rx.errs"),
+            read_drops=number(f"net.{i}.rx.drop"),
+            write_bytes=number(f"net.{i}.tx.bytes"),
+            write_packets=number(f"net.{i}.tx.pkts"),
+            write_errors=number(f"net.{i}.tx.errs"),
+            write_drops=number(f"net.{i}.tx.drop"),
+        )
+    return DomainUsage(
+        cpu_time_ns=number("cpu.time"),
+        user_time_ns=number("cpu.user"),
+        system_time_ns=number("cpu.system"),
+        disks=disks,
+        nics=nics,
+    )

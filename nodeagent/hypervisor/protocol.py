@@ -18,16 +18,23 @@ Semantics every implementation honours (the contract suite checks them):
 - ``events`` yields a ``DomainEvent`` for every power-state change, including
   ones nobody asked for (the guest powered itself off, the process died,
   someone used ``virsh destroy``).
+- Every domain has a serial console on a TCP port and a VNC or SPICE
+  display on another (``ports`` of its state; chosen once per domain, kept
+  across power cycles and node-agent restarts). ``console_endpoint`` says
+  where to connect to the serial console; ``screenshot`` returns a PNG of
+  the display of a running domain; ``usage`` gives counters of every
+  running domain.
 - Blocking work runs off the event loop.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from nodeagent.hypervisor.ports import ConsolePorts
 from nodeagent.spec import DomainSpec, NicSpec
 
 POWER_ACTIONS = ("on", "off", "pause", "unpause", "soft-reboot", "hard-reboot")
@@ -47,12 +54,13 @@ class DomainNotFound(HypervisorError):
 
 @dataclass(frozen=True)
 class PreparedDisk:
-    """A disk file ready to attach: its path, format, bus and device type."""
+    """A disk file ready to attach: its path, format, bus, device type and whether read-only."""
 
     path: Path
     bus: str = "virtio"
     device: str = "disk"
     format: str = "qcow2"
+    readonly: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,44 @@ class DomainState:
     uuid: str
     power_state: str
     reason: str = ""
+    ports: ConsolePorts = field(default_factory=ConsolePorts)
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    """Counters of one disk; -1 where the hypervisor does not know."""
+
+    actual_bytes: int = 0
+    read_bytes: int = 0
+    read_requests: int = 0
+    write_bytes: int = 0
+    write_requests: int = 0
+    errors: int = -1
+
+
+@dataclass(frozen=True)
+class NicUsage:
+    """Counters of one network interface, from the guest's point of view of the host side."""
+
+    read_bytes: int = 0
+    read_packets: int = 0
+    read_errors: int = 0
+    read_drops: int = 0
+    write_bytes: int = 0
+    write_packets: int = 0
+    write_errors: int = 0
+    write_drops: int = 0
+
+
+@dataclass(frozen=True)
+class DomainUsage:
+    """CPU time in ns, disks by target device name, interfaces by MAC address."""
+
+    cpu_time_ns: int = 0
+    user_time_ns: int = 0
+    system_time_ns: int = 0
+    disks: dict[str, DiskUsage] = field(default_factory=dict)
+    nics: dict[str, NicUsage] = field(default_factory=dict)
 
 
 class Hypervisor(Protocol):
@@ -93,6 +139,17 @@ class Hypervisor(Protocol):
 
     async def attach_interface(self, uuid: str, nic: NicSpec) -> None:
         """Hot plug a NIC (live if running, and persistently)."""
+
+    async def console_endpoint(self, uuid: str) -> tuple[str, int]:
+        """Host and TCP port of the domain's serial console (DomainNotFound if none)."""
+        ...
+
+    async def screenshot(self, uuid: str) -> bytes:
+        """A PNG of the running domain's display."""
+        ...
+
+    async def usage(self) -> dict[str, DomainUsage]:
+        """Counters of every running domain, by instance UUID."""
         ...
 
     def events(self) -> AsyncIterator[DomainState]:

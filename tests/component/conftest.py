@@ -23,6 +23,7 @@ from nodeagent.hypervisor.fake import FakeHypervisor
 from nodeagent.link import Link
 from nodeagent.observer import observe
 from nodeagent.settings import Settings as NodeSettings
+from nodeagent.usage import report_usage
 from protos import auth_pb2, auth_pb2_grpc, instances_pb2, instances_pb2_grpc
 from tests.component.netfake import MemoryNetworkDriver
 
@@ -67,6 +68,7 @@ async def start_fake_node(
     hypervisor: FakeHypervisor | None = None,
     network: MemoryNetworkDriver | None = None,
     address: str = "127.0.0.1",
+    usage_interval: float = 0.0,
 ) -> FakeNode:
     """Start a node agent with fakes and wait until it has registered."""
     hypervisor = hypervisor or FakeHypervisor()
@@ -84,6 +86,7 @@ async def start_fake_node(
         backoff_base=0.05,
         backoff_cap=0.2,
         address=address,
+        usage_interval=usage_interval,
     )
     agent = build_agent(
         settings,
@@ -95,6 +98,7 @@ async def start_fake_node(
     tasks = [
         asyncio.create_task(agent.link.run()),
         asyncio.create_task(observe(hypervisor, agent.link.send, agent.watch)),
+        asyncio.create_task(report_usage(hypervisor, agent.link.emit, usage_interval)),
     ]
     await asyncio.wait_for(agent.link.connected.wait(), 10)
     return FakeNode(name, hypervisor, disks, agent, tasks, settings, network)

@@ -62,6 +62,35 @@ async def test_errors_are_reported_with_code_and_exit_1(
     assert code == 1 and "NOT_FOUND" in out
 
 
+async def test_create_sends_user_data_base64_and_firmware_flags(
+    plane: ControlPlane, node: FakeNode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--user-data text reaches the drive decoded; --uefi/--secure-boot give a q35 machine."""
+    code, out = await cli(
+        plane,
+        capsys,
+        "--json",
+        "instance",
+        "create",
+        "cli-cd",
+        "--memory",
+        "256",
+        "--user-data",
+        "#cloud-config\n",
+        "--uefi",
+        "--secure-boot",
+        "--wait",
+    )
+    assert code == 0, out
+    inst = json.loads(out)
+    assert inst["machine_type"] == "q35"
+    assert node.disks.drives[inst["uuid"]]["openstack/latest/user_data"] == b"#cloud-config\n"
+    code, out = await cli(
+        plane, capsys, "instance", "create", "cli-sb", "--memory", "256", "--secure-boot"
+    )
+    assert code == 1 and "secure boot requires UEFI be enabled" in out
+
+
 async def test_metadata_verbs(
     plane: ControlPlane, node: FakeNode, capsys: pytest.CaptureFixture[str]
 ) -> None:

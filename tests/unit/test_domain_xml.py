@@ -388,6 +388,28 @@ def test_secure_boot_without_uefi_raises() -> None:
         build(spec(secure_boot=True))
 
 
+def test_nvram_template_of_the_instance_is_used() -> None:
+    """An instance's own NVRAM template (a local file by now) replaces OVMF's."""
+    nvram = build(spec(uefi=True, nvram_template="/srv/cache/blob-x")).find("os/nvram")
+    assert nvram is not None and nvram.get("template") == "/srv/cache/blob-x"
+    assert nvram.text == str(SOCKETS / "nvram.fd")
+
+
+def test_config_drive_is_a_read_only_raw_second_disk() -> None:
+    """A read-only raw disk after the boot disk is vdb, marked readonly, and not bootable."""
+    drive = disk("config.iso", format="raw", readonly=True)
+    root = build(disks=[disk(), drive])
+    assert targets(root)[:2] == [("disk", "vda", "virtio"), ("disk", "vdb", "virtio")]
+    second = root.findall("devices/disk")[1]
+    assert second.find("readonly") is not None
+    assert second.find("boot") is None
+    driver = second.find("driver")
+    assert driver is not None and driver.get("type") == "raw"
+    source = second.find("source")
+    assert source is not None and source.get("file") == str(SOCKETS / "config.iso")
+    assert root.findall("devices/disk")[0].find("readonly") is None
+
+
 # -- pure helpers of the libvirt driver (need the libvirt module, not the daemon) --
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from controlplane.errors import InvalidArgument
 from controlplane.model import DiskSpec, InstanceSpec, NetworkSpec
-from controlplane.validation import check_spec
+from controlplane.validation import check_spec, machine_type
 
 
 def spec(**kw: object) -> InstanceSpec:
@@ -48,6 +48,10 @@ def test_mac_is_normalised_to_lower_case() -> None:
         {"disks": (DiskSpec(1, type="cdrom"),)},
         {"disks": (DiskSpec(-1, base="x"),)},
         {"configdrive": "floppy"},
+        {"user_data": "not base64!"},
+        {"user_data": "A" * (90 * 1024)},
+        {"nvram_template": "/usr/share/OVMF/OVMF_VARS_4M.fd"},
+        {"uefi": True, "nvram_template": "relative/path.fd"},
         {"side_channels": ("has space",)},
         {"networks": (NetworkSpec(network_uuid="not a uuid or name"),)},
         {"networks": (NetworkSpec(),)},
@@ -57,3 +61,22 @@ def test_more_bad_input(bad: dict[str, object]) -> None:
     """Names like UUIDs, blank disks without size, cdroms without base and the like are refused."""
     with pytest.raises(InvalidArgument):
         check_spec(spec(**bad))
+
+
+def test_secure_boot_needs_uefi_with_a_clear_message() -> None:
+    """Secure boot without UEFI is refused, saying so."""
+    with pytest.raises(InvalidArgument, match="secure boot requires UEFI be enabled"):
+        check_spec(spec(secure_boot=True))
+
+
+def test_user_data_is_kept_as_base64_without_whitespace() -> None:
+    """Base64 user data is accepted (line breaks dropped) and stored as base64."""
+    checked = check_spec(spec(user_data="I2Nsb3VkLWNv\nbmZpZwo="))
+    assert checked.user_data == "I2Nsb3VkLWNvbmZpZwo="
+
+
+def test_machine_type_is_q35_only_for_secure_boot() -> None:
+    """Secure boot instances get q35; every other instance gets pc."""
+    assert machine_type(spec()) == "pc"
+    assert machine_type(spec(uefi=True)) == "pc"
+    assert machine_type(spec(uefi=True, secure_boot=True)) == "q35"

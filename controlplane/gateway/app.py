@@ -1,0 +1,88 @@
+"""The gateway's entry point and composition root: settings, stubs, routes, server."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from common import logs
+from controlplane.gateway.backend import Backend
+from controlplane.gateway.middleware import gateway_middleware
+from controlplane.gateway.openapi import document
+from controlplane.gateway.routes import (
+    agent,
+    artifacts,
+    auth,
+    blobs,
+    consoles,
+    instances,
+    metadata,
+    root,
+)
+from controlplane.gateway.routing import BACKEND, SETTINGS, Route, aiohttp_handler
+from controlplane.gateway.settings import GatewaySettings
+
+log = structlog.get_logger(__name__)
+
+
+def all_routes() -> list[Route]:
+    """Every route, in the order they are matched."""
+    return [
+        route
+        for module in (root, auth, instances, agent, consoles, blobs, artifacts, metadata)
+        for route in module.table.routes
+    ]
+
+
+def build_app(settings: GatewaySettings) -> web.Application:
+    """The aiohttp application (stubs are made when it starts, in its event loop)."""
+    app = web.Application(
+        middlewares=[gateway_middleware],
+        client_max_size=settings.max_chunk_bytes + settings.max_json_bytes,
+    )
+    app[SETTINGS] = settings
+    routes = all_routes()
+    app[root.OPENAPI] = document(routes)
+    for route in routes:
+        app.router.add_route(route.method, route.path, aiohttp_handler(route))
+
+    async def backend(app: web.Application) -> AsyncIterator[None]:
+        app[BACKEND] = Backend.connect(settings.api)
+        yield
+        await app[BACKEND].close()
+
+    app.cleanup_ctx.append(backend)
+    return app
+
+
+async def serve(settings: GatewaySettings) -> web.AppRunner:
+    """Start serving; returns the runner (``await runner.cleanup()`` stops it)."""
+    runner = web.AppRunner(build_app(settings), access_log=None)
+    await runner.setup()
+    host, port = settings.host_port
+    await web.TCPSite(runner, host, port).start()
+    log.info("gateway serving", listen=settings.listen, api=settings.api)
+    return runner
+
+
+async def run(settings: GatewaySettings) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    runner = await serve(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("gateway shutting down")
+    await runner.cleanup()
+
+
+def main() -> None:
+    """Console script: minicloud-gateway."""
+    settings = GatewaySettings.from_env()
+    logs.configure(json=settings.log_json)
+    asyncio.run(run(settings))

@@ -1,0 +1,63 @@
+"""The gRPC stubs the gateway calls, all over one channel to the control plane."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from protos import (
+    agent_pb2_grpc,
+    artifacts_pb2_grpc,
+    auth_pb2_grpc,
+    blobs_pb2_grpc,
+    consoles_pb2_grpc,
+    instances_pb2_grpc,
+    metadata_pb2_grpc,
+    uploads_pb2_grpc,
+)
+
+MAX_MESSAGE = 64 * 1024 * 1024
+
+
+@dataclass
+class Backend:
+    """One stub per gRPC service."""
+
+    channel: grpc.aio.Channel
+    instances: instances_pb2_grpc.InstanceServiceAsyncStub
+    agent: agent_pb2_grpc.AgentServiceAsyncStub
+    blobs: blobs_pb2_grpc.BlobServiceAsyncStub
+    artifacts: artifacts_pb2_grpc.ArtifactServiceAsyncStub
+    uploads: uploads_pb2_grpc.UploadServiceAsyncStub
+    auth: auth_pb2_grpc.AuthServiceAsyncStub
+    namespaces: auth_pb2_grpc.NamespaceServiceAsyncStub
+    metadata: metadata_pb2_grpc.MetadataServiceAsyncStub
+    consoles: consoles_pb2_grpc.ConsoleServiceAsyncStub
+
+    @classmethod
+    def connect(cls, target: str) -> Backend:
+        """Stubs over a new channel (call from inside the serving event loop)."""
+        channel = grpc.aio.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", MAX_MESSAGE),
+            ],
+        )
+        return cls(
+            channel=channel,
+            instances=instances_pb2_grpc.InstanceServiceStub(channel),
+            agent=agent_pb2_grpc.AgentServiceStub(channel),
+            blobs=blobs_pb2_grpc.BlobServiceStub(channel),
+            artifacts=artifacts_pb2_grpc.ArtifactServiceStub(channel),
+            uploads=uploads_pb2_grpc.UploadServiceStub(channel),
+            auth=auth_pb2_grpc.AuthServiceStub(channel),
+            namespaces=auth_pb2_grpc.NamespaceServiceStub(channel),
+            metadata=metadata_pb2_grpc.MetadataServiceStub(channel),
+            consoles=consoles_pb2_grpc.ConsoleServiceStub(channel),
+        )
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self.channel.close()

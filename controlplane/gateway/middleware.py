@@ -1,0 +1,54 @@
+"""What wraps every request: a request id, errors as JSON, an access log line."""
+
+from __future__ import annotations
+
+import time
+import uuid as uuidlib
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from controlplane.gateway.errors import HttpError
+from controlplane.gateway.routing import REQUEST_ID, json_response
+
+log = structlog.get_logger("controlplane.gateway.access")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(status: int, message: str) -> web.Response:
+    """Shaken Fist's error body."""
+    return json_response({"error": message, "status": status}, status)
+
+
+@web.middleware
+async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give the request an id, turn failures into JSON errors, log one line."""
+    incoming = request.headers.get("X-Request-ID", "")
+    request_id = incoming if 0 < len(incoming) <= 64 else str(uuidlib.uuid4())
+    request[REQUEST_ID] = request_id
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except HttpError as exc:
+        response = error_response(exc.status, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = error_response(exc.status, exc.reason or "request failed")
+    except Exception:
+        log.exception("unexpected error", method=request.method, path=request.path)
+        response = error_response(500, "internal error in the gateway; see its log")
+    if not response.prepared:
+        response.headers["X-Request-ID"] = request_id
+    log.info(
+        "request",
+        method=request.method,
+        path=request.path,
+        status=response.status,
+        ms=round((time.perf_counter() - started) * 1000, 2),
+        request_id=request_id,
+        remote=request.remote,
+    )
+    return response

@@ -1,0 +1,1 @@
+"""One module of routes per object family; ``ALL`` is every table, in serving order."""

@@ -1,0 +1,155 @@
+"""Authentication (POST /auth) and namespaces with their keys."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+
+from controlplane.gateway import views
+from controlplane.gateway.errors import HttpError
+from controlplane.gateway.fields import Field
+from controlplane.gateway.routing import Call, RouteTable, read_body
+from protos import auth_pb2
+
+table = RouteTable()
+
+
+@table.route(
+    "POST",
+    "/auth",
+    "Trade a namespace and key for a bearer token",
+    body_kind="raw",
+    query=(),
+    public=True,
+)
+async def authenticate(call: Call) -> Any:
+    raw = await read_body(call.request, call.settings.max_json_bytes)
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError as exc:
+        raise HttpError(400, "request body is not valid JSON") from exc
+    if not isinstance(body, dict):
+        raise HttpError(400, "the request body must be a JSON object")
+    unknown = sorted(set(body) - {"namespace", "key"})
+    if unknown:
+        raise HttpError(400, f"unexpected field(s) in request: {', '.join(unknown)}"[:300])
+    if "namespace" not in body:
+        raise HttpError(400, "missing namespace in request")
+    if not isinstance(body["namespace"], str) or not body["namespace"]:
+        raise HttpError(404, "namespace not found")
+    if "key" not in body:
+        raise HttpError(400, "missing key in request")
+    if not isinstance(body["key"], str):
+        raise HttpError(400, "key is not a string")
+    request = auth_pb2.TokenRequest(namespace=body["namespace"], key=body["key"])
+    try:
+        token = await call.api.auth.Token(request, timeout=call.settings.call_timeout)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
+            raise HttpError(404, "namespace not found") from exc
+        if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            raise HttpError(401, "unauthorized") from exc
+        raise
+    return {
+        "access_token": token.access_token,
+        "token_type": token.token_type or "Bearer",
+        "expires_in": token.expires_in,
+    }
+
+
+@table.route("GET", "/auth/namespaces", "The namespaces visible to the caller")
+async def list_namespaces(call: Call) -> Any:
+    found = await call.rpc(call.api.namespaces.List, auth_pb2.ListNamespacesRequest())
+    return [views.namespace(n) for n in found.namespaces]
+
+
+@table.route(
+    "POST",
+    "/auth/namespaces",
+    "Create a namespace (system only), optionally with a first key",
+    body=(
+        Field("namespace", "str", True),
+        Field("key_name", "str"),
+        Field("key", "str"),
+    ),
+    overrides={"ALREADY_EXISTS": 403},
+)
+async def create_namespace(call: Call) -> Any:
+    request = auth_pb2.CreateNamespaceRequest(
+        name=call.body["namespace"],
+        key_name=call.body.get("key_name", ""),
+        key=call.body.get("key", ""),
+    )
+    return views.namespace(await call.rpc(call.api.namespaces.Create, request))
+
+
+@table.route("GET", "/auth/namespaces/{namespace}", "A namespace")
+async def get_namespace(call: Call) -> Any:
+    ref = auth_pb2.NamespaceRef(name=call.param("namespace"))
+    return views.namespace(await call.rpc(call.api.namespaces.Get, ref))
+
+
+@table.route(
+    "DELETE",
+    "/auth/namespaces/{namespace}",
+    "Delete a namespace (system only; not while it holds instances)",
+    overrides={"FAILED_PRECONDITION": 400},
+)
+async def delete_namespace(call: Call) -> Any:
+    if call.param("namespace") == "system":
+        raise HttpError(403, "you cannot delete the system namespace")
+    ref = auth_pb2.NamespaceRef(name=call.param("namespace"))
+    await call.rpc(call.api.namespaces.Delete, ref)
+    return None
+
+
+@table.route("GET", "/auth/namespaces/{namespace}/keys", "A namespace's key names")
+async def key_names(call: Call) -> Any:
+    ref = auth_pb2.NamespaceRef(name=call.param("namespace"))
+    found = await call.rpc(call.api.namespaces.Get, ref)
+    return list(found.keys)
+
+
+async def _add_key(call: Call, key_name: str) -> Any:
+    if key_name.startswith("_service_key"):
+        raise HttpError(403, "illegal key name")
+    request = auth_pb2.AddKeyRequest(
+        namespace=call.param("namespace"), key_name=key_name, key=call.body["key"]
+    )
+    await call.rpc(call.api.namespaces.AddKey, request)
+    return key_name
+
+
+@table.route(
+    "POST",
+    "/auth/namespaces/{namespace}/keys",
+    "Add (or replace) a key; returns its name",
+    body=(Field("key_name", "str", True), Field("key", "str", True)),
+)
+async def add_key(call: Call) -> Any:
+    return await _add_key(call, call.body["key_name"])
+
+
+@table.route(
+    "PUT",
+    "/auth/namespaces/{namespace}/keys/{key_name}",
+    "Replace a key; returns its name",
+    body=(Field("key", "str", True),),
+)
+async def update_key(call: Call) -> Any:
+    return await _add_key(call, call.param("key_name"))
+
+
+@table.route(
+    "DELETE",
+    "/auth/namespaces/{namespace}/keys/{key_name}",
+    "Delete a key (tokens minted with it stop working)",
+)
+async def delete_key(call: Call) -> Any:
+    request = auth_pb2.DeleteKeyRequest(
+        namespace=call.param("namespace"), key_name=call.param("key_name")
+    )
+    await call.rpc(call.api.namespaces.DeleteKey, request)
+    return None

@@ -1,0 +1,72 @@
+"""Blobs: get, data with offset and limit, search by sha512."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from controlplane.gateway import views
+from controlplane.gateway.errors import HttpError, from_rpc
+from controlplane.gateway.fields import Field, to_int
+from controlplane.gateway.routing import REQUEST_ID, Call, RouteTable
+from protos import blobs_pb2
+
+table = RouteTable()
+
+
+@table.route("GET", "/blobs/{uuid}", "A blob")
+async def get_blob(call: Call) -> Any:
+    ref = blobs_pb2.BlobRef(uuid=call.uuid_param("uuid", "blob"))
+    return views.blob(await call.rpc(call.api.blobs.GetBlob, ref))
+
+
+def _query_int(call: Call, name: str) -> int:
+    value = to_int(call.request.query.get(name, "0"), name)
+    if value < 0:
+        raise HttpError(400, f"{name} must not be negative")
+    return value
+
+
+@table.route(
+    "GET",
+    "/blobs/{uuid}/data",
+    "A blob's bytes from offset, at most limit of them (0: to the end)",
+    query=(Field("offset", "int"), Field("limit", "int")),
+    produces="application/octet-stream",
+)
+async def blob_data(call: Call) -> web.StreamResponse:
+    request = blobs_pb2.DownloadRequest(
+        uuid=call.uuid_param("uuid", "blob"),
+        offset=_query_int(call, "offset"),
+        limit=_query_int(call, "limit"),
+    )
+    stream = call.api.blobs.Download(
+        request, metadata=call.metadata(), timeout=call.settings.call_timeout
+    )
+    iterator = aiter(stream)
+    try:
+        first = await anext(iterator, None)
+    except grpc.aio.AioRpcError as exc:
+        raise from_rpc(exc) from exc
+    response = web.StreamResponse(headers={"X-Request-ID": call.request[REQUEST_ID]})
+    response.content_type = "application/octet-stream"
+    await response.prepare(call.request)
+    if first is not None:
+        await response.write(first.data)
+        async for chunk in iterator:
+            await response.write(chunk.data)
+    await response.write_eof()
+    return response
+
+
+@table.route(
+    "GET",
+    "/blob_checksums/sha512/{hash}",
+    "The blob with that sha512, or null when there is none",
+)
+async def blob_by_sha512(call: Call) -> Any:
+    request = blobs_pb2.SearchBlobsRequest(sha512=call.param("hash").lower())
+    found = await call.rpc(call.api.blobs.SearchBlobs, request)
+    return views.blob(found.blobs[0]) if found.blobs else None

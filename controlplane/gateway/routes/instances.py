@@ -1,0 +1,228 @@
+"""Instances: list, get, create, delete, delete-all, power actions, events, interfaces."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controlplane.gateway import views
+from controlplane.gateway.errors import HttpError
+from controlplane.gateway.fields import Field, to_int
+from controlplane.gateway.routing import Call, RouteTable
+from protos import common_pb2, instances_pb2
+
+table = RouteTable()
+# Shaken Fist 0.7.2's default when side_channels is null.
+DEFAULT_SIDE_CHANNELS = ("sf-agent",)
+NOT_READY = 406
+
+
+async def fetch(call: Call, ref: str, namespace: str | None = None) -> instances_pb2.Instance:
+    """The instance by UUID or name (404 when missing or foreign)."""
+    found: instances_pb2.Instance = await call.rpc(
+        call.api.instances.Get, instances_pb2.InstanceRef(ref=ref), namespace
+    )
+    return found
+
+
+async def fetch_created(call: Call, ref: str) -> instances_pb2.Instance:
+    """The instance, or 406 (the client retries) while it is not ``created``."""
+    inst = await fetch(call, ref)
+    if inst.state != "created":
+        raise HttpError(NOT_READY, f"instance {inst.uuid} is not ready ({inst.state})")
+    return inst
+
+
+@table.route(
+    "GET",
+    "/instances",
+    "List the instances visible to the caller",
+    body=(Field("all", "bool", doc="also deleted instances"),),
+)
+async def list_instances(call: Call) -> Any:
+    request = instances_pb2.ListInstancesRequest(include_deleted=call.body.get("all", False))
+    found = await call.rpc(call.api.instances.List, request)
+    return [views.instance(i) for i in found.instances]
+
+
+@table.route(
+    "GET",
+    "/instances/{ref}",
+    "Get an instance by UUID (deleted ones too) or name",
+    body=(Field("namespace", "str", doc="look in this namespace (system only)"),),
+)
+async def get_instance(call: Call) -> Any:
+    return views.instance(await fetch(call, call.param("ref"), call.body.get("namespace")))
+
+
+def _disk(index: int, item: Any) -> common_pb2.DiskSpec:
+    if not isinstance(item, dict):
+        raise HttpError(400, f"disk {index} must be an object (a diskspec)")
+    for key in ("base", "bus", "type"):
+        if item.get(key) is not None and not isinstance(item[key], str):
+            raise HttpError(400, f"disk {index}: {key} must be a string")
+    base = item.get("base") or ""
+    return common_pb2.DiskSpec(
+        size_gb=to_int(item.get("size") or 0, f"disk {index}: size"),
+        base="" if base.lower() == "none" else base,
+        bus=item.get("bus") or "",
+        type=item.get("type") or "",
+    )
+
+
+def _video(item: Any) -> common_pb2.VideoSpec:
+    if not isinstance(item, dict):
+        raise HttpError(400, "video must be an object (a videospec)")
+    if "model" not in item or "memory" not in item:
+        raise HttpError(400, "video must specify model and memory")
+    for key in ("model", "vdi"):
+        if item.get(key) is not None and not isinstance(item[key], str):
+            raise HttpError(400, f"video: {key} must be a string")
+    return common_pb2.VideoSpec(
+        model=item.get("model") or "",
+        memory=to_int(item.get("memory") or 0, "video: memory"),
+        vdi=item.get("vdi") or "",
+    )
+
+
+def _strings(value: list[Any], what: str) -> list[str]:
+    if not all(isinstance(v, str) for v in value):
+        raise HttpError(400, f"{what} must be a list of strings")
+    return value
+
+
+@table.route(
+    "POST",
+    "/instances",
+    "Create an instance",
+    body=(
+        Field("name", "str", True, "DNS-safe host name"),
+        Field("cpus", "intlike", True),
+        Field("memory", "intlike", True, "MiB"),
+        Field("network", "list", doc="netdescs (networks are not implemented yet)"),
+        Field("disk", "list", True, "diskspecs: size (GB), base, bus, type"),
+        Field("ssh_key", "str"),
+        Field("user_data", "str", doc="base64"),
+        Field("namespace", "str", doc="create in this namespace (system only)"),
+        Field("video", "dict", doc="videospec: model, memory (KiB), vdi"),
+        Field("configdrive", "str", doc="openstack-disk or none"),
+        Field("metadata", "dict"),
+        Field("side_channels", "list", doc="null: the default (sf-agent); []: none"),
+        Field("uefi", "bool"),
+        Field("secure_boot", "bool"),
+        Field("nvram_template", "str"),
+    ),
+)
+async def create_instance(call: Call) -> Any:
+    body = call.body
+    if body.get("network"):
+        raise HttpError(404, "network not found: networks are not implemented yet")
+    spec = common_pb2.InstanceSpec(
+        name=body["name"],
+        cpus=body["cpus"],
+        memory=body["memory"],
+        disks=[_disk(i, d) for i, d in enumerate(body["disk"])],
+        ssh_key=body.get("ssh_key", ""),
+        user_data=body.get("user_data", ""),
+        side_channels=_strings(
+            body.get("side_channels", list(DEFAULT_SIDE_CHANNELS)), "side_channels"
+        ),
+        uefi=body.get("uefi", False),
+        secure_boot=body.get("secure_boot", False),
+        nvram_template=body.get("nvram_template", ""),
+        configdrive=body.get("configdrive", ""),
+    )
+    if "video" in body:
+        spec.video.CopyFrom(_video(body["video"]))
+    if body.get("metadata"):
+        spec.metadata.update(body["metadata"])
+    request = instances_pb2.CreateInstanceRequest(spec=spec)
+    created = await call.rpc(call.api.instances.Create, request, body.get("namespace"))
+    return views.instance(created)
+
+
+@table.route(
+    "DELETE",
+    "/instances/{ref}",
+    "Start deleting an instance (poll it until its state is deleted)",
+    body=(Field("namespace", "str", doc="in this namespace (system only)"),),
+)
+async def delete_instance(call: Call) -> Any:
+    namespace = call.body.get("namespace")
+    inst = await fetch(call, call.param("ref"), namespace)
+    if inst.state == "deleted":
+        raise HttpError(404, "instance not found")
+    request = instances_pb2.InstanceRef(ref=inst.uuid)
+    return views.instance(await call.rpc(call.api.instances.Delete, request, namespace))
+
+
+@table.route(
+    "DELETE",
+    "/instances",
+    "Delete every instance of a namespace",
+    body=(Field("confirm", "bool"), Field("namespace", "str")),
+)
+async def delete_all_instances(call: Call) -> Any:
+    if call.body.get("confirm") is not True:
+        raise HttpError(400, "parameter confirm is not set true")
+    namespace = call.body.get("namespace")
+    found = await call.rpc(call.api.instances.List, instances_pb2.ListInstancesRequest(), namespace)
+    targets = [i for i in found.instances if i.state != "deleted"]
+    if namespace and any(i.namespace != namespace for i in targets):
+        raise HttpError(401, "you cannot delete other namespaces")
+    if namespace is None and len({i.namespace for i in targets}) > 1:
+        raise HttpError(400, "system user must specify parameter namespace")
+    deleted = []
+    for inst in targets:
+        ref = instances_pb2.InstanceRef(ref=inst.uuid)
+        await call.rpc(call.api.instances.Delete, ref, inst.namespace)
+        deleted.append(inst.uuid)
+    return deleted
+
+
+def _power(path: str, method_name: str, summary: str) -> None:
+    async def handler(call: Call) -> Any:
+        inst = await fetch_created(call, call.param("ref"))
+        method = getattr(call.api.instances, method_name)
+        await call.rpc(method, instances_pb2.InstanceRef(ref=inst.uuid))
+        return None
+
+    handler.__name__ = method_name
+    table.route("POST", f"/instances/{{ref}}/{path}", summary)(handler)
+
+
+_power("rebootsoft", "SoftReboot", "Soft (ACPI) reboot")
+_power("reboothard", "HardReboot", "Hard reset")
+_power("poweron", "PowerOn", "Power on")
+_power("poweroff", "PowerOff", "Power off")
+_power("pause", "Pause", "Pause")
+_power("unpause", "Unpause", "Unpause")
+
+
+@table.route(
+    "GET",
+    "/instances/{ref}/events",
+    "An instance's events, newest first",
+    body=(
+        Field("event_type", "str", doc="audit, mutate, status, usage, ..."),
+        Field("limit", "intlike", doc="at most this many (default 100, at most 1000)"),
+    ),
+)
+async def instance_events(call: Call) -> Any:
+    limit = call.body.get("limit", 100)
+    if not 1 <= limit <= 1000:
+        raise HttpError(400, "limit must be between 1 and 1000")
+    request = instances_pb2.GetEventsRequest(
+        ref=call.param("ref"), event_type=call.body.get("event_type", ""), limit=limit
+    )
+    found = await call.rpc(call.api.instances.GetEvents, request)
+    return [views.event(e) for e in found.events]
+
+
+@table.route(
+    "GET",
+    "/instances/{ref}/interfaces",
+    "An instance's network interfaces (none until networks are implemented)",
+)
+async def instance_interfaces(call: Call) -> Any:
+    await fetch(call, call.param("ref"))
+    return []

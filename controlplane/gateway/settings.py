@@ -1,0 +1,43 @@
+"""Gateway settings: loaded once by the entry point and passed down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Everything the REST gateway can be configured with."""
+
+    # host:port the HTTP server listens on.
+    listen: str = "127.0.0.1:13000"
+    # The control plane's gRPC target.
+    api: str = "127.0.0.1:13100"
+    # Largest JSON request body, and largest raw upload chunk, in bytes.
+    max_json_bytes: int = 1024 * 1024
+    max_chunk_bytes: int = 16 * 1024 * 1024
+    # Deadline of each gRPC call (under the client's own 300 s timeout).
+    call_timeout: float = 250.0
+    log_json: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
+        """Settings from MINICLOUD_GATEWAY_* environment variables over the defaults."""
+        env = os.environ if env is None else env
+        base = cls()
+        return cls(
+            listen=env.get("MINICLOUD_GATEWAY_LISTEN", base.listen),
+            api=env.get("MINICLOUD_GATEWAY_API", base.api),
+            max_json_bytes=int(env.get("MINICLOUD_GATEWAY_MAX_JSON_BYTES", base.max_json_bytes)),
+            max_chunk_bytes=int(env.get("MINICLOUD_GATEWAY_MAX_CHUNK_BYTES", base.max_chunk_bytes)),
+            call_timeout=float(env.get("MINICLOUD_GATEWAY_CALL_TIMEOUT", base.call_timeout)),
+            log_json=env.get("MINICLOUD_LOG_JSON", "") in ("1", "true", "yes"),
+        )
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        """The listen address split into host and port."""
+        host, _, port = self.listen.rpartition(":")
+        return host or "127.0.0.1", int(port)

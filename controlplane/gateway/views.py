@@ -1,0 +1,199 @@
+"""Protobuf messages as the JSON objects Shaken Fist returns (compat doc §5-§7).
+
+Empty protobuf fields become ``null`` where Shaken Fist has null; every key the
+client indexes directly is always present.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from protos import (
+    agent_pb2,
+    artifacts_pb2,
+    auth_pb2,
+    blobs_pb2,
+    common_pb2,
+    instances_pb2,
+    uploads_pb2,
+)
+
+JsonDict = dict[str, Any]
+# Shaken Fist's object schema versions (compat doc §5): the client only shows them.
+INSTANCE_VERSION = 13
+# Our artifact types -> Shaken Fist's.
+ARTIFACT_TYPES = {"upload": "image", "label": "label"}
+
+
+def _none(value: Any) -> Any:
+    return value or None
+
+
+def _ints(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_ints(v) for v in value]
+    return value
+
+
+def struct_dict(value: struct_pb2.Struct) -> JsonDict:
+    """A Struct as a plain dict (whole numbers as ints)."""
+    if not value.fields:
+        return {}
+    return _ints(json_format.MessageToDict(value))  # type: ignore[no-any-return]
+
+
+def instance(pb: instances_pb2.Instance) -> JsonDict:
+    """An instance object (§5.1)."""
+    spec = pb.spec
+    agent_state: str | None = pb.agent_state or None
+    if agent_state is None and "sf-agent" in spec.side_channels:
+        agent_state = "not ready (no contact)"
+    return {
+        "uuid": pb.uuid,
+        "name": spec.name,
+        "namespace": pb.namespace,
+        "state": pb.state,
+        "version": INSTANCE_VERSION,
+        "metadata": struct_dict(pb.metadata),
+        "cpus": spec.cpus,
+        "memory": spec.memory,
+        "disk_spec": [
+            {"base": d.base or None, "size": d.size_gb, "bus": d.bus, "type": d.type}
+            for d in spec.disks
+        ],
+        "disks": [],
+        "video": {"model": spec.video.model, "memory": spec.video.memory, "vdi": spec.video.vdi},
+        "uefi": spec.uefi,
+        "secure_boot": spec.secure_boot,
+        "nvram_template": _none(spec.nvram_template),
+        "machine_type": "q35" if spec.secure_boot else "pc",
+        "configdrive": spec.configdrive or "openstack-disk",
+        "side_channels": list(spec.side_channels),
+        "ssh_key": _none(spec.ssh_key),
+        "user_data": _none(spec.user_data),
+        "power_state": _none(pb.power_state),
+        "agent_state": agent_state,
+        "agent_start_time": None,
+        "agent_system_boot_time": _none(pb.agent_system_boot_time),
+        "error_message": _none(pb.error_message),
+        "node": _none(pb.node),
+        "console_port": _none(pb.console_port),
+        "vdi_port": _none(pb.vdi_port),
+        "vdi_tls_port": _none(pb.vdi_tls_port),
+        "interfaces": [],
+        "created_at": pb.created_at,
+    }
+
+
+def event(pb: common_pb2.Event) -> JsonDict:
+    """An event object (§6.1)."""
+    return {
+        "type": pb.type,
+        "timestamp": pb.timestamp,
+        "fqdn": pb.fqdn,
+        "duration": _none(pb.duration),
+        "message": pb.message,
+        "extra": struct_dict(pb.extra) if pb.HasField("extra") else None,
+    }
+
+
+def agent_operation(pb: agent_pb2.AgentOperation) -> JsonDict:
+    """An agent operation (§7.1), results keyed "0", "1", ..."""
+    view: JsonDict = {
+        "uuid": pb.uuid,
+        "state": pb.state,
+        "metadata": {},
+        "version": 1,
+        "namespace": pb.namespace,
+        "instance_uuid": pb.instance_uuid,
+        "commands": [struct_dict(c) for c in pb.commands],
+        "results": {key: struct_dict(pb.results[key]) for key in sorted(pb.results, key=_index)},
+    }
+    if pb.error_message:
+        view["error_message"] = pb.error_message
+    return view
+
+
+def _index(key: str) -> int:
+    return int(key) if key.isdigit() else 1 << 30
+
+
+def blob(pb: blobs_pb2.Blob) -> JsonDict:
+    """A blob object (§5.7), with the always-present ``transcodes`` and ``instances``."""
+    return {
+        "uuid": pb.uuid,
+        "state": pb.state,
+        "metadata": {},
+        "version": 6,
+        "size": pb.size,
+        "modified": pb.created_at,
+        "fetched_at": pb.created_at,
+        "last_used": pb.created_at,
+        "depends_on": None,
+        "transcodes": {},
+        "locations": [],
+        "reference_count": pb.reference_count,
+        "sha512": pb.sha512,
+        "instances": [],
+    }
+
+
+def artifact(pb: artifacts_pb2.Artifact, blobs: dict[str, blobs_pb2.Blob]) -> JsonDict:
+    """An artifact object (§5.7): ``blobs`` keyed by the string of each version index."""
+    newest = pb.versions[-1] if pb.versions else None
+    versions: JsonDict = {}
+    for v in pb.versions:
+        found = blobs.get(v.blob_uuid)
+        versions[str(v.index)] = {
+            "uuid": v.blob_uuid,
+            "size": found.size if found else None,
+            "reference_count": found.reference_count if found else None,
+            "depends_on": None,
+            "instances": [],
+        }
+    return {
+        "uuid": pb.uuid,
+        "state": pb.state,
+        "metadata": {},
+        "version": 4,
+        "artifact_type": ARTIFACT_TYPES.get(pb.type, "other"),
+        "name": pb.name,
+        "source_url": pb.source_url or None,
+        "max_versions": 0,
+        "namespace": pb.namespace,
+        "shared": False,
+        "index": newest.index if newest else 0,
+        "blob_uuid": pb.blob_uuid or None,
+        "blobs": versions,
+    }
+
+
+def upload(pb: uploads_pb2.Upload) -> JsonDict:
+    """An upload object (§5.7)."""
+    return {
+        "uuid": pb.uuid,
+        "state": pb.state,
+        "metadata": {},
+        "version": 1,
+        "node": pb.node,
+        "created_at": pb.created_at,
+        "size": pb.size,
+    }
+
+
+def namespace(pb: auth_pb2.Namespace) -> JsonDict:
+    """A namespace object (§5.7)."""
+    return {
+        "name": pb.name,
+        "state": pb.state,
+        "metadata": {},
+        "version": pb.version,
+        "keys": list(pb.keys),
+        "trust": {"full": []},
+    }

@@ -1,0 +1,75 @@
+"""Console ports for domains: chosen per node from 30000-50000, never twice.
+
+A port is taken when one of this node's domains already names it (its XML
+is the record, so choices survive node-agent restarts) or when something on
+the host is bound to it (checked by trying to bind it).
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+PORT_MIN = 30000
+PORT_MAX = 50000
+
+
+@dataclass(frozen=True)
+class ConsolePorts:
+    """The TCP ports of one domain's consoles; 0 means none."""
+
+    console_port: int = 0
+    vdi_port: int = 0
+    vdi_tls_port: int = 0
+
+    def ports(self) -> list[int]:
+        """The ports in use (non-zero)."""
+        return [p for p in (self.console_port, self.vdi_port, self.vdi_tls_port) if p]
+
+
+class NoFreePort(Exception):
+    """Every port in the range is taken."""
+
+
+def bindable(host: str) -> Callable[[int], bool]:
+    """A check that a TCP port on host can be bound right now."""
+
+    def check(port: int) -> bool:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                return False
+        return True
+
+    return check
+
+
+def pick_ports(
+    count: int,
+    taken: Iterable[int],
+    is_free: Callable[[int], bool],
+    rng: random.Random | None = None,
+    low: int = PORT_MIN,
+    high: int = PORT_MAX,
+) -> list[int]:
+    """``count`` distinct ports in [low, high] that are neither taken nor busy on the host."""
+    rng = rng or random.Random()
+    used = set(taken)
+    chosen: list[int] = []
+    candidates = list(range(low, high + 1))
+    rng.shuffle(candidates)
+    for port in candidates:
+        if len(chosen) == count:
+            break
+        if port in used or not is_free(port):
+            continue
+        chosen.append(port)
+        used.add(port)
+    if len(chosen) < count:
+        raise NoFreePort(f"no free console port left in {low}-{high}")
+    return chosen
