@@ -36,6 +36,8 @@ from protos import (
     instances_pb2_grpc,
     metadata_pb2,
     metadata_pb2_grpc,
+    networks_pb2,
+    networks_pb2_grpc,
 )
 
 JsonDict = dict[str, Any]
@@ -86,6 +88,8 @@ class Client:
         self.key = key
         self.act_as = act_as
         self.meta = metadata_pb2_grpc.MetadataServiceStub(self.channel)
+        self.nets = networks_pb2_grpc.NetworkServiceStub(self.channel)
+        self.ifaces = networks_pb2_grpc.InterfaceServiceStub(self.channel)
         self.timeout = timeout
         self._token = ""
         self._token_expires = 0.0
@@ -381,6 +385,67 @@ class Client:
         return ConsoleOutput(call)
 
     # -- metadata ----------------------------------------------------------------
+
+    def create_network(
+        self, name: str, netblock: str, provide_dhcp: bool = True, provide_nat: bool = True
+    ) -> JsonDict:
+        """A new network in the client's namespace."""
+        request = networks_pb2.CreateNetworkRequest(
+            name=name, netblock=netblock, provide_dhcp=provide_dhcp, provide_nat=provide_nat
+        )
+        return to_dict(self._call("Create", request, self.nets))
+
+    def get_network(self, ref: str) -> JsonDict:
+        """A network by UUID or name."""
+        return to_dict(self._call("Get", networks_pb2.NetworkRef(ref=ref), self.nets))
+
+    def list_networks(self, include_deleted: bool = False) -> list[JsonDict]:
+        """The namespace's networks."""
+        request = networks_pb2.ListNetworksRequest(include_deleted=include_deleted)
+        return [to_dict(n) for n in self._call("List", request, self.nets).networks]
+
+    def delete_network(self, ref: str, clean: bool = False) -> JsonDict:
+        """Delete a network (refused while instances use it)."""
+        request = networks_pb2.DeleteNetworkRequest(ref=ref, clean=clean)
+        return to_dict(self._call("Delete", request, self.nets))
+
+    def network_addresses(self, ref: str) -> list[JsonDict]:
+        """Who holds which address of a network."""
+        reply = self._call("ListAddresses", networks_pb2.NetworkRef(ref=ref), self.nets)
+        return [to_dict(a) for a in reply.addresses]
+
+    def network_interfaces(self, ref: str) -> list[JsonDict]:
+        """The interfaces on a network."""
+        reply = self._call("ListInterfaces", networks_pb2.NetworkRef(ref=ref), self.nets)
+        return [to_dict(i) for i in reply.interfaces]
+
+    def network_events(self, ref: str, event_type: str = "", limit: int = 100) -> list[JsonDict]:
+        """A network's events, newest first."""
+        request = instances_pb2.GetEventsRequest(ref=ref, event_type=event_type, limit=limit)
+        return [to_dict(e) for e in self._call("GetEvents", request, self.nets).events]
+
+    def interfaces(self, ref: str) -> list[JsonDict]:
+        """An instance's interfaces, in order."""
+        reply = self._call("ListForInstance", instances_pb2.InstanceRef(ref=ref), self.ifaces)
+        return [to_dict(i) for i in reply.interfaces]
+
+    def get_interface(self, uuid: str) -> JsonDict:
+        """An interface by UUID."""
+        return to_dict(self._call("Get", networks_pb2.InterfaceRef(uuid=uuid), self.ifaces))
+
+    def attach_interface(self, ref: str, network: JsonDict) -> JsonDict:
+        """Hot plug an interface (a NetworkSpec dict) into a running instance."""
+        request = networks_pb2.AttachInterfaceRequest(instance=ref)
+        json_format.ParseDict(network, request.network)
+        return to_dict(self._call("Attach", request, self.ifaces))
+
+    def float_interface(self, uuid: str) -> JsonDict:
+        """Give an interface a floating address."""
+        return to_dict(self._call("Float", networks_pb2.InterfaceRef(uuid=uuid), self.ifaces))
+
+    def defloat_interface(self, uuid: str) -> JsonDict:
+        """Release an interface's floating address."""
+        return to_dict(self._call("Defloat", networks_pb2.InterfaceRef(uuid=uuid), self.ifaces))
 
     def get_metadata(self, object_type: str, ref: str) -> JsonDict:
         """An object's metadata (object_type: instance, blob, artifact, ...)."""

@@ -44,6 +44,7 @@ from typing import Any
 import grpc
 
 from client.api import Client, JsonDict
+from client.netcli import add_network_nouns, parse_network, render_network, run_network
 from client.progress import Progress
 
 POWER_COMMANDS = {
@@ -66,15 +67,6 @@ def parse_disk(text: str) -> JsonDict:
             raise argparse.ArgumentTypeError(f"unknown disk field {key!r}")
         disk[key] = int(value) if key == "size_gb" else value
     return disk
-
-
-def parse_network(text: str) -> JsonDict:
-    """A --network value: network_uuid=U,address=A,macaddress=M,model=M,float=true."""
-    net: JsonDict = {}
-    for part in text.split(","):
-        key, _, value = part.partition("=")
-        net[key] = value.lower() in ("1", "true", "yes") if key == "float" else value
-    return net
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,7 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="size=GB,base=REF,bus=BUS,type=TYPE (repeatable)",
     )
-    create.add_argument("--network", type=parse_network, action="append", default=[])
+    create.add_argument(
+        "--network",
+        type=parse_network,
+        action="append",
+        default=[],
+        help="NET[@IP] or network_uuid=NET,address=IP,macaddress=MAC,model=M,float=true",
+    )
     create.add_argument("--side-channel", action="append", default=[])
     create.add_argument("--video", default="", help="model,memory_kib,vdi e.g. cirrus,16384,vnc")
     create.add_argument("--ssh-key", default="")
@@ -177,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("blob_uuid")
     artifact.add_parser("show").add_argument("ref", help="UUID or TYPE:NAME")
     artifact.add_parser("list")
-    for noun in (inst, blob, artifact):
+    for noun in (inst, blob, artifact, *add_network_nouns(top, inst)):
         add_metadata_verbs(noun)
     events = inst.add_parser("events")
     events.add_argument("ref")
@@ -421,6 +419,8 @@ def run(args: argparse.Namespace, client: Client) -> Any:
     """Perform one command; returns what --json prints."""
     if args.verb.endswith("-metadata"):
         return run_metadata(args, client)
+    if args.noun in ("network", "interface") or args.verb in ("add-interface", "interfaces"):
+        return run_network(args, client)
     if args.noun == "blob":
         return run_blob(args, client)
     if args.noun == "artifact":
@@ -472,6 +472,11 @@ def run(args: argparse.Namespace, client: Client) -> Any:
 def render(args: argparse.Namespace, result: Any) -> None:
     """Print a result for people (or as JSON)."""
     if result is None:
+        return
+    if not args.json and (
+        args.noun in ("network", "interface") or args.verb in ("add-interface", "interfaces")
+    ):
+        render_network(args, result)
         return
     if (
         args.json

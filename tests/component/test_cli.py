@@ -107,3 +107,43 @@ async def test_metadata_verbs(
     assert code == 0 and json.loads(out) == {"tags": ["web"]}
     code, out = await cli(plane, capsys, "instance", "set-metadata", "md-vm", "tags", "web")
     assert code == 1 and "INVALID_ARGUMENT" in out and "'tags' must be a JSON list" in out
+
+
+async def test_networks_interfaces_hot_plug_and_float(
+    plane: ControlPlane, node: FakeNode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI creates networks, puts instances on them, hot plugs, floats and cleans up."""
+    for argv in (
+        ("network", "create", "front", "10.20.0.0/24"),
+        ("network", "create", "back", "10.21.0.0/29", "--no-nat"),
+    ):
+        code, out = await cli(plane, capsys, *argv)
+        assert code == 0, out
+    code, out = await cli(plane, capsys, "network", "list")
+    assert code == 0 and "front" in out and "10.21.0.0/29" in out
+    code, out = await cli(
+        plane,
+        capsys,
+        "--json",
+        "instance",
+        "create",
+        "netvm",
+        "--memory",
+        "256",
+        "--network",
+        "front@10.20.0.10",
+        "--wait",
+    )
+    assert code == 0, out
+    assert json.loads(out)["interfaces"][0]["ipv4"] == "10.20.0.10"
+    code, out = await cli(plane, capsys, "instance", "add-interface", "netvm", "back")
+    assert code == 0 and "10.21.0." in out, out
+    code, out = await cli(plane, capsys, "--json", "instance", "interfaces", "netvm")
+    first, second = json.loads(out)
+    assert (first["order"], second["order"]) == (0, 1)
+    code, out = await cli(plane, capsys, "--json", "interface", "float", first["uuid"])
+    assert code == 0 and json.loads(out)["floating"].startswith("192.168.240.")
+    code, out = await cli(plane, capsys, "network", "addresses", "front")
+    assert "10.20.0.10" in out and "instance" in out and "gateway" in out
+    code, out = await cli(plane, capsys, "network", "delete", "front")
+    assert code == 1 and "FAILED_PRECONDITION" in out and "netvm" in out
