@@ -475,6 +475,9 @@ def install_guest_files(rootfs: Path, key: str, kernel: tuple[str, str]) -> None
     for name in ("shutdown", "reboot", "poweroff", "halt"):
         replace_with_symlink(sbin / name, "minicloud-shutdown")
     install_file(GUEST_FILES / "extlinux.conf", rootfs / "boot/extlinux/extlinux.conf")
+    # DHCP on every NIC (hot-plugged ones too): busybox udhcpc, run by init.
+    install_file(static_busybox(), rootfs / "usr/local/bin/busybox", 0o755)
+    install_file(GUEST_FILES / "udhcpc.sh", rootfs / "usr/local/share/minicloud/udhcpc.sh", 0o755)
     (rootfs / "etc/hostname").write_text(f"{HOSTNAME}\n")
     (rootfs / "etc/hosts").write_text(
         f"127.0.0.1 localhost\n127.0.1.1 {HOSTNAME}\n::1 localhost ip6-localhost ip6-loopback\n"

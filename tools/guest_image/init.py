@@ -49,6 +49,8 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 AGENT_HOME = Path("/usr/local/lib/minicloud")
 AGENT_ENTRY = AGENT_HOME / "guestagent" / "serve.py"
 QEMU_GA = Path("/usr/sbin/qemu-ga")
+BUSYBOX = Path("/usr/local/bin/busybox")
+DHCP_SCRIPT = Path("/usr/local/share/minicloud/udhcpc.sh")
 QEMU_GA_PORT_NAME = "org.qemu.guest_agent.0"
 LOG_DIR = Path("/var/log/minicloud")
 DEFAULT_HOSTNAME = "minicloud-guest"
@@ -177,6 +179,25 @@ def grow_root_filesystem() -> None:
     say(f"growing /dev/{partition.name} to fill /dev/{disk.name}")
     if run_quietly(["growpart", f"/dev/{disk.name}", number]):
         run_quietly(["resize2fs", f"/dev/{partition.name}"], timeout=300)
+
+
+def dhcp_services() -> list[Service]:
+    """A DHCP client (busybox udhcpc) for each network interface that exists now.
+
+    Called at boot and at every rescan, so a hot-plugged NIC gets its address
+    within a few seconds; the client keeps renewing, and is restarted if it exits.
+    """
+    if not BUSYBOX.exists():
+        return []
+    found = []
+    for path in sorted(Path("/sys/class/net").iterdir()):
+        if path.name == "lo" or not (path / "device").exists():
+            continue
+        argv = [str(BUSYBOX), "udhcpc", "-f", "-i", path.name, "-s", str(DHCP_SCRIPT)]
+        argv += ["-T", "1", "-t", "5", "-A", "2", "-x", f"hostname:{socket.gethostname()}"]
+        log = str(LOG_DIR / f"dhcp-{path.name}.log")
+        found.append(Service(f"dhcp on {path.name}", argv, base_environment(), log=log))
+    return found
 
 
 def bring_up_loopback() -> None:
@@ -395,7 +416,7 @@ class Init:
 
     def add_services(self) -> None:
         """Start the services that exist now (again later for late ports)."""
-        candidates = [qemu_ga_service(), guest_agent_service()]
+        candidates = [qemu_ga_service(), guest_agent_service(), *dhcp_services()]
         for service in candidates:
             if service is not None and service.name not in self.services:
                 self.services[service.name] = service
