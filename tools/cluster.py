@@ -73,6 +73,9 @@ class Cluster:
     node_name: str = field(default_factory=lambda: f"sys-{uuidlib.uuid4().hex[:6]}")
     # Seconds between the node's usage events.
     usage_interval: float = 60.0
+    # Extra environment for the control plane and the node agent (network settings, say).
+    controlplane_env: dict[str, str] = field(default_factory=dict)
+    node_env: dict[str, str] = field(default_factory=dict)
     # The system namespace's key: the client and the node agent log in with it.
     key: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -118,6 +121,7 @@ class Cluster:
                 "MINICLOUD_HEARTBEAT_INTERVAL": "1",
                 "MINICLOUD_NODE_TIMEOUT": "6",
                 "MINICLOUD_SYSTEM_KEY": self.key,
+                **self.controlplane_env,
             },
         )
 
@@ -157,6 +161,7 @@ class Cluster:
                 "MINICLOUD_NODE_BACKOFF_BASE": "0.2",
                 "MINICLOUD_NODE_BACKOFF_CAP": "1",
                 "MINICLOUD_NODE_USAGE_INTERVAL": str(self.usage_interval),
+                **self.node_env,
             },
         )
 
@@ -206,7 +211,12 @@ class Cluster:
 
     @classmethod
     def launch(
-        cls, image: Path, base: Path = Path("/var/lib/mc/c"), usage_interval: float = 60.0
+        cls,
+        image: Path,
+        base: Path = Path("/var/lib/mc/c"),
+        usage_interval: float = 60.0,
+        controlplane_env: dict[str, str] | None = None,
+        node_env: dict[str, str] | None = None,
     ) -> Cluster:
         """Start an image server, a control plane and a node agent in a new folder.
 
@@ -217,7 +227,13 @@ class Cluster:
         root.mkdir(parents=True)
         for folder in (base.parent, base, root):
             folder.chmod(0o755)  # QEMU runs as another user and must reach the disks
-        cluster = cls(root=root, image=image, usage_interval=usage_interval)
+        cluster = cls(
+            root=root,
+            image=image,
+            usage_interval=usage_interval,
+            controlplane_env=controlplane_env or {},
+            node_env=node_env or {},
+        )
         cluster.start_images()
         cluster.start_controlplane()
         cluster.start_gateway()
