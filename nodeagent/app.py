@@ -68,10 +68,10 @@ def build_network(settings: Settings) -> NetworkDriver:
     if settings.hypervisor == "fake":
         from nodeagent.network.fake import FakeNetworkDriver
 
-        return FakeNetworkDriver()
-    from nodeagent.network.linux import LinuxNetworkDriver
+        return FakeNetworkDriver(settings.network_name_prefix)
+    from nodeagent.network.linux import LinuxNetworkDriver, LinuxNetworkSettings
 
-    return LinuxNetworkDriver.from_settings(settings)
+    return LinuxNetworkDriver(LinuxNetworkSettings.from_node(settings))
 
 
 @dataclass

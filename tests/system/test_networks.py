@@ -233,8 +233,8 @@ def test_a_floated_interface_is_reachable_from_outside(
         assert floating.startswith(lab.pool.rsplit(".", 2)[0])
 
         def answers() -> bool:
-            ping = ["ip", "netns", "exec", lab.outside, "ping", "-c", "1", "-W", "1", floating]
-            return sh(*ping, check=False).returncode == 0
+            ping = ["ip", "netns", "exec", lab.outside, "busybox", "ping", "-c", "1", "-W", "1"]
+            return sh(*ping, floating, check=False).returncode == 0
 
         wait_until(answers, 30, f"outside to reach {floating}", poll=1)
         api.defloat_interface(iface["uuid"])
