@@ -148,20 +148,28 @@ class Cluster:
             },
         )
 
-    def start_node(self) -> None:
+    def start_node(
+        self,
+        proc: str = "nodeagent",
+        node_name: str = "",
+        data_dir: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """Start a node agent (the cluster's own, or another one with its name and folder)."""
         self._start(
-            "nodeagent",
+            proc,
             [str(BIN / "minicloud-nodeagent")],
             {
                 "MINICLOUD_NODE_CONTROL_PLANE": self.api,
                 "MINICLOUD_NODE_KEY": self.key,
-                "MINICLOUD_NODE_NAME": self.node_name,
-                "MINICLOUD_NODE_DATA_DIR": str(self.node_dir),
+                "MINICLOUD_NODE_NAME": node_name or self.node_name,
+                "MINICLOUD_NODE_DATA_DIR": str(data_dir or self.node_dir),
                 "MINICLOUD_NODE_IMAGE_URL_TEMPLATE": f"http://127.0.0.1:{self.image_port}/{{name}}-{{version}}.qcow2",
                 "MINICLOUD_NODE_BACKOFF_BASE": "0.2",
                 "MINICLOUD_NODE_BACKOFF_CAP": "1",
                 "MINICLOUD_NODE_USAGE_INTERVAL": str(self.usage_interval),
                 **self.node_env,
+                **(env or {}),
             },
         )
 
@@ -178,9 +186,10 @@ class Cluster:
     def client(self) -> Client:
         return Client(self.api, "system", self.key, timeout=120)
 
-    def wait_node_connected(self, connections: int = 1) -> None:
+    def wait_node_connected(self, connections: int = 1, proc: str = "nodeagent") -> None:
         def connected() -> bool:
-            log = (self.root / "nodeagent.log").read_text(errors="replace")
+            path = self.root / f"{proc}.log"
+            log = path.read_text(errors="replace") if path.exists() else ""
             return log.count("connected to control plane") >= connections
 
         wait_until(connected, 30, "the node agent to connect")
