@@ -102,6 +102,8 @@ def test_guests_on_two_nodes_ping_each_other_over_vxlan(
         api.delete_network(net["uuid"])
     markers = [str(cluster.node_dir), str(cluster.root / "node2")]
     for prefix, marker in zip(prefixes, markers, strict=True):
-        wait_until(
-            lambda p=prefix, m=marker: not leftovers(p, (), m), 30, f"{prefix} devices removed"
-        )
+
+        def removed(prefix: str = prefix, marker: str = marker) -> bool:
+            return not leftovers(prefix, (), marker)
+
+        wait_until(removed, 30, f"{prefix} devices removed")
