@@ -81,8 +81,6 @@ class LinuxNetworkSettings:
     underlay_netns: str = ""
     # First letters of every device and namespace name (1-4 of [a-z0-9]).
     name_prefix: str = "mc"
-    # Give a new egress bridge the networks' egress gateway address (the node routes).
-    egress_gateway_on_bridge: bool = True
     command_timeout: float = 20.0
 
     @classmethod
@@ -375,23 +373,25 @@ class LinuxNetworkDriver:
         )  # fmt: skip
 
     def _ensure_egress_bridge(self, config: NetworkConfig, egress: ipaddress.IPv4Interface) -> None:
+        """The shared egress bridge, up; one the driver makes gets the egress gateway address.
+
+        A bridge the operator made (say with the uplink enslaved, the real
+        router holding the gateway address) is used as it is.
+        """
         bridge = self.settings.egress_bridge
         with self._egress_lock:
             link = self._link(bridge)
             if link is None:
                 self._ip("link", "add", bridge, "type", "bridge", "stp_state", "0",
                          "forward_delay", "0")  # fmt: skip
+                if config.egress_gateway:
+                    address = f"{config.egress_gateway}/{egress.network.prefixlen}"
+                    self._ip("addr", "add", address, "dev", bridge)
                 link = self._link(bridge)
                 if link is None:
                     raise NetworkError(f"egress bridge {bridge} vanished", retryable=True)
             if "UP" not in link.get("flags", []):
                 self._ip("link", "set", "dev", bridge, "up")
-            if self.settings.egress_gateway_on_bridge and config.egress_gateway:
-                found = self.runner.json("ip", "-j", "-4", "addr", "show", "dev", bridge) or []
-                current = {i["local"] for e in found for i in e.get("addr_info", [])}
-                if config.egress_gateway not in current:
-                    address = f"{config.egress_gateway}/{egress.network.prefixlen}"
-                    self._ip("addr", "add", address, "dev", bridge)
 
     def _ensure_egress(
         self, names: Names, config: NetworkConfig, egress: ipaddress.IPv4Interface

@@ -308,6 +308,28 @@ async def test_a_changed_config_converges(net: NetBackend) -> None:
         assert net.observe(config.uuid) == expected(step), step
 
 
+async def test_networks_ensured_at_once_are_all_carried(net: NetBackend) -> None:
+    """Several networks ensured concurrently (sharing the egress bridge) all come out right."""
+    configs = []
+    for index in range(3):
+        base = net.lab.netblock(10 + index) if net.lab else f"10.99.{10 + index}"
+        egress = net.lab.egress_net if net.lab else "192.168.250"
+        configs.append(
+            config_for(
+                net,
+                base=base,
+                egress_address=f"{egress}.{10 + index}/24",
+                floating=(Floating(f"{egress}.{110 + index}", f"{base}.5"),),
+            )
+        )
+    await asyncio.gather(*(net.driver.ensure(config) for config in configs))
+    for config in configs:
+        assert net.observe(config.uuid) == expected(config)
+    assert sorted(await net.driver.present()) == sorted(c.uuid for c in configs)
+    await asyncio.gather(*(net.driver.remove(config.uuid) for config in configs))
+    assert await net.driver.present() == []
+
+
 async def test_remove_deletes_everything_and_is_idempotent(net: NetBackend) -> None:
     """Remove leaves nothing for the network; removing again, or an unknown network, is fine."""
     config = config_for(net)
