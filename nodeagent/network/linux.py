@@ -35,14 +35,16 @@ import ipaddress
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import structlog
 
@@ -161,15 +163,15 @@ class LinuxNetworkDriver:
     async def ensure(self, config: NetworkConfig) -> None:
         checked = check(config)
         async with self._lock(config.uuid):
-            await asyncio.to_thread(self._ensure, config, checked)
+            await _off_loop(self._ensure, config, checked)
 
     async def remove(self, network_uuid: str) -> None:
         check_uuid(network_uuid)
         async with self._lock(network_uuid):
-            await asyncio.to_thread(self._remove, network_uuid)
+            await _off_loop(self._remove, network_uuid)
 
     async def present(self) -> list[str]:
-        return await asyncio.to_thread(self._present)
+        return await _off_loop(self._present)
 
     # -- helpers shared by the steps ---------------------------------------------
 
@@ -326,7 +328,11 @@ class LinuxNetworkDriver:
             info = link.get("linkinfo", {})
             data = info.get("info_data", {})
             wanted = (info.get("info_kind"), data.get("id"), data.get("local"), data.get("port"))
-            if wanted != ("vxlan", config.vni, local, VXLAN_PORT):
+            # A device made in an underlay namespace shows that namespace as its link-netns.
+            moved = "link_netnsid" in link
+            if wanted != ("vxlan", config.vni, local, VXLAN_PORT) or moved != bool(
+                self.settings.underlay_netns
+            ):
                 self._delete_link(names.vxlan, config.uuid)
                 link = None
         if link is None:
@@ -528,11 +534,7 @@ class LinuxNetworkDriver:
         if self.settings.underlay_netns:
             self._delete_link(names.vxlan, network_uuid, self.settings.underlay_netns)
         self._delete_link(names.bridge, network_uuid)
-        folder = self.folder(network_uuid)
-        if folder.exists():
-            for path in folder.iterdir():
-                path.unlink()
-            folder.rmdir()
+        shutil.rmtree(self.folder(network_uuid), ignore_errors=True)
         log.info("network removed", network=network_uuid)
 
     # -- present -----------------------------------------------------------------------
@@ -563,6 +565,17 @@ class LinuxNetworkDriver:
 
 
 NAT_CHAINS = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+async def _off_loop(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run blocking work on a thread; OS and parse errors become retryable NetworkErrors."""
+    try:
+        return await asyncio.to_thread(function, *args, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise NetworkError(f"{type(exc).__name__}: {exc}", retryable=True) from exc
 
 
 def firewall_rules(config: NetworkConfig, checked: Checked) -> tuple[list[str], list[str]]:

@@ -466,6 +466,22 @@ async def test_broken_pieces_are_repaired_by_ensure(net: NetBackend) -> None:
     assert lab.dhcp(guest) == config.leases[0].address
 
 
+async def test_a_bridge_of_another_network_is_left_alone(net: NetBackend) -> None:
+    """A bridge name whose alias names another network: ensure refuses, remove skips it."""
+    if net.lab is None:
+        pytest.skip("name collisions are a Linux driver matter")
+    config = config_for(net)
+    bridge = net.driver.bridge_name(config.uuid)
+    sh("ip", "link", "add", bridge, "type", "bridge")
+    sh("ip", "link", "set", "dev", bridge, "alias", f"minicloud-network:{uuidlib.uuid4()}")
+    with pytest.raises(NetworkError) as caught:
+        await net.driver.ensure(config)
+    assert caught.value.retryable is False and "collision" in str(caught.value)
+    await net.driver.remove(config.uuid)
+    assert sh("ip", "link", "show", "dev", bridge, check=False).returncode == 0
+    sh("ip", "link", "del", "dev", bridge)
+
+
 async def test_ensure_twice_keeps_devices_and_dnsmasq(net: NetBackend) -> None:
     """A second ensure of the same config recreates nothing: same links, same dnsmasq process."""
     if net.lab is None:
