@@ -44,6 +44,13 @@ class Settings:
     backoff_base: float = 0.5
     backoff_cap: float = 15.0
     log_json: bool = False
+    # Virtual networks: this node's VXLAN underlay address (empty: ``address``),
+    # the bridge egress veths join, a namespace to create VXLAN devices in (for
+    # simulated nodes sharing a machine) and the prefix of device names.
+    network_underlay_address: str = ""
+    network_egress_bridge: str = "mcegress"
+    network_underlay_netns: str = ""
+    network_name_prefix: str = "mc"
 
     def node_key(self) -> str:
         """The key to authenticate with: key, else the first line of key_file."""
@@ -94,4 +101,8 @@ class Settings:
             backoff_base=float(get("BACKOFF_BASE", base.backoff_base)),
             backoff_cap=float(get("BACKOFF_CAP", base.backoff_cap)),
             log_json=get("LOG_JSON", "") in ("1", "true", "yes"),
+            network_underlay_address=get("NETWORK_UNDERLAY_ADDRESS", base.network_underlay_address),
+            network_egress_bridge=get("NETWORK_EGRESS_BRIDGE", base.network_egress_bridge),
+            network_underlay_netns=get("NETWORK_UNDERLAY_NETNS", base.network_underlay_netns),
+            network_name_prefix=get("NETWORK_NAME_PREFIX", base.network_name_prefix),
         )

@@ -37,6 +37,8 @@ from typing import Any
 import aiohttp
 import grpc
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from common import logs
 from nodeagent.app import build_agent
 from nodeagent.blobclient import GrpcBlobs

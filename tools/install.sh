@@ -9,6 +9,7 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-dev libvirt-clients pkg-config
   debootstrap extlinux parted busybox-static cpio kmod e2fsprogs dosfstools
   qemu-guest-agent ovmf genisoimage
+  iproute2 iptables dnsmasq-base
 )
 
 missing=()

@@ -5,8 +5,7 @@ page holds nothing but these lines (no prose in which a token could appear by
 accident). A token is listed only when its routes exist and the control plane
 implements the gRPC service behind them.
 
-Not advertised yet, though their routes exist: ``vdi-console-helper`` and
-``instance-screenshot`` (need the ConsoleService). Not served at all: networks,
+Not served at all: networks,
 interfaces, nodes, snapshots, cluster operations, artifact versions and sharing.
 """
 
@@ -27,6 +26,8 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
         "instance-put-blob",
         "instance-execute",
         "instance-get",
+        "instance-screenshot",
+        "vdi-console-helper",
     ),
 }
 

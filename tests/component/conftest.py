@@ -21,11 +21,11 @@ from nodeagent.credentials import Credentials
 from nodeagent.disks.fake import FakeDiskBuilder
 from nodeagent.hypervisor.fake import FakeHypervisor
 from nodeagent.link import Link
+from nodeagent.network.fake import FakeNetworkDriver
 from nodeagent.observer import observe
 from nodeagent.settings import Settings as NodeSettings
 from nodeagent.usage import report_usage
 from protos import auth_pb2, auth_pb2_grpc, instances_pb2, instances_pb2_grpc
-from tests.component.netfake import MemoryNetworkDriver
 
 SYSTEM_KEY = "component-test-system-key"
 
@@ -40,7 +40,7 @@ class FakeNode:
     agent: Agent
     tasks: list[asyncio.Task[None]]
     settings: NodeSettings
-    network: MemoryNetworkDriver
+    network: FakeNetworkDriver
 
     @property
     def link(self) -> Link:
@@ -66,13 +66,13 @@ async def start_fake_node(
     cpus: int = 4,
     memory_mb: int = 8192,
     hypervisor: FakeHypervisor | None = None,
-    network: MemoryNetworkDriver | None = None,
+    network: FakeNetworkDriver | None = None,
     address: str = "127.0.0.1",
     usage_interval: float = 0.0,
 ) -> FakeNode:
     """Start a node agent with fakes and wait until it has registered."""
     hypervisor = hypervisor or FakeHypervisor()
-    network = network or MemoryNetworkDriver()
+    network = network or FakeNetworkDriver()
     disks = FakeDiskBuilder()
     # Short: guest agent sockets live under it (unix socket paths are limited to 107 bytes).
     data_dir = Path(tempfile.mkdtemp(prefix="mcn-", dir="/tmp"))

@@ -187,14 +187,20 @@ async def test_create_with_no_room_is_507(rest: Rest) -> None:
     assert status == 507 and inst["error"], inst
 
 
-async def test_delete_all_needs_confirm(rest: Rest, node: FakeNode) -> None:
-    """DELETE /instances without confirm is a 400; with it every instance is deleted."""
+async def test_delete_all_needs_confirm_and_system_names_the_namespace(
+    rest: Rest, node: FakeNode
+) -> None:
+    """DELETE /instances needs confirm; system must name the namespace, whose instances go."""
     for name in ("a1", "a2"):
         status, _ = await rest.call("POST", "/instances", create_body(name))
         assert status == 200
     status, body = await rest.call("DELETE", "/instances", {"confirm": False, "namespace": None})
     assert status == 400 and "confirm" in body["error"]
-    status, uuids = await rest.call("DELETE", "/instances", {"confirm": True, "namespace": None})
+    status, body = await rest.call("DELETE", "/instances", {"confirm": True, "namespace": None})
+    assert status == 400 and "namespace" in body["error"]
+    status, uuids = await rest.call(
+        "DELETE", "/instances", {"confirm": True, "namespace": "system"}
+    )
     assert status == 200 and len(uuids) == 2
 
 

@@ -178,8 +178,8 @@ async def test_interfaces_are_allocated_in_order_and_reach_the_node(
     assert node1.network.networks[b.uuid].egress_address == ""
     nics = node1.hypervisor.specs[inst.uuid].interfaces
     assert [(n.mac, n.model, n.bridge) for n in nics] == [
-        (first.macaddr, "virtio", f"mcbr-{a.uuid[:8]}"),
-        (second.macaddr, "e1000", f"mcbr-{b.uuid[:8]}"),
+        (first.macaddr, "virtio", node1.network.bridge_name(a.uuid)),
+        (second.macaddr, "e1000", node1.network.bridge_name(b.uuid)),
     ]
     assert (await c.nets.Get(networks_pb2.NetworkRef(ref="a"))).services_node == "node1"
 
@@ -269,7 +269,7 @@ async def test_a_network_in_use_cannot_be_deleted(c: Net, node1: FakeNode) -> No
     deleted = await c.nets.Delete(networks_pb2.DeleteNetworkRequest(ref="net1"))
     assert deleted.state == "deleted"
     await eventually(lambda: net.uuid not in node1.network.networks, "network removed")
-    assert ("remove", net.uuid) in node1.network.calls
+    assert node1.network.remove_calls >= 1
     assert not (await c.nets.List(networks_pb2.ListNetworksRequest())).networks
     await c.nets.Create(net_request())  # the name is free again
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -346,7 +346,7 @@ async def test_hot_plug_adds_an_interface_to_a_running_instance(c: Net, node1: F
     )
     nics = node1.hypervisor.specs[inst.uuid].interfaces
     assert [n.network_uuid for n in nics] == [a.uuid, b.uuid]
-    assert nics[1].bridge == f"mcbr-{b.uuid[:8]}"
+    assert nics[1].bridge == node1.network.bridge_name(b.uuid)
     got = await c.api.Get(instances_pb2.InstanceRef(ref="vm1"))
     assert [i.uuid for i in got.interfaces] == [inst.interfaces[0].uuid, iface.uuid]
     assert node1.network.networks[b.uuid].leases[0].address == "10.6.0.9"

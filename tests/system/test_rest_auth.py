@@ -44,15 +44,8 @@ def cluster(guest_image: Path) -> Iterator[Cluster]:
 
 @pytest.fixture(scope="module")
 def system(cluster: Cluster) -> apiclient.Client:
-    """A client in the system namespace (skips while the control plane has no auth)."""
-    sf = client(cluster)
-    try:
-        sf.get_namespaces()
-    except apiclient.APIException as exc:
-        if exc.status_code == 501:
-            pytest.skip("pending: the control plane has no AuthService yet")
-        raise
-    return sf
+    """A client in the system namespace."""
+    return client(cluster)
 
 
 @pytest.fixture(scope="module")

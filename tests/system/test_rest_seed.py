@@ -158,10 +158,7 @@ def test_pause_and_unpause(cluster: Cluster, example: dict[str, Any]) -> None:
 def test_metadata_set_get_delete(cluster: Cluster, example: dict[str, Any]) -> None:
     """Metadata set, get and delete through the examples (needs the MetadataService)."""
     uuid = example["uuid"]
-    probe = run_example(cluster, "metadata_set.py", "--set", f"instance_uuid={uuid}")
-    if "501" in probe.stderr or "not implemented" in probe.stderr:
-        pytest.skip("pending: the control plane has no MetadataService yet (branch md)")
-    ok(probe)
+    ok(run_example(cluster, "metadata_set.py", "--set", f"instance_uuid={uuid}"))
     got = json.loads(ok(run_example(cluster, "metadata_get.py", "--set", f"instance_uuid={uuid}")))
     assert got.get("foo") == "bar"
     ok(run_example(cluster, "metadata_delete.py", "--set", f"instance_uuid={uuid}"))
@@ -169,12 +166,8 @@ def test_metadata_set_get_delete(cluster: Cluster, example: dict[str, Any]) -> N
     assert "foo" not in got
 
 
-def test_screenshot_when_the_console_service_exists(
-    cluster: Cluster, example: dict[str, Any], tmp_path: Path
-) -> None:
-    """The screenshot example writes a PNG (needs the ConsoleService)."""
-    if not example["sf"].check_capability("instance-screenshot"):
-        pytest.skip("pending: the control plane has no ConsoleService yet (branch con)")
+def test_screenshot(cluster: Cluster, example: dict[str, Any], tmp_path: Path) -> None:
+    """The screenshot example writes a PNG of the instance's display."""
     target = tmp_path / "shot.png"
     ok(
         run_example(
@@ -187,6 +180,17 @@ def test_screenshot_when_the_console_service_exists(
         )
     )
     assert target.read_bytes().startswith(b"\x89PNG")
+
+
+def test_vdi_console_helper(example: dict[str, Any]) -> None:
+    """The VDI example's helper call returns a virt-viewer file for the SPICE console.
+
+    (The example then runs remote-viewer, which a headless machine cannot.)
+    """
+    inst = example["sf"].get_instance(example["uuid"])
+    vv = example["sf"].get_vdi_console_helper(example["uuid"])
+    assert vv.startswith("[virt-viewer]")
+    assert "type=spice" in vv and f"port={inst['vdi_port']}" in vv
 
 
 def test_power_off_then_on(cluster: Cluster, example: dict[str, Any]) -> None:

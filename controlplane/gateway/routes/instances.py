@@ -8,7 +8,7 @@ from controlplane.gateway import views
 from controlplane.gateway.errors import HttpError
 from controlplane.gateway.fields import Field, to_int
 from controlplane.gateway.routing import Call, RouteTable
-from protos import common_pb2, instances_pb2
+from protos import auth_pb2, common_pb2, instances_pb2
 
 table = RouteTable()
 # Shaken Fist 0.7.2's default when side_channels is null.
@@ -165,12 +165,15 @@ async def delete_all_instances(call: Call) -> Any:
     if call.body.get("confirm") is not True:
         raise HttpError(400, "parameter confirm is not set true")
     namespace = call.body.get("namespace")
+    if not namespace:
+        # Only system sees the system namespace; it must say which namespace to empty.
+        visible = await call.rpc(call.api.namespaces.List, auth_pb2.ListNamespacesRequest())
+        if any(ns.name == "system" for ns in visible.namespaces):
+            raise HttpError(400, "system user must specify parameter namespace")
     found = await call.rpc(call.api.instances.List, instances_pb2.ListInstancesRequest(), namespace)
     targets = [i for i in found.instances if i.state != "deleted"]
     if namespace and any(i.namespace != namespace for i in targets):
         raise HttpError(401, "you cannot delete other namespaces")
-    if namespace is None and len({i.namespace for i in targets}) > 1:
-        raise HttpError(400, "system user must specify parameter namespace")
     deleted = []
     for inst in targets:
         ref = instances_pb2.InstanceRef(ref=inst.uuid)
