@@ -1,4 +1,4 @@
-"""The REST gateway's networks and interfaces against a real control plane (fake node, fake data plane)."""
+"""The REST gateway's networks and interfaces against a real control plane (fake nodes)."""
 
 from __future__ import annotations
 
@@ -145,7 +145,7 @@ async def test_network_create_get_list_and_delete_in_shaken_fist_shapes(rest: Re
 
 
 async def test_instances_embed_their_interfaces_and_hot_plug_adds_one(rest: Rest) -> None:
-    """Create with netdescs (name, address, float), interfaces in order, hot plug, float, defloat."""
+    """Create with netdescs, interfaces in order, hot plug, float and defloat, delete refusals."""
     net = await make_network(rest)
     status, inst = await rest.call(
         "POST",
