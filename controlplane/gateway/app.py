@@ -21,6 +21,7 @@ from controlplane.gateway.routes import (
     consoles,
     instances,
     metadata,
+    networks,
     root,
 )
 from controlplane.gateway.routing import BACKEND, SETTINGS, Route, aiohttp_handler
@@ -33,7 +34,17 @@ def all_routes() -> list[Route]:
     """Every route, in the order they are matched."""
     return [
         route
-        for module in (root, auth, instances, agent, consoles, blobs, artifacts, metadata)
+        for module in (
+            root,
+            auth,
+            instances,
+            agent,
+            consoles,
+            networks,
+            blobs,
+            artifacts,
+            metadata,
+        )
         for route in module.table.routes
     ]
 

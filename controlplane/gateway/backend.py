@@ -14,6 +14,7 @@ from protos import (
     consoles_pb2_grpc,
     instances_pb2_grpc,
     metadata_pb2_grpc,
+    networks_pb2_grpc,
     uploads_pb2_grpc,
 )
 
@@ -34,6 +35,8 @@ class Backend:
     namespaces: auth_pb2_grpc.NamespaceServiceAsyncStub
     metadata: metadata_pb2_grpc.MetadataServiceAsyncStub
     consoles: consoles_pb2_grpc.ConsoleServiceAsyncStub
+    networks: networks_pb2_grpc.NetworkServiceAsyncStub
+    interfaces: networks_pb2_grpc.InterfaceServiceAsyncStub
 
     @classmethod
     def connect(cls, target: str) -> Backend:
@@ -56,6 +59,8 @@ class Backend:
             namespaces=auth_pb2_grpc.NamespaceServiceStub(channel),
             metadata=metadata_pb2_grpc.MetadataServiceStub(channel),
             consoles=consoles_pb2_grpc.ConsoleServiceStub(channel),
+            networks=networks_pb2_grpc.NetworkServiceStub(channel),
+            interfaces=networks_pb2_grpc.InterfaceServiceStub(channel),
         )
 
     async def close(self) -> None:

@@ -5,8 +5,11 @@ page holds nothing but these lines (no prose in which a token could appear by
 accident). A token is listed only when its routes exist and the control plane
 implements the gRPC service behind them.
 
-Not served at all: networks,
-interfaces, nodes, snapshots, cluster operations, artifact versions and sharing.
+Networks are served with the synchronous delete (the old shape), so
+``network-delete-async`` is absent; so are ``provide-dns``, ``route-addresses``
+and ``extra-dns-entries`` (no DNS service, no routed addresses, no ping).
+Not served at all: nodes, snapshots, cluster operations, artifact versions
+and sharing.
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
         "instance-get",
         "instance-screenshot",
         "vdi-console-helper",
+        "hot-plug-interface",
     ),
+    "networks": ("list-addresses", "get-network-namespace"),
+    "networkinterfaces": ("interface-metadata",),
 }
 
 # Every token shakenfist-client 0.8.3 checks (compat doc §3), to test the page against.

@@ -9,15 +9,21 @@ UNIMPLEMENTED is 501, anything else 500.
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from controlplane.errors import STATUS
 
 
 class HttpError(Exception):
-    """Answer the request with this status and message."""
+    """Answer the request with this status and message.
 
-    def __init__(self, status: int, message: str) -> None:
+    The message is a string, except where Shaken Fist answers with an object
+    (0.7.2's network delete-all: ``{"deleted": [...], "unable": [...]}``).
+    """
+
+    def __init__(self, status: int, message: str | dict[str, Any]) -> None:
         super().__init__(message)
         self.status = status
         self.message = message

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -17,7 +18,7 @@ log = structlog.get_logger("controlplane.gateway.access")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error_response(status: int, message: str) -> web.Response:
+def error_response(status: int, message: str | dict[str, Any]) -> web.Response:
     """Shaken Fist's error body."""
     return json_response({"error": message, "status": status}, status)
 

@@ -17,12 +17,15 @@ from protos import (
     blobs_pb2,
     common_pb2,
     instances_pb2,
+    networks_pb2,
     uploads_pb2,
 )
 
 JsonDict = dict[str, Any]
 # Shaken Fist's object schema versions (compat doc §5): the client only shows them.
 INSTANCE_VERSION = 13
+INTERFACE_VERSION = 3
+NETWORK_VERSION = 4
 # Our artifact types -> Shaken Fist's.
 ARTIFACT_TYPES = {"upload": "image", "label": "label"}
 
@@ -48,8 +51,12 @@ def struct_dict(value: struct_pb2.Struct) -> JsonDict:
     return _ints(json_format.MessageToDict(value))  # type: ignore[no-any-return]
 
 
-def instance(pb: instances_pb2.Instance) -> JsonDict:
-    """An instance object (§5.1)."""
+def instance(pb: instances_pb2.Instance, interfaces: list[JsonDict] | None = None) -> JsonDict:
+    """An instance object (§5.1); ``interfaces`` are its full interface objects in order.
+
+    Without them, the interfaces the instance record lists are shown as far as
+    it knows them (no state, floating address or metadata).
+    """
     spec = pb.spec
     agent_state: str | None = pb.agent_state or None
     if agent_state is None and "sf-agent" in spec.side_channels:
@@ -86,7 +93,9 @@ def instance(pb: instances_pb2.Instance) -> JsonDict:
         "console_port": _none(pb.console_port),
         "vdi_port": _none(pb.vdi_port),
         "vdi_tls_port": _none(pb.vdi_tls_port),
-        "interfaces": [],
+        "interfaces": (
+            interfaces if interfaces is not None else [interface(i) for i in pb.interfaces]
+        ),
         "created_at": pb.created_at,
     }
 
@@ -196,4 +205,51 @@ def namespace(pb: auth_pb2.Namespace) -> JsonDict:
         "version": pb.version,
         "keys": list(pb.keys),
         "trust": {"full": []},
+    }
+
+
+def interface(pb: common_pb2.NetworkInterface) -> JsonDict:
+    """A network interface object (§5.5)."""
+    return {
+        "uuid": pb.uuid,
+        "state": pb.state or None,
+        "metadata": struct_dict(pb.metadata),
+        "version": INTERFACE_VERSION,
+        "network_uuid": pb.network_uuid,
+        "instance_uuid": pb.instance_uuid,
+        "macaddr": pb.macaddr,
+        "ipv4": _none(pb.ipv4),
+        "order": pb.order,
+        "model": pb.model or "virtio",
+        "floating": _none(pb.floating),
+    }
+
+
+def network(pb: networks_pb2.Network) -> JsonDict:
+    """A network object (§5.7), with 0.7.2's ``vxid`` and v0.8's ``vxlan_id``."""
+    return {
+        "uuid": pb.uuid,
+        "state": pb.state,
+        "metadata": struct_dict(pb.metadata),
+        "version": NETWORK_VERSION,
+        "name": pb.name,
+        "namespace": pb.namespace,
+        "netblock": pb.netblock,
+        "provide_dhcp": pb.provide_dhcp,
+        "provide_nat": pb.provide_nat,
+        "provide_dns": False,
+        "floating_gateway": _none(pb.floating_gateway),
+        "vxid": pb.vxlan_id,
+        "vxlan_id": pb.vxlan_id,
+    }
+
+
+def address(pb: networks_pb2.Address) -> JsonDict:
+    """One address reservation of a network (v0.8's ``list-addresses``)."""
+    return {
+        "address": pb.address,
+        "user": [pb.user_type, pb.user_uuid] if pb.user_type else None,
+        "when": pb.when,
+        "type": pb.type,
+        "comment": _none(pb.comment),
     }

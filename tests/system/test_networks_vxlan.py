@@ -18,7 +18,8 @@ import pytest
 
 from client.api import JsonDict
 from tests.system.conftest import Cluster, small_spec, wait_until
-from tests.system.test_networks import leftovers, pings, remove_everything, sh, wait_address
+from tests.system.netlab import leftovers, remove_everything, sh
+from tests.system.test_networks import pings, wait_address
 
 pytestmark = pytest.mark.system
 

@@ -2,7 +2,8 @@
 
 One cluster for the module. The soft-reboot example's instance ("example") is
 reused by the examples that need an existing instance; the examples that
-create their own "example" run after it is deleted.
+create their own "example" run after it is deleted. The hot-plug example needs
+a data plane of its own and runs in ``test_rest_networks.py``.
 """
 
 from __future__ import annotations
@@ -206,9 +207,10 @@ def test_power_off_then_on(cluster: Cluster, example: dict[str, Any]) -> None:
 
 
 def test_interfaces_example_finds_no_interfaces_until_networks_exist(cluster: Cluster) -> None:
-    """The interfaces example gets as far as listing interfaces; without networks there are none.
+    """The interfaces example gets as far as listing interfaces; its instance has none.
 
-    Networks are issue 6: the example's ``[0]`` then fails with IndexError.
+    The example creates its instance without networks, so its ``[0]`` fails
+    with IndexError (``test_rest_networks.py`` checks an instance with one).
     """
     proc = run_example(cluster, "interfaces.py", "--max-sleep", "3")
     assert "Instance is created" in proc.stdout, proc.stderr
@@ -217,8 +219,3 @@ def test_interfaces_example_finds_no_interfaces_until_networks_exist(cluster: Cl
     inst = sf.get_instance("example")
     assert sf.get_instance_interfaces(inst["uuid"]) == []
     delete_and_wait(sf, inst["uuid"])
-
-
-@pytest.mark.skip(reason="hot plug needs networks (issue 6, not built)")
-def test_hot_plug_an_interface() -> None:
-    """The hot-plug example: allocate a network and add an interface to a running instance."""

@@ -1,19 +1,26 @@
-"""Instances: list, get, create, delete, delete-all, power actions, events, interfaces."""
+"""Instances: list, get, create, delete, delete-all, power actions, events, interfaces.
+
+Instance objects embed their full interface objects (state, floating address,
+metadata), read from the InterfaceService for instances that have any.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from controlplane.gateway import views
+from controlplane.gateway import netdesc, views
 from controlplane.gateway.errors import HttpError
 from controlplane.gateway.fields import Field, to_int
 from controlplane.gateway.routing import Call, RouteTable
-from protos import auth_pb2, common_pb2, instances_pb2
+from protos import auth_pb2, common_pb2, instances_pb2, networks_pb2
 
 table = RouteTable()
 # Shaken Fist 0.7.2's default when side_channels is null.
 DEFAULT_SIDE_CHANNELS = ("sf-agent",)
 NOT_READY = 406
+# A hot plug the node did not confirm in time may still happen: not a "retry" (406).
+HOT_PLUG_ERRORS = {"DEADLINE_EXCEEDED": 500}
 
 
 async def fetch(call: Call, ref: str, namespace: str | None = None) -> instances_pb2.Instance:
@@ -32,6 +39,30 @@ async def fetch_created(call: Call, ref: str) -> instances_pb2.Instance:
     return inst
 
 
+async def interfaces_of(call: Call, inst: instances_pb2.Instance) -> list[views.JsonDict]:
+    """The instance's interface objects in order (released ones shown as deleted)."""
+    if not inst.interfaces:
+        return []
+    found = await call.rpc(
+        call.api.interfaces.ListForInstance, instances_pb2.InstanceRef(ref=inst.uuid)
+    )
+    live = {i.uuid: views.interface(i) for i in found.interfaces}
+    out = []
+    for nic in sorted(inst.interfaces, key=lambda n: n.order):
+        view = live.pop(nic.uuid, None)
+        if view is None:
+            view = views.interface(nic)
+            view["state"] = "deleted"
+        out.append(view)
+    out += sorted(live.values(), key=lambda v: int(v["order"]))
+    return out
+
+
+async def view(call: Call, inst: instances_pb2.Instance) -> views.JsonDict:
+    """An instance object with its full interfaces."""
+    return views.instance(inst, await interfaces_of(call, inst))
+
+
 @table.route(
     "GET",
     "/instances",
@@ -41,7 +72,7 @@ async def fetch_created(call: Call, ref: str) -> instances_pb2.Instance:
 async def list_instances(call: Call) -> Any:
     request = instances_pb2.ListInstancesRequest(include_deleted=call.body.get("all", False))
     found = await call.rpc(call.api.instances.List, request)
-    return [views.instance(i) for i in found.instances]
+    return list(await asyncio.gather(*(view(call, i) for i in found.instances)))
 
 
 @table.route(
@@ -51,7 +82,7 @@ async def list_instances(call: Call) -> Any:
     body=(Field("namespace", "str", doc="look in this namespace (system only)"),),
 )
 async def get_instance(call: Call) -> Any:
-    return views.instance(await fetch(call, call.param("ref"), call.body.get("namespace")))
+    return await view(call, await fetch(call, call.param("ref"), call.body.get("namespace")))
 
 
 def _disk(index: int, item: Any) -> common_pb2.DiskSpec:
@@ -98,7 +129,11 @@ def _strings(value: list[Any], what: str) -> list[str]:
         Field("name", "str", True, "DNS-safe host name"),
         Field("cpus", "intlike", True),
         Field("memory", "intlike", True, "MiB"),
-        Field("network", "list", doc="netdescs (networks are not implemented yet)"),
+        Field(
+            "network",
+            "list",
+            doc="netdescs: network_uuid (UUID or name), address, macaddress, model, float",
+        ),
         Field("disk", "list", True, "diskspecs: size (GB), base, bus, type"),
         Field("ssh_key", "str"),
         Field("user_data", "str", doc="base64"),
@@ -114,13 +149,12 @@ def _strings(value: list[Any], what: str) -> list[str]:
 )
 async def create_instance(call: Call) -> Any:
     body = call.body
-    if body.get("network"):
-        raise HttpError(404, "network not found: networks are not implemented yet")
     spec = common_pb2.InstanceSpec(
         name=body["name"],
         cpus=body["cpus"],
         memory=body["memory"],
         disks=[_disk(i, d) for i, d in enumerate(body["disk"])],
+        networks=netdesc.parse_all(body.get("network", [])),
         ssh_key=body.get("ssh_key", ""),
         user_data=body.get("user_data", ""),
         side_channels=_strings(
@@ -137,7 +171,7 @@ async def create_instance(call: Call) -> Any:
         spec.metadata.update(body["metadata"])
     request = instances_pb2.CreateInstanceRequest(spec=spec)
     created = await call.rpc(call.api.instances.Create, request, body.get("namespace"))
-    return views.instance(created)
+    return await view(call, created)
 
 
 @table.route(
@@ -152,7 +186,20 @@ async def delete_instance(call: Call) -> Any:
     if inst.state == "deleted":
         raise HttpError(404, "instance not found")
     request = instances_pb2.InstanceRef(ref=inst.uuid)
-    return views.instance(await call.rpc(call.api.instances.Delete, request, namespace))
+    return await view(call, await call.rpc(call.api.instances.Delete, request, namespace))
+
+
+async def delete_all_namespace(call: Call) -> str | None:
+    """The namespace a delete-all empties: confirm must be true, system must name one."""
+    if call.body.get("confirm") is not True:
+        raise HttpError(400, "parameter confirm is not set true")
+    namespace: str | None = call.body.get("namespace")
+    if not namespace:
+        # Only system sees the system namespace; it must say which namespace to empty.
+        visible = await call.rpc(call.api.namespaces.List, auth_pb2.ListNamespacesRequest())
+        if any(ns.name == "system" for ns in visible.namespaces):
+            raise HttpError(400, "system user must specify parameter namespace")
+    return namespace
 
 
 @table.route(
@@ -162,14 +209,7 @@ async def delete_instance(call: Call) -> Any:
     body=(Field("confirm", "bool"), Field("namespace", "str")),
 )
 async def delete_all_instances(call: Call) -> Any:
-    if call.body.get("confirm") is not True:
-        raise HttpError(400, "parameter confirm is not set true")
-    namespace = call.body.get("namespace")
-    if not namespace:
-        # Only system sees the system namespace; it must say which namespace to empty.
-        visible = await call.rpc(call.api.namespaces.List, auth_pb2.ListNamespacesRequest())
-        if any(ns.name == "system" for ns in visible.namespaces):
-            raise HttpError(400, "system user must specify parameter namespace")
+    namespace = await delete_all_namespace(call)
     found = await call.rpc(call.api.instances.List, instances_pb2.ListInstancesRequest(), namespace)
     targets = [i for i in found.instances if i.state != "deleted"]
     if namespace and any(i.namespace != namespace for i in targets):
@@ -201,31 +241,47 @@ _power("pause", "Pause", "Pause")
 _power("unpause", "Unpause", "Unpause")
 
 
-@table.route(
-    "GET",
-    "/instances/{ref}/events",
-    "An instance's events, newest first",
-    body=(
-        Field("event_type", "str", doc="audit, mutate, status, usage, ..."),
-        Field("limit", "intlike", doc="at most this many (default 100, at most 1000)"),
-    ),
+EVENT_FIELDS = (
+    Field("event_type", "str", doc="audit, mutate, status, usage, ..."),
+    Field("limit", "intlike", doc="at most this many (default 100, at most 1000)"),
 )
-async def instance_events(call: Call) -> Any:
+
+
+def events_request(call: Call) -> instances_pb2.GetEventsRequest:
+    """The events request of an ``/<plural>/<ref>/events`` call (400 for a bad limit)."""
     limit = call.body.get("limit", 100)
     if not 1 <= limit <= 1000:
         raise HttpError(400, "limit must be between 1 and 1000")
-    request = instances_pb2.GetEventsRequest(
+    return instances_pb2.GetEventsRequest(
         ref=call.param("ref"), event_type=call.body.get("event_type", ""), limit=limit
     )
+
+
+@table.route(
+    "GET", "/instances/{ref}/events", "An instance's events, newest first", body=EVENT_FIELDS
+)
+async def instance_events(call: Call) -> Any:
+    request = events_request(call)
     found = await call.rpc(call.api.instances.GetEvents, request)
     return [views.event(e) for e in found.events]
 
 
-@table.route(
-    "GET",
-    "/instances/{ref}/interfaces",
-    "An instance's network interfaces (none until networks are implemented)",
-)
+@table.route("GET", "/instances/{ref}/interfaces", "An instance's network interfaces, in order")
 async def instance_interfaces(call: Call) -> Any:
-    await fetch(call, call.param("ref"))
-    return []
+    return await interfaces_of(call, await fetch(call, call.param("ref")))
+
+
+@table.route(
+    "POST",
+    "/instances/{ref}/interfaces",
+    "Hot plug a network interface into a running instance",
+    body=(Field("network", "dict", True, "a netdesc"),),
+    overrides=HOT_PLUG_ERRORS,
+)
+async def hot_plug_interface(call: Call) -> Any:
+    spec = netdesc.parse(call.body["network"])
+    inst = await fetch(call, call.param("ref"))
+    if inst.state != "created":
+        raise HttpError(NOT_READY, f"instance in invalid state for hot plug ({inst.state})")
+    request = networks_pb2.AttachInterfaceRequest(instance=inst.uuid, network=spec)
+    return views.interface(await call.rpc(call.api.interfaces.Attach, request))

@@ -19,6 +19,8 @@ OBJECT_TYPES = {
     "instances": "instance",
     "blobs": "blob",
     "artifacts": "artifact",
+    "networks": "network",
+    "interfaces": "interface",
     "auth/namespaces": "namespace",
 }
 
@@ -36,6 +38,8 @@ def _routes(plural: str, object_type: str) -> None:
         ref = call.param("ref")
         if object_type == "artifact":
             return (await find_artifact(call, ref)).uuid
+        if object_type == "interface":
+            return call.uuid_param("ref", "interface")
         return ref
 
     async def get_all(call: Call) -> Any:
