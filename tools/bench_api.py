@@ -342,14 +342,21 @@ def _stubs(channels: list[grpc.aio.Channel]) -> list[InstanceServiceAsyncStub]:
     return [instances_pb2_grpc.InstanceServiceStub(c) for c in channels]
 
 
-# Call metadata of the benchmark's namespace: set by login() once the control plane is up.
-METADATA: tuple[tuple[str, str], ...] = ()
+Metadata = tuple[tuple[str, str], ...]
 BENCH_KEY = "bench-system-key"
+# Per process: the call metadata of the benchmark's namespace, by control-plane target.
+_LOGINS: dict[str, Metadata] = {}
 
 
-def login(target: str) -> None:
-    """Make the benchmark's namespace and authenticate as it (sets METADATA)."""
-    global METADATA
+def metadata_for(target: str) -> Metadata:
+    """Call metadata for the benchmark's namespace (logging in once per process)."""
+    if target not in _LOGINS:
+        _LOGINS[target] = login(target)
+    return _LOGINS[target]
+
+
+def login(target: str) -> Metadata:
+    """Make the benchmark's namespace if needed and authenticate as it."""
     with grpc.insecure_channel(target) as channel:
         auth = auth_pb2_grpc.AuthServiceStub(channel)
         token = auth.Token(auth_pb2.TokenRequest(namespace="system", key=BENCH_KEY)).access_token
@@ -358,7 +365,7 @@ def login(target: str) -> None:
         with contextlib.suppress(grpc.RpcError):  # it exists already
             namespaces.Create(request, metadata=(("authorization", f"Bearer {token}"),))
         token = auth.Token(auth_pb2.TokenRequest(namespace=NAMESPACE, key=BENCH_KEY)).access_token
-    METADATA = (("authorization", f"Bearer {token}"),)
+    return (("authorization", f"Bearer {token}"),)
 
 
 async def _echo(target: str, total: int, concurrency: int, channels: int) -> JsonDict:
@@ -384,6 +391,7 @@ def job_echo(target: str, total: int, concurrency: int, channels: int) -> JsonDi
 async def _create(
     target: str, prefix: str, warmup: int, total: int, concurrency: int, channels: int
 ) -> JsonDict:
+    metadata = metadata_for(target)
     chans = open_channels(target, channels)
     stubs = _stubs(chans)
     uuids: list[str] = []
@@ -392,7 +400,7 @@ async def _create(
         async def call(index: int, worker: int) -> object:
             stub = stubs[worker % channels]
             request = create_request(f"{prefix}-{tag}{index}")
-            inst = await stub.Create(request, metadata=METADATA, timeout=CALL_TIMEOUT)
+            inst = await stub.Create(request, metadata=metadata, timeout=CALL_TIMEOUT)
             uuids.append(inst.uuid)
             return inst
 
@@ -414,6 +422,7 @@ def job_create(
 
 
 async def _wait_created(target: str, uuids: list[str], time_limit: float) -> JsonDict:
+    metadata = metadata_for(target)
     chans = open_channels(target, 1)
     stub = _stubs(chans)[0]
     deadline = time.monotonic() + time_limit
@@ -423,12 +432,12 @@ async def _wait_created(target: str, uuids: list[str], time_limit: float) -> Jso
     while time.monotonic() < deadline:
         polls += 1
         seen = [
-            (await stub.Get(ref, metadata=METADATA, timeout=CALL_TIMEOUT)).state
+            (await stub.Get(ref, metadata=metadata, timeout=CALL_TIMEOUT)).state
             for ref in (instances_pb2.InstanceRef(ref=u) for u in tail)
         ]
         if all(s != "creating" for s in seen):
             listed = await stub.List(
-                instances_pb2.ListInstancesRequest(), metadata=METADATA, timeout=CALL_TIMEOUT
+                instances_pb2.ListInstancesRequest(), metadata=metadata, timeout=CALL_TIMEOUT
             )
             states = collections.Counter(i.state for i in listed.instances)
             if states["creating"] == 0:
@@ -446,13 +455,14 @@ def job_wait_created(target: str, uuids: list[str], time_limit: float) -> JsonDi
 async def _gets(
     target: str, uuids: list[str], total: int, sequential: int, concurrency: int, channels: int
 ) -> JsonDict:
+    metadata = metadata_for(target)
     chans = open_channels(target, channels)
     stubs = _stubs(chans)
     refs = random.Random(7).choices(uuids, k=max(total, sequential))
 
     async def call(index: int, worker: int) -> object:
         request = instances_pb2.InstanceRef(ref=refs[index])
-        return await stubs[worker % channels].Get(request, metadata=METADATA, timeout=CALL_TIMEOUT)
+        return await stubs[worker % channels].Get(request, metadata=metadata, timeout=CALL_TIMEOUT)
 
     await drive(call, min(ECHO_WARMUP, total), concurrency, 30)  # warm-up
     concurrent_stats = await drive(call, total, concurrency, 120)
@@ -470,13 +480,14 @@ def job_gets(
 
 
 async def _lists(target: str, calls: int) -> JsonDict:
+    metadata = metadata_for(target)
     chans = open_channels(target, 1)
     stub = _stubs(chans)[0]
     sizes: list[int] = []
 
     async def call(index: int, worker: int) -> object:
         request = instances_pb2.ListInstancesRequest()
-        found = await stub.List(request, metadata=METADATA, timeout=CALL_TIMEOUT)
+        found = await stub.List(request, metadata=metadata, timeout=CALL_TIMEOUT)
         sizes.append(len(found.instances))
         return found
 
@@ -587,7 +598,7 @@ def control_plane(workdir: Path, heartbeat_interval: float) -> Iterator[Plane]:
     plane = Plane(proc, port, log)
     try:
         _wait_ready(plane, 30)
-        login(plane.target)
+        metadata_for(plane.target)
         yield plane
     finally:
         if proc.poll() is None:
