@@ -8,6 +8,8 @@ memory; every write goes through this service, which keeps the cache true.
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import re
 import secrets
 from collections.abc import Callable
@@ -63,6 +65,8 @@ class NamespaceService:
         self.token_ttl = token_ttl
         self._secret = b""
         self._cache: dict[str, Namespace] = {}
+        # (namespace, key name, nonce) -> HMAC of the key that matched it.
+        self._verified: dict[tuple[str, str, str], bytes] = {}
 
     async def start(self, system_key: str = "", key_file: Path | None = None) -> None:
         """Load the secret and namespaces; make sure the system namespace can log in.
@@ -100,14 +104,34 @@ class NamespaceService:
         ns = self._cache.get(namespace)
         if ns is None or ns.state != "created":
             raise NotFound("namespace not found")
-        for name, stored in sorted(ns.keys.items()):
-            if tokens.key_matches(key, stored.salt, stored.hash):
-                ttl = int(self.token_ttl)
-                claims = tokens.Claims(namespace, name, stored.nonce, self.clock() + ttl)
-                log.info("token issued", namespace=namespace, key_name=name)
-                return tokens.mint(self._secret, claims), ttl
-        log.warning("authentication failed", namespace=namespace)
-        raise Unauthenticated("unauthorized")
+        name = await self._matching_key(ns, key)
+        if name is None:
+            log.warning("authentication failed", namespace=namespace)
+            raise Unauthenticated("unauthorized")
+        ttl = int(self.token_ttl)
+        claims = tokens.Claims(namespace, name, ns.keys[name].nonce, self.clock() + ttl)
+        log.info("token issued", namespace=namespace, key_name=name)
+        return tokens.mint(self._secret, claims), ttl
+
+    async def _matching_key(self, ns: Namespace, key: str) -> str | None:
+        """The name of the namespace's key that key is, or None.
+
+        A key checked once is remembered as an HMAC under the signing secret
+        (keyed by its nonce, so replacing the key forgets it): a thousand node
+        agents reconnecting with one key cost one scrypt, not a thousand. The
+        scrypt itself runs off the event loop (hashlib releases the GIL).
+        """
+        fast = tokens.remember(self._secret, key)
+        keys = sorted(ns.keys.items())
+        for name, stored in keys:
+            known = self._verified.get((ns.name, name, stored.nonce))
+            if known is not None and hmac.compare_digest(known, fast):
+                return name
+        for name, stored in keys:
+            if await asyncio.to_thread(tokens.key_matches, key, stored.salt, stored.hash):
+                self._verified[(ns.name, name, stored.nonce)] = fast
+                return name
+        return None
 
     def authenticate(self, token: str) -> str:
         """The namespace a bearer token speaks for (Unauthenticated if it does not)."""

@@ -5,8 +5,10 @@ Used by fast component tests and by the scale simulation. ``crash`` and
 back (a QEMU process dying, ``virsh destroy``).
 
 Each fake domain has a real serial console: a TCP server on its
-``console_port`` (127.0.0.1) that greets with a banner and echoes what it is
-sent, logging both to the console log as QEMU would. Screenshots are a plain
+``console_port`` (127.0.0.1), started when ``console_endpoint`` is first asked
+for it (so simulations of thousands of domains open no sockets), that greets
+with a banner and echoes what it is sent, logging both to the console log as
+QEMU would. Screenshots are a plain
 720x400 PNG; usage counters grow with the time the domain has been on.
 """
 
@@ -53,6 +55,7 @@ class FakeHypervisor:
         self._ports: dict[str, ConsolePorts] = {}
         self._logs: dict[str, Path] = {}
         self._servers: dict[str, asyncio.Server] = {}
+        self._taken: set[int] = set()
         self._on_since: dict[str, float] = {}
         self._on_total: dict[str, float] = {}
         self._events: asyncio.Queue[DomainState | None] = asyncio.Queue()
@@ -73,11 +76,9 @@ class FakeHypervisor:
         self.disks[spec.uuid] = list(disks)
         self._logs[spec.uuid] = console_log
         if spec.uuid not in self._ports:
-            taken = [p for ports in self._ports.values() for p in ports.ports()]
             # No TLS here, so no vdi_tls_port (as on a node without SPICE TLS).
-            console, vdi = pick_ports(2, taken, bindable(self.console_host))
-            self._ports[spec.uuid] = ConsolePorts(console, vdi)
-        await self._serve_console(spec.uuid)
+            console, vdi = pick_ports(2, self._taken, bindable(self.console_host))
+            self._set_ports(spec.uuid, ConsolePorts(console, vdi))
         self._log(spec.uuid, f"{FAKE_BANNER}\r\n".encode())
         return self._set(spec.uuid, "on", "booted")
 
@@ -98,7 +99,7 @@ class FakeHypervisor:
         if self.domains.pop(uuid, None) is not None:
             self.specs.pop(uuid, None)
             self.disks.pop(uuid, None)
-            self._ports.pop(uuid, None)
+            self._set_ports(uuid, None)
             self._logs.pop(uuid, None)
             self._on_since.pop(uuid, None)
             self._on_total.pop(uuid, None)
@@ -107,10 +108,11 @@ class FakeHypervisor:
                 server.close()
 
     async def console_endpoint(self, uuid: str) -> tuple[str, int]:
-        ports = self._ports.get(uuid)
-        if uuid not in self.domains or ports is None:
+        if uuid not in self.domains or uuid not in self._ports:
             raise DomainNotFound(f"no domain for instance {uuid}")
-        return self.console_host, ports.console_port
+        # Served from the first request on: thousands of simulated domains open no sockets.
+        await self._serve_console(uuid)
+        return self.console_host, self._ports[uuid].console_port
 
     async def screenshot(self, uuid: str) -> bytes:
         state = self.domains.get(uuid)
@@ -182,6 +184,15 @@ class FakeHypervisor:
         self._events.put_nowait(state)
         return state
 
+    def _set_ports(self, uuid: str, ports: ConsolePorts | None) -> None:
+        """Record (or forget, with None) a domain's ports, keeping the taken set true."""
+        old = self._ports.pop(uuid, None)
+        if old is not None:
+            self._taken.difference_update(old.ports())
+        if ports is not None:
+            self._ports[uuid] = ports
+            self._taken.update(ports.ports())
+
     def _log(self, uuid: str, data: bytes) -> None:
         path = self._logs.get(uuid)
         if path is not None:
@@ -204,5 +215,12 @@ class FakeHypervisor:
                     await writer.drain()
             writer.close()
 
-        port = self._ports[uuid].console_port
-        self._servers[uuid] = await asyncio.start_server(serve, self.console_host, port)
+        for _ in range(5):
+            port = self._ports[uuid].console_port
+            try:
+                self._servers[uuid] = await asyncio.start_server(serve, self.console_host, port)
+                return
+            except OSError:  # taken since it was picked: pick another
+                (console,) = pick_ports(1, self._taken, bindable(self.console_host))
+                self._set_ports(uuid, dataclasses.replace(self._ports[uuid], console_port=console))
+        raise HypervisorError(f"cannot serve the console of {uuid}")

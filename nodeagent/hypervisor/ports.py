@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 PORT_MIN = 30000
@@ -61,9 +61,7 @@ def pick_ports(
     rng = rng or random.Random()
     used = set(taken)
     chosen: list[int] = []
-    candidates = list(range(low, high + 1))
-    rng.shuffle(candidates)
-    for port in candidates:
+    for port in _candidates(rng, low, high):
         if len(chosen) == count:
             break
         if port in used or not is_free(port):
@@ -73,3 +71,12 @@ def pick_ports(
     if len(chosen) < count:
         raise NoFreePort(f"no free console port left in {low}-{high}")
     return chosen
+
+
+def _candidates(rng: random.Random, low: int, high: int) -> Iterator[int]:
+    """Random probes first (cheap while most ports are free), then every port, shuffled."""
+    for _ in range(64):
+        yield rng.randint(low, high)
+    sweep = list(range(low, high + 1))
+    rng.shuffle(sweep)
+    yield from sweep
