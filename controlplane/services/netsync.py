@@ -130,7 +130,7 @@ class NetworkSync:
     async def node_connected(self, node: str, present: Iterable[str]) -> None:
         """A node (re)connected: send the networks it should carry, remove the others."""
         present = set(present)
-        addresses = await self._addresses()
+        addresses: dict[str, str] | None = None  # read only if a network needs it
         wanted: set[str] = set()
         for network in await self.networks.list_networks():
             if network.state != CREATED:
@@ -142,6 +142,8 @@ class NetworkSync:
                 if node not in carriers:
                     continue
                 wanted.add(network.uuid)
+                if addresses is None:
+                    addresses = await self._addresses()
                 config = self.config_for(network, node, interfaces, carriers, addresses)
                 self._send(
                     node,
