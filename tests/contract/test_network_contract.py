@@ -205,13 +205,7 @@ def linux_driver(lab: Lab, underlay_netns: str, address: str, prefix: str) -> Li
     )
 
 
-@pytest.fixture(params=["fake", "linux"])
-async def net(request: pytest.FixtureRequest) -> AsyncIterator[NetBackend]:
-    """The driver under test: the in-memory fake, then the Linux adapter."""
-    if request.param == "fake":
-        yield NetBackend(kind="fake", driver=FakeNetworkDriver())
-        return
-    lab: Lab = request.getfixturevalue("lab")
+async def _linux_backend(lab: Lab) -> AsyncIterator[NetBackend]:
     underlay, _ = lab.underlay_pair(UNDERLAY_ONE, UNDERLAY_TWO)
     driver = linux_driver(lab, underlay, UNDERLAY_ONE, lab.prefix)
     backend = NetBackend(kind="linux", driver=driver, lab=lab)
@@ -220,6 +214,23 @@ async def net(request: pytest.FixtureRequest) -> AsyncIterator[NetBackend]:
     finally:
         for network_uuid in await driver.present():
             await driver.remove(network_uuid)
+
+
+@pytest.fixture(params=["fake", "linux"])
+async def net(request: pytest.FixtureRequest) -> AsyncIterator[NetBackend]:
+    """The driver under test: the in-memory fake, then the Linux adapter."""
+    if request.param == "fake":
+        yield NetBackend(kind="fake", driver=FakeNetworkDriver())
+        return
+    async for backend in _linux_backend(request.getfixturevalue("lab")):
+        yield backend
+
+
+@pytest.fixture
+async def linux_net(lab: Lab) -> AsyncIterator[NetBackend]:
+    """The Linux adapter alone: for what only real packets and devices can show."""
+    async for backend in _linux_backend(lab):
+        yield backend
 
 
 def new_config(base: str = "10.99.7", **overrides: Any) -> NetworkConfig:
@@ -394,10 +405,10 @@ async def test_removing_a_malformed_uuid_is_refused(net: NetBackend) -> None:
 # -- the Linux half: real packets between the lab's namespaces ----------------------------
 
 
-async def test_dhcp_gives_exactly_the_leased_address(net: NetBackend) -> None:
+async def test_dhcp_gives_exactly_the_leased_address(linux_net: NetBackend) -> None:
     """A guest gets its leased address and the gateway; a stranger gets nothing until leased."""
-    if net.lab is None:
-        pytest.skip("real DHCP needs the Linux driver")
+    net = linux_net
+    assert net.lab is not None
     lab, config = net.lab, config_for(net)
     await net.driver.ensure(config)
     bridge = net.driver.bridge_name(config.uuid)
@@ -415,10 +426,10 @@ async def test_dhcp_gives_exactly_the_leased_address(net: NetBackend) -> None:
     assert lab.dhcp(stranger) == f"{base}.42"
 
 
-async def test_nat_and_floating_addresses_reach_the_outside(net: NetBackend) -> None:
+async def test_nat_and_floating_addresses_reach_the_outside(linux_net: NetBackend) -> None:
     """A guest reaches "outside" as the egress address; a floating address reaches the guest."""
-    if net.lab is None:
-        pytest.skip("real NAT needs the Linux driver")
+    net = linux_net
+    assert net.lab is not None
     lab, config = net.lab, config_for(net, floating=())
     await net.driver.ensure(config)
     egress_ip = config.egress_address.split("/")[0]
@@ -446,10 +457,10 @@ async def test_nat_and_floating_addresses_reach_the_outside(net: NetBackend) -> 
     assert not lab.ping(outside, floating_ip, attempts=1)
 
 
-async def test_broken_pieces_are_repaired_by_ensure(net: NetBackend) -> None:
+async def test_broken_pieces_are_repaired_by_ensure(linux_net: NetBackend) -> None:
     """A killed dnsmasq, a deleted veth and a flushed firewall come back on the next ensure."""
-    if net.lab is None:
-        pytest.skip("repairs are a Linux driver matter")
+    net = linux_net
+    assert net.lab is not None
     assert isinstance(net.driver, LinuxNetworkDriver)
     lab, config = net.lab, config_for(net)
     await net.driver.ensure(config)
@@ -466,10 +477,10 @@ async def test_broken_pieces_are_repaired_by_ensure(net: NetBackend) -> None:
     assert lab.dhcp(guest) == config.leases[0].address
 
 
-async def test_a_bridge_of_another_network_is_left_alone(net: NetBackend) -> None:
+async def test_a_bridge_of_another_network_is_left_alone(linux_net: NetBackend) -> None:
     """A bridge name whose alias names another network: ensure refuses, remove skips it."""
-    if net.lab is None:
-        pytest.skip("name collisions are a Linux driver matter")
+    net = linux_net
+    assert net.lab is not None
     config = config_for(net)
     bridge = net.driver.bridge_name(config.uuid)
     sh("ip", "link", "add", bridge, "type", "bridge")
@@ -482,10 +493,10 @@ async def test_a_bridge_of_another_network_is_left_alone(net: NetBackend) -> Non
     sh("ip", "link", "del", "dev", bridge)
 
 
-async def test_ensure_twice_keeps_devices_and_dnsmasq(net: NetBackend) -> None:
+async def test_ensure_twice_keeps_devices_and_dnsmasq(linux_net: NetBackend) -> None:
     """A second ensure of the same config recreates nothing: same links, same dnsmasq process."""
-    if net.lab is None:
-        pytest.skip("device identity is a Linux driver matter")
+    net = linux_net
+    assert net.lab is not None
     assert isinstance(net.driver, LinuxNetworkDriver)
     config = config_for(net)
     await net.driver.ensure(config)
