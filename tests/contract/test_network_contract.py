@@ -507,9 +507,10 @@ async def test_ensure_twice_keeps_devices_and_dnsmasq(linux_net: NetBackend) -> 
         links = sh("ip", "-o", "link", "show").stdout
         indexes = sorted(line.split(":")[0] + line.split(":")[1] for line in links.splitlines())
         inner = sh("ip", "-o", "addr", netns=names.netns).stdout
-        rules = sh("iptables-save", netns=names.netns).stdout.split("\n", 1)[1]
+        saved = sh("iptables-save", netns=names.netns).stdout.splitlines()
+        rules = [line for line in saved if not line.startswith("#")]  # comments carry times
         pid = (net.driver.folder(config.uuid) / "dnsmasq.pid").read_text()
-        return "\n".join(indexes), inner, "\n".join(rules.splitlines()[:-1]), pid
+        return "\n".join(indexes), inner, "\n".join(rules), pid
 
     before = snapshot()
     await net.driver.ensure(config)
