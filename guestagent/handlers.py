@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shutil
 import signal
 import stat
 import subprocess
@@ -148,13 +149,14 @@ class ExecuteHandler(Handler):
     def run(self) -> None:
         """Start the command, relay its output, then report how it ended."""
         try:
+            env = {**os.environ, **self.env}
             self.process = process = subprocess.Popen(
-                ["/bin/sh", "-c", self.command],
+                argv_for(self.command, env.get("PATH", os.defpath)),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 cwd=self.cwd,
-                env={**os.environ, **self.env},
+                env=env,
                 start_new_session=True,
                 close_fds=True,
             )
@@ -216,6 +218,27 @@ class ExecuteHandler(Handler):
                     return  # the host is gone: nobody to tell
         return_code = process.wait()
         self.finish(Kind.EXIT, {"return_code": return_code, "timed_out": timed_out})
+
+
+# Anything that makes a command line more than words for one program: the shell runs it.
+SHELL_SYNTAX = frozenset("|&;<>()$`\\\"'*?[]#~={}!\n")
+
+
+def argv_for(command: str, path: str) -> list[str]:
+    """How to run a command line: a simple one directly, anything else with /bin/sh -c.
+
+    "Simple" means plain words with no shell syntax whose first word is a
+    program found on path (not a shell builtin such as cd or exit): running
+    it directly does what the shell would, without starting a shell first
+    (an exec saved is milliseconds in a slow guest). Everything else, and
+    every command that is not found, goes through the shell as before.
+    """
+    words = command.split()
+    if words and "/" not in words[0] and not SHELL_SYNTAX.intersection(command):
+        program = shutil.which(words[0], path=path)
+        if program is not None:
+            return [program, *words[1:]]
+    return ["/bin/sh", "-c", command]
 
 
 def kill_group(process: subprocess.Popen[bytes]) -> None:
