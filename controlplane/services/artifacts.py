@@ -19,7 +19,6 @@ from controlplane.store.blobs import BlobStore
 from controlplane.validation import NAME_RE, looks_like_uuid
 
 KINDS = ("upload", "label")
-SYSTEM = "system"
 
 
 class ArtifactService:
@@ -74,7 +73,7 @@ class ArtifactService:
             return await self._blob_ref(art, base)
         if base.startswith("sf://upload/"):
             owner, _, name = base.removeprefix("sf://upload/").partition("/")
-            if owner != namespace and namespace != SYSTEM:
+            if not can_see(namespace, owner):
                 raise NotFound(f"disk base {base!r} not found")
             return await self._blob_ref(await self.artifacts.find(owner, "upload", name), base)
         if base.startswith("sf://blob/"):

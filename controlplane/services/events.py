@@ -7,13 +7,23 @@ from collections.abc import Callable, Mapping
 
 import structlog
 
+from controlplane.errors import InvalidArgument
 from controlplane.model import Event
-from controlplane.retention import cutoffs
+from controlplane.retention import check_event_type, cutoffs
+from controlplane.services.namespaces import SYSTEM
 from controlplane.store.records import Records
 
 log = structlog.get_logger(__name__)
 
-SYSTEM = "system"
+MAX_EVENTS = 10000
+
+
+async def read_events(records: Records, uuid: str, event_type: str, limit: int) -> list[Event]:
+    """An object's events, newest first: of one type (or all), at most limit (0: 100)."""
+    if limit < 0 or limit > MAX_EVENTS:
+        raise InvalidArgument(f"limit must be between 0 and {MAX_EVENTS}")
+    check_event_type(event_type)
+    return await records.events(uuid, event_type, limit or 100)
 
 
 class EventPruner:

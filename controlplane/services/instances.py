@@ -23,8 +23,8 @@ from controlplane.model import Event, Instance, InstanceSpec
 from controlplane.nodes import NodeRegistry
 from controlplane.placement import Affinity, Neighbours, place
 from controlplane.reconciler import Reconciler
-from controlplane.retention import check_event_type
 from controlplane.services.artifacts import ArtifactService
+from controlplane.services.events import read_events
 from controlplane.services.namespaces import SYSTEM, can_see
 from controlplane.services.netsync import NetworkSync
 from controlplane.services.networks import NetworkService
@@ -34,8 +34,6 @@ from controlplane.store.records import Records
 from controlplane.validation import check_spec, looks_like_uuid
 
 log = structlog.get_logger(__name__)
-
-MAX_EVENTS = 10000
 
 
 class InstanceService:
@@ -240,11 +238,8 @@ class InstanceService:
         self, namespace: str, ref: str, event_type: str = "", limit: int = 100
     ) -> list[Event]:
         """An instance's events, newest first."""
-        if limit < 0 or limit > MAX_EVENTS:
-            raise InvalidArgument(f"limit must be between 0 and {MAX_EVENTS}")
-        check_event_type(event_type)
         instance = await self.get(namespace, ref)
-        return await self.records.events(instance.uuid, event_type, limit or 100)
+        return await read_events(self.records, instance.uuid, event_type, limit)
 
     async def watch(self, namespace: str, ref: str = "") -> Subscription:
         """Subscribe to changes of one instance, or of every instance in the namespace."""

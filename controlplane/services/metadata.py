@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
 from controlplane.model import Event, Instance, Interface, JsonDict, Network, encode
-from controlplane.services.namespaces import NamespaceService
+from controlplane.services.namespaces import NamespaceService, can_see
 from controlplane.store.artifacts import Artifacts
 from controlplane.store.blobs import BlobStore
 from controlplane.store.networks import NetworkRecords, iface_key, net_key
@@ -34,13 +34,7 @@ from controlplane.validation import (
     looks_like_uuid,
 )
 
-SYSTEM = "system"
 Change = Callable[[JsonDict], JsonDict]
-
-
-def visible(owner: str, caller: str) -> bool:
-    """Whether the caller's namespace may see an object owned by owner."""
-    return caller in (owner, SYSTEM)
 
 
 @dataclass(frozen=True)
@@ -80,7 +74,7 @@ class InstanceKind:
             found = await self.records.get_instance(ref)
         if found is None:
             found = await self.records.find_by_name(namespace, ref)
-        if found is None or not visible(found.namespace, namespace):
+        if found is None or not can_see(namespace, found.namespace):
             raise NotFound(f"instance {ref!r} not found")
         return Found(found.uuid, found.namespace, found.metadata)
 
@@ -149,7 +143,7 @@ class ArtifactKind:
         elif ":" in ref:
             kind, _, name = ref.partition(":")
             art = await self.artifacts.find(namespace, kind, name)
-        if art is None or not visible(art.namespace, namespace):
+        if art is None or not can_see(namespace, art.namespace):
             raise NotFound(f"artifact {ref!r} not found")
         return Found(art.uuid, art.namespace, art.metadata)
 
@@ -201,7 +195,7 @@ class NetworkKind:
             net = await self.networks.get_network(ref)
         if net is None:
             net = await self.networks.find_network(namespace, ref)
-        if net is None or not visible(net.namespace, namespace):
+        if net is None or not can_see(namespace, net.namespace):
             raise NotFound(f"network {ref!r} not found")
         return Found(net.uuid, net.namespace, net.metadata)
 
@@ -234,7 +228,7 @@ class InterfaceKind:
         iface: Interface | None = None
         if looks_like_uuid(ref):
             iface = await self.networks.get_interface(ref)
-        if iface is None or not visible(iface.namespace, namespace):
+        if iface is None or not can_see(namespace, iface.namespace):
             raise NotFound(f"interface {ref!r} not found")
         return Found(iface.uuid, iface.namespace, iface.metadata)
 

@@ -40,7 +40,7 @@ from controlplane.model import (
     Nic,
     Reservation,
 )
-from controlplane.retention import check_event_type
+from controlplane.services.events import read_events
 from controlplane.services.namespaces import SYSTEM, can_see
 from controlplane.store.networks import FLOATING, NetworkRecords
 from controlplane.store.protocol import Conflict, Op
@@ -51,7 +51,6 @@ log = structlog.get_logger(__name__)
 
 CREATED = "created"
 DELETED = "deleted"
-MAX_EVENTS = 10000
 ATTEMPTS = 20
 # Instance states whose interfaces a network delete with clean may release.
 GOING = ("delete-wait", "deleted")
@@ -151,11 +150,8 @@ class NetworkService:
         self, namespace: str, ref: str, event_type: str = "", limit: int = 100
     ) -> list[Event]:
         """A network's events, newest first."""
-        if limit < 0 or limit > MAX_EVENTS:
-            raise InvalidArgument(f"limit must be between 0 and {MAX_EVENTS}")
-        check_event_type(event_type)
         net = await self.get(namespace, ref)
-        return await self.records.events(net.uuid, event_type, limit or 100)
+        return await read_events(self.records, net.uuid, event_type, limit)
 
     # Create and delete ---------------------------------------------------------
 
