@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from common.tasks import Tasks
 from controlplane import lifecycle
 from controlplane.errors import Busy, FailedPrecondition, NotFound
 from controlplane.model import Event, Instance, InstanceSpec
@@ -49,14 +50,21 @@ class InstanceHooks(Protocol):
 class Reconciler:
     """Drives instances through the lifecycle and keeps nodes in step."""
 
-    def __init__(self, records: Records, nodes: NodeRegistry, fqdn: str, clock: Clock) -> None:
+    def __init__(
+        self,
+        records: Records,
+        nodes: NodeRegistry,
+        fqdn: str,
+        clock: Clock,
+        tasks: Tasks | None = None,
+    ) -> None:
         self.hooks: InstanceHooks | None = None
         self.records = records
         self.nodes = nodes
         self.fqdn = fqdn
         self.clock = clock
         self._create_attempts: dict[str, int] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.tasks = tasks if tasks is not None else Tasks()
 
     def event(self, uuid: str, message: str, kind: str = "mutate", **extra: Any) -> Event:
         """An event stamped now, from this control plane."""
@@ -266,9 +274,7 @@ class Reconciler:
             await asyncio.sleep(delay)
             await func(*args)
 
-        task = asyncio.get_running_loop().create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.tasks.spawn(run(), name=f"later {func.__name__}")
 
     async def on_observation(self, session: Session, obs: Observation) -> None:
         """A node saw a domain change: record the power state it really has."""

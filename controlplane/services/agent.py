@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from common.tasks import Tasks
 from controlplane.errors import Busy, FailedPrecondition, InvalidArgument, NotFound
 from controlplane.model import AgentOperation, Instance
 from controlplane.nodes import NodeCommand, NodeRegistry, Outcome
@@ -56,6 +57,7 @@ class AgentService:
         blobs: BlobStore,
         nodes: NodeRegistry,
         clock: Callable[[], float],
+        tasks: Tasks | None = None,
     ) -> None:
         self.records = records
         self.ops = ops
@@ -64,7 +66,7 @@ class AgentService:
         self.clock = clock
         self._running: dict[str, str] = {}
         self._streams: dict[str, OutputStream] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.tasks = tasks if tasks is not None else Tasks()
 
     # -- creating operations -------------------------------------------------
 
@@ -199,9 +201,7 @@ class AgentService:
         if instance_uuid in self._running:
             return
         self._running[instance_uuid] = ""
-        task = asyncio.get_running_loop().create_task(self._next(instance_uuid))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.tasks.spawn(self._next(instance_uuid), name=f"agent operations of {instance_uuid}")
 
     async def _next(self, instance_uuid: str) -> None:
         requeued = False
@@ -286,9 +286,7 @@ class AgentService:
             await asyncio.sleep(delay)
             self.kick(instance_uuid)
 
-        task = asyncio.get_running_loop().create_task(kick_later())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.tasks.spawn(kick_later(), name=f"agent operations of {instance_uuid}, later")
 
     async def _finish(self, op: AgentOperation, outcome: Outcome) -> None:
         results: dict[str, Any] = {}
