@@ -1,8 +1,13 @@
 """The control plane's entry point and composition root.
 
-Builds every piece once from the settings, serves the gRPC API (with health
-checking and server reflection) and the node stream, and shuts down cleanly
-on SIGTERM or SIGINT.
+``build`` wires every part once from the settings (loading what the store
+holds) and registers the gRPC services, listening on nothing; ``serve``
+binds the port and starts serving and the background tasks; ``stop`` ends
+them all. ``SERVICES`` is the one table of gRPC services: it drives both
+registration and the names health checking and server reflection report.
+Every background task is started through the plane's one ``Tasks`` owner,
+so stopping cancels and awaits all of them. ``run`` serves until a stop
+event, ``main`` until SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import structlog
@@ -19,6 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from common import logs
+from common.tasks import Tasks
 from controlplane.api.agent import AgentServicer
 from controlplane.api.artifacts import ArtifactServicer
 from controlplane.api.auth import AuthInterceptor, AuthServicer, NamespaceServicer
@@ -74,6 +81,7 @@ from protos import (
     consoles_pb2,
     consoles_pb2_grpc,
     instances_pb2,
+    instances_pb2_grpc,
     metadata_pb2,
     metadata_pb2_grpc,
     networks_pb2,
@@ -83,47 +91,177 @@ from protos import (
     uploads_pb2,
     uploads_pb2_grpc,
 )
-from protos.instances_pb2_grpc import add_InstanceServiceServicer_to_server
 
 log = structlog.get_logger(__name__)
 
 
 @dataclass
-class ControlPlane:
-    """A running control plane: its server, the port it listens on, its parts."""
+class Parts:
+    """Every part of a control plane, wired together."""
 
-    server: grpc.aio.Server
-    port: int
+    settings: Settings
+    clock: Callable[[], float]
+    tasks: Tasks
     store: Store
+    hub: Hub
     records: Records
     nodes: NodeRegistry
+    reconciler: Reconciler
+    blobs: BlobStore
+    artifacts: ArtifactService
+    networks: NetworkService
+    netsync: NetworkSync
     service: InstanceService
+    interfaces: InterfaceService
     agent: AgentService
+    uploads: UploadService
     namespaces: NamespaceService
+    metadata: MetadataService
+    consoles: ConsoleService
     pruner: EventPruner
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Service:
+    """One gRPC service: how to make its servicer, how to register it, its full name."""
+
+    make: Callable[[Parts], Any]
+    add: Callable[[Any, grpc.aio.Server], None]
+    name: str
+
+
+def _name(module: Any, service: str) -> str:
+    return str(module.DESCRIPTOR.services_by_name[service].full_name)
+
+
+SERVICES: tuple[Service, ...] = (
+    Service(
+        lambda p: InstanceServicer(p.service),
+        instances_pb2_grpc.add_InstanceServiceServicer_to_server,
+        _name(instances_pb2, "InstanceService"),
+    ),
+    Service(
+        lambda p: NodeServicer(p.settings, p.nodes, p.reconciler, p.records, p.clock, p.agent),
+        node_pb2_grpc.add_NodeServiceServicer_to_server,
+        _name(node_pb2, "NodeService"),
+    ),
+    Service(
+        lambda p: AgentServicer(p.agent, p.service),
+        agent_pb2_grpc.add_AgentServiceServicer_to_server,
+        _name(agent_pb2, "AgentService"),
+    ),
+    Service(
+        lambda p: BlobServicer(p.blobs, p.clock),
+        blobs_pb2_grpc.add_BlobServiceServicer_to_server,
+        _name(blobs_pb2, "BlobService"),
+    ),
+    Service(
+        lambda p: ArtifactServicer(p.artifacts),
+        artifacts_pb2_grpc.add_ArtifactServiceServicer_to_server,
+        _name(artifacts_pb2, "ArtifactService"),
+    ),
+    Service(
+        lambda p: UploadServicer(p.uploads),
+        uploads_pb2_grpc.add_UploadServiceServicer_to_server,
+        _name(uploads_pb2, "UploadService"),
+    ),
+    Service(
+        lambda p: ConsoleServicer(p.consoles, p.service),
+        consoles_pb2_grpc.add_ConsoleServiceServicer_to_server,
+        _name(consoles_pb2, "ConsoleService"),
+    ),
+    Service(
+        lambda p: AuthServicer(p.namespaces),
+        auth_pb2_grpc.add_AuthServiceServicer_to_server,
+        _name(auth_pb2, "AuthService"),
+    ),
+    Service(
+        lambda p: NamespaceServicer(p.namespaces, p.service),
+        auth_pb2_grpc.add_NamespaceServiceServicer_to_server,
+        _name(auth_pb2, "NamespaceService"),
+    ),
+    Service(
+        lambda p: MetadataServicer(p.metadata),
+        metadata_pb2_grpc.add_MetadataServiceServicer_to_server,
+        _name(metadata_pb2, "MetadataService"),
+    ),
+    Service(
+        lambda p: NetworkServicer(p.networks, p.netsync),
+        networks_pb2_grpc.add_NetworkServiceServicer_to_server,
+        _name(networks_pb2, "NetworkService"),
+    ),
+    Service(
+        lambda p: InterfaceServicer(p.interfaces),
+        networks_pb2_grpc.add_InterfaceServiceServicer_to_server,
+        _name(networks_pb2, "InterfaceService"),
+    ),
+)
+
+# What server reflection lists: the table's services, health checking, reflection itself.
+REFLECTED: tuple[str, ...] = (
+    *(s.name for s in SERVICES),
+    health.SERVICE_NAME,
+    reflection.SERVICE_NAME,
+)
+
+
+class ControlPlane:
+    """A control plane: its parts, its gRPC server and (once serving) its port."""
+
+    def __init__(
+        self, parts: Parts, server: grpc.aio.Server, health_servicer: health.aio.HealthServicer
+    ) -> None:
+        self.parts = parts
+        self.server = server
+        self.health = health_servicer
+        self.port = 0
+        self.tasks = parts.tasks
+        # Shortcuts for tests and tools.
+        self.store, self.records, self.nodes = parts.store, parts.records, parts.nodes
+        self.service, self.agent, self.namespaces = parts.service, parts.agent, parts.namespaces
+        self.pruner = parts.pruner
+
+    async def serve(self) -> None:
+        """Listen on the configured address, report SERVING, start the background tasks."""
+        listen = self.parts.settings.listen
+        self.port = self.server.add_insecure_port(listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {listen}")
+        await self.server.start()
+        for name in ("", *(s.name for s in SERVICES)):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.tasks.spawn(self.parts.pruner.run(), name="event pruner")
+        log.info("control plane serving", listen=listen, port=self.port)
 
     async def stop(self, grace: float = 2.0) -> None:
-        """Stop serving and background tasks, end node streams, close the store."""
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        """End node streams, stop serving, stop every background task, close the store."""
         for session in list(self.nodes.sessions.values()):
             session.close()
         await self.server.stop(grace)
+        await self.tasks.stop()
         await self.store.close()
 
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until stop is set, then shut down."""
+        await self.serve()
+        try:
+            await stop.wait()
+            log.info("shutting down")
+        finally:
+            await self.stop()
 
-async def start(
+
+async def build(
     settings: Settings, store: Store | None = None, clock: Callable[[], float] = time.time
 ) -> ControlPlane:
-    """Build and start a control plane (RocksDB under data_dir unless a store is given)."""
+    """Wire a control plane (RocksDB under data_dir unless a store is given), not yet serving."""
     store = store if store is not None else RocksStore(settings.data_dir / "store")
+    tasks = Tasks()
     hub = Hub()
     records = Records(store, hub)
     nodes = NodeRegistry()
     nodes.load_usage(await records.list_instances())
-    reconciler = Reconciler(records, nodes, settings.name, clock)
+    reconciler = Reconciler(records, nodes, settings.name, clock, tasks)
     blobs = BlobStore(store, settings.data_dir / "blobs")
     artifact_records = Artifacts(store)
     artifacts = ArtifactService(artifact_records, blobs, clock)
@@ -142,7 +280,7 @@ async def start(
         settings, records, nodes, reconciler, hub, artifacts, networks, netsync
     )
     interfaces = InterfaceService(service, networks, netsync, nodes, settings.command_timeout)
-    agent = AgentService(records, AgentOperations(store), blobs, nodes, clock)
+    agent = AgentService(records, AgentOperations(store), blobs, nodes, clock, tasks)
     uploads = UploadService(
         Uploads(store, settings.data_dir / "uploads"), artifacts, settings.name, clock
     )
@@ -157,80 +295,61 @@ async def start(
         "network": NetworkKind(network_records, records),
         "interface": InterfaceKind(network_records, records),
     }
-    metadata = MetadataService(kinds, reconciler.event)
-
+    parts = Parts(
+        settings=settings,
+        clock=clock,
+        tasks=tasks,
+        store=store,
+        hub=hub,
+        records=records,
+        nodes=nodes,
+        reconciler=reconciler,
+        blobs=blobs,
+        artifacts=artifacts,
+        networks=networks,
+        netsync=netsync,
+        service=service,
+        interfaces=interfaces,
+        agent=agent,
+        uploads=uploads,
+        namespaces=namespaces,
+        metadata=MetadataService(kinds, reconciler.event),
+        consoles=ConsoleService(
+            records, nodes, blobs, settings.name, clock, timeout=settings.command_timeout
+        ),
+        pruner=EventPruner(
+            records, settings.retention_days(), settings.event_prune_interval, clock, settings.name
+        ),
+    )
     server = grpc.aio.server(
         interceptors=[AuthInterceptor(namespaces)],
         options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
     )
-    auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(namespaces), server)
-    auth_pb2_grpc.add_NamespaceServiceServicer_to_server(
-        NamespaceServicer(namespaces, service), server
-    )
-    add_InstanceServiceServicer_to_server(InstanceServicer(service), server)
-    node_pb2_grpc.add_NodeServiceServicer_to_server(
-        NodeServicer(settings, nodes, reconciler, records, clock, agent), server
-    )
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(agent, service), server)
-    blobs_pb2_grpc.add_BlobServiceServicer_to_server(BlobServicer(blobs, clock), server)
-    artifacts_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(artifacts), server)
-    uploads_pb2_grpc.add_UploadServiceServicer_to_server(UploadServicer(uploads), server)
-    consoles = ConsoleService(
-        records, nodes, blobs, settings.name, clock, timeout=settings.command_timeout
-    )
-    consoles_pb2_grpc.add_ConsoleServiceServicer_to_server(
-        ConsoleServicer(consoles, service), server
-    )
-    metadata_pb2_grpc.add_MetadataServiceServicer_to_server(MetadataServicer(metadata), server)
-    networks_pb2_grpc.add_NetworkServiceServicer_to_server(
-        NetworkServicer(networks, netsync), server
-    )
-    networks_pb2_grpc.add_InterfaceServiceServicer_to_server(InterfaceServicer(interfaces), server)
+    for entry in SERVICES:
+        entry.add(entry.make(parts), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = (
-        instances_pb2.DESCRIPTOR.services_by_name["InstanceService"].full_name,
-        node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
-        agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
-        blobs_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name,
-        artifacts_pb2.DESCRIPTOR.services_by_name["ArtifactService"].full_name,
-        uploads_pb2.DESCRIPTOR.services_by_name["UploadService"].full_name,
-        consoles_pb2.DESCRIPTOR.services_by_name["ConsoleService"].full_name,
-        auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
-        auth_pb2.DESCRIPTOR.services_by_name["NamespaceService"].full_name,
-        metadata_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name,
-        networks_pb2.DESCRIPTOR.services_by_name["NetworkService"].full_name,
-        networks_pb2.DESCRIPTOR.services_by_name["InterfaceService"].full_name,
-        health.SERVICE_NAME,
-        reflection.SERVICE_NAME,
-    )
-    reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(settings.listen)
-    if port == 0:
-        raise OSError(f"cannot listen on {settings.listen}")
-    await server.start()
-    for name in ("", *names[:-2]):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    pruner = EventPruner(
-        records, settings.retention_days(), settings.event_prune_interval, clock, settings.name
-    )
-    tasks = [asyncio.get_running_loop().create_task(pruner.run())]
-    log.info("control plane serving", listen=settings.listen, port=port)
-    return ControlPlane(
-        server, port, store, records, nodes, service, agent, namespaces, pruner, tasks
-    )
+    reflection.enable_server_reflection(REFLECTED, server)
+    return ControlPlane(parts, server, health_servicer)
+
+
+async def start(
+    settings: Settings, store: Store | None = None, clock: Callable[[], float] = time.time
+) -> ControlPlane:
+    """Build a control plane and serve it (stop it with ``stop``)."""
+    plane = await build(settings, store, clock)
+    await plane.serve()
+    return plane
 
 
 async def run(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT."""
-    plane = await start(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down")
-    await plane.stop()
+    plane = await build(settings)
+    await plane.run(stop)
 
 
 def main() -> None:

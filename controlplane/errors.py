@@ -7,6 +7,8 @@
     ├── NotFound             no such object (or not yours)     NOT_FOUND / 404
     ├── AlreadyExists        the name is taken                 ALREADY_EXISTS / 409
     ├── FailedPrecondition   not allowed in the current state  FAILED_PRECONDITION / 409
+    │   └── Busy             lost every compare-and-set race;  FAILED_PRECONDITION / 409
+    │                        retry (controlplane.store.occ)
     ├── ResourceExhausted    no node can take it               RESOURCE_EXHAUSTED / 507
     ├── Unavailable          a node is not connected; retry    UNAVAILABLE / 406
     └── DeadlineExceeded     a node did not answer in time     DEADLINE_EXCEEDED / 406
@@ -49,6 +51,16 @@ class AlreadyExists(MiniCloudError):
 
 class FailedPrecondition(MiniCloudError):
     """The object's current state does not allow the operation."""
+
+
+class Busy(FailedPrecondition):
+    """The object changed under every attempt to change it; trying again may work.
+
+    Raised by ``controlplane.store.occ`` when its attempts run out. It keeps
+    FailedPrecondition's status (what callers saw before the helper existed).
+    """
+
+    retryable = True
 
 
 class ResourceExhausted(MiniCloudError):

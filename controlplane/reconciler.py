@@ -16,11 +16,13 @@ from typing import Any, Protocol
 
 import structlog
 
+from common.tasks import Tasks
 from controlplane import lifecycle
-from controlplane.errors import FailedPrecondition, NotFound
+from controlplane.errors import Busy, FailedPrecondition, NotFound
 from controlplane.model import Event, Instance, InstanceSpec
 from controlplane.nodes import NodeCommand, NodeRegistry, Observation, Outcome, Session
-from controlplane.store.protocol import Conflict, Op
+from controlplane.store.occ import first_then, retry_on_conflict
+from controlplane.store.protocol import Op
 from controlplane.store.records import Records
 
 log = structlog.get_logger(__name__)
@@ -48,14 +50,21 @@ class InstanceHooks(Protocol):
 class Reconciler:
     """Drives instances through the lifecycle and keeps nodes in step."""
 
-    def __init__(self, records: Records, nodes: NodeRegistry, fqdn: str, clock: Clock) -> None:
+    def __init__(
+        self,
+        records: Records,
+        nodes: NodeRegistry,
+        fqdn: str,
+        clock: Clock,
+        tasks: Tasks | None = None,
+    ) -> None:
         self.hooks: InstanceHooks | None = None
         self.records = records
         self.nodes = nodes
         self.fqdn = fqdn
         self.clock = clock
         self._create_attempts: dict[str, int] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.tasks = tasks if tasks is not None else Tasks()
 
     def event(self, uuid: str, message: str, kind: str = "mutate", **extra: Any) -> Event:
         """An event stamped now, from this control plane."""
@@ -97,8 +106,10 @@ class Reconciler:
         current: Instance | None = None,
     ) -> tuple[Instance, list[asyncio.Future[Outcome]]]:
         """As transition, also returning the futures of the commands it sent."""
-        for _ in range(20):
-            instance, current = current or await self.records.get_instance(uuid), None
+        read = first_then(current, lambda: self.records.get_instance(uuid))
+
+        async def attempt() -> tuple[Instance, Instance, lifecycle.Decision]:
+            instance = await read()
             if instance is None:
                 raise NotFound(f"instance {uuid} not found")
             view = lifecycle.View(instance.state, instance.power_state, bool(instance.node))
@@ -112,16 +123,15 @@ class Reconciler:
             if deleting and self.hooks is not None:
                 extra, more = await self.hooks.release_ops(instance)
                 events += more
-            try:
-                stored = await self.records.update_instance(instance, new, events, extra)
-            except Conflict:
-                continue
-            if stored.state == lifecycle.DELETED and instance.state != lifecycle.DELETED:
-                self.nodes.release_usage(instance)
-            if self.hooks is not None and stored.state != instance.state:
-                await self.hooks.instance_changed(instance, stored)
-            return stored, self.perform(stored, decision.actions)
-        raise FailedPrecondition(f"instance {uuid} is changing too fast; try again")
+            stored = await self.records.update_instance(instance, new, events, extra)
+            return instance, stored, decision
+
+        instance, stored, decision = await retry_on_conflict(attempt, f"instance {uuid}")
+        if stored.state == lifecycle.DELETED and instance.state != lifecycle.DELETED:
+            self.nodes.release_usage(instance)
+        if self.hooks is not None and stored.state != instance.state:
+            await self.hooks.instance_changed(instance, stored)
+        return stored, self.perform(stored, decision.actions)
 
     def _apply(
         self, old: Instance, decision: lifecycle.Decision, error: str, reason: str
@@ -264,9 +274,7 @@ class Reconciler:
             await asyncio.sleep(delay)
             await func(*args)
 
-        task = asyncio.get_running_loop().create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.tasks.spawn(run(), name=f"later {func.__name__}")
 
     async def on_observation(self, session: Session, obs: Observation) -> None:
         """A node saw a domain change: record the power state it really has."""
@@ -300,23 +308,26 @@ class Reconciler:
 
     async def record_ports(self, instance: Instance, obs: Observation) -> Instance:
         """Keep the console ports a node reported for an instance's domain."""
-        for _ in range(20):
-            if not obs.exists or not obs.console_port or instance.state == lifecycle.DELETED:
+        read = first_then(instance, lambda: self.records.get_instance(instance.uuid))
+
+        async def attempt() -> Instance:
+            latest = await read()
+            if latest is None:
                 return instance
+            if not obs.exists or not obs.console_port or latest.state == lifecycle.DELETED:
+                return latest
             ports = (obs.console_port, obs.vdi_port, obs.vdi_tls_port)
-            if ports == (instance.console_port, instance.vdi_port, instance.vdi_tls_port):
-                return instance
-            new = instance.with_changes(
+            if ports == (latest.console_port, latest.vdi_port, latest.vdi_tls_port):
+                return latest
+            new = latest.with_changes(
                 console_port=obs.console_port, vdi_port=obs.vdi_port, vdi_tls_port=obs.vdi_tls_port
             )
-            try:
-                return await self.records.update_instance(instance, new, [])
-            except Conflict:
-                latest = await self.records.get_instance(instance.uuid)
-                if latest is None:
-                    return instance
-                instance = latest
-        return instance
+            return await self.records.update_instance(latest, new, [])
+
+        try:
+            return await retry_on_conflict(attempt, f"instance {instance.uuid}")
+        except Busy:
+            return instance
 
     async def on_inventory(
         self, session: Session, domains: list[Observation], networks: Iterable[str] = ()
@@ -357,7 +368,8 @@ class Reconciler:
         self, session: Session, uuid: str, agent_state: str, boot_time: float
     ) -> Instance | None:
         """A node reported its in-guest agent's state: record it (and any reboot)."""
-        for _ in range(20):
+
+        async def attempt() -> Instance | None:
             instance = await self.records.get_instance(uuid)
             if instance is None or instance.node != session.node.name:
                 return None
@@ -392,8 +404,9 @@ class Reconciler:
                     )
                 )
             new = instance.with_changes(agent_state=agent_state, agent_system_boot_time=boot)
-            try:
-                return await self.records.update_instance(instance, new, events)
-            except Conflict:
-                continue
-        return None
+            return await self.records.update_instance(instance, new, events)
+
+        try:
+            return await retry_on_conflict(attempt, f"instance {uuid}")
+        except Busy:
+            return None

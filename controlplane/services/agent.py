@@ -18,13 +18,14 @@ from typing import Any
 
 import structlog
 
-from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
+from common.tasks import Tasks
+from controlplane.errors import Busy, FailedPrecondition, InvalidArgument, NotFound
 from controlplane.model import AgentOperation, Instance
 from controlplane.nodes import NodeCommand, NodeRegistry, Outcome
 from controlplane.services.namespaces import can_see
+from controlplane.store import occ
 from controlplane.store.agentops import AgentOperations
 from controlplane.store.blobs import BlobStore
-from controlplane.store.protocol import Conflict
 from controlplane.store.records import Records
 
 log = structlog.get_logger(__name__)
@@ -56,6 +57,7 @@ class AgentService:
         blobs: BlobStore,
         nodes: NodeRegistry,
         clock: Callable[[], float],
+        tasks: Tasks | None = None,
     ) -> None:
         self.records = records
         self.ops = ops
@@ -64,7 +66,7 @@ class AgentService:
         self.clock = clock
         self._running: dict[str, str] = {}
         self._streams: dict[str, OutputStream] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.tasks = tasks if tasks is not None else Tasks()
 
     # -- creating operations -------------------------------------------------
 
@@ -158,17 +160,15 @@ class AgentService:
 
     async def delete(self, namespace: str, uuid: str) -> AgentOperation:
         """Mark an operation deleted (a queued one will not run)."""
-        for _ in range(20):
-            op = await self.get(namespace, uuid)
+
+        def mutate(op: AgentOperation) -> AgentOperation:
             if op.state == "executing":
                 raise FailedPrecondition("an executing operation cannot be deleted; wait for it")
-            if op.state == "deleted":
-                return op
-            try:
-                return await self.ops.update(op, op.with_changes(state="deleted"))
-            except Conflict:
-                continue
-        raise FailedPrecondition(f"agent operation {uuid} is changing too fast; try again")
+            return op if op.state == "deleted" else op.with_changes(state="deleted")
+
+        return await occ.update(
+            lambda: self.get(namespace, uuid), mutate, self.ops.update, f"agent operation {uuid}"
+        )
 
     def unsubscribe(self, op_uuid: str) -> None:
         """Stop streaming an operation's output."""
@@ -201,9 +201,7 @@ class AgentService:
         if instance_uuid in self._running:
             return
         self._running[instance_uuid] = ""
-        task = asyncio.get_running_loop().create_task(self._next(instance_uuid))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.tasks.spawn(self._next(instance_uuid), name=f"agent operations of {instance_uuid}")
 
     async def _next(self, instance_uuid: str) -> None:
         requeued = False
@@ -267,23 +265,28 @@ class AgentService:
         return True
 
     async def _requeue(self, op: AgentOperation) -> None:
-        for _ in range(20):
-            current = await self.ops.get(op.uuid) or op
-            try:
-                await self.ops.update(current, current.with_changes(state="queued"))
-                break
-            except Conflict:
-                continue
+        await self._settle(op, lambda current: current.with_changes(state="queued"))
         self._later(REQUEUE_DELAY, op.instance_uuid)
+
+    async def _settle(
+        self, op: AgentOperation, change: Callable[[AgentOperation], AgentOperation]
+    ) -> None:
+        """Apply change to the stored operation; a runner gives up quietly when always beaten."""
+
+        async def read() -> AgentOperation:
+            return await self.ops.get(op.uuid) or op
+
+        try:
+            await occ.update(read, change, self.ops.update, f"agent operation {op.uuid}")
+        except Busy:
+            log.warning("agent operation changing too fast; left as it is", op=op.uuid)
 
     def _later(self, delay: float, instance_uuid: str) -> None:
         async def kick_later() -> None:
             await asyncio.sleep(delay)
             self.kick(instance_uuid)
 
-        task = asyncio.get_running_loop().create_task(kick_later())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.tasks.spawn(kick_later(), name=f"agent operations of {instance_uuid}, later")
 
     async def _finish(self, op: AgentOperation, outcome: Outcome) -> None:
         results: dict[str, Any] = {}
@@ -301,16 +304,10 @@ class AgentService:
                 "stat_result": result.get("stat_result", {}),
                 "content_blob": result.get("content_blob", ""),
             }
-        for _ in range(20):
-            try:
-                current = await self.ops.get(op.uuid) or op
-                await self.ops.update(
-                    current,
-                    current.with_changes(state=state, results=results, error_message=error),
-                )
-                break
-            except Conflict:
-                continue
+        await self._settle(
+            op,
+            lambda current: current.with_changes(state=state, results=results, error_message=error),
+        )
         stream = self._streams.get(op.uuid)
         if stream is not None:
             stream.queue.put_nowait(None)

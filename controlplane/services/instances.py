@@ -29,6 +29,7 @@ from controlplane.services.namespaces import SYSTEM, can_see
 from controlplane.services.netsync import NetworkSync
 from controlplane.services.networks import NetworkService
 from controlplane.settings import Settings
+from controlplane.store.occ import retry_on_conflict
 from controlplane.store.protocol import Conflict
 from controlplane.store.records import Records
 from controlplane.validation import check_spec, looks_like_uuid
@@ -84,7 +85,8 @@ class InstanceService:
             await self._neighbours(namespace) if not affinity.empty else None,
         )
         node = choice.node
-        for _ in range(20):
+
+        async def attempt() -> Instance:
             try:
                 return await self._commit(namespace, spec, node, choice.scores, affinity)
             except Conflict as exc:
@@ -92,8 +94,9 @@ class InstanceService:
                     raise AlreadyExists(
                         f"an instance named {spec.name!r} already exists in {namespace}"
                     ) from exc
-                # An address, MAC or network changed meanwhile: allocate again.
-        raise FailedPrecondition("the instance's networks are changing too fast; try again")
+                raise  # An address, MAC or network changed meanwhile: allocate again.
+
+        return await retry_on_conflict(attempt, "the instance's networks")
 
     async def _commit(
         self,

@@ -25,14 +25,15 @@ from controlplane.errors import (
     NotFound,
     Unavailable,
 )
-from controlplane.model import Interface, NetworkSpec, Reservation
+from controlplane.model import Instance, Interface, NetworkSpec, Reservation
 from controlplane.nodes import NodeCommand, NodeRegistry
 from controlplane.services.instances import InstanceService
 from controlplane.services.namespaces import can_see
 from controlplane.services.netsync import NetworkSync
-from controlplane.services.networks import DELETED, NetworkService
+from controlplane.services.networks import DELETED, Allocation, NetworkService
 from controlplane.store.networks import FLOATING
-from controlplane.store.protocol import Conflict, Op
+from controlplane.store.occ import retry_on_conflict
+from controlplane.store.protocol import Op
 from controlplane.validation import check_network, looks_like_uuid
 
 log = structlog.get_logger(__name__)
@@ -72,7 +73,8 @@ class InterfaceService:
     async def attach(self, namespace: str, ref: str, spec: NetworkSpec) -> Interface:
         """Hot plug a new interface into a running instance."""
         spec = check_network(0, spec)
-        for _ in range(20):
+
+        async def attempt() -> tuple[Instance, Allocation]:
             instance = await self.instances.get(namespace, ref)
             if instance.state != lifecycle.CREATED:
                 raise FailedPrecondition(
@@ -91,13 +93,10 @@ class InterfaceService:
                     instance.spec, networks=instance.spec.networks + tuple(alloc.specs)
                 ),
             )
-            try:
-                await self.instances.records.update_instance(instance, new, alloc.events, alloc.ops)
-            except Conflict:
-                continue
-            break
-        else:
-            raise FailedPrecondition("the instance is changing too fast; try again")
+            await self.instances.records.update_instance(instance, new, alloc.events, alloc.ops)
+            return instance, alloc
+
+        instance, alloc = await retry_on_conflict(attempt, f"instance {ref}")
         iface = alloc.interfaces[0]
         await self.netsync.sync([iface.network_uuid])
         command = NodeCommand(
@@ -131,7 +130,8 @@ class InterfaceService:
             return iface
         net = await self.networks.get(namespace, iface.network_uuid)
         self.networks.check_can_float(net, iface.ipv4, f"interface {uuid}")
-        for _ in range(20):
+
+        async def attempt() -> Interface:
             taken = await self.networks.pool_taken()
             address = ipam.pick_address(
                 self.networks.pool, taken, self.networks.rng, "floating pool"
@@ -145,13 +145,9 @@ class InterfaceService:
             def assign(old: Interface, address: str = address) -> Interface:
                 return old.with_changes(floating=address)
 
-            try:
-                updated = await self.networks.update_interface(uuid, assign, reserve)
-            except FailedPrecondition:
-                continue
-            break
-        else:
-            raise FailedPrecondition("the floating pool is changing too fast; try again")
+            return await self.networks.change_interface(uuid, assign, reserve)
+
+        updated = await retry_on_conflict(attempt, "the floating pool")
         await self.networks.records.add_events(
             iface.namespace, [self.networks.event(uuid, f"floated at {updated.floating}", "audit")]
         )

@@ -22,10 +22,11 @@ from typing import Any, Protocol
 from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
 from controlplane.model import Event, Instance, Interface, JsonDict, Network, encode
 from controlplane.services.namespaces import NamespaceService, can_see
+from controlplane.store import occ
 from controlplane.store.artifacts import Artifacts
 from controlplane.store.blobs import BlobStore
 from controlplane.store.networks import NetworkRecords, iface_key, net_key
-from controlplane.store.protocol import Conflict, Put
+from controlplane.store.protocol import Put
 from controlplane.store.records import DELETED, Records
 from controlplane.validation import (
     check_instance_metadata,
@@ -82,23 +83,22 @@ class InstanceKind:
         return check_instance_metadata(metadata)
 
     async def update(self, found: Found, change: Change, event: Event) -> JsonDict:
-        for _ in range(50):
+        async def read() -> Instance:
             current = await self.records.get_instance(found.uuid)
             if current is None:
                 raise NotFound(f"instance {found.uuid} not found")
             if current.state == DELETED:
                 raise FailedPrecondition(f"instance {found.uuid} is deleted")
-            metadata = change(dict(current.metadata))
-            if metadata == current.metadata:
-                return metadata
-            try:
-                await self.records.update_instance(
-                    current, current.with_changes(metadata=metadata), [event]
-                )
-                return metadata
-            except Conflict:
-                continue
-        raise FailedPrecondition(f"instance {found.uuid} is changing too fast; try again")
+            return current
+
+        async def write(old: Instance, new: Instance) -> Instance:
+            return await self.records.update_instance(old, new, [event])
+
+        def mutate(old: Instance) -> Instance:
+            return old.with_changes(metadata=change(dict(old.metadata)))
+
+        stored = await occ.update(read, mutate, write, f"instance {found.uuid}")
+        return stored.metadata
 
 
 class BlobKind:
@@ -118,12 +118,9 @@ class BlobKind:
         return check_metadata_size(metadata)
 
     async def update(self, found: Found, change: Change, event: Event) -> JsonDict:
-        try:
-            result = await self.blobs.update_metadata(
-                found.uuid, change, self.records.event_ops([event])
-            )
-        except Conflict as exc:
-            raise FailedPrecondition(f"{exc}; try again") from exc
+        result = await self.blobs.update_metadata(
+            found.uuid, change, self.records.event_ops([event])
+        )
         if result is None:
             raise NotFound(f"blob {found.uuid} not found")
         return result
@@ -151,12 +148,9 @@ class ArtifactKind:
         return check_metadata_size(metadata)
 
     async def update(self, found: Found, change: Change, event: Event) -> JsonDict:
-        try:
-            result = await self.artifacts.update_metadata(
-                found.uuid, change, self.records.event_ops([event])
-            )
-        except Conflict as exc:
-            raise FailedPrecondition(f"{exc}; try again") from exc
+        result = await self.artifacts.update_metadata(
+            found.uuid, change, self.records.event_ops([event])
+        )
         if result is None:
             raise NotFound(f"artifact {found.uuid} not found")
         return result
@@ -203,18 +197,22 @@ class NetworkKind:
         return check_metadata_size(metadata)
 
     async def update(self, found: Found, change: Change, event: Event) -> JsonDict:
-        for _ in range(50):
+        async def read() -> Network:
             net = await self.networks.get_network(found.uuid)
             if net is None or net.state == DELETED:
                 raise NotFound(f"network {found.uuid} not found")
-            metadata = change(dict(net.metadata))
-            put = Put(net_key(net.uuid), encode(net.with_changes(metadata=metadata)), net.version)
-            try:
-                await self.networks.store.commit([put, *self.records.event_ops([event])])
-                return metadata
-            except Conflict:
-                continue
-        raise FailedPrecondition(f"network {found.uuid} is changing too fast; try again")
+            return net
+
+        async def write(old: Network, new: Network) -> Network:
+            put = Put(net_key(old.uuid), encode(new), old.version)
+            await self.networks.store.commit([put, *self.records.event_ops([event])])
+            return new
+
+        def mutate(old: Network) -> Network:
+            return old.with_changes(metadata=change(dict(old.metadata)))
+
+        stored = await occ.update(read, mutate, write, f"network {found.uuid}")
+        return stored.metadata
 
 
 class InterfaceKind:
@@ -236,19 +234,22 @@ class InterfaceKind:
         return check_metadata_size(metadata)
 
     async def update(self, found: Found, change: Change, event: Event) -> JsonDict:
-        for _ in range(50):
+        async def read() -> Interface:
             iface = await self.networks.get_interface(found.uuid)
             if iface is None or iface.state == DELETED:
                 raise NotFound(f"interface {found.uuid} not found")
-            metadata = change(dict(iface.metadata))
-            new = iface.with_changes(metadata=metadata)
-            put = Put(iface_key(iface.uuid), encode(new), iface.version)
-            try:
-                await self.networks.store.commit([put, *self.records.event_ops([event])])
-                return metadata
-            except Conflict:
-                continue
-        raise FailedPrecondition(f"interface {found.uuid} is changing too fast; try again")
+            return iface
+
+        async def write(old: Interface, new: Interface) -> Interface:
+            put = Put(iface_key(old.uuid), encode(new), old.version)
+            await self.networks.store.commit([put, *self.records.event_ops([event])])
+            return new
+
+        def mutate(old: Interface) -> Interface:
+            return old.with_changes(metadata=change(dict(old.metadata)))
+
+        stored = await occ.update(read, mutate, write, f"interface {found.uuid}")
+        return stored.metadata
 
 
 class MetadataService:

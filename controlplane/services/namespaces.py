@@ -26,9 +26,9 @@ from controlplane.errors import (
     NotFound,
     PermissionDenied,
     Unauthenticated,
-    Unavailable,
 )
 from controlplane.store.namespaces import Key, Namespace, Namespaces
+from controlplane.store.occ import retry_on_conflict
 from controlplane.store.protocol import Conflict
 
 log = structlog.get_logger(__name__)
@@ -217,16 +217,14 @@ class NamespaceService:
         if not key or len(key) > MAX_KEY_LENGTH:
             raise InvalidArgument(f"a key is 1-{MAX_KEY_LENGTH} characters")
         new_key = self._new_key(key_name, key)
-        for _ in range(10):
+
+        async def attempt() -> Namespace:
             ns = self.get(caller, namespace)
-            try:
-                stored = await self._write(ns.with_changes(keys={**ns.keys, key_name: new_key}))
-            except Conflict:
-                await self._reload(namespace)
-                continue
-            log.info("key set", namespace=namespace, key_name=key_name)
-            return stored
-        raise Unavailable("the namespace changed too often; try again")
+            return await self._write(ns.with_changes(keys={**ns.keys, key_name: new_key}))
+
+        stored = await retry_on_conflict(attempt, f"namespace {namespace}")
+        log.info("key set", namespace=namespace, key_name=key_name)
+        return stored
 
     async def delete_key(self, caller: str, namespace: str, key_name: str) -> Namespace:
         """Remove a key, revoking the tokens minted with it."""
@@ -243,25 +241,28 @@ class NamespaceService:
         self, name: str, change: Callable[[dict[str, Any]], dict[str, Any]]
     ) -> dict[str, Any]:
         """Apply change to a namespace's metadata (compare-and-set, retried)."""
-        for _ in range(10):
+
+        async def attempt() -> dict[str, Any]:
             ns = self._cache.get(name)
             if ns is None or ns.state != "created":
                 raise NotFound("namespace not found")
             metadata = change(dict(ns.metadata))
-            try:
-                await self._write(ns.with_changes(metadata=metadata))
-            except Conflict:
-                await self._reload(name)
-                continue
+            await self._write(ns.with_changes(metadata=metadata))
             return metadata
-        raise Unavailable("the namespace changed too often; try again")
+
+        return await retry_on_conflict(attempt, f"namespace {name}")
 
     def _new_key(self, key_name: str, key: str) -> Key:
         salt, digest = tokens.hash_key(key)
         return Key(salt=salt, hash=digest, nonce=tokens.new_nonce(), created_at=self.clock())
 
     async def _write(self, ns: Namespace) -> Namespace:
-        stored = await self.namespaces.put(ns)
+        """Store ns with compare-and-set; on Conflict the cache is reloaded first."""
+        try:
+            stored = await self.namespaces.put(ns)
+        except Conflict:
+            await self._reload(ns.name)
+            raise
         self._cache[ns.name] = stored
         return stored
 

@@ -43,6 +43,7 @@ from controlplane.model import (
 from controlplane.services.events import read_events
 from controlplane.services.namespaces import SYSTEM, can_see
 from controlplane.store.networks import FLOATING, NetworkRecords
+from controlplane.store.occ import retry_on_conflict
 from controlplane.store.protocol import Conflict, Op
 from controlplane.store.records import Records
 from controlplane.validation import NAME_RE, check_metadata_size, looks_like_uuid
@@ -51,7 +52,6 @@ log = structlog.get_logger(__name__)
 
 CREATED = "created"
 DELETED = "deleted"
-ATTEMPTS = 20
 # Instance states whose interfaces a network delete with clean may release.
 GOING = ("delete-wait", "deleted")
 
@@ -175,12 +175,13 @@ class NetworkService:
         metadata = check_metadata_size(dict(metadata or {}))
         if await self.networks.find_network(namespace, name) is not None:
             raise AlreadyExists(f"a network named {name!r} already exists in {namespace}")
-        for _ in range(ATTEMPTS):
+
+        async def attempt() -> Network:
             now = self.clock()
             uuid = str(uuidlib.uuid4())
             vni = ipam.random_vni(self.rng)
             if await self.networks.vni_taken(vni):
-                continue
+                raise Conflict(f"VXLAN id {vni} is taken")  # the commit would refuse it too
             egress = ""
             ops: list[Op] = []
             if provide_nat:
@@ -221,10 +222,11 @@ class NetworkService:
                     raise AlreadyExists(
                         f"a network named {name!r} already exists in {namespace}"
                     ) from None
-                continue
+                raise
             log.info("network created", uuid=uuid, name=name, netblock=str(net), vni=vni)
             return network.with_changes(version=1)
-        raise FailedPrecondition("could not reserve the network's addresses; try again")
+
+        return await retry_on_conflict(attempt, f"the address space of network {name}")
 
     async def pool_taken(self) -> set[str]:
         """Floating pool addresses nobody may take: reserved ones and those held."""
@@ -235,7 +237,8 @@ class NetworkService:
         """Delete a network unless live instances use it; returns it and whether it changed."""
         if ref == FLOATING:
             raise FailedPrecondition("you cannot delete the floating network")
-        for _ in range(ATTEMPTS):
+
+        async def attempt() -> tuple[Network, bool]:
             net = await self.get(namespace, ref)
             if net.state == DELETED:
                 return net, False
@@ -271,13 +274,11 @@ class NetworkService:
                     new=DELETED,
                 ),
             ]
-            try:
-                await self.networks.store.commit(ops + self.records.event_ops(events))
-            except Conflict:
-                continue
+            await self.networks.store.commit(ops + self.records.event_ops(events))
             log.info("network deleted", uuid=net.uuid, name=net.name)
             return deleted.with_changes(version=net.version + 1), True
-        raise FailedPrecondition("the network is changing too fast; try again")
+
+        return await retry_on_conflict(attempt, f"network {ref}")
 
     # Interfaces ----------------------------------------------------------------
 
@@ -445,30 +446,36 @@ class NetworkService:
         extra: Callable[[Interface, Interface], list[Op]] | None = None,
     ) -> Interface:
         """Apply change to an interface with compare-and-set (and any extra ops), with events."""
-        for _ in range(ATTEMPTS):
-            current = await self.networks.get_interface(uuid)
-            if current is None:
-                raise NotFound(f"interface {uuid} not found")
-            new = change(current)
-            if new == current:
-                return current
-            events = []
-            if new.state != current.state:
-                new = new.with_changes(state_updated_at=self.clock())
-                events.append(
-                    self.event(
-                        uuid,
-                        f"state changed from {current.state} to {new.state}",
-                        old=current.state,
-                        new=new.state,
-                    )
+        return await retry_on_conflict(
+            lambda: self.change_interface(uuid, change, extra), f"interface {uuid}"
+        )
+
+    async def change_interface(
+        self,
+        uuid: str,
+        change: Callable[[Interface], Interface],
+        extra: Callable[[Interface, Interface], list[Op]] | None = None,
+    ) -> Interface:
+        """One try of update_interface (Conflict if the interface or a claim changed)."""
+        current = await self.networks.get_interface(uuid)
+        if current is None:
+            raise NotFound(f"interface {uuid} not found")
+        new = change(current)
+        if new == current:
+            return current
+        events = []
+        if new.state != current.state:
+            new = new.with_changes(state_updated_at=self.clock())
+            events.append(
+                self.event(
+                    uuid,
+                    f"state changed from {current.state} to {new.state}",
+                    old=current.state,
+                    new=new.state,
                 )
-            ops = [self.networks.update_interface(current, new)]
-            if extra is not None:
-                ops += extra(current, new)
-            try:
-                await self.networks.store.commit(ops + self.records.event_ops(events))
-            except Conflict:
-                continue
-            return new.with_changes(version=current.version + 1)
-        raise FailedPrecondition(f"interface {uuid} is changing too fast; try again")
+            )
+        ops = [self.networks.update_interface(current, new)]
+        if extra is not None:
+            ops += extra(current, new)
+        await self.networks.store.commit(ops + self.records.event_ops(events))
+        return new.with_changes(version=current.version + 1)

@@ -13,6 +13,7 @@ import uuid as uuidlib
 from collections.abc import Callable, Sequence
 
 from controlplane.model import Artifact, JsonDict, decode_artifact, encode
+from controlplane.store.occ import retry_on_conflict
 from controlplane.store.protocol import Conflict, Op, Put, Store
 
 
@@ -43,7 +44,8 @@ class Artifacts:
     ) -> Artifact:
         """Make a blob the newest version of an artifact, creating the artifact if needed."""
         name_key = f"artname/{namespace}/{kind}/{name}".encode()
-        for _ in range(20):
+
+        async def attempt() -> Artifact:
             index = await self.store.get(name_key)
             if index is None:
                 art = Artifact(
@@ -61,7 +63,7 @@ class Artifacts:
             else:
                 item = await self.store.get(f"art/{index.value.decode()}".encode())
                 if item is None:
-                    continue
+                    raise Conflict(f"artifact {kind}:{name} is being replaced")
                 old = decode_artifact(item.value)
                 version = {
                     "index": len(old.versions) + 1,
@@ -76,12 +78,10 @@ class Artifacts:
                     }
                 )
                 ops = [Put(item.key, encode(art), expect=item.version)]
-            try:
-                await self.store.commit(ops)
-                return art
-            except Conflict:
-                continue
-        raise Conflict(f"artifact {kind}:{name} is changing too fast")
+            await self.store.commit(ops)
+            return art
+
+        return await retry_on_conflict(attempt, f"artifact {kind}:{name}")
 
     async def update_metadata(
         self, uuid: str, change: Callable[[JsonDict], JsonDict], extra: Sequence[Op] = ()
@@ -90,7 +90,8 @@ class Artifacts:
 
         None when there is no such artifact; compare-and-set, retried on conflict.
         """
-        for _ in range(50):
+
+        async def attempt() -> JsonDict | None:
             item = await self.store.get(f"art/{uuid}".encode())
             if item is None:
                 return None
@@ -99,12 +100,10 @@ class Artifacts:
             if metadata == art.metadata:
                 return metadata
             new = dataclasses.replace(art, metadata=metadata)
-            try:
-                await self.store.commit([Put(item.key, encode(new), item.version), *extra])
-                return metadata
-            except Conflict:
-                continue
-        raise Conflict(f"artifact {uuid} is changing too fast")
+            await self.store.commit([Put(item.key, encode(new), item.version), *extra])
+            return metadata
+
+        return await retry_on_conflict(attempt, f"artifact {uuid}")
 
     async def list_all(self, namespace: str) -> list[Artifact]:
         """The namespace's artifacts."""

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from controlplane.model import Blob, JsonDict, decode_blob, encode
+from controlplane.store.occ import retry_on_conflict
 from controlplane.store.protocol import Conflict, Op, Put, Store
 
 CHUNK = 1024 * 1024
@@ -89,18 +90,17 @@ class BlobStore:
 
     async def reference(self, uuid: str, delta: int = 1) -> None:
         """Count one more (or fewer) user of a blob."""
-        for _ in range(20):
+
+        async def attempt() -> None:
             item = await self.store.get(f"blob/{uuid}".encode())
             if item is None:
                 return
             blob = decode_blob(item.value)
             count = max(0, blob.reference_count + delta)
             new = Blob(**{**blob.__dict__, "reference_count": count})
-            try:
-                await self.store.commit([Put(item.key, encode(new), expect=item.version)])
-                return
-            except Conflict:
-                continue
+            await self.store.commit([Put(item.key, encode(new), expect=item.version)])
+
+        await retry_on_conflict(attempt, f"blob {uuid}")
 
     async def update_metadata(
         self, uuid: str, change: Callable[[JsonDict], JsonDict], extra: Sequence[Op] = ()
@@ -110,7 +110,8 @@ class BlobStore:
         A compare-and-set on the record's version, retried on conflict, so
         concurrent changes are all kept.
         """
-        for _ in range(50):
+
+        async def attempt() -> JsonDict | None:
             item = await self.store.get(f"blob/{uuid}".encode())
             if item is None:
                 return None
@@ -119,12 +120,10 @@ class BlobStore:
             if metadata == blob.metadata:
                 return metadata
             new = dataclasses.replace(blob, metadata=metadata)
-            try:
-                await self.store.commit([Put(item.key, encode(new), item.version), *extra])
-                return metadata
-            except Conflict:
-                continue
-        raise Conflict(f"blob {uuid} is changing too fast")
+            await self.store.commit([Put(item.key, encode(new), item.version), *extra])
+            return metadata
+
+        return await retry_on_conflict(attempt, f"blob {uuid}")
 
     def path(self, uuid: str) -> Path:
         """Where a blob's bytes are."""

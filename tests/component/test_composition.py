@@ -1,0 +1,63 @@
+"""The control plane's composition: built, served and stopped as one, from one service table."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from controlplane.app import REFLECTED, SERVICES, build
+from tests.component.conftest import plane_settings, start_fake_node
+
+
+async def test_build_listens_on_nothing_until_served(tmp_path: Path) -> None:
+    """build wires every part but binds no port and starts no task; serve does both."""
+    plane = await build(plane_settings(tmp_path / "cp"))
+    assert plane.port == 0 and len(plane.tasks) == 0
+    await plane.serve()
+    try:
+        assert plane.port > 0 and len(plane.tasks) >= 1
+    finally:
+        await plane.stop(0)
+
+
+async def test_stop_leaves_no_task_running(tmp_path: Path) -> None:
+    """After stop, every task the control plane started (background or per call) has ended."""
+    before = asyncio.all_tasks()
+    plane = await build(plane_settings(tmp_path / "cp"))
+    await plane.serve()
+    node = await start_fake_node(f"127.0.0.1:{plane.port}")
+    plane.parts.reconciler._later(3600, plane.parts.reconciler._resend, "node1", "nobody")
+    assert len(plane.tasks) >= 2
+    await node.stop()
+    await plane.stop(0)
+    await asyncio.sleep(0)
+    left = {t for t in asyncio.all_tasks() - before if not t.done()}
+    left.discard(asyncio.current_task())
+    assert left == set() and len(plane.tasks) == 0
+
+
+async def test_reflection_and_health_list_exactly_the_table(tmp_path: Path) -> None:
+    """Reflection names the table's services plus health and reflection; each one is SERVING."""
+    plane = await build(plane_settings(tmp_path / "cp"))
+    await plane.serve()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            request = reflection_pb2.ServerReflectionRequest(list_services="")
+            names = set()
+            async for reply in stub.ServerReflectionInfo(iter([request])):
+                names |= {s.name for s in reply.list_services_response.service}
+            table = {s.name for s in SERVICES}
+            extra = {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+            assert names == set(REFLECTED) == table | extra
+            assert len(table) == len(SERVICES)
+            health = health_pb2_grpc.HealthStub(channel)
+            for name in table:
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await plane.stop(0)
