@@ -8,9 +8,12 @@ from typing import Any
 
 import pytest
 
+from common.nodewire.commands import CreateDomain
+from common.nodewire.convert import command_from_pb, command_to_pb
 from common.nodewire.domain import DomainRequest, NetworkRequest
 from nodeagent.disks.configdrive import drive_files
 from nodeagent.disks.protocol import DiskError
+from protos import node_pb2
 
 UUID = "6f1c1a52-8e0c-4c35-9d43-2f6d1b7c0a11"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTests test@example"
@@ -127,3 +130,12 @@ def test_a_fresh_seed_gives_fresh_content() -> None:
     assert first != second
     first.pop("random_seed"), second.pop("random_seed")
     assert first == second
+
+
+def test_numeric_metadata_reaches_the_drive_as_sent() -> None:
+    """A whole-number metadata value sent over the node stream is "3" on the drive, not "3.0"."""
+    sent = CreateDomain("c", UUID, spec(metadata={"count": 3, "ratio": 0.5}))
+    received = command_from_pb(node_pb2.Command.FromString(command_to_pb(sent).SerializeToString()))
+    assert isinstance(received, CreateDomain)
+    meta = document(drive_files(received.domain, random_seed=SEED), "meta_data.json")
+    assert meta["meta"] == {"count": "3", "ratio": "0.5"}
