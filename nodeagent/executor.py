@@ -31,6 +31,7 @@ from common.nodewire.commands import (
     EnsureNetwork,
     PowerDomain,
     RemoveNetwork,
+    SerialCommand,
     target_of,
 )
 from common.nodewire.domain import DomainRequest, NicRequest
@@ -114,6 +115,10 @@ class Executor:
                         command.command_id, command.instance_uuid, False, "no consoles here"
                     )
                 return await self.consoles.run(command)
+            case _:
+                return await self._serially(command)
+
+    async def _serially(self, command: SerialCommand) -> Result:
         uuid = target_of(command)
         lock = self._locks.setdefault(uuid, asyncio.Lock())
         async with lock:
@@ -146,7 +151,7 @@ class Executor:
         while len(self._results) > REMEMBERED_RESULTS:
             self._results.popitem(last=False)
 
-    async def _run(self, command: Command) -> Result:
+    async def _run(self, command: SerialCommand) -> Result:
         uuid = target_of(command)
         kind = type(command).__name__
         bound = log.bind(command=command.command_id, kind=kind, uuid=uuid)
@@ -166,8 +171,6 @@ class Executor:
                     return Result(command.command_id, uuid, True)
                 case AttachInterface():
                     state = await self._attach(command)
-                case AgentExecute() | AgentPut() | AgentGet() | ConsoleAction():
-                    return Result(command.command_id, uuid, False, f"{kind} is not serialised")
                 case _:
                     assert_never(command)
         except (HypervisorError, DiskError, NetworkError) as exc:

@@ -133,6 +133,10 @@ class ConsoleAction:
 
 
 AgentCommand = AgentExecute | AgentPut | AgentGet
+# Commands a node runs one at a time per target, in arrival order, remembering results.
+SerialCommand = (
+    CreateDomain | PowerDomain | DestroyDomain | AttachInterface | EnsureNetwork | RemoveNetwork
+)
 Command = (
     CreateDomain
     | PowerDomain
