@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.nodewire.power import POWER_TRANSITIONS
+
 INITIAL = "initial"
 PREFLIGHT = "preflight"
 CREATING = "creating"
@@ -57,14 +59,10 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     DELETED: frozenset(),
 }
 
-# Power operations a caller may ask for: power states they may start from.
+# Power operations a caller may ask for: power states they may start from
+# (the wire's one power-action table, which the node's drivers also follow).
 POWER_OPS: dict[str, frozenset[str]] = {
-    "on": frozenset({"off", "crashed"}),
-    "off": frozenset({"on", "paused", "crashed"}),
-    "pause": frozenset({"on"}),
-    "unpause": frozenset({"paused"}),
-    "soft-reboot": frozenset({"on"}),
-    "hard-reboot": frozenset({"on", "paused", "crashed"}),
+    action: starts for action, (starts, _) in POWER_TRANSITIONS.items()
 }
 
 # States in which a domain may exist on a node.

@@ -1,7 +1,7 @@
 """The registry of connected node agents and the commands in flight to them.
 
-The node stream adapter turns protobuf into the plain messages here; the
-registry keeps one session per connected node, an outbox per session, a
+The node stream adapter turns protobuf into the wire's plain messages
+(common.nodewire); the registry keeps one session per connected node, an outbox per session, a
 future per command awaiting its result, each node's committed usage, and
 the interactive console sessions relayed through each node.
 """
@@ -11,34 +11,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
+from common.nodewire.commands import Command
+from common.nodewire.messages import ConsoleRelay, Result
 from controlplane.errors import Unavailable
-from controlplane.model import Instance, InstanceSpec, Nic, Node
+from controlplane.model import Instance, Node
 from controlplane.placement import Capacity
-
-
-@dataclass(frozen=True)
-class Observation:
-    """What a node sees of one instance's domain."""
-
-    instance_uuid: str
-    exists: bool
-    power_state: str = ""
-    reason: str = ""
-    console_port: int = 0
-    vdi_port: int = 0
-    vdi_tls_port: int = 0
-
-
-@dataclass(frozen=True)
-class ConsoleRelay:
-    """Bytes of an interactive console session, either way, or its end."""
-
-    session_id: str
-    data: bytes = b""
-    close: bool = False
-    error: str = ""
 
 
 @dataclass(eq=False)
@@ -49,54 +27,13 @@ class ConsoleSink:
     queue: asyncio.Queue[ConsoleRelay | None]
 
 
-@dataclass(frozen=True)
-class NodeCommand:
-    """A command for a node: create, power, destroy, agent, or a network command.
-
-    Network commands (ensure-network, remove-network) carry the network's UUID
-    in ``instance_uuid``, so the node serialises them per network.
-    """
-
-    command_id: str
-    instance_uuid: str
-    kind: str
-    power_action: str = ""
-    namespace: str = ""
-    spec: InstanceSpec | None = None
-    # For kind "agent": the AgentAction's fields (kind, command_line, path, ...).
-    agent: dict[str, Any] | None = None
-    # For create: the instance's interfaces in order.
-    interfaces: tuple[Nic, ...] = ()
-    # For ensure-network: the NetworkConfig's fields (see services/netsync.py).
-    network: dict[str, Any] | None = None
-    # For attach-interface: the interface to hot plug.
-    nic: Nic | None = None
-    # For kind "console": kind (read, clear, screenshot, open), length, session_id.
-    console: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """A node's answer to a command."""
-
-    command_id: str
-    instance_uuid: str
-    ok: bool
-    error: str = ""
-    retryable: bool = False
-    observation: Observation | None = None
-    agent_result: dict[str, Any] | None = None
-    data: bytes = b""
-    blob_uuid: str = ""
-
-
 @dataclass
 class Session:
     """One connected node agent's stream."""
 
     node: Node
-    outbox: asyncio.Queue[NodeCommand | ConsoleRelay | None] = field(default_factory=asyncio.Queue)
-    pending: dict[str, asyncio.Future[Outcome]] = field(default_factory=dict)
+    outbox: asyncio.Queue[Command | ConsoleRelay | None] = field(default_factory=asyncio.Queue)
+    pending: dict[str, asyncio.Future[Result]] = field(default_factory=dict)
     last_seen: float = 0.0
     heartbeats: int = 0
 
@@ -181,8 +118,8 @@ class NodeRegistry:
             )
         return result
 
-    def send(self, node: str, command: NodeCommand) -> asyncio.Future[Outcome]:
-        """Queue a command for a node; the future resolves with its outcome."""
+    def send(self, node: str, command: Command) -> asyncio.Future[Result]:
+        """Queue a command for a node; the future resolves with its result."""
         session = self.sessions.get(node)
         if session is None:
             raise Unavailable(f"node {node} is not connected; try again later")
@@ -193,11 +130,11 @@ class NodeRegistry:
         session.outbox.put_nowait(command)
         return future
 
-    def resolve(self, session: Session, outcome: Outcome) -> None:
-        """Hand a command's outcome to whoever waits for it."""
-        future = session.pending.pop(outcome.command_id, None)
+    def resolve(self, session: Session, result: Result) -> None:
+        """Hand a command's result to whoever waits for it."""
+        future = session.pending.pop(result.command_id, None)
         if future is not None and not future.done():
-            future.set_result(outcome)
+            future.set_result(result)
 
     # -- interactive consoles ---------------------------------------------
 

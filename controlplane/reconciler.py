@@ -16,11 +16,15 @@ from typing import Any, Protocol
 
 import structlog
 
+from common.nodewire.commands import Command, CreateDomain, DestroyDomain, PowerDomain
+from common.nodewire.messages import Observation, Result
+from common.nodewire.power import PowerAction
 from common.tasks import Tasks
 from controlplane import lifecycle
+from controlplane.domainreq import domain_request
 from controlplane.errors import Busy, FailedPrecondition, NotFound
-from controlplane.model import Event, Instance, InstanceSpec
-from controlplane.nodes import NodeCommand, NodeRegistry, Observation, Outcome, Session
+from controlplane.model import Event, Instance
+from controlplane.nodes import NodeRegistry, Session
 from controlplane.store.occ import first_then, retry_on_conflict
 from controlplane.store.protocol import Op
 from controlplane.store.records import Records
@@ -104,7 +108,7 @@ class Reconciler:
         error: str = "",
         reason: str = "",
         current: Instance | None = None,
-    ) -> tuple[Instance, list[asyncio.Future[Outcome]]]:
+    ) -> tuple[Instance, list[asyncio.Future[Result]]]:
         """As transition, also returning the futures of the commands it sent."""
         read = first_then(current, lambda: self.records.get_instance(uuid))
 
@@ -159,9 +163,7 @@ class Reconciler:
             changes["command_seq"] = old.command_seq + 1
         return old.with_changes(**changes), events
 
-    def perform(
-        self, instance: Instance, actions: tuple[str, ...]
-    ) -> list[asyncio.Future[Outcome]]:
+    def perform(self, instance: Instance, actions: tuple[str, ...]) -> list[asyncio.Future[Result]]:
         """Send the commands a decision asked for (nodes that are away catch up later)."""
         futures = []
         for action in actions:
@@ -170,98 +172,79 @@ class Reconciler:
                 futures.append(self.nodes.send(instance.node, command))
         return futures
 
-    @staticmethod
-    def node_spec(instance: Instance) -> InstanceSpec:
-        """The spec a node builds from: the request, with the instance's current metadata."""
-        return dataclasses.replace(instance.spec, metadata=dict(instance.metadata))
-
-    def command_for(self, instance: Instance, action: str) -> NodeCommand:
+    def command_for(self, instance: Instance, action: str) -> Command:
         """The node command that performs a lifecycle action."""
         command_id = f"{instance.uuid}/{instance.command_seq}"
         if action == "create-domain":
-            return NodeCommand(
-                command_id,
-                instance.uuid,
-                "create",
-                namespace=instance.namespace,
-                spec=self.node_spec(instance),
-                interfaces=instance.interfaces,
-            )
+            return CreateDomain(command_id, instance.uuid, domain_request(instance))
         if action == "destroy-domain":
-            return NodeCommand(command_id, instance.uuid, "destroy")
-        power_action = action.removeprefix("power-")
-        if power_action == "on":
+            return DestroyDomain(command_id, instance.uuid)
+        power = PowerAction(action.removeprefix("power-"))
+        if power == PowerAction.ON:
             # Powering on rebuilds the config drive from the instance as it is now.
-            return NodeCommand(
-                command_id,
-                instance.uuid,
-                "power",
-                power_action=power_action,
-                namespace=instance.namespace,
-                spec=self.node_spec(instance),
-            )
-        return NodeCommand(command_id, instance.uuid, "power", power_action=power_action)
+            return PowerDomain(command_id, instance.uuid, power, domain_request(instance))
+        return PowerDomain(command_id, instance.uuid, power)
 
-    async def on_result(self, session: Session, outcome: Outcome) -> None:
+    async def on_result(self, session: Session, result: Result) -> None:
         """A node answered a command: move the instance on, then wake any waiter."""
         try:
-            await self._handle_result(session, outcome)
+            await self._handle_result(session, result)
         except Exception:
-            log.exception("cannot apply command result", command=outcome.command_id)
-        self.nodes.resolve(session, outcome)
+            log.exception("cannot apply command result", command=result.command_id)
+        self.nodes.resolve(session, result)
 
-    async def _handle_result(self, session: Session, outcome: Outcome) -> None:
-        if outcome.command_id.startswith("net/"):
-            if not outcome.ok:
+    async def _handle_result(self, session: Session, result: Result) -> None:
+        if result.command_id.startswith("net/"):
+            if not result.ok:
                 log.warning(
                     "network command failed",
                     node=session.node.name,
-                    network=outcome.instance_uuid,
-                    error=outcome.error,
+                    network=result.instance_uuid,
+                    error=result.error,
                 )
-                message = f"network command failed on node {session.node.name}: {outcome.error}"
+                message = f"network command failed on node {session.node.name}: {result.error}"
                 await self.records.add_events(
-                    "", [self.event(outcome.instance_uuid, message, "status")]
+                    "", [self.event(result.instance_uuid, message, "status")]
                 )
             return
-        instance = await self.records.get_instance(outcome.instance_uuid)
+        instance = await self.records.get_instance(result.instance_uuid)
         if instance is None:
             return
-        if outcome.observation is not None and instance.node == session.node.name:
-            instance = await self.record_ports(instance, outcome.observation)
+        if result.observation is not None and instance.node == session.node.name:
+            instance = await self.record_ports(instance, result.observation)
         if instance.state == lifecycle.CREATING:
-            if outcome.ok:
+            if result.ok:
                 self._create_attempts.pop(instance.uuid, None)
                 await self.transition(instance.uuid, "created", current=instance)
             else:
-                await self._create_failed(session, instance, outcome)
+                await self._create_failed(session, instance, result)
             return
         if instance.state == lifecycle.DELETE_WAIT:
-            if outcome.ok:
+            if result.ok:
                 await self.transition(
                     instance.uuid, "destroyed", reason="domain removed", current=instance
                 )
             else:
                 await self.records.add_events(
                     instance.namespace,
-                    [self.event(instance.uuid, f"delete failed: {outcome.error}", "status")],
+                    [self.event(instance.uuid, f"delete failed: {result.error}", "status")],
                 )
             return
-        if outcome.observation is not None:
-            await self.on_observation(session, outcome.observation)
+        if result.observation is not None:
+            await self.on_observation(session, result.observation)
 
-    async def _create_failed(self, session: Session, instance: Instance, outcome: Outcome) -> None:
+    async def _create_failed(self, session: Session, instance: Instance, result: Result) -> None:
         attempts = self._create_attempts.get(instance.uuid, 0) + 1
-        if outcome.retryable and attempts < MAX_CREATE_ATTEMPTS:
+        if result.retryable and attempts < MAX_CREATE_ATTEMPTS:
             self._create_attempts[instance.uuid] = attempts
             await self.records.add_events(
                 instance.namespace,
-                [self.event(instance.uuid, f"create failed, retrying: {outcome.error}", "status")],
+                [self.event(instance.uuid, f"create failed, retrying: {result.error}", "status")],
             )
             self._later(2.0 * attempts, self._resend, session.node.name, instance.uuid)
             return
         self._create_attempts.pop(instance.uuid, None)
-        await self.transition(instance.uuid, "fail", error=outcome.error)
+        await self.transition(instance.uuid, "fail", error=result.error)
         await self.transition(instance.uuid, "settle-error")
 
     async def _resend(self, node: str, uuid: str) -> None:
@@ -354,7 +337,7 @@ class Reconciler:
 
     def _destroy_orphan(self, session: Session, uuid: str) -> None:
         log.info("removing domain unknown to the control plane", node=session.node.name, uuid=uuid)
-        self.nodes.send(session.node.name, NodeCommand(f"{uuid}/orphan", uuid, "destroy"))
+        self.nodes.send(session.node.name, DestroyDomain(f"{uuid}/orphan", uuid))
 
     async def on_node_event(self, session: Session, event: Event) -> None:
         """A node reported progress or a fact about one of its instances."""

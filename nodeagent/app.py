@@ -1,7 +1,7 @@
 """The node agent's entry point and composition root.
 
 Builds the hypervisor driver (libvirt, or the fake for simulations), the
-disk builder, the executor, the observer and the link, and runs them in one
+disk builder, the executor, the observer and the stream, and runs them in one
 TaskGroup until SIGTERM or SIGINT. Stopping the agent never stops guests.
 """
 
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import structlog
 
 from common import logs
+from common.nodewire.messages import Observation
 from nodeagent.blobclient import GrpcBlobs
 from nodeagent.consoles import Consoles
 from nodeagent.credentials import Credentials
@@ -27,11 +28,10 @@ from nodeagent.guestops import GuestOps
 from nodeagent.guestwatch import GuestWatch
 from nodeagent.hypervisor.fake import FakeHypervisor
 from nodeagent.hypervisor.protocol import Hypervisor
-from nodeagent.link import Identity, Link
-from nodeagent.messages import Observation
 from nodeagent.network.protocol import NetworkDriver
 from nodeagent.observer import observe
 from nodeagent.settings import Settings
+from nodeagent.stream import ControlStream, Identity
 from nodeagent.usage import report_usage
 
 log = structlog.get_logger(__name__)
@@ -78,7 +78,7 @@ def build_network(settings: Settings) -> NetworkDriver:
 class Agent:
     """The node agent's long-lived parts."""
 
-    link: Link
+    stream: ControlStream
     links: GuestLinks
     watch: GuestWatch
     blobs: GrpcBlobs
@@ -92,7 +92,7 @@ def build_agent(
     blobs: GrpcBlobs,
     network: NetworkDriver | None = None,
 ) -> Agent:
-    """The link, executor and guest-agent plumbing for these drivers."""
+    """The stream, executor and guest-agent plumbing for these drivers."""
     identity = Identity(
         name=settings.name,
         address=settings.address,
@@ -101,23 +101,23 @@ def build_agent(
         hypervisor=hypervisor.kind,
         console_host=settings.console_host,
     )
-    link: Link
-    watch = GuestWatch(settings.instances_dir, lambda status: link.send(status))
+    stream: ControlStream
+    watch = GuestWatch(settings.instances_dir, lambda status: stream.send(status))
     links = GuestLinks(watch.on_state)
     watch.links = links
-    guestops = GuestOps(links, blobs, lambda output: link.send(output))
+    guestops = GuestOps(links, blobs, lambda output: stream.send(output))
     consoles = Consoles(
         hypervisor,
         blobs,
         settings.instances_dir,
-        lambda relay: link.send(relay),
-        backlog=lambda: link.backlog(),
+        lambda relay: stream.send(relay),
+        backlog=lambda: stream.backlog(),
     )
     executor = Executor(
         hypervisor,
         disks,
         settings.instances_dir,
-        lambda e: link.emit(e),
+        lambda e: stream.emit(e),
         guestops=guestops,
         guestwatch=watch,
         network=network,
@@ -130,7 +130,7 @@ def build_agent(
                 watch.domain_on(domain.instance_uuid)
         watch.resend()
 
-    link = Link(
+    stream = ControlStream(
         settings.control_plane,
         identity,
         executor,
@@ -141,7 +141,7 @@ def build_agent(
         on_disconnected=consoles.close_all,
         on_console=consoles.relay,
     )
-    return Agent(link, links, watch, blobs, consoles)
+    return Agent(stream, links, watch, blobs, consoles)
 
 
 async def run(settings: Settings) -> None:
@@ -158,10 +158,10 @@ async def run(settings: Settings) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         async with asyncio.TaskGroup() as group:
             tasks = [
-                group.create_task(agent.link.run()),
-                group.create_task(observe(hypervisor, agent.link.send, agent.watch)),
+                group.create_task(agent.stream.run()),
+                group.create_task(observe(hypervisor, agent.stream.send, agent.watch)),
                 group.create_task(
-                    report_usage(hypervisor, agent.link.emit, settings.usage_interval)
+                    report_usage(hypervisor, agent.stream.emit, settings.usage_interval)
                 ),
             ]
             await stop.wait()

@@ -25,13 +25,15 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import assert_never
 
 import structlog
 
+from common.nodewire.commands import ConsoleAction, ConsoleKind
+from common.nodewire.messages import ConsoleRelay, Result
 from nodeagent import consolelog
 from nodeagent.guestops import BlobTransfer
 from nodeagent.hypervisor.protocol import Hypervisor, HypervisorError
-from nodeagent.messages import Command, ConsoleRelay, Result
 
 log = structlog.get_logger(__name__)
 
@@ -88,28 +90,27 @@ class Consoles:
         """Where an instance's serial console is logged."""
         return self.instances_dir / uuid / "console.log"
 
-    async def run(self, command: Command) -> Result:
+    async def run(self, command: ConsoleAction) -> Result:
         """Run one console command; failures become results, never exceptions."""
-        action = command.console or {}
-        kind = str(action.get("kind", ""))
-        uuid = command.instance_uuid
+        kind, uuid = command.kind, command.instance_uuid
         try:
-            if kind == "read":
-                path = self.console_log(uuid)
-                data = await asyncio.to_thread(
-                    consolelog.read_tail, path, int(action.get("length", 0))
-                )
-                return Result(command.command_id, uuid, True, data=data)
-            if kind == "clear":
-                await asyncio.to_thread(consolelog.clear, self.console_log(uuid))
-                return Result(command.command_id, uuid, True)
-            if kind == "screenshot":
-                png = await self.hypervisor.screenshot(uuid)
-                blob = await self.blobs.upload(_one(png))
-                return Result(command.command_id, uuid, True, blob_uuid=blob)
-            if kind == "open":
-                await self._open(uuid, str(action.get("session_id", "")))
-                return Result(command.command_id, uuid, True)
+            match kind:
+                case ConsoleKind.READ:
+                    path = self.console_log(uuid)
+                    data = await asyncio.to_thread(consolelog.read_tail, path, command.length)
+                    return Result(command.command_id, uuid, True, data=data)
+                case ConsoleKind.CLEAR:
+                    await asyncio.to_thread(consolelog.clear, self.console_log(uuid))
+                    return Result(command.command_id, uuid, True)
+                case ConsoleKind.SCREENSHOT:
+                    png = await self.hypervisor.screenshot(uuid)
+                    blob = await self.blobs.upload(_one(png))
+                    return Result(command.command_id, uuid, True, blob_uuid=blob)
+                case ConsoleKind.OPEN:
+                    await self._open(uuid, command.session_id)
+                    return Result(command.command_id, uuid, True)
+                case _:
+                    assert_never(kind)
         except FileNotFoundError:
             return Result(command.command_id, uuid, True)  # no log yet: nothing to read or clear
         except (HypervisorError, OSError, ValueError) as exc:
@@ -119,7 +120,6 @@ class Consoles:
         except Exception as exc:
             log.exception("console command crashed", kind=kind, uuid=uuid)
             return Result(command.command_id, uuid, False, f"internal error: {exc}")
-        return Result(command.command_id, uuid, False, f"unknown console command {kind!r}")
 
     async def _open(self, uuid: str, session_id: str) -> None:
         if not session_id or session_id in self.sessions:

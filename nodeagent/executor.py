@@ -15,17 +15,34 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
+from typing import assert_never
 
 import structlog
 
+from common.nodewire.commands import (
+    AgentExecute,
+    AgentGet,
+    AgentPut,
+    AttachInterface,
+    Command,
+    ConsoleAction,
+    CreateDomain,
+    DestroyDomain,
+    EnsureNetwork,
+    PowerDomain,
+    RemoveNetwork,
+    SerialCommand,
+    target_of,
+)
+from common.nodewire.domain import DomainRequest, NicRequest
+from common.nodewire.messages import NodeEvent, Observation, Result
+from common.nodewire.power import PowerAction
 from nodeagent.consoles import Consoles
 from nodeagent.disks.protocol import DiskBuilder, DiskError
 from nodeagent.guestops import GuestOpError, GuestOps
 from nodeagent.guestwatch import GuestWatch
 from nodeagent.hypervisor.protocol import DomainState, Hypervisor, HypervisorError, PreparedDisk
-from nodeagent.messages import Command, NodeEvent, Observation, Result
 from nodeagent.network.protocol import NetworkDriver, NetworkError
-from nodeagent.spec import DomainSpec, NicSpec
 
 log = structlog.get_logger(__name__)
 
@@ -87,15 +104,23 @@ class Executor:
 
     async def execute(self, command: Command) -> Result:
         """Run a command (or return the remembered result of a replayed one)."""
-        if command.kind == "agent":
-            # In-guest work does not hold up power operations on the instance.
-            return await self._agent(command)
-        if command.kind == "console":
-            # Nor do console reads, screenshots or sessions (and they are not remembered).
-            if self.consoles is None:
-                return Result(command.command_id, command.instance_uuid, False, "no consoles here")
-            return await self.consoles.run(command)
-        lock = self._locks.setdefault(command.instance_uuid, asyncio.Lock())
+        match command:
+            case AgentExecute() | AgentPut() | AgentGet():
+                # In-guest work does not hold up power operations on the instance.
+                return await self._agent(command)
+            case ConsoleAction():
+                # Nor do console reads, screenshots or sessions (and they are not remembered).
+                if self.consoles is None:
+                    return Result(
+                        command.command_id, command.instance_uuid, False, "no consoles here"
+                    )
+                return await self.consoles.run(command)
+            case _:
+                return await self._serially(command)
+
+    async def _serially(self, command: SerialCommand) -> Result:
+        uuid = target_of(command)
+        lock = self._locks.setdefault(uuid, asyncio.Lock())
         async with lock:
             remembered = self._results.get(command.command_id)
             if remembered is not None:
@@ -103,11 +128,11 @@ class Executor:
             result = await self._run(command)
             if not (not result.ok and result.retryable):
                 self._remember(result)
-        if command.kind == "destroy":
-            self._locks.pop(command.instance_uuid, None)
+        if isinstance(command, DestroyDomain):
+            self._locks.pop(uuid, None)
         return result
 
-    async def _agent(self, command: Command) -> Result:
+    async def _agent(self, command: AgentExecute | AgentPut | AgentGet) -> Result:
         uuid = command.instance_uuid
         if self.guestops is None:
             return Result(command.command_id, uuid, False, "this node has no guest agent support")
@@ -119,32 +144,35 @@ class Executor:
         except Exception as exc:
             log.exception("agent command crashed", command=command.command_id)
             return Result(command.command_id, uuid, False, f"internal error: {exc}")
-        return Result(command.command_id, uuid, True, agent_result=result)
+        return Result(command.command_id, uuid, True, agent=result)
 
     def _remember(self, result: Result) -> None:
         self._results[result.command_id] = result
         while len(self._results) > REMEMBERED_RESULTS:
             self._results.popitem(last=False)
 
-    async def _run(self, command: Command) -> Result:
-        uuid = command.instance_uuid
-        bound = log.bind(command=command.command_id, kind=command.kind, uuid=uuid)
+    async def _run(self, command: SerialCommand) -> Result:
+        uuid = target_of(command)
+        kind = type(command).__name__
+        bound = log.bind(command=command.command_id, kind=kind, uuid=uuid)
         started = self.clock()
         try:
-            if command.kind == "create":
-                state = await self._create(command)
-            elif command.kind == "power":
-                state = await self._power(command)
-            elif command.kind == "destroy":
-                await self._destroy(uuid)
-                state = None
-            elif command.kind in ("ensure-network", "remove-network"):
-                await self._network(command)
-                return Result(command.command_id, uuid, True)
-            elif command.kind == "attach-interface":
-                state = await self._attach(command)
-            else:
-                return Result(command.command_id, uuid, False, f"unknown command {command.kind!r}")
+            state: DomainState | None
+            match command:
+                case CreateDomain():
+                    state = await self._create(command.domain)
+                case PowerDomain():
+                    state = await self._power(command)
+                case DestroyDomain():
+                    await self._destroy(uuid)
+                    state = None
+                case EnsureNetwork() | RemoveNetwork():
+                    await self._network(command)
+                    return Result(command.command_id, uuid, True)
+                case AttachInterface():
+                    state = await self._attach(command)
+                case _:
+                    assert_never(command)
         except (HypervisorError, DiskError, NetworkError) as exc:
             bound.warning("command failed", error=str(exc), retryable=exc.retryable)
             current = await self._current(uuid)
@@ -162,10 +190,7 @@ class Executor:
         except HypervisorError:
             return None
 
-    async def _create(self, command: Command) -> DomainState:
-        spec = command.spec
-        if spec is None:
-            raise HypervisorError("create command without a spec")
+    async def _create(self, spec: DomainRequest) -> DomainState:
         uuid = spec.uuid
         existing = await self.hypervisor.get_domain(uuid)
         if existing is not None and existing.power_state == "on":
@@ -198,20 +223,18 @@ class Executor:
             self.guestwatch.domain_on(uuid, "sf-agent" in spec.side_channels)
         return state
 
-    async def _network(self, command: Command) -> None:
+    async def _network(self, command: EnsureNetwork | RemoveNetwork) -> None:
         if self.network is None:
             raise NetworkError("this node has no network driver")
-        uuid = command.instance_uuid
-        if command.kind == "remove-network":
+        uuid = command.network_uuid
+        if isinstance(command, RemoveNetwork):
             await self.network.remove(uuid)
             self._networks.pop(uuid, None)
             return
-        if command.network is None:
-            raise NetworkError("ensure-network command without a network")
         await self.network.ensure(command.network)
         self._networks.setdefault(uuid, asyncio.Event()).set()
 
-    async def _bridge(self, nic: NicSpec) -> NicSpec:
+    async def _bridge(self, nic: NicRequest) -> NicRequest:
         """The interface with its network's bridge, once the network is set up here."""
         if self.network is None:
             raise NetworkError("this node has no network driver")
@@ -224,15 +247,13 @@ class Executor:
             ) from exc
         return dataclasses.replace(nic, bridge=self.network.bridge_name(nic.network_uuid))
 
-    async def _with_bridges(self, spec: DomainSpec) -> DomainSpec:
+    async def _with_bridges(self, spec: DomainRequest) -> DomainRequest:
         if not spec.interfaces:
             return spec
         nics = [await self._bridge(nic) for nic in spec.interfaces]
         return dataclasses.replace(spec, interfaces=tuple(nics))
 
-    async def _attach(self, command: Command) -> DomainState | None:
-        if command.nic is None:
-            raise HypervisorError("attach-interface command without an interface")
+    async def _attach(self, command: AttachInterface) -> DomainState | None:
         nic = await self._bridge(command.nic)
         await self.hypervisor.attach_interface(command.instance_uuid, nic)
         self.emit(
@@ -254,7 +275,7 @@ class Executor:
             log.exception("cannot list this node's networks")
             return []
 
-    async def _config_drive(self, spec: DomainSpec) -> PreparedDisk | None:
+    async def _config_drive(self, spec: DomainRequest) -> PreparedDisk | None:
         """Build the instance's config drive afresh, with an event saying so."""
         started = self.clock()
         drive = await self.disks.config_drive(spec)
@@ -269,14 +290,14 @@ class Executor:
             )
         return drive
 
-    async def _power(self, command: Command) -> DomainState:
+    async def _power(self, command: PowerDomain) -> DomainState:
         """A power action; powering on a stopped domain first rebuilds its config drive."""
-        uuid, action = command.instance_uuid, command.power_action
-        if action == "on" and command.spec is not None:
+        uuid, action = command.instance_uuid, command.action
+        if action == PowerAction.ON and command.domain is not None:
             current = await self.hypervisor.get_domain(uuid)
             # Only a stopped guest: a running one keeps the drive it booted with.
             if current is not None and current.power_state in ("off", "crashed"):
-                await self._config_drive(command.spec)
+                await self._config_drive(command.domain)
         return await self.hypervisor.power(uuid, action)
 
     async def _destroy(self, uuid: str) -> None:

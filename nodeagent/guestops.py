@@ -1,7 +1,7 @@
 """Runs agent operations on an instance's in-guest agent, moving blobs as needed.
 
-execute relays output chunks as they come (when asked) and returns Shaken
-Fist's result fields; put streams a blob from the control plane into the
+execute relays output chunks as they come (when asked) and returns its
+exit code and output; put streams a blob from the control plane into the
 guest; get streams a guest file into a new blob. Failures raise
 ``GuestOpError``; ``retryable`` is true only when nothing reached the guest
 (its agent was not ready), so the operation can simply be queued again.
@@ -10,12 +10,17 @@ guest; get streams a guest file into a new blob. Failures raise
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, assert_never
 
+from common.nodewire.commands import (
+    DEFAULT_AGENT_TIMEOUT,
+    AgentCommand,
+    AgentExecute,
+    AgentGet,
+    AgentPut,
+)
+from common.nodewire.messages import AgentResult, ExecOutput, ExecResult, GetResult, PutResult
 from nodeagent.guest.channel import GuestError, GuestUnavailable
-from nodeagent.messages import Command, ExecOutput
-
-DEFAULT_TIMEOUT = 300.0
 
 
 class GuestOpError(Exception):
@@ -75,55 +80,51 @@ class GuestOps:
         self.blobs = blobs
         self.send = send
 
-    async def run(self, command: Command) -> dict[str, Any]:
-        """Run one agent command; returns its result fields."""
-        action = command.agent or {}
+    async def run(self, command: AgentCommand) -> AgentResult:
+        """Run one agent command; returns what the guest did."""
         channel = self.links.channel(command.instance_uuid)
         if channel is None:
             raise GuestOpError("the instance's agent is not ready", retryable=True)
-        kind = action.get("kind")
         try:
-            if kind == "execute":
-                return await self._execute(channel, command, action)
-            if kind == "put":
-                await channel.put(
-                    str(action["path"]),
-                    int(action.get("mode", 0o644)),
-                    self.blobs.download(str(action["blob_uuid"])),
-                )
-                return {"path": action["path"]}
-            if kind == "get":
-                stat, chunks = await channel.get(str(action["path"]))
-                try:
-                    blob = await self.blobs.upload(coalesce(chunks))
-                finally:
-                    await chunks.aclose()  # a failed upload must not leave the channel stalled
-                return {"path": action["path"], "stat_result": stat, "content_blob": blob}
+            match command:
+                case AgentExecute():
+                    return await self._execute(channel, command)
+                case AgentPut():
+                    await channel.put(
+                        command.path, command.mode, self.blobs.download(command.blob_uuid)
+                    )
+                    return PutResult(command.path)
+                case AgentGet():
+                    stat, chunks = await channel.get(command.path)
+                    try:
+                        blob = await self.blobs.upload(coalesce(chunks))
+                    finally:
+                        await chunks.aclose()  # a failed upload must not leave the channel stalled
+                    return GetResult(command.path, blob, stat)
+                case _:
+                    assert_never(command)
         except GuestUnavailable as exc:
             # It may have run in part: not safe to repeat by itself.
             raise GuestOpError(f"lost contact with the agent: {exc}", retryable=False) from exc
         except GuestError as exc:
             raise GuestOpError(str(exc), retryable=False) from exc
-        raise GuestOpError(f"unknown agent operation {kind!r}")
 
-    async def _execute(
-        self, channel: Any, command: Command, action: dict[str, Any]
-    ) -> dict[str, Any]:
+    async def _execute(self, channel: Any, command: AgentExecute) -> ExecResult:
         def relay(stream: str, data: bytes) -> None:
             self.send(ExecOutput(command.command_id, stream, data))
 
         result = await channel.execute(
-            str(action["command_line"]),
-            env=dict(action.get("env") or {}) or None,
-            cwd=str(action.get("cwd") or "") or None,
-            timeout=float(action.get("timeout") or DEFAULT_TIMEOUT),
-            on_output=relay if action.get("stream_output") else None,
+            command.command_line,
+            env=dict(command.env) or None,
+            cwd=command.cwd or None,
+            timeout=command.timeout or DEFAULT_AGENT_TIMEOUT,
+            on_output=relay if command.stream_output else None,
         )
-        return {
-            "return-code": result.return_code,
-            "stdout": result.stdout.decode("utf-8", "replace"),
-            "stderr": result.stderr.decode("utf-8", "replace"),
-        }
+        return ExecResult(
+            result.return_code,
+            result.stdout.decode("utf-8", "replace"),
+            result.stderr.decode("utf-8", "replace"),
+        )
 
 
 UPLOAD_CHUNK = 1024 * 1024

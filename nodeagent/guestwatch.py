@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from nodeagent.messages import AgentStatus
+from common.nodewire.messages import AgentStatus
 
 AGENT_CHANNEL = "sf-agent"
 POWERED_OFF = "not ready (instance powered off)"

@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import structlog
 
+from common.nodewire.messages import Observation
 from nodeagent.guestwatch import GuestWatch
 from nodeagent.hypervisor.protocol import Hypervisor
-from nodeagent.messages import Observation
 
 log = structlog.get_logger(__name__)
 

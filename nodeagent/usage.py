@@ -15,8 +15,8 @@ from typing import Any
 
 import structlog
 
+from common.nodewire.messages import NodeEvent
 from nodeagent.hypervisor.protocol import DomainUsage, Hypervisor, HypervisorError
-from nodeagent.messages import NodeEvent
 
 log = structlog.get_logger(__name__)
 

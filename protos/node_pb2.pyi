@@ -209,6 +209,7 @@ class Register(_message.Message):
     HYPERVISOR_FIELD_NUMBER: _builtins.int
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
     CONSOLE_HOST_FIELD_NUMBER: _builtins.int
+    WIRE_VERSION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     address: _builtins.str
     cpus: _builtins.int
@@ -218,6 +219,10 @@ class Register(_message.Message):
     agent_version: _builtins.str
     console_host: _builtins.str
     """The address consoles (serial TCP ports, VNC, SPICE) listen on, as clients reach it."""
+    wire_version: _builtins.int
+    """The node stream's version (common/nodewire/messages.py WIRE_VERSION); the
+    control plane refuses a node agent of another version.
+    """
     def __init__(
         self,
         *,
@@ -228,10 +233,11 @@ class Register(_message.Message):
         hypervisor: _builtins.str = ...,
         agent_version: _builtins.str = ...,
         console_host: _builtins.str = ...,
+        wire_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_version", b"agent_version", "console_host", b"console_host", "cpus", b"cpus", "hypervisor", b"hypervisor", "memory_mb", b"memory_mb", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_version", b"agent_version", "console_host", b"console_host", "cpus", b"cpus", "hypervisor", b"hypervisor", "memory_mb", b"memory_mb", "name", b"name", "wire_version", b"wire_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -361,9 +367,11 @@ class CommandResult(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     RETRYABLE_FIELD_NUMBER: _builtins.int
     OBSERVATION_FIELD_NUMBER: _builtins.int
-    AGENT_RESULT_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     BLOB_UUID_FIELD_NUMBER: _builtins.int
+    EXEC_RESULT_FIELD_NUMBER: _builtins.int
+    PUT_RESULT_FIELD_NUMBER: _builtins.int
+    GET_RESULT_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     instance_uuid: _builtins.str
     ok: _builtins.bool
@@ -379,9 +387,11 @@ class CommandResult(_message.Message):
         """The domain as it is after the command."""
 
     @_builtins.property
-    def agent_result(self) -> _struct_pb2.Struct:
-        """For agent commands: Shaken Fist's result fields (return-code, stdout, ...)."""
-
+    def exec_result(self) -> Global___AgentExecResult: ...
+    @_builtins.property
+    def put_result(self) -> Global___AgentPutResult: ...
+    @_builtins.property
+    def get_result(self) -> Global___AgentGetResult: ...
     def __init__(
         self,
         *,
@@ -391,17 +401,93 @@ class CommandResult(_message.Message):
         error: _builtins.str = ...,
         retryable: _builtins.bool = ...,
         observation: Global___DomainObservation | None = ...,
-        agent_result: _struct_pb2.Struct | None = ...,
         data: _builtins.bytes = ...,
         blob_uuid: _builtins.str = ...,
+        exec_result: Global___AgentExecResult | None = ...,
+        put_result: Global___AgentPutResult | None = ...,
+        get_result: Global___AgentGetResult | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_result", b"agent_result", "observation", b"observation"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "exec_result", b"exec_result", "get_result", b"get_result", "observation", b"observation", "put_result", b"put_result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_result", b"agent_result", "blob_uuid", b"blob_uuid", "command_id", b"command_id", "data", b"data", "error", b"error", "instance_uuid", b"instance_uuid", "observation", b"observation", "ok", b"ok", "retryable", b"retryable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "blob_uuid", b"blob_uuid", "command_id", b"command_id", "data", b"data", "error", b"error", "exec_result", b"exec_result", "get_result", b"get_result", "instance_uuid", b"instance_uuid", "observation", b"observation", "ok", b"ok", "put_result", b"put_result", "retryable", b"retryable"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_agent: _TypeAlias = _typing.Literal["exec_result", "put_result", "get_result"]  # noqa: Y015
+    _WhichOneofArgType_agent: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_agent) -> _WhichOneofReturnType_agent | None: ...
+
+Global___CommandResult: _TypeAlias = CommandResult  # noqa: Y015
+
+@_typing.final
+class AgentExecResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RETURN_CODE_FIELD_NUMBER: _builtins.int
+    STDOUT_FIELD_NUMBER: _builtins.int
+    STDERR_FIELD_NUMBER: _builtins.int
+    return_code: _builtins.int
+    stdout: _builtins.str
+    stderr: _builtins.str
+    def __init__(
+        self,
+        *,
+        return_code: _builtins.int = ...,
+        stdout: _builtins.str = ...,
+        stderr: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["return_code", b"return_code", "stderr", b"stderr", "stdout", b"stdout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___CommandResult: _TypeAlias = CommandResult  # noqa: Y015
+Global___AgentExecResult: _TypeAlias = AgentExecResult  # noqa: Y015
+
+@_typing.final
+class AgentPutResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentPutResult: _TypeAlias = AgentPutResult  # noqa: Y015
+
+@_typing.final
+class AgentGetResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    CONTENT_BLOB_FIELD_NUMBER: _builtins.int
+    STAT_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    content_blob: _builtins.str
+    @_builtins.property
+    def stat(self) -> _struct_pb2.Struct:
+        """The guest's stat of the file."""
+
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        content_blob: _builtins.str = ...,
+        stat: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["stat", b"stat"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_blob", b"content_blob", "path", b"path", "stat", b"stat"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentGetResult: _TypeAlias = AgentGetResult  # noqa: Y015
 
 @_typing.final
 class ControlMessage(_message.Message):
@@ -491,91 +577,154 @@ class Command(_message.Message):
     CREATE_FIELD_NUMBER: _builtins.int
     POWER_FIELD_NUMBER: _builtins.int
     DESTROY_FIELD_NUMBER: _builtins.int
-    AGENT_FIELD_NUMBER: _builtins.int
+    AGENT_EXECUTE_FIELD_NUMBER: _builtins.int
+    AGENT_PUT_FIELD_NUMBER: _builtins.int
+    AGENT_GET_FIELD_NUMBER: _builtins.int
+    CONSOLE_READ_FIELD_NUMBER: _builtins.int
+    CONSOLE_CLEAR_FIELD_NUMBER: _builtins.int
+    CONSOLE_SCREENSHOT_FIELD_NUMBER: _builtins.int
+    CONSOLE_OPEN_FIELD_NUMBER: _builtins.int
     ENSURE_NETWORK_FIELD_NUMBER: _builtins.int
     REMOVE_NETWORK_FIELD_NUMBER: _builtins.int
     ATTACH_INTERFACE_FIELD_NUMBER: _builtins.int
-    CONSOLE_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     instance_uuid: _builtins.str
+    """The instance's UUID, or for network commands the network's."""
     @_builtins.property
     def create(self) -> Global___CreateDomain: ...
     @_builtins.property
-    def power(self) -> Global___PowerAction: ...
+    def power(self) -> Global___PowerDomain: ...
     @_builtins.property
     def destroy(self) -> Global___DestroyDomain: ...
     @_builtins.property
-    def agent(self) -> Global___AgentAction: ...
+    def agent_execute(self) -> Global___AgentExecute: ...
     @_builtins.property
-    def ensure_network(self) -> Global___EnsureNetwork:
-        """Networks (command instance_uuid holds the network's UUID) and hot plug."""
-
+    def agent_put(self) -> Global___AgentPut: ...
+    @_builtins.property
+    def agent_get(self) -> Global___AgentGet: ...
+    @_builtins.property
+    def console_read(self) -> Global___ConsoleRead: ...
+    @_builtins.property
+    def console_clear(self) -> Global___ConsoleClear: ...
+    @_builtins.property
+    def console_screenshot(self) -> Global___ConsoleScreenshot: ...
+    @_builtins.property
+    def console_open(self) -> Global___ConsoleOpen: ...
+    @_builtins.property
+    def ensure_network(self) -> Global___EnsureNetwork: ...
     @_builtins.property
     def remove_network(self) -> Global___RemoveNetwork: ...
     @_builtins.property
     def attach_interface(self) -> Global___AttachInterface: ...
-    @_builtins.property
-    def console(self) -> Global___ConsoleAction: ...
     def __init__(
         self,
         *,
         command_id: _builtins.str = ...,
         instance_uuid: _builtins.str = ...,
         create: Global___CreateDomain | None = ...,
-        power: Global___PowerAction | None = ...,
+        power: Global___PowerDomain | None = ...,
         destroy: Global___DestroyDomain | None = ...,
-        agent: Global___AgentAction | None = ...,
+        agent_execute: Global___AgentExecute | None = ...,
+        agent_put: Global___AgentPut | None = ...,
+        agent_get: Global___AgentGet | None = ...,
+        console_read: Global___ConsoleRead | None = ...,
+        console_clear: Global___ConsoleClear | None = ...,
+        console_screenshot: Global___ConsoleScreenshot | None = ...,
+        console_open: Global___ConsoleOpen | None = ...,
         ensure_network: Global___EnsureNetwork | None = ...,
         remove_network: Global___RemoveNetwork | None = ...,
         attach_interface: Global___AttachInterface | None = ...,
-        console: Global___ConsoleAction | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent", b"agent", "attach_interface", b"attach_interface", "console", b"console", "create", b"create", "destroy", b"destroy", "ensure_network", b"ensure_network", "power", b"power", "remove_network", b"remove_network"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_execute", b"agent_execute", "agent_get", b"agent_get", "agent_put", b"agent_put", "attach_interface", b"attach_interface", "console_clear", b"console_clear", "console_open", b"console_open", "console_read", b"console_read", "console_screenshot", b"console_screenshot", "create", b"create", "destroy", b"destroy", "ensure_network", b"ensure_network", "power", b"power", "remove_network", b"remove_network"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent", b"agent", "attach_interface", b"attach_interface", "command_id", b"command_id", "console", b"console", "create", b"create", "destroy", b"destroy", "ensure_network", b"ensure_network", "instance_uuid", b"instance_uuid", "power", b"power", "remove_network", b"remove_network"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_execute", b"agent_execute", "agent_get", b"agent_get", "agent_put", b"agent_put", "attach_interface", b"attach_interface", "command_id", b"command_id", "console_clear", b"console_clear", "console_open", b"console_open", "console_read", b"console_read", "console_screenshot", b"console_screenshot", "create", b"create", "destroy", b"destroy", "ensure_network", b"ensure_network", "instance_uuid", b"instance_uuid", "power", b"power", "remove_network", b"remove_network"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["create", "power", "destroy", "agent", "ensure_network", "remove_network", "attach_interface", "console"]  # noqa: Y015
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["create", "power", "destroy", "agent_execute", "agent_put", "agent_get", "console_read", "console_clear", "console_screenshot", "console_open", "ensure_network", "remove_network", "attach_interface"]  # noqa: Y015
     _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
 
 Global___Command: _TypeAlias = Command  # noqa: Y015
 
 @_typing.final
-class ConsoleAction(_message.Message):
-    """Out-of-band access to an instance's console."""
+class ConsoleRead(_message.Message):
+    """The console log's tail: length bytes from the end (-1: all)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    KIND_FIELD_NUMBER: _builtins.int
     LENGTH_FIELD_NUMBER: _builtins.int
-    SESSION_ID_FIELD_NUMBER: _builtins.int
-    kind: _builtins.str
-    """read (the console log's tail), clear (empty the log), screenshot, or
-    open (connect an interactive session: later ConsoleRelay messages carry its bytes).
-    """
     length: _builtins.int
-    """For read: how many bytes from the end (-1: all)."""
-    session_id: _builtins.str
-    """For open: the session's id."""
     def __init__(
         self,
         *,
-        kind: _builtins.str = ...,
         length: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["length", b"length"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsoleRead: _TypeAlias = ConsoleRead  # noqa: Y015
+
+@_typing.final
+class ConsoleClear(_message.Message):
+    """Empty the console log."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsoleClear: _TypeAlias = ConsoleClear  # noqa: Y015
+
+@_typing.final
+class ConsoleScreenshot(_message.Message):
+    """A PNG of the screen, stored as a blob (CommandResult.blob_uuid)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsoleScreenshot: _TypeAlias = ConsoleScreenshot  # noqa: Y015
+
+@_typing.final
+class ConsoleOpen(_message.Message):
+    """Connect an interactive session: later ConsoleRelay messages carry its bytes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    def __init__(
+        self,
+        *,
         session_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "length", b"length", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ConsoleAction: _TypeAlias = ConsoleAction  # noqa: Y015
+Global___ConsoleOpen: _TypeAlias = ConsoleOpen  # noqa: Y015
 
 @_typing.final
-class AgentAction(_message.Message):
-    """One command for an instance's in-guest agent. Blobs move through the
-    control plane's BlobService, which the node agent calls directly.
+class AgentExecute(_message.Message):
+    """Run a command line in the guest. Blobs move through the control plane's
+    BlobService, which the node agent calls directly.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -600,23 +749,14 @@ class AgentAction(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-    KIND_FIELD_NUMBER: _builtins.int
     COMMAND_LINE_FIELD_NUMBER: _builtins.int
     ENV_FIELD_NUMBER: _builtins.int
     CWD_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
-    PATH_FIELD_NUMBER: _builtins.int
-    MODE_FIELD_NUMBER: _builtins.int
-    BLOB_UUID_FIELD_NUMBER: _builtins.int
     STREAM_OUTPUT_FIELD_NUMBER: _builtins.int
-    kind: _builtins.str
-    """execute, put or get."""
     command_line: _builtins.str
     cwd: _builtins.str
     timeout: _builtins.float
-    path: _builtins.str
-    mode: _builtins.int
-    blob_uuid: _builtins.str
     stream_output: _builtins.bool
     """Send ExecOutput messages while it runs."""
     @_builtins.property
@@ -624,55 +764,285 @@ class AgentAction(_message.Message):
     def __init__(
         self,
         *,
-        kind: _builtins.str = ...,
         command_line: _builtins.str = ...,
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         cwd: _builtins.str = ...,
         timeout: _builtins.float = ...,
-        path: _builtins.str = ...,
-        mode: _builtins.int = ...,
-        blob_uuid: _builtins.str = ...,
         stream_output: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_uuid", b"blob_uuid", "command_line", b"command_line", "cwd", b"cwd", "env", b"env", "kind", b"kind", "mode", b"mode", "path", b"path", "stream_output", b"stream_output", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_line", b"command_line", "cwd", b"cwd", "env", b"env", "stream_output", b"stream_output", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___AgentAction: _TypeAlias = AgentAction  # noqa: Y015
+Global___AgentExecute: _TypeAlias = AgentExecute  # noqa: Y015
 
 @_typing.final
-class CreateDomain(_message.Message):
+class AgentPut(_message.Message):
+    """Copy a blob into the guest."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
+    PATH_FIELD_NUMBER: _builtins.int
+    BLOB_UUID_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    blob_uuid: _builtins.str
+    mode: _builtins.int
+    timeout: _builtins.float
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        blob_uuid: _builtins.str = ...,
+        mode: _builtins.int = ...,
+        timeout: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_uuid", b"blob_uuid", "mode", b"mode", "path", b"path", "timeout", b"timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentPut: _TypeAlias = AgentPut  # noqa: Y015
+
+@_typing.final
+class AgentGet(_message.Message):
+    """Copy a guest file into a new blob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    timeout: _builtins.float
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        timeout: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "timeout", b"timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentGet: _TypeAlias = AgentGet  # noqa: Y015
+
+@_typing.final
+class DiskRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIZE_GB_FIELD_NUMBER: _builtins.int
+    BASE_FIELD_NUMBER: _builtins.int
+    BUS_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    size_gb: _builtins.int
+    base: _builtins.str
+    bus: _builtins.str
+    type: _builtins.str
+    def __init__(
+        self,
+        *,
+        size_gb: _builtins.int = ...,
+        base: _builtins.str = ...,
+        bus: _builtins.str = ...,
+        type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base", b"base", "bus", b"bus", "size_gb", b"size_gb", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiskRequest: _TypeAlias = DiskRequest  # noqa: Y015
+
+@_typing.final
+class NetworkRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORK_UUID_FIELD_NUMBER: _builtins.int
+    MAC_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    network_uuid: _builtins.str
+    mac: _builtins.str
+    address: _builtins.str
+    model: _builtins.str
+    def __init__(
+        self,
+        *,
+        network_uuid: _builtins.str = ...,
+        mac: _builtins.str = ...,
+        address: _builtins.str = ...,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "mac", b"mac", "model", b"model", "network_uuid", b"network_uuid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkRequest: _TypeAlias = NetworkRequest  # noqa: Y015
+
+@_typing.final
+class VideoRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    MEMORY_FIELD_NUMBER: _builtins.int
+    VDI_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    memory: _builtins.int
+    vdi: _builtins.str
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        memory: _builtins.int = ...,
+        vdi: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["memory", b"memory", "model", b"model", "vdi", b"vdi"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VideoRequest: _TypeAlias = VideoRequest  # noqa: Y015
+
+@_typing.final
+class NicRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UUID_FIELD_NUMBER: _builtins.int
+    NETWORK_UUID_FIELD_NUMBER: _builtins.int
+    MAC_FIELD_NUMBER: _builtins.int
+    IPV4_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    uuid: _builtins.str
+    network_uuid: _builtins.str
+    mac: _builtins.str
+    ipv4: _builtins.str
+    model: _builtins.str
+    order: _builtins.int
+    def __init__(
+        self,
+        *,
+        uuid: _builtins.str = ...,
+        network_uuid: _builtins.str = ...,
+        mac: _builtins.str = ...,
+        ipv4: _builtins.str = ...,
+        model: _builtins.str = ...,
+        order: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ipv4", b"ipv4", "mac", b"mac", "model", b"model", "network_uuid", b"network_uuid", "order", b"order", "uuid", b"uuid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NicRequest: _TypeAlias = NicRequest  # noqa: Y015
+
+@_typing.final
+class DomainRequest(_message.Message):
+    """One instance as the node's hypervisor sees it (common/nodewire/domain.py)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
     NAMESPACE_FIELD_NUMBER: _builtins.int
-    SPEC_FIELD_NUMBER: _builtins.int
+    CPUS_FIELD_NUMBER: _builtins.int
+    MEMORY_MB_FIELD_NUMBER: _builtins.int
+    DISKS_FIELD_NUMBER: _builtins.int
+    VIDEO_FIELD_NUMBER: _builtins.int
+    SIDE_CHANNELS_FIELD_NUMBER: _builtins.int
+    NETWORKS_FIELD_NUMBER: _builtins.int
+    SSH_KEY_FIELD_NUMBER: _builtins.int
+    USER_DATA_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    UEFI_FIELD_NUMBER: _builtins.int
+    SECURE_BOOT_FIELD_NUMBER: _builtins.int
     INTERFACES_FIELD_NUMBER: _builtins.int
+    NVRAM_TEMPLATE_FIELD_NUMBER: _builtins.int
+    CONFIGDRIVE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
     namespace: _builtins.str
+    cpus: _builtins.int
+    memory_mb: _builtins.int
+    ssh_key: _builtins.str
+    user_data: _builtins.str
+    uefi: _builtins.bool
+    secure_boot: _builtins.bool
+    nvram_template: _builtins.str
+    configdrive: _builtins.str
     @_builtins.property
-    def spec(self) -> _common_pb2.InstanceSpec: ...
+    def disks(self) -> _containers.RepeatedCompositeFieldContainer[Global___DiskRequest]: ...
     @_builtins.property
-    def interfaces(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.NetworkInterface]:
+    def video(self) -> Global___VideoRequest: ...
+    @_builtins.property
+    def side_channels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def networks(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkRequest]: ...
+    @_builtins.property
+    def metadata(self) -> _struct_pb2.Struct: ...
+    @_builtins.property
+    def interfaces(self) -> _containers.RepeatedCompositeFieldContainer[Global___NicRequest]:
         """Its interfaces in order; their networks arrive first as EnsureNetwork."""
 
     def __init__(
         self,
         *,
+        name: _builtins.str = ...,
         namespace: _builtins.str = ...,
-        spec: _common_pb2.InstanceSpec | None = ...,
-        interfaces: _abc.Iterable[_common_pb2.NetworkInterface] | None = ...,
+        cpus: _builtins.int = ...,
+        memory_mb: _builtins.int = ...,
+        disks: _abc.Iterable[Global___DiskRequest] | None = ...,
+        video: Global___VideoRequest | None = ...,
+        side_channels: _abc.Iterable[_builtins.str] | None = ...,
+        networks: _abc.Iterable[Global___NetworkRequest] | None = ...,
+        ssh_key: _builtins.str = ...,
+        user_data: _builtins.str = ...,
+        metadata: _struct_pb2.Struct | None = ...,
+        uefi: _builtins.bool = ...,
+        secure_boot: _builtins.bool = ...,
+        interfaces: _abc.Iterable[Global___NicRequest] | None = ...,
+        nvram_template: _builtins.str = ...,
+        configdrive: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "video", b"video"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["interfaces", b"interfaces", "namespace", b"namespace", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["configdrive", b"configdrive", "cpus", b"cpus", "disks", b"disks", "interfaces", b"interfaces", "memory_mb", b"memory_mb", "metadata", b"metadata", "name", b"name", "namespace", b"namespace", "networks", b"networks", "nvram_template", b"nvram_template", "secure_boot", b"secure_boot", "side_channels", b"side_channels", "ssh_key", b"ssh_key", "uefi", b"uefi", "user_data", b"user_data", "video", b"video"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DomainRequest: _TypeAlias = DomainRequest  # noqa: Y015
+
+@_typing.final
+class CreateDomain(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOMAIN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def domain(self) -> Global___DomainRequest: ...
+    def __init__(
+        self,
+        *,
+        domain: Global___DomainRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateDomain: _TypeAlias = CreateDomain  # noqa: Y015
 
 @_typing.final
-class PowerAction(_message.Message):
+class PowerDomain(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACTION_FIELD_NUMBER: _builtins.int
@@ -680,7 +1050,7 @@ class PowerAction(_message.Message):
     action: _builtins.str
     """on, off, pause, unpause, soft-reboot, hard-reboot."""
     @_builtins.property
-    def domain(self) -> Global___CreateDomain:
+    def domain(self) -> Global___DomainRequest:
         """For "on": the instance as the control plane has it now, so the node can
         rebuild what it derives from it (the config drive) before starting.
         """
@@ -689,7 +1059,7 @@ class PowerAction(_message.Message):
         self,
         *,
         action: _builtins.str = ...,
-        domain: Global___CreateDomain | None = ...,
+        domain: Global___DomainRequest | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -697,7 +1067,7 @@ class PowerAction(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___PowerAction: _TypeAlias = PowerAction  # noqa: Y015
+Global___PowerDomain: _TypeAlias = PowerDomain  # noqa: Y015
 
 @_typing.final
 class DestroyDomain(_message.Message):
@@ -856,11 +1226,11 @@ class AttachInterface(_message.Message):
 
     INTERFACE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def interface(self) -> _common_pb2.NetworkInterface: ...
+    def interface(self) -> Global___NicRequest: ...
     def __init__(
         self,
         *,
-        interface: _common_pb2.NetworkInterface | None = ...,
+        interface: Global___NicRequest | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["interface", b"interface"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...

@@ -15,7 +15,7 @@ Measures, in one run on this machine:
 
 Process layout: this orchestrator; the echo server; each control plane (a
 subprocess of the console script); the simulated node agents (real
-``nodeagent.link.Link`` and ``Executor`` objects over ``FakeHypervisor`` and
+``nodeagent.stream.ControlStream`` and ``Executor`` objects over ``FakeHypervisor`` and
 ``FakeDiskBuilder``, one asyncio loop per process); and a fresh load-generator
 process per measurement (grpc.aio, N requests in flight). Every server binds
 127.0.0.1 only and is stopped at the end; every loop is bounded in count and
@@ -23,10 +23,10 @@ in time, and every child exits by itself once the run's deadline passes.
 
 One deliberate deviation from production: gRPC core shares one TCP connection
 between channels of one process that have the same target and arguments, so
-1,000 ``Link`` objects in one process would multiplex over a single
+1,000 ``ControlStream`` objects in one process would multiplex over a single
 connection. The node simulation therefore wraps ``grpc.aio.insecure_channel``
 (in its own process only) to add ``grpc.use_local_subchannel_pool``, giving each
-``Link`` its own connection as separate node-agent processes have
+``ControlStream`` its own connection as separate node-agent processes have
 (``--shared-connections`` turns this off).
 
 "Creates accepted/s" is what callers see; the control plane keeps working on
@@ -81,8 +81,8 @@ from nodeagent.credentials import Credentials
 from nodeagent.disks.fake import FakeDiskBuilder
 from nodeagent.executor import Executor
 from nodeagent.hypervisor.fake import FakeHypervisor
-from nodeagent.link import Identity, Link
 from nodeagent.observer import observe
+from nodeagent.stream import ControlStream, Identity
 from protos import auth_pb2, auth_pb2_grpc, common_pb2, instances_pb2, instances_pb2_grpc
 
 if TYPE_CHECKING:
@@ -658,16 +658,18 @@ def counting_sleep(counter: Any, interval: float) -> Sleep:
     return sleep
 
 
-def build_agent(config: NodeSimConfig, name: str, sleep: Sleep) -> tuple[Link, FakeHypervisor]:
+def build_agent(
+    config: NodeSimConfig, name: str, sleep: Sleep
+) -> tuple[ControlStream, FakeHypervisor]:
     """One node agent as nodeagent.app builds it, over fakes."""
     hypervisor = FakeHypervisor()
-    link: Link
+    stream: ControlStream
     executor = Executor(
-        hypervisor, FakeDiskBuilder(), Path(config.workdir) / name, lambda e: link.emit(e)
+        hypervisor, FakeDiskBuilder(), Path(config.workdir) / name, lambda e: stream.emit(e)
     )
     identity = Identity(name, "127.0.0.1", config.cpus, config.memory_mb, "fake")
     credentials = Credentials("system", BENCH_KEY)
-    link = Link(
+    stream = ControlStream(
         config.target,
         identity,
         executor,
@@ -676,7 +678,7 @@ def build_agent(config: NodeSimConfig, name: str, sleep: Sleep) -> tuple[Link, F
         backoff_cap=5.0,
         sleep=sleep,
     )
-    return link, hypervisor
+    return stream, hypervisor
 
 
 async def _run_nodes(config: NodeSimConfig, counter: Any, conn: Connection) -> None:
@@ -684,18 +686,18 @@ async def _run_nodes(config: NodeSimConfig, counter: Any, conn: Connection) -> N
     sleep = counting_sleep(counter, config.heartbeat_interval)
     agents = [build_agent(config, name, sleep) for name in config.names]
     started = loop.time()
-    tasks = [loop.create_task(link.run()) for link, _ in agents]
-    tasks += [loop.create_task(observe(hv, link.send)) for link, hv in agents]
-    waiters = [loop.create_task(link.connected.wait()) for link, _ in agents]
+    tasks = [loop.create_task(stream.run()) for stream, _ in agents]
+    tasks += [loop.create_task(observe(hv, stream.send)) for stream, hv in agents]
+    waiters = [loop.create_task(stream.connected.wait()) for stream, _ in agents]
     _, pending = await asyncio.wait(waiters, timeout=config.connect_timeout)
     for waiter in pending:
         waiter.cancel()
-    connected = sum(link.connected.is_set() for link, _ in agents)
+    connected = sum(stream.connected.is_set() for stream, _ in agents)
     conn.send({"connected": connected, "seconds": loop.time() - started})
     await wait_for_stop(config.deadline)
     final = {
-        "still_connected": sum(link.connected.is_set() for link, _ in agents),
-        "connections": sum(link.connections for link, _ in agents),
+        "still_connected": sum(stream.connected.is_set() for stream, _ in agents),
+        "connections": sum(stream.connections for stream, _ in agents),
     }
     for task in tasks:
         task.cancel()

@@ -138,10 +138,10 @@ async def populate(
         settings, hypervisor, FakeDiskBuilder(), GrpcBlobs(target, Credentials("system", key))
     )
     tasks = [
-        asyncio.create_task(agent.link.run()),
-        asyncio.create_task(observe(hypervisor, agent.link.send, agent.watch)),
+        asyncio.create_task(agent.stream.run()),
+        asyncio.create_task(observe(hypervisor, agent.stream.send, agent.watch)),
     ]
-    await asyncio.wait_for(agent.link.connected.wait(), 20)
+    await asyncio.wait_for(agent.stream.connected.wait(), 20)
     async with grpc.aio.insecure_channel(target) as channel:
         stub = instances_pb2_grpc.InstanceServiceStub(channel)
         first = ""

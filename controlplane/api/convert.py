@@ -1,4 +1,8 @@
-"""Conversions between generated protobuf messages and the control plane's model."""
+"""Conversions between the public API's protobuf messages and the control plane's model.
+
+The node stream's messages have their own converters (common.nodewire.convert),
+which hold the Struct helpers both use.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 
+from common.nodewire.convert import dict_to_struct, ints, struct_to_dict
 from controlplane.model import (
     DiskSpec,
     Event,
@@ -16,36 +21,13 @@ from controlplane.model import (
     Nic,
     VideoSpec,
 )
-from controlplane.nodes import ConsoleRelay, NodeCommand, Observation, Outcome
 from controlplane.validation import machine_type
-from protos import common_pb2, instances_pb2, node_pb2
-
-
-def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
-    """A Struct as a plain dict, with whole-number floats turned back into ints."""
-    return ints(json_format.MessageToDict(value))  # type: ignore[no-any-return]
+from protos import common_pb2, instances_pb2
 
 
 def value_to_python(value: struct_pb2.Value) -> Any:
     """A Value as a plain JSON value, with whole-number floats turned back into ints."""
     return ints(json_format.MessageToDict(value))
-
-
-def ints(value: Any) -> Any:
-    """A JSON value with whole-number floats turned into ints (protobuf has only doubles)."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: ints(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [ints(v) for v in value]
-    return value
-
-
-def dict_to_struct(value: dict[str, Any], out: struct_pb2.Struct) -> None:
-    """Fill a Struct from a plain dict."""
-    if value:
-        out.update(value)
 
 
 def spec_from_pb(pb: common_pb2.InstanceSpec) -> InstanceSpec:
@@ -182,89 +164,4 @@ def event_from_pb(pb: common_pb2.Event) -> Event:
     )
 
 
-def observation_from_pb(pb: node_pb2.DomainObservation) -> Observation:
-    """A node's view of a domain."""
-    return Observation(
-        pb.instance_uuid,
-        pb.exists,
-        pb.power_state,
-        pb.reason,
-        pb.console_port,
-        pb.vdi_port,
-        pb.vdi_tls_port,
-    )
-
-
-def outcome_from_pb(pb: node_pb2.CommandResult) -> Outcome:
-    """A node's answer to a command."""
-    return Outcome(
-        command_id=pb.command_id,
-        instance_uuid=pb.instance_uuid,
-        ok=pb.ok,
-        error=pb.error,
-        retryable=pb.retryable,
-        observation=observation_from_pb(pb.observation) if pb.HasField("observation") else None,
-        agent_result=struct_to_dict(pb.agent_result) if pb.HasField("agent_result") else None,
-        data=pb.data,
-        blob_uuid=pb.blob_uuid,
-    )
-
-
-def command_to_pb(command: NodeCommand) -> node_pb2.ControlMessage:
-    """A node command for the wire."""
-    pb = node_pb2.Command(command_id=command.command_id, instance_uuid=command.instance_uuid)
-    if command.kind == "create" and command.spec is not None:
-        pb.create.namespace = command.namespace
-        spec_to_pb(command.spec, pb.create.spec)
-        for nic in command.interfaces:
-            nic_to_pb(nic, pb.create.interfaces.add(), command.instance_uuid)
-    elif command.kind == "ensure-network" and command.network is not None:
-        _ensure_to_pb(command.network, pb.ensure_network)
-    elif command.kind == "remove-network":
-        pb.remove_network.network_uuid = command.instance_uuid
-    elif command.kind == "attach-interface" and command.nic is not None:
-        nic_to_pb(command.nic, pb.attach_interface.interface, command.instance_uuid)
-    elif command.kind == "power":
-        pb.power.action = command.power_action
-        if command.spec is not None:
-            pb.power.domain.namespace = command.namespace
-            spec_to_pb(command.spec, pb.power.domain.spec)
-    elif command.kind == "agent" and command.agent is not None:
-        pb.agent.CopyFrom(node_pb2.AgentAction(**command.agent))
-    elif command.kind == "console" and command.console is not None:
-        pb.console.CopyFrom(node_pb2.ConsoleAction(**command.console))
-    elif command.kind == "destroy":
-        pb.destroy.SetInParent()
-    else:
-        raise ValueError(f"cannot send a {command.kind!r} command")
-    return node_pb2.ControlMessage(command=pb)
-
-
-def _ensure_to_pb(config: dict[str, Any], out: node_pb2.EnsureNetwork) -> None:
-    """Fill an EnsureNetwork from a network config (services/netsync.py's fields)."""
-    out.network_uuid = config["uuid"]
-    out.vni = config["vni"]
-    out.netblock = config["netblock"]
-    out.gateway = config["gateway"]
-    out.provide_dhcp = config["provide_dhcp"]
-    out.provide_nat = config["provide_nat"]
-    out.services_here = config["services_here"]
-    for mac, address, hostname in config["leases"]:
-        out.leases.add(mac=mac, address=address, hostname=hostname)
-    out.peers.extend(config["peers"])
-    out.egress_address = config["egress_address"]
-    out.egress_gateway = config["egress_gateway"]
-    for address, inner in config["floating"]:
-        out.floating.add(address=address, inner_address=inner)
-    out.mtu = config["mtu"]
-
-
-def control_to_pb(item: NodeCommand | ConsoleRelay) -> node_pb2.ControlMessage:
-    """A command or console bytes for a node's stream."""
-    if isinstance(item, ConsoleRelay):
-        return node_pb2.ControlMessage(
-            console=node_pb2.ConsoleRelay(
-                session_id=item.session_id, data=item.data, close=item.close, error=item.error
-            )
-        )
-    return command_to_pb(item)
+__all__ = ["dict_to_struct", "ints", "struct_to_dict"]

@@ -1,6 +1,8 @@
 """The NodeService stream: one per node agent, translated to registry calls.
 
-The first message must be ``register``; then the node's inventory follows.
+The first message must be ``register``, of this control plane's wire
+version (a node agent of another version is refused with FAILED_PRECONDITION);
+then the node's inventory follows.
 Reads and writes run as two tasks; when either ends (or the node stays
 silent past the timeout) the session is closed and pending commands fail.
 """
@@ -9,19 +11,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, assert_never
 
 import grpc
 import structlog
 
-from controlplane.api.convert import (
-    control_to_pb,
-    event_from_pb,
-    observation_from_pb,
-    outcome_from_pb,
+from common.nodewire.convert import WireError, control_to_pb, register_from_pb, report_from_pb
+from common.nodewire.messages import (
+    WIRE_VERSION,
+    AgentStatus,
+    ConsoleRelay,
+    ExecOutput,
+    Heartbeat,
+    Inventory,
+    NodeEvent,
+    Observation,
+    Result,
 )
-from controlplane.model import Node
-from controlplane.nodes import ConsoleRelay, NodeRegistry, Session
+from controlplane.model import Event, Node
+from controlplane.nodes import NodeRegistry, Session
 from controlplane.reconciler import Reconciler
 from controlplane.services.agent import AgentService
 from controlplane.settings import Settings
@@ -60,7 +68,14 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         if first is None or first.WhichOneof("body") != "register":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first message must be register")
             return
-        reg = first.register
+        reg = register_from_pb(first.register)
+        if reg.wire_version != WIRE_VERSION:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"node agent {reg.name!r} speaks node wire version {reg.wire_version}; "
+                f"this control plane speaks version {WIRE_VERSION}: upgrade the node agent",
+            )
+            return
         if not reg.name or reg.cpus <= 0 or reg.memory_mb <= 0:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "register needs a name, cpus and memory_mb"
@@ -124,33 +139,36 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             session.close()
 
     async def _dispatch(self, session: Session, message: node_pb2.NodeMessage) -> None:
-        kind = message.WhichOneof("body")
-        if kind == "heartbeat":
-            session.heartbeats += 1
-        elif kind == "result":
-            await self.reconciler.on_result(session, outcome_from_pb(message.result))
-        elif kind == "observation":
-            await self.reconciler.on_observation(session, observation_from_pb(message.observation))
-        elif kind == "inventory":
-            domains = [observation_from_pb(d) for d in message.inventory.domains]
-            await self.reconciler.on_inventory(session, domains, list(message.inventory.networks))
-        elif kind == "event":
-            await self.reconciler.on_node_event(session, event_from_pb(message.event.event))
-        elif kind == "exec_output":
-            out = message.exec_output
-            self.agent.on_output(out.command_id, out.stream, out.data)
-        elif kind == "console":
-            c = message.console
-            self.nodes.console_output(ConsoleRelay(c.session_id, c.data, c.close, c.error))
-        elif kind == "agent_status":
-            status = message.agent_status
-            await self.reconciler.on_agent_status(
-                session, status.instance_uuid, status.agent_state, status.boot_time
-            )
-            if status.agent_state.startswith("ready"):
-                self.agent.kick(status.instance_uuid)
-        else:
-            log.warning("unexpected node message", node=session.node.name, kind=kind)
+        try:
+            report = report_from_pb(message)
+        except WireError as exc:
+            log.warning("unexpected node message", node=session.node.name, error=str(exc))
+            return
+        match report:
+            case Heartbeat():
+                session.heartbeats += 1
+            case Result():
+                await self.reconciler.on_result(session, report)
+            case Observation():
+                await self.reconciler.on_observation(session, report)
+            case Inventory():
+                await self.reconciler.on_inventory(
+                    session, list(report.domains), list(report.networks)
+                )
+            case NodeEvent():
+                await self.reconciler.on_node_event(session, event_of(report))
+            case ExecOutput():
+                self.agent.on_output(report.command_id, report.stream, report.data)
+            case ConsoleRelay():
+                self.nodes.console_output(report)
+            case AgentStatus():
+                await self.reconciler.on_agent_status(
+                    session, report.instance_uuid, report.agent_state, report.boot_time
+                )
+                if report.agent_state.startswith("ready"):
+                    self.agent.kick(report.instance_uuid)
+            case _:
+                assert_never(report)
 
     async def _watchdog(self, session: Session) -> None:
         timeout = self.settings.node_timeout
@@ -160,3 +178,16 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 log.warning("node silent too long; closing its stream", node=session.node.name)
                 session.close()
                 return
+
+
+def event_of(event: NodeEvent) -> Event:
+    """A node's event as the control plane logs it."""
+    return Event(
+        object_uuid=event.instance_uuid,
+        type=event.type,
+        message=event.message,
+        timestamp=event.timestamp,
+        fqdn=event.fqdn,
+        duration=event.duration,
+        extra=dict(event.extra),
+    )

@@ -18,10 +18,12 @@ from typing import Any
 
 import structlog
 
+from common.nodewire.commands import AgentCommand, AgentExecute, AgentGet, AgentPut
+from common.nodewire.messages import ExecResult, GetResult, Result
 from common.tasks import Tasks
 from controlplane.errors import Busy, FailedPrecondition, InvalidArgument, NotFound
 from controlplane.model import AgentOperation, Instance
-from controlplane.nodes import NodeCommand, NodeRegistry, Outcome
+from controlplane.nodes import NodeRegistry
 from controlplane.services.namespaces import can_see
 from controlplane.store import occ
 from controlplane.store.agentops import AgentOperations
@@ -227,35 +229,12 @@ class AgentService:
 
     async def _run(self, instance: Instance, op: AgentOperation) -> bool:
         """Run one operation; False when it went back to the queue."""
-        command = op.commands[0]
-        action: dict[str, Any]
-        if command["command"] == "execute":
-            action = {
-                "kind": "execute",
-                "command_line": command["commandline"],
-                "env": command.get("env", {}),
-                "cwd": command.get("cwd", ""),
-                "timeout": command.get("timeout", DEFAULT_TIMEOUT),
-                "stream_output": op.uuid in self._streams,
-            }
-        elif command["command"] == "put-blob":
-            action = {
-                "kind": "put",
-                "path": command["path"],
-                "blob_uuid": command["blob_uuid"],
-                "mode": int(op.commands[1]["mode"]) & 0o7777,
-                "timeout": DEFAULT_TIMEOUT,
-            }
-        else:
-            action = {"kind": "get", "path": command["path"], "timeout": DEFAULT_TIMEOUT}
-        node_command = NodeCommand(f"{op.uuid}/0", instance.uuid, "agent", agent=action)
+        command = node_command(op, stream_output=op.uuid in self._streams)
         try:
-            future = self.nodes.send(instance.node, node_command)
-            outcome = await asyncio.wait_for(future, float(action["timeout"]) + 60)
+            future = self.nodes.send(instance.node, command)
+            outcome = await asyncio.wait_for(future, command.timeout + 60)
         except Exception as exc:  # disconnects, deadlines
-            outcome = Outcome(
-                node_command.command_id, instance.uuid, False, str(exc) or "timed out"
-            )
+            outcome = Result(command.command_id, instance.uuid, False, str(exc) or "timed out")
         if not outcome.ok and outcome.retryable:
             # Nothing reached the guest (its agent was not ready after all): queue it again.
             log.info("agent not ready; operation queued again", op=op.uuid, error=outcome.error)
@@ -288,21 +267,23 @@ class AgentService:
 
         self.tasks.spawn(kick_later(), name=f"agent operations of {instance_uuid}, later")
 
-    async def _finish(self, op: AgentOperation, outcome: Outcome) -> None:
+    async def _finish(self, op: AgentOperation, outcome: Result) -> None:
         results: dict[str, Any] = {}
         state, error = "complete", ""
-        result = dict(outcome.agent_result or {})
+        agent = outcome.agent
         if not outcome.ok:
             state, error = "error", outcome.error or "the agent operation failed"
         elif op.commands[0]["command"] == "execute":
-            results["0"] = await self._execute_result(op, result)
+            done = agent if isinstance(agent, ExecResult) else ExecResult(-1)
+            results["0"] = await self._execute_result(op, done)
         elif op.commands[0]["command"] == "put-blob":
             results = {"0": {"path": op.commands[0]["path"]}, "1": {"path": op.commands[1]["path"]}}
         else:
+            got = agent if isinstance(agent, GetResult) else GetResult("", "")
             results["0"] = {
                 "path": op.commands[0]["path"],
-                "stat_result": result.get("stat_result", {}),
-                "content_blob": result.get("content_blob", ""),
+                "stat_result": got.stat,
+                "content_blob": got.content_blob,
             }
         await self._settle(
             op,
@@ -312,14 +293,13 @@ class AgentService:
         if stream is not None:
             stream.queue.put_nowait(None)
 
-    async def _execute_result(self, op: AgentOperation, result: dict[str, Any]) -> dict[str, Any]:
+    async def _execute_result(self, op: AgentOperation, result: ExecResult) -> dict[str, Any]:
         out: dict[str, Any] = {
             "command-line": op.commands[0]["commandline"],
             "result": True,
-            "return-code": int(result.get("return-code", -1)),
+            "return-code": result.return_code,
         }
-        for name in ("stdout", "stderr"):
-            text = str(result.get(name, ""))
+        for name, text in (("stdout", result.stdout), ("stderr", result.stderr)):
             if len(text.encode()) > INLINE_OUTPUT_LIMIT:
                 blob = await self.blobs.add_bytes(text.encode(), self.clock())
                 out[f"{name}_blob"] = blob.uuid
@@ -327,6 +307,33 @@ class AgentService:
             else:
                 out[name] = text
         return out
+
+
+def node_command(op: AgentOperation, stream_output: bool = False) -> AgentCommand:
+    """The node command that runs a stored (Shaken Fist shaped) operation."""
+    command, command_id = op.commands[0], f"{op.uuid}/0"
+    if command["command"] == "execute":
+        return AgentExecute(
+            command_id,
+            op.instance_uuid,
+            command_line=str(command["commandline"]),
+            env={str(k): str(v) for k, v in (command.get("env") or {}).items()},
+            cwd=str(command.get("cwd", "")),
+            timeout=float(command.get("timeout") or DEFAULT_TIMEOUT),
+            stream_output=stream_output,
+        )
+    if command["command"] == "put-blob":
+        return AgentPut(
+            command_id,
+            op.instance_uuid,
+            path=str(command["path"]),
+            blob_uuid=str(command["blob_uuid"]),
+            mode=int(op.commands[1]["mode"]) & 0o7777,
+            timeout=DEFAULT_TIMEOUT,
+        )
+    return AgentGet(
+        command_id, op.instance_uuid, path=str(command["path"]), timeout=DEFAULT_TIMEOUT
+    )
 
 
 def _check_path(path: str) -> None:

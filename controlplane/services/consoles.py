@@ -14,12 +14,13 @@ import asyncio
 import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
+from common.nodewire.commands import ConsoleAction, ConsoleKind
+from common.nodewire.messages import ConsoleRelay, Result
 from controlplane import lifecycle
 from controlplane.errors import FailedPrecondition, InvalidArgument, Unavailable
 from controlplane.model import Event, Instance
-from controlplane.nodes import ConsoleRelay, ConsoleSink, NodeCommand, NodeRegistry, Outcome
+from controlplane.nodes import ConsoleSink, NodeRegistry
 from controlplane.store.blobs import BlobStore
 from controlplane.store.records import Records
 
@@ -83,12 +84,12 @@ class ConsoleService:
         """The last ``length`` bytes of the console log (10240 when 0, all when -1)."""
         if length < -1:
             raise InvalidArgument(f"length must be -1 (all), 0 (default) or positive, not {length}")
-        outcome = await self._ask(instance, {"kind": "read", "length": length})
+        outcome = await self._ask(instance, ConsoleKind.READ, length=length)
         return outcome.data
 
     async def clear(self, instance: Instance) -> None:
         """Empty the console log and record an audit event."""
-        await self._ask(instance, {"kind": "clear"})
+        await self._ask(instance, ConsoleKind.CLEAR)
         event = Event(instance.uuid, "audit", "console log cleared", self.clock(), self.fqdn)
         await self.records.add_events(instance.namespace, [event])
 
@@ -98,7 +99,7 @@ class ConsoleService:
             raise FailedPrecondition(
                 f"instance {instance.uuid} is powered {instance.power_state}: nothing to capture"
             )
-        outcome = await self._ask(instance, {"kind": "screenshot"})
+        outcome = await self._ask(instance, ConsoleKind.SCREENSHOT)
         if await self.blobs.get(outcome.blob_uuid) is None:
             raise Unavailable("the node's screenshot did not arrive; try again")
         return outcome.blob_uuid
@@ -127,7 +128,7 @@ class ConsoleService:
         self._check_created(instance)
         self.nodes.console_attach(session_id, instance.node, sink)
         try:
-            await self._ask(instance, {"kind": "open", "session_id": session_id})
+            await self._ask(instance, ConsoleKind.OPEN, session_id=session_id)
         except BaseException:
             self.nodes.consoles.pop(session_id, None)
             raise
@@ -159,13 +160,16 @@ class ConsoleService:
                 f"instance {instance.uuid} is {instance.state}; consoles need a created instance"
             )
 
-    async def _ask(self, instance: Instance, console: dict[str, Any]) -> Outcome:
+    async def _ask(
+        self, instance: Instance, kind: ConsoleKind, length: int = 0, session_id: str = ""
+    ) -> Result:
         self._check_created(instance)
-        command = NodeCommand(
+        command = ConsoleAction(
             f"{instance.uuid}/console/{uuidlib.uuid4().hex}",
             instance.uuid,
-            "console",
-            console=console,
+            kind,
+            length=length,
+            session_id=session_id,
         )
         future = self.nodes.send(instance.node, command)
         try:

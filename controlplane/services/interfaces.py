@@ -17,7 +17,9 @@ import dataclasses
 
 import structlog
 
+from common.nodewire.commands import AttachInterface
 from controlplane import ipam, lifecycle
+from controlplane.domainreq import nic_request
 from controlplane.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -26,7 +28,7 @@ from controlplane.errors import (
     Unavailable,
 )
 from controlplane.model import Instance, Interface, NetworkSpec, Reservation
-from controlplane.nodes import NodeCommand, NodeRegistry
+from controlplane.nodes import NodeRegistry
 from controlplane.services.instances import InstanceService
 from controlplane.services.namespaces import can_see
 from controlplane.services.netsync import NetworkSync
@@ -99,8 +101,8 @@ class InterfaceService:
         instance, alloc = await retry_on_conflict(attempt, f"instance {ref}")
         iface = alloc.interfaces[0]
         await self.netsync.sync([iface.network_uuid])
-        command = NodeCommand(
-            f"{instance.uuid}/attach/{iface.uuid}", instance.uuid, "attach-interface", nic=iface.nic
+        command = AttachInterface(
+            f"{instance.uuid}/attach/{iface.uuid}", instance.uuid, nic_request(iface.nic)
         )
         try:
             outcome = await asyncio.wait_for(

@@ -20,13 +20,14 @@ import asyncio
 import itertools
 import time
 from collections.abc import Iterable
-from typing import Any
 
 import structlog
 
+from common.nodewire.commands import Command, EnsureNetwork, RemoveNetwork
+from common.nodewire.network import Floating, Lease, NetworkConfig
 from controlplane import ipam, lifecycle
 from controlplane.model import Event, Instance, Interface, Network
-from controlplane.nodes import NodeCommand, NodeRegistry
+from controlplane.nodes import NodeRegistry
 from controlplane.services.networks import CREATED, DELETED, NetworkService
 from controlplane.store.protocol import Op
 from controlplane.store.records import Records
@@ -69,8 +70,8 @@ class NetworkSync:
         interfaces: list[Interface],
         carriers: set[str],
         addresses: dict[str, str],
-    ) -> dict[str, Any]:
-        """The NetworkConfig fields one node gets for a network."""
+    ) -> NetworkConfig:
+        """The NetworkConfig one node gets for a network."""
         services_here = node == network.services_node
         block = ipam.parse_netblock(network.netblock)
         pool = self.service.pool
@@ -79,21 +80,23 @@ class NetworkSync:
             - {addresses.get(node, "")}
         )
         egress = network.egress_address if services_here and network.provide_nat else ""
-        return {
-            "uuid": network.uuid,
-            "vni": network.vxlan_id,
-            "netblock": network.netblock,
-            "gateway": ipam.gateway(block),
-            "provide_dhcp": network.provide_dhcp,
-            "provide_nat": network.provide_nat,
-            "services_here": services_here,
-            "leases": [(i.macaddr, i.ipv4, "") for i in interfaces if i.ipv4],
-            "peers": peers,
-            "egress_address": f"{egress}/{pool.prefixlen}" if egress else "",
-            "egress_gateway": ipam.gateway(pool) if egress else "",
-            "floating": [(i.floating, i.ipv4) for i in interfaces if i.floating and egress],
-            "mtu": MTU,
-        }
+        return NetworkConfig(
+            uuid=network.uuid,
+            vni=network.vxlan_id,
+            netblock=network.netblock,
+            gateway=ipam.gateway(block),
+            provide_dhcp=network.provide_dhcp,
+            provide_nat=network.provide_nat,
+            services_here=services_here,
+            leases=tuple(Lease(i.macaddr, i.ipv4) for i in interfaces if i.ipv4),
+            peers=tuple(peers),
+            egress_address=f"{egress}/{pool.prefixlen}" if egress else "",
+            egress_gateway=ipam.gateway(pool) if egress else "",
+            floating=tuple(
+                Floating(i.floating, i.ipv4) for i in interfaces if i.floating and egress
+            ),
+            mtu=MTU,
+        )
 
     async def sync(self, network_uuids: Iterable[str], left: Iterable[str] = ()) -> None:
         """Send every carrier of these networks their config; nodes in left that no
@@ -110,20 +113,18 @@ class NetworkSync:
             return
         if network.state == DELETED:
             for node in self.nodes.sessions:
-                self._send(node, NodeCommand(self._command_id(uuid), uuid, "remove-network"))
+                self._send(node, RemoveNetwork(self._command_id(uuid), uuid))
             return
         interfaces = await self.networks.network_interfaces(uuid)
         carriers = self.carriers(network, interfaces)
         addresses = await self._addresses()
         for node in sorted(carriers):
             config = self.config_for(network, node, interfaces, carriers, addresses)
-            self._send(
-                node, NodeCommand(self._command_id(uuid), uuid, "ensure-network", network=config)
-            )
+            self._send(node, EnsureNetwork(self._command_id(uuid), uuid, config))
         for node in left - carriers:
-            self._send(node, NodeCommand(self._command_id(uuid), uuid, "remove-network"))
+            self._send(node, RemoveNetwork(self._command_id(uuid), uuid))
 
-    def _send(self, node: str, command: NodeCommand) -> None:
+    def _send(self, node: str, command: Command) -> None:
         if self.nodes.connected(node):
             self.nodes.send(node, command)
 
@@ -147,16 +148,11 @@ class NetworkSync:
                 config = self.config_for(network, node, interfaces, carriers, addresses)
                 self._send(
                     node,
-                    NodeCommand(
-                        self._command_id(network.uuid),
-                        network.uuid,
-                        "ensure-network",
-                        network=config,
-                    ),
+                    EnsureNetwork(self._command_id(network.uuid), network.uuid, config),
                 )
         for uuid in present - wanted:
             log.info("removing a network the node should not carry", node=node, network=uuid)
-            self._send(node, NodeCommand(self._command_id(uuid), uuid, "remove-network"))
+            self._send(node, RemoveNetwork(self._command_id(uuid), uuid))
 
     # Reconciler hooks --------------------------------------------------------------
 

@@ -24,8 +24,8 @@ import ipaddress
 import json
 from typing import Any
 
+from common.nodewire.domain import DomainRequest, NetworkRequest
 from nodeagent.disks.protocol import DiskError
-from nodeagent.spec import DomainSpec, NetworkSpec
 
 LABEL = "config-2"
 VERSIONS = ("latest", "2017-02-22")
@@ -41,7 +41,7 @@ def decode_user_data(user_data: str) -> bytes:
         raise DiskError(f"user data is not valid base64: {exc}") from exc
 
 
-def meta_data(spec: DomainSpec, *, random_seed: bytes, availability_zone: str) -> dict[str, Any]:
+def meta_data(spec: DomainRequest, *, random_seed: bytes, availability_zone: str) -> dict[str, Any]:
     """The ``meta_data.json`` document for an instance."""
     document: dict[str, Any] = {
         "uuid": spec.uuid,
@@ -64,7 +64,7 @@ def meta_data(spec: DomainSpec, *, random_seed: bytes, availability_zone: str) -
     return document
 
 
-def _network(index: int, interface: NetworkSpec) -> dict[str, Any]:
+def _network(index: int, interface: NetworkRequest) -> dict[str, Any]:
     network: dict[str, Any] = {
         "id": f"network{index}",
         "link": f"eth{index}",
@@ -85,13 +85,13 @@ def _network(index: int, interface: NetworkSpec) -> dict[str, Any]:
     return network
 
 
-def network_data(spec: DomainSpec) -> dict[str, Any]:
+def network_data(spec: DomainRequest) -> dict[str, Any]:
     """The ``network_data.json`` document: links, networks and services."""
     links = []
     for index, interface in enumerate(spec.networks):
         link: dict[str, Any] = {"id": f"eth{index}", "type": "vif", "mtu": 1500}
-        if interface.macaddress:
-            link["ethernet_mac_address"] = interface.macaddress
+        if interface.mac:
+            link["ethernet_mac_address"] = interface.mac
         if interface.network_uuid:
             link["vif_id"] = interface.network_uuid
         links.append(link)
@@ -100,7 +100,7 @@ def network_data(spec: DomainSpec) -> dict[str, Any]:
 
 
 def drive_files(
-    spec: DomainSpec, *, random_seed: bytes, availability_zone: str = "minicloud"
+    spec: DomainRequest, *, random_seed: bytes, availability_zone: str = "minicloud"
 ) -> dict[str, bytes]:
     """Every file of the config drive, by path relative to the drive's root."""
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from common.nodewire.domain import DiskRequest, DomainRequest
 from nodeagent.disks.configdrive import RANDOM_SEED_BYTES, drive_files
 from nodeagent.disks.protocol import DiskError, ProgressCallback, local_firmware
 from nodeagent.hypervisor.protocol import PreparedDisk
-from nodeagent.spec import DiskSpec, DomainSpec
 
 
 class FakeDiskBuilder:
@@ -28,7 +28,7 @@ class FakeDiskBuilder:
         self.drive_builds: dict[str, int] = {}
 
     async def prepare(
-        self, instance_uuid: str, disks: tuple[DiskSpec, ...], progress: ProgressCallback
+        self, instance_uuid: str, disks: tuple[DiskRequest, ...], progress: ProgressCallback
     ) -> list[PreparedDisk]:
         for index, spec in enumerate(disks):
             if spec.type == "cdrom" and not spec.base:
@@ -50,7 +50,7 @@ class FakeDiskBuilder:
         self.drives.pop(instance_uuid, None)
         self.drive_builds.pop(instance_uuid, None)
 
-    async def config_drive(self, spec: DomainSpec) -> PreparedDisk | None:
+    async def config_drive(self, spec: DomainRequest) -> PreparedDisk | None:
         if spec.configdrive == "none":
             return None
         if spec.configdrive != "openstack-disk":

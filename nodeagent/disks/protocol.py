@@ -27,8 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from common.nodewire.domain import DiskRequest, DomainRequest
 from nodeagent.hypervisor.protocol import PreparedDisk
-from nodeagent.spec import DiskSpec, DomainSpec
 
 ProgressCallback = Callable[[str], None]
 
@@ -49,7 +49,7 @@ class DiskBuilder(Protocol):
     """Builds and removes an instance's disk files."""
 
     async def prepare(
-        self, instance_uuid: str, disks: tuple[DiskSpec, ...], progress: ProgressCallback
+        self, instance_uuid: str, disks: tuple[DiskRequest, ...], progress: ProgressCallback
     ) -> list[PreparedDisk]:
         """Make the instance's disk files, fetching bases as needed."""
         ...
@@ -58,7 +58,7 @@ class DiskBuilder(Protocol):
         """Delete the instance's disk files."""
         ...
 
-    async def config_drive(self, spec: DomainSpec) -> PreparedDisk | None:
+    async def config_drive(self, spec: DomainRequest) -> PreparedDisk | None:
         """Build (or rebuild) the instance's config drive; None when it asks for none."""
         ...
 

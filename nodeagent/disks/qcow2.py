@@ -38,11 +38,11 @@ from typing import Protocol
 
 import structlog
 
+from common.nodewire.domain import DiskRequest, DomainRequest
 from nodeagent.disks.configdrive import LABEL, RANDOM_SEED_BYTES, drive_files
 from nodeagent.disks.iso import write_iso
 from nodeagent.disks.protocol import FIRMWARE_DIRS, DiskError, ProgressCallback, local_firmware
 from nodeagent.hypervisor.protocol import PreparedDisk
-from nodeagent.spec import DiskSpec, DomainSpec
 
 log = structlog.get_logger(__name__)
 
@@ -100,7 +100,7 @@ class Qcow2DiskBuilder:
         self._instance_locks: dict[str, asyncio.Lock] = {}
 
     async def prepare(
-        self, instance_uuid: str, disks: tuple[DiskSpec, ...], progress: ProgressCallback
+        self, instance_uuid: str, disks: tuple[DiskRequest, ...], progress: ProgressCallback
     ) -> list[PreparedDisk]:
         """Make the instance's disk files, fetching bases as needed; reuses existing ones."""
         lock = self._instance_locks.setdefault(instance_uuid, asyncio.Lock())
@@ -119,7 +119,7 @@ class Qcow2DiskBuilder:
         self._instance_locks.pop(instance_uuid, None)
         log.info("disks_removed", uuid=instance_uuid, folder=str(folder))
 
-    async def config_drive(self, spec: DomainSpec) -> PreparedDisk | None:
+    async def config_drive(self, spec: DomainRequest) -> PreparedDisk | None:
         """Write the instance's config drive afresh as ``config.iso`` in its folder."""
         if spec.configdrive == "none":
             return None
@@ -163,7 +163,7 @@ class Qcow2DiskBuilder:
             ) from exc
 
     async def _prepare_one(
-        self, folder: Path, index: int, spec: DiskSpec, progress: ProgressCallback
+        self, folder: Path, index: int, spec: DiskRequest, progress: ProgressCallback
     ) -> PreparedDisk:
         if spec.type not in ("disk", "cdrom"):
             raise DiskError(f"disk {index} has unknown type {spec.type!r}")

@@ -1,4 +1,4 @@
-"""Build libvirt domain XML from a DomainSpec: a pure function, no libvirt import.
+"""Build libvirt domain XML from a DomainRequest: a pure function, no libvirt import.
 
 Choices worth knowing (each checked by booting a guest on libvirt 9.0 / QEMU 7.2):
 
@@ -46,9 +46,9 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.nodewire.domain import DomainRequest, NicRequest
 from nodeagent.hypervisor.ports import ConsolePorts
 from nodeagent.hypervisor.protocol import HypervisorError, PreparedDisk
-from nodeagent.spec import DomainSpec, NicSpec
 
 METADATA_NS = "https://minicloud.dev/xmlns/libvirt/domain/1.0"
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
@@ -102,7 +102,7 @@ def channel_socket_path(socket_dir: Path, channel: str) -> Path:
 
 
 def build_domain_xml(
-    spec: DomainSpec,
+    spec: DomainRequest,
     disks: list[PreparedDisk],
     *,
     console_log: Path,
@@ -171,7 +171,7 @@ def build_domain_xml(
     return ET.tostring(root, encoding="unicode")
 
 
-def interface_element(nic: NicSpec) -> ET.Element:
+def interface_element(nic: NicRequest) -> ET.Element:
     """The ``<interface>`` of one NIC on its network's bridge (HypervisorError if unusable)."""
     if not nic.bridge:
         raise HypervisorError(f"interface {nic.uuid} has no bridge to attach to")
@@ -188,7 +188,7 @@ def interface_element(nic: NicSpec) -> ET.Element:
     return element
 
 
-def interface_xml(nic: NicSpec) -> str:
+def interface_xml(nic: NicRequest) -> str:
     """One NIC's ``<interface>`` XML, for hot plugging."""
     element = interface_element(nic)
     ET.indent(element)
@@ -225,7 +225,7 @@ def _text(parent: ET.Element, tag: str, text: str, **attrib: str) -> ET.Element:
     return element
 
 
-def _os(root: ET.Element, spec: DomainSpec, nvram_path: Path) -> None:
+def _os(root: ET.Element, spec: DomainRequest, nvram_path: Path) -> None:
     os_element = ET.SubElement(root, "os")
     machine = "q35" if spec.secure_boot else "pc"
     _text(os_element, "type", "hvm", arch="x86_64", machine=machine)
@@ -342,7 +342,7 @@ def _console(devices: ET.Element, console_log: Path, listen_address: str, port: 
     ET.SubElement(console, "target", type="serial", port="0")
 
 
-def _video(devices: ET.Element, spec: DomainSpec) -> None:
+def _video(devices: ET.Element, spec: DomainRequest) -> None:
     model = spec.video.model
     if model not in VIDEO_MODELS:
         raise HypervisorError(f"unknown video model {model!r}")
@@ -356,7 +356,7 @@ def _video(devices: ET.Element, spec: DomainSpec) -> None:
 
 
 def _graphics(
-    devices: ET.Element, spec: DomainSpec, listen_address: str, ports: ConsolePorts
+    devices: ET.Element, spec: DomainRequest, listen_address: str, ports: ConsolePorts
 ) -> None:
     vdi = spec.video.vdi
     if vdi not in GRAPHICS:
@@ -371,7 +371,7 @@ def _graphics(
     ET.SubElement(graphics, "listen", type="address", address=listen_address)
 
 
-def _channels(devices: ET.Element, spec: DomainSpec, socket_dir: Path) -> None:
+def _channels(devices: ET.Element, spec: DomainRequest, socket_dir: Path) -> None:
     names = [*dict.fromkeys([*spec.side_channels, GUEST_AGENT_CHANNEL])]
     for name in names:
         if not _CHANNEL_NAME.match(name):
@@ -387,7 +387,7 @@ def _channels(devices: ET.Element, spec: DomainSpec, socket_dir: Path) -> None:
         ET.SubElement(channel, "target", type="virtio", name=name)
 
 
-def _qemu_extras(root: ET.Element, spec: DomainSpec, nvme_aliases: list[str]) -> None:
+def _qemu_extras(root: ET.Element, spec: DomainRequest, nvme_aliases: list[str]) -> None:
     if spec.video.vdi == "spiceconcurrent":
         commandline = ET.SubElement(root, f"{{{QEMU_NS}}}commandline")
         ET.SubElement(commandline, f"{{{QEMU_NS}}}env", name="SPICE_DEBUG_ALLOW_MC", value="1")

@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from common.nodewire.domain import DomainRequest, NicRequest
 from nodeagent.hypervisor.ports import ConsolePorts, bindable, pick_ports
 from nodeagent.hypervisor.protocol import (
     POWER_ACTIONS,
@@ -33,7 +34,6 @@ from nodeagent.hypervisor.protocol import (
 )
 from nodeagent.hypervisor.transitions import target_of
 from nodeagent.png import rgb_to_png
-from nodeagent.spec import DomainSpec, NicSpec
 
 FAKE_BANNER = "fake-guest: boot complete"
 SCREEN = (720, 400)
@@ -48,7 +48,7 @@ class FakeHypervisor:
         self, console_host: str = "127.0.0.1", clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.domains: dict[str, DomainState] = {}
-        self.specs: dict[str, DomainSpec] = {}
+        self.specs: dict[str, DomainRequest] = {}
         self.disks: dict[str, list[PreparedDisk]] = {}
         self.console_host = console_host
         self.clock = clock
@@ -67,7 +67,7 @@ class FakeHypervisor:
         return self.domains.get(uuid)
 
     async def define_and_start(
-        self, spec: DomainSpec, disks: list[PreparedDisk], console_log: Path
+        self, spec: DomainRequest, disks: list[PreparedDisk], console_log: Path
     ) -> DomainState:
         existing = self.domains.get(spec.uuid)
         if existing is not None and existing.power_state == "on":
@@ -144,7 +144,7 @@ class FakeHypervisor:
             result[uuid] = DomainUsage(cpu, cpu * 7 // 10, cpu * 3 // 10, disks, {})
         return result
 
-    async def attach_interface(self, uuid: str, nic: NicSpec) -> None:
+    async def attach_interface(self, uuid: str, nic: NicRequest) -> None:
         spec = self.specs.get(uuid)
         if spec is None or uuid not in self.domains:
             raise DomainNotFound(f"no domain for instance {uuid}")

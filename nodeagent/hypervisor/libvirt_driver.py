@@ -43,6 +43,7 @@ from typing import Any, ParamSpec, TypeVar
 import libvirt
 import structlog
 
+from common.nodewire.domain import DomainRequest, NicRequest
 from nodeagent.hypervisor.domain_xml import (
     DOMAIN_PREFIX,
     build_domain_xml,
@@ -65,7 +66,6 @@ from nodeagent.hypervisor.protocol import (
 )
 from nodeagent.hypervisor.transitions import target_of
 from nodeagent.png import PNG_SIGNATURE, ImageError, ppm_to_png
-from nodeagent.spec import DomainSpec, NicSpec
 
 log = structlog.get_logger(__name__)
 
@@ -344,7 +344,7 @@ class LibvirtHypervisor:
         return await self._run(f"look up instance {uuid}", self._get_sync, uuid)
 
     async def define_and_start(
-        self, spec: DomainSpec, disks: list[PreparedDisk], console_log: Path
+        self, spec: DomainRequest, disks: list[PreparedDisk], console_log: Path
     ) -> DomainState:
         """Define the domain (or refresh a stopped one's definition) and make it run."""
         return await self._run(
@@ -361,7 +361,7 @@ class LibvirtHypervisor:
         """Destroy and undefine the domain (with its NVRAM); a missing domain is a no-op."""
         await self._run(f"remove instance {uuid}", self._remove_sync, uuid)
 
-    async def attach_interface(self, uuid: str, nic: NicSpec) -> None:
+    async def attach_interface(self, uuid: str, nic: NicRequest) -> None:
         """Hot plug a NIC: live (if running) and into the persistent definition."""
         xml = interface_xml(nic)
         await self._run(
@@ -524,7 +524,7 @@ class LibvirtHypervisor:
     def _ports_sync(self, uuid: str) -> ConsolePorts:
         return self._ports_of(uuid, self._lookup(uuid))
 
-    def _choose_ports(self, spec: DomainSpec) -> ConsolePorts:
+    def _choose_ports(self, spec: DomainRequest) -> ConsolePorts:
         """The domain's existing ports, or new ones no other domain of ours uses."""
         try:
             existing = self._ports_of(spec.uuid, self._lookup(spec.uuid))
@@ -606,7 +606,7 @@ class LibvirtHypervisor:
             return None
 
     def _define_and_start_sync(
-        self, spec: DomainSpec, disks: list[PreparedDisk], console_log: Path
+        self, spec: DomainRequest, disks: list[PreparedDisk], console_log: Path
     ) -> DomainState:
         uuid = spec.uuid
         instance_dir = self.sockets_dir / uuid
@@ -689,7 +689,7 @@ class LibvirtHypervisor:
         else:
             dom.resume()
 
-    def _attach_sync(self, uuid: str, nic: NicSpec, xml: str) -> None:
+    def _attach_sync(self, uuid: str, nic: NicRequest, xml: str) -> None:
         dom = self._lookup(uuid)
         flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
         if dom.isActive():

@@ -34,10 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from common.nodewire.domain import DomainRequest, NicRequest
+from common.nodewire.power import POWER_ACTIONS as POWER_ACTIONS
 from nodeagent.hypervisor.ports import ConsolePorts
-from nodeagent.spec import DomainSpec, NicSpec
-
-POWER_ACTIONS = ("on", "off", "pause", "unpause", "soft-reboot", "hard-reboot")
 
 
 class HypervisorError(Exception):
@@ -124,7 +123,7 @@ class Hypervisor(Protocol):
         ...
 
     async def define_and_start(
-        self, spec: DomainSpec, disks: list[PreparedDisk], console_log: Path
+        self, spec: DomainRequest, disks: list[PreparedDisk], console_log: Path
     ) -> DomainState:
         """Define the domain (serial console logged to console_log) and start it."""
         ...
@@ -137,7 +136,7 @@ class Hypervisor(Protocol):
         """Stop and undefine the domain, if it exists."""
         ...
 
-    async def attach_interface(self, uuid: str, nic: NicSpec) -> None:
+    async def attach_interface(self, uuid: str, nic: NicRequest) -> None:
         """Hot plug a NIC (live if running, and persistently)."""
 
     async def console_endpoint(self, uuid: str) -> tuple[str, int]:

@@ -20,10 +20,10 @@ from nodeagent.blobclient import GrpcBlobs
 from nodeagent.credentials import Credentials
 from nodeagent.disks.fake import FakeDiskBuilder
 from nodeagent.hypervisor.fake import FakeHypervisor
-from nodeagent.link import Link
 from nodeagent.network.fake import FakeNetworkDriver
 from nodeagent.observer import observe
 from nodeagent.settings import Settings as NodeSettings
+from nodeagent.stream import ControlStream
 from nodeagent.usage import report_usage
 from protos import auth_pb2, auth_pb2_grpc, instances_pb2, instances_pb2_grpc
 
@@ -43,8 +43,8 @@ class FakeNode:
     network: FakeNetworkDriver
 
     @property
-    def link(self) -> Link:
-        return self.agent.link
+    def stream(self) -> ControlStream:
+        return self.agent.stream
 
     def agent_socket(self, uuid: str) -> Path:
         """Where an instance's sf-agent channel socket is (a guest agent may serve it)."""
@@ -96,11 +96,11 @@ async def start_fake_node(
         network,
     )
     tasks = [
-        asyncio.create_task(agent.link.run()),
-        asyncio.create_task(observe(hypervisor, agent.link.send, agent.watch)),
-        asyncio.create_task(report_usage(hypervisor, agent.link.emit, usage_interval)),
+        asyncio.create_task(agent.stream.run()),
+        asyncio.create_task(observe(hypervisor, agent.stream.send, agent.watch)),
+        asyncio.create_task(report_usage(hypervisor, agent.stream.emit, usage_interval)),
     ]
-    await asyncio.wait_for(agent.link.connected.wait(), 10)
+    await asyncio.wait_for(agent.stream.connected.wait(), 10)
     return FakeNode(name, hypervisor, disks, agent, tasks, settings, network)
 
 

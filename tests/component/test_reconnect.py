@@ -67,14 +67,14 @@ async def test_control_plane_restart_keeps_instances(tmp_path: Path) -> None:
             for uuid in uuids:
                 await api.wait_for(uuid, on)
         await plane.stop(0)
-        connections = node.link.connections
+        connections = node.stream.connections
         plane = await start(plane_settings(tmp_path / "cp", port))
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             api = await make_api(channel)
             listed = await api.List(instances_pb2.ListInstancesRequest(), wait_for_ready=True)
             assert sorted(i.uuid for i in listed.instances) == sorted(uuids)
             assert all(on(i) for i in listed.instances)
-            await api.wait_for(uuids[0], lambda i: node.link.connections > connections)
+            await api.wait_for(uuids[0], lambda i: node.stream.connections > connections)
             after = await api.PowerOff(Ref(ref=uuids[0]))
             assert after.power_state == "off"
     finally:

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pytest
 
+from common.nodewire.domain import DomainRequest
 from nodeagent.hypervisor.domain_xml import interface_macs
 from nodeagent.hypervisor.fake import FakeHypervisor
 from nodeagent.hypervisor.protocol import DomainState, Hypervisor, PreparedDisk
-from nodeagent.spec import DomainSpec
 
 LIBVIRT_URI = "qemu:///system"
 
@@ -69,15 +69,15 @@ class Backend:
     # The MAC addresses of a domain's NICs: (live, persistent definition).
     macs: Callable[[str], tuple[list[str], list[str]]] = lambda uuid: ([], [])
 
-    def new_spec(self, **overrides: object) -> DomainSpec:
+    def new_spec(self, **overrides: object) -> DomainRequest:
         """A small spec with a fresh UUID, remembered for clean-up."""
         uuid = str(uuidlib.uuid4())
         self.created.append(uuid)
         fields: dict[str, object] = {"uuid": uuid, "name": f"contract-{uuid[:8]}", "memory_mb": 256}
         fields.update(overrides)
-        return DomainSpec(**fields)  # type: ignore[arg-type]
+        return DomainRequest(**fields)  # type: ignore[arg-type]
 
-    def disks_for(self, spec: DomainSpec) -> list[PreparedDisk]:
+    def disks_for(self, spec: DomainRequest) -> list[PreparedDisk]:
         """A boot disk for the spec: a real qcow2 file for libvirt, a notional one for the fake."""
         folder = self.root / "instances" / spec.uuid
         path = folder / "disk0.qcow2"
@@ -94,11 +94,11 @@ class Backend:
             qemu_img("create", "-q", "-f", "qcow2", str(path), "1G")
         return [PreparedDisk(path=path)]
 
-    def console_log(self, spec: DomainSpec) -> Path:
+    def console_log(self, spec: DomainRequest) -> Path:
         """Where the spec's serial console is logged."""
         return self.root / "instances" / spec.uuid / "console.log"
 
-    async def boot(self, **overrides: object) -> tuple[DomainSpec, DomainState]:
+    async def boot(self, **overrides: object) -> tuple[DomainRequest, DomainState]:
         """Define and start a fresh domain; return its spec and the state it reached."""
         spec = self.new_spec(**overrides)
         self.console_log(spec).parent.mkdir(parents=True, exist_ok=True)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from common.nodewire.domain import DomainRequest
 from nodeagent.disks.fake import FakeDiskBuilder
 from nodeagent.disks.protocol import DiskBuilder, DiskError
 from nodeagent.disks.qcow2 import Qcow2DiskBuilder
-from nodeagent.spec import DomainSpec
 
 UUID = "3c0e4c3a-5f7e-4a8e-9d1f-0b6a2c9d8e71"
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
@@ -47,11 +47,11 @@ def builder(request: pytest.FixtureRequest, work_dir: Path) -> DiskBuilder:
     )
 
 
-def spec(**overrides: object) -> DomainSpec:
+def spec(**overrides: object) -> DomainRequest:
     """An instance spec with a config drive."""
     fields: dict[str, object] = {"uuid": UUID, "name": "cd-1", "ssh_key": "ssh-ed25519 AAAA k"}
     fields.update(overrides)
-    return DomainSpec(**fields)  # type: ignore[arg-type]
+    return DomainRequest(**fields)  # type: ignore[arg-type]
 
 
 def no_progress(message: str) -> None:

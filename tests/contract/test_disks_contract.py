@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from common.nodewire.domain import DiskRequest
 from nodeagent.disks.fake import FakeDiskBuilder
 from nodeagent.disks.protocol import DiskBuilder, DiskError
 from nodeagent.disks.qcow2 import Qcow2DiskBuilder
-from nodeagent.spec import DiskSpec
 from tests.contract.conftest import ImageServer, qemu_img
 
 GIB = 1024**3
@@ -55,13 +55,15 @@ def no_progress(message: str) -> None:
 async def test_missing_base_raises(builder: DiskBuilder) -> None:
     """A base that does not exist raises a DiskError naming it, not retryable."""
     with pytest.raises(DiskError, match=re.escape("/no/such/base.qcow2")) as caught:
-        await builder.prepare(UUID, (DiskSpec(size_gb=1, base="/no/such/base.qcow2"),), no_progress)
+        await builder.prepare(
+            UUID, (DiskRequest(size_gb=1, base="/no/such/base.qcow2"),), no_progress
+        )
     assert caught.value.retryable is False
 
 
 async def test_blank_disk(builder: DiskBuilder) -> None:
     """A disk without a base is prepared as a disk on the asked-for bus."""
-    (disk,) = await builder.prepare(UUID, (DiskSpec(size_gb=2, bus="scsi"),), no_progress)
+    (disk,) = await builder.prepare(UUID, (DiskRequest(size_gb=2, bus="scsi"),), no_progress)
     assert (disk.device, disk.bus) == ("disk", "scsi")
     assert UUID in str(disk.path)
 
@@ -69,7 +71,7 @@ async def test_blank_disk(builder: DiskBuilder) -> None:
 async def test_local_base(builder: DiskBuilder, make_image: Callable[..., Path]) -> None:
     """An existing local base resolves into one prepared disk per spec, in order."""
     base = make_image("base.qcow2")
-    specs = (DiskSpec(size_gb=1, base=str(base)), DiskSpec(size_gb=1, bus="sata"))
+    specs = (DiskRequest(size_gb=1, base=str(base)), DiskRequest(size_gb=1, bus="sata"))
     disks = await builder.prepare(UUID, specs, no_progress)
     assert [(d.device, d.bus) for d in disks] == [("disk", "virtio"), ("disk", "sata")]
     assert len({d.path for d in disks}) == 2
@@ -78,13 +80,13 @@ async def test_local_base(builder: DiskBuilder, make_image: Callable[..., Path])
 async def test_distribution_shorthand(builder: DiskBuilder, image_server: ImageServer) -> None:
     """A name:version shorthand the builder knows resolves to a disk."""
     qemu_img("create", "-q", "-f", "qcow2", str(image_server.folder / "debian-11.qcow2"), "64M")
-    (disk,) = await builder.prepare(UUID, (DiskSpec(base="debian:11"),), no_progress)
+    (disk,) = await builder.prepare(UUID, (DiskRequest(base="debian:11"),), no_progress)
     assert disk.device == "disk"
 
 
 async def test_prepare_is_idempotent(builder: DiskBuilder) -> None:
     """Preparing the same instance twice gives the same disks."""
-    specs = (DiskSpec(size_gb=1),)
+    specs = (DiskRequest(size_gb=1),)
     first = await builder.prepare(UUID, specs, no_progress)
     second = await builder.prepare(UUID, specs, no_progress)
     assert first == second
@@ -93,12 +95,12 @@ async def test_prepare_is_idempotent(builder: DiskBuilder) -> None:
 async def test_cdrom_without_image_raises(builder: DiskBuilder) -> None:
     """A cdrom needs an image to hold."""
     with pytest.raises(DiskError):
-        await builder.prepare(UUID, (DiskSpec(type="cdrom"),), no_progress)
+        await builder.prepare(UUID, (DiskRequest(type="cdrom"),), no_progress)
 
 
 async def test_remove_is_idempotent(builder: DiskBuilder) -> None:
     """Removing an instance's disks twice, or an instance never prepared, is fine."""
-    await builder.prepare(UUID, (DiskSpec(size_gb=1),), no_progress)
+    await builder.prepare(UUID, (DiskRequest(size_gb=1),), no_progress)
     await builder.remove(UUID)
     await builder.remove(UUID)
     await builder.remove("00000000-0000-0000-0000-000000000000")
@@ -110,7 +112,7 @@ async def test_remove_is_idempotent(builder: DiskBuilder) -> None:
 async def test_blank_disk_file(work_dir: Path) -> None:
     """A blank disk is a qcow2 file of size_gb without a backing file."""
     builder = real_builder(work_dir)
-    (disk,) = await builder.prepare(UUID, (DiskSpec(size_gb=2),), no_progress)
+    (disk,) = await builder.prepare(UUID, (DiskRequest(size_gb=2),), no_progress)
     assert disk.path == work_dir / "instances" / UUID / "disk0.qcow2"
     data = info(disk.path)
     assert (data["format"], data["virtual-size"]) == ("qcow2", 2 * GIB)
@@ -121,7 +123,7 @@ async def test_blank_disk_file(work_dir: Path) -> None:
 async def test_blank_disk_without_size_raises(work_dir: Path) -> None:
     """A blank disk of size 0 cannot be made."""
     with pytest.raises(DiskError, match="no size"):
-        await real_builder(work_dir).prepare(UUID, (DiskSpec(),), no_progress)
+        await real_builder(work_dir).prepare(UUID, (DiskRequest(),), no_progress)
 
 
 @pytest.mark.parametrize(
@@ -135,7 +137,9 @@ async def test_overlay_on_local_base(
     """A local base gets a qcow2 overlay backed by it, never smaller than the base."""
     base = make_image("base.qcow2", "2G")
     builder = real_builder(work_dir)
-    (disk,) = await builder.prepare(UUID, (DiskSpec(size_gb=size_gb, base=str(base)),), no_progress)
+    (disk,) = await builder.prepare(
+        UUID, (DiskRequest(size_gb=size_gb, base=str(base)),), no_progress
+    )
     data = info(disk.path)
     assert data["virtual-size"] == expected
     assert data["backing-filename"] == str(base)
@@ -146,16 +150,18 @@ async def test_raw_base_format_is_detected(work_dir: Path) -> None:
     """The overlay names the base's real format (raw here) as its backing format."""
     base = work_dir / "base.raw"
     qemu_img("create", "-q", "-f", "raw", str(base), "64M")
-    (disk,) = await real_builder(work_dir).prepare(UUID, (DiskSpec(base=str(base)),), no_progress)
+    (disk,) = await real_builder(work_dir).prepare(
+        UUID, (DiskRequest(base=str(base)),), no_progress
+    )
     assert info(disk.path)["backing-filename-format"] == "raw"
 
 
 async def test_existing_overlay_is_reused(work_dir: Path) -> None:
     """A second prepare leaves the existing overlay file untouched."""
     builder = real_builder(work_dir)
-    (disk,) = await builder.prepare(UUID, (DiskSpec(size_gb=1),), no_progress)
+    (disk,) = await builder.prepare(UUID, (DiskRequest(size_gb=1),), no_progress)
     before = disk.path.stat()
-    (again,) = await builder.prepare(UUID, (DiskSpec(size_gb=1),), no_progress)
+    (again,) = await builder.prepare(UUID, (DiskRequest(size_gb=1),), no_progress)
     after = again.path.stat()
     assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
 
@@ -165,7 +171,7 @@ async def test_cdrom_uses_base_in_place(work_dir: Path) -> None:
     iso = work_dir / "config.iso"
     iso.write_bytes(b"\0" * 65536)
     (disk,) = await real_builder(work_dir).prepare(
-        UUID, (DiskSpec(base=str(iso), type="cdrom"),), no_progress
+        UUID, (DiskRequest(base=str(iso), type="cdrom"),), no_progress
     )
     assert (disk.path, disk.device, disk.format, disk.bus) == (iso, "cdrom", "raw", "virtio")
 
@@ -178,13 +184,13 @@ async def test_base_with_backing_file_is_refused(
     outer = work_dir / "outer.qcow2"
     qemu_img("create", "-q", "-f", "qcow2", "-b", str(inner), "-F", "qcow2", str(outer))
     with pytest.raises(DiskError, match="backing file"):
-        await real_builder(work_dir).prepare(UUID, (DiskSpec(base=str(outer)),), no_progress)
+        await real_builder(work_dir).prepare(UUID, (DiskRequest(base=str(outer)),), no_progress)
 
 
 async def test_remove_deletes_the_instance_folder(work_dir: Path) -> None:
     """remove deletes the instance's folder and keeps the cache."""
     builder = real_builder(work_dir)
-    await builder.prepare(UUID, (DiskSpec(size_gb=1),), no_progress)
+    await builder.prepare(UUID, (DiskRequest(size_gb=1),), no_progress)
     (work_dir / "cache").mkdir(exist_ok=True)
     await builder.remove(UUID)
     assert not (work_dir / "instances" / UUID).exists()
@@ -200,7 +206,7 @@ async def test_http_fetch_once_with_progress(
     url = image_server.url("cloud.qcow2")
     builder = real_builder(work_dir)
     messages: list[str] = []
-    specs = (DiskSpec(base=url),)
+    specs = (DiskRequest(base=url),)
     first, second = await asyncio.gather(
         builder.prepare(UUID, specs, messages.append),
         builder.prepare("9a1d2f3e-0000-4000-8000-000000000002", specs, messages.append),
@@ -223,7 +229,7 @@ async def test_shorthand_uses_the_url_template(
     make_image("debian-11-bullseye.qcow2", folder=image_server.folder)
     builder = real_builder(work_dir, image_server.url("{name}-{version}-{codename}.qcow2"))
     messages: list[str] = []
-    await builder.prepare(UUID, (DiskSpec(base="debian:11"),), messages.append)
+    await builder.prepare(UUID, (DiskRequest(base="debian:11"),), messages.append)
     assert image_server.requests == {"/debian-11-bullseye.qcow2": 1}
     assert messages[-1] == "Fetching required image debian:11, 100% complete"
 
@@ -232,7 +238,7 @@ async def test_http_404_is_not_retryable(work_dir: Path, image_server: ImageServ
     """A base URL that answers 404 raises a DiskError naming the URL, not retryable."""
     url = image_server.url("missing.qcow2")
     with pytest.raises(DiskError, match=re.escape(url)) as caught:
-        await real_builder(work_dir).prepare(UUID, (DiskSpec(base=url),), no_progress)
+        await real_builder(work_dir).prepare(UUID, (DiskRequest(base=url),), no_progress)
     assert caught.value.retryable is False
     assert not list((work_dir / "cache").iterdir())
 
@@ -244,11 +250,13 @@ async def test_unreachable_server_is_retryable(work_dir: Path) -> None:
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}/image.qcow2"
     with pytest.raises(DiskError, match=re.escape(url)) as caught:
-        await real_builder(work_dir).prepare(UUID, (DiskSpec(base=url),), no_progress)
+        await real_builder(work_dir).prepare(UUID, (DiskRequest(base=url),), no_progress)
     assert caught.value.retryable is True
 
 
 async def test_unknown_reference_raises(work_dir: Path) -> None:
     """A base that is neither a path, a URL nor a shorthand raises DiskError."""
     with pytest.raises(DiskError, match="does not exist"):
-        await real_builder(work_dir).prepare(UUID, (DiskSpec(base="relative/path"),), no_progress)
+        await real_builder(work_dir).prepare(
+            UUID, (DiskRequest(base="relative/path"),), no_progress
+        )

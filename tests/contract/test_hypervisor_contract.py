@@ -14,9 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from common.nodewire.domain import NicRequest
 from nodeagent.hypervisor.protocol import POWER_ACTIONS, DomainNotFound, HypervisorError
 from nodeagent.hypervisor.transitions import POWER_TRANSITIONS, target_of
-from nodeagent.spec import NicSpec
 from tests.contract.conftest import Backend, next_event
 
 EVENT_TIMEOUT = 20.0
@@ -184,10 +184,12 @@ def bridges() -> Iterator[list[str]]:
 
 async def test_interfaces_are_built_and_hot_plugged(backend: Backend, bridges: list[str]) -> None:
     """A domain gets its NICs in order; a hot-plugged NIC is live and persistent, once."""
-    first = NicSpec("i0", "n0", "02:00:00:00:00:01", model="virtio", order=0, bridge=bridges[0])
+    first = NicRequest("i0", "n0", "02:00:00:00:00:01", model="virtio", order=0, bridge=bridges[0])
     spec, _ = await backend.boot(interfaces=(first,))
     assert backend.macs(spec.uuid) == (["02:00:00:00:00:01"], ["02:00:00:00:00:01"])
-    plugged = NicSpec("i1", "n1", "02:00:00:00:00:02", model="virtio", order=1, bridge=bridges[1])
+    plugged = NicRequest(
+        "i1", "n1", "02:00:00:00:00:02", model="virtio", order=1, bridge=bridges[1]
+    )
     await backend.hypervisor.attach_interface(spec.uuid, plugged)
     await backend.hypervisor.attach_interface(spec.uuid, plugged)
     both = ["02:00:00:00:00:01", "02:00:00:00:00:02"]

@@ -8,20 +8,23 @@ from typing import Any
 
 import pytest
 
+from common.nodewire.commands import CreateDomain
+from common.nodewire.convert import command_from_pb, command_to_pb
+from common.nodewire.domain import DomainRequest, NetworkRequest
 from nodeagent.disks.configdrive import drive_files
 from nodeagent.disks.protocol import DiskError
-from nodeagent.spec import DomainSpec, NetworkSpec
+from protos import node_pb2
 
 UUID = "6f1c1a52-8e0c-4c35-9d43-2f6d1b7c0a11"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTests test@example"
 SEED = bytes(range(16))
 
 
-def spec(**overrides: Any) -> DomainSpec:
+def spec(**overrides: Any) -> DomainRequest:
     """A small instance spec with any field overridden."""
     fields: dict[str, Any] = {"uuid": UUID, "name": "web-1", "namespace": "team-a"}
     fields.update(overrides)
-    return DomainSpec(**fields)
+    return DomainRequest(**fields)
 
 
 def document(files: dict[str, bytes], name: str, version: str = "latest") -> Any:
@@ -92,8 +95,8 @@ def test_network_data_lists_each_interface() -> None:
     """Each interface is a link with its MAC and a network: static with an address, else DHCP."""
     net = "9b7c2d4e-1a2b-4c3d-8e9f-0a1b2c3d4e5f"
     interfaces = (
-        NetworkSpec(network_uuid=net, macaddress="02:00:00:ea:3a:28", address="10.0.0.5/24"),
-        NetworkSpec(network_uuid=net, macaddress="02:00:00:ea:3a:29"),
+        NetworkRequest(network_uuid=net, mac="02:00:00:ea:3a:28", address="10.0.0.5/24"),
+        NetworkRequest(network_uuid=net, mac="02:00:00:ea:3a:29"),
     )
     data = document(drive_files(spec(networks=interfaces), random_seed=SEED), "network_data.json")
     assert [link["ethernet_mac_address"] for link in data["links"]] == [
@@ -110,7 +113,7 @@ def test_network_data_lists_each_interface() -> None:
 def test_bad_interface_address_raises() -> None:
     """An interface address that is not an IP address is a DiskError."""
     with pytest.raises(DiskError, match="address"):
-        drive_files(spec(networks=(NetworkSpec(address="ten"),)), random_seed=SEED)
+        drive_files(spec(networks=(NetworkRequest(address="ten"),)), random_seed=SEED)
 
 
 def test_metadata_becomes_meta_with_string_values() -> None:
@@ -127,3 +130,12 @@ def test_a_fresh_seed_gives_fresh_content() -> None:
     assert first != second
     first.pop("random_seed"), second.pop("random_seed")
     assert first == second
+
+
+def test_numeric_metadata_reaches_the_drive_as_sent() -> None:
+    """A whole-number metadata value sent over the node stream is "3" on the drive, not "3.0"."""
+    sent = CreateDomain("c", UUID, spec(metadata={"count": 3, "ratio": 0.5}))
+    received = command_from_pb(node_pb2.Command.FromString(command_to_pb(sent).SerializeToString()))
+    assert isinstance(received, CreateDomain)
+    meta = document(drive_files(received.domain, random_seed=SEED), "meta_data.json")
+    assert meta["meta"] == {"count": "3", "ratio": "0.5"}

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from common.nodewire.domain import DomainRequest, VideoRequest
 from nodeagent import consolelog
 from nodeagent.hypervisor.domain_xml import build_domain_xml, parse_console_ports
 from nodeagent.hypervisor.ports import ConsolePorts, NoFreePort, pick_ports
 from nodeagent.hypervisor.protocol import DiskUsage, DomainUsage, NicUsage, PreparedDisk
 from nodeagent.png import ImageError, check_png, ppm_to_png
-from nodeagent.spec import DomainSpec, VideoSpec
 from nodeagent.usage import usage_extra
 
 
@@ -53,7 +53,7 @@ def test_console_log_tail_spans_rotated_files_and_clear_empties(tmp_path: Path) 
 
 def test_domain_xml_has_a_tcp_serial_console_and_fixed_display_ports(tmp_path: Path) -> None:
     """With ports, the serial console is a logged raw TCP server and SPICE has fixed ports."""
-    spec = DomainSpec(uuid="0" * 8 + "-0000-0000-0000-" + "0" * 12, name="x")
+    spec = DomainRequest(uuid="0" * 8 + "-0000-0000-0000-" + "0" * 12, name="x")
     ports = ConsolePorts(31000, 31001, 31002)
     xml = build_domain_xml(
         spec,
@@ -79,7 +79,7 @@ def test_domain_xml_has_a_tcp_serial_console_and_fixed_display_ports(tmp_path: P
     assert graphics is not None and graphics.get("autoport") == "no"
     assert (graphics.get("port"), graphics.get("tlsPort")) == ("31001", "31002")
     assert parse_console_ports(xml) == ports
-    vnc = DomainSpec(uuid=spec.uuid, name="x", video=VideoSpec(vdi="vnc"))
+    vnc = DomainRequest(uuid=spec.uuid, name="x", video=VideoRequest(vdi="vnc"))
     xml = build_domain_xml(
         vnc,
         [],

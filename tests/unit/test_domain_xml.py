@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from common.nodewire.domain import DomainRequest, NicRequest, VideoRequest
 from nodeagent.hypervisor.domain_xml import (
     GUEST_AGENT_CHANNEL,
     METADATA_NS,
@@ -25,18 +26,17 @@ from nodeagent.hypervisor.domain_xml import (
     parse_domain_identity,
 )
 from nodeagent.hypervisor.protocol import HypervisorError, PreparedDisk
-from nodeagent.spec import DomainSpec, NicSpec, VideoSpec
 
 UUID = "6f1c1a52-8e0c-4c35-9d43-2f6d1b7c0a11"
 SOCKETS = Path("/var/lib/minicloud/node/instances") / UUID
 CONSOLE = SOCKETS / "console.log"
 
 
-def spec(**overrides: Any) -> DomainSpec:
+def spec(**overrides: Any) -> DomainRequest:
     """A small instance spec with any field overridden."""
     fields: dict[str, Any] = {"uuid": UUID, "name": "web-1", "namespace": "team-a"}
     fields.update(overrides)
-    return DomainSpec(**fields)
+    return DomainRequest(**fields)
 
 
 def disk(name: str = "disk0.qcow2", **overrides: Any) -> PreparedDisk:
@@ -45,7 +45,7 @@ def disk(name: str = "disk0.qcow2", **overrides: Any) -> PreparedDisk:
 
 
 def build(
-    domain: DomainSpec | None = None, disks: list[PreparedDisk] | None = None, **kwargs: Any
+    domain: DomainRequest | None = None, disks: list[PreparedDisk] | None = None, **kwargs: Any
 ) -> ET.Element:
     """Build the XML and parse it back."""
     options: dict[str, Any] = {
@@ -258,8 +258,8 @@ def test_serial_console_is_logged() -> None:
 
 @pytest.mark.parametrize("model", ["cirrus", "vga", "qxl"])
 def test_video_model_and_memory(model: str) -> None:
-    """The video model and its RAM in KiB come from the VideoSpec."""
-    root = build(spec(video=VideoSpec(model=model, memory=32768)))
+    """The video model and its RAM in KiB come from the VideoRequest."""
+    root = build(spec(video=VideoRequest(model=model, memory=32768)))
     element = root.find("devices/video/model")
     assert element is not None
     assert (element.get("type"), element.get("vram")) == (model, "32768")
@@ -267,26 +267,26 @@ def test_video_model_and_memory(model: str) -> None:
 
 def test_virtio_video_has_no_vram() -> None:
     """Models that do not take a vram attribute get none."""
-    element = build(spec(video=VideoSpec(model="virtio"))).find("devices/video/model")
+    element = build(spec(video=VideoRequest(model="virtio"))).find("devices/video/model")
     assert element is not None and element.get("vram") is None
 
 
 def test_unknown_video_model_raises() -> None:
     """A video model libvirt does not know is refused."""
     with pytest.raises(HypervisorError, match="video model"):
-        build(spec(video=VideoSpec(model="voodoo")))
+        build(spec(video=VideoRequest(model="voodoo")))
 
 
 @pytest.mark.parametrize(("vdi", "kind"), [("vnc", "vnc"), ("spice", "spice")])
 def test_graphics_listen_on_localhost_by_default(vdi: str, kind: str) -> None:
     """VNC or SPICE with an automatic port, listening on 127.0.0.1 unless told otherwise."""
-    root = build(spec(video=VideoSpec(vdi=vdi)))
+    root = build(spec(video=VideoRequest(vdi=vdi)))
     graphics = root.find("devices/graphics")
     assert graphics is not None
     assert (graphics.get("type"), graphics.get("autoport")) == (kind, "yes")
     listen = graphics.find("listen")
     assert listen is not None and listen.get("address") == "127.0.0.1"
-    other = build(spec(video=VideoSpec(vdi=vdi)), listen_address="0.0.0.0").find(
+    other = build(spec(video=VideoRequest(vdi=vdi)), listen_address="0.0.0.0").find(
         "devices/graphics/listen"
     )
     assert other is not None and other.get("address") == "0.0.0.0"
@@ -294,7 +294,7 @@ def test_graphics_listen_on_localhost_by_default(vdi: str, kind: str) -> None:
 
 def test_spiceconcurrent_allows_several_clients() -> None:
     """spiceconcurrent is SPICE with SPICE_DEBUG_ALLOW_MC=1 in QEMU's environment."""
-    root = build(spec(video=VideoSpec(vdi="spiceconcurrent")))
+    root = build(spec(video=VideoRequest(vdi="spiceconcurrent")))
     graphics = root.find("devices/graphics")
     assert graphics is not None and graphics.get("type") == "spice"
     env = root.find(f"{{{QEMU_NS}}}commandline/{{{QEMU_NS}}}env")
@@ -305,7 +305,7 @@ def test_spiceconcurrent_allows_several_clients() -> None:
 def test_unknown_display_protocol_raises() -> None:
     """Only vnc, spice and spiceconcurrent are display protocols."""
     with pytest.raises(HypervisorError, match="display"):
-        build(spec(video=VideoSpec(vdi="rdp")))
+        build(spec(video=VideoRequest(vdi="rdp")))
 
 
 def test_side_channels_and_guest_agent_are_unix_sockets() -> None:
@@ -489,9 +489,9 @@ def test_state_mapping() -> None:
     assert power(libvirt.VIR_DOMAIN_CRASHED, 0)[0] == "crashed"
 
 
-def nic(order: int, model: str = "virtio", bridge: str = "mcbr-x") -> NicSpec:
+def nic(order: int, model: str = "virtio", bridge: str = "mcbr-x") -> NicRequest:
     """A NIC on a bridge."""
-    return NicSpec(
+    return NicRequest(
         f"i{order}", "n", f"02:00:00:00:00:0{order}", model=model, order=order, bridge=bridge
     )
 
@@ -522,7 +522,7 @@ def test_interfaces_are_bridge_nics_in_order() -> None:
 @pytest.mark.parametrize(
     "bad", [nic(0, bridge=""), nic(0, model="tulip"), replace(nic(0), mac="zz")]
 )
-def test_unusable_interfaces_are_refused(bad: NicSpec) -> None:
+def test_unusable_interfaces_are_refused(bad: NicRequest) -> None:
     """A NIC without a bridge, with an unknown model or a bad MAC cannot be expressed."""
     with pytest.raises(HypervisorError):
         build(spec(interfaces=(bad,)))

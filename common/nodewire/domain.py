@@ -1,8 +1,4 @@
-"""What the node agent is asked to build: plain, immutable instance specs.
-
-The link translates protobuf messages into these, so nothing below the link
-imports generated code.
-"""
+"""The node's view of one instance: what it builds a domain, disks and config drive from."""
 
 from __future__ import annotations
 
@@ -11,7 +7,7 @@ from typing import Any
 
 
 @dataclass(frozen=True)
-class DiskSpec:
+class DiskRequest:
     """One disk: size in GB (0: as the base), base image ref, bus and device type."""
 
     size_gb: int = 0
@@ -21,17 +17,17 @@ class DiskSpec:
 
 
 @dataclass(frozen=True)
-class NetworkSpec:
-    """One interface: its network, MAC and IPv4 address (when known) and NIC model."""
+class NetworkRequest:
+    """One requested network as the config drive describes it: MAC, IPv4 address, NIC model."""
 
     network_uuid: str = ""
-    macaddress: str = ""
+    mac: str = ""
     address: str = ""
     model: str = "virtio"
 
 
 @dataclass(frozen=True)
-class VideoSpec:
+class VideoRequest:
     """The video card model, its RAM in KiB and the remote display protocol."""
 
     model: str = "cirrus"
@@ -40,11 +36,11 @@ class VideoSpec:
 
 
 @dataclass(frozen=True)
-class NicSpec:
+class NicRequest:
     """One network interface: its MAC, NIC model and order on a network's bridge.
 
-    ``bridge`` is filled in by the executor from the network driver just before
-    the domain is defined (the control plane does not know bridge names).
+    ``bridge`` is filled in by the node's executor from the network driver just
+    before the domain is defined (the control plane does not know bridge names).
     """
 
     uuid: str
@@ -57,7 +53,7 @@ class NicSpec:
 
 
 @dataclass(frozen=True)
-class DomainSpec:
+class DomainRequest:
     """One instance as the hypervisor sees it."""
 
     uuid: str
@@ -65,17 +61,17 @@ class DomainSpec:
     namespace: str = "system"
     cpus: int = 1
     memory_mb: int = 1024
-    disks: tuple[DiskSpec, ...] = ()
-    video: VideoSpec = field(default_factory=VideoSpec)
+    disks: tuple[DiskRequest, ...] = ()
+    video: VideoRequest = field(default_factory=VideoRequest)
     side_channels: tuple[str, ...] = ()
-    networks: tuple[NetworkSpec, ...] = ()
+    networks: tuple[NetworkRequest, ...] = ()
     ssh_key: str = ""
     # Base64 text, as the API takes it; the config drive holds it decoded.
     user_data: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
     uefi: bool = False
     secure_boot: bool = False
-    interfaces: tuple[NicSpec, ...] = ()
+    interfaces: tuple[NicRequest, ...] = ()
     # As the caller gave it (a node path or sf://blob/UUID); the executor hands
     # the hypervisor a local file path instead. Empty: the OVMF default.
     nvram_template: str = ""

@@ -1,0 +1,158 @@
+"""What the control plane asks a node to do: a closed union of typed commands.
+
+Every command carries its ``command_id`` (replaying one returns the first
+result) and its target's UUID: the instance's, or for the network commands
+the network's (so the node serialises them per network). Dispatch on
+``Command`` with ``match`` and ``typing.assert_never``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from common.nodewire.domain import DomainRequest, NicRequest
+from common.nodewire.network import NetworkConfig
+from common.nodewire.power import PowerAction
+
+DEFAULT_AGENT_TIMEOUT = 300.0
+
+
+@dataclass(frozen=True)
+class CreateDomain:
+    """Build the instance's disks, config drive and domain, and start it."""
+
+    command_id: str
+    instance_uuid: str
+    domain: DomainRequest
+
+
+@dataclass(frozen=True)
+class PowerDomain:
+    """A power action; for "on", ``domain`` lets the node rebuild the config drive first."""
+
+    command_id: str
+    instance_uuid: str
+    action: PowerAction
+    domain: DomainRequest | None = None
+
+
+@dataclass(frozen=True)
+class DestroyDomain:
+    """Stop the domain and remove it with all its files."""
+
+    command_id: str
+    instance_uuid: str
+
+
+@dataclass(frozen=True)
+class AttachInterface:
+    """Hot plug one interface into the instance (live and persistent)."""
+
+    command_id: str
+    instance_uuid: str
+    nic: NicRequest
+
+
+@dataclass(frozen=True)
+class EnsureNetwork:
+    """Make this node carry a network exactly as configured."""
+
+    command_id: str
+    network_uuid: str
+    network: NetworkConfig
+
+
+@dataclass(frozen=True)
+class RemoveNetwork:
+    """Remove everything this node has for a network."""
+
+    command_id: str
+    network_uuid: str
+
+
+@dataclass(frozen=True)
+class AgentExecute:
+    """Run a command line in the guest; ``stream_output`` relays ExecOutput while it runs."""
+
+    command_id: str
+    instance_uuid: str
+    command_line: str
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str = ""
+    timeout: float = DEFAULT_AGENT_TIMEOUT
+    stream_output: bool = False
+
+
+@dataclass(frozen=True)
+class AgentPut:
+    """Copy a blob into the guest at ``path`` with ``mode``."""
+
+    command_id: str
+    instance_uuid: str
+    path: str
+    blob_uuid: str
+    mode: int = 0o644
+    timeout: float = DEFAULT_AGENT_TIMEOUT
+
+
+@dataclass(frozen=True)
+class AgentGet:
+    """Copy a guest file into a new blob."""
+
+    command_id: str
+    instance_uuid: str
+    path: str
+    timeout: float = DEFAULT_AGENT_TIMEOUT
+
+
+class ConsoleKind(StrEnum):
+    """Out-of-band access to an instance's console."""
+
+    # The console log's tail (``length`` bytes from the end; -1: all).
+    READ = "read"
+    # Empty the console log.
+    CLEAR = "clear"
+    # A PNG of the screen, stored as a blob.
+    SCREENSHOT = "screenshot"
+    # Connect an interactive session: later ConsoleRelay messages carry its bytes.
+    OPEN = "open"
+
+
+@dataclass(frozen=True)
+class ConsoleAction:
+    """One console operation on an instance."""
+
+    command_id: str
+    instance_uuid: str
+    kind: ConsoleKind
+    # For read.
+    length: int = 0
+    # For open.
+    session_id: str = ""
+
+
+AgentCommand = AgentExecute | AgentPut | AgentGet
+# Commands a node runs one at a time per target, in arrival order, remembering results.
+SerialCommand = (
+    CreateDomain | PowerDomain | DestroyDomain | AttachInterface | EnsureNetwork | RemoveNetwork
+)
+Command = (
+    CreateDomain
+    | PowerDomain
+    | DestroyDomain
+    | AttachInterface
+    | EnsureNetwork
+    | RemoveNetwork
+    | AgentExecute
+    | AgentPut
+    | AgentGet
+    | ConsoleAction
+)
+
+
+def target_of(command: Command) -> str:
+    """The UUID a command is for: its instance's or, for network commands, its network's."""
+    if isinstance(command, EnsureNetwork | RemoveNetwork):
+        return command.network_uuid
+    return command.instance_uuid

@@ -1,0 +1,222 @@
+"""The node agent's stream to the control plane: dial, register, serve, redial.
+
+On every (re)connect it registers, then sends its whole inventory so the
+control plane can reconcile both ways. Commands run concurrently (the
+executor serialises per instance); results, observations, events and
+heartbeats share one outbox. A lost stream is redialled after a jittered,
+capped exponential backoff; the clock and randomness are injected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import grpc
+import structlog
+
+from common.nodewire.commands import Command
+from common.nodewire.convert import (
+    WireError,
+    command_from_pb,
+    register_to_pb,
+    relay_from_pb,
+    report_to_pb,
+)
+from common.nodewire.messages import (
+    ConsoleRelay,
+    Heartbeat,
+    Inventory,
+    NodeEvent,
+    Observation,
+    Register,
+    Report,
+)
+from nodeagent.credentials import Credentials, Metadata
+from nodeagent.executor import Executor
+from protos import node_pb2, node_pb2_grpc
+
+if TYPE_CHECKING:
+    from protos.node_pb2_grpc import NodeServiceAsyncStub
+
+log = structlog.get_logger(__name__)
+
+AGENT_VERSION = "0.1.0"
+OUTBOX_LIMIT = 100_000
+BATCH_LIMIT = 256
+
+
+@dataclass(frozen=True)
+class Identity:
+    """How this node introduces itself."""
+
+    name: str
+    address: str
+    cpus: int
+    memory_mb: int
+    hypervisor: str
+    console_host: str = ""
+
+
+def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Full-jitter exponential backoff: a random delay in [0, min(cap, base * 2^attempt)]."""
+    return rng.uniform(0, min(cap, base * (2**attempt)))
+
+
+class ControlStream:
+    """Keeps one stream to the control plane alive and serves it."""
+
+    def __init__(
+        self,
+        target: str,
+        identity: Identity,
+        executor: Executor,
+        credentials: Credentials,
+        *,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 15.0,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] | None = None,
+        on_connected: Callable[[list[Observation]], None] | None = None,
+        on_disconnected: Callable[[], Awaitable[None]] | None = None,
+        on_console: Callable[[ConsoleRelay], None] | None = None,
+    ) -> None:
+        self.on_connected = on_connected
+        self.on_disconnected = on_disconnected
+        self.on_console = on_console
+        self.credentials = credentials
+        self.target = target
+        self.identity = identity
+        self.executor = executor
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.rng = rng or random.Random()
+        self.sleep = sleep
+        self.clock = clock or (lambda: asyncio.get_running_loop().time())
+        self.connected = asyncio.Event()
+        self.connections = 0
+        self._outbox: asyncio.Queue[node_pb2.NodeMessage] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def send(self, report: Report) -> None:
+        """Queue a report; dropped while disconnected (the inventory covers it)."""
+        outbox = self._outbox
+        if outbox is not None and outbox.qsize() < OUTBOX_LIMIT:
+            outbox.put_nowait(report_to_pb(report))
+
+    def backlog(self) -> int:
+        """Messages waiting to be sent (0 while disconnected)."""
+        outbox = self._outbox
+        return outbox.qsize() if outbox is not None else 0
+
+    def emit(self, event: NodeEvent) -> None:
+        """Queue an instance event (the executor's callback)."""
+        self.send(event)
+
+    async def run(self) -> None:
+        """Dial and serve forever, redialling with backoff when the stream is lost."""
+        attempt = 0
+        while True:
+            try:
+                async with grpc.aio.insecure_channel(self.target) as channel:
+                    stub: NodeServiceAsyncStub = node_pb2_grpc.NodeServiceStub(channel)
+                    await self._serve(stub, await self.credentials.metadata(channel))
+                attempt = 0
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    self.credentials.forget()
+                log.warning(
+                    "stream to control plane lost", code=exc.code().name, details=exc.details()
+                )
+            except Exception:
+                log.exception("stream to control plane failed")
+            finally:
+                self.connected.clear()
+                self._outbox = None
+                if self.on_disconnected is not None:
+                    await self.on_disconnected()
+            delay = backoff(attempt, self.backoff_base, self.backoff_cap, self.rng)
+            attempt += 1
+            log.info("redialling control plane", delay=round(delay, 2), attempt=attempt)
+            await self.sleep(delay)
+
+    async def _serve(self, stub: NodeServiceAsyncStub, metadata: Metadata) -> None:
+        outbox: asyncio.Queue[node_pb2.NodeMessage] = asyncio.Queue()
+        ident = self.identity
+        outbox.put_nowait(
+            node_pb2.NodeMessage(
+                register=register_to_pb(
+                    Register(
+                        name=ident.name,
+                        address=ident.address,
+                        cpus=ident.cpus,
+                        memory_mb=ident.memory_mb,
+                        hypervisor=ident.hypervisor,
+                        agent_version=AGENT_VERSION,
+                        console_host=ident.console_host,
+                    )
+                )
+            )
+        )
+        call = stub.Connect(_drain(outbox), metadata=metadata)
+        first = await call.read()
+        if not isinstance(first, node_pb2.ControlMessage) or not first.HasField("registered"):
+            raise ConnectionError("control plane did not acknowledge registration")
+        self._outbox = outbox
+        self.connections += 1
+        inventory = await self.executor.inventory()
+        networks = await self.executor.networks_present()
+        outbox.put_nowait(report_to_pb(Inventory(tuple(inventory), tuple(networks))))
+        if self.on_connected is not None:
+            self.on_connected(inventory)
+        self.connected.set()
+        log.info("connected to control plane", target=self.target, domains=len(inventory))
+        heartbeat = asyncio.create_task(
+            self._heartbeat(outbox, first.registered.heartbeat_interval)
+        )
+        try:
+            while isinstance(message := await call.read(), node_pb2.ControlMessage):
+                batch = message.batch.messages if message.HasField("batch") else (message,)
+                for one in batch:
+                    if one.HasField("command"):
+                        try:
+                            command = command_from_pb(one.command)
+                        except WireError as exc:
+                            log.warning("cannot read a command", error=str(exc))
+                            continue
+                        self._spawn(self._handle(command))
+                    elif one.HasField("console") and self.on_console is not None:
+                        self.on_console(relay_from_pb(one.console))
+        finally:
+            heartbeat.cancel()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, command: Command) -> None:
+        result = await self.executor.execute(command)
+        self.send(result)
+
+    async def _heartbeat(
+        self, outbox: asyncio.Queue[node_pb2.NodeMessage], interval: float
+    ) -> None:
+        seq = 0
+        while True:
+            await self.sleep(interval or 5.0)
+            seq += 1
+            outbox.put_nowait(report_to_pb(Heartbeat(seq, self.clock())))
+
+
+async def _drain(
+    outbox: asyncio.Queue[node_pb2.NodeMessage],
+) -> AsyncIterator[node_pb2.NodeMessage]:
+    while True:
+        yield await outbox.get()
