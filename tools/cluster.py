@@ -141,7 +141,7 @@ class Cluster:
     def start_gateway(self) -> None:
         self._start(
             "gateway",
-            [sys.executable, "-m", "controlplane.gateway"],
+            [sys.executable, "-m", "gateway"],
             {
                 "MINICLOUD_GATEWAY_LISTEN": f"127.0.0.1:{self.gateway_port}",
                 "MINICLOUD_GATEWAY_API": self.api,

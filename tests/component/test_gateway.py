@@ -13,9 +13,9 @@ import pytest
 from aiohttp import web
 
 from controlplane.app import ControlPlane
-from controlplane.gateway.app import serve
-from controlplane.gateway.capabilities import CLIENT_TOKENS, advertised
-from controlplane.gateway.settings import GatewaySettings
+from gateway.app import serve
+from gateway.capabilities import CLIENT_TOKENS, advertised
+from gateway.settings import GatewaySettings
 from protos import auth_pb2, auth_pb2_grpc
 from tests.component.conftest import SYSTEM_KEY, FakeNode
 
