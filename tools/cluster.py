@@ -85,10 +85,11 @@ class Cluster:
         return self.root / "node"
 
     def _start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - lives with the process
-        self.procs[name] = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}
-        )
+        # The child keeps its own copy of the log's descriptor; the parent's is closed.
+        with open(self.root / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}
+            )
 
     def start_images(self) -> None:
         images = self.root / "images"
