@@ -1,1 +1,1 @@
-"""Small pieces every minicloud process shares (logging set-up)."""
+"""Small pieces every minicloud process shares (logging set-up, the status table)."""

@@ -13,11 +13,13 @@
     ├── Unavailable          a node is not connected; retry    UNAVAILABLE / 406
     └── DeadlineExceeded     a node did not answer in time     DEADLINE_EXCEEDED / 406
 
-``STATUS`` maps each class to its gRPC status code name and HTTP status; the
-gRPC servicers and the REST gateway both use it.
+``STATUS`` maps each class to its gRPC status code name; the HTTP status for
+each code is in ``common.status``, the table the REST gateway uses too.
 """
 
 from __future__ import annotations
+
+from common.status import http_status
 
 
 class MiniCloudError(Exception):
@@ -79,17 +81,17 @@ class DeadlineExceeded(MiniCloudError):
     retryable = True
 
 
-# class -> (gRPC status code name, HTTP status)
-STATUS: dict[type[MiniCloudError], tuple[str, int]] = {
-    InvalidArgument: ("INVALID_ARGUMENT", 400),
-    Unauthenticated: ("UNAUTHENTICATED", 401),
-    PermissionDenied: ("PERMISSION_DENIED", 401),
-    NotFound: ("NOT_FOUND", 404),
-    AlreadyExists: ("ALREADY_EXISTS", 409),
-    FailedPrecondition: ("FAILED_PRECONDITION", 409),
-    ResourceExhausted: ("RESOURCE_EXHAUSTED", 507),
-    Unavailable: ("UNAVAILABLE", 406),
-    DeadlineExceeded: ("DEADLINE_EXCEEDED", 406),
+# class -> gRPC status code name
+STATUS: dict[type[MiniCloudError], str] = {
+    InvalidArgument: "INVALID_ARGUMENT",
+    Unauthenticated: "UNAUTHENTICATED",
+    PermissionDenied: "PERMISSION_DENIED",
+    NotFound: "NOT_FOUND",
+    AlreadyExists: "ALREADY_EXISTS",
+    FailedPrecondition: "FAILED_PRECONDITION",
+    ResourceExhausted: "RESOURCE_EXHAUSTED",
+    Unavailable: "UNAVAILABLE",
+    DeadlineExceeded: "DEADLINE_EXCEEDED",
 }
 
 
@@ -97,5 +99,5 @@ def status_of(error: MiniCloudError) -> tuple[str, int]:
     """The gRPC code name and HTTP status for an error (INTERNAL/500 if unmapped)."""
     for cls in type(error).__mro__:
         if cls in STATUS:
-            return STATUS[cls]
-    return ("INTERNAL", 500)
+            return STATUS[cls], http_status(STATUS[cls])
+    return ("INTERNAL", http_status("INTERNAL"))

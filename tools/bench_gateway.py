@@ -1,7 +1,7 @@
 """REST gateway overhead: the same Get and List through REST and through gRPC, in one run.
 
 Starts a control plane (``minicloud-controlplane``, RocksDB) and the gateway
-(``python -m controlplane.gateway``) as processes on 127.0.0.1, attaches a fake
+(``python -m gateway``) as processes on 127.0.0.1, attaches a fake
 node agent just long enough to create ``--instances`` instances, then measures
 from one load-generator process:
 
@@ -245,7 +245,7 @@ def main() -> None:
         )
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "controlplane.gateway"],
+                [sys.executable, "-m", "gateway"],
                 env={
                     **env,
                     "MINICLOUD_GATEWAY_LISTEN": f"127.0.0.1:{rest_port}",

@@ -85,10 +85,11 @@ class Cluster:
         return self.root / "node"
 
     def _start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - lives with the process
-        self.procs[name] = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}
-        )
+        # The child keeps its own copy of the log's descriptor; the parent's is closed.
+        with open(self.root / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}
+            )
 
     def start_images(self) -> None:
         images = self.root / "images"
@@ -141,7 +142,7 @@ class Cluster:
     def start_gateway(self) -> None:
         self._start(
             "gateway",
-            [sys.executable, "-m", "controlplane.gateway"],
+            [sys.executable, "-m", "gateway"],
             {
                 "MINICLOUD_GATEWAY_LISTEN": f"127.0.0.1:{self.gateway_port}",
                 "MINICLOUD_GATEWAY_API": self.api,

@@ -68,7 +68,7 @@ start images .venv/bin/python tools/serve_images.py --dir "$DEMO/images" --port 
 MINICLOUD_LISTEN=$API MINICLOUD_DATA_DIR=$DEMO/controlplane MINICLOUD_SYSTEM_KEY=$MINICLOUD_KEY \
   start controlplane .venv/bin/minicloud-controlplane
 MINICLOUD_GATEWAY_LISTEN=$REST MINICLOUD_GATEWAY_API=$API \
-  start gateway .venv/bin/python -m controlplane.gateway
+  start gateway .venv/bin/python -m gateway
 MINICLOUD_NODE_CONTROL_PLANE=$API MINICLOUD_NODE_NAME=demo-node MINICLOUD_NODE_KEY=$MINICLOUD_KEY \
 MINICLOUD_NODE_DATA_DIR=$DEMO/node \
 MINICLOUD_NODE_IMAGE_URL_TEMPLATE="http://127.0.0.1:$IMAGE_PORT/{name}-{version}.qcow2" \

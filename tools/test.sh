@@ -15,7 +15,7 @@ echo "== ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 echo "== mypy"
-.venv/bin/mypy common controlplane nodeagent guestagent client tests tools
+.venv/bin/mypy common controlplane nodeagent guestagent client gateway tests tools
 echo "== import contracts"
 .venv/bin/lint-imports
 echo "== pytest"

@@ -330,6 +330,7 @@ def _fetch(url: str, ref: str, target: Path, report: Callable[[str], None]) -> N
         os.chmod(temporary, 0o644)
         os.replace(temporary, target)
     except urllib.error.HTTPError as exc:
+        exc.close()  # the error holds the response, and so the connection, open
         raise DiskError(
             f"cannot fetch base image {ref!r} from {url}: HTTP {exc.code} {exc.reason}",
             retryable=exc.code >= 500 or exc.code in (408, 429),

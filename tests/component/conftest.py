@@ -59,6 +59,11 @@ class FakeNode:
         await self.agent.blobs.close()
         shutil.rmtree(self.settings.data_dir, ignore_errors=True)
 
+    async def close(self) -> None:
+        """Kill the agent and its fake guests (their console servers too)."""
+        await self.stop()
+        await self.hypervisor.close()
+
 
 async def start_fake_node(
     target: str,
@@ -130,7 +135,7 @@ async def node(plane: ControlPlane, tmp_path: Path) -> AsyncIterator[FakeNode]:
     """One fake node agent connected to the plane."""
     fake = await start_fake_node(f"127.0.0.1:{plane.port}")
     yield fake
-    await fake.stop()
+    await fake.close()
 
 
 async def bearer(

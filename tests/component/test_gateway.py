@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,9 +14,9 @@ import pytest
 from aiohttp import web
 
 from controlplane.app import ControlPlane
-from controlplane.gateway.app import serve
-from controlplane.gateway.capabilities import CLIENT_TOKENS, advertised
-from controlplane.gateway.settings import GatewaySettings
+from gateway.app import serve
+from gateway.capabilities import CLIENT_TOKENS, advertised
+from gateway.settings import GatewaySettings
 from protos import auth_pb2, auth_pb2_grpc
 from tests.component.conftest import SYSTEM_KEY, FakeNode
 
@@ -39,7 +40,10 @@ class Rest:
     async def call(
         self, method: str, path: str, body: Any = None, raw: bytes | None = None, **kw: Any
     ) -> tuple[int, Any]:
-        data = raw if raw is not None else (json.dumps(body) if body is not None else None)
+        # Raw bodies go as a stream: aiohttp warns that a large bytes body blocks its loop.
+        data: Any = io.BytesIO(raw) if raw is not None else None
+        if body is not None:
+            data = json.dumps(body)
         headers = {"Authorization": f"Bearer {self.token}"}
         if body is not None:
             headers["Content-Type"] = "application/json"

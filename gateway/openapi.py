@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from controlplane.gateway.fields import KINDS, schema
-from controlplane.gateway.routing import Route
+from gateway.fields import KINDS, schema
+from gateway.routing import Route
 
 PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 ERROR = {

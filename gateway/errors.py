@@ -1,10 +1,8 @@
-"""HTTP errors, and the HTTP status for each gRPC status.
+"""HTTP errors, and the HTTP error for a failed gRPC call.
 
-Bodies are Shaken Fist's ``{"error": <message>, "status": <code>}``. The
-mapping comes from ``controlplane.errors.STATUS`` plus what only the gateway
-sees: UNAUTHENTICATED and PERMISSION_DENIED are 401 (Shaken Fist answers 401
-to non-admin callers, and the client re-authenticates once on a 401),
-UNIMPLEMENTED is 501, anything else 500.
+Bodies are Shaken Fist's ``{"error": <message>, "status": <code>}``. The HTTP
+status for each gRPC status comes from ``common.status`` (the table the
+control plane's errors map through too); a route may override it.
 """
 
 from __future__ import annotations
@@ -13,7 +11,7 @@ from typing import Any
 
 import grpc
 
-from controlplane.errors import STATUS
+from common.status import http_status
 
 
 class HttpError(Exception):
@@ -29,18 +27,10 @@ class HttpError(Exception):
         self.message = message
 
 
-HTTP_FOR_GRPC: dict[str, int] = {
-    **{code: http for code, http in STATUS.values()},
-    "UNAUTHENTICATED": 401,
-    "PERMISSION_DENIED": 401,
-    "UNIMPLEMENTED": 501,
-}
-
-
 def from_rpc(exc: grpc.aio.AioRpcError, overrides: dict[str, int] | None = None) -> HttpError:
     """The HTTP error for a failed gRPC call (route overrides first)."""
     name = exc.code().name
-    status = (overrides or {}).get(name) or HTTP_FOR_GRPC.get(name, 500)
+    status = (overrides or {}).get(name) or http_status(name)
     message = exc.details() or name.lower().replace("_", " ")
     if name == "UNIMPLEMENTED":
         message = "not implemented by this control plane"

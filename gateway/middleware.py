@@ -10,10 +10,10 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from controlplane.gateway.errors import HttpError
-from controlplane.gateway.routing import REQUEST_ID, json_response
+from gateway.errors import HttpError
+from gateway.routing import REQUEST_ID, json_response
 
-log = structlog.get_logger("controlplane.gateway.access")
+log = structlog.get_logger("gateway.access")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -7,10 +7,10 @@ from typing import Any
 import grpc
 from aiohttp import web
 
-from controlplane.gateway import views
-from controlplane.gateway.errors import HttpError, from_rpc
-from controlplane.gateway.fields import Field, to_int
-from controlplane.gateway.routing import REQUEST_ID, Call, RouteTable
+from gateway import views
+from gateway.errors import HttpError, from_rpc
+from gateway.fields import Field, to_int
+from gateway.routing import REQUEST_ID, Call, RouteTable
 from protos import blobs_pb2
 
 table = RouteTable()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from controlplane.gateway import views
-from controlplane.gateway.fields import Field
-from controlplane.gateway.routes.instances import fetch, fetch_created
-from controlplane.gateway.routing import Call, RouteTable
+from gateway import views
+from gateway.fields import Field
+from gateway.routes.instances import fetch, fetch_created
+from gateway.routing import Call, RouteTable
 from protos import agent_pb2
 
 table = RouteTable()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from controlplane.gateway.errors import HttpError
+from gateway.errors import HttpError
 
 # kind -> (JSON schema, description of what is accepted)
 KINDS: dict[str, dict[str, Any]] = {

@@ -7,10 +7,10 @@ from typing import Any
 
 import grpc
 
-from controlplane.gateway import views
-from controlplane.gateway.errors import HttpError
-from controlplane.gateway.fields import Field
-from controlplane.gateway.routing import Call, RouteTable, read_body
+from gateway import views
+from gateway.errors import HttpError
+from gateway.fields import Field
+from gateway.routing import Call, RouteTable, read_body
 from protos import auth_pb2
 
 table = RouteTable()

@@ -17,10 +17,10 @@ from typing import Any
 import grpc
 from aiohttp import web
 
-from controlplane.gateway.backend import Backend
-from controlplane.gateway.errors import HttpError, from_rpc
-from controlplane.gateway.fields import Field, parse
-from controlplane.gateway.settings import GatewaySettings
+from gateway.backend import Backend
+from gateway.errors import HttpError, from_rpc
+from gateway.fields import Field, parse
+from gateway.settings import GatewaySettings
 
 BACKEND: web.AppKey[Backend] = web.AppKey("backend", Backend)
 SETTINGS: web.AppKey[GatewaySettings] = web.AppKey("settings", GatewaySettings)

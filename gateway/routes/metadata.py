@@ -6,11 +6,11 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
-from controlplane.gateway import views
-from controlplane.gateway.errors import HttpError
-from controlplane.gateway.fields import Field
-from controlplane.gateway.routes.artifacts import find_artifact
-from controlplane.gateway.routing import Call, RouteTable
+from gateway import views
+from gateway.errors import HttpError
+from gateway.fields import Field
+from gateway.routes.artifacts import find_artifact
+from gateway.routing import Call, RouteTable
 from protos import metadata_pb2
 
 table = RouteTable()

@@ -6,8 +6,8 @@ from typing import Any
 
 from aiohttp import web
 
-from controlplane.gateway.capabilities import root_page
-from controlplane.gateway.routing import Call, RouteTable
+from gateway.capabilities import root_page
+from gateway.routing import Call, RouteTable
 
 table = RouteTable()
 OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi", dict)

@@ -10,10 +10,10 @@ import structlog
 from aiohttp import web
 
 from common import logs
-from controlplane.gateway.backend import Backend
-from controlplane.gateway.middleware import gateway_middleware
-from controlplane.gateway.openapi import document
-from controlplane.gateway.routes import (
+from gateway.backend import Backend
+from gateway.middleware import gateway_middleware
+from gateway.openapi import document
+from gateway.routes import (
     agent,
     artifacts,
     auth,
@@ -24,8 +24,8 @@ from controlplane.gateway.routes import (
     networks,
     root,
 )
-from controlplane.gateway.routing import BACKEND, SETTINGS, Route, aiohttp_handler
-from controlplane.gateway.settings import GatewaySettings
+from gateway.routing import BACKEND, SETTINGS, Route, aiohttp_handler
+from gateway.settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
 

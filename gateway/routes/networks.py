@@ -11,11 +11,11 @@ from typing import Any
 
 import grpc
 
-from controlplane.gateway import views
-from controlplane.gateway.errors import HttpError
-from controlplane.gateway.fields import Field
-from controlplane.gateway.routes.instances import EVENT_FIELDS, delete_all_namespace, events_request
-from controlplane.gateway.routing import Call, RouteTable
+from gateway import views
+from gateway.errors import HttpError
+from gateway.fields import Field
+from gateway.routes.instances import EVENT_FIELDS, delete_all_namespace, events_request
+from gateway.routing import Call, RouteTable
 from protos import networks_pb2
 
 table = RouteTable()

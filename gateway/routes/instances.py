@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from controlplane.gateway import netdesc, views
-from controlplane.gateway.errors import HttpError
-from controlplane.gateway.fields import Field, to_int
-from controlplane.gateway.routing import Call, RouteTable
+from gateway import netdesc, views
+from gateway.errors import HttpError
+from gateway.fields import Field, to_int
+from gateway.routing import Call, RouteTable
 from protos import auth_pb2, common_pb2, instances_pb2, networks_pb2
 
 table = RouteTable()

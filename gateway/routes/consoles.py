@@ -6,10 +6,10 @@ from typing import Any
 
 from aiohttp import web
 
-from controlplane.gateway.errors import HttpError
-from controlplane.gateway.fields import Field
-from controlplane.gateway.routes.instances import fetch, fetch_created
-from controlplane.gateway.routing import Call, RouteTable
+from gateway.errors import HttpError
+from gateway.fields import Field
+from gateway.routes.instances import fetch, fetch_created
+from gateway.routing import Call, RouteTable
 from protos import consoles_pb2, instances_pb2
 
 table = RouteTable()

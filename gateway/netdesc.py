@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from controlplane.gateway.errors import HttpError
+from gateway.errors import HttpError
 from protos import common_pb2
 
 STRING_KEYS = ("network_uuid", "address", "macaddress", "model")
