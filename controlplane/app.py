@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -224,7 +225,10 @@ class ControlPlane:
     async def serve(self) -> None:
         """Listen on the configured address, report SERVING, start the background tasks."""
         listen = self.parts.settings.listen
-        self.port = self.server.add_insecure_port(listen)
+        try:
+            self.port = self.server.add_insecure_port(listen)
+        except RuntimeError as exc:  # grpc's "Failed to bind": the address is taken
+            raise OSError(f"cannot listen on {listen}: the address is in use") from exc
         if self.port == 0:
             raise OSError(f"cannot listen on {listen}")
         await self.server.start()
@@ -238,6 +242,10 @@ class ControlPlane:
         for session in list(self.nodes.sessions.values()):
             session.close()
         await self.server.stop(grace)
+        if self.port:
+            # gRPC closes its listening socket after stop returns; a restart on the
+            # same port must not race it.
+            await released(self.parts.settings.listen, self.port)
         await self.tasks.stop()
         await self.store.close()
 
@@ -323,7 +331,12 @@ async def build(
     )
     server = grpc.aio.server(
         interceptors=[AuthInterceptor(namespaces)],
-        options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+        options=[
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            # The listener owns its address: a second server on the same port is an
+            # error at start, not a silent split of the clients between two servers.
+            ("grpc.so_reuseport", 0),
+        ],
     )
     for entry in SERVICES:
         entry.add(entry.make(parts), server)
@@ -331,6 +344,23 @@ async def build(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(REFLECTED, server)
     return ControlPlane(parts, server, health_servicer)
+
+
+async def released(listen: str, port: int, timeout: float = 5.0) -> None:
+    """Wait (up to timeout) until nothing listens on the listen address's host at port."""
+    host = listen.rsplit(":", 1)[0].strip("[]") or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+                return
+            except OSError:
+                pass
+        await asyncio.sleep(0.02)
+    log.warning("listening address still busy after stop", listen=listen, port=port)
 
 
 async def start(

@@ -142,8 +142,10 @@ async def bearer(
     channel: grpc.aio.Channel, namespace: str = "system", key: str = SYSTEM_KEY
 ) -> Any:
     """Call metadata with a token for the namespace."""
+    # wait_for_ready: in one process, channels to one target share a connection, which
+    # may still be backing off from a control plane that was just restarted.
     reply = await auth_pb2_grpc.AuthServiceStub(channel).Token(
-        auth_pb2.TokenRequest(namespace=namespace, key=key)
+        auth_pb2.TokenRequest(namespace=namespace, key=key), wait_for_ready=True
     )
     return (("authorization", f"Bearer {reply.access_token}"),)
 

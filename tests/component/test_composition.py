@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -61,3 +62,30 @@ async def test_reflection_and_health_list_exactly_the_table(tmp_path: Path) -> N
                 assert reply.status == health_pb2.HealthCheckResponse.SERVING
     finally:
         await plane.stop(0)
+
+
+async def test_a_second_control_plane_on_a_taken_address_is_refused(tmp_path: Path) -> None:
+    """Two servers never share one address: the second one fails to start, saying why."""
+    first = await build(plane_settings(tmp_path / "one"))
+    await first.serve()
+    second = await build(plane_settings(tmp_path / "two", first.port))
+    try:
+        with pytest.raises(OSError, match="in use"):
+            await second.serve()
+    finally:
+        await second.stop(0)
+        await first.stop(0)
+
+
+async def test_a_stopped_control_plane_frees_its_address(tmp_path: Path) -> None:
+    """Once stop returns, a new control plane can listen on the same port at once."""
+    first = await build(plane_settings(tmp_path / "cp"))
+    await first.serve()
+    port = first.port
+    await first.stop(0)
+    again = await build(plane_settings(tmp_path / "cp", port))
+    await again.serve()
+    try:
+        assert again.port == port
+    finally:
+        await again.stop(0)
