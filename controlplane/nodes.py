@@ -12,7 +12,8 @@ import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from common.nodewire.commands import Command
+from common import logs
+from common.nodewire.commands import Command, Delivery
 from common.nodewire.messages import ConsoleRelay, Result
 from controlplane.errors import Unavailable
 from controlplane.model import Instance, Node
@@ -32,7 +33,7 @@ class Session:
     """One connected node agent's stream."""
 
     node: Node
-    outbox: asyncio.Queue[Command | ConsoleRelay | None] = field(default_factory=asyncio.Queue)
+    outbox: asyncio.Queue[Delivery | ConsoleRelay | None] = field(default_factory=asyncio.Queue)
     pending: dict[str, asyncio.Future[Result]] = field(default_factory=dict)
     last_seen: float = 0.0
     heartbeats: int = 0
@@ -119,7 +120,11 @@ class NodeRegistry:
         return result
 
     def send(self, node: str, command: Command) -> asyncio.Future[Result]:
-        """Queue a command for a node; the future resolves with its result."""
+        """Queue a command for a node; the future resolves with its result.
+
+        The command goes with the id of the request being served (from the
+        logging context), so the node's logs of it carry that id too.
+        """
         session = self.sessions.get(node)
         if session is None:
             raise Unavailable(f"node {node} is not connected; try again later")
@@ -127,7 +132,7 @@ class NodeRegistry:
         if future is None or future.done():
             future = asyncio.get_running_loop().create_future()
             session.pending[command.command_id] = future
-        session.outbox.put_nowait(command)
+        session.outbox.put_nowait(Delivery(command, logs.request_id()))
         return future
 
     def resolve(self, session: Session, result: Result) -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-import uuid as uuidlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 from aiohttp import web
 
+from common import logs
 from gateway.errors import HttpError
 from gateway.routing import REQUEST_ID, json_response
 
@@ -26,9 +26,11 @@ def error_response(status: int, message: str | dict[str, Any]) -> web.Response:
 @web.middleware
 async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give the request an id, turn failures into JSON errors, log one line."""
-    incoming = request.headers.get("X-Request-ID", "")
-    request_id = incoming if 0 < len(incoming) <= 64 else str(uuidlib.uuid4())
+    incoming = logs.clean_request_id(request.headers.get("X-Request-ID", ""))
+    request_id = incoming or logs.new_request_id()
     request[REQUEST_ID] = request_id
+    # aiohttp serves each request in its own task: this binds it for this request only.
+    logs.start_request(request_id)
     started = time.perf_counter()
     try:
         response = await handler(request)
@@ -49,7 +51,6 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         path=request.path,
         status=response.status,
         ms=round((time.perf_counter() - started) * 1000, 2),
-        request_id=request_id,
         remote=request.remote,
     )
     return response

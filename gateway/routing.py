@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 from aiohttp import web
 
+from common import logs
 from gateway.backend import Backend
 from gateway.errors import HttpError, from_rpc
 from gateway.fields import Field, parse
@@ -63,7 +64,7 @@ class Call:
         auth = self.request.headers.get("Authorization")
         if auth:
             out.append(("authorization", auth))
-        out.append(("x-request-id", self.request[REQUEST_ID]))
+        out.append((logs.REQUEST_ID_KEY, self.request[REQUEST_ID]))
         if namespace:
             out.append((NAMESPACE_KEY, namespace))
         return tuple(out)

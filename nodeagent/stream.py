@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING
 import grpc
 import structlog
 
-from common.nodewire.commands import Command
+from common import logs
+from common.nodewire.commands import Delivery, target_of
 from common.nodewire.convert import (
     WireError,
-    command_from_pb,
+    delivery_from_pb,
     register_to_pb,
     relay_from_pb,
     report_to_pb,
@@ -186,11 +187,11 @@ class ControlStream:
                 for one in batch:
                     if one.HasField("command"):
                         try:
-                            command = command_from_pb(one.command)
+                            delivery = delivery_from_pb(one.command)
                         except WireError as exc:
                             log.warning("cannot read a command", error=str(exc))
                             continue
-                        self._spawn(self._handle(command))
+                        self._spawn(self._handle(delivery))
                     elif one.HasField("console") and self.on_console is not None:
                         self.on_console(relay_from_pb(one.console))
         finally:
@@ -201,7 +202,10 @@ class ControlStream:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _handle(self, command: Command) -> None:
+    async def _handle(self, delivery: Delivery) -> None:
+        # Runs in its own task, so what is bound here tags only this command's logs.
+        command = delivery.command
+        logs.bind(request_id=delivery.request_id or None, target=target_of(command))
         result = await self.executor.execute(command)
         self.send(result)
 

@@ -587,9 +587,12 @@ class Command(_message.Message):
     ENSURE_NETWORK_FIELD_NUMBER: _builtins.int
     REMOVE_NETWORK_FIELD_NUMBER: _builtins.int
     ATTACH_INTERFACE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     instance_uuid: _builtins.str
     """The instance's UUID, or for network commands the network's."""
+    request_id: _builtins.str
+    """The id of the API request this command serves ("" for background work), for logs."""
     @_builtins.property
     def create(self) -> Global___CreateDomain: ...
     @_builtins.property
@@ -634,10 +637,11 @@ class Command(_message.Message):
         ensure_network: Global___EnsureNetwork | None = ...,
         remove_network: Global___RemoveNetwork | None = ...,
         attach_interface: Global___AttachInterface | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_execute", b"agent_execute", "agent_get", b"agent_get", "agent_put", b"agent_put", "attach_interface", b"attach_interface", "console_clear", b"console_clear", "console_open", b"console_open", "console_read", b"console_read", "console_screenshot", b"console_screenshot", "create", b"create", "destroy", b"destroy", "ensure_network", b"ensure_network", "power", b"power", "remove_network", b"remove_network"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_execute", b"agent_execute", "agent_get", b"agent_get", "agent_put", b"agent_put", "attach_interface", b"attach_interface", "command_id", b"command_id", "console_clear", b"console_clear", "console_open", b"console_open", "console_read", b"console_read", "console_screenshot", b"console_screenshot", "create", b"create", "destroy", b"destroy", "ensure_network", b"ensure_network", "instance_uuid", b"instance_uuid", "power", b"power", "remove_network", b"remove_network"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_execute", b"agent_execute", "agent_get", b"agent_get", "agent_put", b"agent_put", "attach_interface", b"attach_interface", "command_id", b"command_id", "console_clear", b"console_clear", "console_open", b"console_open", "console_read", b"console_read", "console_screenshot", b"console_screenshot", "create", b"create", "destroy", b"destroy", "ensure_network", b"ensure_network", "instance_uuid", b"instance_uuid", "power", b"power", "remove_network", b"remove_network", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["create", "power", "destroy", "agent_execute", "agent_put", "agent_get", "console_read", "console_clear", "console_screenshot", "console_open", "ensure_network", "remove_network", "attach_interface"]  # noqa: Y015
     _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015

@@ -151,6 +151,18 @@ Command = (
 )
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """A command as sent to a node, with the id of the request it serves ("" for background work).
+
+    The request id is not part of the command (replaying a command from another
+    request is the same command); it only lets the node's logs follow the request.
+    """
+
+    command: Command
+    request_id: str = ""
+
+
 def target_of(command: Command) -> str:
     """The UUID a command is for: its instance's or, for network commands, its network's."""
     if isinstance(command, EnsureNetwork | RemoveNetwork):

@@ -20,6 +20,7 @@ from common.nodewire.commands import (
     ConsoleAction,
     ConsoleKind,
     CreateDomain,
+    Delivery,
     DestroyDomain,
     EnsureNetwork,
     PowerDomain,
@@ -506,8 +507,20 @@ def report_from_pb(pb: node_pb2.NodeMessage) -> Report:
     raise WireError(f"unexpected node message {body!r}")
 
 
-def control_to_pb(item: Command | ConsoleRelay) -> node_pb2.ControlMessage:
+def delivery_to_pb(delivery: Delivery) -> node_pb2.Command:
+    """A command as sent, with its request id."""
+    pb = command_to_pb(delivery.command)
+    pb.request_id = delivery.request_id
+    return pb
+
+
+def delivery_from_pb(pb: node_pb2.Command) -> Delivery:
+    """A command as received, with its request id; WireError for an unknown command."""
+    return Delivery(command_from_pb(pb), pb.request_id)
+
+
+def control_to_pb(item: Delivery | ConsoleRelay) -> node_pb2.ControlMessage:
     """A command or console bytes for a node's stream."""
     if isinstance(item, ConsoleRelay):
         return node_pb2.ControlMessage(console=relay_to_pb(item))
-    return node_pb2.ControlMessage(command=command_to_pb(item))
+    return node_pb2.ControlMessage(command=delivery_to_pb(item))

@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias
 
 import grpc
+import structlog
 
+from common import logs
 from controlplane.api.status import (
     AUTHORIZATION_KEY,
     CALLER,
@@ -130,6 +132,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler | None:
         method = handler_call_details.method
+        if method.startswith(SYSTEM_ONLY_PREFIXES):
+            # A node's stream lives for hours and serves no one request.
+            structlog.contextvars.clear_contextvars()
+        else:
+            incoming = logs.clean_request_id(
+                metadata_value(handler_call_details, logs.REQUEST_ID_KEY)
+            )
+            logs.start_request(incoming or logs.new_request_id(), rpc=method.rsplit("/", 1)[-1])
         if method.startswith(PUBLIC_PREFIXES):
             CALLER.set("")
             return await continuation(handler_call_details)
@@ -144,6 +154,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         except MiniCloudError as exc:
             return _refusal(await continuation(handler_call_details), exc)
         CALLER.set(acting)
+        logs.bind(namespace=acting)
         return await continuation(handler_call_details)
 
 

@@ -16,6 +16,7 @@ from typing import Any, assert_never
 import grpc
 import structlog
 
+from common import logs
 from common.nodewire.convert import WireError, control_to_pb, register_from_pb, report_from_pb
 from common.nodewire.messages import (
     WIRE_VERSION,
@@ -93,6 +94,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         )
         await self.records.put_node(node)
         session = self.nodes.connect(node, self.clock())
+        logs.bind(node=node.name)
         log.info("node connected", node=node.name, hypervisor=node.hypervisor)
         reader = asyncio.create_task(self._read(session, request_iterator))
         watchdog = asyncio.create_task(self._watchdog(session))

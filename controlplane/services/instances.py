@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 import structlog
 
+from common import logs
 from controlplane import lifecycle
 from controlplane.errors import (
     AlreadyExists,
@@ -109,6 +110,7 @@ class InstanceService:
         """Allocate interfaces and store the instance in one batch (Conflict: try again)."""
         now = self.reconciler.clock()
         uuid = str(uuidlib.uuid4())
+        logs.bind(instance=uuid)
         alloc = None
         if spec.networks and self.networks is not None:
             alloc = await self.networks.allocate(namespace, uuid, node, spec.networks)
@@ -176,6 +178,7 @@ class InstanceService:
             found = await self._find_by_name_anywhere(ref)
         if found is None or not can_see(namespace, found.namespace):
             raise NotFound(f"instance {ref!r} not found")
+        logs.bind(instance=found.uuid)
         return found
 
     async def _find_by_name_anywhere(self, name: str) -> Instance | None:

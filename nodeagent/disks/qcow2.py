@@ -117,7 +117,7 @@ class Qcow2DiskBuilder:
         folder = self.instances_dir / instance_uuid
         await asyncio.to_thread(shutil.rmtree, folder, True)
         self._instance_locks.pop(instance_uuid, None)
-        log.info("disks_removed", uuid=instance_uuid, folder=str(folder))
+        log.info("disks removed", uuid=instance_uuid, folder=str(folder))
 
     async def config_drive(self, spec: DomainRequest) -> PreparedDisk | None:
         """Write the instance's config drive afresh as ``config.iso`` in its folder."""
@@ -136,7 +136,7 @@ class Qcow2DiskBuilder:
             await asyncio.to_thread(_make_folder, folder)
             path = folder / CONFIG_DRIVE
             await write_iso(files, path, LABEL)
-        log.info("config_drive_built", uuid=spec.uuid, path=str(path), files=len(files))
+        log.info("config drive built", uuid=spec.uuid, path=str(path), files=len(files))
         return PreparedDisk(path=path, bus="virtio", device="disk", format="raw", readonly=True)
 
     async def firmware_template(self, ref: str, progress: ProgressCallback) -> Path:
@@ -179,7 +179,7 @@ class Qcow2DiskBuilder:
         path = folder / f"disk{index}.qcow2"
         disk = PreparedDisk(path=path, bus=spec.bus, device="disk", format="qcow2")
         if path.exists():
-            log.info("disk_reused", path=str(path))
+            log.info("disk reused", path=str(path))
             return disk
         if not spec.base:
             if spec.size_gb == 0:
@@ -212,7 +212,7 @@ class Qcow2DiskBuilder:
                     raise
                 except Exception as exc:
                     raise DiskError(f"cannot fetch base image {ref!r}: {exc}") from exc
-                log.info("blob_fetched", ref=ref, path=str(target))
+                log.info("blob fetched", ref=ref, path=str(target))
             return target
 
     async def _create(self, path: Path, options: list[str], size: str | None) -> None:
@@ -226,7 +226,7 @@ class Qcow2DiskBuilder:
             await asyncio.to_thread(os.replace, temporary, path)
         finally:
             temporary.unlink(missing_ok=True)
-        log.info("disk_created", path=str(path), size=size, options=options)
+        log.info("disk created", path=str(path), size=size, options=options)
 
     async def _checked_info(self, path: Path, ref: str) -> ImageInfo:
         output = await _qemu_img("info", "--output=json", str(path))
@@ -263,7 +263,7 @@ class Qcow2DiskBuilder:
             await asyncio.to_thread(_make_folder, self.cache_dir)
             await asyncio.to_thread(_fetch, url, ref, target, report)
             log.info(
-                "image_fetched",
+                "image fetched",
                 ref=ref,
                 url=url,
                 path=str(target),

@@ -283,7 +283,7 @@ def _ensure_event_loop() -> None:
         def run() -> None:
             while True:
                 if libvirt.virEventRunDefaultImpl() < 0:
-                    log.error("libvirt_event_loop_failed")
+                    log.error("libvirt event loop failed")
                     threading.Event().wait(1.0)
 
         _event_loop_thread = threading.Thread(target=run, name="libvirt-events", daemon=True)
@@ -425,7 +425,7 @@ class LibvirtHypervisor:
         if code == libvirt.VIR_ERR_NO_DOMAIN:
             return DomainNotFound(message)
         retryable = code in _RETRYABLE_ERRORS or not self._alive()
-        log.warning("libvirt_error", operation=what, code=code, retryable=retryable, error=str(exc))
+        log.warning("libvirt error", operation=what, code=code, retryable=retryable, error=str(exc))
         return HypervisorError(message, retryable=retryable)
 
     def _alive(self) -> bool:
@@ -443,7 +443,7 @@ class LibvirtHypervisor:
             if self._conn is not None and self._alive():
                 return self._conn
             if self._conn is not None:
-                log.warning("libvirt_connection_lost", uri=self.uri)
+                log.warning("libvirt connection lost", uri=self.uri)
                 self._drop_connection()
             _ensure_event_loop()
             conn = libvirt.open(self.uri)
@@ -458,7 +458,7 @@ class LibvirtHypervisor:
                 raise
             self._conn = conn
             reconnected, self._connected_before = self._connected_before, True
-            log.info("libvirt_connected", uri=self.uri, reconnected=reconnected)
+            log.info("libvirt connected", uri=self.uri, reconnected=reconnected)
         if reconnected:
             # Events may have been missed while disconnected: report what is there now.
             for state in self._list_sync():
@@ -618,7 +618,7 @@ class LibvirtHypervisor:
         if dom is not None and dom.isActive():
             current = self._state_of(uuid, dom)
             if current.power_state == "on":
-                log.info("domain_already_running", uuid=uuid)
+                log.info("domain already running", uuid=uuid)
                 return current
             if current.power_state == "paused":
                 self._unpause(dom)
@@ -645,7 +645,7 @@ class LibvirtHypervisor:
         self._owners[uuid] = True
         self._off_acknowledged.discard(uuid)
         dom.create()
-        log.info("domain_started", uuid=uuid, domain=domain_name(uuid), type=self.domain_type)
+        log.info("domain started", uuid=uuid, domain=domain_name(uuid), type=self.domain_type)
         return self._state_of(uuid, dom)
 
     def _power_sync(self, uuid: str, action: str) -> DomainState:
@@ -671,7 +671,7 @@ class LibvirtHypervisor:
             self._unpause(dom)
         elif action == "soft-reboot":
             dom.reboot(libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)
-            log.info("domain_power", uuid=uuid, action=action)
+            log.info("domain power action", uuid=uuid, action=action)
             return DomainState(uuid, "on", action, current.ports)
         elif action == "hard-reboot":
             if dom.isActive():
@@ -679,7 +679,7 @@ class LibvirtHypervisor:
             self._off_acknowledged.discard(uuid)
             dom.create()
         after = self._state_of(uuid, dom)
-        log.info("domain_power", uuid=uuid, action=action, power_state=after.power_state)
+        log.info("domain power action", uuid=uuid, action=action, power_state=after.power_state)
         return DomainState(uuid, after.power_state, action, after.ports)
 
     def _unpause(self, dom: Any) -> None:
@@ -699,7 +699,7 @@ class LibvirtHypervisor:
         elif nic.mac.lower() in interface_macs(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)):
             return
         dom.attachDeviceFlags(xml, flags)
-        log.info("interface_attached", uuid=uuid, mac=nic.mac, bridge=nic.bridge)
+        log.info("interface attached", uuid=uuid, mac=nic.mac, bridge=nic.bridge)
 
     def _remove_sync(self, uuid: str) -> None:
         try:
@@ -718,7 +718,7 @@ class LibvirtHypervisor:
             else:
                 for path in sockets:
                     path.unlink(missing_ok=True)
-            log.info("domain_removed", uuid=uuid)
+            log.info("domain removed", uuid=uuid)
         self._off_acknowledged.discard(uuid)
         self._ports.pop(uuid, None)
 
@@ -740,17 +740,17 @@ class LibvirtHypervisor:
                 return
             mapped = event_to_state(event, detail)
             uuid = str(dom.UUIDString())
-            log.debug("libvirt_event", uuid=uuid, libvirt_event=event, detail=detail, mapped=mapped)
+            log.debug("libvirt event", uuid=uuid, libvirt_event=event, detail=detail, mapped=mapped)
             if mapped is None:
                 return
             if mapped[0] == "on":
                 self._off_acknowledged.discard(uuid)
             self._emit(DomainState(uuid=uuid, power_state=mapped[0], reason=mapped[1]))
         except Exception:  # never let an exception escape into libvirt's C loop
-            log.exception("libvirt_event_callback_failed")
+            log.exception("libvirt event callback failed")
 
     def _on_close(self, conn: Any, reason: int, opaque: Any) -> None:
-        log.warning("libvirt_connection_closed", uri=self.uri, reason=reason)
+        log.warning("libvirt connection closed", uri=self.uri, reason=reason)
 
     def _emit(self, state: DomainState) -> None:
         loop = self._loop

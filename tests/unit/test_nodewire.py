@@ -16,6 +16,7 @@ from common.nodewire.commands import (
     ConsoleAction,
     ConsoleKind,
     CreateDomain,
+    Delivery,
     DestroyDomain,
     EnsureNetwork,
     PowerDomain,
@@ -147,6 +148,16 @@ def test_register_round_trip() -> None:
     reg = Register("node-1", "10.1.0.2", 8, 16384, "kvm", "0.1.0", "198.51.100.7", 7)
     wire = node_pb2.Register.FromString(convert.register_to_pb(reg).SerializeToString())
     assert convert.register_from_pb(wire) == reg
+
+
+@pytest.mark.parametrize("request_id", ["req-1", ""])
+def test_a_delivery_keeps_its_command_and_request_id(request_id: str) -> None:
+    """A command sent for a request arrives with that request's id (or none)."""
+    delivery = Delivery(COMMANDS[0], request_id)
+    message = node_pb2.ControlMessage.FromString(
+        convert.control_to_pb(delivery).SerializeToString()
+    )
+    assert convert.delivery_from_pb(message.command) == delivery
 
 
 def test_relay_is_sent_as_a_control_message() -> None:
