@@ -265,7 +265,9 @@ class Cluster:
                     client.delete(inst["uuid"])
         except Exception:
             pass
-        for name in ("nodeagent", "gateway", "controlplane", "images"):
+        # Every process it started: extra node agents first, the control plane near last.
+        order = ("nodeagent", "gateway", "controlplane", "images")
+        for name in [*(p for p in self.procs if p not in order), *order]:
             self.stop(name)
         for uuid in virsh("list", "--all", "--uuid").stdout.split():
             if (self.node_dir / "instances" / uuid).exists():
