@@ -60,7 +60,7 @@ class FakeHypervisor:
         self._on_since: dict[str, float] = {}
         self._on_total: dict[str, float] = {}
         self._events: asyncio.Queue[DomainState | None] = asyncio.Queue()
-        self._listeners = 0
+        self._closes = 0  # how often close was called: a stream ends at a close after it began
 
     async def list_domains(self) -> list[DomainState]:
         return list(self.domains.values())
@@ -156,22 +156,25 @@ class FakeHypervisor:
             return
         self.specs[uuid] = dataclasses.replace(spec, interfaces=(*spec.interfaces, nic))
 
-    async def events(self) -> AsyncIterator[DomainState]:
-        self._listeners += 1
-        try:
-            while (event := await self._events.get()) is not None:
+    def events(self) -> AsyncIterator[DomainState]:
+        """Power-state changes until the next close (a restarted agent may listen again)."""
+        return self._events_until(self._closes)
+
+    async def _events_until(self, closes: int) -> AsyncIterator[DomainState]:
+        while True:
+            event = await self._events.get()
+            if event is not None:
                 yield event
-        finally:
-            self._listeners -= 1
+            elif self._closes > closes:
+                return  # closed since this stream was asked for
+            # else: the end marker of a close before this stream began; skip it
 
     async def close(self) -> None:
         for server in self._servers.values():
             server.close()
         self._servers.clear()
-        # The domains outlive the agent (a restarted one may use this fake again),
-        # so only a running reader is told to stop; nothing is left queued for the next.
-        for _ in range(self._listeners):
-            self._events.put_nowait(None)
+        self._closes += 1
+        self._events.put_nowait(None)
 
     def external_power(self, uuid: str, power_state: str, reason: str) -> None:
         """Change a domain's power state as something outside the agent would."""
