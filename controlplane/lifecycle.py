@@ -11,41 +11,49 @@ and the actions the caller must perform; it raises ``Refused`` otherwise.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
-from common.nodewire.power import POWER_TRANSITIONS
+from common.nodewire.power import POWER_TRANSITIONS, PowerState
 
-INITIAL = "initial"
-PREFLIGHT = "preflight"
-CREATING = "creating"
-CREATED = "created"
-DELETE_WAIT = "delete-wait"
-DELETED = "deleted"
-ERROR = "error"
-INITIAL_ERROR = "initial-error"
-PREFLIGHT_ERROR = "preflight-error"
-CREATING_ERROR = "creating-error"
-CREATED_ERROR = "created-error"
 
-STATES = (
-    INITIAL,
-    PREFLIGHT,
-    CREATING,
-    CREATED,
-    DELETE_WAIT,
-    DELETED,
-    ERROR,
-    INITIAL_ERROR,
-    PREFLIGHT_ERROR,
-    CREATING_ERROR,
-    CREATED_ERROR,
-)
-PHASE_ERROR = {
+class State(StrEnum):
+    """An instance's lifecycle state (each compares equal to its string, as stored)."""
+
+    INITIAL = "initial"
+    PREFLIGHT = "preflight"
+    CREATING = "creating"
+    CREATED = "created"
+    DELETE_WAIT = "delete-wait"
+    DELETED = "deleted"
+    ERROR = "error"
+    INITIAL_ERROR = "initial-error"
+    PREFLIGHT_ERROR = "preflight-error"
+    CREATING_ERROR = "creating-error"
+    CREATED_ERROR = "created-error"
+
+
+INITIAL = State.INITIAL
+PREFLIGHT = State.PREFLIGHT
+CREATING = State.CREATING
+CREATED = State.CREATED
+DELETE_WAIT = State.DELETE_WAIT
+DELETED = State.DELETED
+ERROR = State.ERROR
+INITIAL_ERROR = State.INITIAL_ERROR
+PREFLIGHT_ERROR = State.PREFLIGHT_ERROR
+CREATING_ERROR = State.CREATING_ERROR
+CREATED_ERROR = State.CREATED_ERROR
+
+STATES: tuple[str, ...] = tuple(State)
+PHASE_ERROR: dict[str, str] = {
     INITIAL: INITIAL_ERROR,
     PREFLIGHT: PREFLIGHT_ERROR,
     CREATING: CREATING_ERROR,
     CREATED: CREATED_ERROR,
 }
-POWER_STATES = ("initial", "on", "off", "paused", "crashed")
+# An instance's power state: "initial" until a node has reported one, then the node's.
+INITIAL_POWER = "initial"
+POWER_STATES: tuple[str, ...] = (INITIAL_POWER, *PowerState)
 
 _ERRORS = frozenset(PHASE_ERROR.values())
 TRANSITIONS: dict[str, frozenset[str]] = {

@@ -1,35 +1,40 @@
-"""The node agent's entry point and composition root.
+"""The node agent's composition root and entry point: built in one place, run by one owner.
 
-Builds the hypervisor driver (libvirt, or the fake for simulations), the
-disk builder, the executor, the observer and the stream, and runs them in one
-TaskGroup until SIGTERM or SIGINT. Stopping the agent never stops guests.
+``build`` wires every part over the drivers it is given (``main`` picks
+libvirt or the fakes from the settings; component tests and benchmarks pass
+fakes): one ``Outbox`` that every part sends its reports to and the
+``ControlStream`` drains, the executor, the guest watch (which owns the guest
+links), guest operations and consoles. Nothing runs until
+``NodeAgent.run(stop)``: it owns one TaskGroup (the stream, the observer,
+the usage reporter), ends it when ``stop`` is set, and closes the links, the
+blob channel and the hypervisor. Stopping the agent never stops guests.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
 
 from common import logs
-from common.nodewire.messages import Observation
 from nodeagent.blobclient import GrpcBlobs
 from nodeagent.consoles import Consoles
 from nodeagent.credentials import Credentials
 from nodeagent.disks.fake import FakeDiskBuilder
 from nodeagent.disks.protocol import DiskBuilder
 from nodeagent.executor import Executor
-from nodeagent.guest.channel import GuestLinks
-from nodeagent.guestops import GuestOps
-from nodeagent.guestwatch import GuestWatch
+from nodeagent.guest.links import LinkSettings
+from nodeagent.guest.ops import GuestOps
+from nodeagent.guest.watch import GuestWatch
 from nodeagent.hypervisor.fake import FakeHypervisor
 from nodeagent.hypervisor.protocol import Hypervisor
 from nodeagent.network.protocol import NetworkDriver
 from nodeagent.observer import observe
+from nodeagent.outbox import Outbox
 from nodeagent.settings import Settings
 from nodeagent.stream import ControlStream, Identity
 from nodeagent.usage import report_usage
@@ -75,24 +80,57 @@ def build_network(settings: Settings) -> NetworkDriver:
 
 
 @dataclass
-class Agent:
-    """The node agent's long-lived parts."""
+class NodeAgent:
+    """The node agent's long-lived parts, wired; ``run`` serves until told to stop."""
 
-    stream: ControlStream
-    links: GuestLinks
-    watch: GuestWatch
+    settings: Settings
+    hypervisor: Hypervisor
     blobs: GrpcBlobs
+    outbox: Outbox
+    stream: ControlStream
+    executor: Executor
+    watch: GuestWatch
+    guestops: GuestOps
     consoles: Consoles
 
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run the stream, the observer and the usage reporter until stop is set; then close."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(self.stream.run(), name="control-stream"),
+                    group.create_task(
+                        observe(self.hypervisor, self.outbox.send, self.watch), name="observer"
+                    ),
+                    group.create_task(
+                        report_usage(
+                            self.hypervisor, self.outbox.send, self.settings.usage_interval
+                        ),
+                        name="usage",
+                    ),
+                ]
+                await stop.wait()
+                log.info("node agent stopping; guests keep running", name=self.settings.name)
+                for task in tasks:
+                    task.cancel()
+        finally:
+            await self.consoles.close_all()
+            await self.watch.close()
+            await self.blobs.close()
+            await self.hypervisor.close()
 
-def build_agent(
+
+def build(
     settings: Settings,
     hypervisor: Hypervisor,
     disks: DiskBuilder,
     blobs: GrpcBlobs,
     network: NetworkDriver | None = None,
-) -> Agent:
-    """The stream, executor and guest-agent plumbing for these drivers."""
+    *,
+    links: LinkSettings | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> NodeAgent:
+    """Every part of a node agent over these drivers, wired; nothing runs yet."""
     identity = Identity(
         name=settings.name,
         address=settings.address,
@@ -101,47 +139,38 @@ def build_agent(
         hypervisor=hypervisor.kind,
         console_host=settings.console_host,
     )
-    stream: ControlStream
-    watch = GuestWatch(settings.instances_dir, lambda status: stream.send(status))
-    links = GuestLinks(watch.on_state)
-    watch.links = links
-    guestops = GuestOps(links, blobs, lambda output: stream.send(output))
+    outbox = Outbox()
+    watch = GuestWatch(settings.instances_dir, outbox.send, links)
+    guestops = GuestOps(watch.links, blobs, outbox.send)
     consoles = Consoles(
-        hypervisor,
-        blobs,
-        settings.instances_dir,
-        lambda relay: stream.send(relay),
-        backlog=lambda: stream.backlog(),
+        hypervisor, blobs, settings.instances_dir, outbox.send, backlog=outbox.backlog
     )
     executor = Executor(
         hypervisor,
         disks,
         settings.instances_dir,
-        lambda e: stream.emit(e),
+        outbox.send,
         guestops=guestops,
         guestwatch=watch,
         network=network,
         consoles=consoles,
     )
-
-    def connected(inventory: list[Observation]) -> None:
-        for domain in inventory:
-            if domain.power_state == "on":
-                watch.domain_on(domain.instance_uuid)
-        watch.resend()
-
     stream = ControlStream(
         settings.control_plane,
         identity,
         executor,
         blobs.credentials,
+        outbox,
         backoff_base=settings.backoff_base,
         backoff_cap=settings.backoff_cap,
-        on_connected=connected,
+        sleep=sleep,
+        on_connected=watch.connected,
         on_disconnected=consoles.close_all,
         on_console=consoles.relay,
     )
-    return Agent(stream, links, watch, blobs, consoles)
+    return NodeAgent(
+        settings, hypervisor, blobs, outbox, stream, executor, watch, guestops, consoles
+    )
 
 
 async def run(settings: Settings) -> None:
@@ -149,28 +178,13 @@ async def run(settings: Settings) -> None:
     settings.instances_dir.mkdir(parents=True, exist_ok=True)
     blobs = GrpcBlobs(settings.control_plane, Credentials("system", settings.node_key()))
     hypervisor, disks = build_drivers(settings, blobs)
-    agent = build_agent(settings, hypervisor, disks, blobs, build_network(settings))
+    agent = build(settings, hypervisor, disks, blobs, build_network(settings))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("node agent starting", name=settings.name, hypervisor=hypervisor.kind)
-    with contextlib.suppress(asyncio.CancelledError):
-        async with asyncio.TaskGroup() as group:
-            tasks = [
-                group.create_task(agent.stream.run()),
-                group.create_task(observe(hypervisor, agent.stream.send, agent.watch)),
-                group.create_task(
-                    report_usage(hypervisor, agent.stream.emit, settings.usage_interval)
-                ),
-            ]
-            await stop.wait()
-            log.info("node agent stopping; guests keep running")
-            for task in tasks:
-                task.cancel()
-    await agent.links.close()
-    await agent.blobs.close()
-    await hypervisor.close()
+    await agent.run(stop)
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Blob transfer through the control plane's BlobService: the node's adapter for it.
 
-``GrpcBlobs`` implements ``nodeagent.guestops.BlobTransfer`` over gRPC.
+``GrpcBlobs`` implements ``nodeagent.guest.ops.BlobTransfer`` over gRPC.
 """
 
 from __future__ import annotations

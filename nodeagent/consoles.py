@@ -32,7 +32,8 @@ import structlog
 from common.nodewire.commands import ConsoleAction, ConsoleKind
 from common.nodewire.messages import ConsoleRelay, Result
 from nodeagent import consolelog
-from nodeagent.guestops import BlobTransfer
+from nodeagent.errors import NodeAgentError
+from nodeagent.guest.ops import BlobTransfer
 from nodeagent.hypervisor.protocol import Hypervisor, HypervisorError
 
 log = structlog.get_logger(__name__)
@@ -113,8 +114,8 @@ class Consoles:
                     assert_never(kind)
         except FileNotFoundError:
             return Result(command.command_id, uuid, True)  # no log yet: nothing to read or clear
-        except (HypervisorError, OSError, ValueError) as exc:
-            retryable = isinstance(exc, HypervisorError) and exc.retryable
+        except (NodeAgentError, OSError, ValueError) as exc:
+            retryable = isinstance(exc, NodeAgentError) and exc.retryable
             log.warning("console command failed", kind=kind, uuid=uuid, error=str(exc))
             return Result(command.command_id, uuid, False, str(exc), retryable)
         except Exception as exc:

@@ -2,8 +2,9 @@
 
 Commands for one instance run one at a time, in arrival order. A command id
 seen before returns its first result (the control plane may replay after a
-reconnect). ``execute`` never raises: every failure becomes a result that
-says whether retrying makes sense.
+reconnect). ``execute`` never raises: every failure becomes a result; a
+``NodeAgentError`` says by its ``retryable`` whether retrying makes sense,
+anything else is an internal error and is not retried.
 """
 
 from __future__ import annotations
@@ -36,11 +37,12 @@ from common.nodewire.commands import (
 )
 from common.nodewire.domain import DomainRequest, NicRequest
 from common.nodewire.messages import NodeEvent, Observation, Result
-from common.nodewire.power import PowerAction
+from common.nodewire.power import STOPPED, PowerAction, PowerState
 from nodeagent.consoles import Consoles
-from nodeagent.disks.protocol import DiskBuilder, DiskError
-from nodeagent.guestops import GuestOpError, GuestOps
-from nodeagent.guestwatch import GuestWatch
+from nodeagent.disks.protocol import DiskBuilder
+from nodeagent.errors import NodeAgentError
+from nodeagent.guest.ops import GuestOps
+from nodeagent.guest.watch import AGENT_CHANNEL, GuestWatch
 from nodeagent.hypervisor.protocol import DomainState, Hypervisor, HypervisorError, PreparedDisk
 from nodeagent.network.protocol import NetworkDriver, NetworkError
 
@@ -138,7 +140,7 @@ class Executor:
             return Result(command.command_id, uuid, False, "this node has no guest agent support")
         try:
             result = await self.guestops.run(command)
-        except GuestOpError as exc:
+        except NodeAgentError as exc:
             log.warning("agent command failed", command=command.command_id, error=str(exc))
             return Result(command.command_id, uuid, False, str(exc), exc.retryable)
         except Exception as exc:
@@ -173,7 +175,7 @@ class Executor:
                     state = await self._attach(command)
                 case _:
                     assert_never(command)
-        except (HypervisorError, DiskError, NetworkError) as exc:
+        except NodeAgentError as exc:
             bound.warning("command failed", error=str(exc), retryable=exc.retryable)
             current = await self._current(uuid)
             return Result(command.command_id, uuid, False, str(exc), exc.retryable, current)
@@ -193,7 +195,7 @@ class Executor:
     async def _create(self, spec: DomainRequest) -> DomainState:
         uuid = spec.uuid
         existing = await self.hypervisor.get_domain(uuid)
-        if existing is not None and existing.power_state == "on":
+        if existing is not None and existing.power_state == PowerState.ON:
             return existing
         self.emit(NodeEvent(uuid, "preparing disks", timestamp=self.clock()))
         started = self.clock()
@@ -220,7 +222,7 @@ class Executor:
         state = await self.hypervisor.define_and_start(spec, prepared, self.console_log(uuid))
         self.emit(NodeEvent(uuid, "domain started", timestamp=self.clock()))
         if self.guestwatch is not None:
-            self.guestwatch.domain_on(uuid, "sf-agent" in spec.side_channels)
+            self.guestwatch.domain_on(uuid, AGENT_CHANNEL in spec.side_channels)
         return state
 
     async def _network(self, command: EnsureNetwork | RemoveNetwork) -> None:
@@ -296,7 +298,7 @@ class Executor:
         if action == PowerAction.ON and command.domain is not None:
             current = await self.hypervisor.get_domain(uuid)
             # Only a stopped guest: a running one keeps the drive it booted with.
-            if current is not None and current.power_state in ("off", "crashed"):
+            if current is not None and current.power_state in STOPPED:
                 await self._config_drive(command.domain)
         return await self.hypervisor.power(uuid, action)
 

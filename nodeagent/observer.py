@@ -7,7 +7,8 @@ from collections.abc import Callable
 import structlog
 
 from common.nodewire.messages import Observation
-from nodeagent.guestwatch import GuestWatch
+from common.nodewire.power import STOPPED, PowerState
+from nodeagent.guest.watch import GuestWatch
 from nodeagent.hypervisor.protocol import Hypervisor
 
 log = structlog.get_logger(__name__)
@@ -29,7 +30,7 @@ async def observe(
         )
         send(Observation(state.uuid, True, state.power_state, state.reason))
         if guestwatch is not None:
-            if state.power_state == "on":
+            if state.power_state == PowerState.ON:
                 guestwatch.domain_on(state.uuid)
-            elif state.power_state in ("off", "crashed"):
+            elif state.power_state in STOPPED:
                 guestwatch.domain_off(state.uuid)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import struct
 import zlib
 
+from nodeagent.errors import NodeAgentError
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-class ImageError(ValueError):
+class ImageError(NodeAgentError, ValueError):
     """The bytes are not an image this module understands."""
 
 

@@ -2,9 +2,12 @@
 
 On every (re)connect it registers, then sends its whole inventory so the
 control plane can reconcile both ways. Commands run concurrently (the
-executor serialises per instance); results, observations, events and
-heartbeats share one outbox. A lost stream is redialled after a jittered,
-capped exponential backoff; the clock and randomness are injected.
+executor serialises per instance); results and heartbeats join what every
+other part sent to the agent's ``Outbox``, which the stream drains while
+connected (converting each report as it goes out). Command handlers run
+under one ``Tasks`` owner and end with ``run``. A lost stream is redialled
+after a jittered, capped exponential backoff; the clock and randomness are
+injected.
 """
 
 from __future__ import annotations
@@ -31,13 +34,14 @@ from common.nodewire.messages import (
     ConsoleRelay,
     Heartbeat,
     Inventory,
-    NodeEvent,
     Observation,
     Register,
     Report,
 )
+from common.tasks import Tasks
 from nodeagent.credentials import Credentials, Metadata
 from nodeagent.executor import Executor
+from nodeagent.outbox import Outbox
 from protos import node_pb2, node_pb2_grpc
 
 if TYPE_CHECKING:
@@ -46,7 +50,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 AGENT_VERSION = "0.1.0"
-OUTBOX_LIMIT = 100_000
 BATCH_LIMIT = 256
 
 
@@ -76,6 +79,7 @@ class ControlStream:
         identity: Identity,
         executor: Executor,
         credentials: Credentials,
+        outbox: Outbox,
         *,
         backoff_base: float = 0.5,
         backoff_cap: float = 15.0,
@@ -90,6 +94,7 @@ class ControlStream:
         self.on_disconnected = on_disconnected
         self.on_console = on_console
         self.credentials = credentials
+        self.outbox = outbox
         self.target = target
         self.identity = identity
         self.executor = executor
@@ -100,26 +105,16 @@ class ControlStream:
         self.clock = clock or (lambda: asyncio.get_running_loop().time())
         self.connected = asyncio.Event()
         self.connections = 0
-        self._outbox: asyncio.Queue[node_pb2.NodeMessage] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def send(self, report: Report) -> None:
-        """Queue a report; dropped while disconnected (the inventory covers it)."""
-        outbox = self._outbox
-        if outbox is not None and outbox.qsize() < OUTBOX_LIMIT:
-            outbox.put_nowait(report_to_pb(report))
-
-    def backlog(self) -> int:
-        """Messages waiting to be sent (0 while disconnected)."""
-        outbox = self._outbox
-        return outbox.qsize() if outbox is not None else 0
-
-    def emit(self, event: NodeEvent) -> None:
-        """Queue an instance event (the executor's callback)."""
-        self.send(event)
+        self.tasks = Tasks()
 
     async def run(self) -> None:
-        """Dial and serve forever, redialling with backoff when the stream is lost."""
+        """Dial and serve until cancelled, redialling with backoff when the stream is lost."""
+        try:
+            await self._dial_forever()
+        finally:
+            await self.tasks.stop()
+
+    async def _dial_forever(self) -> None:
         attempt = 0
         while True:
             try:
@@ -139,7 +134,7 @@ class ControlStream:
                 log.exception("stream to control plane failed")
             finally:
                 self.connected.clear()
-                self._outbox = None
+                self.outbox.detach()
                 if self.on_disconnected is not None:
                     await self.on_disconnected()
             delay = backoff(attempt, self.backoff_base, self.backoff_cap, self.rng)
@@ -148,32 +143,30 @@ class ControlStream:
             await self.sleep(delay)
 
     async def _serve(self, stub: NodeServiceAsyncStub, metadata: Metadata) -> None:
-        outbox: asyncio.Queue[node_pb2.NodeMessage] = asyncio.Queue()
+        outbox: asyncio.Queue[Report] = asyncio.Queue()
         ident = self.identity
-        outbox.put_nowait(
-            node_pb2.NodeMessage(
-                register=register_to_pb(
-                    Register(
-                        name=ident.name,
-                        address=ident.address,
-                        cpus=ident.cpus,
-                        memory_mb=ident.memory_mb,
-                        hypervisor=ident.hypervisor,
-                        agent_version=AGENT_VERSION,
-                        console_host=ident.console_host,
-                    )
+        register = node_pb2.NodeMessage(
+            register=register_to_pb(
+                Register(
+                    name=ident.name,
+                    address=ident.address,
+                    cpus=ident.cpus,
+                    memory_mb=ident.memory_mb,
+                    hypervisor=ident.hypervisor,
+                    agent_version=AGENT_VERSION,
+                    console_host=ident.console_host,
                 )
             )
         )
-        call = stub.Connect(_drain(outbox), metadata=metadata)
+        call = stub.Connect(_drain(register, outbox), metadata=metadata)
         first = await call.read()
         if not isinstance(first, node_pb2.ControlMessage) or not first.HasField("registered"):
             raise ConnectionError("control plane did not acknowledge registration")
-        self._outbox = outbox
+        self.outbox.attach(outbox)
         self.connections += 1
         inventory = await self.executor.inventory()
         networks = await self.executor.networks_present()
-        outbox.put_nowait(report_to_pb(Inventory(tuple(inventory), tuple(networks))))
+        outbox.put_nowait(Inventory(tuple(inventory), tuple(networks)))
         if self.on_connected is not None:
             self.on_connected(inventory)
         self.connected.set()
@@ -191,36 +184,37 @@ class ControlStream:
                         except WireError as exc:
                             log.warning("cannot read a command", error=str(exc))
                             continue
-                        self._spawn(self._handle(delivery))
+                        command = delivery.command
+                        self.tasks.spawn(self._handle(delivery), name=command.command_id)
                     elif one.HasField("console") and self.on_console is not None:
                         self.on_console(relay_from_pb(one.console))
         finally:
             heartbeat.cancel()
-
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _handle(self, delivery: Delivery) -> None:
         # Runs in its own task, so what is bound here tags only this command's logs.
         command = delivery.command
         logs.bind(request_id=delivery.request_id or None, target=target_of(command))
         result = await self.executor.execute(command)
-        self.send(result)
+        self.outbox.send(result)
 
-    async def _heartbeat(
-        self, outbox: asyncio.Queue[node_pb2.NodeMessage], interval: float
-    ) -> None:
+    async def _heartbeat(self, outbox: asyncio.Queue[Report], interval: float) -> None:
         seq = 0
         while True:
             await self.sleep(interval or 5.0)
             seq += 1
-            outbox.put_nowait(report_to_pb(Heartbeat(seq, self.clock())))
+            outbox.put_nowait(Heartbeat(seq, self.clock()))
 
 
 async def _drain(
-    outbox: asyncio.Queue[node_pb2.NodeMessage],
+    register: node_pb2.NodeMessage, outbox: asyncio.Queue[Report]
 ) -> AsyncIterator[node_pb2.NodeMessage]:
+    yield register
     while True:
-        yield await outbox.get()
+        report = await outbox.get()
+        try:
+            message = report_to_pb(report)
+        except Exception:  # one bad report must not take the stream down
+            log.exception("cannot encode a report; dropped", kind=type(report).__name__)
+            continue
+        yield message

@@ -14,11 +14,11 @@ Measures, in one run on this machine:
    control-plane CPU per heartbeat over a window where only heartbeats flow.
 
 Process layout: this orchestrator; the echo server; each control plane (a
-subprocess of the console script); the simulated node agents (real
-``nodeagent.stream.ControlStream`` and ``Executor`` objects over ``FakeHypervisor`` and
-``FakeDiskBuilder``, one asyncio loop per process); and a fresh load-generator
-process per measurement (grpc.aio, N requests in flight). Every server binds
-127.0.0.1 only and is stopped at the end; every loop is bounded in count and
+subprocess of the console script); the simulated node agents (real node
+agents from ``nodeagent.app.build``, as ``main`` builds them, over
+``FakeHypervisor`` and ``FakeDiskBuilder``, one asyncio loop per process); and a
+fresh load-generator process per measurement (grpc.aio, N requests in flight).
+Every server binds 127.0.0.1 only and is stopped at the end; every loop is bounded in count and
 in time, and every child exits by itself once the run's deadline passes.
 
 One deliberate deviation from production: gRPC core shares one TCP connection
@@ -77,12 +77,12 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from nodeagent.app import NodeAgent, build
+from nodeagent.blobclient import GrpcBlobs
 from nodeagent.credentials import Credentials
 from nodeagent.disks.fake import FakeDiskBuilder
-from nodeagent.executor import Executor
 from nodeagent.hypervisor.fake import FakeHypervisor
-from nodeagent.observer import observe
-from nodeagent.stream import ControlStream, Identity
+from nodeagent.settings import Settings as NodeSettings
 from protos import auth_pb2, auth_pb2_grpc, common_pb2, instances_pb2, instances_pb2_grpc
 
 if TYPE_CHECKING:
@@ -658,27 +658,21 @@ def counting_sleep(counter: Any, interval: float) -> Sleep:
     return sleep
 
 
-def build_agent(
-    config: NodeSimConfig, name: str, sleep: Sleep
-) -> tuple[ControlStream, FakeHypervisor]:
-    """One node agent as nodeagent.app builds it, over fakes."""
-    hypervisor = FakeHypervisor()
-    stream: ControlStream
-    executor = Executor(
-        hypervisor, FakeDiskBuilder(), Path(config.workdir) / name, lambda e: stream.emit(e)
-    )
-    identity = Identity(name, "127.0.0.1", config.cpus, config.memory_mb, "fake")
-    credentials = Credentials("system", BENCH_KEY)
-    stream = ControlStream(
-        config.target,
-        identity,
-        executor,
-        credentials,
+def build_agent(config: NodeSimConfig, name: str, sleep: Sleep) -> NodeAgent:
+    """One node agent as nodeagent.app builds it (nodeagent.app.build), over fakes."""
+    settings = NodeSettings(
+        control_plane=config.target,
+        name=name,
+        data_dir=Path(config.workdir) / name,
+        hypervisor="fake",
+        cpus=config.cpus,
+        memory_mb=config.memory_mb,
         backoff_base=0.5,
         backoff_cap=5.0,
-        sleep=sleep,
+        usage_interval=0,
     )
-    return stream, hypervisor
+    blobs = GrpcBlobs(config.target, Credentials("system", BENCH_KEY))  # dials only when used
+    return build(settings, FakeHypervisor(), FakeDiskBuilder(), blobs, sleep=sleep)
 
 
 async def _run_nodes(config: NodeSimConfig, counter: Any, conn: Connection) -> None:
@@ -686,24 +680,21 @@ async def _run_nodes(config: NodeSimConfig, counter: Any, conn: Connection) -> N
     sleep = counting_sleep(counter, config.heartbeat_interval)
     agents = [build_agent(config, name, sleep) for name in config.names]
     started = loop.time()
-    tasks = [loop.create_task(stream.run()) for stream, _ in agents]
-    tasks += [loop.create_task(observe(hv, stream.send)) for stream, hv in agents]
-    waiters = [loop.create_task(stream.connected.wait()) for stream, _ in agents]
+    stop = asyncio.Event()
+    tasks = [loop.create_task(agent.run(stop)) for agent in agents]
+    waiters = [loop.create_task(agent.stream.connected.wait()) for agent in agents]
     _, pending = await asyncio.wait(waiters, timeout=config.connect_timeout)
     for waiter in pending:
         waiter.cancel()
-    connected = sum(stream.connected.is_set() for stream, _ in agents)
+    connected = sum(agent.stream.connected.is_set() for agent in agents)
     conn.send({"connected": connected, "seconds": loop.time() - started})
     await wait_for_stop(config.deadline)
     final = {
-        "still_connected": sum(stream.connected.is_set() for stream, _ in agents),
-        "connections": sum(stream.connections for stream, _ in agents),
+        "still_connected": sum(agent.stream.connected.is_set() for agent in agents),
+        "connections": sum(agent.stream.connections for agent in agents),
     }
-    for task in tasks:
-        task.cancel()
+    stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
-    for _, hypervisor in agents:
-        await hypervisor.close()
     conn.send(final)
 
 

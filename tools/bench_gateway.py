@@ -40,12 +40,11 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import logs
-from nodeagent.app import build_agent
+from nodeagent.app import build
 from nodeagent.blobclient import GrpcBlobs
 from nodeagent.credentials import Credentials
 from nodeagent.disks.fake import FakeDiskBuilder
 from nodeagent.hypervisor.fake import FakeHypervisor
-from nodeagent.observer import observe
 from nodeagent.settings import Settings as NodeSettings
 from protos import auth_pb2, auth_pb2_grpc, instances_pb2, instances_pb2_grpc
 from tools.cluster import free_port
@@ -132,15 +131,14 @@ async def populate(
         cpus=4096,
         memory_mb=1 << 30,
         key=key,
+        usage_interval=0,
     )
     hypervisor = FakeHypervisor()
-    agent = build_agent(
+    agent = build(
         settings, hypervisor, FakeDiskBuilder(), GrpcBlobs(target, Credentials("system", key))
     )
-    tasks = [
-        asyncio.create_task(agent.stream.run()),
-        asyncio.create_task(observe(hypervisor, agent.stream.send, agent.watch)),
-    ]
+    stop = asyncio.Event()
+    running = asyncio.create_task(agent.run(stop))
     await asyncio.wait_for(agent.stream.connected.wait(), 20)
     async with grpc.aio.insecure_channel(target) as channel:
         stub = instances_pb2_grpc.InstanceServiceStub(channel)
@@ -156,11 +154,8 @@ async def populate(
             if all(i.state == "created" for i in found.instances):
                 break
             await asyncio.sleep(0.2)
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    await agent.links.close()
-    await agent.blobs.close()
+    stop.set()
+    await running
     shutil.rmtree(data_dir, ignore_errors=True)
     return first
 

@@ -17,6 +17,7 @@ import grpc
 import structlog
 
 from common import logs
+from common.nodewire.agentstate import is_ready
 from common.nodewire.convert import WireError, control_to_pb, register_from_pb, report_from_pb
 from common.nodewire.messages import (
     WIRE_VERSION,
@@ -167,7 +168,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 await self.reconciler.on_agent_status(
                     session, report.instance_uuid, report.agent_state, report.boot_time
                 )
-                if report.agent_state.startswith("ready"):
+                if is_ready(report.agent_state):
                     self.agent.kick(report.instance_uuid)
             case _:
                 assert_never(report)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Protocol
 
 from common.nodewire.domain import DiskRequest, DomainRequest
+from nodeagent.errors import NodeAgentError
 from nodeagent.hypervisor.protocol import PreparedDisk
 
 ProgressCallback = Callable[[str], None]
@@ -37,12 +38,8 @@ ProgressCallback = Callable[[str], None]
 FIRMWARE_DIRS = (Path("/usr/share/OVMF"), Path("/usr/share/ovmf"))
 
 
-class DiskError(Exception):
+class DiskError(NodeAgentError):
     """A disk could not be prepared; ``retryable`` says whether to try again."""
-
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
 
 
 class DiskBuilder(Protocol):

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.nodewire.domain import DomainRequest, NicRequest
-from nodeagent.hypervisor.ports import ConsolePorts
+from nodeagent.hypervisor.console_ports import ConsolePorts
 from nodeagent.hypervisor.protocol import HypervisorError, PreparedDisk
 
 METADATA_NS = "https://minicloud.dev/xmlns/libvirt/domain/1.0"

@@ -22,7 +22,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from common.nodewire.domain import DomainRequest, NicRequest
-from nodeagent.hypervisor.ports import ConsolePorts, bindable, pick_ports
+from common.nodewire.power import PowerState
+from nodeagent.hypervisor.console_ports import ConsolePorts, bindable, pick_ports
 from nodeagent.hypervisor.protocol import (
     POWER_ACTIONS,
     DiskUsage,
@@ -59,6 +60,7 @@ class FakeHypervisor:
         self._on_since: dict[str, float] = {}
         self._on_total: dict[str, float] = {}
         self._events: asyncio.Queue[DomainState | None] = asyncio.Queue()
+        self._closes = 0  # how often close was called: a stream ends at a close after it began
 
     async def list_domains(self) -> list[DomainState]:
         return list(self.domains.values())
@@ -70,7 +72,7 @@ class FakeHypervisor:
         self, spec: DomainRequest, disks: list[PreparedDisk], console_log: Path
     ) -> DomainState:
         existing = self.domains.get(spec.uuid)
-        if existing is not None and existing.power_state == "on":
+        if existing is not None and existing.power_state == PowerState.ON:
             return existing
         self.specs[spec.uuid] = spec
         self.disks[spec.uuid] = list(disks)
@@ -80,7 +82,7 @@ class FakeHypervisor:
             console, vdi = pick_ports(2, self._taken, bindable(self.console_host))
             self._set_ports(spec.uuid, ConsolePorts(console, vdi))
         self._log(spec.uuid, f"{FAKE_BANNER}\r\n".encode())
-        return self._set(spec.uuid, "on", "booted")
+        return self._set(spec.uuid, PowerState.ON, "booted")
 
     async def power(self, uuid: str, action: str) -> DomainState:
         if action not in POWER_ACTIONS:
@@ -118,7 +120,7 @@ class FakeHypervisor:
         state = self.domains.get(uuid)
         if state is None:
             raise DomainNotFound(f"no domain for instance {uuid}")
-        if state.power_state not in ("on", "paused"):
+        if state.power_state not in (PowerState.ON, PowerState.PAUSED):
             raise HypervisorError(f"cannot take a screenshot: the domain is {state.power_state}")
         width, height = SCREEN
         return rgb_to_png(width, height, b"\x00\x00\xaa" * (width * height))
@@ -126,7 +128,7 @@ class FakeHypervisor:
     async def usage(self) -> dict[str, DomainUsage]:
         result = {}
         for uuid, state in self.domains.items():
-            if state.power_state not in ("on", "paused"):
+            if state.power_state not in (PowerState.ON, PowerState.PAUSED):
                 continue
             seconds = self._seconds_on(uuid)
             cpu = int(seconds * 20_000_000) + 1_000_000
@@ -154,14 +156,24 @@ class FakeHypervisor:
             return
         self.specs[uuid] = dataclasses.replace(spec, interfaces=(*spec.interfaces, nic))
 
-    async def events(self) -> AsyncIterator[DomainState]:
-        while (event := await self._events.get()) is not None:
-            yield event
+    def events(self) -> AsyncIterator[DomainState]:
+        """Power-state changes until the next close (a restarted agent may listen again)."""
+        return self._events_until(self._closes)
+
+    async def _events_until(self, closes: int) -> AsyncIterator[DomainState]:
+        while True:
+            event = await self._events.get()
+            if event is not None:
+                yield event
+            elif self._closes > closes:
+                return  # closed since this stream was asked for
+            # else: the end marker of a close before this stream began; skip it
 
     async def close(self) -> None:
         for server in self._servers.values():
             server.close()
         self._servers.clear()
+        self._closes += 1
         self._events.put_nowait(None)
 
     def external_power(self, uuid: str, power_state: str, reason: str) -> None:
@@ -174,9 +186,9 @@ class FakeHypervisor:
         return self._on_total.get(uuid, 0.0) + running
 
     def _set(self, uuid: str, power_state: str, reason: str) -> DomainState:
-        if power_state == "on" and uuid not in self._on_since:
+        if power_state == PowerState.ON and uuid not in self._on_since:
             self._on_since[uuid] = self.clock()
-        elif power_state != "on" and uuid in self._on_since:
+        elif power_state != PowerState.ON and uuid in self._on_since:
             self._on_total[uuid] = self._seconds_on(uuid)
             del self._on_since[uuid]
         state = DomainState(uuid, power_state, reason, self._ports.get(uuid, ConsolePorts()))

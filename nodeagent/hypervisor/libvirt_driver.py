@@ -44,6 +44,8 @@ import libvirt
 import structlog
 
 from common.nodewire.domain import DomainRequest, NicRequest
+from common.nodewire.power import PowerAction, PowerState
+from nodeagent.hypervisor.console_ports import ConsolePorts, NoFreePort, bindable, pick_ports
 from nodeagent.hypervisor.domain_xml import (
     DOMAIN_PREFIX,
     build_domain_xml,
@@ -53,7 +55,6 @@ from nodeagent.hypervisor.domain_xml import (
     parse_console_ports,
     parse_domain_identity,
 )
-from nodeagent.hypervisor.ports import ConsolePorts, NoFreePort, bindable, pick_ports
 from nodeagent.hypervisor.protocol import (
     POWER_ACTIONS,
     DiskUsage,
@@ -106,7 +107,7 @@ _UNDEFINE_FLAGS = (
 # (event, detail) -> (power state, reason); detail None is the event's default.
 _EVENT_STATES: dict[int, tuple[str, dict[int | None, str]]] = {
     libvirt.VIR_DOMAIN_EVENT_STARTED: (
-        "on",
+        PowerState.ON,
         {
             None: "started",
             libvirt.VIR_DOMAIN_EVENT_STARTED_BOOTED: "booted",
@@ -117,7 +118,7 @@ _EVENT_STATES: dict[int, tuple[str, dict[int | None, str]]] = {
         },
     ),
     libvirt.VIR_DOMAIN_EVENT_SUSPENDED: (
-        "paused",
+        PowerState.PAUSED,
         {
             None: "paused",
             libvirt.VIR_DOMAIN_EVENT_SUSPENDED_PAUSED: "paused",
@@ -130,7 +131,7 @@ _EVENT_STATES: dict[int, tuple[str, dict[int | None, str]]] = {
         },
     ),
     libvirt.VIR_DOMAIN_EVENT_RESUMED: (
-        "on",
+        PowerState.ON,
         {
             None: "resumed",
             libvirt.VIR_DOMAIN_EVENT_RESUMED_UNPAUSED: "unpaused",
@@ -139,7 +140,7 @@ _EVENT_STATES: dict[int, tuple[str, dict[int | None, str]]] = {
         },
     ),
     libvirt.VIR_DOMAIN_EVENT_STOPPED: (
-        "off",
+        PowerState.OFF,
         {
             None: "stopped",
             libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN: "shutdown by guest",
@@ -150,7 +151,7 @@ _EVENT_STATES: dict[int, tuple[str, dict[int | None, str]]] = {
         },
     ),
     libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: (
-        "paused",
+        PowerState.PAUSED,
         {
             None: "suspended by guest",
             libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED_MEMORY: "suspended by guest to memory",
@@ -158,7 +159,7 @@ _EVENT_STATES: dict[int, tuple[str, dict[int | None, str]]] = {
         },
     ),
     libvirt.VIR_DOMAIN_EVENT_CRASHED: (
-        "crashed",
+        PowerState.CRASHED,
         {
             None: "guest crashed",
             libvirt.VIR_DOMAIN_EVENT_CRASHED_PANICKED: "guest panicked",
@@ -234,7 +235,7 @@ def probe_domain_type(
 def event_to_state(event: int, detail: int) -> tuple[str, str] | None:
     """Map a libvirt lifecycle event to (power state, reason); None if not a change."""
     if event == libvirt.VIR_DOMAIN_EVENT_STOPPED and detail in _EVENT_CRASHES:
-        return "crashed", _EVENT_CRASHES[detail]
+        return PowerState.CRASHED, _EVENT_CRASHES[detail]
     entry = _EVENT_STATES.get(event)
     if entry is None:
         # DEFINED, UNDEFINED and SHUTDOWN (the guest began shutting down; a
@@ -248,17 +249,18 @@ def libvirt_state_to_power(state: int, reason: int) -> tuple[str, str]:
     """Map ``virDomain.state()`` to (power state, reason), as Shaken Fist does."""
     if state == libvirt.VIR_DOMAIN_SHUTOFF:
         words = _SHUTOFF_REASONS.get(reason, "shut off")
-        return ("crashed" if reason == libvirt.VIR_DOMAIN_SHUTOFF_CRASHED else "off"), words
+        crashed = reason == libvirt.VIR_DOMAIN_SHUTOFF_CRASHED
+        return (PowerState.CRASHED if crashed else PowerState.OFF), words
     if state == libvirt.VIR_DOMAIN_CRASHED:
-        return "crashed", "guest crashed"
+        return PowerState.CRASHED, "guest crashed"
     if state == libvirt.VIR_DOMAIN_PAUSED:
-        return "paused", _PAUSED_REASONS.get(reason, "paused")
+        return PowerState.PAUSED, _PAUSED_REASONS.get(reason, "paused")
     if state == libvirt.VIR_DOMAIN_PMSUSPENDED:
-        return "paused", "suspended by guest"
+        return PowerState.PAUSED, "suspended by guest"
     if state == libvirt.VIR_DOMAIN_SHUTDOWN:
-        return "on", "shutting down"
+        return PowerState.ON, "shutting down"
     # RUNNING, BLOCKED and NOSTATE are all a running guest.
-    return "on", _RUNNING_REASONS.get(reason, "running")
+    return PowerState.ON, _RUNNING_REASONS.get(reason, "running")
 
 
 _event_loop_lock = threading.Lock()
@@ -509,8 +511,9 @@ class LibvirtHypervisor:
     def _state_of(self, uuid: str, dom: Any) -> DomainState:
         state, reason = dom.state()
         power_state, words = libvirt_state_to_power(int(state), int(reason))
-        if power_state == "crashed" and not dom.isActive() and uuid in self._off_acknowledged:
-            power_state, words = "off", "powered off after a crash"
+        acknowledged = uuid in self._off_acknowledged
+        if power_state == PowerState.CRASHED and not dom.isActive() and acknowledged:
+            power_state, words = PowerState.OFF, "powered off after a crash"
         return DomainState(uuid, power_state, words, self._ports_of(uuid, dom))
 
     def _ports_of(self, uuid: str, dom: Any) -> ConsolePorts:
@@ -617,10 +620,10 @@ class LibvirtHypervisor:
             dom = None
         if dom is not None and dom.isActive():
             current = self._state_of(uuid, dom)
-            if current.power_state == "on":
+            if current.power_state == PowerState.ON:
                 log.info("domain already running", uuid=uuid)
                 return current
-            if current.power_state == "paused":
+            if current.power_state == PowerState.PAUSED:
                 self._unpause(dom)
                 return self._state_of(uuid, dom)
             dom.destroy()  # an active but crashed domain
@@ -655,25 +658,25 @@ class LibvirtHypervisor:
             raise HypervisorError(
                 f"cannot {action} instance {uuid}: it is {current.power_state}", retryable=False
             )
-        if action == "on":
+        if action == PowerAction.ON:
             if dom.isActive():
                 dom.destroy()  # a crashed domain that libvirt kept around
             self._off_acknowledged.discard(uuid)
             dom.create()
-        elif action == "off":
+        elif action == PowerAction.OFF:
             if dom.isActive():
                 dom.destroy()
             else:
                 self._off_acknowledged.add(uuid)
-        elif action == "pause":
+        elif action == PowerAction.PAUSE:
             dom.suspend()
-        elif action == "unpause":
+        elif action == PowerAction.UNPAUSE:
             self._unpause(dom)
-        elif action == "soft-reboot":
+        elif action == PowerAction.SOFT_REBOOT:
             dom.reboot(libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)
             log.info("domain power action", uuid=uuid, action=action)
-            return DomainState(uuid, "on", action, current.ports)
-        elif action == "hard-reboot":
+            return DomainState(uuid, PowerState.ON, action, current.ports)
+        elif action == PowerAction.HARD_REBOOT:
             if dom.isActive():
                 dom.destroy()
             self._off_acknowledged.discard(uuid)
@@ -743,7 +746,7 @@ class LibvirtHypervisor:
             log.debug("libvirt event", uuid=uuid, libvirt_event=event, detail=detail, mapped=mapped)
             if mapped is None:
                 return
-            if mapped[0] == "on":
+            if mapped[0] == PowerState.ON:
                 self._off_acknowledged.discard(uuid)
             self._emit(DomainState(uuid=uuid, power_state=mapped[0], reason=mapped[1]))
         except Exception:  # never let an exception escape into libvirt's C loop

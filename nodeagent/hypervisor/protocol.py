@@ -36,15 +36,12 @@ from typing import Protocol
 
 from common.nodewire.domain import DomainRequest, NicRequest
 from common.nodewire.power import POWER_ACTIONS as POWER_ACTIONS
-from nodeagent.hypervisor.ports import ConsolePorts
+from nodeagent.errors import NodeAgentError
+from nodeagent.hypervisor.console_ports import ConsolePorts
 
 
-class HypervisorError(Exception):
+class HypervisorError(NodeAgentError):
     """A hypervisor operation failed; ``retryable`` says whether to try again."""
-
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
 
 
 class DomainNotFound(HypervisorError):

@@ -29,16 +29,13 @@ from __future__ import annotations
 from typing import Protocol
 
 from common.nodewire.network import Floating, Lease, NetworkConfig
+from nodeagent.errors import NodeAgentError
 
 __all__ = ["Floating", "Lease", "NetworkConfig", "NetworkDriver", "NetworkError"]
 
 
-class NetworkError(Exception):
+class NetworkError(NodeAgentError):
     """A network could not be set up or torn down."""
-
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
 
 
 class NetworkDriver(Protocol):

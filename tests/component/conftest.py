@@ -15,16 +15,14 @@ import pytest
 
 from controlplane.app import ControlPlane, start
 from controlplane.settings import Settings
-from nodeagent.app import Agent, build_agent
+from nodeagent.app import NodeAgent, build
 from nodeagent.blobclient import GrpcBlobs
 from nodeagent.credentials import Credentials
 from nodeagent.disks.fake import FakeDiskBuilder
 from nodeagent.hypervisor.fake import FakeHypervisor
 from nodeagent.network.fake import FakeNetworkDriver
-from nodeagent.observer import observe
 from nodeagent.settings import Settings as NodeSettings
 from nodeagent.stream import ControlStream
-from nodeagent.usage import report_usage
 from protos import auth_pb2, auth_pb2_grpc, instances_pb2, instances_pb2_grpc
 
 SYSTEM_KEY = "component-test-system-key"
@@ -37,8 +35,9 @@ class FakeNode:
     name: str
     hypervisor: FakeHypervisor
     disks: FakeDiskBuilder
-    agent: Agent
-    tasks: list[asyncio.Task[None]]
+    agent: NodeAgent
+    task: asyncio.Task[None]
+    stopping: asyncio.Event
     settings: NodeSettings
     network: FakeNetworkDriver
 
@@ -51,12 +50,9 @@ class FakeNode:
         return self.agent.watch.socket_path(uuid)
 
     async def stop(self) -> None:
-        """Kill the agent (its fake guests stay as they are)."""
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.agent.links.close()
-        await self.agent.blobs.close()
+        """Stop the agent (its fake guests stay as they are)."""
+        self.stopping.set()
+        await self.task
         shutil.rmtree(self.settings.data_dir, ignore_errors=True)
 
     async def close(self) -> None:
@@ -93,20 +89,13 @@ async def start_fake_node(
         address=address,
         usage_interval=usage_interval,
     )
-    agent = build_agent(
-        settings,
-        hypervisor,
-        disks,
-        GrpcBlobs(target, Credentials("system", SYSTEM_KEY)),
-        network,
+    agent = build(
+        settings, hypervisor, disks, GrpcBlobs(target, Credentials("system", SYSTEM_KEY)), network
     )
-    tasks = [
-        asyncio.create_task(agent.stream.run()),
-        asyncio.create_task(observe(hypervisor, agent.stream.send, agent.watch)),
-        asyncio.create_task(report_usage(hypervisor, agent.stream.emit, usage_interval)),
-    ]
+    stopping = asyncio.Event()
+    task = asyncio.create_task(agent.run(stopping), name=f"node agent {name}")
     await asyncio.wait_for(agent.stream.connected.wait(), 10)
-    return FakeNode(name, hypervisor, disks, agent, tasks, settings, network)
+    return FakeNode(name, hypervisor, disks, agent, task, stopping, settings, network)
 
 
 def plane_settings(data_dir: Path, port: int = 0) -> Settings:

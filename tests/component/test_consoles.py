@@ -13,8 +13,8 @@ import grpc
 import pytest
 
 from controlplane.app import ControlPlane
+from nodeagent.hypervisor.console_ports import PORT_MAX, PORT_MIN
 from nodeagent.hypervisor.fake import FAKE_BANNER
-from nodeagent.hypervisor.ports import PORT_MAX, PORT_MIN
 from nodeagent.png import png_size
 from protos import blobs_pb2, blobs_pb2_grpc, consoles_pb2, consoles_pb2_grpc, instances_pb2
 from tests.component.conftest import Api, FakeNode, authed, create_request, start_fake_node

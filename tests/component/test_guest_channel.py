@@ -18,18 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from common.nodewire.agentstate import AgentState
 from guestagent.protocol import HEADER, MAGIC, VERSION, Decoder, Frame, Kind, encode
-from nodeagent.guest.channel import (
-    NO_CONTACT,
-    READY,
-    UNRESPONSIVE,
-    ChannelSettings,
-    GuestChannel,
-    GuestError,
-    GuestLinks,
-    GuestUnavailable,
-    LinkSettings,
-)
+from nodeagent.guest.channel import ChannelSettings, GuestChannel, GuestError, GuestUnavailable
+from nodeagent.guest.links import GuestLinks, LinkSettings
+
+NO_CONTACT, READY, UNRESPONSIVE = AgentState.NO_CONTACT, AgentState.READY, AgentState.UNRESPONSIVE
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = ChannelSettings(connect_timeout=2, reply_timeout=2, idle_timeout=1, execute_grace=2)

@@ -10,7 +10,7 @@ import uuid as uuidlib
 
 import pytest
 
-from nodeagent.hypervisor.ports import PORT_MAX, PORT_MIN
+from nodeagent.hypervisor.console_ports import PORT_MAX, PORT_MIN
 from nodeagent.hypervisor.protocol import DomainNotFound
 from nodeagent.png import PNG_SIGNATURE, check_png
 from tests.contract.conftest import Backend

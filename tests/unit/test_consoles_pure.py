@@ -10,8 +10,8 @@ import pytest
 
 from common.nodewire.domain import DomainRequest, VideoRequest
 from nodeagent import consolelog
+from nodeagent.hypervisor.console_ports import ConsolePorts, NoFreePort, pick_ports
 from nodeagent.hypervisor.domain_xml import build_domain_xml, parse_console_ports
-from nodeagent.hypervisor.ports import ConsolePorts, NoFreePort, pick_ports
 from nodeagent.hypervisor.protocol import DiskUsage, DomainUsage, NicUsage, PreparedDisk
 from nodeagent.png import ImageError, check_png, ppm_to_png
 from nodeagent.usage import usage_extra

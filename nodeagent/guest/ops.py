@@ -20,15 +20,12 @@ from common.nodewire.commands import (
     AgentPut,
 )
 from common.nodewire.messages import AgentResult, ExecOutput, ExecResult, GetResult, PutResult
+from nodeagent.errors import NodeAgentError
 from nodeagent.guest.channel import GuestError, GuestUnavailable
 
 
-class GuestOpError(Exception):
+class GuestOpError(NodeAgentError):
     """An agent operation failed; ``retryable`` says whether trying again makes sense."""
-
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
 
 
 class ExecResultLike(Protocol):
@@ -39,8 +36,18 @@ class ExecResultLike(Protocol):
     stderr: bytes
 
 
-class ChannelPort(Protocol):
-    """The guest channel operations used here."""
+class FileChunks(Protocol):
+    """A file's content read from the guest; ``aclose`` stops the transfer early."""
+
+    def __aiter__(self) -> FileChunks: ...
+
+    async def __anext__(self) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
+class AgentChannel(Protocol):
+    """The guest channel operations used here (``GuestChannel`` has them)."""
 
     async def execute(
         self,
@@ -53,13 +60,13 @@ class ChannelPort(Protocol):
 
     async def put(self, path: str, mode: int, chunks: AsyncIterator[bytes]) -> Any: ...
 
-    async def get(self, path: str) -> tuple[dict[str, Any], AsyncIterator[bytes]]: ...
+    async def get(self, path: str) -> tuple[dict[str, Any], FileChunks]: ...
 
 
-class LinksPort(Protocol):
-    """Finds the ready guest channel of an instance."""
+class ReadyChannels(Protocol):
+    """Finds the ready guest channel of an instance (``GuestLinks`` does)."""
 
-    def channel(self, uuid: str) -> Any: ...
+    def channel(self, uuid: str) -> AgentChannel | None: ...
 
 
 class BlobTransfer(Protocol):
@@ -74,7 +81,7 @@ class GuestOps:
     """Agent operations for every instance on this node."""
 
     def __init__(
-        self, links: LinksPort, blobs: BlobTransfer, send: Callable[[ExecOutput], None]
+        self, links: ReadyChannels, blobs: BlobTransfer, send: Callable[[ExecOutput], None]
     ) -> None:
         self.links = links
         self.blobs = blobs
@@ -109,7 +116,7 @@ class GuestOps:
         except GuestError as exc:
             raise GuestOpError(str(exc), retryable=False) from exc
 
-    async def _execute(self, channel: Any, command: AgentExecute) -> ExecResult:
+    async def _execute(self, channel: AgentChannel, command: AgentExecute) -> ExecResult:
         def relay(stream: str, data: bytes) -> None:
             self.send(ExecOutput(command.command_id, stream, data))
 

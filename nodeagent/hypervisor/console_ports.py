@@ -1,4 +1,4 @@
-"""Console ports for domains: chosen per node from 30000-50000, never twice.
+"""The TCP ports a domain's consoles listen on: chosen per node from 30000-50000, never twice.
 
 A port is taken when one of this node's domains already names it (its XML
 is the record, so choices survive node-agent restarts) or when something on
@@ -11,6 +11,8 @@ import random
 import socket
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+
+from nodeagent.errors import NodeAgentError
 
 PORT_MIN = 30000
 PORT_MAX = 50000
@@ -29,7 +31,7 @@ class ConsolePorts:
         return [p for p in (self.console_port, self.vdi_port, self.vdi_tls_port) if p]
 
 
-class NoFreePort(Exception):
+class NoFreePort(NodeAgentError):
     """Every port in the range is taken."""
 
 
