@@ -23,10 +23,10 @@ from typing import Any
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from common import logs
 from common.tasks import Tasks
+from controlplane.api import reflection
 from controlplane.api.agent import AgentServicer
 from controlplane.api.artifacts import ArtifactServicer
 from controlplane.api.auth import AuthInterceptor, AuthServicer, NamespaceServicer
@@ -59,6 +59,7 @@ from controlplane.services.metadata import (
 from controlplane.services.namespaces import NamespaceService
 from controlplane.services.netsync import NetworkSync
 from controlplane.services.networks import NetworkService
+from controlplane.services.readiness import Readiness
 from controlplane.services.uploads import UploadService
 from controlplane.settings import Settings
 from controlplane.store.agentops import AgentOperations
@@ -202,7 +203,8 @@ SERVICES: tuple[Service, ...] = (
 REFLECTED: tuple[str, ...] = (
     *(s.name for s in SERVICES),
     health.SERVICE_NAME,
-    reflection.SERVICE_NAME,
+    reflection.ALPHA_SERVICE_NAME,
+    reflection.V1_SERVICE_NAME,
 )
 
 
@@ -232,10 +234,24 @@ class ControlPlane:
         if self.port == 0:
             raise OSError(f"cannot listen on {listen}")
         await self.server.start()
-        for name in ("", *(s.name for s in SERVICES)):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.set_health(True)
         self.tasks.spawn(self.parts.pruner.run(), name="event pruner")
+        settings = self.parts.settings
+        readiness = Readiness(
+            self.store, self.set_health, settings.health_interval, settings.health_timeout
+        )
+        self.tasks.spawn(readiness.run(), name="store readiness")
         log.info("control plane serving", listen=listen, port=self.port)
+
+    async def set_health(self, serving: bool) -> None:
+        """Report every service (and the server as a whole) SERVING or NOT_SERVING."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *(s.name for s in SERVICES)):
+            await self.health.set(name, status)
 
     async def stop(self, grace: float = 2.0) -> None:
         """End node streams, stop serving, stop every background task, close the store."""
@@ -342,7 +358,7 @@ async def build(
         entry.add(entry.make(parts), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(REFLECTED, server)
+    reflection.enable(REFLECTED, server)
     return ControlPlane(parts, server, health_servicer)
 
 

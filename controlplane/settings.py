@@ -48,6 +48,9 @@ class Settings:
     # A node that runs every network's services (gateway, DHCP, NAT); empty: the
     # first node that needs a network runs them.
     network_node: str = ""
+    # How often the store is probed for the health service, and how long it may take.
+    health_interval: float = 5.0
+    health_timeout: float = 2.0
 
     def retention_days(self) -> dict[str, float]:
         """Event type -> days its events are kept."""
@@ -77,6 +80,8 @@ class Settings:
             ),
             floating_netblock=env.get("MINICLOUD_FLOATING_NETBLOCK", base.floating_netblock),
             network_node=env.get("MINICLOUD_NETWORK_NODE", base.network_node),
+            health_interval=float(env.get("MINICLOUD_HEALTH_INTERVAL", base.health_interval)),
+            health_timeout=float(env.get("MINICLOUD_HEALTH_TIMEOUT", base.health_timeout)),
         )
         retention: dict[str, Any] = {
             f"retain_{kind}_days": float(env.get(f"MINICLOUD_RETAIN_{kind.upper()}_DAYS", days))

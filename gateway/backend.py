@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos import (
     agent_pb2_grpc,
@@ -37,6 +38,7 @@ class Backend:
     consoles: consoles_pb2_grpc.ConsoleServiceAsyncStub
     networks: networks_pb2_grpc.NetworkServiceAsyncStub
     interfaces: networks_pb2_grpc.InterfaceServiceAsyncStub
+    health: health_pb2_grpc.HealthStub
 
     @classmethod
     def connect(cls, target: str) -> Backend:
@@ -60,9 +62,18 @@ class Backend:
             metadata=metadata_pb2_grpc.MetadataServiceStub(channel),
             consoles=consoles_pb2_grpc.ConsoleServiceStub(channel),
             networks=networks_pb2_grpc.NetworkServiceStub(channel),
+            health=health_pb2_grpc.HealthStub(channel),
             interfaces=networks_pb2_grpc.InterfaceServiceStub(channel),
         )
 
     async def close(self) -> None:
         """Close the channel."""
         await self.channel.close()
+
+    async def ready(self, timeout: float = 2.0) -> bool:
+        """Whether the control plane answers its health check with SERVING in time."""
+        try:
+            reply = await self.health.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)

@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.capabilities import root_page
+from gateway.errors import HttpError
 from gateway.routing import Call, RouteTable
 
 table = RouteTable()
@@ -21,3 +22,20 @@ async def root(call: Call) -> Any:
 @table.route("GET", "/openapi.json", "This API's OpenAPI document (public)", public=True)
 async def openapi(call: Call) -> Any:
     return call.request.app[OPENAPI]
+
+
+@table.route("GET", "/healthz", "The gateway is alive (public)", public=True)
+async def healthz(call: Call) -> Any:
+    return {"status": "ok"}
+
+
+@table.route(
+    "GET",
+    "/readyz",
+    "The gateway can reach a serving control plane (public; 503 if not)",
+    public=True,
+)
+async def readyz(call: Call) -> Any:
+    if not await call.api.ready():
+        raise HttpError(503, "the control plane is not reachable or not serving")
+    return {"status": "ready"}

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from controlplane.app import REFLECTED, SERVICES, build
+from protos import reflection_v1_pb2, reflection_v1_pb2_grpc
 from tests.component.conftest import plane_settings, start_fake_node
 
 
@@ -53,13 +55,44 @@ async def test_reflection_and_health_list_exactly_the_table(tmp_path: Path) -> N
             async for reply in stub.ServerReflectionInfo(iter([request])):
                 names |= {s.name for s in reply.list_services_response.service}
             table = {s.name for s in SERVICES}
-            extra = {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+            extra = {
+                "grpc.health.v1.Health",
+                "grpc.reflection.v1alpha.ServerReflection",
+                "grpc.reflection.v1.ServerReflection",
+            }
             assert names == set(REFLECTED) == table | extra
             assert len(table) == len(SERVICES)
             health = health_pb2_grpc.HealthStub(channel)
             for name in table:
                 reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
                 assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await plane.stop(0)
+
+
+async def test_reflection_v1_answers_as_v1alpha_does(tmp_path: Path) -> None:
+    """Tools that ask for grpc.reflection.v1 get the same services and descriptors as v1alpha."""
+    plane = await build(plane_settings(tmp_path / "cp"))
+    await plane.serve()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
+            v1 = reflection_v1_pb2_grpc.ServerReflectionStub(channel)
+            requests = [
+                reflection_v1_pb2.ServerReflectionRequest(list_services=""),
+                reflection_v1_pb2.ServerReflectionRequest(
+                    file_containing_symbol="minicloud.v1.InstanceService"
+                ),
+                reflection_v1_pb2.ServerReflectionRequest(file_containing_symbol="no.such.Thing"),
+            ]
+            listed, found, missing = [r async for r in v1.ServerReflectionInfo(iter(requests))]
+            assert {s.name for s in listed.list_services_response.service} == set(REFLECTED)
+            files = [
+                descriptor_pb2.FileDescriptorProto.FromString(raw)
+                for raw in found.file_descriptor_response.file_descriptor_proto
+            ]
+            assert "protos/instances.proto" in {f.name for f in files}
+            assert missing.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+            assert missing.original_request.file_containing_symbol == "no.such.Thing"
     finally:
         await plane.stop(0)
 
