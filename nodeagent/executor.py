@@ -109,16 +109,27 @@ class Executor:
         match command:
             case AgentExecute() | AgentPut() | AgentGet():
                 # In-guest work does not hold up power operations on the instance.
-                return await self._agent(command)
+                started = self.clock()
+                result = await self._agent(command)
             case ConsoleAction():
                 # Nor do console reads, screenshots or sessions (and they are not remembered).
+                started = self.clock()
                 if self.consoles is None:
                     return Result(
                         command.command_id, command.instance_uuid, False, "no consoles here"
                     )
-                return await self.consoles.run(command)
+                result = await self.consoles.run(command)
             case _:
                 return await self._serially(command)
+        if result.ok:
+            log.info(
+                "command done",
+                command=command.command_id,
+                kind=type(command).__name__,
+                uuid=command.instance_uuid,
+                seconds=round(self.clock() - started, 3),
+            )
+        return result
 
     async def _serially(self, command: SerialCommand) -> Result:
         uuid = target_of(command)

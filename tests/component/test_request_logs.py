@@ -6,10 +6,12 @@ from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import Any
 
+import grpc
 import structlog
 
-from protos import instances_pb2
-from tests.component.conftest import Api, FakeNode, create_request
+from controlplane.app import ControlPlane
+from protos import consoles_pb2, consoles_pb2_grpc, instances_pb2
+from tests.component.conftest import Api, FakeNode, authed, create_request
 
 
 @contextmanager
@@ -79,3 +81,20 @@ async def test_requests_do_not_share_context(api: Api, node: FakeNode) -> None:
         mine = [e for e in events if e.get("instance") == inst.uuid or e.get("uuid") == inst.uuid]
         assert mine
         assert {e.get("request_id") for e in mine if "request_id" in e} == {rid}
+
+
+async def test_a_console_read_is_followed_to_the_node_too(
+    api: Api, node: FakeNode, plane: ControlPlane
+) -> None:
+    """Commands outside the create path (a console read) carry the caller's request id too."""
+    inst = await api.Create(create_request("reader"))
+    await api.wait_for(inst.uuid, is_on)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
+        consoles = await authed(consoles_pb2_grpc.ConsoleServiceStub, channel)
+        with captured() as events:
+            await consoles.GetConsoleData(
+                consoles_pb2.ConsoleDataRequest(ref=inst.uuid, length=10),
+                metadata=(("x-request-id", "trace-console"),),
+            )
+    done = [e for e in events if e["event"] == "command done" and e.get("kind") == "ConsoleAction"]
+    assert [e.get("request_id") for e in done] == ["trace-console"]
