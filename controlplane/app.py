@@ -402,4 +402,8 @@ def main() -> None:
     """Console script: minicloud-controlplane."""
     settings = Settings.from_env()
     logs.configure(json=settings.log_json)
-    asyncio.run(run(settings))
+    try:
+        asyncio.run(run(settings))
+    except OSError as exc:
+        log.error("cannot start the control plane", error=str(exc))
+        raise SystemExit(1) from None

@@ -75,7 +75,12 @@ async def serve(settings: GatewaySettings) -> web.AppRunner:
     runner = web.AppRunner(build_app(settings), access_log=None)
     await runner.setup()
     host, port = settings.host_port
-    await web.TCPSite(runner, host, port).start()
+    try:
+        # aiohttp leaves SO_REUSEPORT off: a taken address is an error, not a shared one.
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise OSError(f"cannot listen on {settings.listen}: {exc.strerror or exc}") from exc
     log.info("gateway serving", listen=settings.listen, api=settings.api)
     return runner
 
@@ -96,4 +101,8 @@ def main() -> None:
     """Console script: minicloud-gateway."""
     settings = GatewaySettings.from_env()
     logs.configure(json=settings.log_json)
-    asyncio.run(run(settings))
+    try:
+        asyncio.run(run(settings))
+    except OSError as exc:
+        log.error("cannot start the gateway", error=str(exc))
+        raise SystemExit(1) from None

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -122,3 +126,27 @@ async def test_a_stopped_control_plane_frees_its_address(tmp_path: Path) -> None
         assert again.port == port
     finally:
         await again.stop(0)
+
+
+def test_a_taken_address_stops_the_control_plane_with_one_clear_line(tmp_path: Path) -> None:
+    """The console script exits 1 with "cannot start" and the address, not a traceback."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-c", "from controlplane.app import main; main()"],
+            env={
+                **os.environ,
+                "MINICLOUD_LISTEN": f"127.0.0.1:{port}",
+                "MINICLOUD_DATA_DIR": str(tmp_path / "cp"),
+                "MINICLOUD_SYSTEM_KEY": "k" * 32,
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 1, done.stderr
+    assert "cannot start the control plane" in done.stderr
+    assert f"127.0.0.1:{port}" in done.stderr and "Traceback" not in done.stderr

@@ -398,3 +398,14 @@ async def test_metadata_on_instances_blobs_and_artifacts(rest: Rest, node: FakeN
         assert await rest.call("GET", base) == (200, {"k": [1, 2]})
     status, _ = await rest.call("GET", f"/instances/{'4' * 8}-4444-4444-4444-{'4' * 12}/metadata")
     assert status == 404
+
+
+async def test_a_second_gateway_on_a_taken_address_is_refused(plane: ControlPlane) -> None:
+    """Two gateways never share one address: the second fails to start, naming the address."""
+    runner, url = await start_gateway(f"127.0.0.1:{plane.port}")
+    taken = url.removeprefix("http://")
+    try:
+        with pytest.raises(OSError, match=f"cannot listen on {taken}"):
+            await serve(GatewaySettings(listen=taken, api=f"127.0.0.1:{plane.port}"))
+    finally:
+        await runner.cleanup()
