@@ -22,10 +22,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from common.nodewire.domain import DomainRequest, NicRequest
-from common.nodewire.power import PowerState
+from common.nodewire.power import POWER_ACTIONS, PowerState, target_of
 from nodeagent.hypervisor.console_ports import ConsolePorts, bindable, pick_ports
 from nodeagent.hypervisor.protocol import (
-    POWER_ACTIONS,
     DiskUsage,
     DomainNotFound,
     DomainState,
@@ -33,7 +32,6 @@ from nodeagent.hypervisor.protocol import (
     HypervisorError,
     PreparedDisk,
 )
-from nodeagent.hypervisor.transitions import target_of
 from nodeagent.png import rgb_to_png
 
 FAKE_BANNER = "fake-guest: boot complete"

@@ -44,7 +44,7 @@ import libvirt
 import structlog
 
 from common.nodewire.domain import DomainRequest, NicRequest
-from common.nodewire.power import PowerAction, PowerState
+from common.nodewire.power import POWER_ACTIONS, PowerAction, PowerState, target_of
 from nodeagent.hypervisor.console_ports import ConsolePorts, NoFreePort, bindable, pick_ports
 from nodeagent.hypervisor.domain_xml import (
     DOMAIN_PREFIX,
@@ -56,7 +56,6 @@ from nodeagent.hypervisor.domain_xml import (
     parse_domain_identity,
 )
 from nodeagent.hypervisor.protocol import (
-    POWER_ACTIONS,
     DiskUsage,
     DomainNotFound,
     DomainState,
@@ -65,7 +64,6 @@ from nodeagent.hypervisor.protocol import (
     NicUsage,
     PreparedDisk,
 )
-from nodeagent.hypervisor.transitions import target_of
 from nodeagent.png import PNG_SIGNATURE, ImageError, ppm_to_png
 
 log = structlog.get_logger(__name__)

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Protocol
 
 from common.nodewire.domain import DomainRequest, NicRequest
-from common.nodewire.power import POWER_ACTIONS as POWER_ACTIONS
 from nodeagent.errors import NodeAgentError
 from nodeagent.hypervisor.console_ports import ConsolePorts
 
@@ -126,7 +125,7 @@ class Hypervisor(Protocol):
         ...
 
     async def power(self, uuid: str, action: str) -> DomainState:
-        """Perform one of POWER_ACTIONS."""
+        """Perform one of common.nodewire.power.POWER_ACTIONS."""
         ...
 
     async def remove(self, uuid: str) -> None:

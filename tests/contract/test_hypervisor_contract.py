@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import pytest
 
 from common.nodewire.domain import NicRequest
-from nodeagent.hypervisor.protocol import POWER_ACTIONS, DomainNotFound, HypervisorError
-from nodeagent.hypervisor.transitions import POWER_TRANSITIONS, target_of
+from common.nodewire.power import POWER_ACTIONS, POWER_TRANSITIONS, target_of
+from nodeagent.hypervisor.protocol import DomainNotFound, HypervisorError
 from tests.contract.conftest import Backend, next_event
 
 EVENT_TIMEOUT = 20.0
