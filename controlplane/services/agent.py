@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from common import sidechannels
 from common.nodewire.commands import AgentCommand, AgentExecute, AgentGet, AgentPut
 from common.nodewire.messages import ExecResult, GetResult, Result
 from common.tasks import Tasks
@@ -126,7 +127,7 @@ class AgentService:
     ) -> AgentOperation:
         if instance.state in ("deleted", "delete-wait"):
             raise FailedPrecondition(f"instance {instance.uuid} is {instance.state}")
-        if "sf-agent" not in instance.spec.side_channels:
+        if sidechannels.AGENT_CHANNEL not in instance.spec.side_channels:
             raise FailedPrecondition(
                 "instance has no sf-agent side channel; create it with side_channels=['sf-agent']"
             )

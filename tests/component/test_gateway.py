@@ -147,7 +147,7 @@ async def test_instance_lifecycle_in_shaken_fist_shapes(rest: Rest, node: FakeNo
         "interfaces",
     ):
         assert key in inst, key
-    assert inst["side_channels"] == ["sf-agent"]
+    assert inst["side_channels"] == ["sf-agent", "sf-agent2"]
     assert inst["disk_spec"][0] == {"base": "debian:11", "size": 2, "bus": "virtio", "type": "disk"}
     inst = await created(rest, inst["uuid"])
     status, by_name = await rest.call("GET", "/instances/vm1")
@@ -409,3 +409,13 @@ async def test_a_second_gateway_on_a_taken_address_is_refused(plane: ControlPlan
             await serve(GatewaySettings(listen=taken, api=f"127.0.0.1:{plane.port}"))
     finally:
         await runner.cleanup()
+
+
+async def test_sf_agent2_is_accepted_as_the_agent_channel(rest: Rest, node: FakeNode) -> None:
+    """A create asking for sf-agent2 gets the agent channel, listed under both names."""
+    status, inst = await rest.call(
+        "POST", "/instances", create_body("agent2", side_channels=["sf-agent2"])
+    )
+    assert status == 200
+    assert inst["side_channels"] == ["sf-agent", "sf-agent2"]
+    assert inst["agent_state"] == "not ready (no contact)"

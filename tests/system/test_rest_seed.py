@@ -111,6 +111,15 @@ def test_execute(cluster: Cluster, example: dict[str, Any]) -> None:
     assert "Debian" in op["results"]["0"]["stdout"]
 
 
+def test_client_await_agent_helpers(example: dict[str, Any]) -> None:
+    """The client's await_agent_command and await_agent_fetch work (they test for sf-agent2)."""
+    sf = example["sf"]
+    assert "sf-agent2" in sf.get_instance(example["uuid"])["side_channels"]
+    code, out = sf.await_agent_command(example["uuid"], "cat /etc/hostname")
+    assert code == 0 and out.strip()
+    assert sf.await_agent_fetch(example["uuid"], "/etc/hostname") == out
+
+
 def test_put_a_file_via_a_blob_then_recycle_it(
     cluster: Cluster, example: dict[str, Any], tmp_path: Path
 ) -> None:
