@@ -38,6 +38,7 @@ from controlplane.api.networks import InterfaceServicer, NetworkServicer
 from controlplane.api.node_stream import NodeServicer
 from controlplane.api.uploads import UploadServicer
 from controlplane.hub import Hub
+from controlplane.loginguard import LoginGuard
 from controlplane.nodes import NodeRegistry
 from controlplane.reconciler import Reconciler
 from controlplane.services.agent import AgentService
@@ -173,7 +174,7 @@ SERVICES: tuple[Service, ...] = (
         _name(consoles_pb2, "ConsoleService"),
     ),
     Service(
-        lambda p: AuthServicer(p.namespaces),
+        lambda p: AuthServicer(p.namespaces, p.settings.trusted_proxies),
         auth_pb2_grpc.add_AuthServiceServicer_to_server,
         _name(auth_pb2, "AuthService"),
     ),
@@ -309,7 +310,14 @@ async def build(
         Uploads(store, settings.data_dir / "uploads"), artifacts, settings.name, clock
     )
     await agent.recover()
-    namespaces = NamespaceService(Namespaces(store), clock, settings.token_ttl)
+    namespaces = NamespaceService(
+        Namespaces(store),
+        clock,
+        settings.token_ttl,
+        guard=LoginGuard(settings.login_policy()),
+        concurrency=settings.login_concurrency,
+        queue=settings.login_queue,
+    )
     await namespaces.start(settings.system_key, settings.data_dir / "system-key")
     kinds: dict[str, MetadataKind] = {
         "instance": InstanceKind(records),

@@ -419,3 +419,18 @@ async def test_sf_agent2_is_accepted_as_the_agent_channel(rest: Rest, node: Fake
     assert status == 200
     assert inst["side_channels"] == ["sf-agent", "sf-agent2"]
     assert inst["agent_state"] == "not ready (no contact)"
+
+
+async def test_repeated_bad_keys_over_rest_are_slowed_with_a_message(
+    rest: Rest, node: FakeNode
+) -> None:
+    """After the free failures, /auth is 401 'too many failed logins', even for the right key."""
+    status, _ = await rest.call(
+        "POST", "/auth/namespaces", {"namespace": "slow", "key_name": "k", "key": "right"}
+    )
+    assert status == 200
+    for _ in range(4):
+        status, body = await rest.call("POST", "/auth", {"namespace": "slow", "key": "wrong"})
+        assert status == 401
+    status, body = await rest.call("POST", "/auth", {"namespace": "slow", "key": "right"})
+    assert status == 401 and body["error"].startswith("too many failed logins"), body
