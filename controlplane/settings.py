@@ -51,6 +51,10 @@ class Settings:
     # How often the store is probed for the health service, and how long it may take.
     health_interval: float = 5.0
     health_timeout: float = 2.0
+    # Where /metrics is served (a management address; empty or "off": not served), and
+    # how long the instance counts it shows may be reused before the records are read again.
+    metrics_listen: str = "127.0.0.1:13102"
+    metrics_instance_cache: float = 10.0
 
     def retention_days(self) -> dict[str, float]:
         """Event type -> days its events are kept."""
@@ -82,6 +86,10 @@ class Settings:
             network_node=env.get("MINICLOUD_NETWORK_NODE", base.network_node),
             health_interval=float(env.get("MINICLOUD_HEALTH_INTERVAL", base.health_interval)),
             health_timeout=float(env.get("MINICLOUD_HEALTH_TIMEOUT", base.health_timeout)),
+            metrics_listen=env.get("MINICLOUD_METRICS_LISTEN", base.metrics_listen),
+            metrics_instance_cache=float(
+                env.get("MINICLOUD_METRICS_INSTANCE_CACHE", base.metrics_instance_cache)
+            ),
         )
         retention: dict[str, Any] = {
             f"retain_{kind}_days": float(env.get(f"MINICLOUD_RETAIN_{kind.upper()}_DAYS", days))
