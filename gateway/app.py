@@ -85,7 +85,11 @@ def build_app(settings: GatewaySettings) -> web.Application:
 async def serve(settings: GatewaySettings) -> web.AppRunner:
     """Start serving; returns the runner (``await runner.cleanup()`` stops it)."""
     runner = web.AppRunner(build_app(settings), access_log=None)
-    await runner.setup()
+    try:
+        await runner.setup()  # starts the metrics listener: its address may be taken
+    except OSError:
+        await runner.cleanup()
+        raise
     host, port = settings.host_port
     try:
         # aiohttp leaves SO_REUSEPORT off: a taken address is an error, not a shared one.

@@ -53,7 +53,7 @@ async def test_histogram_times_a_block_even_when_it_raises() -> None:
 async def test_computed_gauges_are_read_at_each_scrape() -> None:
     """A computed gauge (sync or async) shows what its function returns at scrape time."""
     metrics = Metrics()
-    counts = {("on",): 2.0}
+    counts: dict[tuple[str, ...], float] = {("on",): 2.0}
 
     async def read() -> dict[tuple[str, ...], float]:
         return dict(counts)
