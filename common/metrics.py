@@ -5,7 +5,8 @@ global one, so tests can run several processes in one Python process) in its
 composition root and defines its metrics on it through the factories here:
 ``counter``, ``histogram``, ``gauge`` and ``computed`` (a gauge family whose
 samples a function yields at scrape time). The typed wrappers take label
-values as keyword arguments. ``render`` is what a scrape of ``/metrics``
+values as keyword arguments. The registry also holds the standard
+``process_*`` families (CPU time, memory, open files). ``render`` is what a scrape of ``/metrics``
 answers (the Prometheus text format, version 0.0.4).
 """
 
@@ -133,9 +134,11 @@ class _Computed(Collector):
 class Metrics:
     """One process's metrics registry and the factories that fill it."""
 
-    def __init__(self) -> None:
+    def __init__(self, process: bool = True) -> None:
         self._registry = prometheus_client.CollectorRegistry(auto_describe=True)
         self._computed: list[tuple[_Computed, Compute]] = []
+        if process:  # the standard process_* families: CPU seconds, memory, open files
+            prometheus_client.ProcessCollector(registry=self._registry)
 
     def counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
         """A counter (name without the ``_total`` suffix the exposition adds)."""

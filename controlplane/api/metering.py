@@ -10,6 +10,7 @@ counted and timed when they end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -96,8 +97,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                 if inspect.isawaitable(result):  # a servicer writing through context.write
                     await result
                 else:
-                    async for reply in result:
-                        yield reply
+                    async with contextlib.aclosing(result):  # its finally runs now, not at GC
+                        async for reply in result:
+                            yield reply
                 ended = "OK"
             except (asyncio.CancelledError, GeneratorExit):
                 ended = "CANCELLED"
