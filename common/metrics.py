@@ -135,6 +135,10 @@ class Metrics:
     """One process's metrics registry and the factories that fill it."""
 
     def __init__(self, process: bool = True) -> None:
+        # No "<name>_created" series beside every counter and histogram: they double a
+        # scrape for a timestamp Prometheus does not use. (The library keeps this switch
+        # process-wide; every registry of ours wants it off.)
+        prometheus_client.disable_created_metrics()
         self._registry = prometheus_client.CollectorRegistry(auto_describe=True)
         self._computed: list[tuple[_Computed, Compute]] = []
         if process:  # the standard process_* families: CPU seconds, memory, open files
