@@ -138,7 +138,7 @@ class Metrics:
         # No "<name>_created" series beside every counter and histogram: they double a
         # scrape for a timestamp Prometheus does not use. (The library keeps this switch
         # process-wide; every registry of ours wants it off.)
-        prometheus_client.disable_created_metrics()
+        prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
         self._registry = prometheus_client.CollectorRegistry(auto_describe=True)
         self._computed: list[tuple[_Computed, Compute]] = []
         if process:  # the standard process_* families: CPU seconds, memory, open files
