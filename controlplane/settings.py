@@ -63,6 +63,10 @@ class Settings:
     login_queue: int = 64
     # Peers whose x-minicloud-client-address (the caller of the REST gateway) is believed.
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    # Where /metrics is served (a management address; empty or "off": not served), and
+    # how long the instance counts it shows may be reused before the records are read again.
+    metrics_listen: str = "127.0.0.1:13102"
+    metrics_instance_cache: float = 10.0
 
     def retention_days(self) -> dict[str, float]:
         """Event type -> days its events are kept."""
@@ -113,6 +117,10 @@ class Settings:
                     ","
                 )
                 if a.strip()
+            ),
+            metrics_listen=env.get("MINICLOUD_METRICS_LISTEN", base.metrics_listen),
+            metrics_instance_cache=float(
+                env.get("MINICLOUD_METRICS_INSTANCE_CACHE", base.metrics_instance_cache)
             ),
         )
         retention: dict[str, Any] = {

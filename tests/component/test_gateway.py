@@ -58,7 +58,10 @@ class Rest:
 
 
 async def start_gateway(target: str) -> tuple[web.AppRunner, str]:
-    runner = await serve(GatewaySettings(listen="127.0.0.1:0", api=target, max_chunk_bytes=1 << 20))
+    settings = GatewaySettings(
+        listen="127.0.0.1:0", api=target, max_chunk_bytes=1 << 20, metrics_listen="127.0.0.1:0"
+    )
+    runner = await serve(settings)
     host, port = runner.addresses[0][:2]
     return runner, f"http://{host}:{port}"
 
@@ -406,7 +409,9 @@ async def test_a_second_gateway_on_a_taken_address_is_refused(plane: ControlPlan
     taken = url.removeprefix("http://")
     try:
         with pytest.raises(OSError, match=f"cannot listen on {taken}"):
-            await serve(GatewaySettings(listen=taken, api=f"127.0.0.1:{plane.port}"))
+            await serve(
+                GatewaySettings(listen=taken, api=f"127.0.0.1:{plane.port}", metrics_listen="")
+            )
     finally:
         await runner.cleanup()
 
