@@ -63,6 +63,9 @@ class Identity:
     memory_mb: int
     hypervisor: str
     console_host: str = ""
+    qemu_version: str = ""
+    libvirt_version: str = ""
+    disk_gb: int = 0
 
 
 def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -155,6 +158,9 @@ class ControlStream:
                     hypervisor=ident.hypervisor,
                     agent_version=AGENT_VERSION,
                     console_host=ident.console_host,
+                    qemu_version=ident.qemu_version,
+                    libvirt_version=ident.libvirt_version,
+                    disk_gb=ident.disk_gb,
                 )
             )
         )
