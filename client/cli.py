@@ -17,6 +17,7 @@
     minicloud artifact upload myimage ./disk.qcow2   # then: --disk size=10,base=sf://upload/system/myimage
     minicloud instance set-metadata demo tags '["web"]'   # also get-metadata, delete-metadata
     minicloud instance delete demo
+    minicloud node list ; minicloud node show NAME ; minicloud node disable NAME   # system only
 
 The control plane is MINICLOUD_API (default 127.0.0.1:13100), the namespace
 MINICLOUD_NAMESPACE (default system) and its key MINICLOUD_KEY; --api,
@@ -45,6 +46,7 @@ import grpc
 
 from client.api import Client, JsonDict
 from client.netcli import add_network_nouns, parse_network, render_network, run_network
+from client.nodecli import add_node_noun, render_node, run_node
 from client.progress import Progress
 
 POWER_COMMANDS = {
@@ -175,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("blob_uuid")
     artifact.add_parser("show").add_argument("ref", help="UUID or TYPE:NAME")
     artifact.add_parser("list")
-    for noun in (inst, blob, artifact, *add_network_nouns(top, inst)):
+    for noun in (inst, blob, artifact, *add_network_nouns(top, inst), add_node_noun(top)):
         add_metadata_verbs(noun)
     events = inst.add_parser("events")
     events.add_argument("ref")
@@ -421,6 +423,8 @@ def run(args: argparse.Namespace, client: Client) -> Any:
         return run_metadata(args, client)
     if args.noun in ("network", "interface") or args.verb in ("add-interface", "interfaces"):
         return run_network(args, client)
+    if args.noun == "node":
+        return run_node(args, client)
     if args.noun == "blob":
         return run_blob(args, client)
     if args.noun == "artifact":
@@ -477,6 +481,9 @@ def render(args: argparse.Namespace, result: Any) -> None:
         args.noun in ("network", "interface") or args.verb in ("add-interface", "interfaces")
     ):
         render_network(args, result)
+        return
+    if not args.json and args.noun == "node" and not args.verb.endswith("-metadata"):
+        render_node(args, result)
         return
     if (
         args.json

@@ -22,6 +22,7 @@ from gateway.routes import (
     instances,
     metadata,
     networks,
+    nodes,
     root,
 )
 from gateway.routing import BACKEND, SETTINGS, Route, aiohttp_handler
@@ -41,6 +42,7 @@ def all_routes() -> list[Route]:
             agent,
             consoles,
             networks,
+            nodes,
             blobs,
             artifacts,
             metadata,
