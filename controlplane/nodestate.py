@@ -71,8 +71,7 @@ TABLE: dict[tuple[str, str], str] = {
     (DRAINING, E.DRAIN): DRAINING,
     (DRAINING, E.DRAINED): DISABLED,
     **{
-        (state, E.DELETE): DELETED
-        for state in (CREATED, RECONNECTING, MISSING, DISABLED, DRAINING)
+        (state, E.DELETE): DELETED for state in (CREATED, RECONNECTING, MISSING, DISABLED, DRAINING)
     },
 }
 

@@ -74,9 +74,7 @@ class NodeAdminServicer(nodes_pb2_grpc.NodeAdminServiceServicer):
         return node_to_pb(await self.service.get(namespace_of(context), request.name))
 
     @grpc_errors
-    async def DisableNode(
-        self, request: nodes_pb2.NodeRef, context: Context
-    ) -> nodes_pb2.NodeInfo:
+    async def DisableNode(self, request: nodes_pb2.NodeRef, context: Context) -> nodes_pb2.NodeInfo:
         return node_to_pb(await self.service.disable(namespace_of(context), request.name))
 
     @grpc_errors

@@ -109,7 +109,9 @@ class NodeService:
                 state = nodestate.decide(old.state if old else nodestate.CREATED, "connect")
                 new = registered.with_changes(
                     state=state,
-                    state_updated_at=now if old is None or old.state != state else old.state_updated_at,
+                    state_updated_at=now
+                    if old is None or old.state != state
+                    else old.state_updated_at,
                     first_seen=old.first_seen if old and old.first_seen else now,
                     last_seen=now,
                     disconnected_at=0.0,
@@ -193,9 +195,7 @@ class NodeService:
         """Every node that ever registered (deleted ones too), by name."""
         require_system(caller, "list nodes")
         found = sorted(await self.records.list_nodes(), key=lambda n: n.name)
-        return [
-            self._view(n, count=len(await self.records.uuids_on_node(n.name))) for n in found
-        ]
+        return [self._view(n, count=len(await self.records.uuids_on_node(n.name))) for n in found]
 
     async def get(self, caller: str, name: str) -> NodeView:
         """One node with what it holds."""
@@ -367,4 +367,6 @@ class NodeService:
         try:
             await retry_on_conflict(attempt, f"instance {uuid}")
         except Busy as exc:
-            log.warning("cannot detach an instance from its removed node", uuid=uuid, error=str(exc))
+            log.warning(
+                "cannot detach an instance from its removed node", uuid=uuid, error=str(exc)
+            )

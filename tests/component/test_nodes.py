@@ -80,7 +80,9 @@ async def make_cloud(tmp_path: Path, missing_after: float) -> AsyncIterator[Clou
     plane = await start(settings)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
         api = await make_api(channel)
-        cloud = Cloud(plane, channel, api, await authed(nodes_pb2_grpc.NodeAdminServiceStub, channel))
+        cloud = Cloud(
+            plane, channel, api, await authed(nodes_pb2_grpc.NodeAdminServiceStub, channel)
+        )
         await cloud.start_node()
         try:
             yield cloud

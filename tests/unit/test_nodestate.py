@@ -86,4 +86,4 @@ def test_only_created_nodes_take_new_instances() -> None:
 
 def test_away_states() -> None:
     """Reconnecting and missing nodes are away: their instances' power is unknown."""
-    assert ns.AWAY == {"reconnecting", "missing"}
+    assert {"reconnecting", "missing"} == ns.AWAY
