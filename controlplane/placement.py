@@ -2,8 +2,8 @@
 
 Order, as Shaken Fist's scheduler does it: nodes that are not ``created``
 (disabled, draining, reconnecting, missing, deleted) are skipped, the
-affinity's hard constraints rule nodes out, capacity rules nodes out, then the survivors are ranked by
-affinity score and, on a tie, by free memory.
+affinity's hard constraints rule nodes out, capacity rules nodes out, then
+the survivors are ranked by affinity score and, on a tie, by free memory.
 
 Affinity comes from the new instance's ``affinity`` metadata and is scored
 against the ``tags`` of the caller's own instances already on each node
