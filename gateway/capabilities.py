@@ -9,8 +9,8 @@ Networks are served with the synchronous delete (the old shape), so
 ``network-delete-async`` is absent; so are ``provide-dns``, ``route-addresses``
 and ``extra-dns-entries`` (no DNS service, no routed addresses, no ping).
 Nodes are served (list, get, delete, events, metadata) but not their process
-metrics (``node-process-metrics``). Not served at all: snapshots, cluster operations, artifact versions
-and sharing.
+metrics (``node-process-metrics``). Not served at all: snapshots, cluster
+operations, artifact versions and sharing.
 """
 
 from __future__ import annotations
