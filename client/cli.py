@@ -20,6 +20,7 @@
     minicloud instance create web1 --metadata affinity='{"web": -10}'
     minicloud namespace create team --key-name deploy   # prints the new key once
     minicloud namespace list ; minicloud namespace add-key team ci --key-file ./key.txt
+    minicloud node list ; minicloud node show NAME ; minicloud node disable NAME   # system only
 
 The control plane is MINICLOUD_API (default 127.0.0.1:13100), the namespace
 MINICLOUD_NAMESPACE (default system) and its key MINICLOUD_KEY; --api,
@@ -49,6 +50,7 @@ import grpc
 from client import table
 from client.api import Client, JsonDict
 from client.netcli import add_network_nouns, parse_network, render_network, run_network
+from client.nodecli import add_node_noun, render_node, run_node
 from client.nscli import add_namespace_noun, render_namespace, run_namespace
 from client.progress import Progress
 
@@ -190,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     artifact.add_parser("show").add_argument("ref", help="UUID or TYPE:NAME")
     artifact.add_parser("list")
     namespace = add_namespace_noun(top)
-    for noun in (inst, blob, artifact, namespace, *add_network_nouns(top, inst)):
+    nouns = (inst, blob, artifact, namespace, *add_network_nouns(top, inst), add_node_noun(top))
+    for noun in nouns:
         add_metadata_verbs(noun)
     events = inst.add_parser("events")
     events.add_argument("ref")
@@ -446,6 +449,8 @@ def run(args: argparse.Namespace, client: Client) -> Any:
         return run_network(args, client)
     if args.noun == "namespace":
         return run_namespace(args, client)
+    if args.noun == "node":
+        return run_node(args, client)
     if args.noun == "blob":
         return run_blob(args, client)
     if args.noun == "artifact":
@@ -510,6 +515,9 @@ def render(args: argparse.Namespace, result: Any) -> None:
         return
     if not args.json and args.noun == "namespace" and not args.verb.endswith("-metadata"):
         render_namespace(args, result)
+        return
+    if not args.json and args.noun == "node" and not args.verb.endswith("-metadata"):
+        render_node(args, result)
         return
     if (
         args.json

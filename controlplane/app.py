@@ -39,6 +39,7 @@ from controlplane.api.metadata import MetadataServicer
 from controlplane.api.metering import MetricsInterceptor
 from controlplane.api.networks import InterfaceServicer, NetworkServicer
 from controlplane.api.node_stream import NodeServicer
+from controlplane.api.nodes import NodeAdminServicer
 from controlplane.api.uploads import UploadServicer
 from controlplane.hub import Hub
 from controlplane.loginguard import LoginGuard
@@ -60,10 +61,12 @@ from controlplane.services.metadata import (
     MetadataService,
     NamespaceKind,
     NetworkKind,
+    NodeKind,
 )
 from controlplane.services.namespaces import NamespaceService
 from controlplane.services.netsync import NetworkSync
 from controlplane.services.networks import NetworkService
+from controlplane.services.nodes import NodeService
 from controlplane.services.readiness import Readiness
 from controlplane.services.uploads import UploadService
 from controlplane.settings import Settings
@@ -96,6 +99,8 @@ from protos import (
     networks_pb2_grpc,
     node_pb2,
     node_pb2_grpc,
+    nodes_pb2,
+    nodes_pb2_grpc,
     uploads_pb2,
     uploads_pb2_grpc,
 )
@@ -128,6 +133,7 @@ class Parts:
     metadata: MetadataService
     consoles: ConsoleService
     pruner: EventPruner
+    node_service: NodeService
 
 
 @dataclass(frozen=True)
@@ -150,7 +156,9 @@ SERVICES: tuple[Service, ...] = (
         _name(instances_pb2, "InstanceService"),
     ),
     Service(
-        lambda p: NodeServicer(p.settings, p.nodes, p.reconciler, p.records, p.clock, p.agent),
+        lambda p: NodeServicer(
+            p.settings, p.nodes, p.reconciler, p.records, p.clock, p.agent, p.node_service
+        ),
         node_pb2_grpc.add_NodeServiceServicer_to_server,
         _name(node_pb2, "NodeService"),
     ),
@@ -204,6 +212,11 @@ SERVICES: tuple[Service, ...] = (
         networks_pb2_grpc.add_InterfaceServiceServicer_to_server,
         _name(networks_pb2, "InterfaceService"),
     ),
+    Service(
+        lambda p: NodeAdminServicer(p.node_service),
+        nodes_pb2_grpc.add_NodeAdminServiceServicer_to_server,
+        _name(nodes_pb2, "NodeAdminService"),
+    ),
 )
 
 # What server reflection lists: the table's services, health checking, reflection itself.
@@ -232,6 +245,7 @@ class ControlPlane:
         self.store, self.records, self.nodes = parts.store, parts.records, parts.nodes
         self.service, self.agent, self.namespaces = parts.service, parts.agent, parts.namespaces
         self.pruner = parts.pruner
+        self.node_service = parts.node_service
 
     async def serve(self) -> None:
         """Listen on the configured addresses, report SERVING, start the background tasks."""
@@ -247,6 +261,7 @@ class ControlPlane:
         await self.server.start()
         await self.set_health(True)
         self.tasks.spawn(self.parts.pruner.run(), name="event pruner")
+        self.tasks.spawn(self.node_service.run(), name="missing nodes")
         settings = self.parts.settings
         readiness = Readiness(
             self.store, self.set_health, settings.health_interval, settings.health_timeout
@@ -266,6 +281,7 @@ class ControlPlane:
 
     async def stop(self, grace: float = 2.0) -> None:
         """End node streams, stop serving, stop every background task, close the store."""
+        self.node_service.stopping = True
         for session in list(self.nodes.sessions.values()):
             session.close()
         await self.server.stop(grace)
@@ -344,6 +360,10 @@ async def build(
         queue=settings.login_queue,
     )
     await namespaces.start(settings.system_key, settings.data_dir / "system-key")
+    node_service = NodeService(
+        records, nodes, reconciler, clock, settings.node_missing_after, settings.name
+    )
+    await node_service.load()
     kinds: dict[str, MetadataKind] = {
         "instance": InstanceKind(records),
         "blob": BlobKind(blobs, records),
@@ -351,6 +371,7 @@ async def build(
         "namespace": NamespaceKind(namespaces, records),
         "network": NetworkKind(network_records, records),
         "interface": InterfaceKind(network_records, records),
+        "node": NodeKind(records),
     }
     parts = Parts(
         settings=settings,
@@ -378,6 +399,7 @@ async def build(
         pruner=EventPruner(
             records, settings.retention_days(), settings.event_prune_interval, clock, settings.name
         ),
+        node_service=node_service,
     )
     server = grpc.aio.server(
         # Metering first: it counts what authentication refuses too.

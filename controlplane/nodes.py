@@ -58,6 +58,8 @@ class NodeRegistry:
         self._usage: dict[str, dict[str, tuple[int, int]]] = {}
         self._totals: dict[str, tuple[int, int]] = {}
         self.consoles: dict[str, ConsoleSink] = {}
+        # Each node's controlplane.nodestate state, as the node service last set it.
+        self.states: dict[str, str] = {}
 
     def connect(self, node: Node, now: float) -> Session:
         """Register a node's new stream, closing any older one it had."""
@@ -68,9 +70,10 @@ class NodeRegistry:
         self.sessions[node.name] = session
         return session
 
-    def disconnect(self, session: Session) -> None:
-        """Forget a stream that ended (if it is still the node's current one)."""
-        if self.sessions.get(session.node.name) is session:
+    def disconnect(self, session: Session) -> bool:
+        """Forget a stream that ended; whether it was the node's current one."""
+        current = self.sessions.get(session.node.name) is session
+        if current:
             del self.sessions[session.node.name]
             for session_id, sink in list(self.consoles.items()):
                 if sink.node == session.node.name:
@@ -78,6 +81,7 @@ class NodeRegistry:
                         ConsoleRelay(session_id, close=True, error="the node disconnected")
                     )
         session.close()
+        return current
 
     def connected(self, name: str) -> bool:
         """Whether a node has a live stream."""
@@ -118,9 +122,14 @@ class NodeRegistry:
                     memory_mb=session.node.memory_mb,
                     used_cpus=used_cpus,
                     used_memory_mb=used_memory,
+                    state=self.states.get(name, "created"),
                 )
             )
         return result
+
+    def committed(self, node: str) -> tuple[int, int]:
+        """The vCPUs and MiB of memory a node's live instances are given."""
+        return self._totals.get(node, (0, 0))
 
     def send(self, node: str, command: Command) -> asyncio.Future[Result]:
         """Queue a command for a node; the future resolves with its result.

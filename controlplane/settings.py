@@ -24,6 +24,8 @@ class Settings:
     heartbeat_interval: float = 5.0
     # A node whose stream has been silent this long is treated as gone.
     node_timeout: float = 20.0
+    # A node whose stream has been lost this long goes from reconnecting to missing.
+    node_missing_after: float = 60.0
     # How long a power operation waits for its node's answer.
     command_timeout: float = 120.0
     cpu_overcommit: float = 16.0
@@ -91,6 +93,9 @@ class Settings:
                 env.get("MINICLOUD_HEARTBEAT_INTERVAL", base.heartbeat_interval)
             ),
             node_timeout=float(env.get("MINICLOUD_NODE_TIMEOUT", base.node_timeout)),
+            node_missing_after=float(
+                env.get("MINICLOUD_NODE_MISSING_AFTER", base.node_missing_after)
+            ),
             command_timeout=float(env.get("MINICLOUD_COMMAND_TIMEOUT", base.command_timeout)),
             cpu_overcommit=float(env.get("MINICLOUD_CPU_OVERCOMMIT", base.cpu_overcommit)),
             ram_overcommit=float(env.get("MINICLOUD_RAM_OVERCOMMIT", base.ram_overcommit)),

@@ -24,6 +24,7 @@ from gateway.routes import (
     instances,
     metadata,
     networks,
+    nodes,
     root,
 )
 from gateway.routing import BACKEND, SETTINGS, Route, aiohttp_handler
@@ -43,6 +44,7 @@ def all_routes() -> list[Route]:
             agent,
             consoles,
             networks,
+            nodes,
             blobs,
             artifacts,
             metadata,

@@ -14,10 +14,13 @@ blob channel and the hypervisor. Stopping the agent never stops guests.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
+import shutil
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
@@ -28,6 +31,7 @@ from nodeagent.consoles import Consoles
 from nodeagent.credentials import Credentials
 from nodeagent.disks.fake import FakeDiskBuilder
 from nodeagent.disks.protocol import DiskBuilder
+from nodeagent.errors import NodeAgentError
 from nodeagent.executor import Executor
 from nodeagent.guest.links import LinkSettings
 from nodeagent.guest.ops import GuestOps
@@ -103,6 +107,19 @@ class NodeAgent:
     # /metrics, /healthz and /readyz (None when the settings turn it off).
     metrics_server: MetricsServer | None = None
 
+    async def _learn_versions(self) -> None:
+        """Put the host's QEMU and libvirt versions into what the node registers with."""
+        try:
+            found = await self.hypervisor.versions()
+        except NodeAgentError as exc:
+            log.warning("cannot read the hypervisor's versions", error=str(exc))
+            return
+        self.stream.identity = dataclasses.replace(
+            self.stream.identity,
+            qemu_version=found.get("qemu", ""),
+            libvirt_version=found.get("libvirt", ""),
+        )
+
     async def run(self, stop: asyncio.Event) -> None:
         """Serve metrics; run the stream, the observer and the usage reporter until stop is set.
 
@@ -116,6 +133,7 @@ class NodeAgent:
                 await self.hypervisor.close()
                 raise
         try:
+            await self._learn_versions()
             async with asyncio.TaskGroup() as group:
                 tasks = [
                     group.create_task(self.stream.run(), name="control-stream"),
@@ -147,6 +165,14 @@ class NodeAgent:
         return self.metrics_server.port if self.metrics_server is not None else 0
 
 
+def disk_gb(folder: Path) -> int:
+    """The size of the file system holding folder, in GB (0 if it cannot be read)."""
+    try:
+        return shutil.disk_usage(folder if folder.exists() else folder.parent).total // 10**9
+    except OSError:
+        return 0
+
+
 def build(
     settings: Settings,
     hypervisor: Hypervisor,
@@ -170,6 +196,7 @@ def build(
         memory_mb=settings.memory_mb or machine_memory_mb(),
         hypervisor=hypervisor.kind,
         console_host=settings.console_host,
+        disk_gb=disk_gb(settings.data_dir),
     )
     outbox = Outbox()
     watch = GuestWatch(settings.instances_dir, outbox.send, links)

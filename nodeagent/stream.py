@@ -65,6 +65,9 @@ class Identity:
     memory_mb: int
     hypervisor: str
     console_host: str = ""
+    qemu_version: str = ""
+    libvirt_version: str = ""
+    disk_gb: int = 0
 
 
 def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -159,6 +162,9 @@ class ControlStream:
                     hypervisor=ident.hypervisor,
                     agent_version=AGENT_VERSION,
                     console_host=ident.console_host,
+                    qemu_version=ident.qemu_version,
+                    libvirt_version=ident.libvirt_version,
+                    disk_gb=ident.disk_gb,
                 )
             )
         )

@@ -210,6 +210,9 @@ class Register(_message.Message):
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
     CONSOLE_HOST_FIELD_NUMBER: _builtins.int
     WIRE_VERSION_FIELD_NUMBER: _builtins.int
+    QEMU_VERSION_FIELD_NUMBER: _builtins.int
+    LIBVIRT_VERSION_FIELD_NUMBER: _builtins.int
+    DISK_GB_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     address: _builtins.str
     cpus: _builtins.int
@@ -223,6 +226,11 @@ class Register(_message.Message):
     """The node stream's version (common/nodewire/messages.py WIRE_VERSION); the
     control plane refuses a node agent of another version.
     """
+    qemu_version: _builtins.str
+    """What the node runs ("" when unknown); shown by NodeAdminService.GetNode."""
+    libvirt_version: _builtins.str
+    disk_gb: _builtins.int
+    """Space for instance disks (the node's data folder), in GB."""
     def __init__(
         self,
         *,
@@ -234,10 +242,13 @@ class Register(_message.Message):
         agent_version: _builtins.str = ...,
         console_host: _builtins.str = ...,
         wire_version: _builtins.int = ...,
+        qemu_version: _builtins.str = ...,
+        libvirt_version: _builtins.str = ...,
+        disk_gb: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_version", b"agent_version", "console_host", b"console_host", "cpus", b"cpus", "hypervisor", b"hypervisor", "memory_mb", b"memory_mb", "name", b"name", "wire_version", b"wire_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_version", b"agent_version", "console_host", b"console_host", "cpus", b"cpus", "disk_gb", b"disk_gb", "hypervisor", b"hypervisor", "libvirt_version", b"libvirt_version", "memory_mb", b"memory_mb", "name", b"name", "qemu_version", b"qemu_version", "wire_version", b"wire_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -312,6 +312,9 @@ def register_to_pb(reg: Register) -> node_pb2.Register:
         agent_version=reg.agent_version,
         console_host=reg.console_host,
         wire_version=reg.wire_version,
+        qemu_version=reg.qemu_version,
+        libvirt_version=reg.libvirt_version,
+        disk_gb=reg.disk_gb,
     )
 
 
@@ -326,6 +329,9 @@ def register_from_pb(pb: node_pb2.Register) -> Register:
         pb.agent_version,
         pb.console_host,
         pb.wire_version,
+        pb.qemu_version,
+        pb.libvirt_version,
+        pb.disk_gb,
     )
 
 

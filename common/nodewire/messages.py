@@ -24,6 +24,11 @@ class Register:
     # The address consoles listen on, as clients reach it ("": the address).
     console_host: str = ""
     wire_version: int = WIRE_VERSION
+    # What the node runs ("" when it does not know, as the fake hypervisor).
+    qemu_version: str = ""
+    libvirt_version: str = ""
+    # Space for instance disks, in GB (0: not reported).
+    disk_gb: int = 0
 
 
 @dataclass(frozen=True)

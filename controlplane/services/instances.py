@@ -220,6 +220,9 @@ class InstanceService:
         instance = await self.get(namespace, ref)
         if op not in lifecycle.POWER_OPS:
             raise InvalidArgument(f"unknown power operation {op!r}")
+        if instance.state == lifecycle.CREATED and not self.nodes.connected(instance.node):
+            # Checked first: while its node is away the power state is unknown.
+            raise Unavailable(f"node {instance.node} is not connected; try again later")
         view = lifecycle.View(instance.state, instance.power_state, bool(instance.node))
         try:
             lifecycle.decide(view, f"power-{op}")

@@ -20,8 +20,17 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
-from controlplane.model import Event, Instance, Interface, JsonDict, Network, encode
-from controlplane.services.namespaces import SYSTEM, NamespaceService, can_see
+from controlplane.model import (
+    Event,
+    Instance,
+    Interface,
+    JsonDict,
+    Network,
+    Node,
+    encode,
+    node_object,
+)
+from controlplane.services.namespaces import SYSTEM, NamespaceService, can_see, require_system
 from controlplane.store import occ
 from controlplane.store.artifacts import Artifacts
 from controlplane.store.blobs import BlobStore
@@ -249,6 +258,41 @@ class InterfaceKind:
             return old.with_changes(metadata=change(dict(old.metadata)))
 
         stored = await occ.update(read, mutate, write, f"interface {found.uuid}")
+        return stored.metadata
+
+
+class NodeKind:
+    """Node metadata lives in the node record; nodes are the system namespace's alone."""
+
+    def __init__(self, records: Records) -> None:
+        self.records = records
+
+    async def find(self, namespace: str, ref: str) -> Found:
+        require_system(namespace, "read or change node metadata")
+        node = await self.records.get_node(ref)
+        if node is None:
+            raise NotFound(f"node {ref!r} not found")
+        return Found(node_object(node.name), SYSTEM, node.metadata)
+
+    def check(self, metadata: JsonDict) -> JsonDict:
+        return check_metadata_size(metadata)
+
+    async def update(self, found: Found, change: Change, event: Event) -> JsonDict:
+        name = found.uuid.removeprefix(node_object(""))
+
+        async def read() -> Node:
+            node = await self.records.get_node(name)
+            if node is None:
+                raise NotFound(f"node {name!r} not found")
+            return node
+
+        async def write(old: Node, new: Node) -> Node:
+            return await self.records.update_node(old, new, [event])
+
+        def mutate(old: Node) -> Node:
+            return old.with_changes(metadata=change(dict(old.metadata)))
+
+        stored = await occ.update(read, mutate, write, f"node {name}")
         return stored.metadata
 
 

@@ -47,6 +47,8 @@ class FakeHypervisor:
         self, console_host: str = "127.0.0.1", clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.domains: dict[str, DomainState] = {}
+        # What versions() reports, as a real host would.
+        self.reported_versions = {"qemu": "8.2.0-fake", "libvirt": "9.0.0-fake"}
         self.specs: dict[str, DomainRequest] = {}
         self.disks: dict[str, list[PreparedDisk]] = {}
         self.console_host = console_host
@@ -122,6 +124,9 @@ class FakeHypervisor:
             raise HypervisorError(f"cannot take a screenshot: the domain is {state.power_state}")
         width, height = SCREEN
         return rgb_to_png(width, height, b"\x00\x00\xaa" * (width * height))
+
+    async def versions(self) -> dict[str, str]:
+        return dict(self.reported_versions)
 
     async def usage(self) -> dict[str, DomainUsage]:
         result = {}

@@ -390,6 +390,10 @@ class LibvirtHypervisor:
         except ImageError as exc:
             raise HypervisorError(f"the screenshot of {uuid} is unreadable: {exc}") from exc
 
+    async def versions(self) -> dict[str, str]:
+        """The host's QEMU (hypervisor) and libvirt versions, as libvirt reports them."""
+        return await self._run("read versions", self._versions_sync)
+
     async def usage(self) -> dict[str, DomainUsage]:
         """CPU, disk and interface counters of every running managed domain."""
         return await self._run("read usage statistics", self._usage_sync)
@@ -410,6 +414,10 @@ class LibvirtHypervisor:
         self._events.put_nowait(None)
 
     # -- helpers run in worker threads --------------------------------------
+
+    def _versions_sync(self) -> dict[str, str]:
+        conn = self._connection()
+        return {"qemu": _version(conn.getVersion()), "libvirt": _version(conn.getLibVersion())}
 
     async def _run(self, what: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking libvirt call in a thread, translating its errors."""
@@ -842,3 +850,10 @@ def usage_from_stats(stats: dict[str, Any], macs: dict[str, str]) -> DomainUsage
         disks=disks,
         nics=nics,
     )
+
+
+def _version(number: int) -> str:
+    """libvirt's packed version number (major * 1e6 + minor * 1e3 + release) as text."""
+    if number <= 0:
+        return ""
+    return f"{number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"

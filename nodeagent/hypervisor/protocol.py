@@ -147,6 +147,10 @@ class Hypervisor(Protocol):
         """Counters of every running domain, by instance UUID."""
         ...
 
+    async def versions(self) -> dict[str, str]:
+        """What the host runs: ``qemu`` and ``libvirt`` versions ("" when unknown)."""
+        ...
+
     def events(self) -> AsyncIterator[DomainState]:
         """Power-state changes as they happen, until close()."""
         ...

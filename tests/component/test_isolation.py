@@ -39,6 +39,7 @@ from protos import (
     metadata_pb2_grpc,
     networks_pb2,
     networks_pb2_grpc,
+    nodes_pb2,
     uploads_pb2,
     uploads_pb2_grpc,
 )
@@ -72,6 +73,7 @@ FILES = (
     networks_pb2,
     uploads_pb2,
     auth_pb2,
+    nodes_pb2,
 )
 
 # Methods that name no object of another namespace, and why.
@@ -87,6 +89,18 @@ NO_OBJECT: dict[str, str] = {
     "UploadService/Create": "makes a new upload",
     "NamespaceService/Create": "system only (PERMISSION_DENIED), tested in test_auth",
     "NamespaceService/List": "lists the caller's own",
+    **{
+        f"NodeAdminService/{m}": "system only (PERMISSION_DENIED), tested in test_nodes"
+        for m in (
+            "ListNodes",
+            "GetNode",
+            "DisableNode",
+            "EnableNode",
+            "DrainNode",
+            "DeleteNode",
+            "GetNodeEvents",
+        )
+    },
 }
 
 
