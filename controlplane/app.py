@@ -56,6 +56,7 @@ from controlplane.services.metadata import (
     NamespaceKind,
     NetworkKind,
 )
+from controlplane.services.moves import MoveService
 from controlplane.services.namespaces import NamespaceService
 from controlplane.services.netsync import NetworkSync
 from controlplane.services.networks import NetworkService
@@ -121,6 +122,7 @@ class Parts:
     metadata: MetadataService
     consoles: ConsoleService
     pruner: EventPruner
+    moves: MoveService
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,7 @@ def _name(module: Any, service: str) -> str:
 
 SERVICES: tuple[Service, ...] = (
     Service(
-        lambda p: InstanceServicer(p.service),
+        lambda p: InstanceServicer(p.service, p.moves),
         instances_pb2_grpc.add_InstanceServiceServicer_to_server,
         _name(instances_pb2, "InstanceService"),
     ),
@@ -223,6 +225,7 @@ class ControlPlane:
         self.store, self.records, self.nodes = parts.store, parts.records, parts.nodes
         self.service, self.agent, self.namespaces = parts.service, parts.agent, parts.namespaces
         self.pruner = parts.pruner
+        self.moves = parts.moves
 
     async def serve(self) -> None:
         """Listen on the configured address, report SERVING, start the background tasks."""
@@ -344,6 +347,7 @@ async def build(
         pruner=EventPruner(
             records, settings.retention_days(), settings.event_prune_interval, clock, settings.name
         ),
+        moves=MoveService(settings, records, nodes, reconciler, blobs, networks, netsync),
     )
     server = grpc.aio.server(
         interceptors=[AuthInterceptor(namespaces)],

@@ -176,7 +176,7 @@ class Executor:
             state: DomainState | None
             match command:
                 case CreateDomain():
-                    state = await self._create(command.domain)
+                    state = await self._create(command.domain, command.start)
                 case PowerDomain():
                     state = await self._power(command)
                 case DestroyDomain():
@@ -216,7 +216,7 @@ class Executor:
         except HypervisorError:
             return None
 
-    async def _create(self, spec: DomainRequest) -> DomainState:
+    async def _create(self, spec: DomainRequest, start: bool = True) -> DomainState:
         uuid = spec.uuid
         existing = await self.hypervisor.get_domain(uuid)
         if existing is not None and existing.power_state == PowerState.ON:
@@ -243,7 +243,12 @@ class Executor:
             spec = dataclasses.replace(spec, nvram_template=str(template))
         self.console_log(uuid).parent.mkdir(parents=True, exist_ok=True)
         spec = await self._with_bridges(spec)
-        state = await self.hypervisor.define_and_start(spec, prepared, self.console_log(uuid))
+        state = await self.hypervisor.define_and_start(
+            spec, prepared, self.console_log(uuid), start=start
+        )
+        if not start:
+            self.emit(NodeEvent(uuid, "domain defined", timestamp=self.clock()))
+            return state
         self.emit(NodeEvent(uuid, "domain started", timestamp=self.clock()))
         if self.guestwatch is not None:
             self.guestwatch.domain_on(uuid, AGENT_CHANNEL in spec.side_channels)

@@ -1040,16 +1040,20 @@ class CreateDomain(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DOMAIN_FIELD_NUMBER: _builtins.int
+    STOPPED_FIELD_NUMBER: _builtins.int
+    stopped: _builtins.bool
+    """Only define the domain; it stays off (an instance moved from another node)."""
     @_builtins.property
     def domain(self) -> Global___DomainRequest: ...
     def __init__(
         self,
         *,
         domain: Global___DomainRequest | None = ...,
+        stopped: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain", "stopped", b"stopped"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -20,11 +20,15 @@ DEFAULT_AGENT_TIMEOUT = 300.0
 
 @dataclass(frozen=True)
 class CreateDomain:
-    """Build the instance's disks, config drive and domain, and start it."""
+    """Build the instance's disks, config drive and domain, and start it (unless not ``start``).
+
+    ``start`` false only defines the domain, which stays off (a moved instance).
+    """
 
     command_id: str
     instance_uuid: str
     domain: DomainRequest
+    start: bool = True
 
 
 @dataclass(frozen=True)

@@ -210,6 +210,7 @@ def command_to_pb(command: Command) -> node_pb2.Command:
     match command:
         case CreateDomain():
             domain_to_pb(command.domain, pb.create.domain)
+            pb.create.stopped = not command.start
         case PowerDomain():
             pb.power.action = command.action.value
             if command.domain is not None:
@@ -266,7 +267,9 @@ def command_from_pb(pb: node_pb2.Command) -> Command:
     cid, uuid = pb.command_id, pb.instance_uuid
     action = pb.WhichOneof("action")
     if action == "create":
-        return CreateDomain(cid, uuid, domain_from_pb(uuid, pb.create.domain))
+        return CreateDomain(
+            cid, uuid, domain_from_pb(uuid, pb.create.domain), start=not pb.create.stopped
+        )
     if action == "power":
         try:
             power = PowerAction(pb.power.action)

@@ -89,6 +89,7 @@ NETWORK = NetworkConfig(
 
 COMMANDS: list[Command] = [
     CreateDomain("c1", UUID, DOMAIN),
+    CreateDomain("c1s", UUID, DOMAIN, start=False),
     PowerDomain("c2", UUID, PowerAction.ON, DOMAIN),
     PowerDomain("c3", UUID, PowerAction.SOFT_REBOOT),
     DestroyDomain("c4", UUID),

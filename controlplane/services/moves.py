@@ -1,0 +1,275 @@
+"""Moving a stopped instance to another node: its disks copied through the blob store.
+
+``move(uuid, target)`` runs these steps, each leaving an event on the instance:
+
+1. Refuse what cannot move: an instance that is not ``created`` and stopped
+   (``FAILED_PRECONDITION`` "stop the instance first"), one already moving,
+   a target that is its own node, not connected or without room (placement
+   picks the target when none is named).
+2. Claim the instance's CPUs and memory on the target (it counts on both
+   nodes while it moves).
+3. Ask the source node to export the disks: each one flattened into a
+   standalone qcow2 (overlay merged with its base) and uploaded as a blob.
+4. Point its interfaces at the target and sync their networks, so the target
+   carries them before it builds the domain.
+5. Ask the target to build the domain from the new disk specs (each disk's
+   base is now ``sf://blob/<uuid>`` of its export) without starting it.
+6. Commit the record (node, disks) with compare-and-set on the version read
+   at the start, if nobody changed its power or sent it a command meanwhile.
+7. Release its usage on the source, remove the domain there and re-sync the
+   networks so the source drops those it no longer carries.
+
+Until step 6 nothing about the instance is changed: a failure undoes steps
+2-5 (the target's half-built domain removed, interfaces pointed back) and the
+instance stays on its source as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Iterable
+
+import structlog
+
+from common.nodewire.commands import Command, CreateDomain, DestroyDomain, ExportDisks
+from common.nodewire.messages import Result
+from common.nodewire.power import STOPPED
+from controlplane import lifecycle
+from controlplane.domainreq import domain_request
+from controlplane.errors import DeadlineExceeded, FailedPrecondition, NotFound, Unavailable
+from controlplane.model import DiskSpec, Instance
+from controlplane.nodes import NodeRegistry
+from controlplane.placement import place
+from controlplane.reconciler import Reconciler
+from controlplane.services.netsync import NetworkSync
+from controlplane.services.networks import NetworkService
+from controlplane.settings import Settings
+from controlplane.store.blobs import BlobStore
+from controlplane.store.occ import retry_on_conflict
+from controlplane.store.records import Records
+
+log = structlog.get_logger(__name__)
+
+BLOB_PREFIX = "sf://blob/"
+# How long one step (an export, a build on the target) may take: disks are big.
+STEP_TIMEOUT = 1800.0
+
+
+class MoveService:
+    """Moves stopped instances between nodes."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        records: Records,
+        nodes: NodeRegistry,
+        reconciler: Reconciler,
+        blobs: BlobStore,
+        networks: NetworkService | None = None,
+        netsync: NetworkSync | None = None,
+        step_timeout: float = STEP_TIMEOUT,
+    ) -> None:
+        self.settings = settings
+        self.records = records
+        self.nodes = nodes
+        self.reconciler = reconciler
+        self.blobs = blobs
+        self.networks = networks
+        self.netsync = netsync
+        self.step_timeout = step_timeout
+        self.moving: set[str] = set()
+
+    def check_movable(self, instance: Instance) -> None:
+        """FailedPrecondition unless the instance is created and stopped."""
+        if instance.state != lifecycle.CREATED:
+            raise FailedPrecondition(
+                f"instance {instance.uuid} is {instance.state}; only a created instance can move"
+            )
+        if instance.power_state not in STOPPED:
+            raise FailedPrecondition(
+                f"instance {instance.uuid} is {instance.power_state}: stop the instance first"
+            )
+
+    def choose_target(
+        self, instance: Instance, target: str = "", exclude: Iterable[str] = ()
+    ) -> str:
+        """The node to move to: ``target`` checked for room, or placement's choice."""
+        source = instance.node
+        if target == source:
+            raise FailedPrecondition(f"instance {instance.uuid} is already on node {source}")
+        left_out = {source, *exclude}
+        capacities = [c for c in self.nodes.capacities() if c.name not in left_out]
+        if target:
+            capacities = [c for c in capacities if c.name == target]
+            if not capacities:
+                raise Unavailable(f"node {target} is not connected; try again later")
+        choice = place(
+            capacities,
+            instance.spec.cpus,
+            instance.spec.memory,
+            self.settings.cpu_overcommit,
+            self.settings.ram_overcommit,
+        )
+        return choice.node
+
+    async def move(self, uuid: str, target: str = "", exclude: Iterable[str] = ()) -> Instance:
+        """Move a stopped instance to ``target`` (placement's choice if empty); its new record."""
+        instance = await self.records.get_instance(uuid)
+        if instance is None or instance.state == lifecycle.DELETED:
+            raise NotFound(f"instance {uuid} not found")
+        self.check_movable(instance)
+        if uuid in self.moving:
+            raise FailedPrecondition(f"instance {uuid} is already moving")
+        source = instance.node
+        if not self.nodes.connected(source):
+            raise Unavailable(f"node {source} is not connected; try again later")
+        target = self.choose_target(instance, target, exclude)
+        self.moving.add(uuid)
+        try:
+            return await self._move(instance, source, target)
+        finally:
+            self.moving.discard(uuid)
+
+    async def _move(self, instance: Instance, source: str, target: str) -> Instance:
+        uuid = instance.uuid
+        bound = log.bind(uuid=uuid, source=source, target=target)
+        started = time.monotonic()
+        await self._event(instance, f"moving to node {target}", "audit", source=source)
+        on_target = instance.with_changes(node=target)
+        self.nodes.add_usage(on_target)
+        built = False
+        interfaces_moved = False
+        try:
+            disks = await self._export(instance, source)
+            if instance.interfaces:
+                interfaces_moved = True
+                await self._point_interfaces(instance, target)
+            moved = instance.with_changes(
+                node=target,
+                spec=dataclasses.replace(instance.spec, disks=disks),
+                command_seq=instance.command_seq + 1,
+            )
+            built = True
+            created = await self._ask(
+                target,
+                CreateDomain(f"{uuid}/{moved.command_seq}", uuid, domain_request(moved), False),
+                "define the domain",
+            )
+            stored = await self._commit(instance, moved, source)
+        except Exception as exc:
+            bound.warning("move failed", error=str(exc))
+            await self._undo(instance, target, built, interfaces_moved)
+            await self._event(instance, f"move to node {target} failed: {exc}", "status")
+            raise
+        self.nodes.release_usage(instance)
+        if created.observation is not None:
+            stored = await self.reconciler.record_ports(stored, created.observation)
+        await self._leave_source(stored, source)
+        bound.info("instance moved", seconds=round(time.monotonic() - started, 2))
+        return stored
+
+    async def _export(self, instance: Instance, source: str) -> tuple[DiskSpec, ...]:
+        """The instance's disk specs rebased on blobs of their exported content."""
+        spec = instance.spec
+        wire = domain_request(instance).disks
+        result = await self._ask(
+            source,
+            ExportDisks(f"{instance.uuid}/{instance.command_seq}/export", instance.uuid, wire),
+            "export the disks",
+        )
+        if len(result.blobs) != len(spec.disks):
+            raise FailedPrecondition(
+                f"node {source} exported {len(result.blobs)} disks of {len(spec.disks)}"
+            )
+        disks = []
+        for disk, blob in zip(spec.disks, result.blobs, strict=True):
+            if blob:
+                await self.blobs.reference(blob)
+                disk = dataclasses.replace(disk, base=f"{BLOB_PREFIX}{blob}")
+            disks.append(disk)
+        return tuple(disks)
+
+    async def _ask(self, node: str, command: Command, what: str) -> Result:
+        """Send a command to a node and wait for its successful result."""
+        future = self.nodes.send(node, command)
+        try:
+            result = await asyncio.wait_for(future, self.step_timeout)
+        except TimeoutError as exc:
+            raise DeadlineExceeded(f"node {node} did not {what} in time") from exc
+        if not result.ok:
+            raise FailedPrecondition(f"node {node} could not {what}: {result.error}")
+        return result
+
+    async def _commit(self, instance: Instance, moved: Instance, source: str) -> Instance:
+        """Store the instance on its new node, unless it changed meanwhile."""
+
+        async def attempt() -> Instance:
+            latest = await self.records.get_instance(instance.uuid)
+            if (
+                latest is None
+                or latest.node != source
+                or latest.state != lifecycle.CREATED
+                or latest.power_state not in STOPPED
+                or latest.command_seq != instance.command_seq
+            ):
+                raise FailedPrecondition(
+                    f"instance {instance.uuid} changed while it was moving; nothing was moved"
+                )
+            new = latest.with_changes(
+                node=moved.node, spec=moved.spec, command_seq=moved.command_seq
+            )
+            event = self.reconciler.event(
+                instance.uuid, f"moved from node {source}", node=moved.node, source=source
+            )
+            return await self.records.update_instance(latest, new, [event])
+
+        return await retry_on_conflict(attempt, f"instance {instance.uuid}")
+
+    async def _point_interfaces(self, instance: Instance, node: str) -> None:
+        """Put the instance's interfaces on node and sync their networks there."""
+        if self.networks is None:
+            return
+        for nic in instance.interfaces:
+            await self.networks.update_interface(nic.uuid, lambda i: i.with_changes(node=node))
+        if self.netsync is not None:
+            await self.netsync.sync({n.network_uuid for n in instance.interfaces})
+
+    async def _undo(
+        self, instance: Instance, target: str, built: bool, interfaces_moved: bool
+    ) -> None:
+        """Take back what a failed move made; the instance stays on its source."""
+        self.nodes.release_usage(instance.with_changes(node=target))
+        try:
+            if built and self.nodes.connected(target):
+                self.nodes.send(target, DestroyDomain(f"{instance.uuid}/unmove", instance.uuid))
+            if interfaces_moved:
+                await self._point_interfaces(instance, instance.node)
+                if self.netsync is not None:
+                    networks = {n.network_uuid for n in instance.interfaces}
+                    await self.netsync.sync(networks, left={target})
+        except Exception:
+            log.exception("cannot undo a failed move", uuid=instance.uuid, target=target)
+
+    async def _leave_source(self, moved: Instance, source: str) -> None:
+        """Remove the instance's old domain and the networks the source no longer needs."""
+        if self.netsync is not None and moved.interfaces:
+            await self.netsync.sync({n.network_uuid for n in moved.interfaces}, left={source})
+        try:
+            await self._ask(
+                source,
+                DestroyDomain(f"{moved.uuid}/{moved.command_seq}/source", moved.uuid),
+                "remove the old domain",
+            )
+        except Exception as exc:
+            # The node removes it as an orphan when it next reconnects.
+            message = f"old domain on node {source} not removed yet: {exc}"
+            await self._event(moved, message, "status")
+            return
+        await self._event(moved, f"old domain on node {source} removed", "status")
+
+    async def _event(self, instance: Instance, message: str, kind: str, **extra: str) -> None:
+        await self.records.add_events(
+            instance.namespace, [self.reconciler.event(instance.uuid, message, kind, **extra)]
+        )
