@@ -16,6 +16,7 @@
     minicloud blob upload ./disk.img ; minicloud blob download UUID ./copy.img
     minicloud artifact upload myimage ./disk.qcow2   # then: --disk size=10,base=sf://upload/system/myimage
     minicloud instance set-metadata demo tags '["web"]'   # also get-metadata, delete-metadata
+    minicloud instance move demo --node node2   # a stopped instance, system namespace only
     minicloud instance delete demo
 
 The control plane is MINICLOUD_API (default 127.0.0.1:13100), the namespace
@@ -128,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for verb in ("show", "delete", "watch", *POWER_COMMANDS):
         inst.add_parser(verb).add_argument("ref", help="UUID or name")
+    move = inst.add_parser("move", help="move a stopped instance to another node (system only)")
+    move.add_argument("ref")
+    move.add_argument("--node", default="", help="the node (default: placement chooses)")
     reboot = inst.add_parser("reboot")
     reboot.add_argument("ref")
     reboot.add_argument("--hard", action="store_true")
@@ -458,6 +462,8 @@ def run(args: argparse.Namespace, client: Client) -> Any:
         return client.delete(args.ref)
     if verb in POWER_COMMANDS:
         return client.power(args.ref, POWER_COMMANDS[verb])
+    if verb == "move":
+        return client.move(args.ref, args.node)
     if verb == "reboot":
         return client.power(args.ref, "hard-reboot" if args.hard else "soft-reboot")
     if verb == "events":
