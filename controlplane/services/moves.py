@@ -30,6 +30,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -40,7 +41,7 @@ from controlplane import lifecycle
 from controlplane.domainreq import domain_request
 from controlplane.errors import DeadlineExceeded, FailedPrecondition, NotFound, Unavailable
 from controlplane.model import DiskSpec, Instance
-from controlplane.nodes import NodeRegistry
+from controlplane.nodes import NodeRegistry, Session
 from controlplane.placement import place
 from controlplane.reconciler import Reconciler
 from controlplane.services.netsync import NetworkSync
@@ -55,6 +56,18 @@ log = structlog.get_logger(__name__)
 BLOB_PREFIX = "sf://blob/"
 # How long one step (an export, a build on the target) may take: disks are big.
 STEP_TIMEOUT = 1800.0
+
+
+@dataclass
+class _Progress:
+    """How far one move got: what to undo if it fails."""
+
+    # Prefix of the command ids of this attempt.
+    prefix: str
+    # Blobs of the exported disks (referenced).
+    blobs: list[str] = field(default_factory=list)
+    interfaces_moved: bool = False
+    built: bool = False
 
 
 class MoveService:
@@ -136,47 +149,52 @@ class MoveService:
         uuid = instance.uuid
         bound = log.bind(uuid=uuid, source=source, target=target)
         started = time.monotonic()
+        # Command ids unique to this attempt: nodes remember results by id, and a
+        # retried move must not get a failed attempt's answers back.
+        step = _Progress(f"{uuid}/move-{time.time_ns():x}")
         await self._event(instance, f"moving to node {target}", "audit", source=source)
-        on_target = instance.with_changes(node=target)
-        self.nodes.add_usage(on_target)
-        built = False
-        interfaces_moved = False
+        self.nodes.add_usage(instance.with_changes(node=target))
         try:
-            disks = await self._export(instance, source)
+            disks = await self._export(instance, source, step)
             if instance.interfaces:
-                interfaces_moved = True
+                step.interfaces_moved = True
                 await self._point_interfaces(instance, target)
             moved = instance.with_changes(
                 node=target,
                 spec=dataclasses.replace(instance.spec, disks=disks),
                 command_seq=instance.command_seq + 1,
             )
-            built = True
+            step.built = True
             created = await self._ask(
                 target,
-                CreateDomain(f"{uuid}/{moved.command_seq}", uuid, domain_request(moved), False),
+                CreateDomain(f"{step.prefix}/define", uuid, domain_request(moved), False),
                 "define the domain",
             )
-            stored = await self._commit(instance, moved, source)
+            # The domain is the target's only while this stream lasts: a target that
+            # reconnects meanwhile removes it as unknown (it is not on the node yet).
+            session = self.nodes.sessions.get(target)
+            stored = await self._commit(instance, moved, source, session)
         except Exception as exc:
             bound.warning("move failed", error=str(exc))
-            await self._undo(instance, target, built, interfaces_moved)
+            await self._undo(instance, target, step)
             await self._event(instance, f"move to node {target} failed: {exc}", "status")
             raise
         self.nodes.release_usage(instance)
         if created.observation is not None:
             stored = await self.reconciler.record_ports(stored, created.observation)
-        await self._leave_source(stored, source)
+        await self._leave_source(stored, source, step)
         bound.info("instance moved", seconds=round(time.monotonic() - started, 2))
         return stored
 
-    async def _export(self, instance: Instance, source: str) -> tuple[DiskSpec, ...]:
+    async def _export(
+        self, instance: Instance, source: str, step: _Progress
+    ) -> tuple[DiskSpec, ...]:
         """The instance's disk specs rebased on blobs of their exported content."""
         spec = instance.spec
         wire = domain_request(instance).disks
         result = await self._ask(
             source,
-            ExportDisks(f"{instance.uuid}/{instance.command_seq}/export", instance.uuid, wire),
+            ExportDisks(f"{step.prefix}/export", instance.uuid, wire),
             "export the disks",
         )
         if len(result.blobs) != len(spec.disks):
@@ -187,6 +205,7 @@ class MoveService:
         for disk, blob in zip(spec.disks, result.blobs, strict=True):
             if blob:
                 await self.blobs.reference(blob)
+                step.blobs.append(blob)
                 disk = dataclasses.replace(disk, base=f"{BLOB_PREFIX}{blob}")
             disks.append(disk)
         return tuple(disks)
@@ -202,11 +221,15 @@ class MoveService:
             raise FailedPrecondition(f"node {node} could not {what}: {result.error}")
         return result
 
-    async def _commit(self, instance: Instance, moved: Instance, source: str) -> Instance:
-        """Store the instance on its new node, unless it changed meanwhile."""
+    async def _commit(
+        self, instance: Instance, moved: Instance, source: str, session: Session | None
+    ) -> Instance:
+        """Store the instance on its new node, unless it (or the target's stream) changed."""
 
         async def attempt() -> Instance:
             latest = await self.records.get_instance(instance.uuid)
+            if session is None or self.nodes.sessions.get(moved.node) is not session:
+                raise Unavailable(f"node {moved.node} reconnected while the instance moved")
             if (
                 latest is None
                 or latest.node != source
@@ -236,15 +259,15 @@ class MoveService:
         if self.netsync is not None:
             await self.netsync.sync({n.network_uuid for n in instance.interfaces})
 
-    async def _undo(
-        self, instance: Instance, target: str, built: bool, interfaces_moved: bool
-    ) -> None:
+    async def _undo(self, instance: Instance, target: str, step: _Progress) -> None:
         """Take back what a failed move made; the instance stays on its source."""
         self.nodes.release_usage(instance.with_changes(node=target))
         try:
-            if built and self.nodes.connected(target):
-                self.nodes.send(target, DestroyDomain(f"{instance.uuid}/unmove", instance.uuid))
-            if interfaces_moved:
+            for blob in step.blobs:
+                await self.blobs.reference(blob, -1)
+            if step.built and self.nodes.connected(target):
+                self.nodes.send(target, DestroyDomain(f"{step.prefix}/undo", instance.uuid))
+            if step.interfaces_moved:
                 await self._point_interfaces(instance, instance.node)
                 if self.netsync is not None:
                     networks = {n.network_uuid for n in instance.interfaces}
@@ -252,14 +275,14 @@ class MoveService:
         except Exception:
             log.exception("cannot undo a failed move", uuid=instance.uuid, target=target)
 
-    async def _leave_source(self, moved: Instance, source: str) -> None:
+    async def _leave_source(self, moved: Instance, source: str, step: _Progress) -> None:
         """Remove the instance's old domain and the networks the source no longer needs."""
         if self.netsync is not None and moved.interfaces:
             await self.netsync.sync({n.network_uuid for n in moved.interfaces}, left={source})
         try:
             await self._ask(
                 source,
-                DestroyDomain(f"{moved.uuid}/{moved.command_seq}/source", moved.uuid),
+                DestroyDomain(f"{step.prefix}/leave", moved.uuid),
                 "remove the old domain",
             )
         except Exception as exc:

@@ -133,7 +133,8 @@ async def test_only_the_system_namespace_may_move(two: Two) -> None:
 async def test_a_failed_build_on_the_target_leaves_the_instance_on_its_source(
     two: Two, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """When the target cannot build the domain, nothing changes: same node, same disks."""
+    """When the target cannot build the domain nothing changes (same node, same disks),
+    and the move can be tried again."""
     inst = await stopped(two)
     source, target = two.nodes[inst.node], two.nodes[other(inst.node)]
 
@@ -153,8 +154,12 @@ async def test_a_failed_build_on_the_target_leaves_the_instance_on_its_source(
     used = {c.name: c.used_memory_mb for c in two.plane.nodes.capacities()}
     assert used == {source.name: 256, target.name: 0}
     assert f"move to node {target.name} failed" in " ".join(await messages(two, inst.uuid))
+
+    monkeypatch.undo()
+    again = await two.api.Move(Move(ref="vm1", node=target.name))
+    assert again.node == target.name
     on = await two.api.PowerOn(Ref(ref="vm1"))
-    assert (on.node, on.power_state) == (source.name, "on")
+    assert (on.node, on.power_state) == (target.name, "on")
 
 
 async def test_interfaces_follow_the_instance_to_the_target(two: Two) -> None:
