@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
 import pytest
 
+from common.nodewire.commands import ExportDisks
+from common.nodewire.domain import DiskRequest
 from controlplane.app import ControlPlane
 from nodeagent.disks.protocol import DiskError
 from protos import blobs_pb2, blobs_pb2_grpc, instances_pb2, networks_pb2, networks_pb2_grpc
@@ -183,3 +186,13 @@ async def test_interfaces_follow_the_instance_to_the_target(two: Two) -> None:
     ]
     stored = await two.plane.parts.networks.networks.get_interface(nic.uuid)
     assert stored is not None and stored.node == target.name
+
+
+async def test_a_node_refuses_to_export_a_running_guest(two: Two) -> None:
+    """The node itself checks: exporting the disks of a running domain fails, nothing uploaded."""
+    inst = await two.api.Create(create_request("vm1"))
+    inst = await two.api.wait_for(inst.uuid, lambda i: i.power_state == "on")
+    command = ExportDisks("test/export", inst.uuid, (DiskRequest(1, "debian:11"),))
+    result = await asyncio.wait_for(two.plane.nodes.send(inst.node, command), 10)
+    assert not result.ok and "stop the instance first" in result.error
+    assert result.blobs == ()
