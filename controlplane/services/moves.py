@@ -22,6 +22,10 @@
 Until step 6 nothing about the instance is changed: a failure undoes steps
 2-5 (the target's half-built domain removed, interfaces pointed back) and the
 instance stays on its source as it was.
+
+``evacuate(node)`` (what a drain does) moves every stopped instance off a
+node this way, one at a time, and lists the ones that block (running ones)
+and the ones whose move failed.
 """
 
 from __future__ import annotations
@@ -39,7 +43,13 @@ from common.nodewire.messages import Result
 from common.nodewire.power import STOPPED
 from controlplane import lifecycle
 from controlplane.domainreq import domain_request
-from controlplane.errors import DeadlineExceeded, FailedPrecondition, NotFound, Unavailable
+from controlplane.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    MiniCloudError,
+    NotFound,
+    Unavailable,
+)
 from controlplane.model import DiskSpec, Instance
 from controlplane.nodes import NodeRegistry, Session
 from controlplane.placement import place
@@ -68,6 +78,23 @@ class _Progress:
     blobs: list[str] = field(default_factory=list)
     interfaces_moved: bool = False
     built: bool = False
+
+
+@dataclass(frozen=True)
+class Evacuation:
+    """What moving every instance off a node did."""
+
+    # Instance UUID -> the node it moved to.
+    moved: dict[str, str] = field(default_factory=dict)
+    # Instances that cannot move yet (running, paused, being created or deleted).
+    blocking: dict[str, str] = field(default_factory=dict)
+    # Instance UUID -> why its move failed (it stays where it was).
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        """Whether nothing is left on the node."""
+        return not self.blocking and not self.failed
 
 
 class MoveService:
@@ -144,6 +171,34 @@ class MoveService:
             return await self._move(instance, source, target)
         finally:
             self.moving.discard(uuid)
+
+    async def evacuate(self, node: str, exclude: Iterable[str] = ()) -> Evacuation:
+        """Move every stopped instance off a node (one at a time, placement choosing each
+        target among the other nodes, never those in exclude); list what blocks the rest."""
+        result = Evacuation()
+        for uuid in await self.records.uuids_on_node(node):
+            instance = await self.records.get_instance(uuid)
+            if instance is None or instance.state == lifecycle.DELETED or instance.node != node:
+                continue
+            try:
+                self.check_movable(instance)
+            except FailedPrecondition as exc:
+                result.blocking[uuid] = str(exc)
+                continue
+            try:
+                moved = await self.move(uuid, exclude={node, *exclude})
+            except MiniCloudError as exc:
+                result.failed[uuid] = str(exc)
+                continue
+            result.moved[uuid] = moved.node
+        log.info(
+            "node evacuated" if result.empty else "node partly evacuated",
+            node=node,
+            moved=len(result.moved),
+            blocking=len(result.blocking),
+            failed=len(result.failed),
+        )
+        return result
 
     async def _move(self, instance: Instance, source: str, target: str) -> Instance:
         uuid = instance.uuid

@@ -196,3 +196,35 @@ async def test_a_node_refuses_to_export_a_running_guest(two: Two) -> None:
     result = await asyncio.wait_for(two.plane.nodes.send(inst.node, command), 10)
     assert not result.ok and "stop the instance first" in result.error
     assert result.blobs == ()
+
+
+async def test_evacuating_a_node_moves_its_stopped_instances_and_lists_running_ones(
+    plane: ControlPlane,
+) -> None:
+    """Stopped instances leave the node; a running one is reported as blocking and stays."""
+    address = f"127.0.0.1:{plane.port}"
+    node1 = await start_fake_node(address, "node1")
+    node2: FakeNode | None = None
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            api = await make_api(channel)
+            made = {}
+            for name in ("a", "b", "busy"):
+                inst = await api.Create(create_request(name))
+                made[name] = await api.wait_for(inst.uuid, lambda i: i.power_state == "on")
+            for name in ("a", "b"):
+                await api.PowerOff(Ref(ref=name))
+            node2 = await start_fake_node(address, "node2")
+
+            result = await plane.moves.evacuate("node1")
+
+            assert result.moved == {made["a"].uuid: "node2", made["b"].uuid: "node2"}
+            assert list(result.blocking) == [made["busy"].uuid]
+            assert "stop the instance first" in result.blocking[made["busy"].uuid]
+            assert not result.failed and not result.empty
+            assert sorted(await plane.records.uuids_on_node("node1")) == [made["busy"].uuid]
+            assert set(node2.hypervisor.domains) == {made["a"].uuid, made["b"].uuid}
+    finally:
+        await node1.close()
+        if node2 is not None:
+            await node2.close()
