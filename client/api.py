@@ -192,6 +192,11 @@ class Client:
         """One of on, off, pause, unpause, soft-reboot, hard-reboot."""
         return to_dict(self._call(POWER_METHODS[op], instances_pb2.InstanceRef(ref=ref)))
 
+    def move(self, ref: str, node: str = "") -> JsonDict:
+        """Move a stopped instance to node (placement's choice when empty); system only."""
+        request = instances_pb2.MoveInstanceRequest(ref=ref, node=node)
+        return to_dict(self._call("Move", request))
+
     def events(self, ref: str, event_type: str = "", limit: int = 100) -> list[JsonDict]:
         """An instance's events, newest first."""
         request = instances_pb2.GetEventsRequest(ref=ref, event_type=event_type, limit=limit)

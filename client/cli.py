@@ -21,6 +21,7 @@
     minicloud namespace create team --key-name deploy   # prints the new key once
     minicloud namespace list ; minicloud namespace add-key team ci --key-file ./key.txt
     minicloud node list ; minicloud node show NAME ; minicloud node disable NAME   # system only
+    minicloud instance move demo --node node2   # a stopped instance, system namespace only
 
 The control plane is MINICLOUD_API (default 127.0.0.1:13100), the namespace
 MINICLOUD_NAMESPACE (default system) and its key MINICLOUD_KEY; --api,
@@ -144,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for verb in ("show", "delete", "watch", *POWER_COMMANDS):
         inst.add_parser(verb).add_argument("ref", help="UUID or name")
+    move = inst.add_parser("move", help="move a stopped instance to another node (system only)")
+    move.add_argument("ref")
+    move.add_argument("--node", default="", help="the node (default: placement chooses)")
     reboot = inst.add_parser("reboot")
     reboot.add_argument("ref")
     reboot.add_argument("--hard", action="store_true")
@@ -493,6 +497,8 @@ def run(args: argparse.Namespace, client: Client) -> Any:
         return [client.delete(inst["uuid"]) for inst in client.list_instances()]
     if verb in POWER_COMMANDS:
         return client.power(args.ref, POWER_COMMANDS[verb])
+    if verb == "move":
+        return client.move(args.ref, args.node)
     if verb == "reboot":
         return client.power(args.ref, "hard-reboot" if args.hard else "soft-reboot")
     if verb == "events":

@@ -63,6 +63,7 @@ from controlplane.services.metadata import (
     NetworkKind,
     NodeKind,
 )
+from controlplane.services.moves import MoveService
 from controlplane.services.namespaces import NamespaceService
 from controlplane.services.netsync import NetworkSync
 from controlplane.services.networks import NetworkService
@@ -134,6 +135,7 @@ class Parts:
     consoles: ConsoleService
     pruner: EventPruner
     node_service: NodeService
+    moves: MoveService
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,7 @@ def _name(module: Any, service: str) -> str:
 
 SERVICES: tuple[Service, ...] = (
     Service(
-        lambda p: InstanceServicer(p.service),
+        lambda p: InstanceServicer(p.service, p.moves),
         instances_pb2_grpc.add_InstanceServiceServicer_to_server,
         _name(instances_pb2, "InstanceService"),
     ),
@@ -246,6 +248,7 @@ class ControlPlane:
         self.service, self.agent, self.namespaces = parts.service, parts.agent, parts.namespaces
         self.pruner = parts.pruner
         self.node_service = parts.node_service
+        self.moves = parts.moves
 
     async def serve(self) -> None:
         """Listen on the configured addresses, report SERVING, start the background tasks."""
@@ -360,8 +363,9 @@ async def build(
         queue=settings.login_queue,
     )
     await namespaces.start(settings.system_key, settings.data_dir / "system-key")
+    moves = MoveService(settings, records, nodes, reconciler, blobs, networks, netsync)
     node_service = NodeService(
-        records, nodes, reconciler, clock, settings.node_missing_after, settings.name
+        records, nodes, reconciler, clock, settings.node_missing_after, settings.name, moves=moves
     )
     await node_service.load()
     kinds: dict[str, MetadataKind] = {
@@ -400,6 +404,7 @@ async def build(
             records, settings.retention_days(), settings.event_prune_interval, clock, settings.name
         ),
         node_service=node_service,
+        moves=moves,
     )
     server = grpc.aio.server(
         # Metering first: it counts what authentication refuses too.

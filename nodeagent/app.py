@@ -213,6 +213,7 @@ def build(
         guestwatch=watch,
         network=network,
         consoles=consoles,
+        blobs=blobs,
     )
     stream = ControlStream(
         settings.control_plane,

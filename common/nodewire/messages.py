@@ -87,6 +87,8 @@ class Result:
     # Console commands: log bytes read, or the screenshot's blob.
     data: bytes = b""
     blob_uuid: str = ""
+    # ExportDisks: one blob UUID per disk spec ("" for one not copied, a cdrom).
+    blobs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from controlplane.model import Event, Instance, Node, node_object
 from controlplane.nodes import NodeRegistry
 from controlplane.reconciler import Reconciler
 from controlplane.services.events import read_events
+from controlplane.services.moves import MoveService
 from controlplane.services.namespaces import require_system
 from controlplane.store.occ import retry_on_conflict
 from controlplane.store.protocol import Op
@@ -67,6 +68,8 @@ class NodeService:
     clock: Callable[[], float]
     missing_after: float
     fqdn: str
+    # Moves stopped instances off a draining node (None: a drain only reports).
+    moves: MoveService | None = None
     # Set while the control plane stops: streams it ends are not the nodes' doing.
     stopping: bool = False
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
@@ -220,17 +223,26 @@ class NodeService:
         return await self.get(caller, name)
 
     async def drain(self, caller: str, name: str) -> DrainReport:
-        """Mark the node draining (placement skips it) and list what is on it.
+        """Mark the node draining (placement skips it), move its stopped instances off it.
 
-        Running instances block the drain; stopped ones are to move. Moving them is
-        not done here yet: the drain only stops new placements and reports.
+        Each stopped instance is moved to a node placement chooses (its disks
+        copied through the BlobService, see ``services.moves``). Running
+        instances block the drain, for the operator to stop or delete; stopped
+        ones whose move failed are still listed as to move. When nothing is
+        left the node is ``drained``: it stays disabled and may be deleted.
         """
         require_system(caller, "drain nodes")
         await self._admin(name, "drain", "drain requested")
+        if self.moves is not None:
+            await self.moves.evacuate(name)
         view = await self.get(caller, name)
         live = [i for i in view.instances if i.state != lifecycle.DELETED]
         to_move = tuple(i for i in live if i.power_state in STOPPED)
         blocking = tuple(i for i in live if i.power_state not in STOPPED)
+        if not live and self.moves is not None:
+            await self.records.add_events("", [self.event(name, "drained", "audit")])
+            await self._change(name, "drained", "mutate")
+            view = await self.get(caller, name)
         return DrainReport(view, blocking, to_move)
 
     async def delete(self, caller: str, name: str) -> NodeView:

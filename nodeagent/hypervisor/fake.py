@@ -69,10 +69,19 @@ class FakeHypervisor:
         return self.domains.get(uuid)
 
     async def define_and_start(
-        self, spec: DomainRequest, disks: list[PreparedDisk], console_log: Path
+        self,
+        spec: DomainRequest,
+        disks: list[PreparedDisk],
+        console_log: Path,
+        *,
+        start: bool = True,
     ) -> DomainState:
         existing = self.domains.get(spec.uuid)
-        if existing is not None and existing.power_state == PowerState.ON:
+        current = existing.power_state if existing is not None else ""
+        # A running domain stays as it is; a paused one is resumed only when starting.
+        if existing is not None and (
+            current == PowerState.ON or (current == PowerState.PAUSED and not start)
+        ):
             return existing
         self.specs[spec.uuid] = spec
         self.disks[spec.uuid] = list(disks)
@@ -81,6 +90,10 @@ class FakeHypervisor:
             # No TLS here, so no vdi_tls_port (as on a node without SPICE TLS).
             console, vdi = pick_ports(2, self._taken, bindable(self.console_host))
             self._set_ports(spec.uuid, ConsolePorts(console, vdi))
+        if not start:
+            if existing is not None:
+                return existing
+            return self._set(spec.uuid, PowerState.OFF, "defined")
         self._log(spec.uuid, f"{FAKE_BANNER}\r\n".encode())
         return self._set(spec.uuid, PowerState.ON, "booted")
 

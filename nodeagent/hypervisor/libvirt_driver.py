@@ -349,11 +349,21 @@ class LibvirtHypervisor:
         return await self._run(f"look up instance {uuid}", self._get_sync, uuid)
 
     async def define_and_start(
-        self, spec: DomainRequest, disks: list[PreparedDisk], console_log: Path
+        self,
+        spec: DomainRequest,
+        disks: list[PreparedDisk],
+        console_log: Path,
+        *,
+        start: bool = True,
     ) -> DomainState:
-        """Define the domain (or refresh a stopped one's definition) and make it run."""
+        """Define the domain (or refresh a stopped one's definition) and make it run (if start)."""
         return await self._run(
-            f"start instance {spec.uuid}", self._define_and_start_sync, spec, disks, console_log
+            f"{'start' if start else 'define'} instance {spec.uuid}",
+            self._define_and_start_sync,
+            spec,
+            disks,
+            console_log,
+            start,
         )
 
     async def power(self, uuid: str, action: str) -> DomainState:
@@ -632,7 +642,7 @@ class LibvirtHypervisor:
             return None
 
     def _define_and_start_sync(
-        self, spec: DomainRequest, disks: list[PreparedDisk], console_log: Path
+        self, spec: DomainRequest, disks: list[PreparedDisk], console_log: Path, start: bool
     ) -> DomainState:
         uuid = spec.uuid
         instance_dir = self.sockets_dir / uuid
@@ -641,8 +651,11 @@ class LibvirtHypervisor:
             dom = self._lookup(uuid)
         except DomainNotFound:
             dom = None
+            self._refuse_running_foreign(uuid)
         if dom is not None and dom.isActive():
             current = self._state_of(uuid, dom)
+            if not start and current.power_state in (PowerState.ON, PowerState.PAUSED):
+                return current
             if current.power_state == PowerState.ON:
                 log.info("domain already running", uuid=uuid)
                 return current
@@ -669,6 +682,9 @@ class LibvirtHypervisor:
         console_log.parent.mkdir(parents=True, exist_ok=True)
         dom = conn.defineXML(xml)  # defines, or refreshes a stopped domain's definition
         self._owners[uuid] = True
+        if not start:
+            log.info("domain defined", uuid=uuid, domain=domain_name(uuid), type=self.domain_type)
+            return self._state_of(uuid, dom)
         self._off_acknowledged.discard(uuid)
         dom.create()
         log.info("domain started", uuid=uuid, domain=domain_name(uuid), type=self.domain_type)
@@ -727,7 +743,26 @@ class LibvirtHypervisor:
         dom.attachDeviceFlags(xml, flags)
         log.info("interface attached", uuid=uuid, mac=nic.mac, bridge=nic.bridge)
 
+    def _refuse_running_foreign(self, uuid: str) -> None:
+        """HypervisorError when another node's domain with this UUID runs on this libvirtd.
+
+        A stopped one is taken over by defining ours (an instance moved here from a
+        node agent sharing this host); a running one must be stopped first.
+        """
+        try:
+            other = self._connection().lookupByUUIDString(uuid)
+        except libvirt.libvirtError:
+            return
+        if other.isActive():
+            raise HypervisorError(
+                f"a domain with uuid {uuid} runs here for another node; stop it first",
+                retryable=False,
+            )
+
     def _remove_sync(self, uuid: str) -> None:
+        # Ownership read afresh: a node agent sharing this libvirtd may have taken the
+        # domain over (an instance moved between two nodes on one host); never remove its.
+        self._owners.pop(uuid, None)
         try:
             dom = self._lookup(uuid)
         except DomainNotFound:

@@ -70,6 +70,23 @@ async def test_define_and_start_returns_on_and_is_idempotent(backend: Backend) -
     assert listed.get(spec.uuid) == "on"
 
 
+async def test_define_without_start_stays_off_until_powered_on(backend: Backend) -> None:
+    """A domain defined with start=False is off (with its console ports), and powers on."""
+    spec = backend.new_spec()
+    backend.console_log(spec).parent.mkdir(parents=True, exist_ok=True)
+    state = await backend.hypervisor.define_and_start(
+        spec, backend.disks_for(spec), backend.console_log(spec), start=False
+    )
+    assert state.power_state == "off" and state.ports.console_port
+    listed = {d.uuid: d.power_state for d in await backend.hypervisor.list_domains()}
+    assert listed.get(spec.uuid) == "off"
+    assert (await backend.hypervisor.power(spec.uuid, "on")).power_state == "on"
+    again = await backend.hypervisor.define_and_start(
+        spec, backend.disks_for(spec), backend.console_log(spec), start=False
+    )
+    assert again.power_state == "on"
+
+
 @pytest.mark.timeout(1200)
 async def test_every_allowed_action_and_every_refusal(backend: Backend) -> None:
     """Each allowed action reaches its state and every other action is refused, unretryably."""
