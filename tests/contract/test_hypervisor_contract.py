@@ -127,13 +127,14 @@ async def test_unknown_uuid_raises_domain_not_found(backend: Backend) -> None:
             await backend.hypervisor.power(uuid, action)
 
 
+@pytest.mark.system
+@pytest.mark.parametrize("backend", ["libvirt"], indirect=True)
 async def test_libvirt_calls_are_timed_by_call(backend: Backend) -> None:
     """Each blocking libvirt call is timed by its name, a failing one too."""
     from nodeagent.hypervisor.libvirt_driver import LibvirtHypervisor
 
     driver = backend.hypervisor
-    if not isinstance(driver, LibvirtHypervisor) or driver.metrics is None:
-        pytest.skip("only the libvirt driver calls libvirt")
+    assert isinstance(driver, LibvirtHypervisor) and driver.metrics is not None
     await driver.list_domains()
     with pytest.raises(DomainNotFound):
         await driver.power(str(uuidlib.uuid4()), "off")

@@ -80,7 +80,7 @@ def test_get_instance_by_uuid_and_by_name(
         ok(run_example(cluster, "get_instance.py", "--replace", f"{placeholder}={ref}"))
     )
     assert got["uuid"] == example["uuid"] and got["state"] == "created"
-    assert got["power_state"] == "on" and got["side_channels"] == ["sf-agent"]
+    assert got["power_state"] == "on" and got["side_channels"] == ["sf-agent", "sf-agent2"]
 
 
 def test_events(cluster: Cluster, example: dict[str, Any]) -> None:
