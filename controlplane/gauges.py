@@ -3,8 +3,8 @@
 ``register`` adds them to a ``PlaneMetrics`` registry. Instances are counted
 from one scan of their records, cached for ``ttl`` seconds so that however
 many scrapers ask, the store is read at most once per ``ttl``. Nodes by
-state come from ``node_states``: the one function a node state table
-(created, reconnecting, missing, disabled, ...) replaces.
+state are counted from their stored records, whose states the node table
+(controlplane.nodestate) drives.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from common.metrics import Samples
+from controlplane import nodestate
 from controlplane.metrics import PlaneMetrics
 from controlplane.nodes import NodeRegistry
 from controlplane.store.records import Records
@@ -42,11 +43,10 @@ class InstanceCounts:
         return self._counts
 
 
-async def node_states(nodes: NodeRegistry, records: Records) -> Samples:
-    """Known nodes by state: connected (a live stream) or disconnected (a stored record only)."""
-    known = {node.name for node in await records.list_nodes()} | set(nodes.sessions)
-    connected = sum(1 for name in known if nodes.connected(name))
-    return {("connected",): float(connected), ("disconnected",): float(len(known) - connected)}
+async def node_states(records: Records) -> Samples:
+    """Known nodes by state (every state of the node table, zero when none is in it)."""
+    found = Counter(node.state for node in await records.list_nodes())
+    return {(state,): float(found.get(state, 0)) for state in nodestate.STATES}
 
 
 def heartbeat_ages(nodes: NodeRegistry, clock: Callable[[], float]) -> Samples:
@@ -78,7 +78,7 @@ def register(
     )
 
     async def by_state() -> Samples:
-        return await node_states(nodes, records)
+        return await node_states(records)
 
     m.computed("minicloud_nodes", "Known nodes by state.", ["state"], by_state)
     m.computed(

@@ -84,7 +84,8 @@ async def test_control_plane_metrics_move_with_a_create(
         "minicloud_blob_bytes",
     ):
         assert family in before, family
-    assert value(before, "minicloud_nodes", state="connected") == 1
+    assert value(before, "minicloud_nodes", state="created") == 1
+    assert value(before, "minicloud_nodes", state="missing") == 0
     assert value(before, "minicloud_node_heartbeat_age_seconds", node=node.name) >= 0
     assert (("node", node.name),) in before["minicloud_node_commands_in_flight"]
 
