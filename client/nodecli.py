@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from client.api import Client, JsonDict
+from client.table import render
 
 NODE_VERBS = ("show", "disable", "enable", "drain", "delete")
 
@@ -46,14 +47,6 @@ def run_node(args: argparse.Namespace, client: Client) -> Any:
     if args.verb == "events":
         return client.node_events(args.ref, args.type, args.limit)
     return client.node_action(args.verb, args.ref)
-
-
-def columns(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A table whose columns are as wide as their widest cell (header included)."""
-    cells = [[str(c) for c in header], *[[str(c) for c in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join(line.rstrip() for line in lines)
 
 
 def ago(stamp: float) -> str:
@@ -102,7 +95,7 @@ def versions(node: JsonDict) -> str:
 
 def instance_table(instances: Sequence[JsonDict]) -> str:
     """A node's instances as columns."""
-    return columns(
+    return render(
         ("uuid", "name", "namespace", "state", "power"),
         [(i["uuid"], i["name"], i["namespace"], i["state"], i["power_state"]) for i in instances],
     )
@@ -112,7 +105,7 @@ def render_node(args: argparse.Namespace, result: Any) -> None:
     """Print a node verb's result for people."""
     if args.verb == "list":
         print(
-            columns(
+            render(
                 ("name", "address", "state", "connected", "last seen", "instances", "version"),
                 [
                     (
@@ -137,7 +130,7 @@ def render_node(args: argparse.Namespace, result: Any) -> None:
             )
             for e in result
         ]
-        print(columns(("timestamp", "type", "message"), rows))
+        print(render(("timestamp", "type", "message"), rows))
     elif args.verb == "drain":
         show_node(result["node"])
         for label, key in (("blocking (running)", "blocking"), ("to move (stopped)", "to_move")):

@@ -205,3 +205,23 @@ async def test_create_with_metadata_and_delete_all(
         await cli(plane, capsys, "instance", "delete-all")
     code, out = await cli(plane, capsys, "instance", "delete-all", "--confirm")
     assert code == 0 and "deleted 1 instances" in out
+
+
+async def test_node_verbs_list_show_disable_enable_drain_and_events(
+    plane: ControlPlane, node: FakeNode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The node verbs print the node, steer its state, and refuse what the table refuses."""
+    code, out = await cli(plane, capsys, "node", "list")
+    assert code == 0 and node.name in out and "created" in out, out
+    code, out = await cli(plane, capsys, "node", "show", node.name)
+    assert code == 0 and node.name in out, out
+    code, out = await cli(plane, capsys, "--json", "node", "disable", node.name)
+    assert code == 0 and json.loads(out)["state"] == "disabled", out
+    code, out = await cli(plane, capsys, "--json", "node", "enable", node.name)
+    assert code == 0 and json.loads(out)["state"] == "created", out
+    code, out = await cli(plane, capsys, "node", "drain", node.name)
+    assert code == 0, out
+    code, out = await cli(plane, capsys, "node", "events", node.name)
+    assert code == 0 and "drain requested" in out, out
+    code, out = await cli(plane, capsys, "node", "delete", "nope")
+    assert code == 1 and "NOT_FOUND" in out, out

@@ -78,3 +78,35 @@ def test_a_stopped_guest_moves_and_keeps_its_files(
         assert f"moved from node {source}" in messages
         api.delete(uuid)
         api.wait(uuid, lambda i: i["state"] == "deleted", timeout=120)
+
+
+def test_draining_a_node_moves_its_stopped_guest_which_boots_on_the_other(
+    two_nodes: tuple[Cluster, dict[str, Path]],
+) -> None:
+    """Drain the node of a stopped guest: it is moved, boots there; the node stays disabled."""
+    cluster, folders = two_nodes
+    with cluster.client() as api:
+        inst = api.wait(api.create(small_spec("drained"))["uuid"], agent_ready, timeout=180)
+        assert inst["state"] == "created", cluster.logs()
+        uuid, source = inst["uuid"], inst["node"]
+        (target,) = set(folders) - {source}
+        api.power(uuid, "off")
+
+        report = api.drain_node(source)
+
+        assert report["node"]["state"] == "disabled", (report, cluster.logs())
+        assert "blocking" not in report or not report["blocking"], report
+        assert api.get(uuid)["node"] == target
+        assert "drained" in [e["message"] for e in api.node_events(source)]
+        api.power(uuid, "on")
+        booted = inst["agent_system_boot_time"]
+        back = api.wait(
+            uuid,
+            lambda i: agent_ready(i) and i["agent_system_boot_time"] not in (0, booted),
+            timeout=180,
+        )
+        assert (back["node"], back["agent_state"]) == (target, "ready"), cluster.logs()
+        api.node_action("enable", source)
+        assert api.get_node(source)["state"] == "created"
+        api.delete(uuid)
+        api.wait(uuid, lambda i: i["state"] == "deleted", timeout=120)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +88,11 @@ def test_only_created_nodes_take_new_instances() -> None:
 def test_away_states() -> None:
     """Reconnecting and missing nodes are away: their instances' power is unknown."""
     assert {"reconnecting", "missing"} == ns.AWAY
+
+
+def test_the_operators_guide_shows_the_table_as_it_is() -> None:
+    """docs/operations.md's state table has one row per state, each cell the table's answer."""
+    doc = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    for state in ns.STATES:
+        cells = [ns.TABLE.get((state, event), "—") for event in ns.EVENTS]
+        assert f"| **{state}** | " + " | ".join(cells) + " |" in doc, state
