@@ -19,7 +19,6 @@ from tests.component.test_gateway import Rest, start_gateway
 SF_CLIENT = Path(sys.executable).parent / "sf-client"
 
 
-
 @pytest.fixture
 async def url(plane: ControlPlane, node: FakeNode) -> AsyncIterator[str]:
     """A gateway in front of a plane with one fake node."""
