@@ -242,7 +242,10 @@ class ControlPlane:
         self.port = 0
         self.tasks = parts.tasks
         listen = parts.settings.metrics_listen
-        self.metrics = MetricsServer(parts.metrics.registry, listen) if enabled(listen) else None
+        tls = parts.settings.metrics_tls
+        self.metrics = (
+            MetricsServer(parts.metrics.registry, listen, tls=tls) if enabled(listen) else None
+        )
         # Shortcuts for tests and tools.
         self.store, self.records, self.nodes = parts.store, parts.records, parts.nodes
         self.service, self.agent, self.namespaces = parts.service, parts.agent, parts.namespaces

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.metricsserver import MetricsTLS
 from controlplane.loginguard import Policy
 from controlplane.retention import EVENT_TYPES
 
@@ -69,6 +70,8 @@ class Settings:
     # how long the instance counts it shows may be reused before the records are read again.
     metrics_listen: str = "127.0.0.1:13102"
     metrics_instance_cache: float = 10.0
+    # HTTPS for /metrics (MINICLOUD_METRICS_TLS_CERT/_KEY/_CLIENT_CA); None: plain HTTP.
+    metrics_tls: MetricsTLS | None = None
 
     def retention_days(self) -> dict[str, float]:
         """Event type -> days its events are kept."""
@@ -127,6 +130,7 @@ class Settings:
             metrics_instance_cache=float(
                 env.get("MINICLOUD_METRICS_INSTANCE_CACHE", base.metrics_instance_cache)
             ),
+            metrics_tls=MetricsTLS.from_env(env, "MINICLOUD_METRICS"),
         )
         retention: dict[str, Any] = {
             f"retain_{kind}_days": float(env.get(f"MINICLOUD_RETAIN_{kind.upper()}_DAYS", days))

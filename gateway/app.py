@@ -73,7 +73,9 @@ def build_app(settings: GatewaySettings) -> web.Application:
 
     app.cleanup_ctx.append(backend)
     if enabled(settings.metrics_listen):
-        app[METRICS_SERVER] = MetricsServer(app[METRICS].registry, settings.metrics_listen)
+        app[METRICS_SERVER] = MetricsServer(
+            app[METRICS].registry, settings.metrics_listen, tls=settings.metrics_tls
+        )
 
         async def metrics(app: web.Application) -> AsyncIterator[None]:
             await app[METRICS_SERVER].start()

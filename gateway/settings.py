@@ -6,6 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from common.metricsserver import MetricsTLS
+
 
 @dataclass(frozen=True)
 class GatewaySettings:
@@ -23,6 +25,8 @@ class GatewaySettings:
     log_json: bool = False
     # Where /metrics is served (a management address; empty or "off": not served).
     metrics_listen: str = "127.0.0.1:13003"
+    # HTTPS for /metrics (MINICLOUD_GATEWAY_METRICS_TLS_CERT/_KEY/_CLIENT_CA); None: plain.
+    metrics_tls: MetricsTLS | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -37,6 +41,7 @@ class GatewaySettings:
             call_timeout=float(env.get("MINICLOUD_GATEWAY_CALL_TIMEOUT", base.call_timeout)),
             log_json=env.get("MINICLOUD_LOG_JSON", "") in ("1", "true", "yes"),
             metrics_listen=env.get("MINICLOUD_GATEWAY_METRICS_LISTEN", base.metrics_listen),
+            metrics_tls=MetricsTLS.from_env(env, "MINICLOUD_GATEWAY_METRICS"),
         )
 
     @property

@@ -244,7 +244,9 @@ def build(
     server = None
     if enabled(settings.metrics_listen):
         readiness = Readiness(hypervisor, stream.connected)
-        server = MetricsServer(metrics.registry, settings.metrics_listen, readiness.check)
+        server = MetricsServer(
+            metrics.registry, settings.metrics_listen, readiness.check, settings.metrics_tls
+        )
     return NodeAgent(
         settings,
         hypervisor,
