@@ -1,18 +1,21 @@
 """A small synchronous client of the InstanceService, used by the CLI and tools.
 
     from client.api import Client
-    c = Client("127.0.0.1:13100", namespace="system", key="...")
+    c = Client("127.0.0.1:13100", namespace="system", key="...", ca_file="ca/ca.pem")
     inst = c.create({"name": "demo", "cpus": 1, "memory": 512,
                      "disks": [{"size_gb": 2, "base": "debian:11"}]})
     c.wait(inst["uuid"], lambda i: i["state"] in ("created", "error"))
 
 Results are plain dicts (protobuf JSON with the proto field names). The client
 trades its namespace and key for a token on first use and again whenever the
-control plane says the token is no longer good (it expired, say).
+control plane says the token is no longer good (it expired, say). The channel
+is TLS, checked against the cluster's CA certificate (``ca_file``; the
+system's roots when empty), unless ``plaintext`` is asked for.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -71,14 +74,20 @@ class Client:
         key: str = "",
         timeout: float = 300,
         act_as: str = "",
+        ca_file: str = "",
+        plaintext: bool = False,
     ) -> None:
-        self.channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
-            ],
-        )
+        options = [
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ]
+        if plaintext:
+            self.channel = grpc.insecure_channel(target, options=options)
+        else:
+            with open(ca_file, "rb") if ca_file else contextlib.nullcontext() as found:
+                roots = found.read() if found is not None else None
+            creds = grpc.ssl_channel_credentials(root_certificates=roots)
+            self.channel = grpc.secure_channel(target, creds, options=options)
         self.stub = instances_pb2_grpc.InstanceServiceStub(self.channel)
         self.agent = agent_pb2_grpc.AgentServiceStub(self.channel)
         self.blobs = blobs_pb2_grpc.BlobServiceStub(self.channel)

@@ -25,7 +25,9 @@
 
 The control plane is MINICLOUD_API (default 127.0.0.1:13100), the namespace
 MINICLOUD_NAMESPACE (default system) and its key MINICLOUD_KEY; --api,
---namespace and --key override them.
+--namespace and --key override them. The connection is TLS, checked against
+the cluster's CA certificate MINICLOUD_TLS_CA (--ca-file); --plaintext (or
+MINICLOUD_PLAINTEXT=1) talks to a control plane that runs without TLS.
 """
 
 from __future__ import annotations
@@ -86,6 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--namespace", default=os.environ.get("MINICLOUD_NAMESPACE", "system"))
     parser.add_argument(
         "--key", dest="auth_key", default=os.environ.get("MINICLOUD_KEY", ""), help="namespace key"
+    )
+    parser.add_argument(
+        "--ca-file",
+        default=os.environ.get("MINICLOUD_TLS_CA", ""),
+        help="the cluster's CA certificate (default: the system's roots)",
+    )
+    parser.add_argument(
+        "--plaintext",
+        action="store_true",
+        default=os.environ.get("MINICLOUD_PLAINTEXT", "").lower() in ("1", "true", "yes", "on"),
+        help="no TLS (a control plane run with MINICLOUD_PLAINTEXT=1)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
     top = parser.add_subparsers(dest="noun", required=True)
@@ -552,7 +565,17 @@ def main(argv: list[str] | None = None) -> int:
     """Console script: minicloud."""
     args = build_parser().parse_args(argv)
     args.exit_code = 0
-    client = Client(args.api, args.namespace, args.auth_key)
+    try:
+        client = Client(
+            args.api,
+            args.namespace,
+            args.auth_key,
+            ca_file=args.ca_file,
+            plaintext=args.plaintext,
+        )
+    except OSError as exc:
+        print(f"error: cannot read the CA certificate: {exc}", file=sys.stderr)
+        return 1
     try:
         render(args, run(args, client))
     except grpc.RpcError as exc:

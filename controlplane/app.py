@@ -27,6 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from common import logs
 from common.metricsserver import MetricsServer, enabled
 from common.tasks import Tasks
+from common.tlsfiles import Material
 from controlplane import gauges
 from controlplane.api import reflection
 from controlplane.api.agent import AgentServicer
@@ -39,6 +40,7 @@ from controlplane.api.metadata import MetadataServicer
 from controlplane.api.metering import MetricsInterceptor
 from controlplane.api.networks import InterfaceServicer, NetworkServicer
 from controlplane.api.node_stream import NodeServicer
+from controlplane.api.nodeauth import NodeCertInterceptor
 from controlplane.api.nodes import NodeAdminServicer
 from controlplane.api.uploads import UploadServicer
 from controlplane.hub import Hub
@@ -48,6 +50,7 @@ from controlplane.nodes import NodeRegistry
 from controlplane.reconciler import Reconciler
 from controlplane.services.agent import AgentService
 from controlplane.services.artifacts import ArtifactService
+from controlplane.services.certificates import CertificateService
 from controlplane.services.consoles import ConsoleService
 from controlplane.services.events import EventPruner
 from controlplane.services.instances import InstanceService
@@ -78,6 +81,7 @@ from controlplane.store.namespaces import Namespaces
 from controlplane.store.networks import NetworkRecords
 from controlplane.store.protocol import Store
 from controlplane.store.records import Records
+from controlplane.store.revocations import Revocations
 from controlplane.store.rocks import RocksStore
 from controlplane.store.timed import TimedStore
 from controlplane.store.uploads import Uploads
@@ -108,6 +112,13 @@ from protos import (
 
 log = structlog.get_logger(__name__)
 
+OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    # The listener owns its address: a second server on the same port is an
+    # error at start, not a silent split of the clients between two servers.
+    ("grpc.so_reuseport", 0),
+]
+
 
 @dataclass
 class Parts:
@@ -136,15 +147,23 @@ class Parts:
     pruner: EventPruner
     node_service: NodeService
     moves: MoveService
+    certificates: CertificateService
+
+
+# Where a service is served when the plane runs TLS: on the public listener, on the
+# node listener (node certificates only), or on both. Without TLS there is one listener.
+PUBLIC, NODE, BOTH = "public", "node", "both"
 
 
 @dataclass(frozen=True)
 class Service:
-    """One gRPC service: how to make its servicer, how to register it, its full name."""
+    """One gRPC service: how to make its servicer, how to register it, its full name,
+    and which listener serves it under TLS."""
 
     make: Callable[[Parts], Any]
     add: Callable[[Any, grpc.aio.Server], None]
     name: str
+    where: str = PUBLIC
 
 
 def _name(module: Any, service: str) -> str:
@@ -159,10 +178,18 @@ SERVICES: tuple[Service, ...] = (
     ),
     Service(
         lambda p: NodeServicer(
-            p.settings, p.nodes, p.reconciler, p.records, p.clock, p.agent, p.node_service
+            p.settings,
+            p.nodes,
+            p.reconciler,
+            p.records,
+            p.clock,
+            p.agent,
+            p.node_service,
+            p.certificates,
         ),
         node_pb2_grpc.add_NodeServiceServicer_to_server,
         _name(node_pb2, "NodeService"),
+        NODE,
     ),
     Service(
         lambda p: AgentServicer(p.agent, p.service),
@@ -173,6 +200,7 @@ SERVICES: tuple[Service, ...] = (
         lambda p: BlobServicer(p.blobs, p.clock),
         blobs_pb2_grpc.add_BlobServiceServicer_to_server,
         _name(blobs_pb2, "BlobService"),
+        BOTH,
     ),
     Service(
         lambda p: ArtifactServicer(p.artifacts),
@@ -215,7 +243,7 @@ SERVICES: tuple[Service, ...] = (
         _name(networks_pb2, "InterfaceService"),
     ),
     Service(
-        lambda p: NodeAdminServicer(p.node_service),
+        lambda p: NodeAdminServicer(p.node_service, p.certificates),
         nodes_pb2_grpc.add_NodeAdminServiceServicer_to_server,
         _name(nodes_pb2, "NodeAdminService"),
     ),
@@ -231,20 +259,35 @@ REFLECTED: tuple[str, ...] = (
 
 
 class ControlPlane:
-    """A control plane: its parts, its gRPC server and (once serving) its port."""
+    """A control plane: its parts, its gRPC servers and (once serving) their ports.
+
+    With TLS there are two servers: the public one (every service but the node
+    stream) and the node listener (the node stream and blobs, for node
+    certificates only). Without TLS the public server serves everything.
+    """
 
     def __init__(
-        self, parts: Parts, server: grpc.aio.Server, health_servicer: health.aio.HealthServicer
+        self,
+        parts: Parts,
+        server: grpc.aio.Server,
+        health_servicer: health.aio.HealthServicer,
+        node_server: grpc.aio.Server | None = None,
+        tls: Material | None = None,
     ) -> None:
         self.parts = parts
         self.server = server
+        self.node_server = node_server
+        self.tls = tls
         self.health = health_servicer
         self.port = 0
+        self.node_port = 0
         self.tasks = parts.tasks
         listen = parts.settings.metrics_listen
-        tls = parts.settings.metrics_tls
+        tls_metrics = parts.settings.metrics_tls
         self.metrics = (
-            MetricsServer(parts.metrics.registry, listen, tls=tls) if enabled(listen) else None
+            MetricsServer(parts.metrics.registry, listen, tls=tls_metrics)
+            if enabled(listen)
+            else None
         )
         # Shortcuts for tests and tools.
         self.store, self.records, self.nodes = parts.store, parts.records, parts.nodes
@@ -252,28 +295,67 @@ class ControlPlane:
         self.pruner = parts.pruner
         self.node_service = parts.node_service
         self.moves = parts.moves
+        self.certificates = parts.certificates
+
+    @property
+    def node_target(self) -> str:
+        """Where node agents connect: the node listener with TLS, else the public one."""
+        port = self.node_port if self.node_server is not None else self.port
+        return f"127.0.0.1:{port}"
+
+    def _bind(self, server: grpc.aio.Server, listen: str, creds: Any) -> int:
+        try:
+            if creds is None:
+                port = server.add_insecure_port(listen)
+            else:
+                port = server.add_secure_port(listen, creds)
+        except RuntimeError as exc:  # grpc's "Failed to bind": the address is taken
+            raise OSError(f"cannot listen on {listen}: the address is in use") from exc
+        if port == 0:
+            raise OSError(f"cannot listen on {listen}")
+        return int(port)
 
     async def serve(self) -> None:
         """Listen on the configured addresses, report SERVING, start the background tasks."""
-        listen = self.parts.settings.listen
-        try:
-            self.port = self.server.add_insecure_port(listen)
-        except RuntimeError as exc:  # grpc's "Failed to bind": the address is taken
-            raise OSError(f"cannot listen on {listen}: the address is in use") from exc
-        if self.port == 0:
-            raise OSError(f"cannot listen on {listen}")
+        settings = self.parts.settings
+        listen = settings.listen
+        if self.tls is None:
+            log.warning(
+                "serving without TLS: keys, tokens and the node stream cross the network "
+                "in the clear (MINICLOUD_PLAINTEXT)",
+                listen=listen,
+            )
+            self.port = self._bind(self.server, listen, None)
+        else:
+            public = grpc.ssl_server_credentials([(self.tls.key, self.tls.cert)])
+            self.port = self._bind(self.server, listen, public)
+        if self.node_server is not None and self.tls is not None:
+            nodes = grpc.ssl_server_credentials(
+                [(self.tls.key, self.tls.cert)],
+                root_certificates=self.tls.ca,
+                require_client_auth=True,
+            )
+            self.node_port = self._bind(self.node_server, settings.node_listen, nodes)
         if self.metrics is not None:
             await self.metrics.start()  # before serving: a taken metrics port stops the start
         await self.server.start()
+        if self.node_server is not None:
+            await self.node_server.start()
         await self.set_health(True)
         self.tasks.spawn(self.parts.pruner.run(), name="event pruner")
         self.tasks.spawn(self.node_service.run(), name="missing nodes")
-        settings = self.parts.settings
+        self.tasks.spawn(self.parts.certificates.run(), name="revocations")
         readiness = Readiness(
             self.store, self.set_health, settings.health_interval, settings.health_timeout
         )
         self.tasks.spawn(readiness.run(), name="store readiness")
-        log.info("control plane serving", listen=listen, port=self.port)
+        log.info(
+            "control plane serving",
+            listen=listen,
+            port=self.port,
+            tls=self.tls is not None,
+            node_port=self.node_port or self.port,
+        )
 
     async def set_health(self, serving: bool) -> None:
         """Report every service (and the server as a whole) SERVING or NOT_SERVING."""
@@ -291,10 +373,14 @@ class ControlPlane:
         for session in list(self.nodes.sessions.values()):
             session.close()
         await self.server.stop(grace)
+        if self.node_server is not None:
+            await self.node_server.stop(grace)
         if self.port:
             # gRPC closes its listening socket after stop returns; a restart on the
             # same port must not race it.
             await released(self.parts.settings.listen, self.port)
+        if self.node_port:
+            await released(self.parts.settings.node_listen, self.node_port)
         await self.tasks.stop()
         if self.metrics is not None:
             await self.metrics.stop()
@@ -408,23 +494,35 @@ async def build(
         ),
         node_service=node_service,
         moves=moves,
+        certificates=CertificateService(
+            Revocations(store), nodes, clock, settings.revocation_interval
+        ),
     )
     server = grpc.aio.server(
         # Metering first: it counts what authentication refuses too.
         interceptors=[MetricsInterceptor(metrics), AuthInterceptor(namespaces)],
-        options=[
-            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-            # The listener owns its address: a second server on the same port is an
-            # error at start, not a silent split of the clients between two servers.
-            ("grpc.so_reuseport", 0),
-        ],
+        options=OPTIONS,
     )
+    material = settings.tls.read() if settings.tls is not None else None
+    node_server = None
+    if material is not None:
+        node_server = grpc.aio.server(
+            interceptors=[
+                MetricsInterceptor(metrics),
+                NodeCertInterceptor(material.ca, parts.certificates),
+            ],
+            options=OPTIONS,
+        )
     for entry in SERVICES:
-        entry.add(entry.make(parts), server)
+        servicer = entry.make(parts)
+        if node_server is None or entry.where in (PUBLIC, BOTH):
+            entry.add(servicer, server)
+        if node_server is not None and entry.where in (NODE, BOTH):
+            entry.add(servicer, node_server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable(REFLECTED, server)
-    return ControlPlane(parts, server, health_servicer)
+    return ControlPlane(parts, server, health_servicer, node_server, material)
 
 
 async def released(listen: str, port: int, timeout: float = 5.0) -> None:
@@ -465,7 +563,12 @@ async def run(settings: Settings) -> None:
 
 def main() -> None:
     """Console script: minicloud-controlplane."""
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        logs.configure()
+        log.error("cannot start the control plane", error=str(exc))
+        raise SystemExit(1) from None
     logs.configure(json=settings.log_json)
     try:
         asyncio.run(run(settings))

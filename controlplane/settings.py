@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common import tlsfiles
 from common.metricsserver import MetricsTLS
+from common.tlsfiles import TLSFiles
 from controlplane.loginguard import Policy
 from controlplane.retention import EVENT_TYPES
 
@@ -20,6 +22,15 @@ class Settings:
     """Everything the control plane can be configured with."""
 
     listen: str = "127.0.0.1:13100"
+    # TLS for both listeners: the server certificate and key, and the cluster's CA that
+    # node agents' client certificates must come from. None: plaintext (the public
+    # listener then also serves the node stream, authenticated by a system key).
+    tls: TLSFiles | None = None
+    # With TLS, node agents connect here, with a node certificate, not to listen.
+    node_listen: str = "127.0.0.1:13101"
+    # How often revoked certificates are read from the store (open streams of a revoked
+    # node are closed within this).
+    revocation_interval: float = 2.0
     data_dir: Path = Path("/var/lib/minicloud/controlplane")
     name: str = socket.gethostname()
     heartbeat_interval: float = 5.0
@@ -131,6 +142,11 @@ class Settings:
                 env.get("MINICLOUD_METRICS_INSTANCE_CACHE", base.metrics_instance_cache)
             ),
             metrics_tls=MetricsTLS.from_env(env, "MINICLOUD_METRICS"),
+            tls=tlsfiles.required(env, "MINICLOUD", "the control plane"),
+            node_listen=env.get("MINICLOUD_NODE_LISTEN", base.node_listen),
+            revocation_interval=float(
+                env.get("MINICLOUD_REVOCATION_INTERVAL", base.revocation_interval)
+            ),
         )
         retention: dict[str, Any] = {
             f"retain_{kind}_days": float(env.get(f"MINICLOUD_RETAIN_{kind.upper()}_DAYS", days))

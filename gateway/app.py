@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 from collections.abc import AsyncIterator
 
 import structlog
@@ -11,6 +12,7 @@ from aiohttp import web
 
 from common import logs
 from common.metricsserver import MetricsServer, enabled
+from common.tlsfiles import TLSFiles
 from gateway.backend import Backend
 from gateway.metrics import METRICS, METRICS_SERVER, GatewayMetrics
 from gateway.middleware import gateway_middleware
@@ -67,7 +69,8 @@ def build_app(settings: GatewaySettings) -> web.Application:
         app.router.add_route(route.method, route.path, aiohttp_handler(route))
 
     async def backend(app: web.Application) -> AsyncIterator[None]:
-        app[BACKEND] = Backend.connect(settings.api)
+        ca = settings.tls.read().ca if settings.tls is not None else b""
+        app[BACKEND] = Backend.connect(settings.api, ca)
         yield
         await app[BACKEND].close()
 
@@ -86,6 +89,17 @@ def build_app(settings: GatewaySettings) -> web.Application:
     return app
 
 
+def https(tls: TLSFiles) -> ssl.SSLContext:
+    """The listener's TLS context (TLS 1.2 or later); OSError when a file cannot be used."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(tls.cert, tls.key)
+    except ssl.SSLError as exc:
+        raise OSError(f"cannot use the TLS certificate {tls.cert}: {exc}") from exc
+    return context
+
+
 async def serve(settings: GatewaySettings) -> web.AppRunner:
     """Start serving; returns the runner (``await runner.cleanup()`` stops it)."""
     runner = web.AppRunner(build_app(settings), access_log=None)
@@ -96,12 +110,19 @@ async def serve(settings: GatewaySettings) -> web.AppRunner:
         raise
     host, port = settings.host_port
     try:
+        context = https(settings.tls) if settings.tls is not None else None
         # aiohttp leaves SO_REUSEPORT off: a taken address is an error, not a shared one.
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, ssl_context=context).start()
     except OSError as exc:
         await runner.cleanup()
         raise OSError(f"cannot listen on {settings.listen}: {exc.strerror or exc}") from exc
-    log.info("gateway serving", listen=settings.listen, api=settings.api)
+    if context is None:
+        log.warning(
+            "serving plain HTTP: keys and tokens cross the network in the clear "
+            "(MINICLOUD_GATEWAY_PLAINTEXT)",
+            listen=settings.listen,
+        )
+    log.info("gateway serving", listen=settings.listen, api=settings.api, tls=context is not None)
     return runner
 
 
@@ -119,7 +140,12 @@ async def run(settings: GatewaySettings) -> None:
 
 def main() -> None:
     """Console script: minicloud-gateway."""
-    settings = GatewaySettings.from_env()
+    try:
+        settings = GatewaySettings.from_env()
+    except ValueError as exc:
+        logs.configure()
+        log.error("cannot start the gateway", error=str(exc))
+        raise SystemExit(1) from None
     logs.configure(json=settings.log_json)
     try:
         asyncio.run(run(settings))

@@ -43,15 +43,18 @@ class Backend:
     health: health_pb2_grpc.HealthStub
 
     @classmethod
-    def connect(cls, target: str) -> Backend:
-        """Stubs over a new channel (call from inside the serving event loop)."""
-        channel = grpc.aio.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE),
-                ("grpc.max_send_message_length", MAX_MESSAGE),
-            ],
-        )
+    def connect(cls, target: str, ca: bytes = b"") -> Backend:
+        """Stubs over a new channel (call from inside the serving event loop): TLS checked
+        against the CA certificate ca, or plaintext when ca is empty."""
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+        ]
+        if ca:
+            creds = grpc.ssl_channel_credentials(root_certificates=ca)
+            channel = grpc.aio.secure_channel(target, creds, options=options)
+        else:
+            channel = grpc.aio.insecure_channel(target, options=options)
         return cls(
             channel=channel,
             instances=instances_pb2_grpc.InstanceServiceStub(channel),

@@ -6,7 +6,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from common import tlsfiles
 from common.metricsserver import MetricsTLS
+from common.tlsfiles import TLSFiles
 
 
 @dataclass(frozen=True)
@@ -15,6 +17,10 @@ class GatewaySettings:
 
     # host:port the HTTP server listens on.
     listen: str = "127.0.0.1:13000"
+    # HTTPS: the gateway's certificate and key, and the cluster's CA it checks the
+    # control plane's certificate with (MINICLOUD_GATEWAY_TLS_*). None: plain HTTP and
+    # a plaintext channel to the control plane (MINICLOUD_GATEWAY_PLAINTEXT=1).
+    tls: TLSFiles | None = None
     # The control plane's gRPC target.
     api: str = "127.0.0.1:13100"
     # Largest JSON request body, and largest raw upload chunk, in bytes.
@@ -42,6 +48,7 @@ class GatewaySettings:
             log_json=env.get("MINICLOUD_LOG_JSON", "") in ("1", "true", "yes"),
             metrics_listen=env.get("MINICLOUD_GATEWAY_METRICS_LISTEN", base.metrics_listen),
             metrics_tls=MetricsTLS.from_env(env, "MINICLOUD_GATEWAY_METRICS"),
+            tls=tlsfiles.required(env, "MINICLOUD_GATEWAY", "the REST gateway"),
         )
 
     @property

@@ -266,7 +266,15 @@ async def run(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT."""
     settings.instances_dir.mkdir(parents=True, exist_ok=True)
     metrics = NodeMetrics()
-    blobs = GrpcBlobs(settings.control_plane, Credentials("system", settings.node_key()), metrics)
+    if settings.tls is None:
+        log.warning(
+            "dialling the control plane without TLS (MINICLOUD_NODE_PLAINTEXT)",
+            control_plane=settings.control_plane,
+        )
+        credentials = Credentials("system", settings.node_key())
+    else:
+        credentials = Credentials("system", "", tls=settings.tls.read())
+    blobs = GrpcBlobs(settings.control_plane, credentials, metrics)
     hypervisor, disks = build_drivers(settings, blobs, metrics)
     agent = build(settings, hypervisor, disks, blobs, build_network(settings), metrics=metrics)
     stop = asyncio.Event()
@@ -279,7 +287,12 @@ async def run(settings: Settings) -> None:
 
 def main() -> None:
     """Console script: minicloud-nodeagent."""
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        logs.configure()
+        log.error("cannot start the node agent", error=str(exc))
+        raise SystemExit(1) from None
     logs.configure(json=settings.log_json)
     try:
         asyncio.run(run(settings))

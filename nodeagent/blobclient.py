@@ -29,7 +29,7 @@ class GrpcBlobs:
     ) -> None:
         self.metrics = metrics
         self.credentials = credentials
-        self.channel = grpc.aio.insecure_channel(
+        self.channel = credentials.channel(
             target,
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE),

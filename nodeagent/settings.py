@@ -8,7 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import tlsfiles
 from common.metricsserver import MetricsTLS
+from common.tlsfiles import TLSFiles
 
 DEFAULT_IMAGE_TEMPLATE = (
     "https://cloud.debian.org/images/cloud/{codename}/latest/"
@@ -21,7 +23,12 @@ class Settings:
     """Everything the node agent can be configured with."""
 
     control_plane: str = "127.0.0.1:13100"
-    # A key of the system namespace, traded for tokens (or read from key_file).
+    # This node's certificate and key, and the cluster's CA (MINICLOUD_NODE_TLS_*): the
+    # control plane's node listener (13101) knows the node by it. None: plaintext, with
+    # a system key (MINICLOUD_NODE_PLAINTEXT=1).
+    tls: TLSFiles | None = None
+    # A key of the system namespace, traded for tokens (or read from key_file); unused
+    # with TLS.
     key: str = ""
     key_file: str = ""
     name: str = socket.gethostname()
@@ -114,4 +121,5 @@ class Settings:
             network_name_prefix=get("NETWORK_NAME_PREFIX", base.network_name_prefix),
             metrics_listen=get("METRICS_LISTEN", base.metrics_listen),
             metrics_tls=MetricsTLS.from_env(env, "MINICLOUD_NODE_METRICS"),
+            tls=tlsfiles.required(env, "MINICLOUD_NODE", "the node agent"),
         )

@@ -125,7 +125,7 @@ class ControlStream:
         attempt = 0
         while True:
             try:
-                async with grpc.aio.insecure_channel(self.target) as channel:
+                async with self.credentials.channel(self.target) as channel:
                     stub: NodeServiceAsyncStub = node_pb2_grpc.NodeServiceStub(channel)
                     await self._serve(stub, await self.credentials.metadata(channel))
                 attempt = 0

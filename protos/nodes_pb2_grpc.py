@@ -70,6 +70,16 @@ class NodeAdminServiceStub:
                 request_serializer=protos_dot_nodes__pb2.GetNodeEventsRequest.SerializeToString,
                 response_deserializer=protos_dot_instances__pb2.GetEventsResponse.FromString,
                 _registered_method=True)
+        self.RevokeCertificate = channel.unary_unary(
+                '/minicloud.v1.NodeAdminService/RevokeCertificate',
+                request_serializer=protos_dot_nodes__pb2.RevokeCertificateRequest.SerializeToString,
+                response_deserializer=protos_dot_nodes__pb2.Revocation.FromString,
+                _registered_method=True)
+        self.ListRevocations = channel.unary_unary(
+                '/minicloud.v1.NodeAdminService/ListRevocations',
+                request_serializer=protos_dot_nodes__pb2.ListRevocationsRequest.SerializeToString,
+                response_deserializer=protos_dot_nodes__pb2.ListRevocationsResponse.FromString,
+                _registered_method=True)
 
 
 class NodeAdminServiceServicer:
@@ -126,6 +136,20 @@ class NodeAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokeCertificate(self, request, context):
+        """Revoke a certificate (a node's, by its serial): every control plane refuses it at
+        connect, and a stream it holds open is closed within seconds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRevocations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -163,6 +187,16 @@ def add_NodeAdminServiceServicer_to_server(servicer, server):
                     servicer.GetNodeEvents,
                     request_deserializer=protos_dot_nodes__pb2.GetNodeEventsRequest.FromString,
                     response_serializer=protos_dot_instances__pb2.GetEventsResponse.SerializeToString,
+            ),
+            'RevokeCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeCertificate,
+                    request_deserializer=protos_dot_nodes__pb2.RevokeCertificateRequest.FromString,
+                    response_serializer=protos_dot_nodes__pb2.Revocation.SerializeToString,
+            ),
+            'ListRevocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRevocations,
+                    request_deserializer=protos_dot_nodes__pb2.ListRevocationsRequest.FromString,
+                    response_serializer=protos_dot_nodes__pb2.ListRevocationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +388,60 @@ class NodeAdminService:
             '/minicloud.v1.NodeAdminService/GetNodeEvents',
             protos_dot_nodes__pb2.GetNodeEventsRequest.SerializeToString,
             protos_dot_instances__pb2.GetEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minicloud.v1.NodeAdminService/RevokeCertificate',
+            protos_dot_nodes__pb2.RevokeCertificateRequest.SerializeToString,
+            protos_dot_nodes__pb2.Revocation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minicloud.v1.NodeAdminService/ListRevocations',
+            protos_dot_nodes__pb2.ListRevocationsRequest.SerializeToString,
+            protos_dot_nodes__pb2.ListRevocationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

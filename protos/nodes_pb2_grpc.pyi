@@ -57,6 +57,11 @@ class NodeAdminServiceStub:
     """
     GetNodeEvents: _grpc.UnaryUnaryMultiCallable[_nodes_pb2.GetNodeEventsRequest, _instances_pb2.GetEventsResponse]
     """Newest first; 100 by default."""
+    RevokeCertificate: _grpc.UnaryUnaryMultiCallable[_nodes_pb2.RevokeCertificateRequest, _nodes_pb2.Revocation]
+    """Revoke a certificate (a node's, by its serial): every control plane refuses it at
+    connect, and a stream it holds open is closed within seconds.
+    """
+    ListRevocations: _grpc.UnaryUnaryMultiCallable[_nodes_pb2.ListRevocationsRequest, _nodes_pb2.ListRevocationsResponse]
 
 @_typing.type_check_only
 class NodeAdminServiceAsyncStub(NodeAdminServiceStub):
@@ -79,6 +84,11 @@ class NodeAdminServiceAsyncStub(NodeAdminServiceStub):
     """
     GetNodeEvents: _aio.UnaryUnaryMultiCallable[_nodes_pb2.GetNodeEventsRequest, _instances_pb2.GetEventsResponse]  # type: ignore[assignment]
     """Newest first; 100 by default."""
+    RevokeCertificate: _aio.UnaryUnaryMultiCallable[_nodes_pb2.RevokeCertificateRequest, _nodes_pb2.Revocation]  # type: ignore[assignment]
+    """Revoke a certificate (a node's, by its serial): every control plane refuses it at
+    connect, and a stream it holds open is closed within seconds.
+    """
+    ListRevocations: _aio.UnaryUnaryMultiCallable[_nodes_pb2.ListRevocationsRequest, _nodes_pb2.ListRevocationsResponse]  # type: ignore[assignment]
 
 class NodeAdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -140,5 +150,22 @@ class NodeAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_instances_pb2.GetEventsResponse, _abc.Awaitable[_instances_pb2.GetEventsResponse]]:
         """Newest first; 100 by default."""
+
+    @_abc_1.abstractmethod
+    def RevokeCertificate(
+        self,
+        request: _nodes_pb2.RevokeCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_nodes_pb2.Revocation, _abc.Awaitable[_nodes_pb2.Revocation]]:
+        """Revoke a certificate (a node's, by its serial): every control plane refuses it at
+        connect, and a stream it holds open is closed within seconds.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRevocations(
+        self,
+        request: _nodes_pb2.ListRevocationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_nodes_pb2.ListRevocationsResponse, _abc.Awaitable[_nodes_pb2.ListRevocationsResponse]]: ...
 
 def add_NodeAdminServiceServicer_to_server(servicer: NodeAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

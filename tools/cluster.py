@@ -4,16 +4,21 @@
 debian:12), a control plane and a node agent as subprocesses, with their logs
 in the cluster's folder, and offers the few helpers tests and benchmarks share.
 Each process serves its metrics on a free port of its own (``metrics_ports``,
-``metrics(proc)``).
+``metrics(proc)``). Like a real deployment it runs TLS: a CA in the cluster's
+``ca`` folder (``minicloud-ca``'s layout) issues the control plane's and the
+gateway's server certificates and each node agent's node certificate, and
+node agents dial the node listener; ``tls=False`` runs everything plaintext.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -24,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from client.api import Client
+from client.cadir import CaDir
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -71,6 +77,9 @@ class Cluster:
     root: Path
     image: Path
     api: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")
+    # The control plane's node listener (node certificates only), used with TLS.
+    node_api: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")
+    tls: bool = True
     image_port: int = field(default_factory=free_port)
     gateway_port: int = field(default_factory=free_port)
     node_name: str = field(default_factory=lambda: f"sys-{uuidlib.uuid4().hex[:6]}")
@@ -89,6 +98,37 @@ class Cluster:
     def node_dir(self) -> Path:
         return self.root / "node"
 
+    @property
+    def ca(self) -> CaDir:
+        return CaDir(self.root / "ca")
+
+    @property
+    def ca_file(self) -> str:
+        """The cluster's CA certificate (what clients trust)."""
+        return str(self.ca.path / "ca.crt")
+
+    def make_ca(self) -> None:
+        """The CA and the server certificates of the control plane and the gateway."""
+        now = datetime.datetime.now(datetime.UTC)
+        self.ca.init(now)
+        for name in ("controlplane", "gateway"):
+            self.ca.issue("server", name, now, sans=("127.0.0.1", "localhost"))
+
+    def _tls_env(self, prefix: str, name: str) -> dict[str, str]:
+        """PREFIX_TLS_* naming an issued certificate, or PREFIX_PLAINTEXT=1 without TLS."""
+        if not self.tls:
+            return {f"{prefix}_PLAINTEXT": "1"}
+        issued = self.ca.issued
+        return {
+            f"{prefix}_TLS_CERT": str(issued / f"{name}.crt"),
+            f"{prefix}_TLS_KEY": str(issued / f"{name}.key"),
+            f"{prefix}_TLS_CA": self.ca_file,
+        }
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """What an HTTPS client of the gateway trusts (None without TLS)."""
+        return ssl.create_default_context(cafile=self.ca_file) if self.tls else None
+
     def _metrics_listen(self, name: str) -> str:
         """A fresh metrics address for a process (kept in metrics_ports)."""
         self.metrics_ports[name] = free_port()
@@ -96,7 +136,7 @@ class Cluster:
 
     def metrics(self, proc: str = "controlplane", path: str = "/metrics") -> str:
         """What a process's metrics listener answers at path (the Prometheus text for /metrics)."""
-        url = f"http://127.0.0.1:{self.metrics_ports[proc]}{path}"
+        url = f"http://127.0.0.1:{self.metrics_ports[proc]}{path}"  # plain: a management port
         with urllib.request.urlopen(url, timeout=10) as reply:
             return str(reply.read().decode())
 
@@ -139,6 +179,8 @@ class Cluster:
                 "MINICLOUD_NODE_TIMEOUT": "6",
                 "MINICLOUD_SYSTEM_KEY": self.key,
                 "MINICLOUD_METRICS_LISTEN": self._metrics_listen("controlplane"),
+                "MINICLOUD_NODE_LISTEN": self.node_api,
+                **self._tls_env("MINICLOUD", "controlplane"),
                 **self.controlplane_env,
             },
         )
@@ -146,7 +188,8 @@ class Cluster:
     @property
     def rest_url(self) -> str:
         """The Shaken Fist REST gateway's URL (SHAKENFIST_API_URL)."""
-        return f"http://127.0.0.1:{self.gateway_port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.gateway_port}"
 
     def rest_env(self, namespace: str = "system", key: str | None = None) -> dict[str, str]:
         """SHAKENFIST_* variables for shakenfist-client against this cluster."""
@@ -154,6 +197,7 @@ class Cluster:
             "SHAKENFIST_API_URL": self.rest_url,
             "SHAKENFIST_NAMESPACE": namespace,
             "SHAKENFIST_KEY": key if key is not None else self.key,
+            **({"REQUESTS_CA_BUNDLE": self.ca_file} if self.tls else {}),
         }
 
     def start_gateway(self) -> None:
@@ -164,6 +208,7 @@ class Cluster:
                 "MINICLOUD_GATEWAY_LISTEN": f"127.0.0.1:{self.gateway_port}",
                 "MINICLOUD_GATEWAY_API": self.api,
                 "MINICLOUD_GATEWAY_METRICS_LISTEN": self._metrics_listen("gateway"),
+                **self._tls_env("MINICLOUD_GATEWAY", "gateway"),
             },
         )
 
@@ -174,14 +219,22 @@ class Cluster:
         data_dir: Path | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
-        """Start a node agent (the cluster's own, or another one with its name and folder)."""
+        """Start a node agent (the cluster's own, or another one with its name and folder).
+
+        With TLS it gets a node certificate for its name (issued once) and dials the
+        node listener; without, it logs in with the system key on the public one.
+        """
+        name = node_name or self.node_name
+        if self.tls and not (self.ca.issued / f"{name}.crt").exists():
+            self.ca.issue("node", name, datetime.datetime.now(datetime.UTC))
         self._start(
             proc,
             [str(BIN / "minicloud-nodeagent")],
             {
-                "MINICLOUD_NODE_CONTROL_PLANE": self.api,
-                "MINICLOUD_NODE_KEY": self.key,
-                "MINICLOUD_NODE_NAME": node_name or self.node_name,
+                "MINICLOUD_NODE_CONTROL_PLANE": self.node_api if self.tls else self.api,
+                **({} if self.tls else {"MINICLOUD_NODE_KEY": self.key}),
+                **self._tls_env("MINICLOUD_NODE", name),
+                "MINICLOUD_NODE_NAME": name,
                 "MINICLOUD_NODE_DATA_DIR": str(data_dir or self.node_dir),
                 "MINICLOUD_NODE_IMAGE_URL_TEMPLATE": f"http://127.0.0.1:{self.image_port}/{{name}}-{{version}}.qcow2",
                 "MINICLOUD_NODE_BACKOFF_BASE": "0.2",
@@ -204,7 +257,9 @@ class Cluster:
                 proc.wait(5)
 
     def client(self) -> Client:
-        return Client(self.api, "system", self.key, timeout=120)
+        if not self.tls:
+            return Client(self.api, "system", self.key, timeout=120, plaintext=True)
+        return Client(self.api, "system", self.key, timeout=120, ca_file=self.ca_file)
 
     def wait_node_connected(self, connections: int = 1, proc: str = "nodeagent") -> None:
         def connected() -> bool:
@@ -246,6 +301,7 @@ class Cluster:
         usage_interval: float = 60.0,
         controlplane_env: dict[str, str] | None = None,
         node_env: dict[str, str] | None = None,
+        tls: bool = True,
     ) -> Cluster:
         """Start an image server, a control plane and a node agent in a new folder.
 
@@ -262,7 +318,10 @@ class Cluster:
             usage_interval=usage_interval,
             controlplane_env=controlplane_env or {},
             node_env=node_env or {},
+            tls=tls,
         )
+        if tls:
+            cluster.make_ca()
         cluster.start_images()
         cluster.start_controlplane()
         cluster.start_gateway()

@@ -2,7 +2,9 @@
 
 The first message must be ``register``, of this control plane's wire
 version (a node agent of another version is refused with FAILED_PRECONDITION);
-then the node's inventory follows.
+then the node's inventory follows. On the node listener (TLS) a node agent
+may only register as the node its certificate names (PERMISSION_DENIED
+otherwise).
 Reads and writes run as two tasks; when either ends (or the node stays
 silent past the timeout) the session is closed and pending commands fail.
 """
@@ -30,10 +32,12 @@ from common.nodewire.messages import (
     Observation,
     Result,
 )
+from controlplane.api.nodeauth import NODE_IDENTITY
 from controlplane.model import Event, Node
 from controlplane.nodes import NodeRegistry, Session
 from controlplane.reconciler import Reconciler
 from controlplane.services.agent import AgentService
+from controlplane.services.certificates import CertificateService
 from controlplane.services.nodes import NodeService
 from controlplane.settings import Settings
 from controlplane.store.records import Records
@@ -57,7 +61,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         clock: Callable[[], float],
         agent: AgentService,
         node_service: NodeService,
+        certificates: CertificateService | None = None,
     ) -> None:
+        self.certificates = certificates
         self.node_service = node_service
         self.agent = agent
         self.settings = settings
@@ -86,6 +92,14 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, "register needs a name, cpus and memory_mb"
             )
             return
+        identity = NODE_IDENTITY.get()
+        if identity is not None and identity.name != reg.name:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this certificate is node {identity.name!r}'s: "
+                f"it may not register as node {reg.name!r}",
+            )
+            return
         node = Node(
             name=reg.name,
             address=reg.address,
@@ -101,6 +115,8 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         )
         node = await self.node_service.connected(node)
         session = self.nodes.connect(node, self.clock())
+        if identity is not None and self.certificates is not None:
+            self.certificates.opened(node.name, identity.serial)
         logs.bind(node=node.name)
         log.info("node connected", node=node.name, hypervisor=node.hypervisor)
         reader = asyncio.create_task(self._read(session, request_iterator))

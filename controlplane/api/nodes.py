@@ -9,7 +9,9 @@ import grpc
 from controlplane.api.convert import dict_to_struct, event_to_pb
 from controlplane.api.status import grpc_errors, namespace_of
 from controlplane.model import Instance
+from controlplane.services.certificates import CertificateService
 from controlplane.services.nodes import NodeService, NodeView
+from controlplane.store.revocations import Revocation
 from protos import instances_pb2, nodes_pb2, nodes_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -56,11 +58,38 @@ def node_to_pb(view: NodeView) -> nodes_pb2.NodeInfo:
     return pb
 
 
+def revocation_to_pb(revocation: Revocation) -> nodes_pb2.Revocation:
+    """A revoked certificate for the wire."""
+    return nodes_pb2.Revocation(
+        serial=str(revocation.serial),
+        name=revocation.name,
+        reason=revocation.reason,
+        revoked_at=revocation.at,
+    )
+
+
 class NodeAdminServicer(nodes_pb2_grpc.NodeAdminServiceServicer):
     """gRPC face of the node use cases (the service refuses non-administrators)."""
 
-    def __init__(self, service: NodeService) -> None:
+    def __init__(self, service: NodeService, certificates: CertificateService) -> None:
         self.service = service
+        self.certificates = certificates
+
+    @grpc_errors
+    async def RevokeCertificate(
+        self, request: nodes_pb2.RevokeCertificateRequest, context: Context
+    ) -> nodes_pb2.Revocation:
+        found = await self.certificates.revoke(
+            namespace_of(context), request.serial, request.name, request.reason
+        )
+        return revocation_to_pb(found)
+
+    @grpc_errors
+    async def ListRevocations(
+        self, request: nodes_pb2.ListRevocationsRequest, context: Context
+    ) -> nodes_pb2.ListRevocationsResponse:
+        found = await self.certificates.list_all(namespace_of(context))
+        return nodes_pb2.ListRevocationsResponse(revocations=[revocation_to_pb(r) for r in found])
 
     @grpc_errors
     async def ListNodes(

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
+from common.tlsfiles import Material
 from controlplane.app import ControlPlane, start
 from controlplane.settings import Settings
 from nodeagent.app import NodeAgent, build
@@ -71,8 +72,11 @@ async def start_fake_node(
     network: FakeNetworkDriver | None = None,
     address: str = "127.0.0.1",
     usage_interval: float = 0.0,
+    tls: Material | None = None,
+    wait: bool = True,
 ) -> FakeNode:
-    """Start a node agent with fakes and wait until it has registered."""
+    """Start a node agent with fakes and wait until it has registered (with tls: its
+    node certificate, against the node listener, instead of the system key)."""
     hypervisor = hypervisor or FakeHypervisor()
     network = network or FakeNetworkDriver()
     disks = FakeDiskBuilder()
@@ -92,11 +96,13 @@ async def start_fake_node(
         metrics_listen="127.0.0.1:0",
     )
     metrics = NodeMetrics()
-    blobs = GrpcBlobs(target, Credentials("system", SYSTEM_KEY), metrics)
+    credentials = Credentials("system", SYSTEM_KEY if tls is None else "", tls=tls)
+    blobs = GrpcBlobs(target, credentials, metrics)
     agent = build(settings, hypervisor, disks, blobs, network, metrics=metrics)
     stopping = asyncio.Event()
     task = asyncio.create_task(agent.run(stopping), name=f"node agent {name}")
-    await asyncio.wait_for(agent.stream.connected.wait(), 10)
+    if wait:
+        await asyncio.wait_for(agent.stream.connected.wait(), 10)
     return FakeNode(name, hypervisor, disks, agent, task, stopping, settings, network)
 
 

@@ -116,7 +116,9 @@ async def test_client_refreshes_an_expired_token_transparently(tmp_path: Path) -
     try:
 
         def use() -> int:
-            with Client(f"127.0.0.1:{plane.port}", "system", SYSTEM_KEY, timeout=10) as client:
+            with Client(
+                f"127.0.0.1:{plane.port}", "system", SYSTEM_KEY, timeout=10, plaintext=True
+            ) as client:
                 first = client.token()
                 client.list_instances()
                 now[0] += 901  # the control plane's clock: the client still thinks it is fresh

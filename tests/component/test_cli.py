@@ -18,7 +18,7 @@ async def cli(
 ) -> tuple[int, str]:
     """Run the CLI in a thread (it is synchronous) and capture what it prints."""
     code = await asyncio.to_thread(
-        main, ["--api", f"127.0.0.1:{plane.port}", "--key", SYSTEM_KEY, *argv]
+        main, ["--api", f"127.0.0.1:{plane.port}", "--plaintext", "--key", SYSTEM_KEY, *argv]
     )
     out, err = capsys.readouterr()
     return code, out if code == 0 else err
@@ -161,7 +161,9 @@ async def test_namespace_verbs_and_a_generated_key_that_works(
     assert code == 0 and out.splitlines()[0].split() == ["name", "state", "keys"]
     assert any(line.split()[:3] == ["team", "created", "deploy"] for line in out.splitlines())
     as_team = ["--namespace", "team", "--key", key, "instance", "list"]
-    code = await asyncio.to_thread(main, ["--api", f"127.0.0.1:{plane.port}", *as_team])
+    code = await asyncio.to_thread(
+        main, ["--api", f"127.0.0.1:{plane.port}", "--plaintext", *as_team]
+    )
     capsys.readouterr()
     assert code == 0
     (tmp_path / "key").write_text("a-key-from-a-file\n")

@@ -136,7 +136,11 @@ async def test_background_task_prunes_at_its_interval(tmp_path: Path, clock: Fak
 def test_retention_settings_load_from_the_environment() -> None:
     """MINICLOUD_RETAIN_<TYPE>_DAYS and MINICLOUD_EVENT_PRUNE_INTERVAL override the defaults."""
     settings = Settings.from_env(
-        {"MINICLOUD_RETAIN_USAGE_DAYS": "3", "MINICLOUD_EVENT_PRUNE_INTERVAL": "60"}
+        {
+            "MINICLOUD_RETAIN_USAGE_DAYS": "3",
+            "MINICLOUD_EVENT_PRUNE_INTERVAL": "60",
+            "MINICLOUD_PLAINTEXT": "1",
+        }
     )
     assert settings.retention_days()["usage"] == 3
     assert settings.retention_days()["audit"] == 90

@@ -102,6 +102,10 @@ NO_OBJECT: dict[str, str] = {
             "GetNodeEvents",
         )
     },
+    **{
+        f"NodeAdminService/{m}": "system only (PERMISSION_DENIED), tested in test_node_tls"
+        for m in ("RevokeCertificate", "ListRevocations")
+    },
 }
 
 

@@ -58,6 +58,10 @@ def client(cluster: Cluster, namespace: str = "system", key: str | None = None) 
     from shakenfist_client import apiclient
 
     env = cluster.rest_env(namespace, key)
+    if "REQUESTS_CA_BUNDLE" in env:
+        # requests (under the client) reads it from the environment on each request;
+        # every cluster of a test run is the current one while its module runs.
+        os.environ["REQUESTS_CA_BUNDLE"] = env["REQUESTS_CA_BUNDLE"]
     return apiclient.Client(
         base_url=env["SHAKENFIST_API_URL"],
         namespace=namespace,

@@ -47,7 +47,7 @@ def rest(
         method=method,
         headers={"Content-Type": "application/json", **headers},
     )
-    with urllib.request.urlopen(request, timeout=30) as response:
+    with urllib.request.urlopen(request, timeout=30, context=cluster.ssl_context()) as response:
         return json.loads(response.read()), dict(response.headers)
 
 

@@ -19,6 +19,7 @@ def test_underlay_defaults_to_the_node_address_and_names_follow_the_prefix() -> 
             "MINICLOUD_NODE_DATA_DIR": "/srv/node",
             "MINICLOUD_NODE_NETWORK_NAME_PREFIX": "ab",
             "MINICLOUD_NODE_NETWORK_UNDERLAY_NETNS": "under",
+            "MINICLOUD_NODE_PLAINTEXT": "1",
         }
     )
     network = LinuxNetworkSettings.from_node(settings)
@@ -27,7 +28,9 @@ def test_underlay_defaults_to_the_node_address_and_names_follow_the_prefix() -> 
     assert network.egress_bridge == "mcegress"
     driver = LinuxNetworkDriver(network)
     assert driver.bridge_name("6f1c2f0e-52b4-4a43-9d4e-0d1c2b3a4f50").startswith("abb-")
-    explicit = Settings.from_env({"MINICLOUD_NODE_NETWORK_UNDERLAY_ADDRESS": "10.2.2.2"})
+    explicit = Settings.from_env(
+        {"MINICLOUD_NODE_NETWORK_UNDERLAY_ADDRESS": "10.2.2.2", "MINICLOUD_NODE_PLAINTEXT": "1"}
+    )
     assert LinuxNetworkSettings.from_node(explicit).underlay_address == "10.2.2.2"
 
 
