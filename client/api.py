@@ -511,6 +511,16 @@ class Client:
         found["node"] = _node(reply.node)
         return found
 
+    def revoke_certificate(self, serial: int, name: str = "", reason: str = "") -> JsonDict:
+        """Tell the control plane a certificate is revoked (every control plane refuses it)."""
+        request = nodes_pb2.RevokeCertificateRequest(serial=str(serial), name=name, reason=reason)
+        return to_dict(self._call("RevokeCertificate", request, self.node_admin))
+
+    def list_revocations(self) -> list[JsonDict]:
+        """Every revoked certificate the control plane knows."""
+        reply = self._call("ListRevocations", nodes_pb2.ListRevocationsRequest(), self.node_admin)
+        return [to_dict(r) for r in reply.revocations]
+
     def node_events(self, name: str, event_type: str = "", limit: int = 100) -> list[JsonDict]:
         """A node's events, newest first."""
         request = nodes_pb2.GetNodeEventsRequest(name=name, event_type=event_type, limit=limit)

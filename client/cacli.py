@@ -3,12 +3,16 @@
     minicloud-ca init                                  # the CA and the cluster's id
     minicloud-ca issue-server controlplane --san 127.0.0.1 --san cp.example.org
     minicloud-ca issue-node node1 [--days 365]         # a node agent's client certificate
-    minicloud-ca renew node1 ; minicloud-ca revoke node1
+    minicloud-ca renew node1 ; minicloud-ca revoke node1 --reason "disk stolen"
     minicloud-ca list
 
 The folder is MINICLOUD_CA_DIR (default ./ca), or --dir. Keys are written
 0600. A node certificate names its node: the node agent holding it may speak
-only as that node.
+only as that node. revoke and renew also tell the control plane at
+MINICLOUD_API (--api; with the system key MINICLOUD_KEY), which keeps
+revocations in its store: every control plane then refuses the old
+certificate and closes a stream it holds open within seconds. --api ""
+records the revocation in the folder only.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ import os
 import sys
 from pathlib import Path
 
+import grpc
+
 from client import table
+from client.api import Client
 from client.cadir import CaDir, CaError
 from common import pki
 
@@ -44,10 +51,27 @@ def build_parser() -> argparse.ArgumentParser:
     node = verbs.add_parser("issue-node", help="a node agent's certificate")
     node.add_argument("name", help="the node's name")
     node.add_argument("--days", type=int, default=pki.DEFAULT_DAYS)
-    renew = verbs.add_parser("renew", help="a new key and certificate for an issued name")
+    tell = argparse.ArgumentParser(add_help=False)
+    tell.add_argument(
+        "--api",
+        default=os.environ.get("MINICLOUD_API", ""),
+        help="the control plane to tell (default MINICLOUD_API; empty: the folder only)",
+    )
+    tell.add_argument("--key", default=os.environ.get("MINICLOUD_KEY", ""), help="system key")
+    tell.add_argument(
+        "--plaintext",
+        action="store_true",
+        default=os.environ.get("MINICLOUD_PLAINTEXT", "").lower() in ("1", "true", "yes", "on"),
+        help="the control plane runs without TLS",
+    )
+    renew = verbs.add_parser(
+        "renew", parents=[tell], help="a new key and certificate for an issued name"
+    )
     renew.add_argument("name")
     renew.add_argument("--days", type=int, default=pki.DEFAULT_DAYS)
-    verbs.add_parser("revoke", help="revoke an issued name's certificate").add_argument("name")
+    revoke = verbs.add_parser("revoke", parents=[tell], help="revoke an issued name's certificate")
+    revoke.add_argument("name")
+    revoke.add_argument("--reason", default="revoked")
     verbs.add_parser("list", help="issued certificates")
     return parser
 
@@ -65,10 +89,17 @@ def run(args: argparse.Namespace, now: datetime.datetime) -> str:
         path = ca.issue("node", args.name, now, days=args.days)
         return f"issued {path} (key {path.with_suffix('.key')})"
     if args.verb == "renew":
+        try:
+            old = pki.info((ca.issued / f"{args.name}.crt").read_bytes()).serial
+        except FileNotFoundError:
+            raise CaError(f"{args.name} was never issued") from None
         path = ca.renew(args.name, now, days=args.days)
-        return f"renewed {path}; the old certificate is revoked"
+        told = tell_control_plane(args, ca, old, "renewed")
+        return f"renewed {path}; the old certificate is revoked{told}"
     if args.verb == "revoke":
-        return f"revoked {args.name} (serial {ca.revoke(args.name, now):x})"
+        serial = ca.revoke(args.name, now, args.reason)
+        told = tell_control_plane(args, ca, serial, args.reason)
+        return f"revoked {args.name} (serial {serial:x}){told}"
     rows = [
         [
             item.info.name,
@@ -83,6 +114,17 @@ def run(args: argparse.Namespace, now: datetime.datetime) -> str:
     return table.render(["name", "kind", "serial", "expires", "status", "names"], rows)
 
 
+def tell_control_plane(args: argparse.Namespace, ca: CaDir, serial: int, reason: str) -> str:
+    """Record the revocation in the control plane's store (when --api is set); what to add
+    to the message."""
+    if not args.api:
+        return " (in the folder only: no --api)"
+    ca_file = "" if args.plaintext else str(ca.path / "ca.crt")
+    with Client(args.api, "system", args.key, 30, ca_file=ca_file, plaintext=args.plaintext) as c:
+        c.revoke_certificate(serial, args.name, reason)
+    return f"; control plane {args.api} told"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console script: minicloud-ca."""
     args = build_parser().parse_args(argv)
@@ -90,6 +132,13 @@ def main(argv: list[str] | None = None) -> int:
         print(run(args, datetime.datetime.now(datetime.UTC)))
     except (CaError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except grpc.RpcError as exc:
+        print(
+            f"error: recorded in {args.dir}, but the control plane refused it: "
+            f"{exc.code().name}: {exc.details()}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

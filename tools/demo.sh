@@ -24,6 +24,11 @@ fi
 export MINICLOUD_NAMESPACE=system
 MINICLOUD_KEY=$(cat "$DEMO/system-key")
 export MINICLOUD_KEY
+# Every connection is TLS: the cluster's CA (var/demo/ca, made on first start by
+# minicloud-ca) issues the servers' certificates and the node's; clients trust ca.crt.
+NODE_API=127.0.0.1:13101
+CA=$DEMO/ca
+export MINICLOUD_TLS_CA=$CA/ca.crt
 
 stop_demo() {
   for name in gateway nodeagent controlplane images; do
@@ -68,13 +73,27 @@ start() {  # name, command...
   setsid nohup "$@" >"$DEMO/$name.log" 2>&1 </dev/null &
   echo $! >"$DEMO/$name.pid"
 }
+if [ ! -f "$CA/ca.crt" ]; then
+  echo "== making the cluster's CA and certificates in $CA"
+  MINICLOUD_CA_DIR=$CA .venv/bin/minicloud-ca init
+  MINICLOUD_CA_DIR=$CA .venv/bin/minicloud-ca issue-server controlplane --san 127.0.0.1 --san localhost
+  MINICLOUD_CA_DIR=$CA .venv/bin/minicloud-ca issue-server gateway --san 127.0.0.1 --san localhost
+  MINICLOUD_CA_DIR=$CA .venv/bin/minicloud-ca issue-node demo-node
+fi
+ISSUED=$CA/issued
 start images .venv/bin/python tools/serve_images.py --dir "$DEMO/images" --port $IMAGE_PORT
+MINICLOUD_TLS_CERT=$ISSUED/controlplane.crt MINICLOUD_TLS_KEY=$ISSUED/controlplane.key \
+MINICLOUD_NODE_LISTEN=$NODE_API \
 MINICLOUD_LISTEN=$API MINICLOUD_DATA_DIR=$DEMO/controlplane MINICLOUD_SYSTEM_KEY=$MINICLOUD_KEY \
 MINICLOUD_METRICS_LISTEN=$CP_METRICS \
   start controlplane .venv/bin/minicloud-controlplane
+MINICLOUD_GATEWAY_TLS_CERT=$ISSUED/gateway.crt MINICLOUD_GATEWAY_TLS_KEY=$ISSUED/gateway.key \
+MINICLOUD_GATEWAY_TLS_CA=$CA/ca.crt \
 MINICLOUD_GATEWAY_LISTEN=$REST MINICLOUD_GATEWAY_API=$API MINICLOUD_GATEWAY_METRICS_LISTEN=$REST_METRICS \
   start gateway .venv/bin/python -m gateway
-MINICLOUD_NODE_CONTROL_PLANE=$API MINICLOUD_NODE_NAME=demo-node MINICLOUD_NODE_KEY=$MINICLOUD_KEY \
+MINICLOUD_NODE_TLS_CERT=$ISSUED/demo-node.crt MINICLOUD_NODE_TLS_KEY=$ISSUED/demo-node.key \
+MINICLOUD_NODE_TLS_CA=$CA/ca.crt \
+MINICLOUD_NODE_CONTROL_PLANE=$NODE_API MINICLOUD_NODE_NAME=demo-node \
 MINICLOUD_NODE_DATA_DIR=$DEMO/node MINICLOUD_NODE_METRICS_LISTEN=$NODE_METRICS \
 MINICLOUD_NODE_IMAGE_URL_TEMPLATE="http://127.0.0.1:$IMAGE_PORT/{name}-{version}.qcow2" \
   start nodeagent .venv/bin/minicloud-nodeagent
@@ -110,9 +129,10 @@ echo "== events"
 .venv/bin/minicloud instance events demo --limit 10
 cat <<EOT
 
-The demo is running: control plane at $API, node agent 'demo-node'.
-Credentials (namespace system, key in $DEMO/system-key):
+The demo is running: control plane at $API (TLS), node agent 'demo-node' on $NODE_API.
+Credentials (namespace system, key in $DEMO/system-key; the cluster's CA in $CA):
   export MINICLOUD_API=$API MINICLOUD_NAMESPACE=system MINICLOUD_KEY=$MINICLOUD_KEY
+  export MINICLOUD_TLS_CA=$CA/ca.crt
   .venv/bin/minicloud instance list
   .venv/bin/minicloud instance execute demo "uname -a"
   .venv/bin/minicloud instance copy-to demo README.md /root/README.md
@@ -121,8 +141,10 @@ Credentials (namespace system, key in $DEMO/system-key):
   tools/demo.sh stop
 Logs: $DEMO/*.log
 
-The Shaken Fist REST gateway is at http://$REST; for shakenfist-client and sf-client:
-  export SHAKENFIST_API_URL=http://$REST SHAKENFIST_NAMESPACE=system SHAKENFIST_KEY=$MINICLOUD_KEY
+The Shaken Fist REST gateway is at https://$REST; for shakenfist-client and sf-client
+(requests trusts the cluster's CA through REQUESTS_CA_BUNDLE):
+  export SHAKENFIST_API_URL=https://$REST SHAKENFIST_NAMESPACE=system SHAKENFIST_KEY=$MINICLOUD_KEY
+  export REQUESTS_CA_BUNDLE=$CA/ca.crt
   .venv/bin/sf-client instance list
 
 Prometheus metrics (plain HTTP on loopback; README "Metrics"):

@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from client import cacli
 from client.api import Client
 from client.cadir import CaDir
 from common import pki
@@ -230,3 +231,23 @@ async def test_a_stream_opened_before_its_revocation_is_closed_by_the_periodic_c
     while tls.plane.nodes.connected("node1"):
         assert asyncio.get_running_loop().time() < deadline, "the revoked stream stayed open"
         await asyncio.sleep(0.05)
+
+
+async def test_minicloud_ca_revoke_tells_the_control_plane(
+    tls: Tls, node1: FakeNode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`minicloud-ca revoke NODE --api ...` records it in the folder and the store: cut off."""
+    argv = ["--dir", str(tls.ca.path), "revoke", "node1", "--reason", "lost"]
+    code = await asyncio.to_thread(cacli.main, [*argv, "--api", tls.public, "--key", SYSTEM_KEY])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "control plane" in out and "told" in out
+    deadline = asyncio.get_running_loop().time() + 5
+    while tls.plane.nodes.connected("node1"):
+        assert asyncio.get_running_loop().time() < deadline, "the revoked stream stayed open"
+        await asyncio.sleep(0.05)
+    revoked = await tls.plane.certificates.revocations.list_all()
+    assert [(r.name, r.reason) for r in revoked] == [("node1", "lost")]
+    bad_key = ["--dir", str(tls.ca.path), "revoke", "node1", "--api", tls.public, "--key", "x"]
+    assert await asyncio.to_thread(cacli.main, bad_key) == 1
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
