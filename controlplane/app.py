@@ -24,7 +24,7 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from common import logs
+from common import logs, pki
 from common.metricsserver import MetricsServer, enabled
 from common.tasks import Tasks
 from common.tlsfiles import Material
@@ -77,6 +77,7 @@ from controlplane.settings import Settings
 from controlplane.store.agentops import AgentOperations
 from controlplane.store.artifacts import Artifacts
 from controlplane.store.blobs import BlobStore
+from controlplane.store.cluster import ClusterMismatch, cluster_identity
 from controlplane.store.namespaces import Namespaces
 from controlplane.store.networks import NetworkRecords
 from controlplane.store.protocol import Store
@@ -148,6 +149,7 @@ class Parts:
     node_service: NodeService
     moves: MoveService
     certificates: CertificateService
+    cluster_id: str
 
 
 # Where a service is served when the plane runs TLS: on the public listener, on the
@@ -186,6 +188,7 @@ SERVICES: tuple[Service, ...] = (
             p.agent,
             p.node_service,
             p.certificates,
+            p.cluster_id,
         ),
         node_pb2_grpc.add_NodeServiceServicer_to_server,
         _name(node_pb2, "NodeService"),
@@ -355,6 +358,7 @@ class ControlPlane:
             port=self.port,
             tls=self.tls is not None,
             node_port=self.node_port or self.port,
+            cluster=self.parts.cluster_id,
         )
 
     async def set_health(self, serving: bool) -> None:
@@ -406,6 +410,7 @@ async def build(
 ) -> ControlPlane:
     """Wire a control plane (RocksDB under data_dir unless a store is given), not yet serving."""
     metrics = PlaneMetrics()
+    material = settings.tls.read() if settings.tls is not None else None
     store = TimedStore(
         store if store is not None else RocksStore(settings.data_dir / "store"), metrics
     )
@@ -497,13 +502,15 @@ async def build(
         certificates=CertificateService(
             Revocations(store), nodes, clock, settings.revocation_interval
         ),
+        cluster_id=await cluster_identity(
+            store, pki.info(material.ca).cluster_id if material else ""
+        ),
     )
     server = grpc.aio.server(
         # Metering first: it counts what authentication refuses too.
         interceptors=[MetricsInterceptor(metrics), AuthInterceptor(namespaces)],
         options=OPTIONS,
     )
-    material = settings.tls.read() if settings.tls is not None else None
     node_server = None
     if material is not None:
         node_server = grpc.aio.server(
@@ -572,6 +579,6 @@ def main() -> None:
     logs.configure(json=settings.log_json)
     try:
         asyncio.run(run(settings))
-    except OSError as exc:
+    except (OSError, ClusterMismatch) as exc:
         log.error("cannot start the control plane", error=str(exc))
         raise SystemExit(1) from None

@@ -264,7 +264,7 @@ class Reconciler:
         instance = await self.records.get_instance(obs.instance_uuid)
         if instance is None or instance.state == lifecycle.DELETED:
             if obs.exists:
-                self._destroy_orphan(session, obs.instance_uuid)
+                self._destroy_orphan(session, obs)
             return
         if instance.node != session.node.name:
             return
@@ -332,10 +332,19 @@ class Reconciler:
             else:
                 await self.on_observation(session, seen.get(uuid, Observation(uuid, False)))
             seen.pop(uuid, None)
-        for uuid in seen:
-            self._destroy_orphan(session, uuid)
+        for obs in seen.values():
+            self._destroy_orphan(session, obs)
 
-    def _destroy_orphan(self, session: Session, uuid: str) -> None:
+    def _destroy_orphan(self, session: Session, obs: Observation) -> None:
+        uuid = obs.instance_uuid
+        if obs.legacy:
+            # Made before domains named their cluster: it may be another cluster's.
+            log.warning(
+                "leaving alone a domain that records no cluster and is unknown here",
+                node=session.node.name,
+                uuid=uuid,
+            )
+            return
         log.info("removing domain unknown to the control plane", node=session.node.name, uuid=uuid)
         self.nodes.send(session.node.name, DestroyDomain(f"{uuid}/orphan", uuid))
 

@@ -38,6 +38,7 @@ from nodeagent.guest.ops import GuestOps
 from nodeagent.guest.watch import GuestWatch
 from nodeagent.hypervisor.fake import FakeHypervisor
 from nodeagent.hypervisor.protocol import Hypervisor
+from nodeagent.membership import Membership
 from nodeagent.metrics import NodeMetrics
 from nodeagent.network.protocol import NetworkDriver
 from nodeagent.observer import observe
@@ -215,6 +216,12 @@ def build(
         consoles=consoles,
         blobs=blobs,
     )
+    membership = Membership(settings.data_dir / "cluster-id")
+    hypervisor.claim(membership.known())
+
+    def registered(cluster_id: str) -> None:
+        hypervisor.claim(membership.join(cluster_id))
+
     stream = ControlStream(
         settings.control_plane,
         identity,
@@ -228,6 +235,7 @@ def build(
         on_disconnected=consoles.close_all,
         on_console=consoles.relay,
         metrics=metrics,
+        on_registered=registered,
     )
     metrics.registry.computed(
         "minicloud_guest_agents",

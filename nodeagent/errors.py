@@ -10,7 +10,8 @@
     ├── GuestChannelError        talking to a guest agent failed   (guest.channel)
     │   ├── GuestError           the guest answered ERROR
     │   └── GuestUnavailable     no working link; retryable
-    └── GuestOpError             an agent operation failed         (guest.ops)
+    ├── GuestOpError             an agent operation failed         (guest.ops)
+    └── ForeignCluster           the control plane is another cluster's (membership)
 
 The executor turns every one of them into a failed ``Result`` carrying the
 error's ``retryable``; anything else is an internal error, never retried.

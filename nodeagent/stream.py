@@ -42,6 +42,7 @@ from common.nodewire.messages import (
 from common.tasks import Tasks
 from nodeagent.credentials import Credentials, Metadata
 from nodeagent.executor import Executor
+from nodeagent.membership import ForeignCluster
 from nodeagent.metrics import NodeMetrics
 from nodeagent.outbox import Outbox
 from protos import node_pb2, node_pb2_grpc
@@ -95,7 +96,9 @@ class ControlStream:
         on_disconnected: Callable[[], Awaitable[None]] | None = None,
         on_console: Callable[[ConsoleRelay], None] | None = None,
         metrics: NodeMetrics | None = None,
+        on_registered: Callable[[str], None] | None = None,
     ) -> None:
+        self.on_registered = on_registered
         self.metrics = metrics
         self.on_connected = on_connected
         self.on_disconnected = on_disconnected
@@ -137,6 +140,8 @@ class ControlStream:
                 log.warning(
                     "stream to control plane lost", code=exc.code().name, details=exc.details()
                 )
+            except (ConnectionError, ForeignCluster) as exc:
+                log.error("control plane refused", error=str(exc))
             except Exception:
                 log.exception("stream to control plane failed")
             finally:
@@ -172,6 +177,9 @@ class ControlStream:
         first = await call.read()
         if not isinstance(first, node_pb2.ControlMessage) or not first.HasField("registered"):
             raise ConnectionError("control plane did not acknowledge registration")
+        if self.on_registered is not None:
+            # Which cluster it is: a control plane of another one is refused (raises).
+            self.on_registered(first.registered.cluster_id)
         self.outbox.attach(outbox)
         self.connections += 1
         inventory = await self.executor.inventory()

@@ -319,6 +319,7 @@ class DomainObservation(_message.Message):
     CONSOLE_PORT_FIELD_NUMBER: _builtins.int
     VDI_PORT_FIELD_NUMBER: _builtins.int
     VDI_TLS_PORT_FIELD_NUMBER: _builtins.int
+    LEGACY_FIELD_NUMBER: _builtins.int
     instance_uuid: _builtins.str
     exists: _builtins.bool
     power_state: _builtins.str
@@ -329,6 +330,8 @@ class DomainObservation(_message.Message):
     """The domain's console ports, when known (0: unknown or none)."""
     vdi_port: _builtins.int
     vdi_tls_port: _builtins.int
+    legacy: _builtins.bool
+    """Made before domains recorded their cluster: remove it only if its instance is known."""
     def __init__(
         self,
         *,
@@ -339,10 +342,11 @@ class DomainObservation(_message.Message):
         console_port: _builtins.int = ...,
         vdi_port: _builtins.int = ...,
         vdi_tls_port: _builtins.int = ...,
+        legacy: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["console_port", b"console_port", "exists", b"exists", "instance_uuid", b"instance_uuid", "power_state", b"power_state", "reason", b"reason", "vdi_port", b"vdi_port", "vdi_tls_port", b"vdi_tls_port"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["console_port", b"console_port", "exists", b"exists", "instance_uuid", b"instance_uuid", "legacy", b"legacy", "power_state", b"power_state", "reason", b"reason", "vdi_port", b"vdi_port", "vdi_tls_port", b"vdi_tls_port"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -569,15 +573,21 @@ class Registered(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
     heartbeat_interval: _builtins.float
+    cluster_id: _builtins.str
+    """The control plane's cluster: a node agent serves one cluster only, and touches only
+    domains recorded as that cluster's.
+    """
     def __init__(
         self,
         *,
         heartbeat_interval: _builtins.float = ...,
+        cluster_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "heartbeat_interval", b"heartbeat_interval"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

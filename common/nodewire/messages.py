@@ -42,6 +42,9 @@ class Observation:
     console_port: int = 0
     vdi_port: int = 0
     vdi_tls_port: int = 0
+    # The domain records no cluster (made by an older node agent): another cluster's
+    # may share the node's name, so it is removed only if its instance is known.
+    legacy: bool = False
 
 
 @dataclass(frozen=True)

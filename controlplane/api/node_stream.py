@@ -62,7 +62,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         agent: AgentService,
         node_service: NodeService,
         certificates: CertificateService | None = None,
+        cluster_id: str = "",
     ) -> None:
+        self.cluster_id = cluster_id
         self.certificates = certificates
         self.node_service = node_service
         self.agent = agent
@@ -123,7 +125,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         watchdog = asyncio.create_task(self._watchdog(session))
         try:
             yield node_pb2.ControlMessage(
-                registered=node_pb2.Registered(heartbeat_interval=self.settings.heartbeat_interval)
+                registered=node_pb2.Registered(
+                    heartbeat_interval=self.settings.heartbeat_interval, cluster_id=self.cluster_id
+                )
             )
             while (command := await session.outbox.get()) is not None:
                 if session.outbox.empty():

@@ -89,6 +89,8 @@ class DomainIdentity:
     name: str
     namespace: str
     node: str = ""
+    # The cluster whose node agent made it ("": made before domains named their cluster).
+    cluster: str = ""
 
 
 def domain_name(uuid: str) -> str:
@@ -112,6 +114,7 @@ def build_domain_xml(
     listen_address: str = "127.0.0.1",
     node_name: str = "",
     ports: ConsolePorts | None = None,
+    cluster_id: str = "",
 ) -> str:
     """Return the libvirt domain XML for ``spec`` with ``disks`` attached in order.
 
@@ -139,6 +142,8 @@ def build_domain_xml(
     _text(instance, f"{{{METADATA_NS}}}name", spec.name)
     _text(instance, f"{{{METADATA_NS}}}namespace", spec.namespace)
     _text(instance, f"{{{METADATA_NS}}}node", node_name)
+    if cluster_id:
+        _text(instance, f"{{{METADATA_NS}}}cluster", cluster_id)
     _text(root, "memory", str(spec.memory_mb), unit="MiB")
     _text(root, "currentMemory", str(spec.memory_mb), unit="MiB")
     _text(root, "vcpu", str(spec.cpus), placement="static")
@@ -216,7 +221,10 @@ def parse_domain_identity(xml: str) -> DomainIdentity:
         f"metadata/{{{METADATA_NS}}}instance/{{{METADATA_NS}}}namespace", default=""
     )
     node = root.findtext(f"metadata/{{{METADATA_NS}}}instance/{{{METADATA_NS}}}node", default="")
-    return DomainIdentity(uuid=uuid, name=name, namespace=namespace, node=node)
+    cluster = root.findtext(
+        f"metadata/{{{METADATA_NS}}}instance/{{{METADATA_NS}}}cluster", default=""
+    )
+    return DomainIdentity(uuid=uuid, name=name, namespace=namespace, node=node, cluster=cluster)
 
 
 def _text(parent: ET.Element, tag: str, text: str, **attrib: str) -> ET.Element:

@@ -61,6 +61,10 @@ class FakeHypervisor:
         self._on_total: dict[str, float] = {}
         self._events: asyncio.Queue[DomainState | None] = asyncio.Queue()
         self._closes = 0  # how often close was called: a stream ends at a close after it began
+        self.cluster_id = ""
+
+    def claim(self, cluster_id: str) -> None:
+        self.cluster_id = cluster_id
 
     async def list_domains(self) -> list[DomainState]:
         return list(self.domains.values())

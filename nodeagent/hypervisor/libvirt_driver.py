@@ -2,7 +2,13 @@
 
 ``LibvirtHypervisor`` implements the ``Hypervisor`` port over one libvirt
 connection (``qemu:///system`` by default). It manages only domains whose name
-starts with ``mc-``; anything else on the host is invisible to it.
+starts with ``mc-`` and whose metadata names its node and its cluster
+(``claim``); anything else on the host is invisible to it, so two clusters
+sharing one libvirtd, even with one node name, never touch each other's
+domains. A domain made before domains named their cluster, with this node's
+name, is ``legacy``: listed (flagged so) and served, but its control plane
+leaves it alone unless it knows the instance, and it takes the cluster's name
+at its next definition.
 
 - Every blocking libvirt call runs in a worker thread (``asyncio.to_thread``)
   and every ``libvirtError`` leaves this module as a ``HypervisorError`` (or
@@ -322,9 +328,12 @@ class LibvirtHypervisor:
         self.vdi_tls = vdi_tls
         self._ports: dict[str, ConsolePorts] = {}
         self._ports_lock = threading.Lock()
-        # Only domains whose metadata names this node are ours ("" = every mc- domain).
+        # Only domains whose metadata names this node are ours ("" = every mc- domain),
+        # and this cluster (set by claim once the control plane said which it is).
         self.node_name = node_name
-        self._owners: dict[str, bool] = {}
+        self.cluster_id = ""
+        # uuid -> "own", "legacy" (no cluster recorded) or "foreign".
+        self._owners: dict[str, str] = {}
         self.sockets_dir = sockets_dir
         self.domain_type = probe_domain_type(domain_type)
         self.vdi_listen = vdi_listen
@@ -528,18 +537,35 @@ class LibvirtHypervisor:
             raise DomainNotFound(f"the domain with uuid {uuid} is not managed by this node")
         return dom
 
-    def _owned(self, dom: Any) -> bool:
-        """Whether a domain is one of ours: an mc- name, and our node in its metadata."""
+    def claim(self, cluster_id: str) -> None:
+        """Serve the cluster cluster_id: its domains (and legacy ones) are ours from now."""
+        with self._lock:
+            if cluster_id != self.cluster_id:
+                self.cluster_id = cluster_id
+                self._owners.clear()
+
+    def _ownership(self, dom: Any) -> str:
+        """own, legacy or foreign: an mc- name, our node and our cluster in its metadata."""
         if not str(dom.name()).startswith(DOMAIN_PREFIX):
-            return False
+            return "foreign"
         if not self.node_name:
-            return True
+            return "own"
         uuid = str(dom.UUIDString())
-        owned = self._owners.get(uuid)
-        if owned is None:
-            owned = parse_domain_identity(dom.XMLDesc(0)).node == self.node_name
-            self._owners[uuid] = owned
-        return owned
+        found = self._owners.get(uuid)
+        if found is None:
+            identity = parse_domain_identity(dom.XMLDesc(0))
+            if identity.node != self.node_name:
+                found = "foreign"
+            elif not identity.cluster:
+                found = "legacy"
+            else:
+                found = "own" if identity.cluster == self.cluster_id else "foreign"
+            self._owners[uuid] = found
+        return found
+
+    def _owned(self, dom: Any) -> bool:
+        """Whether a domain is one of ours (its own or a legacy one of this node)."""
+        return self._ownership(dom) != "foreign"
 
     def _state_of(self, uuid: str, dom: Any) -> DomainState:
         state, reason = dom.state()
@@ -547,7 +573,8 @@ class LibvirtHypervisor:
         acknowledged = uuid in self._off_acknowledged
         if power_state == PowerState.CRASHED and not dom.isActive() and acknowledged:
             power_state, words = PowerState.OFF, "powered off after a crash"
-        return DomainState(uuid, power_state, words, self._ports_of(uuid, dom))
+        legacy = self._ownership(dom) == "legacy"
+        return DomainState(uuid, power_state, words, self._ports_of(uuid, dom), legacy=legacy)
 
     def _ports_of(self, uuid: str, dom: Any) -> ConsolePorts:
         """A domain's console ports, read from its XML once and then remembered."""
@@ -674,6 +701,7 @@ class LibvirtHypervisor:
                 listen_address=self.vdi_listen,
                 node_name=self.node_name,
                 ports=ports,
+                cluster_id=self.cluster_id,
             )
             self._ports[uuid] = ports
         # QEMU runs as an unprivileged user: it must be able to enter the folders.
@@ -681,7 +709,7 @@ class LibvirtHypervisor:
         instance_dir.chmod(0o755)
         console_log.parent.mkdir(parents=True, exist_ok=True)
         dom = conn.defineXML(xml)  # defines, or refreshes a stopped domain's definition
-        self._owners[uuid] = True
+        self._owners[uuid] = "own" if self.cluster_id or not self.node_name else "legacy"
         if not start:
             log.info("domain defined", uuid=uuid, domain=domain_name(uuid), type=self.domain_type)
             return self._state_of(uuid, dom)

@@ -68,6 +68,9 @@ class DomainState:
     power_state: str
     reason: str = ""
     ports: ConsolePorts = field(default_factory=ConsolePorts)
+    # Made before domains recorded their cluster: its control plane removes it only
+    # if it knows the instance (another cluster's may share the node's name).
+    legacy: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,10 @@ class Hypervisor(Protocol):
     """The operations the node agent performs on domains."""
 
     kind: str
+
+    def claim(self, cluster_id: str) -> None:
+        """Serve the cluster cluster_id: only its domains (and legacy ones) are managed."""
+        ...
 
     async def list_domains(self) -> list[DomainState]:
         """Every domain this driver manages."""

@@ -74,6 +74,7 @@ async def start_fake_node(
     usage_interval: float = 0.0,
     tls: Material | None = None,
     wait: bool = True,
+    data_dir: Path | None = None,
 ) -> FakeNode:
     """Start a node agent with fakes and wait until it has registered (with tls: its
     node certificate, against the node listener, instead of the system key)."""
@@ -81,7 +82,7 @@ async def start_fake_node(
     network = network or FakeNetworkDriver()
     disks = FakeDiskBuilder()
     # Short: guest agent sockets live under it (unix socket paths are limited to 107 bytes).
-    data_dir = Path(tempfile.mkdtemp(prefix="mcn-", dir="/tmp"))
+    data_dir = data_dir or Path(tempfile.mkdtemp(prefix="mcn-", dir="/tmp"))
     settings = NodeSettings(
         control_plane=target,
         name=name,

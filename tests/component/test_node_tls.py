@@ -111,6 +111,7 @@ async def test_a_node_with_its_certificate_connects_and_serves_instances(
 ) -> None:
     """The node's certificate is its credential: it registers, and creates over TLS reach it."""
     assert tls.plane.nodes.connected("node1")
+    assert tls.plane.parts.cluster_id == tls.ca.cluster_id()  # the CA names the cluster
 
     def create() -> dict[str, object]:  # the client is synchronous: off the plane's loop
         with tls.client() as api:

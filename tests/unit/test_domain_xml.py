@@ -89,6 +89,22 @@ def test_identity_round_trips() -> None:
     )
     identity = parse_domain_identity(xml)
     assert (identity.uuid, identity.name, identity.namespace) == (UUID, "web-1", "team-a")
+    assert identity.cluster == ""
+
+
+def test_the_domain_records_its_node_and_cluster() -> None:
+    """The metadata names the node and the cluster that made the domain, read back as made."""
+    xml = build_domain_xml(
+        spec(),
+        [disk()],
+        console_log=CONSOLE,
+        domain_type="qemu",
+        socket_dir=SOCKETS,
+        node_name="hv1",
+        cluster_id="c0ffee",
+    )
+    identity = parse_domain_identity(xml)
+    assert (identity.node, identity.cluster) == ("hv1", "c0ffee")
 
 
 def test_unreadable_xml_raises() -> None:
