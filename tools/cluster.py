@@ -302,6 +302,7 @@ class Cluster:
         controlplane_env: dict[str, str] | None = None,
         node_env: dict[str, str] | None = None,
         tls: bool = True,
+        node_name: str = "",
     ) -> Cluster:
         """Start an image server, a control plane and a node agent in a new folder.
 
@@ -320,6 +321,8 @@ class Cluster:
             node_env=node_env or {},
             tls=tls,
         )
+        if node_name:
+            cluster.node_name = node_name
         if tls:
             cluster.make_ca()
         cluster.start_images()
