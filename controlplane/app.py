@@ -27,7 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from common import logs
 from common.metricsserver import MetricsServer, enabled
 from common.tasks import Tasks
-from controlplane import gauges
+from controlplane import gauges, signingkeys
 from controlplane.api import reflection
 from controlplane.api.agent import AgentServicer
 from controlplane.api.artifacts import ArtifactServicer
@@ -297,6 +297,8 @@ async def build(
     settings: Settings, store: Store | None = None, clock: Callable[[], float] = time.time
 ) -> ControlPlane:
     """Wire a control plane (RocksDB under data_dir unless a store is given), not yet serving."""
+    # First: a key file that cannot be used stops the start before anything is opened.
+    signing_key, keyring = signingkeys.load(settings.signing_key_path(), settings.token_public_keys)
     metrics = PlaneMetrics()
     store = TimedStore(
         store if store is not None else RocksStore(settings.data_dir / "store"), metrics
@@ -342,6 +344,8 @@ async def build(
         guard=LoginGuard(settings.login_policy()),
         concurrency=settings.login_concurrency,
         queue=settings.login_queue,
+        signing_key=signing_key,
+        keyring=keyring,
     )
     await namespaces.start(settings.system_key, settings.data_dir / "system-key")
     kinds: dict[str, MetadataKind] = {

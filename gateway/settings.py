@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,9 @@ class GatewaySettings:
     log_json: bool = False
     # Where /metrics is served (a management address; empty or "off": not served).
     metrics_listen: str = "127.0.0.1:13003"
+    # The control planes' token public keys (PEM files, e.g. <data dir>/token-signing-key.pub):
+    # tokens are checked here before anything else. Empty: only the control plane checks them.
+    token_public_keys: tuple[Path, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -37,6 +41,11 @@ class GatewaySettings:
             call_timeout=float(env.get("MINICLOUD_GATEWAY_CALL_TIMEOUT", base.call_timeout)),
             log_json=env.get("MINICLOUD_LOG_JSON", "") in ("1", "true", "yes"),
             metrics_listen=env.get("MINICLOUD_GATEWAY_METRICS_LISTEN", base.metrics_listen),
+            token_public_keys=tuple(
+                Path(p.strip())
+                for p in env.get("MINICLOUD_GATEWAY_TOKEN_PUBLIC_KEYS", "").split(",")
+                if p.strip()
+            ),
         )
 
     @property
