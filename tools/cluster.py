@@ -157,6 +157,9 @@ class Cluster:
         }
 
     def start_gateway(self) -> None:
+        """Start the gateway with the control plane's token public key (made at its start)."""
+        public = self.root / "controlplane" / "token-signing-key.pub"
+        wait_until(public.exists, 30, "the control plane's token public key")
         self._start(
             "gateway",
             [sys.executable, "-m", "gateway"],
@@ -164,6 +167,7 @@ class Cluster:
                 "MINICLOUD_GATEWAY_LISTEN": f"127.0.0.1:{self.gateway_port}",
                 "MINICLOUD_GATEWAY_API": self.api,
                 "MINICLOUD_GATEWAY_METRICS_LISTEN": self._metrics_listen("gateway"),
+                "MINICLOUD_GATEWAY_TOKEN_PUBLIC_KEYS": str(public),
             },
         )
 

@@ -72,7 +72,12 @@ start images .venv/bin/python tools/serve_images.py --dir "$DEMO/images" --port 
 MINICLOUD_LISTEN=$API MINICLOUD_DATA_DIR=$DEMO/controlplane MINICLOUD_SYSTEM_KEY=$MINICLOUD_KEY \
 MINICLOUD_METRICS_LISTEN=$CP_METRICS \
   start controlplane .venv/bin/minicloud-controlplane
+# The gateway checks tokens itself with the control plane's public token key, made on its
+# first start.
+TOKEN_PUB=$DEMO/controlplane/token-signing-key.pub
+for _ in $(seq 1 100); do [ -s "$TOKEN_PUB" ] && break; sleep 0.1; done
 MINICLOUD_GATEWAY_LISTEN=$REST MINICLOUD_GATEWAY_API=$API MINICLOUD_GATEWAY_METRICS_LISTEN=$REST_METRICS \
+MINICLOUD_GATEWAY_TOKEN_PUBLIC_KEYS=$TOKEN_PUB \
   start gateway .venv/bin/python -m gateway
 MINICLOUD_NODE_CONTROL_PLANE=$API MINICLOUD_NODE_NAME=demo-node MINICLOUD_NODE_KEY=$MINICLOUD_KEY \
 MINICLOUD_NODE_DATA_DIR=$DEMO/node MINICLOUD_NODE_METRICS_LISTEN=$NODE_METRICS \
