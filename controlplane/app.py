@@ -346,6 +346,7 @@ async def build(
         queue=settings.login_queue,
         signing_key=signing_key,
         keyring=keyring,
+        skew=settings.token_clock_skew,
     )
     await namespaces.start(settings.system_key, settings.data_dir / "system-key")
     kinds: dict[str, MetadataKind] = {

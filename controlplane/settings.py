@@ -45,6 +45,9 @@ class Settings:
     # More public keys (PEM files) whose tokens are taken: other control planes' keys,
     # and a rotated-out key until its tokens have expired.
     token_public_keys: tuple[Path, ...] = ()
+    # Seconds a token is still taken after its expiry, or already before its issue time
+    # (clocks differ between machines).
+    token_clock_skew: float = 30.0
     # Days each event type is kept (0: forever), and how often old events are pruned.
     retain_audit_days: float = 90
     retain_mutate_days: float = 90
@@ -118,6 +121,7 @@ class Settings:
                 else None
             ),
             token_public_keys=paths(env.get("MINICLOUD_TOKEN_PUBLIC_KEYS", "")),
+            token_clock_skew=float(env.get("MINICLOUD_TOKEN_CLOCK_SKEW", base.token_clock_skew)),
             event_prune_interval=float(
                 env.get("MINICLOUD_EVENT_PRUNE_INTERVAL", base.event_prune_interval)
             ),

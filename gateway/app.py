@@ -62,7 +62,9 @@ def build_app(settings: GatewaySettings) -> web.Application:
         client_max_size=settings.max_chunk_bytes + settings.max_json_bytes,
     )
     app[SETTINGS] = settings
-    app[TOKEN_CHECK] = TokenCheck(load_keyring(settings.token_public_keys))
+    app[TOKEN_CHECK] = TokenCheck(
+        load_keyring(settings.token_public_keys), settings.token_clock_skew
+    )
     app[METRICS] = GatewayMetrics()
     routes = all_routes()
     app[root.OPENAPI] = document(routes)

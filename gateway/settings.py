@@ -27,6 +27,8 @@ class GatewaySettings:
     # The control planes' token public keys (PEM files, e.g. <data dir>/token-signing-key.pub):
     # tokens are checked here before anything else. Empty: only the control plane checks them.
     token_public_keys: tuple[Path, ...] = ()
+    # Seconds a token is still taken after its expiry, or already before its issue time.
+    token_clock_skew: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -45,6 +47,9 @@ class GatewaySettings:
                 Path(p.strip())
                 for p in env.get("MINICLOUD_GATEWAY_TOKEN_PUBLIC_KEYS", "").split(",")
                 if p.strip()
+            ),
+            token_clock_skew=float(
+                env.get("MINICLOUD_GATEWAY_TOKEN_CLOCK_SKEW", base.token_clock_skew)
             ),
         )
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import structlog
 
-from common.accesstoken import Keyring, TokenError, bearer, verify
+from common.accesstoken import SKEW, Keyring, TokenError, bearer, verify
 from common.signing import SigningError, load_public_keys
 from gateway.errors import HttpError
 
@@ -45,8 +45,14 @@ def load_keyring(paths: tuple[Path, ...]) -> Keyring | None:
 class TokenCheck:
     """Refuses (401) a request whose Authorization header holds no token the keys accept."""
 
-    def __init__(self, keyring: Keyring | None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        keyring: Keyring | None,
+        skew: float = SKEW,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.keyring = keyring
+        self.skew = skew
         self.clock = clock
 
     def __call__(self, authorization: str | None) -> None:
@@ -54,6 +60,6 @@ class TokenCheck:
         try:
             token = bearer(authorization or "")
             if self.keyring is not None:
-                verify(self.keyring, token, self.clock())
+                verify(self.keyring, token, self.clock(), self.skew)
         except TokenError as exc:
             raise HttpError(401, f"unauthorized: {exc}") from None

@@ -70,6 +70,7 @@ class NamespaceService:
         queue: int = 64,
         signing_key: SigningKey | None = None,
         keyring: accesstoken.Keyring | None = None,
+        skew: float = accesstoken.SKEW,
     ) -> None:
         """Without a signing key, a fresh one is made (its tokens die with the process)."""
         self.namespaces = namespaces
@@ -85,6 +86,7 @@ class NamespaceService:
         self.keyring = (
             keyring if keyring is not None else accesstoken.Keyring([self.signing_key.public])
         )
+        self.skew = skew
         self._cache: dict[str, Namespace] = {}
         # (namespace, key name, nonce) -> HMAC of the key that matched it.
         self._verified: dict[tuple[str, str, str], bytes] = {}
@@ -210,7 +212,7 @@ class NamespaceService:
         minted with still exist (deleting either revokes its tokens).
         """
         try:
-            claims = accesstoken.verify(self.keyring, token, self.clock())
+            claims = accesstoken.verify(self.keyring, token, self.clock(), self.skew)
         except accesstoken.TokenError as exc:
             raise Unauthenticated(str(exc)) from None
         ns = self._cache.get(claims.namespace)
