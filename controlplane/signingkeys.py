@@ -60,8 +60,11 @@ def signing_key(path: Path) -> SigningKey:
         raise OSError(f"cannot use token signing key {path}: {exc}") from None
     pub = public_path(path)
     if not pub.exists() or pub.read_bytes() != key.public.pem():
-        pub.write_bytes(key.public.pem())
-        pub.chmod(0o644)
+        # Whole or not at all: a gateway may be reading it as it starts.
+        partial = pub.with_name(pub.name + ".tmp")
+        partial.write_bytes(key.public.pem())
+        partial.chmod(0o644)
+        partial.replace(pub)
     return key
 
 
