@@ -5,6 +5,7 @@
     minicloud-ca issue-node node1 [--days 365]         # a node agent's client certificate
     minicloud-ca renew node1 ; minicloud-ca revoke node1 --reason "disk stolen"
     minicloud-ca list
+    minicloud-ca token-key new-token-signing-key       # an Ed25519 token key pair (rotation)
 
 The folder is MINICLOUD_CA_DIR (default ./ca), or --dir. Keys are written
 0600. A node certificate names its node: the node agent holding it may speak
@@ -27,7 +28,7 @@ import grpc
 
 from client import table
 from client.api import Client
-from client.cadir import CaDir, CaError
+from client.cadir import CaDir, CaError, new_token_key
 from common import pki
 
 
@@ -73,11 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("name")
     revoke.add_argument("--reason", default="revoked")
     verbs.add_parser("list", help="issued certificates")
+    token_key = verbs.add_parser(
+        "token-key", help="a token signing key (Ed25519, 0600) and its public half (PATH.pub)"
+    )
+    token_key.add_argument("path", type=Path, help="where to write the private key")
     return parser
 
 
 def run(args: argparse.Namespace, now: datetime.datetime) -> str:
     """Perform one command; returns what to print."""
+    if args.verb == "token-key":
+        kid = new_token_key(args.path)
+        return f"token signing key {args.path} (key id {kid}); public key {args.path}.pub"
     ca = CaDir(args.dir)
     if args.verb == "init":
         cluster_id = ca.init(now, args.cluster_id)

@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import pki
+from common import pki, signing
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -38,6 +38,23 @@ def _write_private(path: Path, data: bytes) -> None:
         os.write(fd, data)
     finally:
         os.close(fd)
+
+
+def new_token_key(path: Path) -> str:
+    """Write a new token signing key (0600) at path and its public half at path.pub.
+
+    Returns the key id. An existing key is never overwritten.
+    """
+    public = path.with_name(path.name + ".pub")
+    for existing in (path, public):
+        if existing.exists():
+            raise CaError(f"{existing} exists; move it aside first")
+    key = signing.new_signing_key()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_private(path, key.pem())
+    public.write_bytes(key.public.pem())
+    public.chmod(0o644)
+    return key.key_id
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The cluster's certificates: a CA, server certificates and node certificates.
 
-The only module that imports ``cryptography``. Keys are ECDSA P-256 (what
+With ``common.signing`` (the token keys), the only module that imports
+``cryptography``. Keys are ECDSA P-256 (what
 every TLS stack here speaks, gRPC's BoringSSL included). A cluster's CA
 carries the cluster's id in its subject (``OU=cluster <id>``), so two
 clusters' certificates never pass for each other. Certificates are of two

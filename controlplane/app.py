@@ -28,7 +28,7 @@ from common import logs, pki
 from common.metricsserver import MetricsServer, enabled
 from common.tasks import Tasks
 from common.tlsfiles import Material
-from controlplane import gauges
+from controlplane import gauges, signingkeys
 from controlplane.api import reflection
 from controlplane.api.agent import AgentServicer
 from controlplane.api.artifacts import ArtifactServicer
@@ -409,6 +409,8 @@ async def build(
     settings: Settings, store: Store | None = None, clock: Callable[[], float] = time.time
 ) -> ControlPlane:
     """Wire a control plane (RocksDB under data_dir unless a store is given), not yet serving."""
+    # First: a key file that cannot be used stops the start before anything is opened.
+    signing_key, keyring = signingkeys.load(settings.signing_key_path(), settings.token_public_keys)
     metrics = PlaneMetrics()
     material = settings.tls.read() if settings.tls is not None else None
     store = TimedStore(
@@ -455,6 +457,9 @@ async def build(
         guard=LoginGuard(settings.login_policy()),
         concurrency=settings.login_concurrency,
         queue=settings.login_queue,
+        signing_key=signing_key,
+        keyring=keyring,
+        skew=settings.token_clock_skew,
     )
     await namespaces.start(settings.system_key, settings.data_dir / "system-key")
     moves = MoveService(settings, records, nodes, reconciler, blobs, networks, netsync)

@@ -17,6 +17,11 @@ from controlplane.loginguard import Policy
 from controlplane.retention import EVENT_TYPES
 
 
+def paths(value: str) -> tuple[Path, ...]:
+    """The paths in a comma-separated list."""
+    return tuple(Path(p.strip()) for p in value.split(",") if p.strip())
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the control plane can be configured with."""
@@ -48,6 +53,15 @@ class Settings:
     system_key: str = ""
     # Lifetime of access tokens, in seconds.
     token_ttl: float = 900.0
+    # The Ed25519 key tokens are signed with (made on first start, mode 0600; its public
+    # half is written beside it as <file>.pub); empty: <data_dir>/token-signing-key.
+    token_signing_key: Path | None = None
+    # More public keys (PEM files) whose tokens are taken: other control planes' keys,
+    # and a rotated-out key until its tokens have expired.
+    token_public_keys: tuple[Path, ...] = ()
+    # Seconds a token is still taken after its expiry, or already before its issue time
+    # (clocks differ between machines).
+    token_clock_skew: float = 30.0
     # Days each event type is kept (0: forever), and how often old events are pruned.
     retain_audit_days: float = 90
     retain_mutate_days: float = 90
@@ -84,6 +98,10 @@ class Settings:
     # HTTPS for /metrics (MINICLOUD_METRICS_TLS_CERT/_KEY/_CLIENT_CA); None: plain HTTP.
     metrics_tls: MetricsTLS | None = None
 
+    def signing_key_path(self) -> Path:
+        """The token signing key file."""
+        return self.token_signing_key or self.data_dir / "token-signing-key"
+
     def retention_days(self) -> dict[str, float]:
         """Event type -> days its events are kept."""
         return {kind: float(getattr(self, f"retain_{kind}_days")) for kind in EVENT_TYPES}
@@ -116,6 +134,13 @@ class Settings:
             log_json=env.get("MINICLOUD_LOG_JSON", "") in ("1", "true", "yes"),
             system_key=env.get("MINICLOUD_SYSTEM_KEY", base.system_key),
             token_ttl=float(env.get("MINICLOUD_TOKEN_TTL", base.token_ttl)),
+            token_signing_key=(
+                Path(env["MINICLOUD_TOKEN_SIGNING_KEY"])
+                if env.get("MINICLOUD_TOKEN_SIGNING_KEY")
+                else None
+            ),
+            token_public_keys=paths(env.get("MINICLOUD_TOKEN_PUBLIC_KEYS", "")),
+            token_clock_skew=float(env.get("MINICLOUD_TOKEN_CLOCK_SKEW", base.token_clock_skew)),
             event_prune_interval=float(
                 env.get("MINICLOUD_EVENT_PRUNE_INTERVAL", base.event_prune_interval)
             ),

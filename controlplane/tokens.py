@@ -1,89 +1,30 @@
-"""Signed access tokens and hashed keys: pure functions, no I/O, no clock of their own.
+"""Hashed keys and the bearer header: pure functions, no I/O, no clock of their own.
 
-A token is ``base64url(claims JSON) + "." + base64url(HMAC-SHA256(secret, claims))``.
-Its claims name the namespace, the key it was minted with, that key's nonce
-(rotating or deleting the key changes the nonce and so revokes the token) and
-its expiry in epoch seconds. Keys are stored as scrypt hashes with a salt.
+Keys are stored as scrypt hashes with a salt; each key has a nonce, which the
+tokens minted with it carry (rotating or deleting the key changes the nonce
+and so revokes them). The tokens themselves, signed with Ed25519 and
+checkable by any process holding the public keys, are ``common.accesstoken``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
-import json
 import secrets
-from dataclasses import dataclass
 
+from common import accesstoken
 from controlplane.errors import Unauthenticated
 
 # scrypt cost: about 30 ms and 16 MiB per check, once per token.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
-MAX_TOKEN_BYTES = 4096
-
-
-@dataclass(frozen=True)
-class Claims:
-    """Who a token speaks for, and until when."""
-
-    namespace: str
-    key_name: str
-    nonce: str
-    expires_at: float
-
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _sign(secret: bytes, body: str) -> str:
-    return _b64(hmac.new(secret, body.encode(), hashlib.sha256).digest())
-
-
-def mint(secret: bytes, claims: Claims) -> str:
-    """A signed token carrying claims."""
-    body = _b64(
-        json.dumps(
-            {
-                "ns": claims.namespace,
-                "key": claims.key_name,
-                "nonce": claims.nonce,
-                "exp": claims.expires_at,
-            },
-            separators=(",", ":"),
-        ).encode()
-    )
-    return f"{body}.{_sign(secret, body)}"
-
-
-def verify(secret: bytes, token: str, now: float) -> Claims:
-    """The claims of a genuine, unexpired token (Unauthenticated otherwise)."""
-    if not token or len(token) > MAX_TOKEN_BYTES or token.count(".") != 1:
-        raise Unauthenticated("malformed token")
-    body, signature = token.split(".")
-    if not hmac.compare_digest(_sign(secret, body), signature):
-        raise Unauthenticated("invalid token signature")
-    try:
-        data = json.loads(_unb64(body))
-        claims = Claims(str(data["ns"]), str(data["key"]), str(data["nonce"]), float(data["exp"]))
-    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
-        raise Unauthenticated("malformed token") from exc
-    if claims.expires_at <= now:
-        raise Unauthenticated("token expired")
-    return claims
 
 
 def bearer(metadata_value: str) -> str:
     """The token in an "authorization: Bearer <token>" value (Unauthenticated if absent)."""
-    scheme, _, token = metadata_value.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated("expected 'authorization: Bearer <token>'")
-    return token.strip()
+    try:
+        return accesstoken.bearer(metadata_value)
+    except accesstoken.TokenError as exc:
+        raise Unauthenticated(str(exc)) from None
 
 
 def hash_key(key: str, salt: bytes | None = None) -> tuple[str, str]:
@@ -105,7 +46,7 @@ def remember(secret: bytes, key: str) -> bytes:
 
 
 def new_secret() -> bytes:
-    """A fresh random signing secret."""
+    """A fresh random secret (the store's, keying remembered keys)."""
     return secrets.token_bytes(32)
 
 

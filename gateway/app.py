@@ -29,8 +29,9 @@ from gateway.routes import (
     nodes,
     root,
 )
-from gateway.routing import BACKEND, SETTINGS, Route, aiohttp_handler
+from gateway.routing import BACKEND, SETTINGS, TOKEN_CHECK, Route, aiohttp_handler
 from gateway.settings import GatewaySettings
+from gateway.tokencheck import TokenCheck, load_keyring
 
 log = structlog.get_logger(__name__)
 
@@ -56,12 +57,18 @@ def all_routes() -> list[Route]:
 
 
 def build_app(settings: GatewaySettings) -> web.Application:
-    """The aiohttp application (stubs and the metrics listener start with it, in its loop)."""
+    """The aiohttp application (stubs and the metrics listener start with it, in its loop).
+
+    OSError when a token public key file cannot be used.
+    """
     app = web.Application(
         middlewares=[gateway_middleware],
         client_max_size=settings.max_chunk_bytes + settings.max_json_bytes,
     )
     app[SETTINGS] = settings
+    app[TOKEN_CHECK] = TokenCheck(
+        load_keyring(settings.token_public_keys), settings.token_clock_skew
+    )
     app[METRICS] = GatewayMetrics()
     routes = all_routes()
     app[root.OPENAPI] = document(routes)

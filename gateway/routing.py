@@ -22,9 +22,11 @@ from gateway.backend import Backend
 from gateway.errors import HttpError, from_rpc
 from gateway.fields import Field, parse
 from gateway.settings import GatewaySettings
+from gateway.tokencheck import TokenCheck
 
 BACKEND: web.AppKey[Backend] = web.AppKey("backend", Backend)
 SETTINGS: web.AppKey[GatewaySettings] = web.AppKey("settings", GatewaySettings)
+TOKEN_CHECK: web.AppKey[TokenCheck] = web.AppKey("token_check", TokenCheck)
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 NAMESPACE_KEY = "x-namespace"
 UUID_CHARS = set("0123456789abcdef-")
@@ -155,6 +157,9 @@ def aiohttp_handler(route: Route) -> Callable[[web.Request], Awaitable[web.Strea
     async def handle(request: web.Request) -> web.StreamResponse:
         app = request.app
         settings = app[SETTINGS]
+        if not route.public:
+            # Before the body is read or anything is forwarded.
+            app[TOKEN_CHECK](request.headers.get("Authorization"))
         body: dict[str, Any] = {}
         if route.body_kind == "json":
             body = parse(await _json_body(request, settings.max_json_bytes), route.body)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from common import tlsfiles
 from common.metricsserver import MetricsTLS
@@ -33,6 +34,11 @@ class GatewaySettings:
     metrics_listen: str = "127.0.0.1:13003"
     # HTTPS for /metrics (MINICLOUD_GATEWAY_METRICS_TLS_CERT/_KEY/_CLIENT_CA); None: plain.
     metrics_tls: MetricsTLS | None = None
+    # The control planes' token public keys (PEM files, e.g. <data dir>/token-signing-key.pub):
+    # tokens are checked here before anything else. Empty: only the control plane checks them.
+    token_public_keys: tuple[Path, ...] = ()
+    # Seconds a token is still taken after its expiry, or already before its issue time.
+    token_clock_skew: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -49,6 +55,14 @@ class GatewaySettings:
             metrics_listen=env.get("MINICLOUD_GATEWAY_METRICS_LISTEN", base.metrics_listen),
             metrics_tls=MetricsTLS.from_env(env, "MINICLOUD_GATEWAY_METRICS"),
             tls=tlsfiles.required(env, "MINICLOUD_GATEWAY", "the REST gateway"),
+            token_public_keys=tuple(
+                Path(p.strip())
+                for p in env.get("MINICLOUD_GATEWAY_TOKEN_PUBLIC_KEYS", "").split(",")
+                if p.strip()
+            ),
+            token_clock_skew=float(
+                env.get("MINICLOUD_GATEWAY_TOKEN_CLOCK_SKEW", base.token_clock_skew)
+            ),
         )
 
     @property

@@ -240,6 +240,10 @@ def main() -> None:
                 stderr=open(work / "controlplane.log", "wb"),  # noqa: SIM115
             )
         )
+        public = work / "cp" / "token-signing-key.pub"
+        deadline = time.monotonic() + 20
+        while not public.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-m", "gateway"],
@@ -248,6 +252,7 @@ def main() -> None:
                     "MINICLOUD_GATEWAY_LISTEN": f"127.0.0.1:{rest_port}",
                     "MINICLOUD_GATEWAY_METRICS_LISTEN": "127.0.0.1:0",
                     "MINICLOUD_GATEWAY_API": f"127.0.0.1:{api_port}",
+                    "MINICLOUD_GATEWAY_TOKEN_PUBLIC_KEYS": str(public),
                 },
                 stdout=subprocess.DEVNULL,
                 stderr=open(work / "gateway.log", "wb"),  # noqa: SIM115

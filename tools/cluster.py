@@ -201,6 +201,9 @@ class Cluster:
         }
 
     def start_gateway(self) -> None:
+        """Start the gateway with the control plane's token public key (made at its start)."""
+        public = self.root / "controlplane" / "token-signing-key.pub"
+        wait_until(public.exists, 30, "the control plane's token public key")
         self._start(
             "gateway",
             [sys.executable, "-m", "gateway"],
@@ -209,6 +212,7 @@ class Cluster:
                 "MINICLOUD_GATEWAY_API": self.api,
                 "MINICLOUD_GATEWAY_METRICS_LISTEN": self._metrics_listen("gateway"),
                 **self._tls_env("MINICLOUD_GATEWAY", "gateway"),
+                "MINICLOUD_GATEWAY_TOKEN_PUBLIC_KEYS": str(public),
             },
         )
 

@@ -87,9 +87,14 @@ MINICLOUD_NODE_LISTEN=$NODE_API \
 MINICLOUD_LISTEN=$API MINICLOUD_DATA_DIR=$DEMO/controlplane MINICLOUD_SYSTEM_KEY=$MINICLOUD_KEY \
 MINICLOUD_METRICS_LISTEN=$CP_METRICS \
   start controlplane .venv/bin/minicloud-controlplane
+# The gateway checks tokens itself with the control plane's public token key, made on its
+# first start.
+TOKEN_PUB=$DEMO/controlplane/token-signing-key.pub
+for _ in $(seq 1 100); do [ -s "$TOKEN_PUB" ] && break; sleep 0.1; done
 MINICLOUD_GATEWAY_TLS_CERT=$ISSUED/gateway.crt MINICLOUD_GATEWAY_TLS_KEY=$ISSUED/gateway.key \
 MINICLOUD_GATEWAY_TLS_CA=$CA/ca.crt \
 MINICLOUD_GATEWAY_LISTEN=$REST MINICLOUD_GATEWAY_API=$API MINICLOUD_GATEWAY_METRICS_LISTEN=$REST_METRICS \
+MINICLOUD_GATEWAY_TOKEN_PUBLIC_KEYS=$TOKEN_PUB \
   start gateway .venv/bin/python -m gateway
 MINICLOUD_NODE_TLS_CERT=$ISSUED/demo-node.crt MINICLOUD_NODE_TLS_KEY=$ISSUED/demo-node.key \
 MINICLOUD_NODE_TLS_CA=$CA/ca.crt \

@@ -19,6 +19,8 @@ from typing import Any
 
 import structlog
 
+from common import accesstoken
+from common.signing import SigningKey, new_signing_key
 from controlplane import tokens
 from controlplane.errors import (
     AlreadyExists,
@@ -66,7 +68,11 @@ class NamespaceService:
         guard: LoginGuard | None = None,
         concurrency: int = 2,
         queue: int = 64,
+        signing_key: SigningKey | None = None,
+        keyring: accesstoken.Keyring | None = None,
+        skew: float = accesstoken.SKEW,
     ) -> None:
+        """Without a signing key, a fresh one is made (its tokens die with the process)."""
         self.namespaces = namespaces
         self.clock = clock
         self.token_ttl = token_ttl
@@ -76,6 +82,11 @@ class NamespaceService:
         self._queue = max(0, queue)
         self._waiting = 0
         self._secret = b""
+        self.signing_key = signing_key if signing_key is not None else new_signing_key()
+        self.keyring = (
+            keyring if keyring is not None else accesstoken.Keyring([self.signing_key.public])
+        )
+        self.skew = skew
         self._cache: dict[str, Namespace] = {}
         # (namespace, key name, nonce) -> HMAC of the key that matched it.
         self._verified: dict[tuple[str, str, str], bytes] = {}
@@ -139,9 +150,23 @@ class NamespaceService:
             raise Unauthenticated("unauthorized")
         self.guard.succeeded(subjects)
         ttl = int(self.token_ttl)
-        claims = tokens.Claims(namespace, name, ns.keys[name].nonce, self.clock() + ttl)
-        log.info("token issued", namespace=namespace, key_name=name)
-        return tokens.mint(self._secret, claims), ttl
+        now = int(self.clock())
+        claims = accesstoken.Claims(
+            namespace=namespace,
+            key_name=name,
+            key_nonce=ns.keys[name].nonce,
+            issued_at=now,
+            expires_at=now + ttl,
+            token_id=accesstoken.new_token_id(),
+        )
+        log.info(
+            "token issued",
+            namespace=namespace,
+            key_name=name,
+            jti=claims.token_id,
+            kid=self.signing_key.key_id,
+        )
+        return accesstoken.mint(self.signing_key, claims), ttl
 
     def _remembered_key(self, ns: Namespace, key: str) -> str | None:
         """The name of a key of the namespace that this key matched before, or None.
@@ -180,13 +205,21 @@ class NamespaceService:
         return None
 
     def authenticate(self, token: str) -> str:
-        """The namespace a bearer token speaks for (Unauthenticated if it does not)."""
-        claims = tokens.verify(self._secret, token, self.clock())
+        """The namespace a bearer token speaks for (Unauthenticated if it does not).
+
+        The signature and the clock are checked first, with the public keys
+        alone; then, in memory, that the namespace and the key the token was
+        minted with still exist (deleting either revokes its tokens).
+        """
+        try:
+            claims = accesstoken.verify(self.keyring, token, self.clock(), self.skew)
+        except accesstoken.TokenError as exc:
+            raise Unauthenticated(str(exc)) from None
         ns = self._cache.get(claims.namespace)
         if ns is None or ns.state != "created":
             raise Unauthenticated("the token's namespace no longer exists")
         key = ns.keys.get(claims.key_name)
-        if key is None or key.nonce != claims.nonce:
+        if key is None or key.nonce != claims.key_nonce:
             raise Unauthenticated("the token's key was deleted or replaced")
         return claims.namespace
 

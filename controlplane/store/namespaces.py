@@ -1,9 +1,10 @@
-"""Namespace records (with their hashed keys) and the token signing secret.
+"""Namespace records (with their hashed keys) and the store's secret.
 
 Key layout:
 
     ns/<name>              namespace record (JSON)
-    config/token-secret    the secret tokens are signed with (raw bytes)
+    config/token-secret    the secret that keys remembered logins (raw bytes; tokens
+                           are signed with Ed25519 keys held in files, not with it)
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class Namespaces:
         return ns.with_changes(version=ns.version + 1)
 
     async def secret(self) -> bytes:
-        """The token signing secret, made on first use and kept from then on."""
+        """The store's secret, made on first use and kept from then on."""
         item = await self.store.get(SECRET_KEY)
         if item is not None:
             return item.value

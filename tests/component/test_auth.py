@@ -12,6 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client.api import Client
+from common.accesstoken import SKEW
 from controlplane.app import ControlPlane, start
 from protos import (
     auth_pb2,
@@ -56,12 +57,13 @@ async def test_calls_without_a_valid_token_are_unauthenticated(channel: Any) -> 
     stub = instances_pb2_grpc.InstanceServiceStub(channel)
     request = instances_pb2.ListInstancesRequest()
     good = (await bearer(channel))[0][1]
-    body, _ = good.removeprefix("Bearer ").split(".")
+    body = good.removeprefix("Bearer ").rsplit(".", 1)[0]
     for metadata in (
         (),
         (("authorization", "Bearer nonsense"),),
         (("authorization", good.replace("Bearer", "Basic")),),
         (("authorization", f"Bearer {body}.AAAA"),),
+        (("authorization", f"Bearer {body}."),),
     ):
         assert await code_of(stub.List(request, metadata=metadata)) == (
             grpc.StatusCode.UNAUTHENTICATED
@@ -101,7 +103,7 @@ async def test_expired_tokens_are_refused(tmp_path: Path) -> None:
             metadata = await bearer(ch)
             request = instances_pb2.ListInstancesRequest()
             assert await code_of(stub.List(request, metadata=metadata)) == grpc.StatusCode.OK
-            now[0] += 901
+            now[0] += 900 + SKEW
             assert await code_of(stub.List(request, metadata=metadata)) == (
                 grpc.StatusCode.UNAUTHENTICATED
             )
@@ -121,7 +123,8 @@ async def test_client_refreshes_an_expired_token_transparently(tmp_path: Path) -
             ) as client:
                 first = client.token()
                 client.list_instances()
-                now[0] += 901  # the control plane's clock: the client still thinks it is fresh
+                # The control plane's clock: the client still thinks it is fresh.
+                now[0] += 900 + SKEW
                 client.list_instances()
                 assert client.token() != first
                 return len(client.list_namespaces())

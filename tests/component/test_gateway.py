@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -14,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from controlplane.app import ControlPlane
+from controlplane.signingkeys import public_path
 from gateway.app import serve
 from gateway.capabilities import CLIENT_TOKENS, advertised
 from gateway.settings import GatewaySettings
@@ -57,9 +59,18 @@ class Rest:
                 return r.status, text
 
 
-async def start_gateway(target: str) -> tuple[web.AppRunner, str]:
+def token_keys(plane: ControlPlane) -> tuple[Path, ...]:
+    """The public key file of the plane's token signing key, for a gateway in front of it."""
+    return (public_path(plane.parts.settings.signing_key_path()),)
+
+
+async def start_gateway(target: str, keys: tuple[Path, ...] = ()) -> tuple[web.AppRunner, str]:
     settings = GatewaySettings(
-        listen="127.0.0.1:0", api=target, max_chunk_bytes=1 << 20, metrics_listen="127.0.0.1:0"
+        listen="127.0.0.1:0",
+        api=target,
+        max_chunk_bytes=1 << 20,
+        metrics_listen="127.0.0.1:0",
+        token_public_keys=keys,
     )
     runner = await serve(settings)
     host, port = runner.addresses[0][:2]
@@ -68,8 +79,8 @@ async def start_gateway(target: str) -> tuple[web.AppRunner, str]:
 
 @pytest.fixture
 async def rest(plane: ControlPlane) -> AsyncIterator[Rest]:
-    """A gateway in front of the plane, and a client of it."""
-    runner, url = await start_gateway(f"127.0.0.1:{plane.port}")
+    """A gateway in front of the plane (holding its token key), and a client of it."""
+    runner, url = await start_gateway(f"127.0.0.1:{plane.port}", token_keys(plane))
     async with aiohttp.ClientSession() as session:
         rest = Rest(session, url)
         await rest.login()

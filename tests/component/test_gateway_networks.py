@@ -13,7 +13,7 @@ import pytest
 
 from controlplane.app import ControlPlane, start
 from tests.component.conftest import FakeNode, plane_settings, start_fake_node
-from tests.component.test_gateway import Rest, create_body, created, start_gateway
+from tests.component.test_gateway import Rest, create_body, created, start_gateway, token_keys
 
 JsonDict = dict[str, Any]
 INTERFACE_KEYS = {
@@ -67,7 +67,9 @@ async def fake_node(small_pool_plane: ControlPlane) -> AsyncIterator[FakeNode]:
 @pytest.fixture
 async def rest(small_pool_plane: ControlPlane, fake_node: FakeNode) -> AsyncIterator[Rest]:
     """A gateway in front of the plane, and a system client of it."""
-    runner, url = await start_gateway(f"127.0.0.1:{small_pool_plane.port}")
+    runner, url = await start_gateway(
+        f"127.0.0.1:{small_pool_plane.port}", token_keys(small_pool_plane)
+    )
     async with aiohttp.ClientSession() as session:
         client = Rest(session, url)
         await client.login()

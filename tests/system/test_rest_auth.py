@@ -24,18 +24,25 @@ TOKEN_TTL = 5
 
 @pytest.fixture(scope="module")
 def cluster(guest_image: Path) -> Iterator[Cluster]:
-    """A cluster whose tokens expire after TOKEN_TTL seconds."""
-    saved = os.environ.get("MINICLOUD_TOKEN_TTL")
-    os.environ["MINICLOUD_TOKEN_TTL"] = str(TOKEN_TTL)
+    """A cluster whose tokens expire after TOKEN_TTL seconds (no skew allowed)."""
+    # No clock skew allowance: one machine, one clock, and a token dead right at its expiry.
+    wanted = {
+        "MINICLOUD_TOKEN_TTL": str(TOKEN_TTL),
+        "MINICLOUD_TOKEN_CLOCK_SKEW": "0",
+        "MINICLOUD_GATEWAY_TOKEN_CLOCK_SKEW": "0",
+    }
+    saved = {name: os.environ.get(name) for name in wanted}
+    os.environ.update(wanted)
     try:
         c = Cluster.launch(
             guest_image, Path(os.environ.get("MINICLOUD_TEST_ROOT", "/var/lib/mc/t"))
         )
     finally:
-        if saved is None:
-            os.environ.pop("MINICLOUD_TOKEN_TTL")
-        else:
-            os.environ["MINICLOUD_TOKEN_TTL"] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
     try:
         yield c
     finally:

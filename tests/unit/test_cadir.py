@@ -10,6 +10,7 @@ import pytest
 
 from client.cacli import main
 from client.cadir import CaDir, CaError
+from common.signing import load_public_keys, load_signing_key
 
 NOW = datetime.datetime(2026, 12, 4, 12, 0, tzinfo=datetime.UTC)
 
@@ -61,3 +62,19 @@ def test_the_command_reports_errors_in_one_line(
     assert main(["--dir", folder, "list"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[-2].split()[:2] == ["name", "kind"] and out[-1].split()[:2] == ["node1", "node"]
+
+
+def test_token_key_writes_a_private_key_and_its_public_half_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """minicloud-ca token-key writes PATH (0600) and PATH.pub, and never overwrites them."""
+    path = tmp_path / "keys" / "token-signing-key"
+    assert main(["token-key", str(path)]) == 0
+    key = load_signing_key(path.read_bytes())
+    assert key.key_id in capsys.readouterr().out
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    public = path.with_name("token-signing-key.pub")
+    assert [k.key_id for k in load_public_keys(public.read_bytes())] == [key.key_id]
+    assert main(["token-key", str(path)]) == 1
+    assert "exists" in capsys.readouterr().err
+    assert load_signing_key(path.read_bytes()).key_id == key.key_id
