@@ -47,6 +47,7 @@ from controlplane.nodes import NodeRegistry
 from controlplane.reconciler import Reconciler
 from controlplane.services.agent import AgentService
 from controlplane.services.artifacts import ArtifactService
+from controlplane.services.blobs import BlobService
 from controlplane.services.consoles import ConsoleService
 from controlplane.services.events import EventPruner
 from controlplane.services.instances import InstanceService
@@ -117,6 +118,7 @@ class Parts:
     nodes: NodeRegistry
     reconciler: Reconciler
     blobs: BlobStore
+    blob_service: BlobService
     artifacts: ArtifactService
     networks: NetworkService
     netsync: NetworkSync
@@ -160,7 +162,7 @@ SERVICES: tuple[Service, ...] = (
         _name(agent_pb2, "AgentService"),
     ),
     Service(
-        lambda p: BlobServicer(p.blobs, p.clock),
+        lambda p: BlobServicer(p.blob_service, p.clock),
         blobs_pb2_grpc.add_BlobServiceServicer_to_server,
         _name(blobs_pb2, "BlobService"),
     ),
@@ -247,6 +249,7 @@ class ControlPlane:
         await self.server.start()
         await self.set_health(True)
         self.tasks.spawn(self.parts.pruner.run(), name="event pruner")
+        self.tasks.spawn(self.parts.blob_service.run(), name="blob sweep")
         settings = self.parts.settings
         readiness = Readiness(
             self.store, self.set_health, settings.health_interval, settings.health_timeout
@@ -308,8 +311,11 @@ async def build(
     nodes.load_usage(await records.list_instances())
     reconciler = Reconciler(records, nodes, settings.name, clock, tasks)
     blobs = BlobStore(store, settings.data_dir / "blobs", metrics)
-    artifact_records = Artifacts(store)
-    artifacts = ArtifactService(artifact_records, blobs, clock)
+    artifact_records = Artifacts(store, settings.artifact_max_versions)
+    blob_service = BlobService(
+        blobs, records, artifact_records, reconciler.event, settings.blob_sweep_interval
+    )
+    artifacts = ArtifactService(artifact_records, blob_service, records, reconciler.event, clock)
     network_records = NetworkRecords(store)
     networks = NetworkService(
         records,
@@ -363,6 +369,7 @@ async def build(
         nodes=nodes,
         reconciler=reconciler,
         blobs=blobs,
+        blob_service=blob_service,
         artifacts=artifacts,
         networks=networks,
         netsync=netsync,

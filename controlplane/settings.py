@@ -67,6 +67,10 @@ class Settings:
     # how long the instance counts it shows may be reused before the records are read again.
     metrics_listen: str = "127.0.0.1:13102"
     metrics_instance_cache: float = 10.0
+    # Versions an artifact keeps unless set per artifact (Shaken Fist's default, 3), and
+    # how often blobs released while an instance still used them are checked again.
+    artifact_max_versions: int = 3
+    blob_sweep_interval: float = 60.0
 
     def retention_days(self) -> dict[str, float]:
         """Event type -> days its events are kept."""
@@ -121,6 +125,12 @@ class Settings:
             metrics_listen=env.get("MINICLOUD_METRICS_LISTEN", base.metrics_listen),
             metrics_instance_cache=float(
                 env.get("MINICLOUD_METRICS_INSTANCE_CACHE", base.metrics_instance_cache)
+            ),
+            artifact_max_versions=int(
+                env.get("MINICLOUD_ARTIFACT_MAX_VERSIONS", base.artifact_max_versions)
+            ),
+            blob_sweep_interval=float(
+                env.get("MINICLOUD_BLOB_SWEEP_INTERVAL", base.blob_sweep_interval)
             ),
         )
         retention: dict[str, Any] = {

@@ -1,32 +1,52 @@
-"""Artifacts, and turning a disk base that names one into the blob a node can fetch.
+"""Artifacts, their versions, and turning a disk base that names one into a blob.
 
 Bases understood here: ``label:NAME`` (the newest version of the label NAME),
 ``sf://upload/NAMESPACE/NAME`` (the newest version of that upload; only the
 caller's own namespace, or any for ``system``) and ``sf://blob/UUID`` (checked
-to exist); other ``sf://`` refs are refused, and anything else (a URL, a
-path, a distribution shorthand) is left for the node.
+to exist and not be freed); other ``sf://`` refs are refused, and anything else
+(a URL, a path, a distribution shorthand) is left for the node.
+
+Each version holds one reference on its blob; a version that goes (deleted,
+dropped beyond the artifact's maximum, or with its artifact) gives it back
+through the blob service, which frees blobs nothing keeps. Every change is
+recorded as an event of the artifact, committed with it.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import dataclasses
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from controlplane.errors import InvalidArgument, NotFound
-from controlplane.model import Artifact
+from controlplane.model import Artifact, Event, JsonDict
+from controlplane.services.blobs import BlobService
+from controlplane.services.events import read_events
 from controlplane.services.namespaces import can_see
-from controlplane.store.artifacts import Artifacts
-from controlplane.store.blobs import BlobStore
+from controlplane.store.artifacts import DELETED, Artifacts, keep_newest
+from controlplane.store.protocol import Op
+from controlplane.store.records import Records
 from controlplane.validation import NAME_RE, looks_like_uuid
 
 KINDS = ("upload", "label")
+MAX_VERSIONS = 1000
+EventMaker = Callable[..., Event]
 
 
 class ArtifactService:
-    """Create, find and resolve artifacts."""
+    """Create, find, version, delete and resolve artifacts."""
 
-    def __init__(self, artifacts: Artifacts, blobs: BlobStore, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        artifacts: Artifacts,
+        blobs: BlobService,
+        records: Records,
+        event: EventMaker,
+        clock: Callable[[], float],
+    ) -> None:
         self.artifacts = artifacts
         self.blobs = blobs
+        self.records = records
+        self.event = event
         self.clock = clock
 
     async def upload(self, namespace: str, name: str, chunks: AsyncIterator[bytes]) -> Artifact:
@@ -43,15 +63,51 @@ class ArtifactService:
         kind = kind or "upload"
         if kind not in KINDS:
             raise InvalidArgument(f"artifact type {kind!r} is not one of: {', '.join(KINDS)}")
-        if await self.blobs.get(blob_uuid) is None:
-            raise NotFound(f"blob {blob_uuid!r} not found")
-        await self.blobs.reference(blob_uuid)
-        return await self.artifacts.add_version(
-            namespace, kind, name, blob_uuid, self.clock(), source_url
+        await self.blobs.get_live(blob_uuid)
+        await self.blobs.reference(blob_uuid, f"a version of {kind}:{name}")
+        art, dropped = await self.artifacts.add_version(
+            namespace, kind, name, blob_uuid, self.clock(), source_url, self._version_events
         )
+        await self._release(art, dropped)
+        return art
+
+    def _version_events(
+        self, old: Artifact | None, new: Artifact, dropped: list[JsonDict]
+    ) -> Sequence[Op]:
+        newest = new.versions[-1]
+        events = []
+        if old is None:
+            events.append(self.event(new.uuid, "artifact created", type=new.type, name=new.name))
+        events.append(
+            self.event(
+                new.uuid,
+                f"version {newest['index']} added",
+                index=newest["index"],
+                blob_uuid=newest["blob_uuid"],
+            )
+        )
+        events += self._dropped_events(new, dropped)
+        return self.records.event_ops(events)
+
+    def _dropped_events(self, art: Artifact, dropped: list[JsonDict]) -> list[Event]:
+        keep = self.artifacts.max_versions(art)
+        return [
+            self.event(
+                art.uuid,
+                f"version {v['index']} dropped: more than {keep} versions",
+                index=v["index"],
+                blob_uuid=v["blob_uuid"],
+            )
+            for v in dropped
+        ]
+
+    async def _release(self, art: Artifact, removed: list[JsonDict]) -> None:
+        for version in removed:
+            why = f"version {version['index']} of {art.type}:{art.name} removed"
+            await self.blobs.release(str(version["blob_uuid"]), why)
 
     async def get(self, namespace: str, ref: str) -> Artifact:
-        """By UUID, or "TYPE:NAME" in the namespace."""
+        """By UUID (deleted ones too), or "TYPE:NAME" in the namespace."""
         found = None
         if looks_like_uuid(ref):
             found = await self.artifacts.get(ref)
@@ -63,8 +119,115 @@ class ArtifactService:
         return found
 
     async def list_all(self, namespace: str) -> list[Artifact]:
-        """The namespace's artifacts."""
+        """The namespace's live artifacts."""
         return await self.artifacts.list_all(namespace)
+
+    def view(self, art: Artifact) -> Artifact:
+        """The artifact with its effective maximum of versions filled in."""
+        return dataclasses.replace(
+            art, max_versions=self.artifacts.max_versions(art), index=art.last_index
+        )
+
+    async def _change(
+        self,
+        art: Artifact,
+        edit: Callable[[Artifact], tuple[Artifact, list[JsonDict]]],
+        events: Callable[[Artifact, Artifact, list[JsonDict]], list[Event]],
+    ) -> Artifact:
+        def ops(old: Artifact | None, new: Artifact, removed: list[JsonDict]) -> Sequence[Op]:
+            assert old is not None
+            return self.records.event_ops(events(old, new, removed))
+
+        changed = await self.artifacts.change(art.uuid, edit, ops)
+        if changed is None:
+            raise NotFound(f"artifact {art.uuid} not found")
+        new, removed = changed
+        await self._release(new, removed)
+        return new
+
+    async def delete(self, namespace: str, ref: str) -> Artifact:
+        """Delete an artifact and all its versions; a deleted one is left as it is."""
+        art = await self.get(namespace, ref)
+        if art.state == DELETED:
+            return art
+
+        def edit(old: Artifact) -> tuple[Artifact, list[JsonDict]]:
+            if old.state == DELETED:
+                return old, []
+            new = dataclasses.replace(old, state=DELETED, versions=(), index=old.last_index)
+            return new, list(old.versions)
+
+        def events(old: Artifact, new: Artifact, removed: list[JsonDict]) -> list[Event]:
+            return [self.event(old.uuid, "artifact deleted", versions=len(removed))]
+
+        return await self._change(art, edit, events)
+
+    async def delete_all(self, namespace: str, confirm: bool) -> list[Artifact]:
+        """Delete every live artifact of the namespace (confirm must be true)."""
+        if not confirm:
+            raise InvalidArgument("deleting every artifact of a namespace needs confirm")
+        return [await self.delete(namespace, a.uuid) for a in await self.list_all(namespace)]
+
+    async def versions(self, namespace: str, ref: str) -> list[tuple[JsonDict, int]]:
+        """The artifact's versions, oldest first, each with its blob's size."""
+        art = await self.get(namespace, ref)
+        out = []
+        for version in art.versions:
+            blob = await self.blobs.blobs.get(str(version["blob_uuid"]))
+            out.append((version, blob.size if blob is not None else 0))
+        return out
+
+    async def delete_version(self, namespace: str, ref: str, index: int) -> Artifact:
+        """Delete one version; the artifact goes with its last version."""
+        art = await self.get(namespace, ref)
+        if not any(int(v["index"]) == index for v in art.versions):
+            raise NotFound(f"artifact {ref!r} has no version {index}")
+
+        def edit(old: Artifact) -> tuple[Artifact, list[JsonDict]]:
+            gone = [v for v in old.versions if int(v["index"]) == index]
+            if not gone:
+                return old, []
+            kept = tuple(v for v in old.versions if int(v["index"]) != index)
+            state = old.state if kept else DELETED
+            return dataclasses.replace(old, versions=kept, state=state, index=old.last_index), gone
+
+        def events(old: Artifact, new: Artifact, removed: list[JsonDict]) -> list[Event]:
+            out = [
+                self.event(old.uuid, f"version {v['index']} deleted", blob_uuid=v["blob_uuid"])
+                for v in removed
+            ]
+            if new.state == DELETED and old.state != DELETED:
+                out.append(self.event(old.uuid, "artifact deleted: its last version was deleted"))
+            return out
+
+        return await self._change(art, edit, events)
+
+    async def set_max_versions(self, namespace: str, ref: str, keep: int) -> Artifact:
+        """Keep at most ``keep`` versions from now on, dropping the oldest beyond it now."""
+        if not 1 <= keep <= MAX_VERSIONS:
+            raise InvalidArgument(f"max_versions must be between 1 and {MAX_VERSIONS}")
+        art = await self.get(namespace, ref)
+        if art.state == DELETED:
+            raise NotFound(f"artifact {ref!r} not found (it was deleted)")
+
+        def edit(old: Artifact) -> tuple[Artifact, list[JsonDict]]:
+            kept, dropped = keep_newest(old.versions, keep)
+            return dataclasses.replace(
+                old, versions=kept, max_versions=keep, index=old.last_index
+            ), dropped
+
+        def events(old: Artifact, new: Artifact, removed: list[JsonDict]) -> list[Event]:
+            out = [self.event(old.uuid, f"max versions set to {keep}", max_versions=keep)]
+            return out + self._dropped_events(new, removed)
+
+        return await self._change(art, edit, events)
+
+    async def events(
+        self, namespace: str, ref: str, event_type: str = "", limit: int = 100
+    ) -> list[Event]:
+        """An artifact's events, newest first."""
+        art = await self.get(namespace, ref)
+        return await read_events(self.records, art.uuid, event_type, limit)
 
     async def resolve_base(self, namespace: str, base: str) -> str:
         """A disk base with artifact references replaced by ``sf://blob/UUID``."""
@@ -77,8 +240,10 @@ class ArtifactService:
                 raise NotFound(f"disk base {base!r} not found")
             return await self._blob_ref(await self.artifacts.find(owner, "upload", name), base)
         if base.startswith("sf://blob/"):
-            if await self.blobs.get(base.removeprefix("sf://blob/")) is None:
-                raise NotFound(f"disk base {base!r}: no such blob")
+            try:
+                await self.blobs.get_live(base.removeprefix("sf://blob/"))
+            except NotFound as exc:
+                raise NotFound(f"disk base {base!r}: no such blob") from exc
             return base
         if base.startswith("sf://"):
             raise InvalidArgument(f"disk base {base!r} is not a kind of sf:// reference known here")
