@@ -8,8 +8,9 @@ implements the gRPC service behind them.
 Networks are served with the synchronous delete (the old shape), so
 ``network-delete-async`` is absent; so are ``provide-dns``, ``route-addresses``
 and ``extra-dns-entries`` (no DNS service, no routed addresses, no ping).
-Not served at all: nodes, snapshots, cluster operations, artifact versions
-and sharing.
+Not served at all: nodes, snapshots, cluster operations, artifact sharing
+and caching from a URL. Artifact versions, deletion and events have no token
+of their own; ``blob-events`` says blob events are served.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
         "instance-agentoperations-all",
     ),
     "artifacts": ("artifact-metadata",),
-    "blobs": ("blob-metadata", "blob-search-by-hash", "blob-data-limit"),
+    "blobs": ("blob-metadata", "blob-search-by-hash", "blob-data-limit", "blob-events"),
     "events": ("events-by-type",),
     "instances": (
         "get-instance-namespace",
