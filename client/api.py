@@ -387,6 +387,11 @@ class Client:
         request = instances_pb2.GetEventsRequest(ref=ref, event_type=event_type, limit=limit)
         return [to_dict(e) for e in self._call("GetEvents", request, self.artifacts).events]
 
+    def share_artifact(self, ref: str, shared: bool = True) -> JsonDict:
+        """Share a system artifact with every namespace (or stop sharing it)."""
+        method = "Share" if shared else "Unshare"
+        return to_dict(self._call(method, artifacts_pb2.ArtifactRef(ref=ref), self.artifacts))
+
     def list_blobs(self) -> list[JsonDict]:
         """Live blobs (all for system, else those the namespace's artifacts and instances use)."""
         found = self._call("ListBlobs", blobs_pb2.ListBlobsRequest(), self.blobs)

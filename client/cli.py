@@ -204,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     max_versions = artifact.add_parser("max-versions", help="set how many versions are kept")
     max_versions.add_argument("ref")
     max_versions.add_argument("max_versions", type=int)
+    for verb in ("share", "unshare"):
+        artifact.add_parser(
+            verb, help=f"{verb} a system artifact with every namespace"
+        ).add_argument("ref")
     for noun in (blob, artifact):
         noun_events = noun.add_parser("events", help="show events, newest first")
         noun_events.add_argument("ref")
@@ -468,6 +472,8 @@ def run_artifact(args: argparse.Namespace, client: Client) -> Any:
         return client.set_max_versions(args.ref, args.max_versions)
     if verb == "events":
         return client.artifact_events(args.ref, args.type, args.limit)
+    if verb in ("share", "unshare"):
+        return client.share_artifact(args.ref, verb == "share")
     return client.list_artifacts()
 
 
@@ -481,11 +487,13 @@ def render_artifact(args: argparse.Namespace, result: Any) -> bool:
                 f"{a['type']}:{a['name']}",
                 a["state"],
                 f"{len(a['versions'])} of {a['max_versions']}",
+                "shared" if a["shared"] else "",
                 a["blob_uuid"],
             ]
             for a in result
         ]
-        print(table.render(["uuid", "artifact", "state", "versions", "newest blob"], rows))
+        headers = ["uuid", "artifact", "state", "versions", "shared", "newest blob"]
+        print(table.render(headers, rows))
     elif verb == "versions":
         rows = [
             [v["index"], v["blob_uuid"], v["size"], _stamp(float(v["created_at"]))] for v in result

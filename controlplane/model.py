@@ -256,6 +256,8 @@ class Artifact:
     index: int = 0
     # Versions kept (0: the control plane's default).
     max_versions: int = 0
+    # Shared with every namespace (system artifacts only).
+    shared: bool = False
 
     @property
     def blob_uuid(self) -> str:

@@ -8,8 +8,8 @@ implements the gRPC service behind them.
 Networks are served with the synchronous delete (the old shape), so
 ``network-delete-async`` is absent; so are ``provide-dns``, ``route-addresses``
 and ``extra-dns-entries`` (no DNS service, no routed addresses, no ping).
-Not served at all: nodes, snapshots, cluster operations, artifact sharing
-and caching from a URL. Artifact versions, deletion and events have no token
+Not served at all: nodes, snapshots, cluster operations, namespace trust
+and caching artifacts from a URL. Artifact versions, deletion and events have no token
 of their own; ``blob-events`` says blob events are served.
 """
 

@@ -176,7 +176,7 @@ def artifact(pb: artifacts_pb2.Artifact, blobs: dict[str, blobs_pb2.Blob]) -> Js
         "source_url": pb.source_url or None,
         "max_versions": pb.max_versions,
         "namespace": pb.namespace,
-        "shared": False,
+        "shared": pb.shared,
         "index": pb.index,
         "blob_uuid": pb.blob_uuid or None,
         "blobs": versions,

@@ -10,6 +10,11 @@ new version beyond it drops the oldest. A version's index is one more than
 the highest index the artifact ever had, so indexes are never reused. A
 dropped or deleted version releases its blob, which is freed once no
 artifact version references it and no live instance uses it as a base.
+
+An artifact of the system namespace may be shared with every namespace:
+each then sees it (GetArtifact, ListArtifacts, ListVersions, GetEvents, a
+TYPE:NAME not found in its own namespace) and may use it as a disk base
+(sf://upload/system/NAME, or label:NAME); only system may change it.
 """
 
 from collections import abc as _abc
@@ -260,6 +265,7 @@ class Artifact(_message.Message):
     BLOB_UUID_FIELD_NUMBER: _builtins.int
     MAX_VERSIONS_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
+    SHARED_FIELD_NUMBER: _builtins.int
     uuid: _builtins.str
     namespace: _builtins.str
     type: _builtins.str
@@ -273,6 +279,8 @@ class Artifact(_message.Message):
     """How many versions are kept."""
     index: _builtins.int
     """The highest version index given so far (the next version is index + 1)."""
+    shared: _builtins.bool
+    """Visible to every namespace (system artifacts only)."""
     @_builtins.property
     def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArtifactVersion]: ...
     def __init__(
@@ -288,10 +296,11 @@ class Artifact(_message.Message):
         blob_uuid: _builtins.str = ...,
         max_versions: _builtins.int = ...,
         index: _builtins.int = ...,
+        shared: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_uuid", b"blob_uuid", "index", b"index", "max_versions", b"max_versions", "name", b"name", "namespace", b"namespace", "source_url", b"source_url", "state", b"state", "type", b"type", "uuid", b"uuid", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_uuid", b"blob_uuid", "index", b"index", "max_versions", b"max_versions", "name", b"name", "namespace", b"namespace", "shared", b"shared", "source_url", b"source_url", "state", b"state", "type", b"type", "uuid", b"uuid", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

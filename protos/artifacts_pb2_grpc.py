@@ -85,6 +85,16 @@ class ArtifactServiceStub:
                 request_serializer=protos_dot_instances__pb2.GetEventsRequest.SerializeToString,
                 response_deserializer=protos_dot_instances__pb2.GetEventsResponse.FromString,
                 _registered_method=True)
+        self.Share = channel.unary_unary(
+                '/minicloud.v1.ArtifactService/Share',
+                request_serializer=protos_dot_artifacts__pb2.ArtifactRef.SerializeToString,
+                response_deserializer=protos_dot_artifacts__pb2.Artifact.FromString,
+                _registered_method=True)
+        self.Unshare = channel.unary_unary(
+                '/minicloud.v1.ArtifactService/Unshare',
+                request_serializer=protos_dot_artifacts__pb2.ArtifactRef.SerializeToString,
+                response_deserializer=protos_dot_artifacts__pb2.Artifact.FromString,
+                _registered_method=True)
 
 
 class ArtifactServiceServicer:
@@ -163,6 +173,20 @@ class ArtifactServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Share(self, request, context):
+        """Share a system artifact with every namespace (FAILED_PRECONDITION for
+        another namespace's artifact), or stop sharing it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unshare(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ArtifactServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -215,6 +239,16 @@ def add_ArtifactServiceServicer_to_server(servicer, server):
                     servicer.GetEvents,
                     request_deserializer=protos_dot_instances__pb2.GetEventsRequest.FromString,
                     response_serializer=protos_dot_instances__pb2.GetEventsResponse.SerializeToString,
+            ),
+            'Share': grpc.unary_unary_rpc_method_handler(
+                    servicer.Share,
+                    request_deserializer=protos_dot_artifacts__pb2.ArtifactRef.FromString,
+                    response_serializer=protos_dot_artifacts__pb2.Artifact.SerializeToString,
+            ),
+            'Unshare': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unshare,
+                    request_deserializer=protos_dot_artifacts__pb2.ArtifactRef.FromString,
+                    response_serializer=protos_dot_artifacts__pb2.Artifact.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -487,6 +521,60 @@ class ArtifactService:
             '/minicloud.v1.ArtifactService/GetEvents',
             protos_dot_instances__pb2.GetEventsRequest.SerializeToString,
             protos_dot_instances__pb2.GetEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Share(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minicloud.v1.ArtifactService/Share',
+            protos_dot_artifacts__pb2.ArtifactRef.SerializeToString,
+            protos_dot_artifacts__pb2.Artifact.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unshare(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minicloud.v1.ArtifactService/Unshare',
+            protos_dot_artifacts__pb2.ArtifactRef.SerializeToString,
+            protos_dot_artifacts__pb2.Artifact.FromString,
             options,
             channel_credentials,
             insecure,

@@ -10,6 +10,11 @@ new version beyond it drops the oldest. A version's index is one more than
 the highest index the artifact ever had, so indexes are never reused. A
 dropped or deleted version releases its blob, which is freed once no
 artifact version references it and no live instance uses it as a base.
+
+An artifact of the system namespace may be shared with every namespace:
+each then sees it (GetArtifact, ListArtifacts, ListVersions, GetEvents, a
+TYPE:NAME not found in its own namespace) and may use it as a disk base
+(sf://upload/system/NAME, or label:NAME); only system may change it.
 """
 
 from collections import abc as _abc
@@ -67,6 +72,11 @@ class ArtifactServiceStub:
     """Keep at most max_versions versions (1-1000), dropping the oldest beyond it now."""
     GetEvents: _grpc.UnaryUnaryMultiCallable[_instances_pb2.GetEventsRequest, _instances_pb2.GetEventsResponse]
     """Newest first; 100 by default. ref: UUID or TYPE:NAME."""
+    Share: _grpc.UnaryUnaryMultiCallable[_artifacts_pb2.ArtifactRef, _artifacts_pb2.Artifact]
+    """Share a system artifact with every namespace (FAILED_PRECONDITION for
+    another namespace's artifact), or stop sharing it.
+    """
+    Unshare: _grpc.UnaryUnaryMultiCallable[_artifacts_pb2.ArtifactRef, _artifacts_pb2.Artifact]
 
 @_typing.type_check_only
 class ArtifactServiceAsyncStub(ArtifactServiceStub):
@@ -97,6 +107,11 @@ class ArtifactServiceAsyncStub(ArtifactServiceStub):
     """Keep at most max_versions versions (1-1000), dropping the oldest beyond it now."""
     GetEvents: _aio.UnaryUnaryMultiCallable[_instances_pb2.GetEventsRequest, _instances_pb2.GetEventsResponse]  # type: ignore[assignment]
     """Newest first; 100 by default. ref: UUID or TYPE:NAME."""
+    Share: _aio.UnaryUnaryMultiCallable[_artifacts_pb2.ArtifactRef, _artifacts_pb2.Artifact]  # type: ignore[assignment]
+    """Share a system artifact with every namespace (FAILED_PRECONDITION for
+    another namespace's artifact), or stop sharing it.
+    """
+    Unshare: _aio.UnaryUnaryMultiCallable[_artifacts_pb2.ArtifactRef, _artifacts_pb2.Artifact]  # type: ignore[assignment]
 
 class ArtifactServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -184,5 +199,22 @@ class ArtifactServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_instances_pb2.GetEventsResponse, _abc.Awaitable[_instances_pb2.GetEventsResponse]]:
         """Newest first; 100 by default. ref: UUID or TYPE:NAME."""
+
+    @_abc_1.abstractmethod
+    def Share(
+        self,
+        request: _artifacts_pb2.ArtifactRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifacts_pb2.Artifact, _abc.Awaitable[_artifacts_pb2.Artifact]]:
+        """Share a system artifact with every namespace (FAILED_PRECONDITION for
+        another namespace's artifact), or stop sharing it.
+        """
+
+    @_abc_1.abstractmethod
+    def Unshare(
+        self,
+        request: _artifacts_pb2.ArtifactRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifacts_pb2.Artifact, _abc.Awaitable[_artifacts_pb2.Artifact]]: ...
 
 def add_ArtifactServiceServicer_to_server(servicer: ArtifactServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

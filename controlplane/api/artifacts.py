@@ -22,6 +22,7 @@ def artifact_to_pb(art: Artifact) -> artifacts_pb2.Artifact:
     return artifacts_pb2.Artifact(
         max_versions=art.max_versions,
         index=art.last_index,
+        shared=art.shared,
         uuid=art.uuid,
         namespace=art.namespace,
         type=art.type,
@@ -142,6 +143,18 @@ class ArtifactServicer(artifacts_pb2_grpc.ArtifactServiceServicer):
             namespace_of(context), request.ref, request.event_type, request.limit
         )
         return instances_pb2.GetEventsResponse(events=[event_to_pb(e) for e in events])
+
+    @grpc_errors
+    async def Share(
+        self, request: artifacts_pb2.ArtifactRef, context: Context
+    ) -> artifacts_pb2.Artifact:
+        return self._pb(await self.service.share(namespace_of(context), request.ref))
+
+    @grpc_errors
+    async def Unshare(
+        self, request: artifacts_pb2.ArtifactRef, context: Context
+    ) -> artifacts_pb2.Artifact:
+        return self._pb(await self.service.share(namespace_of(context), request.ref, False))
 
     def _pb(self, art: Artifact) -> artifacts_pb2.Artifact:
         return artifact_to_pb(self.service.view(art))

@@ -1,10 +1,16 @@
 """Artifacts, their versions, and turning a disk base that names one into a blob.
 
 Bases understood here: ``label:NAME`` (the newest version of the label NAME),
-``sf://upload/NAMESPACE/NAME`` (the newest version of that upload; only the
-caller's own namespace, or any for ``system``) and ``sf://blob/UUID`` (checked
-to exist and not be freed); other ``sf://`` refs are refused, and anything else
-(a URL, a path, a distribution shorthand) is left for the node.
+``sf://upload/NAMESPACE/NAME`` (the newest version of that upload; the
+caller's own namespace, any for ``system``, or a shared system upload) and
+``sf://blob/UUID`` (checked to exist and not be freed); other ``sf://`` refs
+are refused, and anything else (a URL, a path, a distribution shorthand) is
+left for the node.
+
+An artifact of the system namespace may be shared: every namespace then
+sees it (by UUID, by TYPE:NAME when it has none of its own, in its list) and
+may use it as a base (``sf://upload/system/NAME``, ``label:NAME``), but only
+system changes it (PERMISSION_DENIED for others).
 
 Each version holds one reference on its blob; a version that goes (deleted,
 dropped beyond the artifact's maximum, or with its artifact) gives it back
@@ -17,11 +23,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator, Callable, Sequence
 
-from controlplane.errors import InvalidArgument, NotFound
+from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from controlplane.model import Artifact, Event, JsonDict
 from controlplane.services.blobs import BlobService
 from controlplane.services.events import read_events
-from controlplane.services.namespaces import can_see
+from controlplane.services.namespaces import SYSTEM, can_see
 from controlplane.store.artifacts import DELETED, Artifacts, keep_newest
 from controlplane.store.protocol import Op
 from controlplane.store.records import Records
@@ -30,6 +36,24 @@ from controlplane.validation import NAME_RE, looks_like_uuid
 KINDS = ("upload", "label")
 MAX_VERSIONS = 1000
 EventMaker = Callable[..., Event]
+
+
+def visible(namespace: str, art: Artifact) -> bool:
+    """Whether the namespace may see the artifact: its own, any for system, or shared."""
+    return can_see(namespace, art.namespace) or (art.shared and art.state != DELETED)
+
+
+async def find_visible(artifacts: Artifacts, namespace: str, ref: str) -> Artifact | None:
+    """By UUID (deleted ones too), or TYPE:NAME: the namespace's own, else a shared one."""
+    found = None
+    if looks_like_uuid(ref):
+        found = await artifacts.get(ref)
+    elif ":" in ref:
+        kind, _, name = ref.partition(":")
+        found = await artifacts.find(namespace, kind, name)
+        if found is None and namespace != SYSTEM:
+            found = await artifacts.find(SYSTEM, kind, name)
+    return found if found is not None and visible(namespace, found) else None
 
 
 class ArtifactService:
@@ -107,20 +131,27 @@ class ArtifactService:
             await self.blobs.release(str(version["blob_uuid"]), why)
 
     async def get(self, namespace: str, ref: str) -> Artifact:
-        """By UUID (deleted ones too), or "TYPE:NAME" in the namespace."""
-        found = None
-        if looks_like_uuid(ref):
-            found = await self.artifacts.get(ref)
-        elif ":" in ref:
-            kind, _, name = ref.partition(":")
-            found = await self.artifacts.find(namespace, kind, name)
-        if found is None or not can_see(namespace, found.namespace):
+        """By UUID (deleted ones too), or "TYPE:NAME" (own first, then shared)."""
+        found = await find_visible(self.artifacts, namespace, ref)
+        if found is None:
             raise NotFound(f"artifact {ref!r} not found")
         return found
 
+    async def _owned(self, namespace: str, ref: str) -> Artifact:
+        """An artifact the namespace may change (a shared one only by its owner)."""
+        art = await self.get(namespace, ref)
+        if not can_see(namespace, art.namespace):
+            raise PermissionDenied(
+                f"artifact {ref!r} is shared by {art.namespace}: only {art.namespace} may change it"
+            )
+        return art
+
     async def list_all(self, namespace: str) -> list[Artifact]:
-        """The namespace's live artifacts."""
-        return await self.artifacts.list_all(namespace)
+        """The namespace's live artifacts, then the shared ones of system."""
+        own = await self.artifacts.list_all(namespace)
+        if namespace == SYSTEM:
+            return own
+        return own + [a for a in await self.artifacts.list_all(SYSTEM) if a.shared]
 
     def view(self, art: Artifact) -> Artifact:
         """The artifact with its effective maximum of versions filled in."""
@@ -147,7 +178,7 @@ class ArtifactService:
 
     async def delete(self, namespace: str, ref: str) -> Artifact:
         """Delete an artifact and all its versions; a deleted one is left as it is."""
-        art = await self.get(namespace, ref)
+        art = await self._owned(namespace, ref)
         if art.state == DELETED:
             return art
 
@@ -166,7 +197,8 @@ class ArtifactService:
         """Delete every live artifact of the namespace (confirm must be true)."""
         if not confirm:
             raise InvalidArgument("deleting every artifact of a namespace needs confirm")
-        return [await self.delete(namespace, a.uuid) for a in await self.list_all(namespace)]
+        own = await self.artifacts.list_all(namespace)
+        return [await self.delete(namespace, a.uuid) for a in own]
 
     async def versions(self, namespace: str, ref: str) -> list[tuple[JsonDict, int]]:
         """The artifact's versions, oldest first, each with its blob's size."""
@@ -179,7 +211,7 @@ class ArtifactService:
 
     async def delete_version(self, namespace: str, ref: str, index: int) -> Artifact:
         """Delete one version; the artifact goes with its last version."""
-        art = await self.get(namespace, ref)
+        art = await self._owned(namespace, ref)
         if not any(int(v["index"]) == index for v in art.versions):
             raise NotFound(f"artifact {ref!r} has no version {index}")
 
@@ -206,7 +238,7 @@ class ArtifactService:
         """Keep at most ``keep`` versions from now on, dropping the oldest beyond it now."""
         if not 1 <= keep <= MAX_VERSIONS:
             raise InvalidArgument(f"max_versions must be between 1 and {MAX_VERSIONS}")
-        art = await self.get(namespace, ref)
+        art = await self._owned(namespace, ref)
         if art.state == DELETED:
             raise NotFound(f"artifact {ref!r} not found (it was deleted)")
 
@@ -222,6 +254,26 @@ class ArtifactService:
 
         return await self._change(art, edit, events)
 
+    async def share(self, namespace: str, ref: str, shared: bool = True) -> Artifact:
+        """Share a system artifact with every namespace (or stop sharing it)."""
+        art = await self._owned(namespace, ref)
+        if art.state == DELETED:
+            raise NotFound(f"artifact {ref!r} not found (it was deleted)")
+        if art.namespace != SYSTEM:
+            raise FailedPrecondition(
+                f"only artifacts of the system namespace can be shared, not {art.namespace}'s"
+            )
+
+        def edit(old: Artifact) -> tuple[Artifact, list[JsonDict]]:
+            if old.state == DELETED:
+                return old, []
+            return dataclasses.replace(old, shared=shared, index=old.last_index), []
+
+        def events(old: Artifact, new: Artifact, removed: list[JsonDict]) -> list[Event]:
+            return [self.event(old.uuid, "artifact shared" if shared else "artifact unshared")]
+
+        return await self._change(art, edit, events)
+
     async def events(
         self, namespace: str, ref: str, event_type: str = "", limit: int = 100
     ) -> list[Event]:
@@ -232,13 +284,14 @@ class ArtifactService:
     async def resolve_base(self, namespace: str, base: str) -> str:
         """A disk base with artifact references replaced by ``sf://blob/UUID``."""
         if base.startswith("label:"):
-            art = await self.artifacts.find(namespace, "label", base.removeprefix("label:"))
+            art = await find_visible(self.artifacts, namespace, base)
             return await self._blob_ref(art, base)
         if base.startswith("sf://upload/"):
             owner, _, name = base.removeprefix("sf://upload/").partition("/")
-            if not can_see(namespace, owner):
-                raise NotFound(f"disk base {base!r} not found")
-            return await self._blob_ref(await self.artifacts.find(owner, "upload", name), base)
+            art = await self.artifacts.find(owner, "upload", name) if owner and name else None
+            if art is not None and not visible(namespace, art):
+                art = None
+            return await self._blob_ref(art, base)
         if base.startswith("sf://blob/"):
             try:
                 await self.blobs.get_live(base.removeprefix("sf://blob/"))

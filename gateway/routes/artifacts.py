@@ -16,6 +16,8 @@ from gateway.routing import Call, RouteTable, read_body
 from protos import artifacts_pb2, auth_pb2, blobs_pb2, uploads_pb2
 
 table = RouteTable()
+# A shared system artifact changed by another namespace: Shaken Fist's 403.
+WRITE_ERRORS = {"PERMISSION_DENIED": 403}
 
 
 @table.route("POST", "/upload", "Start an upload")
@@ -84,7 +86,7 @@ async def versions_view(call: Call, art: artifacts_pb2.Artifact) -> list[dict[st
         Field("upload_uuid", "str"),
         Field("blob_uuid", "str"),
         Field("source_url", "str"),
-        Field("shared", "bool", doc="sharing is not supported: must be false"),
+        Field("shared", "bool", doc="share it with every namespace (system artifacts only)"),
         Field("namespace", "str", doc="in this namespace (system only)"),
         Field("artifact_type", "str", doc="only image"),
     ),
@@ -94,7 +96,7 @@ async def upload_artifact(call: Call) -> Any:
     if ("upload_uuid" in body) == ("blob_uuid" in body):
         raise HttpError(400, "specify exactly one of upload_uuid and blob_uuid")
     if body.get("shared"):
-        raise HttpError(403, "shared artifacts are not supported")
+        await check_sharable(call, body.get("namespace"))
     if body.get("artifact_type", "image") != "image":
         raise HttpError(403, "only artifacts of type image can be uploaded")
     namespace = body.get("namespace")
@@ -111,7 +113,21 @@ async def upload_artifact(call: Call) -> Any:
             source_url=body.get("source_url", ""),
         )
         art = await call.rpc(call.api.artifacts.FromBlob, from_blob, namespace)
+    if body.get("shared") and not art.shared:
+        share = artifacts_pb2.ArtifactRef(ref=art.uuid)
+        art = await call.rpc(call.api.artifacts.Share, share, namespace)
     return await artifact_view(call, art)
+
+
+async def check_sharable(call: Call, namespace: str | None) -> None:
+    """403 unless the artifact would be made in the system namespace (by system)."""
+    visible = await call.rpc(call.api.namespaces.List, auth_pb2.ListNamespacesRequest())
+    if "system" not in {ns.name for ns in visible.namespaces} or namespace not in (
+        None,
+        "",
+        "system",
+    ):
+        raise HttpError(403, "only artifacts of the system namespace can be shared")
 
 
 @table.route(
@@ -162,6 +178,7 @@ async def update_label(call: Call) -> Any:
     "DELETE",
     "/artifacts/{ref}",
     "Delete an artifact and all its versions (blobs nothing else keeps are freed)",
+    overrides=WRITE_ERRORS,
 )
 async def delete_artifact(call: Call) -> Any:
     art = await find_artifact(call, call.param("ref"))
@@ -200,6 +217,7 @@ async def artifact_versions(call: Call) -> Any:
     "/artifacts/{ref}/versions",
     "Set how many versions an artifact keeps (the oldest beyond it are deleted now)",
     body=(Field("max_versions", "intlike", True, "1 to 1000"),),
+    overrides=WRITE_ERRORS,
 )
 async def set_max_versions(call: Call) -> Any:
     art = await find_artifact(call, call.param("ref"))
@@ -215,6 +233,7 @@ async def set_max_versions(call: Call) -> Any:
     "DELETE",
     "/artifacts/{ref}/versions/{version}",
     "Delete one version of an artifact (the last one deletes the artifact); returns the rest",
+    overrides=WRITE_ERRORS,
 )
 async def delete_artifact_version(call: Call) -> Any:
     index = to_int(call.param("version"), "version")
@@ -234,3 +253,21 @@ async def artifact_events(call: Call) -> Any:
     request.ref = art.uuid
     found = await call.rpc(call.api.artifacts.GetEvents, request)
     return [views.event(e) for e in found.events]
+
+
+def _share(path: str, method_name: str, summary: str) -> None:
+    async def handler(call: Call) -> Any:
+        art = await find_artifact(call, call.param("ref"))
+        method = getattr(call.api.artifacts, method_name)
+        return await artifact_view(
+            call, await call.rpc(method, artifacts_pb2.ArtifactRef(ref=art.uuid))
+        )
+
+    handler.__name__ = f"{path}_artifact"
+    table.route("POST", f"/artifacts/{{ref}}/{path}", summary, overrides=SHARE_ERRORS)(handler)
+
+
+# Shaken Fist answers 403 for sharing what cannot be shared, or by anyone but system.
+SHARE_ERRORS = {**WRITE_ERRORS, "FAILED_PRECONDITION": 403}
+_share("share", "Share", "Share a system artifact with every namespace")
+_share("unshare", "Unshare", "Stop sharing a system artifact")

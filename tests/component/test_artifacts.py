@@ -318,3 +318,60 @@ async def test_list_blobs_shows_system_everything_and_a_namespace_its_own(
         assert [b.uuid for b in listed.blobs] == [mine.blob_uuid]
     everything = await blobs.ListBlobs(blobs_pb2.ListBlobsRequest())
     assert {theirs.blob_uuid, mine.blob_uuid} <= {b.uuid for b in everything.blobs}
+
+
+async def test_a_shared_system_artifact_is_seen_and_used_by_every_namespace(
+    plane: ControlPlane, node: FakeNode, artifacts: Any
+) -> None:
+    """Shared: listed, found by name, a base in another namespace's create; system alone edits."""
+    art = await upload(artifacts, "debian-11", b"debian bytes")
+    await artifacts.FromBlob(
+        artifacts_pb2.FromBlobRequest(name="golden", blob_uuid=art.blob_uuid, type="label")
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
+        team = await namespace_api(channel, "team")
+        theirs = Authed(artifacts_pb2_grpc.ArtifactServiceStub(channel), team.metadata)
+        base = [{"size_gb": 1, "base": "sf://upload/system/debian-11"}]
+        hidden = team.Create(create_request("t0", disks=base))
+        assert await code_of(hidden) == grpc.StatusCode.NOT_FOUND
+        assert await code_of(theirs.GetArtifact(ref(art.uuid))) == grpc.StatusCode.NOT_FOUND
+
+        shared = await artifacts.Share(ref("upload:debian-11"))
+        assert shared.shared
+        await artifacts.Share(ref("label:golden"))
+        assert (await theirs.GetArtifact(ref("upload:debian-11"))).uuid == art.uuid
+        listed = await theirs.ListArtifacts(artifacts_pb2.ListArtifactsRequest())
+        assert sorted(a.name for a in listed.artifacts) == ["debian-11", "golden"]
+        versions = await theirs.ListVersions(ref(art.uuid))
+        assert [v.index for v in versions.versions] == [1]
+        for i, disk in enumerate(("sf://upload/system/debian-11", "label:golden")):
+            inst = await team.Create(
+                create_request(f"t{i + 1}", disks=[{"size_gb": 1, "base": disk}])
+            )
+            assert inst.spec.disks[0].base == f"sf://blob/{art.blob_uuid}"
+            await team.wait_for(inst.uuid, lambda i: i.state == "created")
+
+        for call in (
+            theirs.DeleteArtifact(ref(art.uuid)),
+            theirs.DeleteVersion(artifacts_pb2.DeleteVersionRequest(ref=art.uuid, index=1)),
+            theirs.SetMaxVersions(
+                artifacts_pb2.SetMaxVersionsRequest(ref=art.uuid, max_versions=1)
+            ),
+            theirs.Unshare(ref(art.uuid)),
+        ):
+            assert await code_of(call) == grpc.StatusCode.PERMISSION_DENIED
+        own = await upload(theirs, "own", b"team's own")
+        refused = theirs.Share(ref(own.uuid))
+        assert await code_of(refused) == grpc.StatusCode.FAILED_PRECONDITION
+        gone = await theirs.DeleteAllArtifacts(
+            artifacts_pb2.DeleteAllArtifactsRequest(confirm=True)
+        )
+        assert [a.name for a in gone.artifacts] == ["own"]
+
+        unshared = await artifacts.Unshare(ref(art.uuid))
+        assert not unshared.shared
+        assert await code_of(theirs.GetArtifact(ref(art.uuid))) == grpc.StatusCode.NOT_FOUND
+        later = team.Create(create_request("t9", disks=base))
+        assert await code_of(later) == grpc.StatusCode.NOT_FOUND
+    found = await artifacts.GetEvents(instances_pb2.GetEventsRequest(ref=art.uuid))
+    assert [e.message for e in found.events][:2] == ["artifact unshared", "artifact shared"]

@@ -229,8 +229,12 @@ async def test_artifact_versions_delete_events_and_blob_list(
     assert code == 1 and "INVALID_ARGUMENT" in out and "max_versions" in out
     code, out = await cli(plane, capsys, "artifact", "events", "upload:img")
     assert code == 0 and "max versions set to 1" in out and "artifact created" in out
+    code, out = await cli(plane, capsys, "--json", "artifact", "share", "upload:img")
+    assert code == 0 and json.loads(out)["shared"] is True
     code, out = await cli(plane, capsys, "artifact", "list")
-    assert code == 0 and "upload:img" in out and "1 of 1" in out
+    assert code == 0 and "upload:img" in out and "1 of 1" in out and "shared" in out
+    code, out = await cli(plane, capsys, "--json", "artifact", "unshare", "upload:img")
+    assert code == 0 and json.loads(out)["shared"] is False
 
     code, out = await cli(plane, capsys, "blob", "list")
     assert code == 0 and out.splitlines()[0].split()[:3] == ["uuid", "size", "references"]

@@ -224,3 +224,48 @@ async def test_unauthenticated_calls_are_refused_first(gateway: str) -> None:
         ):
             status, answer = await rest.call(method, path, body)
             assert status == 401, (method, path, answer)
+
+
+async def test_share_and_unshare_a_system_image_used_by_another_namespace(
+    gateway: str, node: FakeNode
+) -> None:
+    """share_artifact makes a system image a disk base for a namespace's own create."""
+    sf = Sf(gateway)
+    await sf("create_namespace", "team")
+    await sf("add_namespace_key", "team", "k", "team-key-123")
+    team = Sf(gateway, "team", "team-key-123")
+    art = await image(sf, "debian-11", b"debian")
+    disk = [{"size": 1, "base": "sf://upload/system/debian-11", "bus": None, "type": "disk"}]
+    with pytest.raises(apiclient.ResourceNotFoundException):
+        await team("create_instance", "t0", 1, 256, None, disk, None, None)
+
+    await sf("share_artifact", art["uuid"])
+    assert (await sf("get_artifact", art["uuid"]))["shared"] is True
+    seen = await team("get_artifact", "debian-11")
+    assert seen["uuid"] == art["uuid"] and seen["shared"] is True
+    assert await team("get_artifact_metadata", art["uuid"]) == {}
+    assert [a["name"] for a in await team("get_artifacts")] == ["debian-11"]
+    inst = await team("create_instance", "t1", 1, 256, None, disk, None, None)
+    assert inst["namespace"] == "team"
+    for method in ("delete_artifact", "unshare_artifact"):
+        with pytest.raises(apiclient.UnauthorizedException) as info:
+            await team(method, art["uuid"])
+        assert info.value.status_code == 403
+
+    own = await image(team, "own", b"own")
+    refused_share = await refused(
+        lambda: team("share_artifact", own["uuid"]), apiclient.UnauthorizedException
+    )
+    assert "system" in refused_share.text
+    upload = await team("create_upload")
+    await team("send_upload", upload["uuid"], b"x")
+    with pytest.raises(apiclient.UnauthorizedException):
+        await team("upload_artifact", "shared-try", upload["uuid"], shared=True)
+    upload = await sf("create_upload")
+    await sf("send_upload", upload["uuid"], b"shared at once")
+    at_once = await sf("upload_artifact", "at-once", upload["uuid"], shared=True)
+    assert at_once["shared"] is True
+
+    await sf("unshare_artifact", art["uuid"])
+    with pytest.raises(apiclient.ResourceNotFoundException):
+        await team("get_artifact", art["uuid"])

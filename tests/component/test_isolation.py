@@ -152,6 +152,8 @@ HIDDEN: dict[str, Request] = {
         ref=o.artifact, max_versions=1
     ),
     "ArtifactService/GetEvents": lambda o: instances_pb2.GetEventsRequest(ref=o.artifact),
+    "ArtifactService/Share": lambda o: artifacts_pb2.ArtifactRef(ref=o.artifact),
+    "ArtifactService/Unshare": lambda o: artifacts_pb2.ArtifactRef(ref=o.artifact),
     "ConsoleService/GetConsoleData": lambda o: consoles_pb2.ConsoleDataRequest(ref=o.instance),
     "ConsoleService/ClearConsoleData": inst,
     "ConsoleService/Screenshot": inst,
