@@ -7,7 +7,11 @@ front of a real control plane, exactly as a Shaken Fist user would call it.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +22,7 @@ from tests.component.conftest import SYSTEM_KEY, FakeNode
 from tests.component.test_gateway import Rest, start_gateway
 
 JsonDict = dict[str, Any]
+SF_CLIENT = Path(sys.executable).parent / "sf-client"
 
 
 class Sf:
@@ -269,3 +274,55 @@ async def test_share_and_unshare_a_system_image_used_by_another_namespace(
     await sf("unshare_artifact", art["uuid"])
     with pytest.raises(apiclient.ResourceNotFoundException):
         await team("get_artifact", art["uuid"])
+
+
+async def sf_cli(url: str, *args: str, namespace: str = "system", key: str = SYSTEM_KEY) -> str:
+    """Run the real sf-client CLI against the gateway; it must exit 0 without a traceback."""
+    env = {
+        **os.environ,
+        "SHAKENFIST_API_URL": url,
+        "SHAKENFIST_NAMESPACE": namespace,
+        "SHAKENFIST_KEY": key,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        str(SF_CLIENT),
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    text = out.decode() + err.decode()
+    assert proc.returncode == 0 and "Traceback" not in text, (args, text)
+    return out.decode()
+
+
+async def test_sf_client_artifact_blob_and_namespace_clean_commands(gateway: str) -> None:
+    """sf-client's artifact, blob and namespace clean commands run without a traceback."""
+    sf = Sf(gateway)
+    for i in range(1, 4):
+        art = await image(sf, "img", f"version {i}".encode())
+    uuid = art["uuid"]
+    assert uuid in await sf_cli(gateway, "artifact", "list")
+    shown = await sf_cli(gateway, "artifact", "show", uuid)
+    assert "maximum versions" in shown and ": 3" in shown
+    versions = json.loads(await sf_cli(gateway, "artifact", "versions", uuid))
+    assert [v["index"] for v in versions] == [1, 2, 3]
+    await sf_cli(gateway, "artifact", "delete-version", uuid, "1")
+    await sf_cli(gateway, "artifact", "max-versions", uuid, "1")
+    assert "max versions set to 1" in await sf_cli(gateway, "artifact", "events", uuid)
+    await sf_cli(gateway, "artifact", "share", uuid)
+    assert json.loads(await sf_cli(gateway, "--json", "artifact", "show", uuid))["shared"]
+    await sf_cli(gateway, "artifact", "unshare", uuid)
+    assert art["blob_uuid"] in await sf_cli(gateway, "blob", "list")
+    await sf_cli(gateway, "artifact", "delete", uuid)
+    assert json.loads(await sf_cli(gateway, "--json", "artifact", "show", uuid))["state"] == (
+        "deleted"
+    )
+
+    await sf("create_namespace", "team")
+    await sf("add_namespace_key", "team", "k", "team-key-123")
+    team = Sf(gateway, "team", "team-key-123")
+    await image(team, "theirs", b"team bytes")
+    await sf_cli(gateway, "namespace", "clean", "--confirm", "--namespace", "team")
+    assert await team("get_artifacts") == []
