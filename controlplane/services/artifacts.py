@@ -88,11 +88,11 @@ class ArtifactService:
         if kind not in KINDS:
             raise InvalidArgument(f"artifact type {kind!r} is not one of: {', '.join(KINDS)}")
         await self.blobs.get_live(blob_uuid)
-        await self.blobs.reference(blob_uuid, f"a version of {kind}:{name}")
+        await self.blobs.reference(blob_uuid, "a new artifact version")
         art, dropped = await self.artifacts.add_version(
             namespace, kind, name, blob_uuid, self.clock(), source_url, self._version_events
         )
-        await self._release(art, dropped)
+        await self._release(dropped)
         return art
 
     def _version_events(
@@ -125,10 +125,9 @@ class ArtifactService:
             for v in dropped
         ]
 
-    async def _release(self, art: Artifact, removed: list[JsonDict]) -> None:
+    async def _release(self, removed: list[JsonDict]) -> None:
         for version in removed:
-            why = f"version {version['index']} of {art.type}:{art.name} removed"
-            await self.blobs.release(str(version["blob_uuid"]), why)
+            await self.blobs.release(str(version["blob_uuid"]), "an artifact version went")
 
     async def get(self, namespace: str, ref: str) -> Artifact:
         """By UUID (deleted ones too), or "TYPE:NAME" (own first, then shared)."""
@@ -173,7 +172,7 @@ class ArtifactService:
         if changed is None:
             raise NotFound(f"artifact {art.uuid} not found")
         new, removed = changed
-        await self._release(new, removed)
+        await self._release(removed)
         return new
 
     async def delete(self, namespace: str, ref: str) -> Artifact:

@@ -80,7 +80,11 @@ class BlobService:
         return await self.blobs.add(chunks, now, self._events("blob created"))
 
     async def reference(self, uuid: str, why: str) -> Blob:
-        """Count one more user of a live blob (NOT_FOUND if it is missing or freed)."""
+        """Count one more user of a live blob (NOT_FOUND if it is missing or freed).
+
+        ``why`` goes into the blob's event, which any namespace knowing the
+        blob's UUID may read: it must not name another namespace's objects.
+        """
         blob = await self.blobs.reference(uuid, 1, self._events("reference added", reason=why))
         if blob is None:
             raise NotFound(f"blob {uuid!r} not found")
