@@ -100,6 +100,9 @@ class Artifacts:
             if item is None:
                 raise Conflict(f"artifact {kind}:{name} is being replaced")
             old = decode_artifact(item.value)
+            if old.state == DELETED:
+                # Deleted since its name was read: the name is free now, so start again.
+                raise Conflict(f"artifact {kind}:{name} was deleted")
             number = old.last_index + 1
             version = {"index": number, "blob_uuid": blob_uuid, "created_at": now}
             kept, dropped = keep_newest((*old.versions, version), self.max_versions(old))
