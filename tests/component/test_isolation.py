@@ -83,7 +83,7 @@ NO_OBJECT: dict[str, str] = {
     "ArtifactService/Upload": "makes a new version of the caller's own artifact",
     "ArtifactService/ListArtifacts": "lists the caller's own",
     "ArtifactService/DeleteAllArtifacts": "deletes the caller's own",
-    "BlobService/ListBlobs": "lists the caller's own (test_artifact_lifecycle)",
+    "BlobService/ListBlobs": "lists the caller's own (test_artifacts.py tests it)",
     "BlobService/Upload": "makes a new blob",
     "BlobService/SearchBlobs": "blobs belong to no namespace",
     "UploadService/Create": "makes a new upload",
