@@ -373,6 +373,52 @@ class Client:
         found = self._call("ListArtifacts", artifacts_pb2.ListArtifactsRequest(), self.artifacts)
         return [to_dict(a) for a in found.artifacts]
 
+    def delete_artifact(self, ref: str) -> JsonDict:
+        """Delete an artifact and all its versions."""
+        request = artifacts_pb2.ArtifactRef(ref=ref)
+        return to_dict(self._call("DeleteArtifact", request, self.artifacts))
+
+    def delete_all_artifacts(self) -> list[JsonDict]:
+        """Delete every artifact of the namespace."""
+        request = artifacts_pb2.DeleteAllArtifactsRequest(confirm=True)
+        found = self._call("DeleteAllArtifacts", request, self.artifacts)
+        return [to_dict(a) for a in found.artifacts]
+
+    def artifact_versions(self, ref: str) -> list[JsonDict]:
+        """An artifact's versions, oldest first, with their blobs' sizes."""
+        found = self._call("ListVersions", artifacts_pb2.ArtifactRef(ref=ref), self.artifacts)
+        return [to_dict(v) for v in found.versions]
+
+    def delete_artifact_version(self, ref: str, index: int) -> JsonDict:
+        """Delete one version of an artifact."""
+        request = artifacts_pb2.DeleteVersionRequest(ref=ref, index=index)
+        return to_dict(self._call("DeleteVersion", request, self.artifacts))
+
+    def set_max_versions(self, ref: str, max_versions: int) -> JsonDict:
+        """Keep at most max_versions versions of an artifact."""
+        request = artifacts_pb2.SetMaxVersionsRequest(ref=ref, max_versions=max_versions)
+        return to_dict(self._call("SetMaxVersions", request, self.artifacts))
+
+    def artifact_events(self, ref: str, event_type: str = "", limit: int = 100) -> list[JsonDict]:
+        """An artifact's events, newest first."""
+        request = instances_pb2.GetEventsRequest(ref=ref, event_type=event_type, limit=limit)
+        return [to_dict(e) for e in self._call("GetEvents", request, self.artifacts).events]
+
+    def share_artifact(self, ref: str, shared: bool = True) -> JsonDict:
+        """Share a system artifact with every namespace (or stop sharing it)."""
+        method = "Share" if shared else "Unshare"
+        return to_dict(self._call(method, artifacts_pb2.ArtifactRef(ref=ref), self.artifacts))
+
+    def list_blobs(self) -> list[JsonDict]:
+        """Live blobs (all for system, else those the namespace's artifacts and instances use)."""
+        found = self._call("ListBlobs", blobs_pb2.ListBlobsRequest(), self.blobs)
+        return [to_dict(b) for b in found.blobs]
+
+    def blob_events(self, uuid: str, event_type: str = "", limit: int = 100) -> list[JsonDict]:
+        """A blob's events, newest first."""
+        request = instances_pb2.GetEventsRequest(ref=uuid, event_type=event_type, limit=limit)
+        return [to_dict(e) for e in self._call("GetEvents", request, self.blobs).events]
+
     # -- consoles ------------------------------------------------------------
 
     def console_data(self, ref: str, length: int = 0) -> bytes:

@@ -15,6 +15,7 @@
     minicloud instance screenshot demo ./screen.png ; minicloud instance vdiconsolefile demo
     minicloud blob upload ./disk.img ; minicloud blob download UUID ./copy.img
     minicloud artifact upload myimage ./disk.qcow2   # then: --disk size=10,base=sf://upload/system/myimage
+    minicloud artifact versions upload:myimage ; minicloud artifact delete upload:myimage
     minicloud instance set-metadata demo tags '["web"]'   # also get-metadata, delete-metadata
     minicloud instance delete demo ; minicloud instance delete-all --confirm
     minicloud instance create web1 --metadata affinity='{"web": -10}'
@@ -197,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("uuid")
     download.add_argument("path", type=Path)
     blob.add_parser("show").add_argument("uuid")
+    blob.add_parser("list", help="list live blobs (system: all; else the namespace's)")
     artifact = top.add_parser("artifact", help="manage artifacts").add_subparsers(
         dest="verb", required=True
     )
@@ -208,6 +210,28 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("blob_uuid")
     artifact.add_parser("show").add_argument("ref", help="UUID or TYPE:NAME")
     artifact.add_parser("list")
+    artifact.add_parser("delete", help="delete an artifact and its versions").add_argument(
+        "ref", help="UUID or TYPE:NAME"
+    )
+    artifact.add_parser("delete-all", help="delete every artifact of the namespace").add_argument(
+        "--confirm", action="store_true"
+    )
+    artifact.add_parser("versions", help="list an artifact's versions").add_argument("ref")
+    delete_version = artifact.add_parser("delete-version", help="delete one version")
+    delete_version.add_argument("ref")
+    delete_version.add_argument("index", type=int)
+    max_versions = artifact.add_parser("max-versions", help="set how many versions are kept")
+    max_versions.add_argument("ref")
+    max_versions.add_argument("max_versions", type=int)
+    for verb in ("share", "unshare"):
+        artifact.add_parser(
+            verb, help=f"{verb} a system artifact with every namespace"
+        ).add_argument("ref")
+    for noun in (blob, artifact):
+        noun_events = noun.add_parser("events", help="show events, newest first")
+        noun_events.add_argument("ref")
+        noun_events.add_argument("--type", default="")
+        noun_events.add_argument("--limit", type=int, default=100)
     namespace = add_namespace_noun(top)
     nouns = (inst, blob, artifact, namespace, *add_network_nouns(top, inst), add_node_noun(top))
     for noun in nouns:
@@ -435,21 +459,88 @@ def run_blob(args: argparse.Namespace, client: Client) -> Any:
     if args.verb == "download":
         download_file(client, args.uuid, args.path)
         return client.blob(args.uuid)
+    if args.verb == "list":
+        return client.list_blobs()
+    if args.verb == "events":
+        return client.blob_events(args.ref, args.type, args.limit)
     return client.blob(args.uuid)
 
 
 def run_artifact(args: argparse.Namespace, client: Client) -> Any:
     """Artifact commands."""
-    if args.verb == "upload":
+    verb = args.verb
+    if verb == "upload":
         progress = Progress(f"upload {args.path.name}", args.path.stat().st_size)
         art = client.upload_artifact(args.name, file_chunks(args.path), progress)
         progress.finish()
         return art
-    if args.verb == "label":
+    if verb == "label":
         return client.label_blob(args.name, args.blob_uuid)
-    if args.verb == "show":
+    if verb == "show":
         return client.artifact(args.ref)
+    if verb == "delete":
+        return client.delete_artifact(args.ref)
+    if verb == "delete-all":
+        if not args.confirm:
+            raise SystemExit("error: delete-all deletes every artifact: add --confirm")
+        return client.delete_all_artifacts()
+    if verb == "versions":
+        return client.artifact_versions(args.ref)
+    if verb == "delete-version":
+        return client.delete_artifact_version(args.ref, args.index)
+    if verb == "max-versions":
+        return client.set_max_versions(args.ref, args.max_versions)
+    if verb == "events":
+        return client.artifact_events(args.ref, args.type, args.limit)
+    if verb in ("share", "unshare"):
+        return client.share_artifact(args.ref, verb == "share")
     return client.list_artifacts()
+
+
+def render_artifact(args: argparse.Namespace, result: Any) -> bool:
+    """Print artifact and blob lists as columns; False when the result is shown as JSON."""
+    verb = args.verb
+    if args.noun == "artifact" and verb in ("list", "delete-all"):
+        rows = [
+            [
+                a["uuid"],
+                f"{a['type']}:{a['name']}",
+                a["state"],
+                f"{len(a['versions'])} of {a['max_versions']}",
+                "shared" if a["shared"] else "",
+                a["blob_uuid"],
+            ]
+            for a in result
+        ]
+        headers = ["uuid", "artifact", "state", "versions", "shared", "newest blob"]
+        print(table.render(headers, rows))
+    elif verb == "versions":
+        rows = [
+            [v["index"], v["blob_uuid"], v["size"], _stamp(float(v["created_at"]))] for v in result
+        ]
+        print(table.render(["index", "blob", "size", "created"], rows))
+    elif args.noun == "blob" and verb == "list":
+        rows = [
+            [b["uuid"], b["size"], b["reference_count"], b["instances"], b["sha512"][:16]]
+            for b in result
+        ]
+        print(table.render(["uuid", "size", "references", "instances", "sha512"], rows))
+    elif verb == "events":
+        show_events(result)
+    else:
+        return False
+    return True
+
+
+def _stamp(when: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+
+
+def show_events(events: list[JsonDict]) -> None:
+    """Events, one a line: time, type, where, message."""
+    for event in events:
+        stamp = _stamp(event["timestamp"])
+        print(f"{stamp}  {event['type']:<7} {event['fqdn']:<12} {event['message']}")
 
 
 def user_data(args: argparse.Namespace) -> str:
@@ -538,6 +629,8 @@ def render(args: argparse.Namespace, result: Any) -> None:
     if not args.json and args.noun == "node" and not args.verb.endswith("-metadata"):
         render_node(args, result)
         return
+    if not args.json and args.noun in ("blob", "artifact") and render_artifact(args, result):
+        return
     if (
         args.json
         or args.noun in ("blob", "artifact")
@@ -554,9 +647,7 @@ def render(args: argparse.Namespace, result: Any) -> None:
         ]
         print(table.render(["uuid", "name", "state", "power", "node"], rows))
     elif args.verb == "events":
-        for event in result:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event["timestamp"]))
-            print(f"{stamp}  {event['type']:<7} {event['fqdn']:<12} {event['message']}")
+        show_events(result)
     else:
         show_instance(result)
 

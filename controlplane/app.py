@@ -50,6 +50,7 @@ from controlplane.nodes import NodeRegistry
 from controlplane.reconciler import Reconciler
 from controlplane.services.agent import AgentService
 from controlplane.services.artifacts import ArtifactService
+from controlplane.services.blobs import BlobService
 from controlplane.services.certificates import CertificateService
 from controlplane.services.consoles import ConsoleService
 from controlplane.services.events import EventPruner
@@ -135,6 +136,7 @@ class Parts:
     nodes: NodeRegistry
     reconciler: Reconciler
     blobs: BlobStore
+    blob_service: BlobService
     artifacts: ArtifactService
     networks: NetworkService
     netsync: NetworkSync
@@ -200,7 +202,7 @@ SERVICES: tuple[Service, ...] = (
         _name(agent_pb2, "AgentService"),
     ),
     Service(
-        lambda p: BlobServicer(p.blobs, p.clock),
+        lambda p: BlobServicer(p.blob_service, p.clock),
         blobs_pb2_grpc.add_BlobServiceServicer_to_server,
         _name(blobs_pb2, "BlobService"),
         BOTH,
@@ -348,6 +350,7 @@ class ControlPlane:
         self.tasks.spawn(self.parts.pruner.run(), name="event pruner")
         self.tasks.spawn(self.node_service.run(), name="missing nodes")
         self.tasks.spawn(self.parts.certificates.run(), name="revocations")
+        self.tasks.spawn(self.parts.blob_service.run(), name="blob sweep")
         readiness = Readiness(
             self.store, self.set_health, settings.health_interval, settings.health_timeout
         )
@@ -423,8 +426,11 @@ async def build(
     nodes.load_usage(await records.list_instances())
     reconciler = Reconciler(records, nodes, settings.name, clock, tasks)
     blobs = BlobStore(store, settings.data_dir / "blobs", metrics)
-    artifact_records = Artifacts(store)
-    artifacts = ArtifactService(artifact_records, blobs, clock)
+    artifact_records = Artifacts(store, settings.artifact_max_versions)
+    blob_service = BlobService(
+        blobs, records, artifact_records, reconciler.event, settings.blob_sweep_interval
+    )
+    artifacts = ArtifactService(artifact_records, blob_service, records, reconciler.event, clock)
     network_records = NetworkRecords(store)
     networks = NetworkService(
         records,
@@ -487,6 +493,7 @@ async def build(
         nodes=nodes,
         reconciler=reconciler,
         blobs=blobs,
+        blob_service=blob_service,
         artifacts=artifacts,
         networks=networks,
         netsync=netsync,

@@ -273,11 +273,22 @@ class Artifact:
     state: str = "created"
     source_url: str = ""
     metadata: JsonDict = field(default_factory=dict)
+    # The highest version index given so far (0: older records; see last_index).
+    index: int = 0
+    # Versions kept (0: the control plane's default).
+    max_versions: int = 0
+    # Shared with every namespace (system artifacts only).
+    shared: bool = False
 
     @property
     def blob_uuid(self) -> str:
         """The newest version's blob."""
         return str(self.versions[-1]["blob_uuid"]) if self.versions else ""
+
+    @property
+    def last_index(self) -> int:
+        """The highest version index given so far (the next version gets one more)."""
+        return max([self.index, *(int(v["index"]) for v in self.versions)])
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,10 @@ class Settings:
     metrics_instance_cache: float = 10.0
     # HTTPS for /metrics (MINICLOUD_METRICS_TLS_CERT/_KEY/_CLIENT_CA); None: plain HTTP.
     metrics_tls: MetricsTLS | None = None
+    # Versions an artifact keeps unless set per artifact (Shaken Fist's default, 3), and
+    # how often blobs released while an instance still used them are checked again.
+    artifact_max_versions: int = 3
+    blob_sweep_interval: float = 60.0
 
     def signing_key_path(self) -> Path:
         """The token signing key file."""
@@ -171,6 +175,12 @@ class Settings:
             node_listen=env.get("MINICLOUD_NODE_LISTEN", base.node_listen),
             revocation_interval=float(
                 env.get("MINICLOUD_REVOCATION_INTERVAL", base.revocation_interval)
+            ),
+            artifact_max_versions=int(
+                env.get("MINICLOUD_ARTIFACT_MAX_VERSIONS", base.artifact_max_versions)
+            ),
+            blob_sweep_interval=float(
+                env.get("MINICLOUD_BLOB_SWEEP_INTERVAL", base.blob_sweep_interval)
             ),
         )
         retention: dict[str, Any] = {

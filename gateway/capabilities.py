@@ -10,7 +10,9 @@ Networks are served with the synchronous delete (the old shape), so
 and ``extra-dns-entries`` (no DNS service, no routed addresses, no ping).
 Nodes are served (list, get, delete, events, metadata) but not their process
 metrics (``node-process-metrics``). Not served at all: snapshots, cluster
-operations, artifact versions and sharing.
+operations, namespace trust and caching artifacts from a URL. Artifact versions,
+deletion and events have no token of their own; ``blob-events`` says blob events
+are served.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
         "instance-agentoperations-all",
     ),
     "artifacts": ("artifact-metadata",),
-    "blobs": ("blob-metadata", "blob-search-by-hash", "blob-data-limit"),
+    "blobs": ("blob-metadata", "blob-search-by-hash", "blob-data-limit", "blob-events"),
     "events": ("events-by-type",),
     "instances": (
         "get-instance-namespace",

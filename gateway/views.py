@@ -151,13 +151,12 @@ def blob(pb: blobs_pb2.Blob) -> JsonDict:
         "locations": [],
         "reference_count": pb.reference_count,
         "sha512": pb.sha512,
-        "instances": [],
+        "instances": list(pb.instances),
     }
 
 
 def artifact(pb: artifacts_pb2.Artifact, blobs: dict[str, blobs_pb2.Blob]) -> JsonDict:
     """An artifact object (§5.7): ``blobs`` keyed by the string of each version index."""
-    newest = pb.versions[-1] if pb.versions else None
     versions: JsonDict = {}
     for v in pb.versions:
         found = blobs.get(v.blob_uuid)
@@ -166,7 +165,7 @@ def artifact(pb: artifacts_pb2.Artifact, blobs: dict[str, blobs_pb2.Blob]) -> Js
             "size": found.size if found else None,
             "reference_count": found.reference_count if found else None,
             "depends_on": None,
-            "instances": [],
+            "instances": list(found.instances) if found else [],
         }
     return {
         "uuid": pb.uuid,
@@ -176,10 +175,10 @@ def artifact(pb: artifacts_pb2.Artifact, blobs: dict[str, blobs_pb2.Blob]) -> Js
         "artifact_type": ARTIFACT_TYPES.get(pb.type, "other"),
         "name": pb.name,
         "source_url": pb.source_url or None,
-        "max_versions": 0,
+        "max_versions": pb.max_versions,
         "namespace": pb.namespace,
-        "shared": False,
-        "index": newest.index if newest else 0,
+        "shared": pb.shared,
+        "index": pb.index,
         "blob_uuid": pb.blob_uuid or None,
         "blobs": versions,
     }

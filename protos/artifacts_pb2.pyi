@@ -3,6 +3,18 @@
 isort:skip_file
 Artifacts: named, versioned references to blobs (uploads, labels), usable
 as a disk base ("label:NAME", "sf://upload/NAMESPACE/NAME", "sf://blob/UUID").
+
+Each artifact keeps at most max_versions versions (the control plane's
+MINICLOUD_ARTIFACT_MAX_VERSIONS, 3 by default, unless set per artifact): a
+new version beyond it drops the oldest. A version's index is one more than
+the highest index the artifact ever had, so indexes are never reused. A
+dropped or deleted version releases its blob, which is freed once no
+artifact version references it and no live instance uses it as a base.
+
+An artifact of the system namespace may be shared with every namespace:
+each then sees it (GetArtifact, ListArtifacts, ListVersions, GetEvents, a
+TYPE:NAME not found in its own namespace) and may use it as a disk base
+(sf://upload/system/NAME, or label:NAME); only system may change it.
 """
 
 from collections import abc as _abc
@@ -19,6 +31,89 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class DeleteAllArtifactsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONFIRM_FIELD_NUMBER: _builtins.int
+    confirm: _builtins.bool
+    def __init__(
+        self,
+        *,
+        confirm: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirm", b"confirm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteAllArtifactsRequest: _TypeAlias = DeleteAllArtifactsRequest  # noqa: Y015
+
+@_typing.final
+class DeleteVersionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REF_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    ref: _builtins.str
+    index: _builtins.int
+    def __init__(
+        self,
+        *,
+        ref: _builtins.str = ...,
+        index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "ref", b"ref"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteVersionRequest: _TypeAlias = DeleteVersionRequest  # noqa: Y015
+
+@_typing.final
+class SetMaxVersionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REF_FIELD_NUMBER: _builtins.int
+    MAX_VERSIONS_FIELD_NUMBER: _builtins.int
+    ref: _builtins.str
+    max_versions: _builtins.int
+    def __init__(
+        self,
+        *,
+        ref: _builtins.str = ...,
+        max_versions: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_versions", b"max_versions", "ref", b"ref"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMaxVersionsRequest: _TypeAlias = SetMaxVersionsRequest  # noqa: Y015
+
+@_typing.final
+class ListVersionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArtifactVersion]: ...
+    def __init__(
+        self,
+        *,
+        versions: _abc.Iterable[Global___ArtifactVersion] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListVersionsResponse: _TypeAlias = ListVersionsResponse  # noqa: Y015
 
 @_typing.final
 class ArtifactUploadChunk(_message.Message):
@@ -134,19 +229,23 @@ class ArtifactVersion(_message.Message):
     INDEX_FIELD_NUMBER: _builtins.int
     BLOB_UUID_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     blob_uuid: _builtins.str
     created_at: _builtins.float
+    size: _builtins.int
+    """The blob's size in bytes (ListVersions only)."""
     def __init__(
         self,
         *,
         index: _builtins.int = ...,
         blob_uuid: _builtins.str = ...,
         created_at: _builtins.float = ...,
+        size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_uuid", b"blob_uuid", "created_at", b"created_at", "index", b"index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_uuid", b"blob_uuid", "created_at", b"created_at", "index", b"index", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -164,6 +263,9 @@ class Artifact(_message.Message):
     SOURCE_URL_FIELD_NUMBER: _builtins.int
     VERSIONS_FIELD_NUMBER: _builtins.int
     BLOB_UUID_FIELD_NUMBER: _builtins.int
+    MAX_VERSIONS_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    SHARED_FIELD_NUMBER: _builtins.int
     uuid: _builtins.str
     namespace: _builtins.str
     type: _builtins.str
@@ -173,6 +275,12 @@ class Artifact(_message.Message):
     source_url: _builtins.str
     blob_uuid: _builtins.str
     """The newest version's blob."""
+    max_versions: _builtins.int
+    """How many versions are kept."""
+    index: _builtins.int
+    """The highest version index given so far (the next version is index + 1)."""
+    shared: _builtins.bool
+    """Visible to every namespace (system artifacts only)."""
     @_builtins.property
     def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArtifactVersion]: ...
     def __init__(
@@ -186,10 +294,13 @@ class Artifact(_message.Message):
         source_url: _builtins.str = ...,
         versions: _abc.Iterable[Global___ArtifactVersion] | None = ...,
         blob_uuid: _builtins.str = ...,
+        max_versions: _builtins.int = ...,
+        index: _builtins.int = ...,
+        shared: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_uuid", b"blob_uuid", "name", b"name", "namespace", b"namespace", "source_url", b"source_url", "state", b"state", "type", b"type", "uuid", b"uuid", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_uuid", b"blob_uuid", "index", b"index", "max_versions", b"max_versions", "name", b"name", "namespace", b"namespace", "shared", b"shared", "source_url", b"source_url", "state", b"state", "type", b"type", "uuid", b"uuid", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from protos import artifacts_pb2 as protos_dot_artifacts__pb2
+from protos import instances_pb2 as protos_dot_instances__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -54,6 +55,46 @@ class ArtifactServiceStub:
                 request_serializer=protos_dot_artifacts__pb2.ListArtifactsRequest.SerializeToString,
                 response_deserializer=protos_dot_artifacts__pb2.ListArtifactsResponse.FromString,
                 _registered_method=True)
+        self.DeleteArtifact = channel.unary_unary(
+                '/minicloud.v1.ArtifactService/DeleteArtifact',
+                request_serializer=protos_dot_artifacts__pb2.ArtifactRef.SerializeToString,
+                response_deserializer=protos_dot_artifacts__pb2.Artifact.FromString,
+                _registered_method=True)
+        self.DeleteAllArtifacts = channel.unary_unary(
+                '/minicloud.v1.ArtifactService/DeleteAllArtifacts',
+                request_serializer=protos_dot_artifacts__pb2.DeleteAllArtifactsRequest.SerializeToString,
+                response_deserializer=protos_dot_artifacts__pb2.ListArtifactsResponse.FromString,
+                _registered_method=True)
+        self.ListVersions = channel.unary_unary(
+                '/minicloud.v1.ArtifactService/ListVersions',
+                request_serializer=protos_dot_artifacts__pb2.ArtifactRef.SerializeToString,
+                response_deserializer=protos_dot_artifacts__pb2.ListVersionsResponse.FromString,
+                _registered_method=True)
+        self.DeleteVersion = channel.unary_unary(
+                '/minicloud.v1.ArtifactService/DeleteVersion',
+                request_serializer=protos_dot_artifacts__pb2.DeleteVersionRequest.SerializeToString,
+                response_deserializer=protos_dot_artifacts__pb2.Artifact.FromString,
+                _registered_method=True)
+        self.SetMaxVersions = channel.unary_unary(
+                '/minicloud.v1.ArtifactService/SetMaxVersions',
+                request_serializer=protos_dot_artifacts__pb2.SetMaxVersionsRequest.SerializeToString,
+                response_deserializer=protos_dot_artifacts__pb2.Artifact.FromString,
+                _registered_method=True)
+        self.GetEvents = channel.unary_unary(
+                '/minicloud.v1.ArtifactService/GetEvents',
+                request_serializer=protos_dot_instances__pb2.GetEventsRequest.SerializeToString,
+                response_deserializer=protos_dot_instances__pb2.GetEventsResponse.FromString,
+                _registered_method=True)
+        self.Share = channel.unary_unary(
+                '/minicloud.v1.ArtifactService/Share',
+                request_serializer=protos_dot_artifacts__pb2.ArtifactRef.SerializeToString,
+                response_deserializer=protos_dot_artifacts__pb2.Artifact.FromString,
+                _registered_method=True)
+        self.Unshare = channel.unary_unary(
+                '/minicloud.v1.ArtifactService/Unshare',
+                request_serializer=protos_dot_artifacts__pb2.ArtifactRef.SerializeToString,
+                response_deserializer=protos_dot_artifacts__pb2.Artifact.FromString,
+                _registered_method=True)
 
 
 class ArtifactServiceServicer:
@@ -87,6 +128,65 @@ class ArtifactServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteArtifact(self, request, context):
+        """Delete an artifact and every version of it (its name is free again; the
+        record stays readable by UUID in state "deleted"). Deleting a deleted
+        artifact changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAllArtifacts(self, request, context):
+        """Delete every artifact of the caller's namespace (system: of the namespace
+        named by x-namespace). Refused (INVALID_ARGUMENT) without confirm.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListVersions(self, request, context):
+        """The versions, oldest first, with their blobs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteVersion(self, request, context):
+        """Delete one version by index; deleting the last one deletes the artifact.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetMaxVersions(self, request, context):
+        """Keep at most max_versions versions (1-1000), dropping the oldest beyond it now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEvents(self, request, context):
+        """Newest first; 100 by default. ref: UUID or TYPE:NAME.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Share(self, request, context):
+        """Share a system artifact with every namespace (FAILED_PRECONDITION for
+        another namespace's artifact), or stop sharing it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unshare(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ArtifactServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +209,46 @@ def add_ArtifactServiceServicer_to_server(servicer, server):
                     servicer.ListArtifacts,
                     request_deserializer=protos_dot_artifacts__pb2.ListArtifactsRequest.FromString,
                     response_serializer=protos_dot_artifacts__pb2.ListArtifactsResponse.SerializeToString,
+            ),
+            'DeleteArtifact': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteArtifact,
+                    request_deserializer=protos_dot_artifacts__pb2.ArtifactRef.FromString,
+                    response_serializer=protos_dot_artifacts__pb2.Artifact.SerializeToString,
+            ),
+            'DeleteAllArtifacts': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAllArtifacts,
+                    request_deserializer=protos_dot_artifacts__pb2.DeleteAllArtifactsRequest.FromString,
+                    response_serializer=protos_dot_artifacts__pb2.ListArtifactsResponse.SerializeToString,
+            ),
+            'ListVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVersions,
+                    request_deserializer=protos_dot_artifacts__pb2.ArtifactRef.FromString,
+                    response_serializer=protos_dot_artifacts__pb2.ListVersionsResponse.SerializeToString,
+            ),
+            'DeleteVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteVersion,
+                    request_deserializer=protos_dot_artifacts__pb2.DeleteVersionRequest.FromString,
+                    response_serializer=protos_dot_artifacts__pb2.Artifact.SerializeToString,
+            ),
+            'SetMaxVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMaxVersions,
+                    request_deserializer=protos_dot_artifacts__pb2.SetMaxVersionsRequest.FromString,
+                    response_serializer=protos_dot_artifacts__pb2.Artifact.SerializeToString,
+            ),
+            'GetEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEvents,
+                    request_deserializer=protos_dot_instances__pb2.GetEventsRequest.FromString,
+                    response_serializer=protos_dot_instances__pb2.GetEventsResponse.SerializeToString,
+            ),
+            'Share': grpc.unary_unary_rpc_method_handler(
+                    servicer.Share,
+                    request_deserializer=protos_dot_artifacts__pb2.ArtifactRef.FromString,
+                    response_serializer=protos_dot_artifacts__pb2.Artifact.SerializeToString,
+            ),
+            'Unshare': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unshare,
+                    request_deserializer=protos_dot_artifacts__pb2.ArtifactRef.FromString,
+                    response_serializer=protos_dot_artifacts__pb2.Artifact.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +359,222 @@ class ArtifactService:
             '/minicloud.v1.ArtifactService/ListArtifacts',
             protos_dot_artifacts__pb2.ListArtifactsRequest.SerializeToString,
             protos_dot_artifacts__pb2.ListArtifactsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minicloud.v1.ArtifactService/DeleteArtifact',
+            protos_dot_artifacts__pb2.ArtifactRef.SerializeToString,
+            protos_dot_artifacts__pb2.Artifact.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAllArtifacts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minicloud.v1.ArtifactService/DeleteAllArtifacts',
+            protos_dot_artifacts__pb2.DeleteAllArtifactsRequest.SerializeToString,
+            protos_dot_artifacts__pb2.ListArtifactsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minicloud.v1.ArtifactService/ListVersions',
+            protos_dot_artifacts__pb2.ArtifactRef.SerializeToString,
+            protos_dot_artifacts__pb2.ListVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minicloud.v1.ArtifactService/DeleteVersion',
+            protos_dot_artifacts__pb2.DeleteVersionRequest.SerializeToString,
+            protos_dot_artifacts__pb2.Artifact.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMaxVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minicloud.v1.ArtifactService/SetMaxVersions',
+            protos_dot_artifacts__pb2.SetMaxVersionsRequest.SerializeToString,
+            protos_dot_artifacts__pb2.Artifact.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minicloud.v1.ArtifactService/GetEvents',
+            protos_dot_instances__pb2.GetEventsRequest.SerializeToString,
+            protos_dot_instances__pb2.GetEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Share(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minicloud.v1.ArtifactService/Share',
+            protos_dot_artifacts__pb2.ArtifactRef.SerializeToString,
+            protos_dot_artifacts__pb2.Artifact.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unshare(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minicloud.v1.ArtifactService/Unshare',
+            protos_dot_artifacts__pb2.ArtifactRef.SerializeToString,
+            protos_dot_artifacts__pb2.Artifact.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,11 +3,24 @@
 isort:skip_file
 Artifacts: named, versioned references to blobs (uploads, labels), usable
 as a disk base ("label:NAME", "sf://upload/NAMESPACE/NAME", "sf://blob/UUID").
+
+Each artifact keeps at most max_versions versions (the control plane's
+MINICLOUD_ARTIFACT_MAX_VERSIONS, 3 by default, unless set per artifact): a
+new version beyond it drops the oldest. A version's index is one more than
+the highest index the artifact ever had, so indexes are never reused. A
+dropped or deleted version releases its blob, which is freed once no
+artifact version references it and no live instance uses it as a base.
+
+An artifact of the system namespace may be shared with every namespace:
+each then sees it (GetArtifact, ListArtifacts, ListVersions, GetEvents, a
+TYPE:NAME not found in its own namespace) and may use it as a disk base
+(sf://upload/system/NAME, or label:NAME); only system may change it.
 """
 
 from collections import abc as _abc
 from grpc import aio as _aio
 from protos import artifacts_pb2 as _artifacts_pb2
+from protos import instances_pb2 as _instances_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -42,6 +55,28 @@ class ArtifactServiceStub:
     GetArtifact: _grpc.UnaryUnaryMultiCallable[_artifacts_pb2.ArtifactRef, _artifacts_pb2.Artifact]
     """By UUID, or by "TYPE:NAME" within the caller's namespace."""
     ListArtifacts: _grpc.UnaryUnaryMultiCallable[_artifacts_pb2.ListArtifactsRequest, _artifacts_pb2.ListArtifactsResponse]
+    DeleteArtifact: _grpc.UnaryUnaryMultiCallable[_artifacts_pb2.ArtifactRef, _artifacts_pb2.Artifact]
+    """Delete an artifact and every version of it (its name is free again; the
+    record stays readable by UUID in state "deleted"). Deleting a deleted
+    artifact changes nothing.
+    """
+    DeleteAllArtifacts: _grpc.UnaryUnaryMultiCallable[_artifacts_pb2.DeleteAllArtifactsRequest, _artifacts_pb2.ListArtifactsResponse]
+    """Delete every artifact of the caller's namespace (system: of the namespace
+    named by x-namespace). Refused (INVALID_ARGUMENT) without confirm.
+    """
+    ListVersions: _grpc.UnaryUnaryMultiCallable[_artifacts_pb2.ArtifactRef, _artifacts_pb2.ListVersionsResponse]
+    """The versions, oldest first, with their blobs."""
+    DeleteVersion: _grpc.UnaryUnaryMultiCallable[_artifacts_pb2.DeleteVersionRequest, _artifacts_pb2.Artifact]
+    """Delete one version by index; deleting the last one deletes the artifact."""
+    SetMaxVersions: _grpc.UnaryUnaryMultiCallable[_artifacts_pb2.SetMaxVersionsRequest, _artifacts_pb2.Artifact]
+    """Keep at most max_versions versions (1-1000), dropping the oldest beyond it now."""
+    GetEvents: _grpc.UnaryUnaryMultiCallable[_instances_pb2.GetEventsRequest, _instances_pb2.GetEventsResponse]
+    """Newest first; 100 by default. ref: UUID or TYPE:NAME."""
+    Share: _grpc.UnaryUnaryMultiCallable[_artifacts_pb2.ArtifactRef, _artifacts_pb2.Artifact]
+    """Share a system artifact with every namespace (FAILED_PRECONDITION for
+    another namespace's artifact), or stop sharing it.
+    """
+    Unshare: _grpc.UnaryUnaryMultiCallable[_artifacts_pb2.ArtifactRef, _artifacts_pb2.Artifact]
 
 @_typing.type_check_only
 class ArtifactServiceAsyncStub(ArtifactServiceStub):
@@ -55,6 +90,28 @@ class ArtifactServiceAsyncStub(ArtifactServiceStub):
     GetArtifact: _aio.UnaryUnaryMultiCallable[_artifacts_pb2.ArtifactRef, _artifacts_pb2.Artifact]  # type: ignore[assignment]
     """By UUID, or by "TYPE:NAME" within the caller's namespace."""
     ListArtifacts: _aio.UnaryUnaryMultiCallable[_artifacts_pb2.ListArtifactsRequest, _artifacts_pb2.ListArtifactsResponse]  # type: ignore[assignment]
+    DeleteArtifact: _aio.UnaryUnaryMultiCallable[_artifacts_pb2.ArtifactRef, _artifacts_pb2.Artifact]  # type: ignore[assignment]
+    """Delete an artifact and every version of it (its name is free again; the
+    record stays readable by UUID in state "deleted"). Deleting a deleted
+    artifact changes nothing.
+    """
+    DeleteAllArtifacts: _aio.UnaryUnaryMultiCallable[_artifacts_pb2.DeleteAllArtifactsRequest, _artifacts_pb2.ListArtifactsResponse]  # type: ignore[assignment]
+    """Delete every artifact of the caller's namespace (system: of the namespace
+    named by x-namespace). Refused (INVALID_ARGUMENT) without confirm.
+    """
+    ListVersions: _aio.UnaryUnaryMultiCallable[_artifacts_pb2.ArtifactRef, _artifacts_pb2.ListVersionsResponse]  # type: ignore[assignment]
+    """The versions, oldest first, with their blobs."""
+    DeleteVersion: _aio.UnaryUnaryMultiCallable[_artifacts_pb2.DeleteVersionRequest, _artifacts_pb2.Artifact]  # type: ignore[assignment]
+    """Delete one version by index; deleting the last one deletes the artifact."""
+    SetMaxVersions: _aio.UnaryUnaryMultiCallable[_artifacts_pb2.SetMaxVersionsRequest, _artifacts_pb2.Artifact]  # type: ignore[assignment]
+    """Keep at most max_versions versions (1-1000), dropping the oldest beyond it now."""
+    GetEvents: _aio.UnaryUnaryMultiCallable[_instances_pb2.GetEventsRequest, _instances_pb2.GetEventsResponse]  # type: ignore[assignment]
+    """Newest first; 100 by default. ref: UUID or TYPE:NAME."""
+    Share: _aio.UnaryUnaryMultiCallable[_artifacts_pb2.ArtifactRef, _artifacts_pb2.Artifact]  # type: ignore[assignment]
+    """Share a system artifact with every namespace (FAILED_PRECONDITION for
+    another namespace's artifact), or stop sharing it.
+    """
+    Unshare: _aio.UnaryUnaryMultiCallable[_artifacts_pb2.ArtifactRef, _artifacts_pb2.Artifact]  # type: ignore[assignment]
 
 class ArtifactServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -89,5 +146,75 @@ class ArtifactServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _artifacts_pb2.ListArtifactsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_artifacts_pb2.ListArtifactsResponse, _abc.Awaitable[_artifacts_pb2.ListArtifactsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteArtifact(
+        self,
+        request: _artifacts_pb2.ArtifactRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifacts_pb2.Artifact, _abc.Awaitable[_artifacts_pb2.Artifact]]:
+        """Delete an artifact and every version of it (its name is free again; the
+        record stays readable by UUID in state "deleted"). Deleting a deleted
+        artifact changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteAllArtifacts(
+        self,
+        request: _artifacts_pb2.DeleteAllArtifactsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifacts_pb2.ListArtifactsResponse, _abc.Awaitable[_artifacts_pb2.ListArtifactsResponse]]:
+        """Delete every artifact of the caller's namespace (system: of the namespace
+        named by x-namespace). Refused (INVALID_ARGUMENT) without confirm.
+        """
+
+    @_abc_1.abstractmethod
+    def ListVersions(
+        self,
+        request: _artifacts_pb2.ArtifactRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifacts_pb2.ListVersionsResponse, _abc.Awaitable[_artifacts_pb2.ListVersionsResponse]]:
+        """The versions, oldest first, with their blobs."""
+
+    @_abc_1.abstractmethod
+    def DeleteVersion(
+        self,
+        request: _artifacts_pb2.DeleteVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifacts_pb2.Artifact, _abc.Awaitable[_artifacts_pb2.Artifact]]:
+        """Delete one version by index; deleting the last one deletes the artifact."""
+
+    @_abc_1.abstractmethod
+    def SetMaxVersions(
+        self,
+        request: _artifacts_pb2.SetMaxVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifacts_pb2.Artifact, _abc.Awaitable[_artifacts_pb2.Artifact]]:
+        """Keep at most max_versions versions (1-1000), dropping the oldest beyond it now."""
+
+    @_abc_1.abstractmethod
+    def GetEvents(
+        self,
+        request: _instances_pb2.GetEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_instances_pb2.GetEventsResponse, _abc.Awaitable[_instances_pb2.GetEventsResponse]]:
+        """Newest first; 100 by default. ref: UUID or TYPE:NAME."""
+
+    @_abc_1.abstractmethod
+    def Share(
+        self,
+        request: _artifacts_pb2.ArtifactRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifacts_pb2.Artifact, _abc.Awaitable[_artifacts_pb2.Artifact]]:
+        """Share a system artifact with every namespace (FAILED_PRECONDITION for
+        another namespace's artifact), or stop sharing it.
+        """
+
+    @_abc_1.abstractmethod
+    def Unshare(
+        self,
+        request: _artifacts_pb2.ArtifactRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifacts_pb2.Artifact, _abc.Awaitable[_artifacts_pb2.Artifact]]: ...
 
 def add_ArtifactServiceServicer_to_server(servicer: ArtifactServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

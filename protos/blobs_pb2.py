@@ -22,27 +22,30 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from protos import instances_pb2 as protos_dot_instances__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/blobs.proto\x12\x0cminicloud.v1\"\x19\n\tBlobChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\">\n\x0f\x44ownloadRequest\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x03\"\x17\n\x07\x42lobRef\x12\x0c\n\x04uuid\x18\x01 \x01(\t\"$\n\x12SearchBlobsRequest\x12\x0e\n\x06sha512\x18\x01 \x01(\t\"6\n\x11ListBlobsResponse\x12!\n\x05\x62lobs\x18\x01 \x03(\x0b\x32\x12.minicloud.v1.Blob\"n\n\x04\x42lob\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0e\n\x06sha512\x18\x04 \x01(\t\x12\x17\n\x0freference_count\x18\x05 \x01(\x03\x12\x12\n\ncreated_at\x18\x06 \x01(\x01\x32\x94\x02\n\x0b\x42lobService\x12\x37\n\x06Upload\x12\x17.minicloud.v1.BlobChunk\x1a\x12.minicloud.v1.Blob(\x01\x12\x44\n\x08\x44ownload\x12\x1d.minicloud.v1.DownloadRequest\x1a\x17.minicloud.v1.BlobChunk0\x01\x12\x34\n\x07GetBlob\x12\x15.minicloud.v1.BlobRef\x1a\x12.minicloud.v1.Blob\x12P\n\x0bSearchBlobs\x12 .minicloud.v1.SearchBlobsRequest\x1a\x1f.minicloud.v1.ListBlobsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/blobs.proto\x12\x0cminicloud.v1\x1a\x16protos/instances.proto\"\x12\n\x10ListBlobsRequest\"\x19\n\tBlobChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\">\n\x0f\x44ownloadRequest\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x03\"\x17\n\x07\x42lobRef\x12\x0c\n\x04uuid\x18\x01 \x01(\t\"$\n\x12SearchBlobsRequest\x12\x0e\n\x06sha512\x18\x01 \x01(\t\"6\n\x11ListBlobsResponse\x12!\n\x05\x62lobs\x18\x01 \x03(\x0b\x32\x12.minicloud.v1.Blob\"\x81\x01\n\x04\x42lob\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0e\n\x06sha512\x18\x04 \x01(\t\x12\x17\n\x0freference_count\x18\x05 \x01(\x03\x12\x12\n\ncreated_at\x18\x06 \x01(\x01\x12\x11\n\tinstances\x18\x07 \x03(\t2\xb0\x03\n\x0b\x42lobService\x12\x37\n\x06Upload\x12\x17.minicloud.v1.BlobChunk\x1a\x12.minicloud.v1.Blob(\x01\x12\x44\n\x08\x44ownload\x12\x1d.minicloud.v1.DownloadRequest\x1a\x17.minicloud.v1.BlobChunk0\x01\x12\x34\n\x07GetBlob\x12\x15.minicloud.v1.BlobRef\x1a\x12.minicloud.v1.Blob\x12P\n\x0bSearchBlobs\x12 .minicloud.v1.SearchBlobsRequest\x1a\x1f.minicloud.v1.ListBlobsResponse\x12L\n\tListBlobs\x12\x1e.minicloud.v1.ListBlobsRequest\x1a\x1f.minicloud.v1.ListBlobsResponse\x12L\n\tGetEvents\x12\x1e.minicloud.v1.GetEventsRequest\x1a\x1f.minicloud.v1.GetEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.blobs_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BLOBCHUNK']._serialized_start=36
-  _globals['_BLOBCHUNK']._serialized_end=61
-  _globals['_DOWNLOADREQUEST']._serialized_start=63
-  _globals['_DOWNLOADREQUEST']._serialized_end=125
-  _globals['_BLOBREF']._serialized_start=127
-  _globals['_BLOBREF']._serialized_end=150
-  _globals['_SEARCHBLOBSREQUEST']._serialized_start=152
-  _globals['_SEARCHBLOBSREQUEST']._serialized_end=188
-  _globals['_LISTBLOBSRESPONSE']._serialized_start=190
-  _globals['_LISTBLOBSRESPONSE']._serialized_end=244
-  _globals['_BLOB']._serialized_start=246
-  _globals['_BLOB']._serialized_end=356
-  _globals['_BLOBSERVICE']._serialized_start=359
-  _globals['_BLOBSERVICE']._serialized_end=635
+  _globals['_LISTBLOBSREQUEST']._serialized_start=60
+  _globals['_LISTBLOBSREQUEST']._serialized_end=78
+  _globals['_BLOBCHUNK']._serialized_start=80
+  _globals['_BLOBCHUNK']._serialized_end=105
+  _globals['_DOWNLOADREQUEST']._serialized_start=107
+  _globals['_DOWNLOADREQUEST']._serialized_end=169
+  _globals['_BLOBREF']._serialized_start=171
+  _globals['_BLOBREF']._serialized_end=194
+  _globals['_SEARCHBLOBSREQUEST']._serialized_start=196
+  _globals['_SEARCHBLOBSREQUEST']._serialized_end=232
+  _globals['_LISTBLOBSRESPONSE']._serialized_start=234
+  _globals['_LISTBLOBSRESPONSE']._serialized_end=288
+  _globals['_BLOB']._serialized_start=291
+  _globals['_BLOB']._serialized_end=420
+  _globals['_BLOBSERVICE']._serialized_start=423
+  _globals['_BLOBSERVICE']._serialized_end=855
 # @@protoc_insertion_point(module_scope)

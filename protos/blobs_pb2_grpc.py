@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from protos import blobs_pb2 as protos_dot_blobs__pb2
+from protos import instances_pb2 as protos_dot_instances__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -54,6 +55,16 @@ class BlobServiceStub:
                 request_serializer=protos_dot_blobs__pb2.SearchBlobsRequest.SerializeToString,
                 response_deserializer=protos_dot_blobs__pb2.ListBlobsResponse.FromString,
                 _registered_method=True)
+        self.ListBlobs = channel.unary_unary(
+                '/minicloud.v1.BlobService/ListBlobs',
+                request_serializer=protos_dot_blobs__pb2.ListBlobsRequest.SerializeToString,
+                response_deserializer=protos_dot_blobs__pb2.ListBlobsResponse.FromString,
+                _registered_method=True)
+        self.GetEvents = channel.unary_unary(
+                '/minicloud.v1.BlobService/GetEvents',
+                request_serializer=protos_dot_instances__pb2.GetEventsRequest.SerializeToString,
+                response_deserializer=protos_dot_instances__pb2.GetEventsResponse.FromString,
+                _registered_method=True)
 
 
 class BlobServiceServicer:
@@ -85,6 +96,21 @@ class BlobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListBlobs(self, request, context):
+        """Live blobs: every one for system; for another namespace, those its
+        artifacts' versions reference or its live instances use.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEvents(self, request, context):
+        """A blob's events, newest first; 100 by default. ref: the blob's UUID.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BlobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -107,6 +133,16 @@ def add_BlobServiceServicer_to_server(servicer, server):
                     servicer.SearchBlobs,
                     request_deserializer=protos_dot_blobs__pb2.SearchBlobsRequest.FromString,
                     response_serializer=protos_dot_blobs__pb2.ListBlobsResponse.SerializeToString,
+            ),
+            'ListBlobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBlobs,
+                    request_deserializer=protos_dot_blobs__pb2.ListBlobsRequest.FromString,
+                    response_serializer=protos_dot_blobs__pb2.ListBlobsResponse.SerializeToString,
+            ),
+            'GetEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEvents,
+                    request_deserializer=protos_dot_instances__pb2.GetEventsRequest.FromString,
+                    response_serializer=protos_dot_instances__pb2.GetEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -217,6 +253,60 @@ class BlobService:
             '/minicloud.v1.BlobService/SearchBlobs',
             protos_dot_blobs__pb2.SearchBlobsRequest.SerializeToString,
             protos_dot_blobs__pb2.ListBlobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBlobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minicloud.v1.BlobService/ListBlobs',
+            protos_dot_blobs__pb2.ListBlobsRequest.SerializeToString,
+            protos_dot_blobs__pb2.ListBlobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minicloud.v1.BlobService/GetEvents',
+            protos_dot_instances__pb2.GetEventsRequest.SerializeToString,
+            protos_dot_instances__pb2.GetEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,18 +7,22 @@ from typing import Any
 
 import grpc
 
+from controlplane.api.convert import event_to_pb
 from controlplane.api.status import grpc_errors, namespace_of
 from controlplane.errors import InvalidArgument
 from controlplane.model import Artifact
 from controlplane.services.artifacts import ArtifactService
-from protos import artifacts_pb2, artifacts_pb2_grpc
+from protos import artifacts_pb2, artifacts_pb2_grpc, instances_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def artifact_to_pb(art: Artifact) -> artifacts_pb2.Artifact:
-    """An artifact for the wire."""
+    """An artifact for the wire (its maximum of versions as the service filled it in)."""
     return artifacts_pb2.Artifact(
+        max_versions=art.max_versions,
+        index=art.last_index,
+        shared=art.shared,
         uuid=art.uuid,
         namespace=art.namespace,
         type=art.type,
@@ -57,7 +61,7 @@ class ArtifactServicer(artifacts_pb2_grpc.ArtifactServiceServicer):
                 yield message.data
 
         art = await self.service.upload(namespace_of(context), first.name, chunks())
-        return artifact_to_pb(art)
+        return self._pb(art)
 
     @grpc_errors
     async def FromBlob(
@@ -70,17 +74,87 @@ class ArtifactServicer(artifacts_pb2_grpc.ArtifactServiceServicer):
             request.type,
             request.source_url,
         )
-        return artifact_to_pb(art)
+        return self._pb(art)
 
     @grpc_errors
     async def GetArtifact(
         self, request: artifacts_pb2.ArtifactRef, context: Context
     ) -> artifacts_pb2.Artifact:
-        return artifact_to_pb(await self.service.get(namespace_of(context), request.ref))
+        return self._pb(await self.service.get(namespace_of(context), request.ref))
 
     @grpc_errors
     async def ListArtifacts(
         self, request: artifacts_pb2.ListArtifactsRequest, context: Context
     ) -> artifacts_pb2.ListArtifactsResponse:
         found = await self.service.list_all(namespace_of(context))
-        return artifacts_pb2.ListArtifactsResponse(artifacts=[artifact_to_pb(a) for a in found])
+        return artifacts_pb2.ListArtifactsResponse(artifacts=[self._pb(a) for a in found])
+
+    @grpc_errors
+    async def DeleteArtifact(
+        self, request: artifacts_pb2.ArtifactRef, context: Context
+    ) -> artifacts_pb2.Artifact:
+        return self._pb(await self.service.delete(namespace_of(context), request.ref))
+
+    @grpc_errors
+    async def DeleteAllArtifacts(
+        self, request: artifacts_pb2.DeleteAllArtifactsRequest, context: Context
+    ) -> artifacts_pb2.ListArtifactsResponse:
+        found = await self.service.delete_all(namespace_of(context), request.confirm)
+        return artifacts_pb2.ListArtifactsResponse(artifacts=[self._pb(a) for a in found])
+
+    @grpc_errors
+    async def ListVersions(
+        self, request: artifacts_pb2.ArtifactRef, context: Context
+    ) -> artifacts_pb2.ListVersionsResponse:
+        found = await self.service.versions(namespace_of(context), request.ref)
+        return artifacts_pb2.ListVersionsResponse(
+            versions=[
+                artifacts_pb2.ArtifactVersion(
+                    index=int(v["index"]),
+                    blob_uuid=str(v["blob_uuid"]),
+                    created_at=float(v["created_at"]),
+                    size=size,
+                )
+                for v, size in found
+            ]
+        )
+
+    @grpc_errors
+    async def DeleteVersion(
+        self, request: artifacts_pb2.DeleteVersionRequest, context: Context
+    ) -> artifacts_pb2.Artifact:
+        art = await self.service.delete_version(namespace_of(context), request.ref, request.index)
+        return self._pb(art)
+
+    @grpc_errors
+    async def SetMaxVersions(
+        self, request: artifacts_pb2.SetMaxVersionsRequest, context: Context
+    ) -> artifacts_pb2.Artifact:
+        art = await self.service.set_max_versions(
+            namespace_of(context), request.ref, request.max_versions
+        )
+        return self._pb(art)
+
+    @grpc_errors
+    async def GetEvents(
+        self, request: instances_pb2.GetEventsRequest, context: Context
+    ) -> instances_pb2.GetEventsResponse:
+        events = await self.service.events(
+            namespace_of(context), request.ref, request.event_type, request.limit
+        )
+        return instances_pb2.GetEventsResponse(events=[event_to_pb(e) for e in events])
+
+    @grpc_errors
+    async def Share(
+        self, request: artifacts_pb2.ArtifactRef, context: Context
+    ) -> artifacts_pb2.Artifact:
+        return self._pb(await self.service.share(namespace_of(context), request.ref))
+
+    @grpc_errors
+    async def Unshare(
+        self, request: artifacts_pb2.ArtifactRef, context: Context
+    ) -> artifacts_pb2.Artifact:
+        return self._pb(await self.service.share(namespace_of(context), request.ref, False))
+
+    def _pb(self, art: Artifact) -> artifacts_pb2.Artifact:
+        return artifact_to_pb(self.service.view(art))

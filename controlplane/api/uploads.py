@@ -65,4 +65,4 @@ class UploadServicer(uploads_pb2_grpc.UploadServiceServicer):
         art = await self.service.to_artifact(
             namespace_of(context), request.upload_uuid, request.name, request.source_url
         )
-        return artifact_to_pb(art)
+        return artifact_to_pb(self.service.artifacts.view(art))

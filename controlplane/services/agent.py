@@ -108,11 +108,12 @@ class AgentService:
         """Queue copying a blob into the instance at path, then setting its mode."""
         _check_path(path)
         blob = await self.blobs.get(blob_uuid)
-        if blob is None:
+        if blob is None or blob.state == "deleted":
             raise NotFound(f"blob {blob_uuid!r} not found")
         if mode < 0 or mode > 0o177777:
             raise InvalidArgument(f"mode {mode} is not a file mode")
-        await self.blobs.reference(blob.uuid)
+        if await self.blobs.reference(blob.uuid) is None:
+            raise NotFound(f"blob {blob_uuid!r} not found")
         return await self._queue(
             instance,
             [

@@ -30,6 +30,7 @@ from controlplane.model import (
     encode,
     node_object,
 )
+from controlplane.services.artifacts import find_visible
 from controlplane.services.namespaces import SYSTEM, NamespaceService, can_see, require_system
 from controlplane.store import occ
 from controlplane.store.artifacts import Artifacts
@@ -136,20 +137,19 @@ class BlobKind:
 
 
 class ArtifactKind:
-    """Artifact metadata lives in the artifact record; found by UUID or TYPE:NAME."""
+    """Artifact metadata lives in the artifact record; found by UUID or TYPE:NAME.
+
+    A shared artifact's metadata is readable by every namespace (the service
+    refuses changes by anyone but its owner).
+    """
 
     def __init__(self, artifacts: Artifacts, records: Records) -> None:
         self.artifacts = artifacts
         self.records = records
 
     async def find(self, namespace: str, ref: str) -> Found:
-        art = None
-        if looks_like_uuid(ref):
-            art = await self.artifacts.get(ref)
-        elif ":" in ref:
-            kind, _, name = ref.partition(":")
-            art = await self.artifacts.find(namespace, kind, name)
-        if art is None or not can_see(namespace, art.namespace):
+        art = await find_visible(self.artifacts, namespace, ref)
+        if art is None:
             raise NotFound(f"artifact {ref!r} not found")
         return Found(art.uuid, art.namespace, art.metadata)
 

@@ -3,7 +3,11 @@
 Key layout:
 
     art/<uuid>                          artifact record (JSON)
-    artname/<namespace>/<type>/<name>   -> uuid
+    artname/<namespace>/<type>/<name>   -> uuid (live artifacts only)
+
+Every write is a compare-and-set on the record's version, retried on
+conflict, and commits the events that describe it in the same batch. A write
+returns the versions it removed, so the caller can release their blobs.
 """
 
 from __future__ import annotations
@@ -14,22 +18,45 @@ from collections.abc import Callable, Sequence
 
 from controlplane.model import Artifact, JsonDict, decode_artifact, encode
 from controlplane.store.occ import retry_on_conflict
-from controlplane.store.protocol import Conflict, Op, Put, Store
+from controlplane.store.protocol import Conflict, Delete, Op, Put, Store
+
+DELETED = "deleted"
+# (artifact before, or None when new; artifact after; versions removed) -> event puts.
+EventOps = Callable[[Artifact | None, Artifact, list[JsonDict]], Sequence[Op]]
+# The current artifact -> the new one and the versions it no longer holds.
+Edit = Callable[[Artifact], tuple[Artifact, list[JsonDict]]]
+
+
+def _name_key(art: Artifact) -> bytes:
+    return f"artname/{art.namespace}/{art.type}/{art.name}".encode()
+
+
+def keep_newest(
+    versions: Sequence[JsonDict], keep: int
+) -> tuple[tuple[JsonDict, ...], list[JsonDict]]:
+    """The newest ``keep`` versions, and the older ones dropped."""
+    cut = max(0, len(versions) - keep)
+    return tuple(versions[cut:]), list(versions[:cut])
 
 
 class Artifacts:
     """Reads and writes artifacts."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, default_max_versions: int = 3) -> None:
         self.store = store
+        self.default_max_versions = default_max_versions
+
+    def max_versions(self, art: Artifact) -> int:
+        """How many versions the artifact keeps."""
+        return art.max_versions or self.default_max_versions
 
     async def get(self, uuid: str) -> Artifact | None:
-        """An artifact by UUID, or None."""
+        """An artifact by UUID (deleted ones too), or None."""
         item = await self.store.get(f"art/{uuid}".encode())
         return None if item is None else decode_artifact(item.value)
 
     async def find(self, namespace: str, kind: str, name: str) -> Artifact | None:
-        """The artifact of that type and name in the namespace, or None."""
+        """The live artifact of that type and name in the namespace, or None."""
         item = await self.store.get(f"artname/{namespace}/{kind}/{name}".encode())
         return None if item is None else await self.get(item.value.decode())
 
@@ -41,11 +68,16 @@ class Artifacts:
         blob_uuid: str,
         now: float,
         source_url: str = "",
-    ) -> Artifact:
-        """Make a blob the newest version of an artifact, creating the artifact if needed."""
+        events: EventOps = lambda old, new, dropped: (),
+    ) -> tuple[Artifact, list[JsonDict]]:
+        """Make a blob the newest version of an artifact, creating the artifact if needed.
+
+        The new version's index is one more than the highest ever given; the
+        oldest versions beyond the artifact's maximum are dropped and returned.
+        """
         name_key = f"artname/{namespace}/{kind}/{name}".encode()
 
-        async def attempt() -> Artifact:
+        async def attempt() -> tuple[Artifact, list[JsonDict]]:
             index = await self.store.get(name_key)
             if index is None:
                 art = Artifact(
@@ -55,33 +87,59 @@ class Artifacts:
                     name=name,
                     versions=({"index": 1, "blob_uuid": blob_uuid, "created_at": now},),
                     source_url=source_url,
+                    index=1,
                 )
                 ops = [
                     Put(name_key, art.uuid.encode(), expect=0),
                     Put(f"art/{art.uuid}".encode(), encode(art), expect=0),
+                    *events(None, art, []),
                 ]
-            else:
-                item = await self.store.get(f"art/{index.value.decode()}".encode())
-                if item is None:
-                    raise Conflict(f"artifact {kind}:{name} is being replaced")
-                old = decode_artifact(item.value)
-                version = {
-                    "index": len(old.versions) + 1,
-                    "blob_uuid": blob_uuid,
-                    "created_at": now,
-                }
-                art = Artifact(
-                    **{
-                        **old.__dict__,
-                        "versions": (*old.versions, version),
-                        "source_url": source_url or old.source_url,
-                    }
-                )
-                ops = [Put(item.key, encode(art), expect=item.version)]
+                await self.store.commit(ops)
+                return art, []
+            item = await self.store.get(f"art/{index.value.decode()}".encode())
+            if item is None:
+                raise Conflict(f"artifact {kind}:{name} is being replaced")
+            old = decode_artifact(item.value)
+            if old.state == DELETED:
+                # Deleted since its name was read: the name is free now, so start again.
+                raise Conflict(f"artifact {kind}:{name} was deleted")
+            number = old.last_index + 1
+            version = {"index": number, "blob_uuid": blob_uuid, "created_at": now}
+            kept, dropped = keep_newest((*old.versions, version), self.max_versions(old))
+            art = dataclasses.replace(
+                old, versions=kept, index=number, source_url=source_url or old.source_url
+            )
+            ops = [Put(item.key, encode(art), expect=item.version), *events(old, art, dropped)]
             await self.store.commit(ops)
-            return art
+            return art, dropped
 
         return await retry_on_conflict(attempt, f"artifact {kind}:{name}")
+
+    async def change(
+        self, uuid: str, edit: Edit, events: EventOps = lambda old, new, dropped: ()
+    ) -> tuple[Artifact, list[JsonDict]] | None:
+        """Replace an artifact with edit(current); None when there is no such artifact.
+
+        An edit that deletes the artifact (state ``deleted``) frees its name.
+        An edit that changes nothing writes nothing.
+        """
+
+        async def attempt() -> tuple[Artifact, list[JsonDict]] | None:
+            item = await self.store.get(f"art/{uuid}".encode())
+            if item is None:
+                return None
+            old = decode_artifact(item.value)
+            new, removed = edit(old)
+            if new == old:
+                return new, []
+            ops: list[Op] = [Put(item.key, encode(new), expect=item.version)]
+            if new.state == DELETED and old.state != DELETED:
+                ops.append(Delete(_name_key(old)))
+            ops += events(old, new, removed)
+            await self.store.commit(ops)
+            return new, removed
+
+        return await retry_on_conflict(attempt, f"artifact {uuid}")
 
     async def update_metadata(
         self, uuid: str, change: Callable[[JsonDict], JsonDict], extra: Sequence[Op] = ()
@@ -106,9 +164,18 @@ class Artifacts:
         return await retry_on_conflict(attempt, f"artifact {uuid}")
 
     async def list_all(self, namespace: str) -> list[Artifact]:
-        """The namespace's artifacts."""
+        """The namespace's live artifacts."""
         found = []
         for item in await self.store.scan(f"artname/{namespace}/".encode()):
+            art = await self.get(item.value.decode())
+            if art is not None:
+                found.append(art)
+        return found
+
+    async def list_everywhere(self) -> list[Artifact]:
+        """Every live artifact of every namespace."""
+        found = []
+        for item in await self.store.scan(b"artname/"):
             art = await self.get(item.value.decode())
             if art is not None:
                 found.append(art)

@@ -2,8 +2,9 @@
 
 Key layout:
 
-    blob/<uuid>            blob record (JSON)
-    blobhash/<sha512>      -> uuid of the blob with that content
+    blob/<uuid>            blob record (JSON; state "deleted" once freed)
+    blobhash/<sha512>      -> uuid of the live blob with that content
+    blobfree/<uuid>        released while still in use: freed by a later sweep
 
 The bytes live in ``<folder>/<uuid>``. An upload is written to a temporary
 file while it is hashed; content already stored returns the existing blob.
@@ -25,9 +26,12 @@ from pathlib import Path
 from controlplane.metrics import PlaneMetrics
 from controlplane.model import Blob, JsonDict, decode_blob, encode
 from controlplane.store.occ import retry_on_conflict
-from controlplane.store.protocol import Conflict, Op, Put, Store
+from controlplane.store.protocol import Conflict, Delete, Op, Put, Store
 
 CHUNK = 1024 * 1024
+DELETED = "deleted"
+# The blob as it will be stored -> event puts committed with it.
+BlobEvents = Callable[[Blob], Sequence[Op]]
 
 
 class BlobStore:
@@ -49,7 +53,12 @@ class BlobStore:
         item = await self.store.get(f"blobhash/{sha512.lower()}".encode())
         return None if item is None else await self.get(item.value.decode())
 
-    async def add(self, chunks: AsyncIterator[bytes], now: float) -> Blob:
+    async def add(
+        self,
+        chunks: AsyncIterator[bytes],
+        now: float,
+        events: BlobEvents = lambda blob: (),
+    ) -> Blob:
         """Store streamed bytes as a blob (the existing one if the content is known)."""
         fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".upload-")
         digest = hashlib.sha512()
@@ -72,6 +81,7 @@ class BlobStore:
                     [
                         Put(f"blobhash/{sha}".encode(), blob.uuid.encode(), expect=0),
                         Put(f"blob/{blob.uuid}".encode(), encode(blob), expect=0),
+                        *events(blob),
                     ]
                 )
             except Conflict:
@@ -92,19 +102,69 @@ class BlobStore:
 
         return await self.add(one(), now)
 
-    async def reference(self, uuid: str, delta: int = 1) -> None:
-        """Count one more (or fewer) user of a blob."""
+    async def reference(
+        self, uuid: str, delta: int = 1, events: BlobEvents = lambda blob: ()
+    ) -> Blob | None:
+        """Count one more (or fewer) user of a blob; None (nothing counted) if it is gone."""
 
-        async def attempt() -> None:
+        async def attempt() -> Blob | None:
             item = await self.store.get(f"blob/{uuid}".encode())
             if item is None:
-                return
+                return None
             blob = decode_blob(item.value)
+            if blob.state == DELETED:
+                return None
             count = max(0, blob.reference_count + delta)
-            new = Blob(**{**blob.__dict__, "reference_count": count})
-            await self.store.commit([Put(item.key, encode(new), expect=item.version)])
+            new = dataclasses.replace(blob, reference_count=count)
+            ops: list[Op] = [Put(item.key, encode(new), expect=item.version), *events(new)]
+            if count > 0:
+                ops.append(Delete(_pending_key(uuid)))
+            await self.store.commit(ops)
+            return new
 
-        await retry_on_conflict(attempt, f"blob {uuid}")
+        return await retry_on_conflict(attempt, f"blob {uuid}")
+
+    async def free(self, uuid: str, events: BlobEvents = lambda blob: ()) -> Blob | None:
+        """Free an unreferenced blob: state deleted, hash index and bytes removed.
+
+        None (nothing changed) when it is missing, already freed or referenced again.
+        """
+
+        async def attempt() -> Blob | None:
+            item = await self.store.get(f"blob/{uuid}".encode())
+            if item is None:
+                return None
+            blob = decode_blob(item.value)
+            if blob.state == DELETED or blob.reference_count > 0:
+                await self.store.commit([Delete(_pending_key(uuid))])
+                return None
+            new = dataclasses.replace(blob, state=DELETED)
+            ops: list[Op] = [
+                Put(item.key, encode(new), expect=item.version),
+                Delete(f"blobhash/{blob.sha512}".encode()),
+                Delete(_pending_key(uuid)),
+                *events(new),
+            ]
+            await self.store.commit(ops)
+            return new
+
+        freed = await retry_on_conflict(attempt, f"blob {uuid}")
+        if freed is not None:
+            await asyncio.to_thread(self.path(uuid).unlink, missing_ok=True)
+        return freed
+
+    async def mark_pending(self, uuid: str) -> None:
+        """Remember a released blob that something still uses, for a later sweep."""
+        await self.store.commit([Put(_pending_key(uuid), b"")])
+
+    async def pending(self) -> list[str]:
+        """UUIDs of released blobs still in use when they were released."""
+        prefix = b"blobfree/"
+        return [i.key[len(prefix) :].decode() for i in await self.store.scan(prefix)]
+
+    async def list_all(self) -> list[Blob]:
+        """Every blob record (freed ones too)."""
+        return [decode_blob(i.value) for i in await self.store.scan(b"blob/")]
 
     async def update_metadata(
         self, uuid: str, change: Callable[[JsonDict], JsonDict], extra: Sequence[Op] = ()
@@ -151,3 +211,7 @@ class BlobStore:
     def _moved(self, direction: str, size: int) -> None:
         if self.metrics is not None:
             self.metrics.blob_bytes.inc(size, direction=direction)
+
+
+def _pending_key(uuid: str) -> bytes:
+    return f"blobfree/{uuid}".encode()

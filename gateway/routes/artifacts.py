@@ -1,4 +1,5 @@
-"""Uploads (chunked, truncatable), artifacts from an upload or a blob, and labels."""
+"""Uploads (chunked, truncatable), artifacts from an upload or a blob, labels, deletion,
+versions and events."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import grpc
 from gateway import views
 from gateway.errors import HttpError
 from gateway.fields import Field, to_int
+from gateway.routes.instances import EVENT_FIELDS, delete_all_namespace, events_request
 from gateway.routing import Call, RouteTable, read_body
-from protos import artifacts_pb2, blobs_pb2, uploads_pb2
+from protos import artifacts_pb2, auth_pb2, blobs_pb2, uploads_pb2
 
 table = RouteTable()
+# A shared system artifact changed by another namespace: Shaken Fist's 403.
+WRITE_ERRORS = {"PERMISSION_DENIED": 403}
 
 
 @table.route("POST", "/upload", "Start an upload")
@@ -42,9 +46,8 @@ async def truncate_upload(call: Call) -> Any:
     return None
 
 
-async def artifact_view(call: Call, art: artifacts_pb2.Artifact) -> dict[str, Any]:
-    """An artifact with the sizes of its versions' blobs."""
-    uuids = sorted({v.blob_uuid for v in art.versions})
+async def blobs_of(call: Call, uuids: list[str]) -> dict[str, blobs_pb2.Blob]:
+    """The blobs with these UUIDs that can be read, by UUID."""
 
     async def one(uuid: str) -> blobs_pb2.Blob | None:
         try:
@@ -55,8 +58,24 @@ async def artifact_view(call: Call, art: artifacts_pb2.Artifact) -> dict[str, An
             return None
         return found
 
-    found = await asyncio.gather(*(one(u) for u in uuids))
-    return views.artifact(art, {b.uuid: b for b in found if b is not None})
+    found = await asyncio.gather(*(one(u) for u in sorted(set(uuids))))
+    return {b.uuid: b for b in found if b is not None}
+
+
+async def artifact_view(call: Call, art: artifacts_pb2.Artifact) -> dict[str, Any]:
+    """An artifact with the sizes of its versions' blobs."""
+    return views.artifact(art, await blobs_of(call, [v.blob_uuid for v in art.versions]))
+
+
+async def versions_view(call: Call, art: artifacts_pb2.Artifact) -> list[dict[str, Any]]:
+    """Shaken Fist's versions list: each version's blob object with its ``index``."""
+    found = await blobs_of(call, [v.blob_uuid for v in art.versions])
+    out = []
+    for version in art.versions:
+        blob = found.get(version.blob_uuid)
+        view = views.blob(blob) if blob is not None else {"uuid": version.blob_uuid}
+        out.append({**view, "index": version.index})
+    return out
 
 
 @table.route(
@@ -67,7 +86,7 @@ async def artifact_view(call: Call, art: artifacts_pb2.Artifact) -> dict[str, An
         Field("upload_uuid", "str"),
         Field("blob_uuid", "str"),
         Field("source_url", "str"),
-        Field("shared", "bool", doc="sharing is not supported: must be false"),
+        Field("shared", "bool", doc="share it with every namespace (system artifacts only)"),
         Field("namespace", "str", doc="in this namespace (system only)"),
         Field("artifact_type", "str", doc="only image"),
     ),
@@ -77,7 +96,7 @@ async def upload_artifact(call: Call) -> Any:
     if ("upload_uuid" in body) == ("blob_uuid" in body):
         raise HttpError(400, "specify exactly one of upload_uuid and blob_uuid")
     if body.get("shared"):
-        raise HttpError(403, "shared artifacts are not supported")
+        await check_sharable(call, body.get("namespace"))
     if body.get("artifact_type", "image") != "image":
         raise HttpError(403, "only artifacts of type image can be uploaded")
     namespace = body.get("namespace")
@@ -94,7 +113,21 @@ async def upload_artifact(call: Call) -> Any:
             source_url=body.get("source_url", ""),
         )
         art = await call.rpc(call.api.artifacts.FromBlob, from_blob, namespace)
+    if body.get("shared") and not art.shared:
+        share = artifacts_pb2.ArtifactRef(ref=art.uuid)
+        art = await call.rpc(call.api.artifacts.Share, share, namespace)
     return await artifact_view(call, art)
+
+
+async def check_sharable(call: Call, namespace: str | None) -> None:
+    """403 unless the artifact would be made in the system namespace (by system)."""
+    visible = await call.rpc(call.api.namespaces.List, auth_pb2.ListNamespacesRequest())
+    if "system" not in {ns.name for ns in visible.namespaces} or namespace not in (
+        None,
+        "",
+        "system",
+    ):
+        raise HttpError(403, "only artifacts of the system namespace can be shared")
 
 
 @table.route(
@@ -139,3 +172,102 @@ async def update_label(call: Call) -> Any:
         name=call.param("name"), blob_uuid=call.body["blob_uuid"], type="label"
     )
     return await artifact_view(call, await call.rpc(call.api.artifacts.FromBlob, request))
+
+
+@table.route(
+    "DELETE",
+    "/artifacts/{ref}",
+    "Delete an artifact and all its versions (blobs nothing else keeps are freed)",
+    overrides=WRITE_ERRORS,
+)
+async def delete_artifact(call: Call) -> Any:
+    art = await find_artifact(call, call.param("ref"))
+    deleted = await call.rpc(
+        call.api.artifacts.DeleteArtifact, artifacts_pb2.ArtifactRef(ref=art.uuid)
+    )
+    return await artifact_view(call, deleted)
+
+
+@table.route(
+    "DELETE",
+    "/artifacts",
+    "Delete every artifact of a namespace; returns their UUIDs",
+    body=(Field("confirm", "bool"), Field("namespace", "str", doc="system must name one")),
+)
+async def delete_all_artifacts(call: Call) -> Any:
+    namespace = await delete_all_namespace(call)
+    if namespace:
+        # Only system sees other namespaces: anyone else may name only their own.
+        visible = await call.rpc(call.api.namespaces.List, auth_pb2.ListNamespacesRequest())
+        names = {ns.name for ns in visible.namespaces}
+        if "system" not in names and namespace not in names:
+            raise HttpError(401, "you cannot delete other namespaces")
+    request = artifacts_pb2.DeleteAllArtifactsRequest(confirm=True)
+    deleted = await call.rpc(call.api.artifacts.DeleteAllArtifacts, request, namespace)
+    return [a.uuid for a in deleted.artifacts]
+
+
+@table.route("GET", "/artifacts/{ref}/versions", "An artifact's versions, oldest first")
+async def artifact_versions(call: Call) -> Any:
+    return await versions_view(call, await find_artifact(call, call.param("ref")))
+
+
+@table.route(
+    "POST",
+    "/artifacts/{ref}/versions",
+    "Set how many versions an artifact keeps (the oldest beyond it are deleted now)",
+    body=(Field("max_versions", "intlike", True, "1 to 1000"),),
+    overrides=WRITE_ERRORS,
+)
+async def set_max_versions(call: Call) -> Any:
+    art = await find_artifact(call, call.param("ref"))
+    request = artifacts_pb2.SetMaxVersionsRequest(
+        ref=art.uuid, max_versions=call.body["max_versions"]
+    )
+    if not 1 <= request.max_versions <= 1000:
+        raise HttpError(400, "max_versions must be between 1 and 1000")
+    return await artifact_view(call, await call.rpc(call.api.artifacts.SetMaxVersions, request))
+
+
+@table.route(
+    "DELETE",
+    "/artifacts/{ref}/versions/{version}",
+    "Delete one version of an artifact (the last one deletes the artifact); returns the rest",
+    overrides=WRITE_ERRORS,
+)
+async def delete_artifact_version(call: Call) -> Any:
+    index = to_int(call.param("version"), "version")
+    if not 1 <= index < 1 << 31:
+        raise HttpError(400, f"version {index} is not a version index")
+    art = await find_artifact(call, call.param("ref"))
+    request = artifacts_pb2.DeleteVersionRequest(ref=art.uuid, index=index)
+    return await versions_view(call, await call.rpc(call.api.artifacts.DeleteVersion, request))
+
+
+@table.route(
+    "GET", "/artifacts/{ref}/events", "An artifact's events, newest first", body=EVENT_FIELDS
+)
+async def artifact_events(call: Call) -> Any:
+    art = await find_artifact(call, call.param("ref"))
+    request = events_request(call)
+    request.ref = art.uuid
+    found = await call.rpc(call.api.artifacts.GetEvents, request)
+    return [views.event(e) for e in found.events]
+
+
+def _share(path: str, method_name: str, summary: str) -> None:
+    async def handler(call: Call) -> Any:
+        art = await find_artifact(call, call.param("ref"))
+        method = getattr(call.api.artifacts, method_name)
+        return await artifact_view(
+            call, await call.rpc(method, artifacts_pb2.ArtifactRef(ref=art.uuid))
+        )
+
+    handler.__name__ = f"{path}_artifact"
+    table.route("POST", f"/artifacts/{{ref}}/{path}", summary, overrides=SHARE_ERRORS)(handler)
+
+
+# Shaken Fist answers 403 for sharing what cannot be shared, or by anyone but system.
+SHARE_ERRORS = {**WRITE_ERRORS, "FAILED_PRECONDITION": 403}
+_share("share", "Share", "Share a system artifact with every namespace")
+_share("unshare", "Unshare", "Stop sharing a system artifact")

@@ -1,4 +1,4 @@
-"""Blobs: get, data with offset and limit, search by sha512."""
+"""Blobs: list, get, data with offset and limit, search by sha512, events."""
 
 from __future__ import annotations
 
@@ -10,10 +10,30 @@ from aiohttp import web
 from gateway import views
 from gateway.errors import HttpError, from_rpc
 from gateway.fields import Field, to_int
+from gateway.routes.instances import EVENT_FIELDS, events_request
 from gateway.routing import REQUEST_ID, Call, RouteTable
 from protos import blobs_pb2
 
 table = RouteTable()
+
+
+@table.route(
+    "GET",
+    "/blobs",
+    "Live blobs: all for system, else those the caller's artifacts and instances use",
+    body=(Field("node", "str", doc="ignored: blobs live with the control plane"),),
+)
+async def list_blobs(call: Call) -> Any:
+    found = await call.rpc(call.api.blobs.ListBlobs, blobs_pb2.ListBlobsRequest())
+    return [views.blob(b) for b in found.blobs]
+
+
+@table.route("GET", "/blobs/{ref}/events", "A blob's events, newest first", body=EVENT_FIELDS)
+async def blob_events(call: Call) -> Any:
+    request = events_request(call)
+    request.ref = call.uuid_param("ref", "blob")
+    found = await call.rpc(call.api.blobs.GetEvents, request)
+    return [views.event(e) for e in found.events]
 
 
 @table.route("GET", "/blobs/{uuid}", "A blob")

@@ -227,3 +227,57 @@ async def test_node_verbs_list_show_disable_enable_drain_and_events(
     assert code == 0 and "drain requested" in out, out
     code, out = await cli(plane, capsys, "node", "delete", "nope")
     assert code == 1 and "NOT_FOUND" in out, out
+
+
+async def test_artifact_versions_delete_events_and_blob_list(
+    plane: ControlPlane, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """artifact versions/delete-version/max-versions/events/delete/delete-all, blob list/events."""
+    for i in range(1, 5):
+        image = tmp_path / f"disk{i}.img"
+        image.write_bytes(f"version {i}".encode())
+        code, out = await cli(plane, capsys, "--json", "artifact", "upload", "img", str(image))
+        assert code == 0, out
+    art = json.loads(out)
+    assert [v["index"] for v in art["versions"]] == [2, 3, 4] and art["max_versions"] == 3
+    code, out = await cli(plane, capsys, "artifact", "versions", "upload:img")
+    assert code == 0 and out.splitlines()[0].split() == ["index", "blob", "size", "created"]
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["2", "3", "4"]
+    code, out = await cli(plane, capsys, "--json", "artifact", "delete-version", "upload:img", "3")
+    assert code == 0 and [v["index"] for v in json.loads(out)["versions"]] == [2, 4]
+    code, out = await cli(plane, capsys, "--json", "artifact", "max-versions", "upload:img", "1")
+    assert code == 0 and [v["index"] for v in json.loads(out)["versions"]] == [4]
+    code, out = await cli(plane, capsys, "artifact", "max-versions", "upload:img", "0")
+    assert code == 1 and "INVALID_ARGUMENT" in out and "max_versions" in out
+    code, out = await cli(plane, capsys, "artifact", "events", "upload:img")
+    assert code == 0 and "max versions set to 1" in out and "artifact created" in out
+    code, out = await cli(plane, capsys, "--json", "artifact", "share", "upload:img")
+    assert code == 0 and json.loads(out)["shared"] is True
+    code, out = await cli(plane, capsys, "artifact", "list")
+    assert code == 0 and "upload:img" in out and "1 of 1" in out and "shared" in out
+    code, out = await cli(plane, capsys, "--json", "artifact", "unshare", "upload:img")
+    assert code == 0 and json.loads(out)["shared"] is False
+
+    code, out = await cli(plane, capsys, "blob", "list")
+    assert code == 0 and out.splitlines()[0].split()[:3] == ["uuid", "size", "references"]
+    blob = art["blob_uuid"]
+    assert blob in out
+    code, out = await cli(plane, capsys, "blob", "events", blob)
+    assert code == 0 and "blob created" in out
+
+    code, out = await cli(plane, capsys, "--json", "artifact", "delete", "upload:img")
+    assert code == 0 and json.loads(out)["state"] == "deleted"
+    code, out = await cli(plane, capsys, "--json", "blob", "show", blob)
+    assert code == 0 and json.loads(out)["state"] == "deleted"
+    code, out = await cli(plane, capsys, "artifact", "show", "upload:img")
+    assert code == 1 and "NOT_FOUND" in out
+
+    image = tmp_path / "other.img"
+    image.write_bytes(b"other")
+    await cli(plane, capsys, "artifact", "upload", "other", str(image))
+    with pytest.raises(SystemExit, match="--confirm"):
+        await cli(plane, capsys, "artifact", "delete-all")
+    code, out = await cli(plane, capsys, "artifact", "delete-all", "--confirm")
+    assert code == 0 and "upload:other" in out and "deleted" in out
+    code, out = await cli(plane, capsys, "--json", "artifact", "list")
+    assert code == 0 and json.loads(out) == []

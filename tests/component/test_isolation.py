@@ -85,6 +85,8 @@ NO_OBJECT: dict[str, str] = {
     "NetworkService/List": "lists the caller's own",
     "ArtifactService/Upload": "makes a new version of the caller's own artifact",
     "ArtifactService/ListArtifacts": "lists the caller's own",
+    "ArtifactService/DeleteAllArtifacts": "deletes the caller's own",
+    "BlobService/ListBlobs": "lists the caller's own (test_artifacts.py tests it)",
     "BlobService/Upload": "makes a new blob",
     "BlobService/SearchBlobs": "blobs belong to no namespace",
     "UploadService/Create": "makes a new upload",
@@ -160,6 +162,17 @@ HIDDEN: dict[str, Request] = {
     "ArtifactService/FromBlob": lambda o: artifacts_pb2.FromBlobRequest(
         name="lbl", blob_uuid=o.blob, type="label"
     ),
+    "ArtifactService/DeleteArtifact": lambda o: artifacts_pb2.ArtifactRef(ref=o.artifact),
+    "ArtifactService/ListVersions": lambda o: artifacts_pb2.ArtifactRef(ref=o.artifact),
+    "ArtifactService/DeleteVersion": lambda o: artifacts_pb2.DeleteVersionRequest(
+        ref=o.artifact, index=1
+    ),
+    "ArtifactService/SetMaxVersions": lambda o: artifacts_pb2.SetMaxVersionsRequest(
+        ref=o.artifact, max_versions=1
+    ),
+    "ArtifactService/GetEvents": lambda o: instances_pb2.GetEventsRequest(ref=o.artifact),
+    "ArtifactService/Share": lambda o: artifacts_pb2.ArtifactRef(ref=o.artifact),
+    "ArtifactService/Unshare": lambda o: artifacts_pb2.ArtifactRef(ref=o.artifact),
     "ConsoleService/GetConsoleData": lambda o: consoles_pb2.ConsoleDataRequest(ref=o.instance),
     "ConsoleService/ClearConsoleData": inst,
     "ConsoleService/Screenshot": inst,
@@ -211,6 +224,7 @@ HIDDEN: dict[str, Request] = {
 SHARED: dict[str, Request] = {
     "BlobService/GetBlob": lambda o: blobs_pb2.BlobRef(uuid=o.blob),
     "BlobService/Download": lambda o: blobs_pb2.DownloadRequest(uuid=o.blob),
+    "BlobService/GetEvents": lambda o: instances_pb2.GetEventsRequest(ref=o.blob),
     "MetadataService/Get blob": lambda o: metadata_pb2.MetadataRef(object_type="blob", ref=o.blob),
 }
 # Blob metadata: a blob's UUID lets any namespace annotate it, as it lets it read it.
