@@ -67,6 +67,7 @@ def observation_of(uuid: str, state: DomainState | None) -> Observation:
         ports.console_port,
         ports.vdi_port,
         ports.vdi_tls_port,
+        ports.vdi_password,
     )
 
 

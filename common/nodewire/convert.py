@@ -358,6 +358,7 @@ def observation_to_pb(obs: Observation, out: node_pb2.DomainObservation) -> None
     out.console_port = obs.console_port
     out.vdi_port = obs.vdi_port
     out.vdi_tls_port = obs.vdi_tls_port
+    out.vdi_password = obs.vdi_password
 
 
 def observation_from_pb(pb: node_pb2.DomainObservation) -> Observation:
@@ -370,6 +371,7 @@ def observation_from_pb(pb: node_pb2.DomainObservation) -> Observation:
         pb.console_port,
         pb.vdi_port,
         pb.vdi_tls_port,
+        pb.vdi_password,
     )
 
 

@@ -42,6 +42,8 @@ class Observation:
     console_port: int = 0
     vdi_port: int = 0
     vdi_tls_port: int = 0
+    # The display's current password (new at every power on); never in instance views.
+    vdi_password: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ COMMANDS: list[Command] = [
     ),
 ]
 
-OBSERVATION = Observation(UUID, True, "on", "booted", 5900, 5901, 5902)
+OBSERVATION = Observation(UUID, True, "on", "booted", 5900, 5901, 5902, "s3cretPw")
 REPORTS: list[Report] = [
     OBSERVATION,
     Observation(UUID, False),
