@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from common.nodewire.domain import DomainRequest, VideoRequest
-from nodeagent import consolelog
 from controlplane.services.consoles import vv_file
+from nodeagent import consolelog
 from nodeagent.hypervisor.console_ports import ConsolePorts, NoFreePort, new_password, pick_ports
 from nodeagent.hypervisor.domain_xml import (
     build_domain_xml,
