@@ -168,6 +168,9 @@ class Instance:
     console_port: int = 0
     vdi_port: int = 0
     vdi_tls_port: int = 0
+    # The display's password as the node last reported it: only for the VDI helper's
+    # .vv file, never in an instance view (controlplane.api.convert leaves it out).
+    vdi_password: str = field(default="", repr=False)
     # Sequence number of the last command sent to the node for this instance.
     command_seq: int = 0
     # The caller's metadata, mutable after create (starts as spec.metadata).

@@ -290,7 +290,7 @@ class Reconciler:
             )
 
     async def record_ports(self, instance: Instance, obs: Observation) -> Instance:
-        """Keep the console ports a node reported for an instance's domain."""
+        """Keep the console ports and display password a node reported for an instance."""
         read = first_then(instance, lambda: self.records.get_instance(instance.uuid))
 
         async def attempt() -> Instance:
@@ -299,11 +299,15 @@ class Reconciler:
                 return instance
             if not obs.exists or not obs.console_port or latest.state == lifecycle.DELETED:
                 return latest
-            ports = (obs.console_port, obs.vdi_port, obs.vdi_tls_port)
-            if ports == (latest.console_port, latest.vdi_port, latest.vdi_tls_port):
+            seen = (obs.console_port, obs.vdi_port, obs.vdi_tls_port, obs.vdi_password)
+            known = (latest.console_port, latest.vdi_port, latest.vdi_tls_port, latest.vdi_password)
+            if seen == known:
                 return latest
             new = latest.with_changes(
-                console_port=obs.console_port, vdi_port=obs.vdi_port, vdi_tls_port=obs.vdi_tls_port
+                console_port=obs.console_port,
+                vdi_port=obs.vdi_port,
+                vdi_tls_port=obs.vdi_tls_port,
+                vdi_password=obs.vdi_password,
             )
             return await self.records.update_instance(latest, new, [])
 

@@ -68,6 +68,7 @@ def observation_of(uuid: str, state: DomainState | None) -> Observation:
         ports.vdi_port,
         ports.vdi_tls_port,
         state.legacy,
+        ports.vdi_password,
     )
 
 

@@ -319,6 +319,7 @@ class DomainObservation(_message.Message):
     CONSOLE_PORT_FIELD_NUMBER: _builtins.int
     VDI_PORT_FIELD_NUMBER: _builtins.int
     VDI_TLS_PORT_FIELD_NUMBER: _builtins.int
+    VDI_PASSWORD_FIELD_NUMBER: _builtins.int
     LEGACY_FIELD_NUMBER: _builtins.int
     instance_uuid: _builtins.str
     exists: _builtins.bool
@@ -330,6 +331,10 @@ class DomainObservation(_message.Message):
     """The domain's console ports, when known (0: unknown or none)."""
     vdi_port: _builtins.int
     vdi_tls_port: _builtins.int
+    vdi_password: _builtins.str
+    """The VNC/SPICE password, new at every power on ("" when the display has none).
+    The control plane keeps it for the VDI helper's .vv file, never in instance views.
+    """
     legacy: _builtins.bool
     """Made before domains recorded their cluster: remove it only if its instance is known."""
     def __init__(
@@ -342,11 +347,12 @@ class DomainObservation(_message.Message):
         console_port: _builtins.int = ...,
         vdi_port: _builtins.int = ...,
         vdi_tls_port: _builtins.int = ...,
+        vdi_password: _builtins.str = ...,
         legacy: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["console_port", b"console_port", "exists", b"exists", "instance_uuid", b"instance_uuid", "legacy", b"legacy", "power_state", b"power_state", "reason", b"reason", "vdi_port", b"vdi_port", "vdi_tls_port", b"vdi_tls_port"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["console_port", b"console_port", "exists", b"exists", "instance_uuid", b"instance_uuid", "legacy", b"legacy", "power_state", b"power_state", "reason", b"reason", "vdi_password", b"vdi_password", "vdi_port", b"vdi_port", "vdi_tls_port", b"vdi_tls_port"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -359,6 +359,7 @@ def observation_to_pb(obs: Observation, out: node_pb2.DomainObservation) -> None
     out.vdi_port = obs.vdi_port
     out.vdi_tls_port = obs.vdi_tls_port
     out.legacy = obs.legacy
+    out.vdi_password = obs.vdi_password
 
 
 def observation_from_pb(pb: node_pb2.DomainObservation) -> Observation:
@@ -372,6 +373,7 @@ def observation_from_pb(pb: node_pb2.DomainObservation) -> Observation:
         pb.vdi_port,
         pb.vdi_tls_port,
         pb.legacy,
+        pb.vdi_password,
     )
 
 

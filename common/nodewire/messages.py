@@ -45,6 +45,8 @@ class Observation:
     # The domain records no cluster (made by an older node agent): another cluster's
     # may share the node's name, so it is removed only if its instance is known.
     legacy: bool = False
+    # The display's current password (new at every power on); never in instance views.
+    vdi_password: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)

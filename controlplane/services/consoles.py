@@ -5,7 +5,9 @@ Everything except the VDI helper is done by the instance's node, asked with a
 (and an audit event records who did), ``screenshot`` uploads a PNG blob and
 returns its uuid, ``open`` starts an interactive session whose bytes travel
 as ``ConsoleRelay`` messages on the node stream. Console operations need a
-``created`` instance on a connected node.
+``created`` instance on a connected node. The VDI helper's .vv file carries
+the display password the node last reported (new at every power on): the
+only place the API hands it out.
 """
 
 from __future__ import annotations
@@ -52,11 +54,17 @@ class Attachment:
     sink: ConsoleSink
 
 
-def vv_file(kind: str, host: str, port: int, tls_port: int, title: str) -> str:
-    """A virt-viewer (.vv) file: remote-viewer deletes it once read (delete-this-file)."""
+def vv_file(kind: str, host: str, port: int, tls_port: int, title: str, password: str = "") -> str:
+    """A virt-viewer (.vv) file: remote-viewer deletes it once read (delete-this-file).
+
+    ``password`` is the display's (new at every power on); this file is the only
+    place the API hands it out.
+    """
     lines = ["[virt-viewer]", f"type={kind}", f"host={host}", f"port={port}"]
     if tls_port:
         lines.append(f"tls-port={tls_port}")
+    if password:
+        lines.append(f"password={password}")
     lines += ["delete-this-file=1", f"title={title}"]
     return "\n".join(lines) + "\n"
 
@@ -116,7 +124,7 @@ class ConsoleService:
         kind = "vnc" if instance.spec.video.vdi == "vnc" else "spice"
         tls = instance.vdi_tls_port if kind == "spice" else 0
         title = f"{instance.spec.name}:%d - %s"
-        vv = vv_file(kind, host, instance.vdi_port, tls, title)
+        vv = vv_file(kind, host, instance.vdi_port, tls, title, instance.vdi_password)
         return VdiHelper(vv, kind, host, instance.vdi_port, tls)
 
     # -- interactive sessions -----------------------------------------------

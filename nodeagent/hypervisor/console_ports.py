@@ -3,14 +3,21 @@
 A port is taken when one of this node's domains already names it (its XML
 is the record, so choices survive node-agent restarts) or when something on
 the host is bound to it (checked by trying to bind it).
+
+The VNC or SPICE display also has a password (``vdi_password``), made anew
+each time the domain is started (``new_password``). VNC uses at most 8
+characters of it (its DES challenge), so a VNC password is 8 characters long;
+SPICE takes longer ones.
 """
 
 from __future__ import annotations
 
 import random
+import secrets
 import socket
+import string
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nodeagent.errors import NodeAgentError
 
@@ -20,15 +27,28 @@ PORT_MAX = 50000
 
 @dataclass(frozen=True)
 class ConsolePorts:
-    """The TCP ports of one domain's consoles; 0 means none."""
+    """The TCP ports of one domain's consoles (0 means none) and its display's password."""
 
     console_port: int = 0
     vdi_port: int = 0
     vdi_tls_port: int = 0
+    # "" when the display has none (a domain defined before passwords, or never started).
+    vdi_password: str = field(default="", repr=False)
 
     def ports(self) -> list[int]:
         """The ports in use (non-zero)."""
         return [p for p in (self.console_port, self.vdi_port, self.vdi_tls_port) if p]
+
+
+VNC_PASSWORD_LENGTH = 8
+SPICE_PASSWORD_LENGTH = 20
+_PASSWORD_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_password(kind: str) -> str:
+    """A random display password: 8 characters for ``vnc`` (all it uses), 20 for SPICE."""
+    length = VNC_PASSWORD_LENGTH if kind == "vnc" else SPICE_PASSWORD_LENGTH
+    return "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(length))
 
 
 class NoFreePort(NodeAgentError):

@@ -32,7 +32,10 @@ Choices worth knowing (each checked by booting a guest on libvirt 9.0 / QEMU 7.2
   pty. VNC and SPICE listen on fixed ports (``vdi_port``, and
   ``vdi_tls_port`` for SPICE when TLS is configured) instead of libvirt's
   autoport, so the ports are known before the domain starts and stay the
-  same across power cycles.
+  same across power cycles. The display has a password (``passwd``), which
+  libvirt shows only in XML asked for with ``VIR_DOMAIN_XML_SECURE``;
+  ``graphics_with_new_password`` gives the ``<graphics>`` element with a new one,
+  for ``updateDeviceFlags`` on a stopped domain.
 - SPICE has no share policy in libvirt; ``spiceconcurrent`` (as in Shaken
   Fist) sets ``SPICE_DEBUG_ALLOW_MC=1`` in QEMU's environment, which lets
   several SPICE clients share the console.
@@ -47,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.nodewire.domain import DomainRequest, NicRequest
-from nodeagent.hypervisor.console_ports import ConsolePorts
+from nodeagent.hypervisor.console_ports import ConsolePorts, new_password
 from nodeagent.hypervisor.protocol import HypervisorError, PreparedDisk
 
 METADATA_NS = "https://minicloud.dev/xmlns/libvirt/domain/1.0"
@@ -320,11 +323,33 @@ def parse_console_ports(xml: str) -> ConsolePorts:
             console_port = _port(source.get("service"))
             break
     vdi_port = vdi_tls_port = 0
+    password = ""
     graphics = root.find("devices/graphics")
     if graphics is not None:
         vdi_port = _port(graphics.get("port"))
         vdi_tls_port = _port(graphics.get("tlsPort"))
-    return ConsolePorts(console_port, vdi_port, vdi_tls_port)
+        password = graphics.get("passwd", "")
+    return ConsolePorts(console_port, vdi_port, vdi_tls_port, password)
+
+
+def graphics_with_new_password(xml: str) -> tuple[str, str] | None:
+    """The display's ``<graphics>`` element with a new password, and that password.
+
+    None when the domain has no display. ``xml`` is the domain's XML read with
+    ``VIR_DOMAIN_XML_SECURE``, so nothing of the old element is lost when the
+    new one replaces it.
+    """
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise HypervisorError(f"unreadable domain XML: {exc}") from exc
+    graphics = root.find("devices/graphics")
+    if graphics is None:
+        return None
+    password = new_password(graphics.get("type", ""))
+    graphics.set("passwd", password)
+    graphics.tail = None
+    return ET.tostring(graphics, encoding="unicode"), password
 
 
 def _port(value: str | None) -> int:
@@ -375,6 +400,8 @@ def _graphics(
         attributes.update(autoport="no", port=str(ports.vdi_port))
         if kind == "spice" and ports.vdi_tls_port:
             attributes["tlsPort"] = str(ports.vdi_tls_port)
+    if ports.vdi_password:
+        attributes["passwd"] = ports.vdi_password
     graphics = ET.SubElement(devices, "graphics", attributes)
     ET.SubElement(graphics, "listen", type="address", address=listen_address)
 

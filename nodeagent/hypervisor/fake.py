@@ -8,7 +8,8 @@ Each fake domain has a real serial console: a TCP server on its
 ``console_port`` (127.0.0.1), started when ``console_endpoint`` is first asked
 for it (so simulations of thousands of domains open no sockets), that greets
 with a banner and echoes what it is sent, logging both to the console log as
-QEMU would. Screenshots are a plain
+QEMU would. Its display password is new at every start, as with libvirt
+(nothing listens on the display port). Screenshots are a plain
 720x400 PNG; usage counters grow with the time the domain has been on.
 """
 
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from common.nodewire.domain import DomainRequest, NicRequest
 from common.nodewire.power import POWER_ACTIONS, PowerState, target_of
-from nodeagent.hypervisor.console_ports import ConsolePorts, bindable, pick_ports
+from nodeagent.hypervisor.console_ports import ConsolePorts, bindable, new_password, pick_ports
 from nodeagent.hypervisor.protocol import (
     DiskUsage,
     DomainNotFound,
@@ -94,6 +95,8 @@ class FakeHypervisor:
             # No TLS here, so no vdi_tls_port (as on a node without SPICE TLS).
             console, vdi = pick_ports(2, self._taken, bindable(self.console_host))
             self._set_ports(spec.uuid, ConsolePorts(console, vdi))
+        if start or not self._ports[spec.uuid].vdi_password:
+            self._renew_password(spec.uuid)
         if not start:
             if existing is not None:
                 return existing
@@ -112,6 +115,8 @@ class FakeHypervisor:
             raise HypervisorError(f"cannot {action} a domain that is {current.power_state}")
         if action in ("soft-reboot", "hard-reboot"):
             return current if target == current.power_state else self._set(uuid, target, action)
+        if action == "on":
+            self._renew_password(uuid)
         return self._set(uuid, target, action)
 
     async def remove(self, uuid: str) -> None:
@@ -224,6 +229,11 @@ class FakeHypervisor:
         if ports is not None:
             self._ports[uuid] = ports
             self._taken.update(ports.ports())
+
+    def _renew_password(self, uuid: str) -> None:
+        spec = self.specs.get(uuid)
+        kind = spec.video.vdi if spec is not None else "spice"
+        self._ports[uuid] = dataclasses.replace(self._ports[uuid], vdi_password=new_password(kind))
 
     def _log(self, uuid: str, data: bytes) -> None:
         path = self._logs.get(uuid)

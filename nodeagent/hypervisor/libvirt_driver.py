@@ -26,6 +26,11 @@ at its next definition.
   defined (``ports.pick_ports``: 30000-50000, not used by another of our
   domains, bindable now) and read back from the domain's XML afterwards, so
   they stay the same across power cycles and node-agent restarts.
+- The VNC/SPICE password is new at every start through this driver: in the
+  XML of a (re)defined domain, or put into a stopped domain's persistent
+  ``<graphics>`` with ``updateDeviceFlags`` before a power on. It is read
+  back from the XML with ``VIR_DOMAIN_XML_SECURE``, so a restarted node
+  agent still knows it; libvirt leaves it out of any other XML.
 - Screenshots come through a libvirt stream, as PNG from libvirt 9 with QEMU
   7.1 or later (passed through) or as PPM from older ones (converted); usage
   counters come from one ``getAllDomainStats`` call for all domains.
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import re
 import threading
@@ -53,11 +59,18 @@ import structlog
 
 from common.nodewire.domain import DomainRequest, NicRequest
 from common.nodewire.power import POWER_ACTIONS, PowerAction, PowerState, target_of
-from nodeagent.hypervisor.console_ports import ConsolePorts, NoFreePort, bindable, pick_ports
+from nodeagent.hypervisor.console_ports import (
+    ConsolePorts,
+    NoFreePort,
+    bindable,
+    new_password,
+    pick_ports,
+)
 from nodeagent.hypervisor.domain_xml import (
     DOMAIN_PREFIX,
     build_domain_xml,
     domain_name,
+    graphics_with_new_password,
     interface_macs,
     interface_xml,
     parse_console_ports,
@@ -110,6 +123,8 @@ _UNDEFINE_FLAGS = (
     | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
     | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
 )
+# The persistent definition, with the display password (libvirt hides it otherwise).
+_SECURE_CONFIG_XML = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
 
 # (event, detail) -> (power state, reason); detail None is the event's default.
 _EVENT_STATES: dict[int, tuple[str, dict[int | None, str]]] = {
@@ -577,10 +592,10 @@ class LibvirtHypervisor:
         return DomainState(uuid, power_state, words, self._ports_of(uuid, dom), legacy=legacy)
 
     def _ports_of(self, uuid: str, dom: Any) -> ConsolePorts:
-        """A domain's console ports, read from its XML once and then remembered."""
+        """A domain's console ports and password, read from its XML once and then remembered."""
         ports = self._ports.get(uuid)
         if ports is None:
-            ports = parse_console_ports(str(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
+            ports = parse_console_ports(str(dom.XMLDesc(_SECURE_CONFIG_XML)))
             self._ports[uuid] = ports
         return ports
 
@@ -692,6 +707,8 @@ class LibvirtHypervisor:
             dom.destroy()  # an active but crashed domain
         with self._ports_lock:  # two creates at once must not choose the same ports
             ports = self._choose_ports(spec)
+            if start or not ports.vdi_password:
+                ports = dataclasses.replace(ports, vdi_password=new_password(spec.video.vdi))
             xml = build_domain_xml(
                 spec,
                 disks,
@@ -728,6 +745,7 @@ class LibvirtHypervisor:
         if action == PowerAction.ON:
             if dom.isActive():
                 dom.destroy()  # a crashed domain that libvirt kept around
+            self._renew_password(uuid, dom)
             self._off_acknowledged.discard(uuid)
             dom.create()
         elif action == PowerAction.OFF:
@@ -751,6 +769,16 @@ class LibvirtHypervisor:
         after = self._state_of(uuid, dom)
         log.info("domain power action", uuid=uuid, action=action, power_state=after.power_state)
         return DomainState(uuid, after.power_state, action, after.ports)
+
+    def _renew_password(self, uuid: str, dom: Any) -> None:
+        """Give a stopped domain's display a new password, for the start that follows."""
+        found = graphics_with_new_password(str(dom.XMLDesc(_SECURE_CONFIG_XML)))
+        if found is None:
+            return
+        element, password = found
+        dom.updateDeviceFlags(element, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        self._ports[uuid] = dataclasses.replace(self._ports_of(uuid, dom), vdi_password=password)
+        log.info("display password renewed", uuid=uuid)
 
     def _unpause(self, dom: Any) -> None:
         state, _ = dom.state()

@@ -22,7 +22,9 @@ Semantics every implementation honours (the contract suite checks them):
   someone used ``virsh destroy``).
 - Every domain has a serial console on a TCP port and a VNC or SPICE
   display on another (``ports`` of its state; chosen once per domain, kept
-  across power cycles and node-agent restarts). ``console_endpoint`` says
+  across power cycles and node-agent restarts). The display has a password
+  (``ports.vdi_password``): set at first start, new at every ``on``, kept by
+  reboots, and known again to a restarted driver. ``console_endpoint`` says
   where to connect to the serial console; ``screenshot`` returns a PNG of
   the display of a running domain; ``usage`` gives counters of every
   running domain.

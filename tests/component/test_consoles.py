@@ -105,6 +105,40 @@ async def test_vdi_helper_names_type_host_and_port(api: Api, node: FakeNode, con
         assert (helper.type, helper.host, helper.port) == (kind, "127.0.0.1", inst.vdi_port)
 
 
+def vv_password(vv: str) -> str:
+    """The password= line's value in a .vv file ("" without one)."""
+    found = [line.partition("=")[2] for line in vv.splitlines() if line.startswith("password=")]
+    return found[0] if found else ""
+
+
+async def test_vdi_helper_hands_out_the_display_password_new_after_power_on(
+    api: Api, node: FakeNode, consoles: Any
+) -> None:
+    """The .vv file carries the node's display password, a new one after power off and on;
+    no instance view (Get, List, Watch) ever shows it."""
+    inst = await running(api, "vnc1", video={"vdi": "vnc"})
+    ref = instances_pb2.InstanceRef(ref=inst.uuid)
+    first = vv_password((await consoles.VdiConsoleHelper(ref)).vv)
+    assert first == node.hypervisor.domains[inst.uuid].ports.vdi_password
+    assert len(first) == 8
+    await api.PowerOff(ref)
+    await api.wait_for(inst.uuid, lambda i: i.power_state == "off")
+    await api.PowerOn(ref)
+    await api.wait_for(inst.uuid, lambda i: i.power_state == "on")
+    second = vv_password((await consoles.VdiConsoleHelper(ref)).vv)
+    assert second == node.hypervisor.domains[inst.uuid].ports.vdi_password
+    assert second and second != first
+    shown = await api.Get(ref)
+    listed = await api.List(instances_pb2.ListInstancesRequest())
+    stream = api.Watch(instances_pb2.WatchRequest(ref=inst.uuid))
+    watched = await anext(aiter(stream))
+    stream.cancel()
+    for view in (shown, *listed.instances, watched):
+        for password in (first, second):
+            assert password.encode() not in view.SerializeToString()
+            assert password not in str(view)
+
+
 async def test_bad_references_and_states_are_refused(
     api: Api, node: FakeNode, consoles: Any
 ) -> None:

@@ -450,3 +450,20 @@ async def test_repeated_bad_keys_over_rest_are_slowed_with_a_message(
         assert status == 401
     status, body = await rest.call("POST", "/auth", {"namespace": "slow", "key": "right"})
     assert status == 401 and body["error"].startswith("too many failed logins"), body
+
+
+async def test_display_password_is_only_in_the_vdi_console_helper(
+    rest: Rest, node: FakeNode
+) -> None:
+    """The .vv file from vdiconsolehelper has the display password; instance JSON never does."""
+    status, inst = await rest.call(
+        "POST", "/instances", create_body(video={"model": "cirrus", "memory": 16384, "vdi": "vnc"})
+    )
+    assert status == 200, inst
+    inst = await created(rest, inst["uuid"])
+    status, vv = await rest.call("GET", f"/instances/{inst['uuid']}/vdiconsolehelper")
+    password = node.hypervisor.domains[inst["uuid"]].ports.vdi_password
+    assert status == 200 and f"password={password}".encode() in vv.splitlines()
+    for path in (f"/instances/{inst['uuid']}", "/instances/vm1", "/instances"):
+        status, body = await rest.call("GET", path)
+        assert status == 200 and password not in json.dumps(body), path

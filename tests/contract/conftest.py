@@ -68,6 +68,9 @@ class Backend:
     external_crash: Callable[[str], None] = lambda uuid: None
     # The MAC addresses of a domain's NICs: (live, persistent definition).
     macs: Callable[[str], tuple[list[str], list[str]]] = lambda uuid: ([], [])
+    # Another driver on the same host, as a restarted node agent opens (the fake's
+    # host is its memory, so it is itself); the caller closes it if it is new.
+    reopen: Callable[[], Hypervisor] | None = None
 
     def new_spec(self, **overrides: object) -> DomainRequest:
         """A small spec with a fresh UUID, remembered for clean-up."""
@@ -165,6 +168,7 @@ async def backend(request: pytest.FixtureRequest, work_dir: Path) -> AsyncIterat
             external_destroy=lambda uuid: fake.external_power(uuid, "off", "destroyed"),
             external_crash=lambda uuid: fake.external_power(uuid, "crashed", "QEMU process died"),
             macs=lambda uuid: ([n.mac for n in fake.specs[uuid].interfaces],) * 2,
+            reopen=lambda: fake,
         )
         await fake.close()
         return
@@ -177,12 +181,15 @@ async def backend(request: pytest.FixtureRequest, work_dir: Path) -> AsyncIterat
     from nodeagent.hypervisor.libvirt_driver import LibvirtHypervisor
     from nodeagent.metrics import NodeMetrics
 
-    driver = LibvirtHypervisor(
-        sockets_dir=work_dir / "instances",
-        uri=LIBVIRT_URI,
-        domain_type=os.environ.get("MINICLOUD_TEST_DOMAIN_TYPE", "auto"),
-        metrics=NodeMetrics(),
-    )
+    def open_driver() -> LibvirtHypervisor:
+        return LibvirtHypervisor(
+            sockets_dir=work_dir / "instances",
+            uri=LIBVIRT_URI,
+            domain_type=os.environ.get("MINICLOUD_TEST_DOMAIN_TYPE", "auto"),
+            metrics=NodeMetrics(),
+        )
+
+    driver = open_driver()
     real = Backend(
         kind="libvirt",
         hypervisor=driver,
@@ -191,6 +198,7 @@ async def backend(request: pytest.FixtureRequest, work_dir: Path) -> AsyncIterat
         external_destroy=lambda uuid: _check(virsh("destroy", f"mc-{uuid}")),
         external_crash=_kill_qemu,
         macs=_libvirt_macs,
+        reopen=open_driver,
     )
     try:
         yield real

@@ -1,4 +1,5 @@
-"""The hypervisor's console contract (ports, console endpoint, screenshots, usage), fake and real.
+"""The hypervisor's console contract (ports, display passwords, console endpoint, screenshots,
+usage), fake and real.
 
 The libvirt half boots real QEMU guests (marked ``system``).
 """
@@ -10,6 +11,7 @@ import uuid as uuidlib
 
 import pytest
 
+from common.nodewire.domain import VideoRequest
 from nodeagent.hypervisor.console_ports import PORT_MAX, PORT_MIN
 from nodeagent.hypervisor.protocol import DomainNotFound
 from nodeagent.png import PNG_SIGNATURE, check_png
@@ -32,9 +34,38 @@ async def test_domains_get_distinct_console_ports_that_survive_power_cycles(
     assert a.vdi_tls_port == 0  # no SPICE TLS configured here
     await backend.hypervisor.power(spec_a.uuid, "off")
     again = await backend.hypervisor.power(spec_a.uuid, "on")
-    assert again.ports == a
+    assert again.ports.ports() == a.ports()
     listed = {d.uuid: d.ports for d in await backend.hypervisor.list_domains()}
-    assert listed[spec_a.uuid] == a
+    assert listed[spec_a.uuid].ports() == a.ports()
+
+
+async def test_display_password_is_set_at_first_start_and_new_at_every_power_on(
+    backend: Backend,
+) -> None:
+    """A display has a password from its first start, a new one after off/on, and a restarted
+    driver reads the current one back; a hard reboot keeps it."""
+    spec, state = await backend.boot(video=VideoRequest(vdi="vnc"))
+    first = state.ports.vdi_password
+    assert len(first) == 8  # VNC's limit
+    await backend.hypervisor.power(spec.uuid, "off")
+    on = await backend.hypervisor.power(spec.uuid, "on")
+    second = on.ports.vdi_password
+    assert second and second != first
+    rebooted = await backend.hypervisor.power(spec.uuid, "hard-reboot")
+    assert rebooted.ports.vdi_password == second
+    assert backend.reopen is not None
+    reopened = backend.reopen()
+    try:
+        seen = await reopened.get_domain(spec.uuid)
+        assert seen is not None and seen.ports.vdi_password == second
+    finally:
+        if reopened is not backend.hypervisor:
+            await reopened.close()
+    spice, spice_state = await backend.boot()
+    assert len(spice_state.ports.vdi_password) > 8
+    await backend.hypervisor.power(spice.uuid, "off")
+    spice_on = await backend.hypervisor.power(spice.uuid, "on")
+    assert spice_on.ports.vdi_password not in ("", spice_state.ports.vdi_password)
 
 
 async def test_serial_console_endpoint_accepts_a_connection(backend: Backend) -> None:

@@ -3,6 +3,7 @@ and usage events, on real libvirtd and QEMU."""
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import socket
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
 from client.api import JsonDict
 from nodeagent.png import check_png, png_size
@@ -128,7 +131,8 @@ def test_clearing_empties_the_log_and_records_it(cluster: Cluster, guest: JsonDi
 
 
 def test_spice_vv_file_and_handshake(cluster: Cluster, guest: JsonDict) -> None:
-    """The .vv file names spice, the node's address and vdi_port; SPICE answers a link message."""
+    """The .vv file names spice, the node's address and vdi_port and has a password; SPICE
+    answers a link message."""
     with cluster.client() as client:
         helper = client.vdi_console_helper(guest["uuid"])
         inst = client.get(guest["uuid"])
@@ -137,6 +141,7 @@ def test_spice_vv_file_and_handshake(cluster: Cluster, guest: JsonDict) -> None:
     assert {"type=spice", "host=127.0.0.1", f"port={inst['vdi_port']}"} <= set(lines)
     assert "delete-this-file=1" in lines
     assert not any(line.startswith("tls-port=") for line in lines)
+    assert len(vv_password(helper["vv"])) == 20
     # A SPICE link header ("REDQ", protocol 2.2) and a link message for the main channel.
     link = struct.pack("<IBBIII", 0, 1, 0, 0, 0, 18)
     header = b"REDQ" + struct.pack("<III", 2, 2, len(link))
@@ -145,19 +150,77 @@ def test_spice_vv_file_and_handshake(cluster: Cluster, guest: JsonDict) -> None:
         assert read_until(sock, b"REDQ", 10).startswith(b"REDQ")
 
 
-def test_vnc_vv_file_and_handshake(cluster: Cluster) -> None:
-    """A vnc instance's .vv file says vnc, and its port greets with an RFB version banner."""
+def rfb_security_types(sock: socket.socket) -> list[int]:
+    """Do the RFB 3.8 version handshake; return the security types the server offers."""
+    banner = read_exactly(sock, 12)
+    assert banner == b"RFB 003.008\n", banner
+    sock.sendall(b"RFB 003.008\n")
+    (count,) = read_exactly(sock, 1)
+    assert count > 0, "the server refused the connection"
+    return list(read_exactly(sock, count))
+
+
+def vnc_authenticates(port: int, password: str) -> bool:
+    """Whether VNC authentication (type 2, a DES-encrypted challenge) with password succeeds."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        assert 2 in rfb_security_types(sock)
+        sock.sendall(b"\x02")
+        challenge = read_exactly(sock, 16)
+        # VNC's DES key: the password in 8 bytes, each byte's bits reversed (three times
+        # over: triple DES with one key is DES).
+        key = bytes(int(f"{b:08b}"[::-1], 2) for b in password.encode()[:8].ljust(8, b"\0"))
+        encryptor = Cipher(TripleDES(key * 3), modes.ECB()).encryptor()
+        sock.sendall(encryptor.update(challenge) + encryptor.finalize())
+        (result,) = struct.unpack(">I", read_exactly(sock, 4))
+    return int(result) == 0
+
+
+def read_exactly(sock: socket.socket, size: int) -> bytes:
+    """``size`` bytes from a socket (AssertionError if it closes first)."""
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    return data
+
+
+def vv_password(vv: str) -> str:
+    """The value of a .vv file's password= line."""
+    (password,) = [line[9:] for line in vv.splitlines() if line.startswith("password=")]
+    return password
+
+
+def test_vnc_display_asks_for_the_password_of_the_vv_file_new_at_power_on(
+    cluster: Cluster,
+) -> None:
+    """A vnc instance's .vv file says vnc and carries a password; its port offers only VNC
+    authentication, which that password passes; after off/on only the new password does,
+    and no instance view shows either."""
     with cluster.client() as client:
         inst = client.create(small_spec("vnc-vm", video={"vdi": "vnc"}, side_channels=[]))
-        inst = client.wait(inst["uuid"], running, timeout=120)
-        helper = client.vdi_console_helper(inst["uuid"])
-        assert {"type=vnc", "host=127.0.0.1", f"port={inst['vdi_port']}"} <= set(
-            helper["vv"].splitlines()
-        )
+        uuid = inst["uuid"]
+        inst = client.wait(uuid, running, timeout=120)
+        helper = client.vdi_console_helper(uuid)
+        lines = set(helper["vv"].splitlines())
+        assert {"type=vnc", "host=127.0.0.1", f"port={inst['vdi_port']}"} <= lines
+        first = vv_password(helper["vv"])
+        assert len(first) == 8
         with socket.create_connection(("127.0.0.1", inst["vdi_port"]), timeout=10) as sock:
-            banner = read_until(sock, b"\n", 10)
-        assert banner.startswith(b"RFB 003.00")
-        client.delete(inst["uuid"])
+            assert rfb_security_types(sock) == [2]  # VNC authentication, never 1 (none)
+        assert vnc_authenticates(inst["vdi_port"], first)
+
+        client.power(uuid, "off")
+        client.wait(uuid, lambda i: i["power_state"] == "off", timeout=60)
+        client.power(uuid, "on")
+        inst = client.wait(uuid, running, timeout=60)
+        second = vv_password(client.vdi_console_helper(uuid)["vv"])
+        assert second != first
+        assert not vnc_authenticates(inst["vdi_port"], first)
+        assert vnc_authenticates(inst["vdi_port"], second)
+        views = json.dumps([client.get(uuid), client.list_instances()])
+        assert first not in views and second not in views
+        client.delete(uuid)
 
 
 def test_screenshot_is_a_png_of_the_display(cluster: Cluster, guest: JsonDict) -> None:

@@ -1,4 +1,5 @@
-"""Pure console pieces: PNG encoding, port choice, console log tails, domain XML, usage shape."""
+"""Pure console pieces: PNG encoding, port choice, console log tails, domain XML, display
+passwords, virt-viewer files, usage shape."""
 
 from __future__ import annotations
 
@@ -9,9 +10,14 @@ from pathlib import Path
 import pytest
 
 from common.nodewire.domain import DomainRequest, VideoRequest
+from controlplane.services.consoles import vv_file
 from nodeagent import consolelog
-from nodeagent.hypervisor.console_ports import ConsolePorts, NoFreePort, pick_ports
-from nodeagent.hypervisor.domain_xml import build_domain_xml, parse_console_ports
+from nodeagent.hypervisor.console_ports import ConsolePorts, NoFreePort, new_password, pick_ports
+from nodeagent.hypervisor.domain_xml import (
+    build_domain_xml,
+    graphics_with_new_password,
+    parse_console_ports,
+)
 from nodeagent.hypervisor.protocol import DiskUsage, DomainUsage, NicUsage, PreparedDisk
 from nodeagent.png import ImageError, check_png, ppm_to_png
 from nodeagent.usage import usage_extra
@@ -89,6 +95,76 @@ def test_domain_xml_has_a_tcp_serial_console_and_fixed_display_ports(tmp_path: P
         ports=ports,
     )
     assert parse_console_ports(xml) == ConsolePorts(31000, 31001, 0)
+
+
+def test_display_password_is_in_the_domain_xml_and_read_back(tmp_path: Path) -> None:
+    """The display's password is its graphics' passwd attribute, and parsing gives it back."""
+    ports = ConsolePorts(31000, 31001, 0, "s3cretPw")
+    for vdi in ("vnc", "spice"):
+        uuid = "0" * 8 + "-0000-0000-0000-" + "0" * 12
+        spec = DomainRequest(uuid=uuid, name="x", video=VideoRequest(vdi=vdi))
+        xml = build_domain_xml(
+            spec,
+            [],
+            console_log=tmp_path / "c.log",
+            domain_type="qemu",
+            socket_dir=tmp_path,
+            ports=ports,
+        )
+        graphics = ET.fromstring(xml).find("devices/graphics")
+        assert graphics is not None and graphics.get("passwd") == "s3cretPw"
+        assert parse_console_ports(xml).vdi_password == "s3cretPw"
+    no_password = build_domain_xml(
+        DomainRequest(uuid="1" * 8 + "-0000-0000-0000-" + "0" * 12, name="y"),
+        [],
+        console_log=tmp_path / "c.log",
+        domain_type="qemu",
+        socket_dir=tmp_path,
+        ports=ConsolePorts(31000, 31001),
+    )
+    assert "passwd" not in no_password
+    assert parse_console_ports(no_password).vdi_password == ""
+
+
+def test_a_new_password_replaces_the_old_one_in_the_graphics_element(tmp_path: Path) -> None:
+    """The graphics element for updateDeviceFlags keeps its ports and gets a fresh password."""
+    spec = DomainRequest(
+        uuid="0" * 8 + "-0000-0000-0000-" + "0" * 12, name="x", video=VideoRequest(vdi="vnc")
+    )
+    xml = build_domain_xml(
+        spec,
+        [],
+        console_log=tmp_path / "c.log",
+        domain_type="qemu",
+        socket_dir=tmp_path,
+        ports=ConsolePorts(31000, 31001, 0, "oldpassw"),
+    )
+    found = graphics_with_new_password(xml)
+    assert found is not None
+    element, password = found
+    graphics = ET.fromstring(element)
+    assert graphics.tag == "graphics" and graphics.get("type") == "vnc"
+    assert graphics.get("port") == "31001" and graphics.find("listen") is not None
+    assert graphics.get("passwd") == password != "oldpassw" and len(password) == 8
+    assert graphics_with_new_password("<domain><devices/></domain>") is None
+
+
+def test_passwords_are_random_and_vnc_ones_fit_its_eight_characters() -> None:
+    """VNC passwords are 8 characters (all VNC uses), SPICE ones longer; none repeat."""
+    vnc = {new_password("vnc") for _ in range(50)}
+    assert len(vnc) == 50 and {len(p) for p in vnc} == {8}
+    assert all(p.isalnum() for p in vnc)
+    assert len(new_password("spice")) > 8 and len(new_password("spiceconcurrent")) > 8
+
+
+def test_vv_file_carries_the_password_when_the_display_has_one() -> None:
+    """The .vv file has a password= line for a display with a password, none without."""
+    lines = vv_file("vnc", "10.0.0.5", 31001, 0, "x:%d - %s", "s3cretPw").splitlines()
+    assert lines[:4] == ["[virt-viewer]", "type=vnc", "host=10.0.0.5", "port=31001"]
+    assert "password=s3cretPw" in lines and "delete-this-file=1" in lines
+    bare = vv_file("spice", "10.0.0.5", 31001, 31002, "x").splitlines()
+    assert "tls-port=31002" in bare
+    assert not any(line.startswith("password") for line in bare)
 
 
 def test_usage_extra_has_shaken_fists_shape() -> None:

@@ -108,10 +108,12 @@ COMMANDS: list[Command] = [
     ),
 ]
 
-OBSERVATION = Observation(UUID, True, "on", "booted", 5900, 5901, 5902)
+OBSERVATION = Observation(UUID, True, "on", "booted", 5900, 5901, 5902, vdi_password="s3cretPw")
+LEGACY = Observation(UUID, True, "off", "", legacy=True)
 REPORTS: list[Report] = [
     OBSERVATION,
     Observation(UUID, False),
+    LEGACY,
     Result("c1", UUID, True, observation=OBSERVATION),
     Result("c2", UUID, False, "no space", True),
     Result("c8", UUID, True, agent=ExecResult(3, "out", "err")),
