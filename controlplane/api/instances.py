@@ -11,6 +11,7 @@ from controlplane.api.convert import event_to_pb, instance_to_pb, spec_from_pb
 from controlplane.api.status import abort_for, grpc_errors, namespace_of
 from controlplane.errors import MiniCloudError
 from controlplane.model import Instance
+from controlplane.paging import decode_token, encode_token, page_size
 from controlplane.services.instances import InstanceService
 from protos import instances_pb2, instances_pb2_grpc
 
@@ -40,8 +41,36 @@ class InstanceServicer(instances_pb2_grpc.InstanceServiceServicer):
     async def List(
         self, request: instances_pb2.ListInstancesRequest, context: Context
     ) -> instances_pb2.ListInstancesResponse:
-        found = await self.service.list_all(namespace_of(context), request.include_deleted)
-        return instances_pb2.ListInstancesResponse(instances=[instance_to_pb(i) for i in found])
+        if not request.page_size and not request.page_token:  # unpaged, as before paging
+            found = await self.service.list_all(namespace_of(context), request.include_deleted)
+            return instances_pb2.ListInstancesResponse(instances=[instance_to_pb(i) for i in found])
+        page, _ = await self._page(request, context, decode_token(request.page_token))
+        return page
+
+    async def ListStream(
+        self, request: instances_pb2.ListInstancesRequest, context: Context
+    ) -> AsyncIterator[instances_pb2.ListInstancesResponse]:
+        try:
+            after = decode_token(request.page_token)
+            while True:
+                page, after = await self._page(request, context, after)
+                yield page
+                if not after:
+                    return
+        except MiniCloudError as exc:
+            await abort_for(context, exc)
+
+    async def _page(
+        self, request: instances_pb2.ListInstancesRequest, context: Context, after: str
+    ) -> tuple[instances_pb2.ListInstancesResponse, str]:
+        """One page from after, and the UUID the next one resumes after ("" at the end)."""
+        found, last = await self.service.list_page(
+            namespace_of(context), request.include_deleted, page_size(request.page_size), after
+        )
+        page = instances_pb2.ListInstancesResponse(
+            instances=[instance_to_pb(i) for i in found], next_page_token=encode_token(last)
+        )
+        return page, last
 
     @grpc_errors
     async def Delete(
