@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from controlplane.api.convert import event_to_pb, instance_to_pb, spec_from_pb
+from controlplane.api.convert import InstanceMessages, event_to_pb, instance_to_pb, spec_from_pb
 from controlplane.api.status import abort_for, grpc_errors, namespace_of
 from controlplane.errors import MiniCloudError
 from controlplane.model import Instance
@@ -23,6 +23,7 @@ class InstanceServicer(instances_pb2_grpc.InstanceServiceServicer):
 
     def __init__(self, service: InstanceService) -> None:
         self.service = service
+        self.messages = InstanceMessages()
 
     @grpc_errors
     async def Create(
@@ -43,7 +44,9 @@ class InstanceServicer(instances_pb2_grpc.InstanceServiceServicer):
     ) -> instances_pb2.ListInstancesResponse:
         if not request.page_size and not request.page_token:  # unpaged, as before paging
             found = await self.service.list_all(namespace_of(context), request.include_deleted)
-            return instances_pb2.ListInstancesResponse(instances=[instance_to_pb(i) for i in found])
+            reply = instances_pb2.ListInstancesResponse()
+            reply.instances.extend(self.messages.message(i) for i in found)
+            return reply
         page, _ = await self._page(request, context, decode_token(request.page_token))
         return page
 
@@ -67,9 +70,8 @@ class InstanceServicer(instances_pb2_grpc.InstanceServiceServicer):
         found, last = await self.service.list_page(
             namespace_of(context), request.include_deleted, page_size(request.page_size), after
         )
-        page = instances_pb2.ListInstancesResponse(
-            instances=[instance_to_pb(i) for i in found], next_page_token=encode_token(last)
-        )
+        page = instances_pb2.ListInstancesResponse(next_page_token=encode_token(last))
+        page.instances.extend(self.messages.message(i) for i in found)
         return page, last
 
     @grpc_errors
