@@ -49,4 +49,3 @@ def decode_token(token: str) -> str:
     if not text.startswith(_PREFIX) or not looks_like_uuid(uuid):
         raise InvalidArgument("page_token is not a token this API handed out")
     return uuid
-

@@ -15,8 +15,8 @@ from aiohttp import web
 
 from controlplane.app import ControlPlane
 from gateway.app import serve
-from gateway.routes import instances as gateway_instances
 from gateway.capabilities import CLIENT_TOKENS, advertised
+from gateway.routes import instances as gateway_instances
 from gateway.settings import GatewaySettings
 from protos import auth_pb2, auth_pb2_grpc
 from tests.component.conftest import SYSTEM_KEY, FakeNode

@@ -73,7 +73,7 @@ async def streamed(api: Api, size: int, token: str = "") -> list[list[str]]:
 async def test_every_page_size_lists_each_instance_once_in_uuid_order(
     channel: grpc.aio.Channel, big_node: FakeNode
 ) -> None:
-    """At any page size the pages hold every instance once, full pages but the last, UUIDs in order."""
+    """At any page size the pages hold each instance once, in UUID order, all full but the last."""
     api = await make_api(channel)
     uuids = await make(api, 11, "p")
     for size in (1, 2, 5, 11, 12, MAX_PAGE_SIZE):
@@ -107,7 +107,9 @@ async def test_page_size_zero_with_a_token_is_the_default_page(
 
 
 @pytest.mark.parametrize("size", [-1, MAX_PAGE_SIZE + 1, 2**31 - 1])
-async def test_a_bad_page_size_is_invalid_argument(plane: ControlPlane, api: Api, size: int) -> None:
+async def test_a_bad_page_size_is_invalid_argument(
+    plane: ControlPlane, api: Api, size: int
+) -> None:
     """A page size below 0 or above the maximum is refused, by List and by ListStream."""
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await api.List(Request(page_size=size))
@@ -131,7 +133,9 @@ GARBAGE = [
 
 
 @pytest.mark.parametrize("token", GARBAGE)
-async def test_a_forged_token_is_invalid_argument(plane: ControlPlane, api: Api, token: str) -> None:
+async def test_a_forged_token_is_invalid_argument(
+    plane: ControlPlane, api: Api, token: str
+) -> None:
     """A page token the API did not hand out is INVALID_ARGUMENT, never INTERNAL."""
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await api.List(Request(page_size=2, page_token=token))
