@@ -10,7 +10,9 @@ Measures, in one run on this machine:
 3. Get (concurrent and sequential) and List latency with every instance
    of step 2 stored: one unpaged List, every page of List at its default
    page size (500) and its maximum (1000), one page after another, and one
-   ListStream call (issue #14's goal: all of them in under 200 ms);
+   ListStream call (issue #14's goal: all of them in under 200 ms); then the
+   control plane is restarted on the same store and the paged listing timed
+   again, first call (nothing converted yet) and later calls;
 4. many simulated node agents (1,000 by default) holding streams to one fresh
    control plane: time to connect, control-plane memory per stream, and
    control-plane CPU per heartbeat over a window where only heartbeats flow.
@@ -550,6 +552,21 @@ def job_lists(target: str, calls: int) -> JsonDict:
     return asyncio.run(_lists(target, calls))
 
 
+async def _lists_after_restart(target: str, calls: int) -> JsonDict:
+    metadata = metadata_for(target)
+    chans = open_channels(target, 1)
+    stub = _stubs(chans)[0]
+    first = await _list_pages(stub, metadata, 1, LIST_PAGE_SIZES[0])
+    then = await _list_pages(stub, metadata, calls, LIST_PAGE_SIZES[0])
+    await close_channels(chans)
+    return {"first": first, "then": then}
+
+
+def job_lists_after_restart(target: str, calls: int) -> JsonDict:
+    """Measurement 3c: every instance through List pages, first and later calls after a restart."""
+    return asyncio.run(_lists_after_restart(target, calls))
+
+
 # --------------------------------------------------------------------------
 # Servers: the echo server, the control plane, the simulated node agents.
 
@@ -1074,6 +1091,12 @@ def measure_create_and_reads(
         if "reads" in plan.phases and uuids:
             result["reads"] = measure_reads(pool, plan, plane, uuids)
         result["cp_rss_kib"] = rss_kib(plane.proc.pid)
+    if "reads" in plan.phases and "reads" in result:
+        # The same store, a fresh process: the first listing converts every record anew.
+        with control_plane(workdir / "cp-api", 5.0) as plane:
+            result["reads"]["list_restart"] = in_child(
+                pool, 300, job_lists_after_restart, plane.target, plan.lists
+            )
     return result
 
 
@@ -1156,6 +1179,16 @@ def table(results: JsonDict) -> str:
                         f"{part['ok']} calls; goal < {LIST_GOAL_MS:.0f} ms {goal}",
                     )
                 )
+        restart = reads.get("list_restart")
+        if restart:
+            first, then = restart["first"], restart["then"]
+            rows.append(
+                (
+                    f"3. After a restart: all through List pages of {first['page_size']}",
+                    f"first {first['p50_ms']:.2f} ms, then p50 {then['p50_ms']:.2f} ms",
+                    f"{first['instances']} instances; the first listing converts every record",
+                )
+            )
     streams = results.get("streams")
     if streams:
         rows.append(
