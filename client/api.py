@@ -46,6 +46,8 @@ from protos import (
 )
 
 JsonDict = dict[str, Any]
+# Instances per List page the client asks for (the control plane's default and at most 1000).
+PAGE_SIZE = 500
 
 POWER_METHODS = {
     "on": "PowerOn",
@@ -189,9 +191,32 @@ class Client:
         return to_dict(self._call("Get", instances_pb2.InstanceRef(ref=ref)))
 
     def list_instances(self, include_deleted: bool = False) -> list[JsonDict]:
-        """The namespace's instances."""
-        request = instances_pb2.ListInstancesRequest(include_deleted=include_deleted)
-        return [to_dict(i) for i in self._call("List", request).instances]
+        """The namespace's instances, oldest first (read page by page)."""
+        found = [i for page in self.instance_pages(include_deleted) for i in page]
+        return sorted(found, key=lambda i: (i["created_at"], i["uuid"]))
+
+    def instance_pages(
+        self, include_deleted: bool = False, page_size: int = 0
+    ) -> Iterator[list[JsonDict]]:
+        """The namespace's instances a page at a time, in UUID order (a List call per page).
+
+        page_size 0 means ``PAGE_SIZE``.
+
+        Each page is asked for with the token the previous one returned, so
+        an instance created or deleted meanwhile is never listed twice.
+        """
+        token = ""
+        while True:
+            request = instances_pb2.ListInstancesRequest(
+                include_deleted=include_deleted,
+                page_size=page_size or PAGE_SIZE,
+                page_token=token,
+            )
+            reply = self._call("List", request)
+            yield [to_dict(i) for i in reply.instances]
+            token = reply.next_page_token
+            if not token:
+                return
 
     def delete(self, ref: str) -> JsonDict:
         """Start deleting an instance."""

@@ -49,6 +49,11 @@ class InstanceServiceStub:
                 request_serializer=protos_dot_instances__pb2.ListInstancesRequest.SerializeToString,
                 response_deserializer=protos_dot_instances__pb2.ListInstancesResponse.FromString,
                 _registered_method=True)
+        self.ListStream = channel.unary_stream(
+                '/minicloud.v1.InstanceService/ListStream',
+                request_serializer=protos_dot_instances__pb2.ListInstancesRequest.SerializeToString,
+                response_deserializer=protos_dot_instances__pb2.ListInstancesResponse.FromString,
+                _registered_method=True)
         self.Delete = channel.unary_unary(
                 '/minicloud.v1.InstanceService/Delete',
                 request_serializer=protos_dot_instances__pb2.InstanceRef.SerializeToString,
@@ -119,7 +124,18 @@ class InstanceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def List(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The caller's instances. With page_size or page_token set, one page in
+        UUID order with a next_page_token; with neither, every instance in one
+        answer, oldest first (the behaviour before paging; prefer pages).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListStream(self, request, context):
+        """The same pages as List, streamed one message per page until the last
+        (page_size 0 means the default page size here).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -204,6 +220,11 @@ def add_InstanceServiceServicer_to_server(servicer, server):
             ),
             'List': grpc.unary_unary_rpc_method_handler(
                     servicer.List,
+                    request_deserializer=protos_dot_instances__pb2.ListInstancesRequest.FromString,
+                    response_serializer=protos_dot_instances__pb2.ListInstancesResponse.SerializeToString,
+            ),
+            'ListStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListStream,
                     request_deserializer=protos_dot_instances__pb2.ListInstancesRequest.FromString,
                     response_serializer=protos_dot_instances__pb2.ListInstancesResponse.SerializeToString,
             ),
@@ -337,6 +358,33 @@ class InstanceService:
             request,
             target,
             '/minicloud.v1.InstanceService/List',
+            protos_dot_instances__pb2.ListInstancesRequest.SerializeToString,
+            protos_dot_instances__pb2.ListInstancesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/minicloud.v1.InstanceService/ListStream',
             protos_dot_instances__pb2.ListInstancesRequest.SerializeToString,
             protos_dot_instances__pb2.ListInstancesResponse.FromString,
             options,

@@ -38,6 +38,14 @@ class InstanceServiceStub:
     Get: _grpc.UnaryUnaryMultiCallable[_instances_pb2.InstanceRef, _instances_pb2.Instance]
     """By UUID, or by name within the caller's namespace."""
     List: _grpc.UnaryUnaryMultiCallable[_instances_pb2.ListInstancesRequest, _instances_pb2.ListInstancesResponse]
+    """The caller's instances. With page_size or page_token set, one page in
+    UUID order with a next_page_token; with neither, every instance in one
+    answer, oldest first (the behaviour before paging; prefer pages).
+    """
+    ListStream: _grpc.UnaryStreamMultiCallable[_instances_pb2.ListInstancesRequest, _instances_pb2.ListInstancesResponse]
+    """The same pages as List, streamed one message per page until the last
+    (page_size 0 means the default page size here).
+    """
     Delete: _grpc.UnaryUnaryMultiCallable[_instances_pb2.InstanceRef, _instances_pb2.Instance]
     SoftReboot: _grpc.UnaryUnaryMultiCallable[_instances_pb2.InstanceRef, _instances_pb2.Instance]
     HardReboot: _grpc.UnaryUnaryMultiCallable[_instances_pb2.InstanceRef, _instances_pb2.Instance]
@@ -63,6 +71,14 @@ class InstanceServiceAsyncStub(InstanceServiceStub):
     Get: _aio.UnaryUnaryMultiCallable[_instances_pb2.InstanceRef, _instances_pb2.Instance]  # type: ignore[assignment]
     """By UUID, or by name within the caller's namespace."""
     List: _aio.UnaryUnaryMultiCallable[_instances_pb2.ListInstancesRequest, _instances_pb2.ListInstancesResponse]  # type: ignore[assignment]
+    """The caller's instances. With page_size or page_token set, one page in
+    UUID order with a next_page_token; with neither, every instance in one
+    answer, oldest first (the behaviour before paging; prefer pages).
+    """
+    ListStream: _aio.UnaryStreamMultiCallable[_instances_pb2.ListInstancesRequest, _instances_pb2.ListInstancesResponse]  # type: ignore[assignment]
+    """The same pages as List, streamed one message per page until the last
+    (page_size 0 means the default page size here).
+    """
     Delete: _aio.UnaryUnaryMultiCallable[_instances_pb2.InstanceRef, _instances_pb2.Instance]  # type: ignore[assignment]
     SoftReboot: _aio.UnaryUnaryMultiCallable[_instances_pb2.InstanceRef, _instances_pb2.Instance]  # type: ignore[assignment]
     HardReboot: _aio.UnaryUnaryMultiCallable[_instances_pb2.InstanceRef, _instances_pb2.Instance]  # type: ignore[assignment]
@@ -102,7 +118,21 @@ class InstanceServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _instances_pb2.ListInstancesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_instances_pb2.ListInstancesResponse, _abc.Awaitable[_instances_pb2.ListInstancesResponse]]: ...
+    ) -> _typing.Union[_instances_pb2.ListInstancesResponse, _abc.Awaitable[_instances_pb2.ListInstancesResponse]]:
+        """The caller's instances. With page_size or page_token set, one page in
+        UUID order with a next_page_token; with neither, every instance in one
+        answer, oldest first (the behaviour before paging; prefer pages).
+        """
+
+    @_abc_1.abstractmethod
+    def ListStream(
+        self,
+        request: _instances_pb2.ListInstancesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_instances_pb2.ListInstancesResponse], _abc.AsyncIterator[_instances_pb2.ListInstancesResponse]]:
+        """The same pages as List, streamed one message per page until the last
+        (page_size 0 means the default page size here).
+        """
 
     @_abc_1.abstractmethod
     def Delete(

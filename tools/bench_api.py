@@ -8,7 +8,11 @@ Measures, in one run on this machine:
    (``minicloud-controlplane``, RocksDB store) with fake node agents attached,
    and how long the nodes take to bring every instance to ``created``;
 3. Get (concurrent and sequential) and List latency with every instance
-   of step 2 stored;
+   of step 2 stored: one unpaged List, every page of List at its default
+   page size (500) and its maximum (1000), one page after another, and one
+   ListStream call (issue #14's goal: all of them in under 200 ms); then the
+   control plane is restarted on the same store and the paged listing timed
+   again, first call (nothing converted yet) and later calls;
 4. many simulated node agents (1,000 by default) holding streams to one fresh
    control plane: time to connect, control-plane memory per stream, and
    control-plane CPU per heartbeat over a window where only heartbeats flow.
@@ -95,6 +99,8 @@ NAMESPACE = "bench"
 CALL_TIMEOUT = 60.0
 ECHO_WARMUP = 500
 MAX_MESSAGE = 256 * 1024 * 1024
+LIST_PAGE_SIZES = (500, 1000)  # List's default page size and its maximum
+LIST_GOAL_MS = 200.0  # issue #14: every instance through pages in under this
 RUN_LIMIT = 20 * 60.0  # every child process exits by itself after this long
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SPAWN = multiprocessing.get_context("spawn")
@@ -492,13 +498,73 @@ async def _lists(target: str, calls: int) -> JsonDict:
         return found
 
     stats = await drive(call, calls, 1, 120)
+    result = {**stats.summary(), "instances": max(sizes, default=0)}
+    for page_size in LIST_PAGE_SIZES:
+        result[f"paged_{page_size}"] = await _list_pages(stub, metadata, calls, page_size)
+    result["stream"] = await _list_stream(stub, metadata, calls, 0)
     await close_channels(chans)
-    return {**stats.summary(), "instances": max(sizes, default=0)}
+    return result
+
+
+async def _list_pages(
+    stub: InstanceServiceAsyncStub, metadata: Metadata, calls: int, page_size: int
+) -> JsonDict:
+    """Every instance through List pages, one page after another; calls times."""
+    counts: list[tuple[int, int]] = []
+
+    async def call(index: int, worker: int) -> object:
+        token, listed, pages = "", 0, 0
+        while True:
+            request = instances_pb2.ListInstancesRequest(page_size=page_size, page_token=token)
+            page = await stub.List(request, metadata=metadata, timeout=CALL_TIMEOUT)
+            listed, pages = listed + len(page.instances), pages + 1
+            token = page.next_page_token
+            if not token:
+                counts.append((listed, pages))
+                return page
+
+    stats = await drive(call, calls, 1, 120)
+    listed, pages = max(counts, default=(0, 0))
+    return {**stats.summary(), "instances": listed, "pages": pages, "page_size": page_size}
+
+
+async def _list_stream(
+    stub: InstanceServiceAsyncStub, metadata: Metadata, calls: int, page_size: int
+) -> JsonDict:
+    """Every instance through one ListStream call; calls times."""
+    counts: list[tuple[int, int]] = []
+
+    async def call(index: int, worker: int) -> object:
+        listed, pages = 0, 0
+        request = instances_pb2.ListInstancesRequest(page_size=page_size)
+        async for page in stub.ListStream(request, metadata=metadata, timeout=CALL_TIMEOUT):
+            listed, pages = listed + len(page.instances), pages + 1
+        counts.append((listed, pages))
+        return listed
+
+    stats = await drive(call, calls, 1, 120)
+    listed, pages = max(counts, default=(0, 0))
+    return {**stats.summary(), "instances": listed, "pages": pages, "page_size": page_size}
 
 
 def job_lists(target: str, calls: int) -> JsonDict:
     """Measurement 3b: List every instance, one call at a time."""
     return asyncio.run(_lists(target, calls))
+
+
+async def _lists_after_restart(target: str, calls: int) -> JsonDict:
+    metadata = metadata_for(target)
+    chans = open_channels(target, 1)
+    stub = _stubs(chans)[0]
+    first = await _list_pages(stub, metadata, 1, LIST_PAGE_SIZES[0])
+    then = await _list_pages(stub, metadata, calls, LIST_PAGE_SIZES[0])
+    await close_channels(chans)
+    return {"first": first, "then": then}
+
+
+def job_lists_after_restart(target: str, calls: int) -> JsonDict:
+    """Measurement 3c: every instance through List pages, first and later calls after a restart."""
+    return asyncio.run(_lists_after_restart(target, calls))
 
 
 # --------------------------------------------------------------------------
@@ -1025,6 +1091,12 @@ def measure_create_and_reads(
         if "reads" in plan.phases and uuids:
             result["reads"] = measure_reads(pool, plan, plane, uuids)
         result["cp_rss_kib"] = rss_kib(plane.proc.pid)
+    if "reads" in plan.phases and "reads" in result:
+        # The same store, a fresh process: the first listing converts every record anew.
+        with control_plane(workdir / "cp-api", 5.0) as plane:
+            result["reads"]["list_restart"] = in_child(
+                pool, 300, job_lists_after_restart, plane.target, plan.lists
+            )
     return result
 
 
@@ -1087,8 +1159,36 @@ def table(results: JsonDict) -> str:
         rows.append(("3. Get p50 / p99 (concurrent)", _ms(get), f"errors: {_errors(get)}"))
         rows.append(("3. Get p50 / p99 (sequential)", _ms(seq), f"{seq['ok']} calls"))
         rows.append(
-            ("3. List p50 / p99", _ms(lst), f"{lst['instances']} instances, {lst['ok']} calls")
+            (
+                "3. List p50 / p99 (unpaged)",
+                _ms(lst),
+                f"{lst['instances']} instances in one answer, {lst['ok']} calls",
+            )
         )
+        for key, what in [(f"paged_{n}", f"List pages of {n}") for n in LIST_PAGE_SIZES] + [
+            ("stream", "ListStream")
+        ]:
+            part = lst.get(key)
+            if part:
+                goal = "met" if part["p50_ms"] < LIST_GOAL_MS else "missed"
+                rows.append(
+                    (
+                        f"3. All through {what} p50 / p99",
+                        _ms(part),
+                        f"{part['instances']} instances in {part['pages']} pages, "
+                        f"{part['ok']} calls; goal < {LIST_GOAL_MS:.0f} ms {goal}",
+                    )
+                )
+        restart = reads.get("list_restart")
+        if restart:
+            first, then = restart["first"], restart["then"]
+            rows.append(
+                (
+                    f"3. After a restart: all through List pages of {first['page_size']}",
+                    f"first {first['p50_ms']:.2f} ms, then p50 {then['p50_ms']:.2f} ms",
+                    f"{first['instances']} instances; the first listing converts every record",
+                )
+            )
     streams = results.get("streams")
     if streams:
         rows.append(

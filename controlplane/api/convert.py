@@ -107,6 +107,32 @@ def instance_to_pb(instance: Instance) -> instances_pb2.Instance:
     return pb
 
 
+class InstanceMessages:
+    """Wire messages of listed instances, each converted once per decoded record.
+
+    The store's records hand out the same ``Instance`` object while its
+    stored bytes are unchanged (store/records.py), so a message is reused
+    while it was made from that very object, and made anew for a changed
+    record. The messages are shared: copy them into a response (``extend``),
+    never change them.
+    """
+
+    def __init__(self, limit: int = 50_000) -> None:
+        self.limit = limit
+        self._by_uuid: dict[str, tuple[Instance, instances_pb2.Instance]] = {}
+
+    def message(self, instance: Instance) -> instances_pb2.Instance:
+        """The wire message for instance (shared; do not change it)."""
+        cached = self._by_uuid.get(instance.uuid)
+        if cached is not None and cached[0] is instance:
+            return cached[1]
+        pb = instance_to_pb(instance)
+        if cached is None and len(self._by_uuid) >= self.limit:
+            del self._by_uuid[next(iter(self._by_uuid))]
+        self._by_uuid[instance.uuid] = (instance, pb)
+        return pb
+
+
 def nic_to_pb(nic: Nic, out: common_pb2.NetworkInterface, instance_uuid: str = "") -> None:
     """Fill a wire interface from what a node needs of it."""
     out.uuid = nic.uuid

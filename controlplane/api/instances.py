@@ -7,10 +7,11 @@ from typing import Any
 
 import grpc
 
-from controlplane.api.convert import event_to_pb, instance_to_pb, spec_from_pb
+from controlplane.api.convert import InstanceMessages, event_to_pb, instance_to_pb, spec_from_pb
 from controlplane.api.status import abort_for, grpc_errors, namespace_of
 from controlplane.errors import FailedPrecondition, MiniCloudError
 from controlplane.model import Instance
+from controlplane.paging import decode_token, encode_token, page_size
 from controlplane.services.instances import InstanceService
 from controlplane.services.moves import MoveService
 from controlplane.services.namespaces import require_system
@@ -25,6 +26,7 @@ class InstanceServicer(instances_pb2_grpc.InstanceServiceServicer):
     def __init__(self, service: InstanceService, moves: MoveService | None = None) -> None:
         self.service = service
         self.moves = moves
+        self.messages = InstanceMessages()
 
     @grpc_errors
     async def Create(
@@ -43,8 +45,37 @@ class InstanceServicer(instances_pb2_grpc.InstanceServiceServicer):
     async def List(
         self, request: instances_pb2.ListInstancesRequest, context: Context
     ) -> instances_pb2.ListInstancesResponse:
-        found = await self.service.list_all(namespace_of(context), request.include_deleted)
-        return instances_pb2.ListInstancesResponse(instances=[instance_to_pb(i) for i in found])
+        if not request.page_size and not request.page_token:  # unpaged, as before paging
+            found = await self.service.list_all(namespace_of(context), request.include_deleted)
+            reply = instances_pb2.ListInstancesResponse()
+            reply.instances.extend(self.messages.message(i) for i in found)
+            return reply
+        page, _ = await self._page(request, context, decode_token(request.page_token))
+        return page
+
+    async def ListStream(
+        self, request: instances_pb2.ListInstancesRequest, context: Context
+    ) -> AsyncIterator[instances_pb2.ListInstancesResponse]:
+        try:
+            after = decode_token(request.page_token)
+            while True:
+                page, after = await self._page(request, context, after)
+                yield page
+                if not after:
+                    return
+        except MiniCloudError as exc:
+            await abort_for(context, exc)
+
+    async def _page(
+        self, request: instances_pb2.ListInstancesRequest, context: Context, after: str
+    ) -> tuple[instances_pb2.ListInstancesResponse, str]:
+        """One page from after, and the UUID the next one resumes after ("" at the end)."""
+        found, last = await self.service.list_page(
+            namespace_of(context), request.include_deleted, page_size(request.page_size), after
+        )
+        page = instances_pb2.ListInstancesResponse(next_page_token=encode_token(last))
+        page.instances.extend(self.messages.message(i) for i in found)
+        return page, last
 
     @grpc_errors
     async def Delete(

@@ -37,6 +37,10 @@ from controlplane.validation import check_spec, looks_like_uuid
 
 log = structlog.get_logger(__name__)
 
+# A page's store scans read at least this many records at a time (a namespace
+# with few instances among many others' fills a page in few scans).
+SCAN_CHUNK = 128
+
 
 class InstanceService:
     """What callers can do with instances, within their namespace."""
@@ -204,6 +208,32 @@ class InstanceService:
             if can_see(namespace, i.namespace) and (include_deleted or i.state != lifecycle.DELETED)
         ]
         return sorted(found, key=lambda i: i.created_at)
+
+    async def list_page(
+        self, namespace: str, include_deleted: bool, size: int, after: str
+    ) -> tuple[list[Instance], str]:
+        """One page of the caller's instances in UUID order, past UUID after.
+
+        Returns the page and the UUID the next page resumes after ("" when
+        this is the last page). Records the caller may not see are skipped
+        inside the store scan, so a page holds only the caller's own (for
+        system, everyone's) and is full unless it is the last one.
+        """
+        found: list[Instance] = []
+        cursor = after
+        while True:
+            want = max(size - len(found) + 1, SCAN_CHUNK)  # +1: is there a next page?
+            batch = await self.records.instances_after(cursor, want)
+            for inst in batch:
+                if len(found) == size:
+                    return found, cursor
+                cursor = inst.uuid
+                if can_see(namespace, inst.namespace) and (
+                    include_deleted or inst.state != lifecycle.DELETED
+                ):
+                    found.append(inst)
+            if len(batch) < want:
+                return found, ""
 
     async def delete(self, namespace: str, ref: str) -> Instance:
         """Start deleting an instance; deleting a deleted instance is a no-op."""

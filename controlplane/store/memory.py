@@ -30,13 +30,22 @@ class MemoryStore:
         return None if found is None else Item(key, found[1], found[0])
 
     async def scan(
-        self, prefix: bytes, *, reverse: bool = False, limit: int | None = None
+        self,
+        prefix: bytes,
+        *,
+        reverse: bool = False,
+        limit: int | None = None,
+        after: bytes | None = None,
     ) -> list[Item]:
         keys = self.data.keys
         start = bisect.bisect_left(keys, prefix)
         end = start
         while end < len(keys) and keys[end].startswith(prefix):
             end += 1
+        if after is not None and not reverse:
+            start = max(start, bisect.bisect_right(keys, after, start, end))
+        elif after is not None:
+            end = min(end, bisect.bisect_left(keys, after, start, end))
         selected = keys[start:end]
         if reverse:
             selected.reverse()

@@ -9,7 +9,10 @@ Semantics every implementation honours (tests/contract/test_store_contract.py):
   ``Conflict`` (retryable) unless the key's current version equals it
   (0 meaning "must not exist"). Nothing of a refused batch is applied.
 - ``scan`` returns the items whose keys start with ``prefix`` in key order
-  (or reverse order), at most ``limit`` of them.
+  (or reverse order), at most ``limit`` of them. With ``after`` set, only
+  keys past it in the scan's direction: greater than ``after`` going
+  forward, smaller going in reverse (``after`` itself is never returned and
+  need not exist), so a scan resumes from the last key of the previous one.
 - What was committed survives ``close`` and reopening the same location.
 """
 
@@ -69,9 +72,14 @@ class Store(Protocol):
         ...
 
     async def scan(
-        self, prefix: bytes, *, reverse: bool = False, limit: int | None = None
+        self,
+        prefix: bytes,
+        *,
+        reverse: bool = False,
+        limit: int | None = None,
+        after: bytes | None = None,
     ) -> list[Item]:
-        """Items under prefix in key order (or reversed), at most limit."""
+        """Items under prefix in key order (or reversed), past ``after`` if set, at most limit."""
         ...
 
     async def commit(self, ops: Sequence[Op]) -> None:

@@ -14,6 +14,10 @@ Key layout (all keys are UTF-8):
 Every write of an instance is a compare-and-set on its version, so two
 writers never overwrite each other silently; every change is handed to the
 hub for Watch streams after it is committed.
+
+Scans of instance records (List, the gauges, name look-ups for system) keep
+what they decoded: a record whose stored bytes and version are unchanged is
+not decoded again (see ``_Decoded``).
 """
 
 from __future__ import annotations
@@ -31,13 +35,41 @@ from controlplane.model import (
     decode_node,
     encode,
 )
-from controlplane.store.protocol import Delete, Op, Put, Store
+from controlplane.store.protocol import Delete, Item, Op, Put, Store
 
 DELETED = "deleted"
+_INST = b"inst/"
+# At most this many decoded instance records are kept for scans (oldest dropped first).
+DECODED_LIMIT = 50_000
 
 
 def _inst_key(uuid: str) -> bytes:
     return f"inst/{uuid}".encode()
+
+
+class _Decoded:
+    """Instance records as last decoded, by key, reused while their bytes are unchanged.
+
+    A hit needs the same version and the same stored bytes, so a record
+    rewritten by anyone (another process sharing the store included) is
+    decoded again. Records are frozen and their dicts are copied before any
+    change (services/metadata.py), so sharing one decoded record is safe.
+    """
+
+    def __init__(self, limit: int = DECODED_LIMIT) -> None:
+        self.limit = limit
+        self._by_key: dict[bytes, tuple[bytes, int, Instance]] = {}
+
+    def instance(self, item: Item) -> Instance:
+        """The instance stored in item, decoded at most once per stored value."""
+        cached = self._by_key.get(item.key)
+        if cached is not None and cached[1] == item.version and cached[0] == item.value:
+            return cached[2]
+        instance = decode_instance(item.value).with_changes(version=item.version)
+        if cached is None and len(self._by_key) >= self.limit:
+            del self._by_key[next(iter(self._by_key))]
+        self._by_key[item.key] = (item.value, item.version, instance)
+        return instance
 
 
 def _name_key(namespace: str, name: str) -> bytes:
@@ -59,6 +91,7 @@ class Records:
         self.store = store
         self.hub = hub
         self._seq = itertools.count()
+        self._decoded = _Decoded()
 
     async def get_instance(self, uuid: str) -> Instance | None:
         """An instance by UUID (deleted ones included), or None."""
@@ -74,8 +107,17 @@ class Records:
 
     async def list_instances(self) -> list[Instance]:
         """Every instance record."""
-        items = await self.store.scan(b"inst/")
-        return [decode_instance(i.value).with_changes(version=i.version) for i in items]
+        return [self._decoded.instance(i) for i in await self.store.scan(_INST)]
+
+    async def instances_after(self, after: str, limit: int) -> list[Instance]:
+        """At most limit instance records in UUID order, past UUID after ("": from the first).
+
+        One bounded store scan from the key of after, so reading a page costs
+        the page, not the whole table.
+        """
+        start = _inst_key(after) if after else None
+        items = await self.store.scan(_INST, limit=limit, after=start)
+        return [self._decoded.instance(i) for i in items]
 
     async def uuids_on_node(self, node: str) -> list[str]:
         """UUIDs of the instances placed on a node and not yet deleted."""

@@ -46,11 +46,16 @@ class RocksStore:
         return self._get(key)
 
     async def scan(
-        self, prefix: bytes, *, reverse: bool = False, limit: int | None = None
+        self,
+        prefix: bytes,
+        *,
+        reverse: bool = False,
+        limit: int | None = None,
+        after: bytes | None = None,
     ) -> list[Item]:
         if limit is not None and limit <= INLINE_SCAN_LIMIT:
-            return self._scan(prefix, reverse, limit)
-        return await asyncio.to_thread(self._scan, prefix, reverse, limit)
+            return self._scan(prefix, reverse, limit, after)
+        return await asyncio.to_thread(self._scan, prefix, reverse, limit, after)
 
     async def commit(self, ops: Sequence[Op]) -> None:
         self._commit(list(ops))
@@ -62,17 +67,25 @@ class RocksStore:
         raw = self._db.get(key)
         return None if raw is None else _decode(key, raw)
 
-    def _scan(self, prefix: bytes, reverse: bool, limit: int | None) -> list[Item]:
+    def _scan(
+        self, prefix: bytes, reverse: bool, limit: int | None, after: bytes | None
+    ) -> list[Item]:
         found: list[Item] = []
         it = self._db.iter()
         if reverse:
             end = prefix_end(prefix)
+            if after is not None and (end is None or after < end):
+                end = after
             if end is None:
                 it.seek_to_last()
             else:
                 it.seek_for_prev(end)
                 if it.valid() and it.key() == end:
                     it.prev()
+        elif after is not None and after >= prefix:
+            it.seek(after)
+            if it.valid() and it.key() == after:
+                it.next()
         else:
             it.seek(prefix)
         while it.valid() and (limit is None or len(found) < limit):

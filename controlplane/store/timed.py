@@ -25,10 +25,15 @@ class TimedStore:
             return await self.inner.get(key)
 
     async def scan(
-        self, prefix: bytes, *, reverse: bool = False, limit: int | None = None
+        self,
+        prefix: bytes,
+        *,
+        reverse: bool = False,
+        limit: int | None = None,
+        after: bytes | None = None,
     ) -> list[Item]:
         with self._timed("scan"):
-            return await self.inner.scan(prefix, reverse=reverse, limit=limit)
+            return await self.inner.scan(prefix, reverse=reverse, limit=limit, after=after)
 
     async def commit(self, ops: Sequence[Op]) -> None:
         with self._timed("commit"):

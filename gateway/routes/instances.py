@@ -22,6 +22,26 @@ DEFAULT_SIDE_CHANNELS = (sidechannels.AGENT_CHANNEL,)
 NOT_READY = 406
 # A hot plug the node did not confirm in time may still happen: not a "retry" (406).
 HOT_PLUG_ERRORS = {"DEADLINE_EXCEEDED": 500}
+# The REST list is unpaged, as in Shaken Fist; the gateway reads it in List pages this big
+# (the control plane's maximum).
+PAGE_SIZE = 1000
+
+
+async def every_instance(
+    call: Call, include_deleted: bool = False, namespace: str | None = None
+) -> list[instances_pb2.Instance]:
+    """Every instance the caller sees, read a List page at a time, oldest first."""
+    found: list[instances_pb2.Instance] = []
+    token = ""
+    while True:
+        request = instances_pb2.ListInstancesRequest(
+            include_deleted=include_deleted, page_size=PAGE_SIZE, page_token=token
+        )
+        page = await call.rpc(call.api.instances.List, request, namespace)
+        found.extend(page.instances)
+        token = page.next_page_token
+        if not token:
+            return sorted(found, key=lambda i: (i.created_at, i.uuid))
 
 
 async def fetch(call: Call, ref: str, namespace: str | None = None) -> instances_pb2.Instance:
@@ -71,9 +91,8 @@ async def view(call: Call, inst: instances_pb2.Instance) -> views.JsonDict:
     body=(Field("all", "bool", doc="also deleted instances"),),
 )
 async def list_instances(call: Call) -> Any:
-    request = instances_pb2.ListInstancesRequest(include_deleted=call.body.get("all", False))
-    found = await call.rpc(call.api.instances.List, request)
-    return list(await asyncio.gather(*(view(call, i) for i in found.instances)))
+    found = await every_instance(call, include_deleted=call.body.get("all", False))
+    return list(await asyncio.gather(*(view(call, i) for i in found)))
 
 
 @table.route(
@@ -211,8 +230,8 @@ async def delete_all_namespace(call: Call) -> str | None:
 )
 async def delete_all_instances(call: Call) -> Any:
     namespace = await delete_all_namespace(call)
-    found = await call.rpc(call.api.instances.List, instances_pb2.ListInstancesRequest(), namespace)
-    targets = [i for i in found.instances if i.state != "deleted"]
+    found = await every_instance(call, namespace=namespace)
+    targets = [i for i in found if i.state != "deleted"]
     if namespace and any(i.namespace != namespace for i in targets):
         raise HttpError(401, "you cannot delete other namespaces")
     deleted = []

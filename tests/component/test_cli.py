@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from client import api as client_api
 from client.cli import main
 from controlplane.app import ControlPlane
 from tests.component.conftest import SYSTEM_KEY, FakeNode
@@ -281,3 +282,31 @@ async def test_artifact_versions_delete_events_and_blob_list(
     assert code == 0 and "upload:other" in out and "deleted" in out
     code, out = await cli(plane, capsys, "--json", "artifact", "list")
     assert code == 0 and json.loads(out) == []
+
+
+async def test_list_reads_every_page_and_prints_oldest_first(
+    plane: ControlPlane,
+    node: FakeNode,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`instance list` and delete-all go through List pages (here of 2) and miss none."""
+    monkeypatch.setattr(client_api, "PAGE_SIZE", 2)
+    calls: list[int] = []
+    real = client_api.Client.instance_pages
+
+    def counted(self: client_api.Client, *args: object, **kwargs: object) -> object:
+        for page in real(self, *args, **kwargs):  # type: ignore[arg-type]
+            calls.append(len(page))
+            yield page
+
+    monkeypatch.setattr(client_api.Client, "instance_pages", counted)
+    names = [f"pg{i}" for i in range(5)]
+    for name in names:
+        code, out = await cli(plane, capsys, "instance", "create", name, "--memory", "256")
+        assert code == 0, out
+    code, out = await cli(plane, capsys, "--json", "instance", "list")
+    assert code == 0 and [i["spec"]["name"] for i in json.loads(out)] == names
+    assert calls == [2, 2, 1]
+    code, out = await cli(plane, capsys, "--json", "instance", "delete-all", "--confirm")
+    assert code == 0 and len(json.loads(out)) == 5

@@ -18,6 +18,7 @@ from controlplane.app import ControlPlane
 from controlplane.signingkeys import public_path
 from gateway.app import serve
 from gateway.capabilities import CLIENT_TOKENS, advertised
+from gateway.routes import instances as gateway_instances
 from gateway.settings import GatewaySettings
 from protos import auth_pb2, auth_pb2_grpc
 from tests.component.conftest import SYSTEM_KEY, FakeNode
@@ -220,6 +221,23 @@ async def test_delete_all_needs_confirm_and_system_names_the_namespace(
         "DELETE", "/instances", {"confirm": True, "namespace": "system"}
     )
     assert status == 200 and len(uuids) == 2
+
+
+async def test_the_unpaged_instance_list_is_read_in_pages(
+    rest: Rest, node: FakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GET /instances answers every instance, oldest first, read from List pages (here of 2)."""
+    monkeypatch.setattr(gateway_instances, "PAGE_SIZE", 2)
+    names = [f"pg{i}" for i in range(5)]
+    for name in names:
+        status, _ = await rest.call("POST", "/instances", create_body(name))
+        assert status == 200
+    status, listed = await rest.call("GET", "/instances", {})
+    assert status == 200 and [i["name"] for i in listed] == names
+    status, uuids = await rest.call(
+        "DELETE", "/instances", {"confirm": True, "namespace": "system"}
+    )
+    assert status == 200 and len(uuids) == 5
 
 
 async def test_uploads_artifacts_blobs_and_labels(rest: Rest) -> None:

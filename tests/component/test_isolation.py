@@ -81,6 +81,7 @@ NO_OBJECT: dict[str, str] = {
     "InstanceService/Create": "makes a new object",
     "InstanceService/List": "lists the caller's own",
     "InstanceService/Move": "system only (PERMISSION_DENIED), tested in test_moves",
+    "InstanceService/ListStream": "lists the caller's own (paging tested in test_list_paging)",
     "NetworkService/Create": "makes a new object",
     "NetworkService/List": "lists the caller's own",
     "ArtifactService/Upload": "makes a new version of the caller's own artifact",

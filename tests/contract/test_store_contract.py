@@ -101,6 +101,26 @@ async def test_scan_reverse_at_end_of_keyspace(opener: Opener) -> None:
     assert [i.key for i in await store.scan(b"\xff", reverse=True)] == [b"\xff\xff", b"\xff\x01"]
 
 
+async def test_scan_after_resumes_past_a_key(opener: Opener) -> None:
+    """A scan with after returns only the keys past it, in either direction, up to the limit."""
+    store = opener()
+    await store.commit([Put(k, b"") for k in (b"a/1", b"a/2", b"a/3", b"a/4", b"b/1", b"a")])
+
+    async def keys(after: bytes, reverse: bool = False, limit: int | None = None) -> list[bytes]:
+        found = await store.scan(b"a/", reverse=reverse, limit=limit, after=after)
+        return [i.key for i in found]
+
+    assert await keys(b"a/2") == [b"a/3", b"a/4"]
+    assert await keys(b"a/2", limit=1) == [b"a/3"]
+    assert await keys(b"a/25") == [b"a/3", b"a/4"]  # after need not exist
+    assert await keys(b"a/3", reverse=True) == [b"a/2", b"a/1"]
+    assert await keys(b"a/3", reverse=True, limit=1) == [b"a/2"]
+    assert await keys(b"a/4") == [] and await keys(b"a/1", reverse=True) == []
+    assert await keys(b"") == [b"a/1", b"a/2", b"a/3", b"a/4"]  # before the prefix: all of it
+    assert await keys(b"zzz", reverse=True) == [b"a/4", b"a/3", b"a/2", b"a/1"]
+    assert await keys(b"zzz") == [] and await keys(b"", reverse=True) == []
+
+
 async def test_reopen_keeps_everything(opener: Opener) -> None:
     """What was committed is there, with versions, after close and reopen."""
     store = opener()
