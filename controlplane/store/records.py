@@ -31,7 +31,7 @@ from controlplane.model import (
     decode_node,
     encode,
 )
-from controlplane.store.protocol import Delete, Op, Put, Store
+from controlplane.store.protocol import MAX_BATCH, Delete, Op, Put, Store, chunks
 
 DELETED = "deleted"
 
@@ -162,7 +162,8 @@ class Records:
         """Delete events of one type stamped before a time; returns how many went.
 
         Reads the type index from its oldest end and stops at the first newer
-        event, so the cost follows what is removed, not what is kept.
+        event, so the cost follows what is removed, not what is kept. Each
+        event and its index entry go in the same batch (of at most MAX_BATCH).
         """
         prefix = f"evt/{event_type}/".encode()
         limit = f"{int(before * 1e9):020d}".encode()
@@ -174,7 +175,8 @@ class Records:
                 ops: list[Op] = []
                 for item in old:
                     ops += [Delete(item.key), Delete(item.value)]
-                await self.store.commit(ops)
+                for chunk in chunks(ops, MAX_BATCH - MAX_BATCH % 2):
+                    await self.store.commit(chunk)
                 removed += len(old)
             if len(old) < batch:
                 return removed
@@ -191,7 +193,7 @@ class Records:
             index = f"evt/{event.type}/{stamp.decode()}/{event.object_uuid}/{seq.decode()}"
             ops.append(Put(index.encode(), item.key))
             count += 1
-            if len(ops) >= 1024:
+            if len(ops) >= MAX_BATCH - 1:  # room for the evindex put of the last batch
                 await self.store.commit(ops)
                 ops = []
         await self.store.commit([*ops, Put(b"evindex", b"1")])
