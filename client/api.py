@@ -148,6 +148,14 @@ class Client:
         reply = self._call("List", auth_pb2.ListNamespacesRequest(), self.namespaces)
         return [to_dict(n) for n in reply.namespaces]
 
+    def get_namespace(self, name: str) -> JsonDict:
+        """One namespace (the caller's own, or any for system)."""
+        return to_dict(self._call("Get", auth_pb2.NamespaceRef(name=name), self.namespaces))
+
+    def delete_namespace(self, name: str) -> JsonDict:
+        """Delete a namespace (system only; refused while it holds live instances)."""
+        return to_dict(self._call("Delete", auth_pb2.NamespaceRef(name=name), self.namespaces))
+
     def add_key(self, namespace: str, key_name: str, key: str) -> JsonDict:
         """Add or replace a key of a namespace."""
         request = auth_pb2.AddKeyRequest(namespace=namespace, key_name=key_name, key=key)

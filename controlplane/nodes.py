@@ -9,13 +9,15 @@ the interactive console sessions relayed through each node.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from common import logs
 from common.nodewire.commands import Command, Delivery
 from common.nodewire.messages import ConsoleRelay, Result
 from controlplane.errors import Unavailable
+from controlplane.metrics import PlaneMetrics
 from controlplane.model import Instance, Node
 from controlplane.placement import Capacity
 
@@ -50,7 +52,8 @@ class Session:
 class NodeRegistry:
     """Connected nodes, their usage, and command routing."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: PlaneMetrics | None = None) -> None:
+        self.metrics = metrics
         self.sessions: dict[str, Session] = {}
         self._usage: dict[str, dict[str, tuple[int, int]]] = {}
         self._totals: dict[str, tuple[int, int]] = {}
@@ -132,6 +135,8 @@ class NodeRegistry:
         if future is None or future.done():
             future = asyncio.get_running_loop().create_future()
             session.pending[command.command_id] = future
+            if self.metrics is not None:
+                future.add_done_callback(_meter(self.metrics, type(command).__name__))
         session.outbox.put_nowait(Delivery(command, logs.request_id()))
         return future
 
@@ -187,6 +192,24 @@ class NodeRegistry:
                 sink.queue,
                 ConsoleRelay(relay.session_id, close=True, error="console client too slow"),
             )
+
+
+def _meter(metrics: PlaneMetrics, command: str) -> Callable[[asyncio.Future[Result]], None]:
+    """A done callback counting and timing one node command by how it ended."""
+    started = time.perf_counter()
+
+    def done(future: asyncio.Future[Result]) -> None:
+        if future.cancelled():
+            outcome = "cancelled"  # its waiter gave up (a deadline, say)
+        elif future.exception() is not None:
+            outcome = "unavailable"  # the node disconnected
+        else:
+            outcome = "ok" if future.result().ok else "failed"
+        metrics.node_commands.inc(command=command, outcome=outcome)
+        elapsed = time.perf_counter() - started
+        metrics.node_command_duration.observe(elapsed, command=command, outcome=outcome)
+
+    return done
 
 
 def put_last(queue: asyncio.Queue[ConsoleRelay | None], relay: ConsoleRelay | None) -> None:

@@ -21,6 +21,8 @@ class GatewaySettings:
     # Deadline of each gRPC call (under the client's own 300 s timeout).
     call_timeout: float = 250.0
     log_json: bool = False
+    # Where /metrics is served (a management address; empty or "off": not served).
+    metrics_listen: str = "127.0.0.1:13003"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -34,6 +36,7 @@ class GatewaySettings:
             max_chunk_bytes=int(env.get("MINICLOUD_GATEWAY_MAX_CHUNK_BYTES", base.max_chunk_bytes)),
             call_timeout=float(env.get("MINICLOUD_GATEWAY_CALL_TIMEOUT", base.call_timeout)),
             log_json=env.get("MINICLOUD_LOG_JSON", "") in ("1", "true", "yes"),
+            metrics_listen=env.get("MINICLOUD_GATEWAY_METRICS_LISTEN", base.metrics_listen),
         )
 
     @property

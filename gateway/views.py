@@ -10,6 +10,7 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 
+from common import sidechannels
 from protos import (
     agent_pb2,
     artifacts_pb2,
@@ -59,7 +60,7 @@ def instance(pb: instances_pb2.Instance, interfaces: list[JsonDict] | None = Non
     """
     spec = pb.spec
     agent_state: str | None = pb.agent_state or None
-    if agent_state is None and "sf-agent" in spec.side_channels:
+    if agent_state is None and sidechannels.AGENT_CHANNEL in spec.side_channels:
         agent_state = "not ready (no contact)"
     return {
         "uuid": pb.uuid,
@@ -81,7 +82,7 @@ def instance(pb: instances_pb2.Instance, interfaces: list[JsonDict] | None = Non
         "nvram_template": _none(spec.nvram_template),
         "machine_type": "q35" if spec.secure_boot else "pc",
         "configdrive": spec.configdrive or "openstack-disk",
-        "side_channels": list(spec.side_channels),
+        "side_channels": sidechannels.advertised(spec.side_channels),
         "ssh_key": _none(spec.ssh_key),
         "user_data": _none(spec.user_data),
         "power_state": _none(pb.power_state),

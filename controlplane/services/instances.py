@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 import structlog
 
-from common import logs
+from common import logs, sidechannels
 from controlplane import lifecycle
 from controlplane.errors import (
     AlreadyExists,
@@ -129,7 +129,9 @@ class InstanceService:
             node=node,
             created_at=now,
             state_updated_at=now,
-            agent_state="not ready (no contact)" if "sf-agent" in spec.side_channels else "",
+            agent_state="not ready (no contact)"
+            if sidechannels.AGENT_CHANNEL in spec.side_channels
+            else "",
             command_seq=1,
             metadata=dict(spec.metadata),
             interfaces=alloc.nics if alloc is not None else (),

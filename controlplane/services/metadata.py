@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
+from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from controlplane.model import Event, Instance, Interface, JsonDict, Network, encode
-from controlplane.services.namespaces import NamespaceService, can_see
+from controlplane.services.namespaces import SYSTEM, NamespaceService, can_see
 from controlplane.store import occ
 from controlplane.store.artifacts import Artifacts
 from controlplane.store.blobs import BlobStore
@@ -278,6 +278,19 @@ class MetadataService:
             raise InvalidArgument(f"a {object_type} UUID or name is required")
         return await kind.find(namespace, ref)
 
+    @staticmethod
+    def _writable(namespace: str, object_type: str, found: Found) -> None:
+        """Refuse a change of an owned object by anyone but its owner (or system).
+
+        An object another namespace may read (an artifact shared with every
+        namespace) is still changed only by its owner. Blobs belong to no
+        namespace: their UUID is what lets one read them and annotate them.
+        """
+        if found.namespace and namespace not in (SYSTEM, found.namespace):
+            raise PermissionDenied(
+                f"only the {found.namespace} namespace may change this {object_type}'s metadata"
+            )
+
     async def get(self, namespace: str, object_type: str, ref: str) -> JsonDict:
         """An object's whole metadata."""
         return (await self._find(namespace, object_type, ref)).metadata
@@ -290,6 +303,7 @@ class MetadataService:
         kind = self._kind(object_type)
         kind.check({key: value})
         found = await self._find(namespace, object_type, ref)
+        self._writable(namespace, object_type, found)
 
         def change(metadata: JsonDict) -> JsonDict:
             return kind.check({**metadata, key: value})
@@ -302,6 +316,7 @@ class MetadataService:
         check_metadata_key(key)
         kind = self._kind(object_type)
         found = await self._find(namespace, object_type, ref)
+        self._writable(namespace, object_type, found)
         if key not in found.metadata:
             return found.metadata
 

@@ -6,7 +6,8 @@ starts with ``mc-``; anything else on the host is invisible to it.
 
 - Every blocking libvirt call runs in a worker thread (``asyncio.to_thread``)
   and every ``libvirtError`` leaves this module as a ``HypervisorError`` (or
-  ``DomainNotFound``), raised ``from`` the original.
+  ``DomainNotFound``), raised ``from`` the original. Each is timed in
+  ``minicloud_libvirt_call_duration_seconds`` by the name of the function run.
 - Lifecycle events come from libvirt's default event loop implementation,
   which runs in one daemon thread per process (libvirt allows one event
   implementation per process, so this is process-wide on purpose). The
@@ -35,6 +36,7 @@ import contextlib
 import os
 import re
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -64,6 +66,7 @@ from nodeagent.hypervisor.protocol import (
     NicUsage,
     PreparedDisk,
 )
+from nodeagent.metrics import NodeMetrics
 from nodeagent.png import PNG_SIGNATURE, ImageError, ppm_to_png
 
 log = structlog.get_logger(__name__)
@@ -312,7 +315,9 @@ class LibvirtHypervisor:
         vdi_listen: str = "127.0.0.1",
         node_name: str = "",
         vdi_tls: bool = False,
+        metrics: NodeMetrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.uri = uri
         self.vdi_tls = vdi_tls
         self._ports: dict[str, ConsolePorts] = {}
@@ -412,12 +417,24 @@ class LibvirtHypervisor:
             raise HypervisorError(f"cannot {what}: the libvirt driver is closed")
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
+        call = fn.__name__.strip("_").removesuffix("_sync")
+        started = time.perf_counter()
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
         except libvirt.libvirtError as exc:
+            self._failed(call)
             raise self._translate(exc, what) from exc
         except OSError as exc:  # the instance folder could not be made
+            self._failed(call)
             raise HypervisorError(f"cannot {what}: {exc}") from exc
+        finally:
+            if self.metrics is not None:
+                elapsed = time.perf_counter() - started
+                self.metrics.libvirt_calls.observe(elapsed, call=call)
+
+    def _failed(self, call: str) -> None:
+        if self.metrics is not None:
+            self.metrics.libvirt_errors.inc(call=call)
 
     def _translate(self, exc: Any, what: str) -> HypervisorError:
         code = exc.get_error_code()

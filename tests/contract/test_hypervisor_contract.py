@@ -110,6 +110,22 @@ async def test_unknown_uuid_raises_domain_not_found(backend: Backend) -> None:
             await backend.hypervisor.power(uuid, action)
 
 
+@pytest.mark.system
+@pytest.mark.parametrize("backend", ["libvirt"], indirect=True)
+async def test_libvirt_calls_are_timed_by_call(backend: Backend) -> None:
+    """Each blocking libvirt call is timed by its name, a failing one too."""
+    from nodeagent.hypervisor.libvirt_driver import LibvirtHypervisor
+
+    driver = backend.hypervisor
+    assert isinstance(driver, LibvirtHypervisor) and driver.metrics is not None
+    await driver.list_domains()
+    with pytest.raises(DomainNotFound):
+        await driver.power(str(uuidlib.uuid4()), "off")
+    text = (await driver.metrics.registry.render()).decode()
+    assert 'minicloud_libvirt_call_duration_seconds_count{call="list"}' in text
+    assert 'minicloud_libvirt_call_duration_seconds_count{call="power"} 1.0' in text
+
+
 async def test_unknown_action_is_refused(backend: Backend) -> None:
     """An action outside POWER_ACTIONS raises a HypervisorError that is not retryable."""
     with pytest.raises(HypervisorError) as caught:
