@@ -216,7 +216,7 @@ class NetworkService:
                 ),
             ]
             try:
-                await self.networks.store.commit(ops + self.records.event_ops(events))
+                await self.records.commit_with_events(ops, events)
             except Conflict:
                 if await self.networks.find_network(namespace, name) is not None:
                     raise AlreadyExists(
@@ -274,7 +274,7 @@ class NetworkService:
                     new=DELETED,
                 ),
             ]
-            await self.networks.store.commit(ops + self.records.event_ops(events))
+            await self.records.commit_with_events(ops, events)
             log.info("network deleted", uuid=net.uuid, name=net.name)
             return deleted.with_changes(version=net.version + 1), True
 
@@ -477,5 +477,5 @@ class NetworkService:
         ops = [self.networks.update_interface(current, new)]
         if extra is not None:
             ops += extra(current, new)
-        await self.networks.store.commit(ops + self.records.event_ops(events))
+        await self.records.commit_with_events(ops, events)
         return new.with_changes(version=current.version + 1)

@@ -92,8 +92,7 @@ class Records:
         ]
         if instance.node:
             ops.append(Put(_node_index_key(instance.node, instance.uuid), b""))
-        ops += self.event_ops(events)
-        await self.store.commit(ops)
+        await self.commit_with_events(ops, events)
         stored = instance.with_changes(version=1)
         self._publish(stored, events)
         return stored
@@ -112,15 +111,36 @@ class Records:
                 ops.append(Delete(_node_index_key(old.node, old.uuid)))
             if new.node:
                 ops.append(Put(_node_index_key(new.node, new.uuid), b""))
-        ops += self.event_ops(events)
-        await self.store.commit(ops)
+        await self.commit_with_events(ops, events)
         stored = new.with_changes(version=old.version + 1)
         self._publish(stored, events)
         return stored
 
+    async def commit_with_events(self, ops: Sequence[Op], events: Sequence[Event]) -> None:
+        """Commit ops and the events that tell of them: in one batch when that fits MAX_BATCH.
+
+        When it does not (an instance with many interfaces, say), ops commit
+        first as one batch and the events follow in batches of their own: a
+        crash in between keeps the change and loses its events. ops longer than
+        MAX_BATCH are refused (InvalidBatch); validation keeps callers below it.
+        """
+        event_ops = self.event_ops(events)
+        if len(ops) + len(event_ops) <= MAX_BATCH:
+            await self.store.commit([*ops, *event_ops])
+            return
+        await self.store.commit(ops)
+        for chunk in chunks(event_ops, MAX_BATCH - MAX_BATCH % 2):
+            await self.store.commit(chunk)
+
     async def add_events(self, namespace: str, events: Sequence[Event]) -> None:
-        """Append events to their objects' logs."""
-        await self.store.commit(self.event_ops(events))
+        """Append events to their objects' logs (in batches of MAX_BATCH // 2 events).
+
+        Each event and its type-index entry go in the same batch; a long list
+        is not atomic as a whole (nothing needs it to be).
+        """
+        step = MAX_BATCH // 2
+        for start in range(0, len(events), step):
+            await self.store.commit(self.event_ops(events[start : start + step]))
         for event in events:
             self.hub.publish(namespace, event)
 
