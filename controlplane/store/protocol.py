@@ -19,7 +19,7 @@ Semantics every implementation honours (tests/contract/test_store_contract.py):
   (or reverse order), at most ``limit`` of them.
 - What was committed survives ``close`` and reopening the same location.
 
-docs/store.md says what each adapter promises beyond this.
+docs/stores.md says what each adapter promises beyond this.
 """
 
 from __future__ import annotations
@@ -40,6 +40,12 @@ class StoreError(Exception):
 
 class Conflict(StoreError):
     """A compare-and-set expectation did not hold; read again and retry."""
+
+    retryable = True
+
+
+class StoreUnavailable(StoreError):
+    """The store could not be reached, or did not answer in time; a commit's outcome is unknown."""
 
     retryable = True
 
