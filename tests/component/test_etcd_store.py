@@ -10,12 +10,13 @@ import dataclasses
 from pathlib import Path
 
 import grpc
+import pytest
 
 from controlplane.app import start
 from controlplane.settings import Settings
 from protos import instances_pb2
 from tests.component.conftest import create_request, make_api, plane_settings, start_fake_node
-from tests.etcd_server import EtcdServer
+from tests.etcd_server import EtcdServer, etcd_or_skip, start_etcd
 
 Ref = instances_pb2.InstanceRef
 
@@ -65,4 +66,25 @@ async def test_create_list_get_on_etcd(
             await api.wait_for(uuids[0], lambda i: i.state == "deleted")
     finally:
         await node.close()
+        await plane.stop(0)
+
+
+async def test_unreachable_etcd_is_unavailable_not_internal(tmp_path: Path) -> None:
+    """While etcd is down, calls that need the store answer UNAVAILABLE (retryable)."""
+    etcd_or_skip()
+    etcd = start_etcd(tmp_path / "etcd")
+    plane = await start(
+        dataclasses.replace(etcd_settings(tmp_path / "cp", etcd, b"/down/"), etcd_timeout=2.0)
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
+            api = await make_api(channel)
+            await api.List(instances_pb2.ListInstancesRequest())
+            etcd.stop()
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await api.List(instances_pb2.ListInstancesRequest())
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "store is unavailable" in str(err.value.details())
+    finally:
+        etcd.stop()
         await plane.stop(0)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from common import pki
+from controlplane.store import etcd as etcd_adapter
 from controlplane.store.etcd import EtcdStore, EtcdTls
 from controlplane.store.memory import MemoryStore
 from controlplane.store.protocol import (
@@ -29,7 +30,7 @@ from controlplane.store.protocol import (
     chunks,
 )
 from controlplane.store.rocks import RocksStore
-from tests.etcd_server import TlsFiles, etcd_or_skip, start_etcd
+from tests.etcd_server import EtcdServer, TlsFiles, etcd_or_skip, start_etcd
 
 Opener = Callable[[], Store]
 
@@ -249,3 +250,21 @@ async def test_etcd_over_tls_with_a_client_certificate(tmp_path: Path) -> None:
         await anonymous.close()
     finally:
         etcd.stop()
+
+
+async def test_max_batch_is_etcds_own_limit(
+    etcd: EtcdServer, etcd_prefix: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the adapter's own check off, etcd takes MAX_BATCH ops but refuses one more, and
+    refuses a key named twice: the port's limits are etcd's."""
+    monkeypatch.setattr(etcd_adapter, "check_batch", lambda ops: None)
+    store = EtcdStore([etcd.endpoint], etcd_prefix)
+    try:
+        await store.commit([Put(f"m/{i:03d}".encode(), b"v") for i in range(MAX_BATCH)])
+        with pytest.raises(StoreError, match="too many operations"):
+            await store.commit([Put(f"n/{i:03d}".encode(), b"v") for i in range(MAX_BATCH + 1)])
+        with pytest.raises(StoreError, match="duplicate key"):
+            await store.commit([Put(b"twice", b"1"), Put(b"twice", b"2")])
+        assert await store.scan(b"n/") == [] and await store.get(b"twice") is None
+    finally:
+        await store.close()
