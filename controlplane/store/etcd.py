@@ -14,7 +14,8 @@ why this and not a client package. How the port maps onto etcd:
   failure. A transaction that did not succeed is a ``Conflict``.
 - ``scan`` is ``Range`` over [prefix, prefix_end), read in pages of at most
   ``PAGE`` items, every page after the first pinned to the first page's
-  revision so the whole scan sees one snapshot.
+  revision so the whole scan sees one snapshot (started again, up to
+  ``SCAN_ATTEMPTS`` times, if etcd compacts that revision away meanwhile).
 - Acknowledged means durable: etcd answers a Txn once a quorum of members
   has written it to its fsynced log (unless a member runs with
   ``--unsafe-no-fsync``, as the tests do).
@@ -49,10 +50,16 @@ from protos import etcd_rpc_pb2_grpc as rpc_grpc
 
 # Items read per Range call of a scan.
 PAGE = 500
+# Times a scan starts again when etcd compacts away the revision it pages on.
+SCAN_ATTEMPTS = 3
 # Replies as large as a page of big records.
 MAX_MESSAGE = 64 * 1024 * 1024
 # Codes that mean "this endpoint cannot answer now" (another one may).
 _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+class _Compacted(StoreError):
+    """The revision a scan pages on was compacted meanwhile (the scan starts again)."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,15 @@ class EtcdStore:
     async def scan(
         self, prefix: bytes, *, reverse: bool = False, limit: int | None = None
     ) -> list[Item]:
+        for _ in range(SCAN_ATTEMPTS - 1):
+            try:
+                return await self._scan(prefix, reverse, limit)
+            except _Compacted:
+                continue  # the snapshot's revision went while paging: start again
+        return await self._scan(prefix, reverse, limit)
+
+    async def _scan(self, prefix: bytes, reverse: bool, limit: int | None) -> list[Item]:
+        """One scan, paging on the first page's revision (_Compacted if that revision goes)."""
         start = self.prefix + prefix
         end = prefix_end(start) or b"\0"  # "\0": every key from start on
         found: list[Item] = []
@@ -200,6 +216,8 @@ class EtcdStore:
                 )
                 return reply
             except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.OUT_OF_RANGE and request.revision:
+                    raise _Compacted(f"etcd revision {request.revision} was compacted") from exc
                 if exc.code() not in _UNREACHABLE:
                     raise _error(exc, f"etcd {self.endpoints[index]} Range") from exc
                 last = exc

@@ -12,6 +12,7 @@ import datetime
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import grpc
 import pytest
 
 from common import pki
@@ -30,6 +31,8 @@ from controlplane.store.protocol import (
     chunks,
 )
 from controlplane.store.rocks import RocksStore
+from protos import etcd_rpc_pb2 as rpc
+from protos import etcd_rpc_pb2_grpc as rpc_grpc
 from tests.etcd_server import EtcdServer, TlsFiles, etcd_or_skip, start_etcd
 
 Opener = Callable[[], Store]
@@ -266,5 +269,34 @@ async def test_max_batch_is_etcds_own_limit(
         with pytest.raises(StoreError, match="duplicate key"):
             await store.commit([Put(b"twice", b"1"), Put(b"twice", b"2")])
         assert await store.scan(b"n/") == [] and await store.get(b"twice") is None
+    finally:
+        await store.close()
+
+
+async def test_etcd_scan_starts_again_when_its_revision_is_compacted(
+    etcd: EtcdServer, etcd_prefix: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A paged scan whose revision etcd compacts away between pages returns every item."""
+    monkeypatch.setattr(etcd_adapter, "PAGE", 2)
+    store = EtcdStore([etcd.endpoint], etcd_prefix)
+    keys = [f"p/{i}".encode() for i in range(5)]
+    await store.commit([Put(k, b"v") for k in keys])
+    read = store._read
+    compacted = False
+
+    async def read_then_compact(request: rpc.RangeRequest) -> rpc.RangeResponse:
+        nonlocal compacted
+        reply = await read(request)
+        if not compacted:
+            compacted = True
+            await store.commit([Put(b"later", b"v")])  # a newer revision to compact up to
+            head = (await read(rpc.RangeRequest(key=b"x"))).header.revision
+            async with grpc.aio.insecure_channel(etcd.endpoint) as channel:
+                await rpc_grpc.KVStub(channel).Compact(rpc.CompactionRequest(revision=head))
+        return reply
+
+    monkeypatch.setattr(store, "_read", read_then_compact)
+    try:
+        assert [i.key for i in await store.scan(b"p/")] == keys
     finally:
         await store.close()
