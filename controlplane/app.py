@@ -18,6 +18,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -79,9 +80,10 @@ from controlplane.store.agentops import AgentOperations
 from controlplane.store.artifacts import Artifacts
 from controlplane.store.blobs import BlobStore
 from controlplane.store.cluster import ClusterMismatch, cluster_identity
+from controlplane.store.etcd import EtcdStore, EtcdTls
 from controlplane.store.namespaces import Namespaces
 from controlplane.store.networks import NetworkRecords
-from controlplane.store.protocol import Store
+from controlplane.store.protocol import Store, StoreError
 from controlplane.store.records import Records
 from controlplane.store.revocations import Revocations
 from controlplane.store.rocks import RocksStore
@@ -408,17 +410,41 @@ class ControlPlane:
             await self.stop()
 
 
+def open_store(settings: Settings) -> Store:
+    """The store MINICLOUD_STORE names: RocksDB (the default, under data_dir) or etcd."""
+    where = settings.store_location()
+    if where.kind == "etcd":
+        files = (settings.etcd_ca, settings.etcd_cert, settings.etcd_key)
+        tls = None
+        if where.tls or any(files):
+            ca, cert, key = (Path(f) if f else None for f in files)
+            tls = EtcdTls(ca=ca, cert=cert, key=key)
+        log.info(
+            "store: etcd",
+            endpoints=list(where.endpoints),
+            prefix=settings.etcd_prefix,
+            tls=tls is not None,
+        )
+        return EtcdStore(
+            where.endpoints,
+            settings.etcd_prefix.encode(),
+            tls=tls,
+            timeout=settings.etcd_timeout,
+        )
+    assert where.path is not None
+    log.info("store: rocksdb", path=str(where.path))
+    return RocksStore(where.path)
+
+
 async def build(
     settings: Settings, store: Store | None = None, clock: Callable[[], float] = time.time
 ) -> ControlPlane:
-    """Wire a control plane (RocksDB under data_dir unless a store is given), not yet serving."""
+    """Wire a control plane (on the store settings name unless one is given), not yet serving."""
     # First: a key file that cannot be used stops the start before anything is opened.
     signing_key, keyring = signingkeys.load(settings.signing_key_path(), settings.token_public_keys)
     metrics = PlaneMetrics()
     material = settings.tls.read() if settings.tls is not None else None
-    store = TimedStore(
-        store if store is not None else RocksStore(settings.data_dir / "store"), metrics
-    )
+    store = TimedStore(store if store is not None else open_store(settings), metrics)
     tasks = Tasks()
     hub = Hub()
     records = Records(store, hub)
@@ -591,6 +617,6 @@ def main() -> None:
     logs.configure(json=settings.log_json)
     try:
         asyncio.run(run(settings))
-    except (OSError, ClusterMismatch) as exc:
+    except (OSError, StoreError, ClusterMismatch) as exc:
         log.error("cannot start the control plane", error=str(exc))
         raise SystemExit(1) from None

@@ -16,6 +16,47 @@ from common.tlsfiles import TLSFiles
 from controlplane.loginguard import Policy
 from controlplane.retention import EVENT_TYPES
 
+STORE_KINDS = ("rocksdb", "etcd")
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """Where the state lives: a RocksDB directory, or etcd endpoints ("host:port")."""
+
+    kind: str
+    path: Path | None = None
+    endpoints: tuple[str, ...] = ()
+    tls: bool = False
+
+
+def parse_store(value: str, data_dir: Path) -> StoreLocation:
+    """MINICLOUD_STORE: "rocksdb:PATH" or "etcd:URL,URL,..." ("" : RocksDB under data_dir).
+
+    An etcd URL is "http://host:port", "https://host:port" (TLS) or "host:port";
+    all of them must agree on TLS. Raises ValueError saying what is wrong.
+    """
+    if not value:
+        return StoreLocation("rocksdb", path=data_dir / "store")
+    kind, _, rest = value.partition(":")
+    if kind not in STORE_KINDS or not rest:
+        raise ValueError(f"MINICLOUD_STORE must be rocksdb:PATH or etcd:URL,URL,..., not {value!r}")
+    if kind == "rocksdb":
+        return StoreLocation("rocksdb", path=Path(rest))
+    endpoints: list[str] = []
+    schemes: set[str] = set()
+    for url in (u.strip() for u in rest.split(",")):
+        scheme, sep, address = url.rpartition("://")
+        if sep and scheme not in ("http", "https"):
+            raise ValueError(f"etcd URL {url!r}: the scheme must be http or https")
+        schemes.add(scheme or "http")
+        host, _, port = address.rstrip("/").rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"etcd URL {url!r} must name a host and port (http://host:2379)")
+        endpoints.append(f"{host}:{port}")
+    if len(schemes) > 1:
+        raise ValueError("etcd URLs must all use http or all use https")
+    return StoreLocation("etcd", endpoints=tuple(endpoints), tls=schemes == {"https"})
+
 
 def paths(value: str) -> tuple[Path, ...]:
     """The paths in a comma-separated list."""
@@ -102,9 +143,24 @@ class Settings:
     artifact_max_versions: int = 3
     blob_sweep_interval: float = 60.0
 
+    # The store (parse_store): empty for RocksDB under data_dir/store. With etcd every
+    # key goes under etcd_prefix; TLS to etcd (https URLs, or any of these files set)
+    # trusts etcd_ca (the system's CAs when empty) and may present etcd_cert/etcd_key.
+    store: str = ""
+    etcd_prefix: str = "/minicloud/"
+    etcd_ca: str = ""
+    etcd_cert: str = ""
+    etcd_key: str = ""
+    # How long one etcd call may take, in seconds.
+    etcd_timeout: float = 10.0
+
     def signing_key_path(self) -> Path:
         """The token signing key file."""
         return self.token_signing_key or self.data_dir / "token-signing-key"
+
+    def store_location(self) -> StoreLocation:
+        """Where the state lives (ValueError when MINICLOUD_STORE is malformed)."""
+        return parse_store(self.store, self.data_dir)
 
     def retention_days(self) -> dict[str, float]:
         """Event type -> days its events are kept."""
@@ -182,7 +238,14 @@ class Settings:
             blob_sweep_interval=float(
                 env.get("MINICLOUD_BLOB_SWEEP_INTERVAL", base.blob_sweep_interval)
             ),
+            store=env.get("MINICLOUD_STORE", base.store),
+            etcd_prefix=env.get("MINICLOUD_ETCD_PREFIX", base.etcd_prefix),
+            etcd_ca=env.get("MINICLOUD_ETCD_CA", base.etcd_ca),
+            etcd_cert=env.get("MINICLOUD_ETCD_CERT", base.etcd_cert),
+            etcd_key=env.get("MINICLOUD_ETCD_KEY", base.etcd_key),
+            etcd_timeout=float(env.get("MINICLOUD_ETCD_TIMEOUT", base.etcd_timeout)),
         )
+        settings.store_location()  # refuse a malformed MINICLOUD_STORE at load
         retention: dict[str, Any] = {
             f"retain_{kind}_days": float(env.get(f"MINICLOUD_RETAIN_{kind.upper()}_DAYS", days))
             for kind, days in base.retention_days().items()

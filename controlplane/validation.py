@@ -21,6 +21,9 @@ CONFIGDRIVES = ("openstack-disk", "none")
 MAX_CPUS = 64
 MAX_MEMORY_MB = 1024 * 1024
 MAX_DISK_GB = 64 * 1024
+# Interfaces per instance: creating or deleting one writes about seven keys per
+# interface in one store batch, which must stay within the store's MAX_BATCH (128).
+MAX_INTERFACES = 16
 # As Nova: user data is at most 64 KiB once decoded.
 MAX_USER_DATA = 64 * 1024
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -219,6 +222,10 @@ def check_spec(spec: InstanceSpec) -> InstanceSpec:
         )
     if not spec.disks:
         raise InvalidArgument("an instance needs at least one disk")
+    if len(spec.networks) > MAX_INTERFACES:
+        raise InvalidArgument(
+            f"an instance has at most {MAX_INTERFACES} interfaces, not {len(spec.networks)}"
+        )
     check_firmware(spec)
     configdrive = _choice(spec.configdrive, CONFIGDRIVES, "openstack-disk", "configdrive")
     for channel in spec.side_channels:

@@ -10,6 +10,7 @@ APT_PACKAGES=(
   debootstrap extlinux parted busybox-static cpio kmod e2fsprogs dosfstools
   qemu-guest-agent ovmf genisoimage
   iproute2 iptables dnsmasq-base
+  etcd-server
 )
 
 missing=()

@@ -17,6 +17,7 @@ import grpc
 import structlog
 
 from controlplane.errors import MiniCloudError, Unauthenticated, status_of
+from controlplane.store.protocol import StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +58,11 @@ async def abort_for(context: grpc.aio.ServicerContext[Any, Any], error: MiniClou
 def grpc_errors(
     method: Callable[..., Awaitable[T]],
 ) -> Callable[..., Awaitable[T]]:
-    """Abort the call with the mapped status when a MiniCloudError escapes."""
+    """Abort the call with the mapped status when a MiniCloudError escapes.
+
+    A store that cannot be reached (``StoreUnavailable``) is UNAVAILABLE; any
+    other exception is logged and answered INTERNAL.
+    """
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> T:
@@ -68,6 +73,9 @@ def grpc_errors(
             code, message = getattr(grpc.StatusCode, code_name), str(exc)
         except grpc.aio.AbortError:
             raise
+        except StoreUnavailable as exc:  # etcd unreachable or slow: the caller may retry
+            log.warning("store unavailable", method=method.__name__, error=str(exc))
+            code, message = grpc.StatusCode.UNAVAILABLE, "the store is unavailable; try again"
         except Exception:
             log.exception("unexpected error", method=method.__name__)
             code, message = grpc.StatusCode.INTERNAL, "internal error; see the control plane log"

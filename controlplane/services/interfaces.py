@@ -36,7 +36,7 @@ from controlplane.services.networks import DELETED, Allocation, NetworkService
 from controlplane.store.networks import FLOATING
 from controlplane.store.occ import retry_on_conflict
 from controlplane.store.protocol import Op
-from controlplane.validation import check_network, looks_like_uuid
+from controlplane.validation import MAX_INTERFACES, check_network, looks_like_uuid
 
 log = structlog.get_logger(__name__)
 
@@ -85,6 +85,11 @@ class InterfaceService:
                 )
             if not self.nodes.connected(instance.node):
                 raise Unavailable(f"node {instance.node} is not connected; try again later")
+            if len(instance.interfaces) >= MAX_INTERFACES:
+                raise FailedPrecondition(
+                    f"instance {instance.spec.name} already has {MAX_INTERFACES} interfaces, "
+                    "the most an instance may have"
+                )
             order = max((n.order for n in instance.interfaces), default=-1) + 1
             alloc = await self.networks.allocate(
                 instance.namespace, instance.uuid, instance.node, [spec], first_order=order

@@ -44,7 +44,7 @@ from controlplane.services.events import read_events
 from controlplane.services.namespaces import SYSTEM, can_see
 from controlplane.store.networks import FLOATING, NetworkRecords
 from controlplane.store.occ import retry_on_conflict
-from controlplane.store.protocol import Conflict, Op
+from controlplane.store.protocol import MAX_BATCH, Conflict, Op
 from controlplane.store.records import Records
 from controlplane.validation import NAME_RE, check_metadata_size, looks_like_uuid
 
@@ -54,6 +54,9 @@ CREATED = "created"
 DELETED = "deleted"
 # Instance states whose interfaces a network delete with clean may release.
 GOING = ("delete-wait", "deleted")
+# Room kept in a network's delete batch for the network itself, its name, VXLAN id,
+# reserved addresses and egress address.
+RESERVED_OPS = 16
 
 
 @dataclass
@@ -216,7 +219,7 @@ class NetworkService:
                 ),
             ]
             try:
-                await self.networks.store.commit(ops + self.records.event_ops(events))
+                await self.records.commit_with_events(ops, events)
             except Conflict:
                 if await self.networks.find_network(namespace, name) is not None:
                     raise AlreadyExists(
@@ -245,11 +248,15 @@ class NetworkService:
             ops: list[Op] = []
             events: list[Event] = []
             busy: list[str] = []
+            # Each released interface's batch and events, committed with the network's
+            # deletion when everything fits one batch, else one interface at a time first.
+            releases: list[tuple[list[Op], list[Event]]] = []
             for iface in await self.networks.network_interfaces(net.uuid):
                 inst = await self.records.get_instance(iface.instance_uuid)
                 state = inst.state if inst is not None else DELETED
                 if clean and state in GOING:
-                    ops += self.release_interface_ops(iface, events)
+                    released: list[Event] = []
+                    releases.append((self.release_interface_ops(iface, released), released))
                 else:
                     busy.append(inst.spec.name if inst is not None else iface.instance_uuid)
             if busy:
@@ -257,6 +264,13 @@ class NetworkService:
                 raise FailedPrecondition(
                     f"network {net.name} is in use by instances: {', '.join(sorted(busy))}{hint}"
                 )
+            if sum(len(batch) for batch, _ in releases) + RESERVED_OPS <= MAX_BATCH:
+                for batch, released in releases:
+                    ops += batch
+                    events += released
+            else:
+                for batch, released in releases:
+                    await self.records.commit_with_events(batch, released)
             now = self.clock()
             deleted = net.with_changes(state=DELETED, state_updated_at=now)
             ops += self.networks.update_network(net, deleted)
@@ -274,7 +288,7 @@ class NetworkService:
                     new=DELETED,
                 ),
             ]
-            await self.networks.store.commit(ops + self.records.event_ops(events))
+            await self.records.commit_with_events(ops, events)
             log.info("network deleted", uuid=net.uuid, name=net.name)
             return deleted.with_changes(version=net.version + 1), True
 
@@ -477,5 +491,5 @@ class NetworkService:
         ops = [self.networks.update_interface(current, new)]
         if extra is not None:
             ops += extra(current, new)
-        await self.networks.store.commit(ops + self.records.event_ops(events))
+        await self.records.commit_with_events(ops, events)
         return new.with_changes(version=current.version + 1)

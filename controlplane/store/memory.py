@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 
-from controlplane.store.protocol import Conflict, Delete, Item, Op, Put
+from controlplane.store.protocol import Conflict, Delete, Item, Op, Put, check_batch
 
 
 class MemoryStore:
@@ -54,6 +54,7 @@ class MemoryStore:
         return [Item(k, self.data.items[k][1], self.data.items[k][0]) for k in selected]
 
     async def commit(self, ops: Sequence[Op]) -> None:
+        check_batch(ops)
         for op in ops:
             if op.expect is not None and self._version(op.key) != op.expect:
                 raise Conflict(f"key {op.key!r} is not at version {op.expect}")

@@ -8,19 +8,31 @@ Semantics every implementation honours (tests/contract/test_store_contract.py):
   with ``expect`` set is a compare-and-set: the whole batch is refused with
   ``Conflict`` (retryable) unless the key's current version equals it
   (0 meaning "must not exist"). Nothing of a refused batch is applied.
+- A batch holds at most ``MAX_BATCH`` operations and names each key at most
+  once (etcd refuses a transaction over ``--max-txn-ops``, 128 by default, and
+  one that writes a key twice); any other batch is refused with
+  ``InvalidBatch`` before anything is applied. Callers with more to write
+  commit in chunks (``chunks``), where atomicity across chunks is not needed.
+- ``commit`` returns only once the batch is durable: after a crash (of the
+  process or the machine) every acknowledged commit is there.
 - ``scan`` returns the items whose keys start with ``prefix`` in key order
   (or reverse order), at most ``limit`` of them. With ``after`` set, only
   keys past it in the scan's direction: greater than ``after`` going
   forward, smaller going in reverse (``after`` itself is never returned and
   need not exist), so a scan resumes from the last key of the previous one.
 - What was committed survives ``close`` and reopening the same location.
+
+docs/stores.md says what each adapter promises beyond this.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+# The most operations one batch may hold (etcd's default --max-txn-ops).
+MAX_BATCH = 128
 
 
 class StoreError(Exception):
@@ -33,6 +45,16 @@ class Conflict(StoreError):
     """A compare-and-set expectation did not hold; read again and retry."""
 
     retryable = True
+
+
+class StoreUnavailable(StoreError):
+    """The store could not be reached, or did not answer in time; a commit's outcome is unknown."""
+
+    retryable = True
+
+
+class InvalidBatch(StoreError):
+    """A batch the store cannot take: over MAX_BATCH operations, or a key named twice."""
 
 
 @dataclass(frozen=True)
@@ -97,3 +119,20 @@ def prefix_end(prefix: bytes) -> bytes | None:
     if not trimmed:
         return None
     return trimmed[:-1] + bytes([trimmed[-1] + 1])
+
+
+def check_batch(ops: Sequence[Op]) -> None:
+    """Refuse (InvalidBatch) a batch over MAX_BATCH operations or naming a key twice."""
+    if len(ops) > MAX_BATCH:
+        raise InvalidBatch(f"a batch holds at most {MAX_BATCH} operations, not {len(ops)}")
+    seen: set[bytes] = set()
+    for op in ops:
+        if op.key in seen:
+            raise InvalidBatch(f"a batch names each key once; {op.key!r} is named twice")
+        seen.add(op.key)
+
+
+def chunks(ops: Sequence[Op], size: int = MAX_BATCH) -> Iterator[list[Op]]:
+    """ops cut into batches of at most size (each committed on its own)."""
+    for start in range(0, len(ops), size):
+        yield list(ops[start : start + size])

@@ -35,7 +35,7 @@ from controlplane.model import (
     decode_node,
     encode,
 )
-from controlplane.store.protocol import Delete, Item, Op, Put, Store
+from controlplane.store.protocol import MAX_BATCH, Delete, Item, Op, Put, Store, chunks
 
 DELETED = "deleted"
 _INST = b"inst/"
@@ -138,8 +138,7 @@ class Records:
         ]
         if instance.node:
             ops.append(Put(_node_index_key(instance.node, instance.uuid), b""))
-        ops += self.event_ops(events)
-        await self.store.commit(ops)
+        await self.commit_with_events(ops, events)
         stored = instance.with_changes(version=1)
         self._publish(stored, events)
         return stored
@@ -158,15 +157,36 @@ class Records:
                 ops.append(Delete(_node_index_key(old.node, old.uuid)))
             if new.node:
                 ops.append(Put(_node_index_key(new.node, new.uuid), b""))
-        ops += self.event_ops(events)
-        await self.store.commit(ops)
+        await self.commit_with_events(ops, events)
         stored = new.with_changes(version=old.version + 1)
         self._publish(stored, events)
         return stored
 
+    async def commit_with_events(self, ops: Sequence[Op], events: Sequence[Event]) -> None:
+        """Commit ops and the events that tell of them: in one batch when that fits MAX_BATCH.
+
+        When it does not (an instance with many interfaces, say), ops commit
+        first as one batch and the events follow in batches of their own: a
+        crash in between keeps the change and loses its events. ops longer than
+        MAX_BATCH are refused (InvalidBatch); validation keeps callers below it.
+        """
+        event_ops = self.event_ops(events)
+        if len(ops) + len(event_ops) <= MAX_BATCH:
+            await self.store.commit([*ops, *event_ops])
+            return
+        await self.store.commit(ops)
+        for chunk in chunks(event_ops, MAX_BATCH - MAX_BATCH % 2):
+            await self.store.commit(chunk)
+
     async def add_events(self, namespace: str, events: Sequence[Event]) -> None:
-        """Append events to their objects' logs."""
-        await self.store.commit(self.event_ops(events))
+        """Append events to their objects' logs (in batches of MAX_BATCH // 2 events).
+
+        Each event and its type-index entry go in the same batch; a long list
+        is not atomic as a whole (nothing needs it to be).
+        """
+        step = MAX_BATCH // 2
+        for start in range(0, len(events), step):
+            await self.store.commit(self.event_ops(events[start : start + step]))
         for event in events:
             self.hub.publish(namespace, event)
 
@@ -229,7 +249,8 @@ class Records:
         """Delete events of one type stamped before a time; returns how many went.
 
         Reads the type index from its oldest end and stops at the first newer
-        event, so the cost follows what is removed, not what is kept.
+        event, so the cost follows what is removed, not what is kept. Each
+        event and its index entry go in the same batch (of at most MAX_BATCH).
         """
         prefix = f"evt/{event_type}/".encode()
         limit = f"{int(before * 1e9):020d}".encode()
@@ -241,7 +262,8 @@ class Records:
                 ops: list[Op] = []
                 for item in old:
                     ops += [Delete(item.key), Delete(item.value)]
-                await self.store.commit(ops)
+                for chunk in chunks(ops, MAX_BATCH - MAX_BATCH % 2):
+                    await self.store.commit(chunk)
                 removed += len(old)
             if len(old) < batch:
                 return removed
@@ -258,7 +280,7 @@ class Records:
             index = f"evt/{event.type}/{stamp.decode()}/{event.object_uuid}/{seq.decode()}"
             ops.append(Put(index.encode(), item.key))
             count += 1
-            if len(ops) >= 1024:
+            if len(ops) >= MAX_BATCH - 1:  # room for the evindex put of the last batch
                 await self.store.commit(ops)
                 ops = []
         await self.store.commit([*ops, Put(b"evindex", b"1")])

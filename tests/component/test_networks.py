@@ -256,6 +256,24 @@ async def test_deleting_an_instance_releases_its_interfaces(c: Net, node1: FakeN
     assert again.interfaces[0].ipv4 == "10.0.0.7"
 
 
+async def test_clean_delete_releases_more_interfaces_than_one_store_batch(
+    c: Net, node1: FakeNode
+) -> None:
+    """A clean delete releases 36 interfaces of instances stuck deleting (over MAX_BATCH ops)."""
+    await c.nets.Create(net_request())
+    specs = [{"network_uuid": "net1"}] * 12
+    stuck = [await running(c, f"vm{i}", networks=specs) for i in (1, 2, 3)]
+    await node1.stop()  # the deletes wait for the node
+    for inst in stuck:
+        await c.api.Delete(instances_pb2.InstanceRef(ref=inst.uuid))
+    deleted = await c.nets.Delete(networks_pb2.DeleteNetworkRequest(ref="net1", clean=True))
+    assert deleted.state == "deleted"
+    for inst in stuck:
+        for nic in inst.interfaces:
+            iface = await c.ifaces.Get(networks_pb2.InterfaceRef(uuid=nic.uuid))
+            assert iface.state == "deleted"
+
+
 async def test_a_network_in_use_cannot_be_deleted(c: Net, node1: FakeNode) -> None:
     """Delete is FAILED_PRECONDITION while a live instance uses the network; then it goes."""
     net = await c.nets.Create(net_request())

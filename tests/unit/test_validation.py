@@ -6,7 +6,7 @@ import pytest
 
 from controlplane.errors import InvalidArgument
 from controlplane.model import DiskSpec, InstanceSpec, NetworkSpec
-from controlplane.validation import check_spec, machine_type
+from controlplane.validation import MAX_INTERFACES, check_spec, machine_type
 
 
 def spec(**kw: object) -> InstanceSpec:
@@ -26,6 +26,13 @@ def test_defaults_are_applied() -> None:
         "spice",
     )
     assert checked.configdrive == "openstack-disk"
+
+
+def test_interfaces_are_limited_so_a_create_fits_one_store_batch() -> None:
+    """MAX_INTERFACES interfaces are accepted; one more is refused with the limit named."""
+    check_spec(spec(networks=(NetworkSpec("net1"),) * MAX_INTERFACES))
+    with pytest.raises(InvalidArgument, match=f"at most {MAX_INTERFACES} interfaces"):
+        check_spec(spec(networks=(NetworkSpec("net1"),) * (MAX_INTERFACES + 1)))
 
 
 def test_ide_is_refused_with_the_reason() -> None:
