@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -180,11 +181,30 @@ class Client:
         request = auth_pb2.DeleteKeyRequest(namespace=namespace, key_name=key_name)
         return to_dict(self._call("DeleteKey", request, self.namespaces))
 
-    def create(self, spec: JsonDict) -> JsonDict:
-        """Create an instance from a spec dict (InstanceSpec's fields)."""
+    def create(self, spec: JsonDict, request_id: str = "", retry_for: float = 60.0) -> JsonDict:
+        """Create an instance from a spec dict (InstanceSpec's fields).
+
+        The create carries a client request id (request_id, or a new one), so it is
+        retried safely: while the control plane answers UNAVAILABLE (nodes
+        reconnecting, the control plane restarting) it is sent again with backoff
+        for up to retry_for seconds, and a retry of a create that was in fact made
+        returns that instance.
+        """
         request = instances_pb2.CreateInstanceRequest()
         json_format.ParseDict({"spec": spec}, request)
-        return to_dict(self._call("Create", request))
+        request.client_request_id = request_id or str(uuid.uuid4())
+        deadline = time.monotonic() + retry_for
+        delay = 0.2
+        while True:
+            try:
+                return to_dict(self._call("Create", request))
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     def get(self, ref: str) -> JsonDict:
         """An instance by UUID or name."""

@@ -87,6 +87,14 @@ class NodeRegistry:
         """Whether a node has a live stream."""
         return name in self.sessions
 
+    def reconnecting(self) -> list[str]:
+        """Known nodes whose stream is lost but that are not missing yet."""
+        return [
+            name
+            for name, state in self.states.items()
+            if state == "reconnecting" and name not in self.sessions
+        ]
+
     def load_usage(self, instances: Iterable[Instance]) -> None:
         """Count what placed, live instances use on each node (at start-up)."""
         for instance in instances:

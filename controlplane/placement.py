@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane.errors import FailedPrecondition, ResourceExhausted
+from controlplane.errors import FailedPrecondition, ResourceExhausted, Unavailable
 from controlplane.nodestate import refusal as state_refusal
 
 # node name -> the tag lists of the caller's instances on it
@@ -112,8 +112,33 @@ def place(
     ram_ratio: float,
     affinity: Affinity | None = None,
     neighbours: Neighbours | None = None,
+    reconnecting: Sequence[str] = (),
 ) -> Choice:
-    """The best node, or ResourceExhausted / FailedPrecondition saying why there is none."""
+    """The best node, or ResourceExhausted / FailedPrecondition saying why there is none.
+
+    When no connected node takes it but some known nodes are reconnecting (their
+    stream lost, within the missing deadline; all of them just after a control
+    plane restart), the answer is Unavailable "nodes are reconnecting; retry":
+    they may have room in a moment, and clients retry.
+    """
+    try:
+        return _place(nodes, cpus, memory_mb, cpu_ratio, ram_ratio, affinity, neighbours)
+    except (ResourceExhausted, FailedPrecondition) as exc:
+        if reconnecting:
+            names = ", ".join(sorted(reconnecting)[:5])
+            raise Unavailable(f"nodes are reconnecting ({names}); retry: {exc}") from exc
+        raise
+
+
+def _place(
+    nodes: list[Capacity],
+    cpus: int,
+    memory_mb: int,
+    cpu_ratio: float,
+    ram_ratio: float,
+    affinity: Affinity | None,
+    neighbours: Neighbours | None,
+) -> Choice:
     if not nodes:
         raise ResourceExhausted("no node agent is connected to place the instance on")
     skipped = [f"{n.name} {state_refusal(n.state)}" for n in nodes if state_refusal(n.state)]

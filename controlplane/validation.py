@@ -28,6 +28,9 @@ MAX_INTERFACES = 16
 MAX_USER_DATA = 64 * 1024
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+# A client request id (Create's idempotency key): printable ASCII, no spaces.
+MAX_REQUEST_ID = 128
+_REQUEST_ID = re.compile(r"^[!-~]{1,128}$")
 MAX_METADATA_KEY = 255
 MAX_METADATA_BYTES = 64 * 1024
 # The constraint form of the reserved "affinity" key (Shaken Fist's newest): lists of tags.
@@ -203,6 +206,15 @@ def check_firmware(spec: InstanceSpec) -> None:
 def machine_type(spec: InstanceSpec) -> str:
     """The emulated machine an instance gets: q35 for secure boot (SMM), pc otherwise."""
     return "q35" if spec.secure_boot else "pc"
+
+
+def check_request_id(request_id: str) -> None:
+    """A client request id is empty or 1-128 printable ASCII characters without spaces."""
+    if request_id and not _REQUEST_ID.match(request_id):
+        raise InvalidArgument(
+            f"client_request_id must be 1-{MAX_REQUEST_ID} printable ASCII characters "
+            "without spaces"
+        )
 
 
 def check_spec(spec: InstanceSpec) -> InstanceSpec:

@@ -51,16 +51,23 @@ class CreateInstanceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SPEC_FIELD_NUMBER: _builtins.int
+    CLIENT_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    client_request_id: _builtins.str
+    """Optional idempotency key (1-128 printable ASCII characters, no spaces): a create
+    retried with the same id in the same namespace returns the instance the first
+    one made instead of a duplicate or ALREADY_EXISTS. The CLI and gateway send one.
+    """
     @_builtins.property
     def spec(self) -> _common_pb2.InstanceSpec: ...
     def __init__(
         self,
         *,
         spec: _common_pb2.InstanceSpec | None = ...,
+        client_request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_request_id", b"client_request_id", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -33,7 +33,8 @@ class InstanceServicer(instances_pb2_grpc.InstanceServiceServicer):
         self, request: instances_pb2.CreateInstanceRequest, context: Context
     ) -> instances_pb2.Instance:
         spec = spec_from_pb(request.spec)
-        return instance_to_pb(await self.service.create(namespace_of(context), spec))
+        made = await self.service.create(namespace_of(context), spec, request.client_request_id)
+        return instance_to_pb(made)
 
     @grpc_errors
     async def Get(

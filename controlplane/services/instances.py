@@ -33,7 +33,7 @@ from controlplane.settings import Settings
 from controlplane.store.occ import retry_on_conflict
 from controlplane.store.protocol import Conflict
 from controlplane.store.records import Records
-from controlplane.validation import check_spec, looks_like_uuid
+from controlplane.validation import check_request_id, check_spec, looks_like_uuid
 
 log = structlog.get_logger(__name__)
 
@@ -65,8 +65,15 @@ class InstanceService:
         self.reconciler = reconciler
         self.hub = hub
 
-    async def create(self, namespace: str, spec: InstanceSpec) -> Instance:
-        """Check, place and record a new instance, then ask its node to build it."""
+    async def create(self, namespace: str, spec: InstanceSpec, request_id: str = "") -> Instance:
+        """Check, place and record a new instance, then ask its node to build it.
+
+        With a client request id, a create that was already made with it (its answer
+        lost, say, and the call retried) returns the instance that create made.
+        """
+        check_request_id(request_id)
+        if request_id and (made := await self._made_by(namespace, request_id)) is not None:
+            return made
         spec = check_spec(spec)
         if self.artifacts is not None:
             disks = [
@@ -88,13 +95,18 @@ class InstanceService:
             self.settings.ram_overcommit,
             affinity,
             await self._neighbours(namespace) if not affinity.empty else None,
+            reconnecting=self.nodes.reconnecting(),
         )
         node = choice.node
 
         async def attempt() -> Instance:
             try:
-                return await self._commit(namespace, spec, node, choice.scores, affinity)
+                return await self._commit(
+                    namespace, spec, node, choice.scores, affinity, request_id
+                )
             except Conflict as exc:
+                if request_id and (made := await self._made_by(namespace, request_id)):
+                    return made  # the same request, made concurrently
                 if await self.records.find_by_name(namespace, spec.name) is not None:
                     raise AlreadyExists(
                         f"an instance named {spec.name!r} already exists in {namespace}"
@@ -110,6 +122,7 @@ class InstanceService:
         node: str,
         scores: Mapping[str, float],
         affinity: Affinity,
+        request_id: str = "",
     ) -> Instance:
         """Allocate interfaces and store the instance in one batch (Conflict: try again)."""
         now = self.reconciler.clock()
@@ -152,7 +165,7 @@ class InstanceService:
         if alloc is not None:
             events += alloc.events
         stored = await self.records.create_instance(
-            instance, events, alloc.ops if alloc is not None else ()
+            instance, events, alloc.ops if alloc is not None else (), request_id
         )
         self.nodes.add_usage(stored)
         if alloc is not None and self.netsync is not None:
@@ -161,6 +174,10 @@ class InstanceService:
         self.reconciler.perform(stored, placed.actions)
         log.info("instance created", uuid=uuid, name=spec.name, node=node, namespace=namespace)
         return stored
+
+    async def _made_by(self, namespace: str, request_id: str) -> Instance | None:
+        uuid = await self.records.created_by(namespace, request_id)
+        return await self.records.get_instance(uuid) if uuid else None
 
     async def _neighbours(self, namespace: str) -> Neighbours:
         """The tags of the namespace's live instances, per node (for affinity)."""

@@ -10,6 +10,7 @@ Key layout (all keys are UTF-8):
                                         pruning one type is a scan from the start)
     evindex                             marker: events written before evt/ existed are indexed
     node/<name>                         node record (JSON; its events are ev/node:<name>/...)
+    creq/<namespace>/<client request id> -> uuid of the instance a create with that id made
 
 Every write of an instance is a compare-and-set on its version, so two
 writers never overwrite each other silently; every change is handed to the
@@ -76,6 +77,10 @@ def _name_key(namespace: str, name: str) -> bytes:
     return f"name/{namespace}/{name}".encode()
 
 
+def _request_key(namespace: str, request_id: str) -> bytes:
+    return f"creq/{namespace}/{request_id}".encode()
+
+
 def _node_key(name: str) -> bytes:
     return f"node/{name}".encode()
 
@@ -124,10 +129,20 @@ class Records:
         prefix = f"onnode/{node}/".encode()
         return [i.key[len(prefix) :].decode() for i in await self.store.scan(prefix)]
 
+    async def created_by(self, namespace: str, request_id: str) -> str:
+        """The uuid of the instance a create with this client request id made ("" if none)."""
+        item = await self.store.get(_request_key(namespace, request_id))
+        return "" if item is None else item.value.decode()
+
     async def create_instance(
-        self, instance: Instance, events: Sequence[Event], extra: Sequence[Op] = ()
+        self,
+        instance: Instance,
+        events: Sequence[Event],
+        extra: Sequence[Op] = (),
+        request_id: str = "",
     ) -> Instance:
-        """Store a new instance and claim its name (Conflict if the name is taken).
+        """Store a new instance and claim its name (Conflict if the name is taken, or the
+        client request id was used: see ``created_by``).
 
         ``extra`` operations (interface claims, say) commit in the same batch.
         """
@@ -136,6 +151,9 @@ class Records:
             Put(_inst_key(instance.uuid), encode(instance), expect=0),
             Put(_name_key(instance.namespace, instance.spec.name), instance.uuid.encode(), 0),
         ]
+        if request_id:
+            key = _request_key(instance.namespace, request_id)
+            ops.append(Put(key, instance.uuid.encode(), expect=0))
         if instance.node:
             ops.append(Put(_node_index_key(instance.node, instance.uuid), b""))
         await self.commit_with_events(ops, events)

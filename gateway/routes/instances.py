@@ -13,7 +13,7 @@ from common import sidechannels
 from gateway import netdesc, views
 from gateway.errors import HttpError
 from gateway.fields import Field, to_int
-from gateway.routing import Call, RouteTable
+from gateway.routing import REQUEST_ID, Call, RouteTable
 from protos import auth_pb2, common_pb2, instances_pb2, networks_pb2
 
 table = RouteTable()
@@ -166,6 +166,9 @@ def _strings(value: list[Any], what: str) -> list[str]:
         Field("secure_boot", "bool"),
         Field("nvram_template", "str"),
     ),
+    # Nodes reconnecting (after a control plane restart, say): Shaken Fist's answer when
+    # there is no room, which its client reports as such.
+    overrides={"UNAVAILABLE": 507},
 )
 async def create_instance(call: Call) -> Any:
     body = call.body
@@ -189,7 +192,11 @@ async def create_instance(call: Call) -> Any:
         spec.video.CopyFrom(_video(body["video"]))
     if body.get("metadata"):
         spec.metadata.update(body["metadata"])
-    request = instances_pb2.CreateInstanceRequest(spec=spec)
+    # The request's id is the create's idempotency key: a client retrying with the same
+    # X-Request-ID gets the instance its first try made.
+    request = instances_pb2.CreateInstanceRequest(
+        spec=spec, client_request_id=call.request[REQUEST_ID]
+    )
     created = await call.rpc(call.api.instances.Create, request, body.get("namespace"))
     return await view(call, created)
 

@@ -202,7 +202,9 @@ async def test_a_lost_stream_makes_the_node_reconnecting_and_its_instances_unkno
     )
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await cloud.api.Create(create_request("vm2"))
-    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # It may have room again in a moment: retry, rather than "no room".
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "nodes are reconnecting (node1)" in (err.value.details() or "")
 
     await cloud.start_node()
     await eventually(lambda: _is(cloud, "created"), "node1 created again")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controlplane.errors import FailedPrecondition, ResourceExhausted
+from controlplane.errors import FailedPrecondition, ResourceExhausted, Unavailable
 from controlplane.placement import Affinity, Capacity, choose_node, place
 
 
@@ -132,3 +132,16 @@ def test_skipped_nodes_are_named_when_the_rest_is_full() -> None:
     nodes = [Capacity("n1", 8, 8192, state="disabled"), Capacity("n2", 1, 256)]
     with pytest.raises(ResourceExhausted, match="n1 is disabled"):
         choose_node(nodes, 1, 512, 16.0, 1.5)
+
+
+def test_no_room_while_nodes_reconnect_is_unavailable_naming_them() -> None:
+    """Reconnecting nodes may have room in a moment: Unavailable "retry", not exhausted."""
+    full = [Capacity("a", 1, 512, 16, 768)]
+    with pytest.raises(Unavailable, match=r"nodes are reconnecting \(b\); retry"):
+        place(full, 1, 512, 16.0, 1.5, reconnecting=["b"])
+    with pytest.raises(Unavailable, match="reconnecting"):
+        place([], 1, 512, 16.0, 1.5, reconnecting=["a", "b"])
+    with pytest.raises(ResourceExhausted):
+        place(full, 1, 512, 16.0, 1.5)
+    roomy = [Capacity("a", 4, 4096)]
+    assert place(roomy, 1, 512, 16.0, 1.5, reconnecting=["b"]).node == "a"
