@@ -10,6 +10,7 @@ import structlog
 from aiohttp import web
 
 from common import logs
+from gateway.admission import PUBLIC_PATHS
 from gateway.backend import Backend
 from gateway.middleware import gateway_middleware
 from gateway.openapi import document
@@ -26,6 +27,7 @@ from gateway.routes import (
 )
 from gateway.routing import BACKEND, SETTINGS, Route, aiohttp_handler
 from gateway.settings import GatewaySettings
+from gateway.tokencheck import TOKENS, TokenChecker
 
 log = structlog.get_logger(__name__)
 
@@ -58,6 +60,8 @@ def build_app(settings: GatewaySettings) -> web.Application:
     app[SETTINGS] = settings
     routes = all_routes()
     app[root.OPENAPI] = document(routes)
+    app[PUBLIC_PATHS] = frozenset(route.path for route in routes if route.public)
+    app[TOKENS] = TokenChecker(settings.token_check_ttl, min(settings.call_timeout, 10.0))
     for route in routes:
         app.router.add_route(route.method, route.path, aiohttp_handler(route))
 

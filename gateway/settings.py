@@ -20,6 +20,9 @@ class GatewaySettings:
     max_chunk_bytes: int = 16 * 1024 * 1024
     # Deadline of each gRPC call (under the client's own 300 s timeout).
     call_timeout: float = 250.0
+    # How long a bearer token the control plane called valid is taken as valid
+    # before the gateway asks again (it is checked again by every call anyway).
+    token_check_ttl: float = 5.0
     log_json: bool = False
 
     @classmethod
@@ -33,6 +36,9 @@ class GatewaySettings:
             max_json_bytes=int(env.get("MINICLOUD_GATEWAY_MAX_JSON_BYTES", base.max_json_bytes)),
             max_chunk_bytes=int(env.get("MINICLOUD_GATEWAY_MAX_CHUNK_BYTES", base.max_chunk_bytes)),
             call_timeout=float(env.get("MINICLOUD_GATEWAY_CALL_TIMEOUT", base.call_timeout)),
+            token_check_ttl=float(
+                env.get("MINICLOUD_GATEWAY_TOKEN_CHECK_TTL", base.token_check_ttl)
+            ),
             log_json=env.get("MINICLOUD_LOG_JSON", "") in ("1", "true", "yes"),
         )
 

@@ -9,7 +9,7 @@ import grpc
 
 from gateway import views
 from gateway.errors import HttpError
-from gateway.fields import Field, to_int
+from gateway.fields import NAMESPACE, Field, to_int
 from gateway.routing import Call, RouteTable, read_body
 from protos import artifacts_pb2, blobs_pb2, uploads_pb2
 
@@ -64,13 +64,28 @@ async def artifact_view(call: Call, art: artifacts_pb2.Artifact) -> dict[str, An
     "/artifacts/upload/{name}",
     "Make an upload or an existing blob the newest version of the upload artifact NAME",
     body=(
-        Field("upload_uuid", "str"),
-        Field("blob_uuid", "str"),
+        Field("upload_uuid", "str", rules={"format": "uuid"}),
+        Field("blob_uuid", "str", rules={"format": "uuid"}),
         Field("source_url", "str"),
-        Field("shared", "bool", doc="sharing is not supported: must be false"),
-        Field("namespace", "str", doc="in this namespace (system only)"),
-        Field("artifact_type", "str", doc="only image"),
+        Field(
+            "shared", "bool", doc="sharing is not supported: must be false", rules={"enum": [False]}
+        ),
+        Field("namespace", "str", doc="in this namespace (system only)", rules=NAMESPACE),
+        Field("artifact_type", "str", doc="only image", rules={"enum": ["image"]}),
     ),
+    # Exactly one of upload_uuid and blob_uuid.
+    body_rules={
+        "oneOf": [
+            {
+                "required": ["upload_uuid"],
+                "properties": {"upload_uuid": {"type": "string"}, "blob_uuid": {"enum": [None]}},
+            },
+            {
+                "required": ["blob_uuid"],
+                "properties": {"blob_uuid": {"type": "string"}, "upload_uuid": {"enum": [None]}},
+            },
+        ]
+    },
 )
 async def upload_artifact(call: Call) -> Any:
     body, name = call.body, call.param("name")

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from gateway import views
 from gateway.errors import HttpError, from_rpc
-from gateway.fields import Field, to_int
+from gateway.fields import INT64_MAX, Field, to_int
 from gateway.routing import REQUEST_ID, Call, RouteTable
 from protos import blobs_pb2
 
@@ -33,7 +33,10 @@ def _query_int(call: Call, name: str) -> int:
     "GET",
     "/blobs/{uuid}/data",
     "A blob's bytes from offset, at most limit of them (0: to the end)",
-    query=(Field("offset", "int"), Field("limit", "int")),
+    query=(
+        Field("offset", "int", rules={"minimum": 0, "maximum": INT64_MAX}),
+        Field("limit", "int", rules={"minimum": 0, "maximum": INT64_MAX}),
+    ),
     produces="application/octet-stream",
 )
 async def blob_data(call: Call) -> web.StreamResponse:
