@@ -9,8 +9,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos import (
     agent_pb2_grpc,
-    auth_pb2,
     artifacts_pb2_grpc,
+    auth_pb2,
     auth_pb2_grpc,
     blobs_pb2_grpc,
     consoles_pb2_grpc,

@@ -13,7 +13,6 @@ import grpc
 
 from common.status import http_status
 
-
 # The 5xx statuses the gateway answers with, as Shaken Fist does: 501 not implemented,
 # 503 unavailable (retry later), 507 insufficient resources.
 DECLARED_5XX = (501, 503, 507)

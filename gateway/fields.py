@@ -8,7 +8,8 @@ same declarations feed the OpenAPI document.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 from gateway.errors import HttpError
@@ -73,7 +74,9 @@ class Field:
     # JSON-schema keywords the gateway enforces too: pattern, enum, minimum, maximum,
     # minLength, maxLength (on the value, or on the integer an intlike string holds);
     # others (items, properties, format) describe what the control plane checks.
-    rules: dict[str, Any] = field(default_factory=dict)
+    rules: dict[str, Any] = dataclass_field(default_factory=dict)
+    # False: the rules are the control plane's to enforce (it says more about what is wrong).
+    enforced: bool = True
 
     def schema(self) -> dict[str, Any]:
         """This field's JSON schema."""
@@ -100,9 +103,7 @@ class Field:
 def _applies(keyword: str, json_type: str) -> bool:
     if keyword in ("minimum", "maximum"):
         return json_type == "integer"
-    if keyword in ("pattern", "minLength", "maxLength"):
-        return False
-    return True
+    return keyword not in ("pattern", "minLength", "maxLength")
 
 
 def enforce(name: str, value: Any, rules: dict[str, Any]) -> None:
@@ -155,7 +156,8 @@ def _check(field: Field, value: Any) -> Any:
         return value
     if kind == "intlike":
         number = to_int(value, field.name)
-        enforce(field.name, number, field.rules)
+        if field.enforced:
+            enforce(field.name, number, field.rules)
         return number
     if kind == "mode":
         return to_mode(value)
@@ -168,7 +170,8 @@ def _check(field: Field, value: Any) -> Any:
     }[kind]
     if not isinstance(value, expected) or (kind == "int" and isinstance(value, bool)):
         raise HttpError(400, f"{field.name} must be of type {kind}, not {type(value).__name__}")
-    enforce(field.name, value, field.rules)
+    if field.enforced:
+        enforce(field.name, value, field.rules)
     return value
 
 

@@ -67,6 +67,7 @@ async def get_network(call: Call) -> Any:
             True,
             "an IPv4 CIDR of at least /29, e.g. 10.0.0.0/24",
             rules={"pattern": NETBLOCK},
+            enforced=False,
         ),
         Field("provide_dhcp", "bool", doc="serve DHCP (absent: false)"),
         Field("provide_nat", "bool", doc="NAT to outside (absent: false)"),
