@@ -17,6 +17,7 @@ import grpc
 import structlog
 
 from common import logs
+from controlplane.api.decoding import lenient
 from controlplane.api.status import (
     AUTHORIZATION_KEY,
     CALLER,
@@ -142,7 +143,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             logs.start_request(incoming or logs.new_request_id(), rpc=method.rsplit("/", 1)[-1])
         if method.startswith(PUBLIC_PREFIXES):
             CALLER.set("")
-            return await continuation(handler_call_details)
+            return lenient(await continuation(handler_call_details))
         try:
             token = bearer(metadata_value(handler_call_details, AUTHORIZATION_KEY))
             caller = self.namespaces.authenticate(token)
@@ -152,10 +153,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 caller, metadata_value(handler_call_details, NAMESPACE_KEY)
             )
         except MiniCloudError as exc:
-            return _refusal(await continuation(handler_call_details), exc)
+            return lenient(_refusal(await continuation(handler_call_details), exc))
         CALLER.set(acting)
         logs.bind(namespace=acting)
-        return await continuation(handler_call_details)
+        return lenient(await continuation(handler_call_details))
 
 
 def _refusal(handler: Handler | None, error: MiniCloudError) -> Handler | None:

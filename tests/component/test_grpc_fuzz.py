@@ -1,0 +1,235 @@
+"""A fuzz of every unary method of the control plane's public gRPC services.
+
+Requests are built from each method's input descriptor with random and hostile
+field values (empty and huge strings, odd but valid Unicode, NUL, negative and
+extreme numbers, malformed UUIDs and references), sent with a system token,
+with a fixed seed. No call may end INTERNAL or UNKNOWN, and the control plane
+must still serve afterwards.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor as pb_descriptor
+from google.protobuf import message_factory
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from controlplane.app import ControlPlane
+from protos import (
+    agent_pb2,
+    artifacts_pb2,
+    auth_pb2,
+    blobs_pb2,
+    consoles_pb2,
+    instances_pb2,
+    metadata_pb2,
+    networks_pb2,
+    uploads_pb2,
+)
+from tests.component.conftest import FakeNode, bearer
+
+MODULES = (
+    instances_pb2,
+    agent_pb2,
+    blobs_pb2,
+    artifacts_pb2,
+    uploads_pb2,
+    auth_pb2,
+    metadata_pb2,
+    consoles_pb2,
+    networks_pb2,
+)
+SEED = 20261204
+CALLS_PER_METHOD = 80
+BUDGET_SECONDS = 60.0
+STRINGS = (
+    "",
+    "x" * 70000,
+    "system",
+    "vm1",
+    "not-a-uuid",
+    "00000000-0000-0000-0000-00000000000g",
+    "6F1C1F5E-0D4E-4D8A-9A57-0C5E0C0B7F11",
+    "6f1c1f5e-0d4e-4d8a-9a57-0c5e0c0b7f11",
+    "\u202etxt.exe",
+    "\U0001f600\u0301\ufeff",
+    "名前",
+    "a\x00b",
+    "../../etc/passwd",
+    "upload:x",
+    "label:",
+    "sf://blob/zz",
+    "sf://upload/system/",
+    "10.0.0.0/24",
+    "10.0.0.1/33",
+    "::1/128",
+    "instance",
+    "network",
+    "interface",
+    "artifact",
+    "blob",
+    "namespace",
+    "tags",
+    "affinity",
+    " ",
+    "\n",
+)
+INTS = (0, 1, -1, 2, 63, 64, 65, 1023, -(2**31), 2**31 - 1)
+INT64S = (*INTS, -(2**63), 2**63 - 1, 2**40)
+
+
+def value_for(rng: random.Random, field: pb_descriptor.FieldDescriptor, depth: int) -> Any:
+    """A random, often hostile, value for one (non-repeated) field."""
+    kind = field.type
+    if kind == field.TYPE_STRING:
+        return rng.choice(STRINGS)
+    if kind == field.TYPE_BYTES:
+        return rng.choice((b"", b"\x00" * 10, bytes(range(256)), b"x" * 100000))
+    if kind == field.TYPE_BOOL:
+        return rng.random() < 0.5
+    if kind in (field.TYPE_INT32, field.TYPE_SINT32, field.TYPE_SFIXED32):
+        return rng.choice(INTS)
+    if kind in (field.TYPE_INT64, field.TYPE_SINT64, field.TYPE_SFIXED64):
+        return rng.choice(INT64S)
+    if kind in (field.TYPE_UINT32, field.TYPE_FIXED32):
+        return rng.choice((0, 1, 2**32 - 1))
+    if kind in (field.TYPE_UINT64, field.TYPE_FIXED64):
+        return rng.choice((0, 1, 2**64 - 1))
+    if kind in (field.TYPE_DOUBLE, field.TYPE_FLOAT):
+        return rng.choice((0.0, -1.0, 1e308, float("inf"), float("nan")))
+    if kind == field.TYPE_ENUM:
+        return rng.choice([v.number for v in field.enum_type.values])
+    raise AssertionError(f"unexpected field type {kind}")
+
+
+def fill(rng: random.Random, message: Message, depth: int = 0) -> None:
+    """Set a random subset of message's fields to random values, recursively."""
+    for field in message.DESCRIPTOR.fields:
+        if rng.random() < 0.25:
+            continue
+        repeated = field.is_repeated
+        if field.message_type is not None:
+            if field.message_type.full_name in ("google.protobuf.Struct", "google.protobuf.Value"):
+                holder = getattr(message, field.name)
+                payload = rng.choice(({}, {"tags": "x"}, {"affinity": [1]}, {"": 1}, {"k": "v"}))
+                if field.message_type.full_name == "google.protobuf.Struct":
+                    holder.update(payload)
+                else:
+                    holder.string_value = rng.choice(STRINGS)
+                continue
+            if field.message_type.GetOptions().map_entry:
+                target = getattr(message, field.name)
+                value_field = field.message_type.fields_by_name["value"]
+                for _ in range(rng.randint(0, 2)):
+                    key = rng.choice(STRINGS)
+                    if value_field.message_type is None:
+                        target[key] = value_for(rng, value_field, depth)
+                continue
+            if depth >= 3:
+                continue
+            if repeated:
+                for _ in range(rng.randint(0, 3)):
+                    fill(rng, getattr(message, field.name).add(), depth + 1)
+            else:
+                fill(rng, getattr(message, field.name), depth + 1)
+            continue
+        if repeated:
+            getattr(message, field.name).extend(
+                value_for(rng, field, depth) for _ in range(rng.randint(0, 3))
+            )
+        else:
+            setattr(message, field.name, value_for(rng, field, depth))
+
+
+def unary_methods() -> list[tuple[str, pb_descriptor.MethodDescriptor]]:
+    """(path, descriptor) of every unary method of the public services."""
+    out = []
+    for module in MODULES:
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                if not method.client_streaming and not method.server_streaming:
+                    out.append((f"/{service.full_name}/{method.name}", method))
+    return out
+
+
+def harmless(method: pb_descriptor.MethodDescriptor, request: Message) -> None:
+    """Keep the fuzz from revoking its own token (replacing or deleting system's keys)."""
+    if method.name in ("AddKey", "DeleteKey", "Delete") and method.containing_service.name == (
+        "NamespaceService"
+    ):
+        for name in ("namespace", "name"):
+            if name in request.DESCRIPTOR.fields_by_name and getattr(request, name) == "system":
+                setattr(request, name, "fuzz-ns")
+
+
+async def test_no_input_makes_the_control_plane_fail(plane: ControlPlane, node: FakeNode) -> None:
+    """Random and hostile requests to every unary method: never INTERNAL or UNKNOWN."""
+    rng = random.Random(SEED)
+    target = f"127.0.0.1:{plane.port}"
+    bad: list[str] = []
+    calls = 0
+    codes: dict[str, int] = {}
+    started = time.monotonic()
+    async with grpc.aio.insecure_channel(target) as channel:
+        metadata = await bearer(channel)
+        methods = unary_methods()
+        assert len(methods) > 40
+        for path, method in methods:
+            cls = message_factory.GetMessageClass(method.input_type)
+            out_cls = message_factory.GetMessageClass(method.output_type)
+            call = channel.unary_unary(
+                path,
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=out_cls.FromString,
+            )
+            for _ in range(CALLS_PER_METHOD):
+                if time.monotonic() - started > BUDGET_SECONDS:
+                    break
+                request = cls()
+                try:
+                    fill(rng, request)
+                except (ValueError, TypeError):
+                    continue
+                harmless(method, request)
+                calls += 1
+                try:
+                    await call(request, metadata=metadata, timeout=10)
+                except grpc.aio.AioRpcError as exc:
+                    codes[exc.code().name] = codes.get(exc.code().name, 0) + 1
+                    if exc.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+                        bad.append(f"{path} {exc.code().name} {exc.details()} <- {request}"[:600])
+                    if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                        metadata = await bearer(channel)
+        assert codes, "no call was refused: the values are not hostile enough"
+        assert calls > 200
+        assert bad == [], "\n".join(bad[:20])
+        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        stub = channel.unary_unary(
+            "/minicloud.v1.InstanceService/List",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=instances_pb2.ListInstancesResponse.FromString,
+        )
+        await stub(instances_pb2.ListInstancesRequest(), metadata=metadata, timeout=10)
+
+
+async def test_undecodable_messages_are_invalid_argument(plane: ControlPlane) -> None:
+    """Bytes that are no valid message (bad UTF-8 in a string, a cut-off field) are refused."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
+        metadata = await bearer(channel)
+        for path in ("/minicloud.v1.InstanceService/Get", "/minicloud.v1.AuthService/Token"):
+            call = channel.unary_unary(
+                path, request_serializer=lambda b: b, response_deserializer=lambda b: b
+            )
+            for raw in (b"\x0a\x02\xff\xfe", b"\x0a\x10abc", b"\xff\xff\xff"):
+                try:
+                    await call(raw, metadata=metadata, timeout=10)
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, (path, raw, exc)
+                else:
+                    raise AssertionError(f"{path} accepted {raw!r}")
