@@ -38,6 +38,8 @@ from protos import (
     metadata_pb2_grpc,
     networks_pb2,
     networks_pb2_grpc,
+    nodes_pb2,
+    nodes_pb2_grpc,
 )
 
 JsonDict = dict[str, Any]
@@ -90,6 +92,7 @@ class Client:
         self.meta = metadata_pb2_grpc.MetadataServiceStub(self.channel)
         self.nets = networks_pb2_grpc.NetworkServiceStub(self.channel)
         self.ifaces = networks_pb2_grpc.InterfaceServiceStub(self.channel)
+        self.node_admin = nodes_pb2_grpc.NodeAdminServiceStub(self.channel)
         self.timeout = timeout
         self._token = ""
         self._token_expires = 0.0
@@ -148,6 +151,14 @@ class Client:
         reply = self._call("List", auth_pb2.ListNamespacesRequest(), self.namespaces)
         return [to_dict(n) for n in reply.namespaces]
 
+    def get_namespace(self, name: str) -> JsonDict:
+        """One namespace (the caller's own, or any for system)."""
+        return to_dict(self._call("Get", auth_pb2.NamespaceRef(name=name), self.namespaces))
+
+    def delete_namespace(self, name: str) -> JsonDict:
+        """Delete a namespace (system only; refused while it holds live instances)."""
+        return to_dict(self._call("Delete", auth_pb2.NamespaceRef(name=name), self.namespaces))
+
     def add_key(self, namespace: str, key_name: str, key: str) -> JsonDict:
         """Add or replace a key of a namespace."""
         request = auth_pb2.AddKeyRequest(namespace=namespace, key_name=key_name, key=key)
@@ -180,6 +191,11 @@ class Client:
     def power(self, ref: str, op: str) -> JsonDict:
         """One of on, off, pause, unpause, soft-reboot, hard-reboot."""
         return to_dict(self._call(POWER_METHODS[op], instances_pb2.InstanceRef(ref=ref)))
+
+    def move(self, ref: str, node: str = "") -> JsonDict:
+        """Move a stopped instance to node (placement's choice when empty); system only."""
+        request = instances_pb2.MoveInstanceRequest(ref=ref, node=node)
+        return to_dict(self._call("Move", request))
 
     def events(self, ref: str, event_type: str = "", limit: int = 100) -> list[JsonDict]:
         """An instance's events, newest first."""
@@ -462,6 +478,42 @@ class Client:
         """Remove one key (absent is fine); returns the whole metadata."""
         request = metadata_pb2.DeleteMetadataRequest(object_type=object_type, ref=ref, key=key)
         return _metadata(self._call("Delete", request, self.meta))
+
+    # -- nodes (administrators only) ------------------------------------------
+
+    def list_nodes(self) -> list[JsonDict]:
+        """Every node, by name (deleted ones too)."""
+        reply = self._call("ListNodes", nodes_pb2.ListNodesRequest(), self.node_admin)
+        return [_node(n) for n in reply.nodes]
+
+    def get_node(self, name: str) -> JsonDict:
+        """One node with its instances."""
+        return _node(self._call("GetNode", nodes_pb2.NodeRef(name=name), self.node_admin))
+
+    def node_action(self, verb: str, name: str) -> JsonDict:
+        """disable, enable or delete a node; returns the node afterwards."""
+        method = {"disable": "DisableNode", "enable": "EnableNode", "delete": "DeleteNode"}[verb]
+        return _node(self._call(method, nodes_pb2.NodeRef(name=name), self.node_admin))
+
+    def drain_node(self, name: str) -> JsonDict:
+        """Mark a node draining; returns it with its blocking and to-move instances."""
+        reply = self._call("DrainNode", nodes_pb2.NodeRef(name=name), self.node_admin)
+        found = to_dict(reply)
+        found["node"] = _node(reply.node)
+        return found
+
+    def node_events(self, name: str, event_type: str = "", limit: int = 100) -> list[JsonDict]:
+        """A node's events, newest first."""
+        request = nodes_pb2.GetNodeEventsRequest(name=name, event_type=event_type, limit=limit)
+        return [to_dict(e) for e in self._call("GetNodeEvents", request, self.node_admin).events]
+
+
+def _node(pb: nodes_pb2.NodeInfo) -> JsonDict:
+    found = to_dict(pb)
+    found["metadata"] = _whole_numbers(json_format.MessageToDict(pb.metadata))
+    for key in ("memory_mb", "disk_gb", "committed_memory_mb", "committed_disk_gb"):
+        found[key] = int(found[key])
+    return found
 
 
 def _metadata(found: metadata_pb2.Metadata) -> JsonDict:

@@ -16,7 +16,12 @@
     minicloud blob upload ./disk.img ; minicloud blob download UUID ./copy.img
     minicloud artifact upload myimage ./disk.qcow2   # then: --disk size=10,base=sf://upload/system/myimage
     minicloud instance set-metadata demo tags '["web"]'   # also get-metadata, delete-metadata
-    minicloud instance delete demo
+    minicloud instance delete demo ; minicloud instance delete-all --confirm
+    minicloud instance create web1 --metadata affinity='{"web": -10}'
+    minicloud namespace create team --key-name deploy   # prints the new key once
+    minicloud namespace list ; minicloud namespace add-key team ci --key-file ./key.txt
+    minicloud node list ; minicloud node show NAME ; minicloud node disable NAME   # system only
+    minicloud instance move demo --node node2   # a stopped instance, system namespace only
 
 The control plane is MINICLOUD_API (default 127.0.0.1:13100), the namespace
 MINICLOUD_NAMESPACE (default system) and its key MINICLOUD_KEY; --api,
@@ -43,8 +48,11 @@ from typing import Any
 
 import grpc
 
+from client import table
 from client.api import Client, JsonDict
 from client.netcli import add_network_nouns, parse_network, render_network, run_network
+from client.nodecli import add_node_noun, render_node, run_node
+from client.nscli import add_namespace_noun, render_namespace, run_namespace
 from client.progress import Progress
 
 POWER_COMMANDS = {
@@ -122,12 +130,24 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="UEFI variables template: sf://blob/UUID, label:NAME or a node path",
     )
+    create.add_argument(
+        "--metadata",
+        type=metadata_pair,
+        action="append",
+        default=[],
+        help='KEY=VALUE (VALUE is JSON, else a string; repeatable), e.g. affinity={"web": -10}',
+    )
     create.add_argument("--wait", action="store_true", help="wait until created (or error)")
+    delete_all = inst.add_parser("delete-all", help="delete every instance of the namespace")
+    delete_all.add_argument("--confirm", action="store_true", help="required: yes, all of them")
     inst.add_parser("list", help="list instances").add_argument(
         "--all", action="store_true", help="include deleted instances"
     )
     for verb in ("show", "delete", "watch", *POWER_COMMANDS):
         inst.add_parser(verb).add_argument("ref", help="UUID or name")
+    move = inst.add_parser("move", help="move a stopped instance to another node (system only)")
+    move.add_argument("ref")
+    move.add_argument("--node", default="", help="the node (default: placement chooses)")
     reboot = inst.add_parser("reboot")
     reboot.add_argument("ref")
     reboot.add_argument("--hard", action="store_true")
@@ -175,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("blob_uuid")
     artifact.add_parser("show").add_argument("ref", help="UUID or TYPE:NAME")
     artifact.add_parser("list")
-    for noun in (inst, blob, artifact, *add_network_nouns(top, inst)):
+    namespace = add_namespace_noun(top)
+    nouns = (inst, blob, artifact, namespace, *add_network_nouns(top, inst), add_node_noun(top))
+    for noun in nouns:
         add_metadata_verbs(noun)
     events = inst.add_parser("events")
     events.add_argument("ref")
@@ -195,6 +217,14 @@ def add_metadata_verbs(noun: Any) -> None:
     delete = noun.add_parser("delete-metadata", help="remove one key")
     delete.add_argument("ref")
     delete.add_argument("key")
+
+
+def metadata_pair(text: str) -> tuple[str, Any]:
+    """A KEY=VALUE metadata item from the command line."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"metadata must be KEY=VALUE, not {text!r}")
+    return key, json_or_string(value)
 
 
 def json_or_string(text: str) -> Any:
@@ -421,6 +451,10 @@ def run(args: argparse.Namespace, client: Client) -> Any:
         return run_metadata(args, client)
     if args.noun in ("network", "interface") or args.verb in ("add-interface", "interfaces"):
         return run_network(args, client)
+    if args.noun == "namespace":
+        return run_namespace(args, client)
+    if args.noun == "node":
+        return run_node(args, client)
     if args.noun == "blob":
         return run_blob(args, client)
     if args.noun == "artifact":
@@ -445,6 +479,7 @@ def run(args: argparse.Namespace, client: Client) -> Any:
             "uefi": args.uefi,
             "secure_boot": args.secure_boot,
             "nvram_template": args.nvram_template,
+            "metadata": dict(args.metadata),
         }
         inst = client.create(spec)
         if args.wait:
@@ -456,8 +491,14 @@ def run(args: argparse.Namespace, client: Client) -> Any:
         return client.get(args.ref)
     if verb == "delete":
         return client.delete(args.ref)
+    if verb == "delete-all":
+        if not args.confirm:
+            raise SystemExit("error: delete-all deletes every instance: add --confirm")
+        return [client.delete(inst["uuid"]) for inst in client.list_instances()]
     if verb in POWER_COMMANDS:
         return client.power(args.ref, POWER_COMMANDS[verb])
+    if verb == "move":
+        return client.move(args.ref, args.node)
     if verb == "reboot":
         return client.power(args.ref, "hard-reboot" if args.hard else "soft-reboot")
     if verb == "events":
@@ -478,6 +519,12 @@ def render(args: argparse.Namespace, result: Any) -> None:
     ):
         render_network(args, result)
         return
+    if not args.json and args.noun == "namespace" and not args.verb.endswith("-metadata"):
+        render_namespace(args, result)
+        return
+    if not args.json and args.noun == "node" and not args.verb.endswith("-metadata"):
+        render_node(args, result)
+        return
     if (
         args.json
         or args.noun in ("blob", "artifact")
@@ -485,13 +532,14 @@ def render(args: argparse.Namespace, result: Any) -> None:
         or args.verb.endswith("-metadata")
     ):
         print(json.dumps(result, indent=2, sort_keys=True))
+    elif args.verb == "delete-all":
+        print(f"deleted {len(result)} instances")
     elif args.verb == "list":
-        print(f"{'uuid':<36}  {'name':<20} {'state':<12} {'power':<8} node")
-        for inst in result:
-            print(
-                f"{inst['uuid']:<36}  {inst['spec']['name']:<20} {inst['state']:<12} "
-                f"{inst['power_state']:<8} {inst['node']}"
-            )
+        rows = [
+            [i["uuid"], i["spec"]["name"], i["state"], i.get("power_state", ""), i.get("node", "")]
+            for i in result
+        ]
+        print(table.render(["uuid", "name", "state", "power", "node"], rows))
     elif args.verb == "events":
         for event in result:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event["timestamp"]))

@@ -25,7 +25,9 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from common import logs
+from common.metricsserver import MetricsServer, enabled
 from common.tasks import Tasks
+from controlplane import gauges
 from controlplane.api import reflection
 from controlplane.api.agent import AgentServicer
 from controlplane.api.artifacts import ArtifactServicer
@@ -34,10 +36,14 @@ from controlplane.api.blobs import BlobServicer
 from controlplane.api.consoles import ConsoleServicer
 from controlplane.api.instances import InstanceServicer
 from controlplane.api.metadata import MetadataServicer
+from controlplane.api.metering import MetricsInterceptor
 from controlplane.api.networks import InterfaceServicer, NetworkServicer
 from controlplane.api.node_stream import NodeServicer
+from controlplane.api.nodes import NodeAdminServicer
 from controlplane.api.uploads import UploadServicer
 from controlplane.hub import Hub
+from controlplane.loginguard import LoginGuard
+from controlplane.metrics import PlaneMetrics
 from controlplane.nodes import NodeRegistry
 from controlplane.reconciler import Reconciler
 from controlplane.services.agent import AgentService
@@ -55,10 +61,13 @@ from controlplane.services.metadata import (
     MetadataService,
     NamespaceKind,
     NetworkKind,
+    NodeKind,
 )
+from controlplane.services.moves import MoveService
 from controlplane.services.namespaces import NamespaceService
 from controlplane.services.netsync import NetworkSync
 from controlplane.services.networks import NetworkService
+from controlplane.services.nodes import NodeService
 from controlplane.services.readiness import Readiness
 from controlplane.services.uploads import UploadService
 from controlplane.settings import Settings
@@ -70,6 +79,7 @@ from controlplane.store.networks import NetworkRecords
 from controlplane.store.protocol import Store
 from controlplane.store.records import Records
 from controlplane.store.rocks import RocksStore
+from controlplane.store.timed import TimedStore
 from controlplane.store.uploads import Uploads
 from protos import (
     agent_pb2,
@@ -90,6 +100,8 @@ from protos import (
     networks_pb2_grpc,
     node_pb2,
     node_pb2_grpc,
+    nodes_pb2,
+    nodes_pb2_grpc,
     uploads_pb2,
     uploads_pb2_grpc,
 )
@@ -104,6 +116,7 @@ class Parts:
     settings: Settings
     clock: Callable[[], float]
     tasks: Tasks
+    metrics: PlaneMetrics
     store: Store
     hub: Hub
     records: Records
@@ -121,6 +134,8 @@ class Parts:
     metadata: MetadataService
     consoles: ConsoleService
     pruner: EventPruner
+    node_service: NodeService
+    moves: MoveService
 
 
 @dataclass(frozen=True)
@@ -138,12 +153,14 @@ def _name(module: Any, service: str) -> str:
 
 SERVICES: tuple[Service, ...] = (
     Service(
-        lambda p: InstanceServicer(p.service),
+        lambda p: InstanceServicer(p.service, p.moves),
         instances_pb2_grpc.add_InstanceServiceServicer_to_server,
         _name(instances_pb2, "InstanceService"),
     ),
     Service(
-        lambda p: NodeServicer(p.settings, p.nodes, p.reconciler, p.records, p.clock, p.agent),
+        lambda p: NodeServicer(
+            p.settings, p.nodes, p.reconciler, p.records, p.clock, p.agent, p.node_service
+        ),
         node_pb2_grpc.add_NodeServiceServicer_to_server,
         _name(node_pb2, "NodeService"),
     ),
@@ -173,7 +190,7 @@ SERVICES: tuple[Service, ...] = (
         _name(consoles_pb2, "ConsoleService"),
     ),
     Service(
-        lambda p: AuthServicer(p.namespaces),
+        lambda p: AuthServicer(p.namespaces, p.settings.trusted_proxies),
         auth_pb2_grpc.add_AuthServiceServicer_to_server,
         _name(auth_pb2, "AuthService"),
     ),
@@ -197,6 +214,11 @@ SERVICES: tuple[Service, ...] = (
         networks_pb2_grpc.add_InterfaceServiceServicer_to_server,
         _name(networks_pb2, "InterfaceService"),
     ),
+    Service(
+        lambda p: NodeAdminServicer(p.node_service),
+        nodes_pb2_grpc.add_NodeAdminServiceServicer_to_server,
+        _name(nodes_pb2, "NodeAdminService"),
+    ),
 )
 
 # What server reflection lists: the table's services, health checking, reflection itself.
@@ -219,13 +241,20 @@ class ControlPlane:
         self.health = health_servicer
         self.port = 0
         self.tasks = parts.tasks
+        listen = parts.settings.metrics_listen
+        tls = parts.settings.metrics_tls
+        self.metrics = (
+            MetricsServer(parts.metrics.registry, listen, tls=tls) if enabled(listen) else None
+        )
         # Shortcuts for tests and tools.
         self.store, self.records, self.nodes = parts.store, parts.records, parts.nodes
         self.service, self.agent, self.namespaces = parts.service, parts.agent, parts.namespaces
         self.pruner = parts.pruner
+        self.node_service = parts.node_service
+        self.moves = parts.moves
 
     async def serve(self) -> None:
-        """Listen on the configured address, report SERVING, start the background tasks."""
+        """Listen on the configured addresses, report SERVING, start the background tasks."""
         listen = self.parts.settings.listen
         try:
             self.port = self.server.add_insecure_port(listen)
@@ -233,9 +262,12 @@ class ControlPlane:
             raise OSError(f"cannot listen on {listen}: the address is in use") from exc
         if self.port == 0:
             raise OSError(f"cannot listen on {listen}")
+        if self.metrics is not None:
+            await self.metrics.start()  # before serving: a taken metrics port stops the start
         await self.server.start()
         await self.set_health(True)
         self.tasks.spawn(self.parts.pruner.run(), name="event pruner")
+        self.tasks.spawn(self.node_service.run(), name="missing nodes")
         settings = self.parts.settings
         readiness = Readiness(
             self.store, self.set_health, settings.health_interval, settings.health_timeout
@@ -255,6 +287,7 @@ class ControlPlane:
 
     async def stop(self, grace: float = 2.0) -> None:
         """End node streams, stop serving, stop every background task, close the store."""
+        self.node_service.stopping = True
         for session in list(self.nodes.sessions.values()):
             session.close()
         await self.server.stop(grace)
@@ -263,7 +296,14 @@ class ControlPlane:
             # same port must not race it.
             await released(self.parts.settings.listen, self.port)
         await self.tasks.stop()
+        if self.metrics is not None:
+            await self.metrics.stop()
         await self.store.close()
+
+    @property
+    def metrics_port(self) -> int:
+        """The port /metrics is served on (0 when it is not served)."""
+        return self.metrics.port if self.metrics is not None else 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until stop is set, then shut down."""
@@ -279,14 +319,17 @@ async def build(
     settings: Settings, store: Store | None = None, clock: Callable[[], float] = time.time
 ) -> ControlPlane:
     """Wire a control plane (RocksDB under data_dir unless a store is given), not yet serving."""
-    store = store if store is not None else RocksStore(settings.data_dir / "store")
+    metrics = PlaneMetrics()
+    store = TimedStore(
+        store if store is not None else RocksStore(settings.data_dir / "store"), metrics
+    )
     tasks = Tasks()
     hub = Hub()
     records = Records(store, hub)
-    nodes = NodeRegistry()
+    nodes = NodeRegistry(metrics)
     nodes.load_usage(await records.list_instances())
     reconciler = Reconciler(records, nodes, settings.name, clock, tasks)
-    blobs = BlobStore(store, settings.data_dir / "blobs")
+    blobs = BlobStore(store, settings.data_dir / "blobs", metrics)
     artifact_records = Artifacts(store)
     artifacts = ArtifactService(artifact_records, blobs, clock)
     network_records = NetworkRecords(store)
@@ -304,13 +347,30 @@ async def build(
         settings, records, nodes, reconciler, hub, artifacts, networks, netsync
     )
     interfaces = InterfaceService(service, networks, netsync, nodes, settings.command_timeout)
-    agent = AgentService(records, AgentOperations(store), blobs, nodes, clock, tasks)
+    agent = AgentService(
+        records, AgentOperations(store), blobs, nodes, clock, tasks, metrics=metrics
+    )
+    gauges.register(
+        metrics, records, nodes, clock, agent.executing, settings.metrics_instance_cache
+    )
     uploads = UploadService(
         Uploads(store, settings.data_dir / "uploads"), artifacts, settings.name, clock
     )
     await agent.recover()
-    namespaces = NamespaceService(Namespaces(store), clock, settings.token_ttl)
+    namespaces = NamespaceService(
+        Namespaces(store),
+        clock,
+        settings.token_ttl,
+        guard=LoginGuard(settings.login_policy()),
+        concurrency=settings.login_concurrency,
+        queue=settings.login_queue,
+    )
     await namespaces.start(settings.system_key, settings.data_dir / "system-key")
+    moves = MoveService(settings, records, nodes, reconciler, blobs, networks, netsync)
+    node_service = NodeService(
+        records, nodes, reconciler, clock, settings.node_missing_after, settings.name, moves=moves
+    )
+    await node_service.load()
     kinds: dict[str, MetadataKind] = {
         "instance": InstanceKind(records),
         "blob": BlobKind(blobs, records),
@@ -318,11 +378,13 @@ async def build(
         "namespace": NamespaceKind(namespaces, records),
         "network": NetworkKind(network_records, records),
         "interface": InterfaceKind(network_records, records),
+        "node": NodeKind(records),
     }
     parts = Parts(
         settings=settings,
         clock=clock,
         tasks=tasks,
+        metrics=metrics,
         store=store,
         hub=hub,
         records=records,
@@ -344,9 +406,12 @@ async def build(
         pruner=EventPruner(
             records, settings.retention_days(), settings.event_prune_interval, clock, settings.name
         ),
+        node_service=node_service,
+        moves=moves,
     )
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(namespaces)],
+        # Metering first: it counts what authentication refuses too.
+        interceptors=[MetricsInterceptor(metrics), AuthInterceptor(namespaces)],
         options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             # The listener owns its address: a second server on the same port is an

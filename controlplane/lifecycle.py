@@ -51,9 +51,11 @@ PHASE_ERROR: dict[str, str] = {
     CREATING: CREATING_ERROR,
     CREATED: CREATED_ERROR,
 }
-# An instance's power state: "initial" until a node has reported one, then the node's.
+# An instance's power state: "initial" until a node has reported one, then the node's;
+# "unknown" while its node is out of reach (reconnecting or missing), until it reports again.
 INITIAL_POWER = "initial"
-POWER_STATES: tuple[str, ...] = (INITIAL_POWER, *PowerState)
+UNKNOWN_POWER = "unknown"
+POWER_STATES: tuple[str, ...] = (INITIAL_POWER, *PowerState, UNKNOWN_POWER)
 
 _ERRORS = frozenset(PHASE_ERROR.values())
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -120,6 +122,8 @@ RULES: dict[str, Rule] = {
     "delete": Rule(_LIVE),  # delete-wait on a node, else straight to deleted
     "destroyed": Rule(frozenset({DELETE_WAIT}), DELETED, to_power="off"),
     "observed": Rule(ON_NODE),  # a node saw a new power state
+    # The instance's node went out of reach: nobody knows its power state until it is back.
+    "node-lost": Rule(frozenset({CREATED}), to_power=UNKNOWN_POWER),
     **{
         f"power-{op}": Rule(frozenset({CREATED}), powers=starts, actions=(f"power-{op}",))
         for op, starts in POWER_OPS.items()

@@ -195,7 +195,7 @@ class Event:
 
 @dataclass(frozen=True)
 class Node:
-    """A hypervisor node as it registered."""
+    """A hypervisor node: what it registered, and its state (controlplane.nodestate)."""
 
     name: str
     address: str
@@ -203,9 +203,30 @@ class Node:
     memory_mb: int
     hypervisor: str
     agent_version: str = ""
+    # When its stream last carried anything (stored at connect and disconnect).
     last_seen: float = 0.0
     # Where the node's console ports listen, as clients reach it.
     console_host: str = ""
+    state: str = "created"
+    state_updated_at: float = 0.0
+    first_seen: float = 0.0
+    # When its stream was lost (0 while connected); the missing deadline counts from here.
+    disconnected_at: float = 0.0
+    qemu_version: str = ""
+    libvirt_version: str = ""
+    # Disk space for instances, in GB, if the node reports it (0: not reported).
+    disk_gb: int = 0
+    metadata: JsonDict = field(default_factory=dict)
+    version: int = 0
+
+    def with_changes(self, **changes: Any) -> Node:
+        """A copy with some fields replaced."""
+        return dataclasses.replace(self, **changes)
+
+
+def node_object(name: str) -> str:
+    """The object id a node's events and metadata changes are logged under."""
+    return f"node:{name}"
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,15 @@ the interactive console sessions relayed through each node.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from common import logs
 from common.nodewire.commands import Command, Delivery
 from common.nodewire.messages import ConsoleRelay, Result
 from controlplane.errors import Unavailable
+from controlplane.metrics import PlaneMetrics
 from controlplane.model import Instance, Node
 from controlplane.placement import Capacity
 
@@ -50,11 +52,14 @@ class Session:
 class NodeRegistry:
     """Connected nodes, their usage, and command routing."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: PlaneMetrics | None = None) -> None:
+        self.metrics = metrics
         self.sessions: dict[str, Session] = {}
         self._usage: dict[str, dict[str, tuple[int, int]]] = {}
         self._totals: dict[str, tuple[int, int]] = {}
         self.consoles: dict[str, ConsoleSink] = {}
+        # Each node's controlplane.nodestate state, as the node service last set it.
+        self.states: dict[str, str] = {}
 
     def connect(self, node: Node, now: float) -> Session:
         """Register a node's new stream, closing any older one it had."""
@@ -65,9 +70,10 @@ class NodeRegistry:
         self.sessions[node.name] = session
         return session
 
-    def disconnect(self, session: Session) -> None:
-        """Forget a stream that ended (if it is still the node's current one)."""
-        if self.sessions.get(session.node.name) is session:
+    def disconnect(self, session: Session) -> bool:
+        """Forget a stream that ended; whether it was the node's current one."""
+        current = self.sessions.get(session.node.name) is session
+        if current:
             del self.sessions[session.node.name]
             for session_id, sink in list(self.consoles.items()):
                 if sink.node == session.node.name:
@@ -75,6 +81,7 @@ class NodeRegistry:
                         ConsoleRelay(session_id, close=True, error="the node disconnected")
                     )
         session.close()
+        return current
 
     def connected(self, name: str) -> bool:
         """Whether a node has a live stream."""
@@ -115,9 +122,14 @@ class NodeRegistry:
                     memory_mb=session.node.memory_mb,
                     used_cpus=used_cpus,
                     used_memory_mb=used_memory,
+                    state=self.states.get(name, "created"),
                 )
             )
         return result
+
+    def committed(self, node: str) -> tuple[int, int]:
+        """The vCPUs and MiB of memory a node's live instances are given."""
+        return self._totals.get(node, (0, 0))
 
     def send(self, node: str, command: Command) -> asyncio.Future[Result]:
         """Queue a command for a node; the future resolves with its result.
@@ -132,6 +144,8 @@ class NodeRegistry:
         if future is None or future.done():
             future = asyncio.get_running_loop().create_future()
             session.pending[command.command_id] = future
+            if self.metrics is not None:
+                future.add_done_callback(_meter(self.metrics, type(command).__name__))
         session.outbox.put_nowait(Delivery(command, logs.request_id()))
         return future
 
@@ -187,6 +201,24 @@ class NodeRegistry:
                 sink.queue,
                 ConsoleRelay(relay.session_id, close=True, error="console client too slow"),
             )
+
+
+def _meter(metrics: PlaneMetrics, command: str) -> Callable[[asyncio.Future[Result]], None]:
+    """A done callback counting and timing one node command by how it ended."""
+    started = time.perf_counter()
+
+    def done(future: asyncio.Future[Result]) -> None:
+        if future.cancelled():
+            outcome = "cancelled"  # its waiter gave up (a deadline, say)
+        elif future.exception() is not None:
+            outcome = "unavailable"  # the node disconnected
+        else:
+            outcome = "ok" if future.result().ok else "failed"
+        metrics.node_commands.inc(command=command, outcome=outcome)
+        elapsed = time.perf_counter() - started
+        metrics.node_command_duration.observe(elapsed, command=command, outcome=outcome)
+
+    return done
 
 
 def put_last(queue: asyncio.Queue[ConsoleRelay | None], relay: ConsoleRelay | None) -> None:

@@ -1,8 +1,9 @@
 """Choosing a node for an instance: pure functions over node capacity and neighbours.
 
-Order, as Shaken Fist's scheduler does it: the affinity's hard constraints
-rule nodes out, capacity rules nodes out, then the survivors are ranked by
-affinity score and, on a tie, by free memory.
+Order, as Shaken Fist's scheduler does it: nodes that are not ``created``
+(disabled, draining, reconnecting, missing, deleted) are skipped, the
+affinity's hard constraints rule nodes out, capacity rules nodes out, then
+the survivors are ranked by affinity score and, on a tie, by free memory.
 
 Affinity comes from the new instance's ``affinity`` metadata and is scored
 against the ``tags`` of the caller's own instances already on each node
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.errors import FailedPrecondition, ResourceExhausted
+from controlplane.nodestate import refusal as state_refusal
 
 # node name -> the tag lists of the caller's instances on it
 Neighbours = Mapping[str, Sequence[Sequence[str]]]
@@ -39,6 +41,8 @@ class Capacity:
     memory_mb: int
     used_cpus: int = 0
     used_memory_mb: int = 0
+    # Its controlplane.nodestate state: only created nodes take new instances.
+    state: str = "created"
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,10 @@ def place(
     """The best node, or ResourceExhausted / FailedPrecondition saying why there is none."""
     if not nodes:
         raise ResourceExhausted("no node agent is connected to place the instance on")
+    skipped = [f"{n.name} {state_refusal(n.state)}" for n in nodes if state_refusal(n.state)]
+    nodes = [n for n in nodes if not state_refusal(n.state)]
+    if not nodes:
+        raise ResourceExhausted("no node takes new instances: " + "; ".join(skipped))
     affinity = affinity or Affinity()
     neighbours = neighbours or {}
     refused: list[str] = []
@@ -139,6 +147,7 @@ def place(
             fits.append((affinity.score(neighbours.get(node.name, ())), free_mem, node.name))
     if not fits:
         reasons += [f"{r} (hard affinity)" for r in refused]
+        reasons += skipped
         raise ResourceExhausted("no node has room: " + "; ".join(reasons))
     # Highest score, then most free memory, then the first listed.
     best = max(enumerate(fits), key=lambda item: (item[1][0], item[1][1], -item[0]))[1]

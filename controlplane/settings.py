@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.metricsserver import MetricsTLS
+from controlplane.loginguard import Policy
 from controlplane.retention import EVENT_TYPES
 
 
@@ -23,6 +25,8 @@ class Settings:
     heartbeat_interval: float = 5.0
     # A node whose stream has been silent this long is treated as gone.
     node_timeout: float = 20.0
+    # A node whose stream has been lost this long goes from reconnecting to missing.
+    node_missing_after: float = 60.0
     # How long a power operation waits for its node's answer.
     command_timeout: float = 120.0
     cpu_overcommit: float = 16.0
@@ -51,10 +55,33 @@ class Settings:
     # How often the store is probed for the health service, and how long it may take.
     health_interval: float = 5.0
     health_timeout: float = 2.0
+    # Failed logins (controlplane/loginguard.py): tries free in a row, then a wait that
+    # doubles from login_backoff up to login_backoff_max seconds, per namespace and per
+    # client address. Key checks (scrypt) run at most login_concurrency at a time, with at
+    # most login_queue waiting; more are refused as UNAVAILABLE.
+    login_free_failures: int = 3
+    login_backoff: float = 1.0
+    login_backoff_max: float = 30.0
+    login_concurrency: int = 2
+    login_queue: int = 64
+    # Peers whose x-minicloud-client-address (the caller of the REST gateway) is believed.
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    # Where /metrics is served (a management address; empty or "off": not served), and
+    # how long the instance counts it shows may be reused before the records are read again.
+    metrics_listen: str = "127.0.0.1:13102"
+    metrics_instance_cache: float = 10.0
+    # HTTPS for /metrics (MINICLOUD_METRICS_TLS_CERT/_KEY/_CLIENT_CA); None: plain HTTP.
+    metrics_tls: MetricsTLS | None = None
 
     def retention_days(self) -> dict[str, float]:
         """Event type -> days its events are kept."""
         return {kind: float(getattr(self, f"retain_{kind}_days")) for kind in EVENT_TYPES}
+
+    def login_policy(self) -> Policy:
+        """The failed-login backoff these settings ask for."""
+        return Policy(
+            free=self.login_free_failures, base=self.login_backoff, cap=self.login_backoff_max
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -69,6 +96,9 @@ class Settings:
                 env.get("MINICLOUD_HEARTBEAT_INTERVAL", base.heartbeat_interval)
             ),
             node_timeout=float(env.get("MINICLOUD_NODE_TIMEOUT", base.node_timeout)),
+            node_missing_after=float(
+                env.get("MINICLOUD_NODE_MISSING_AFTER", base.node_missing_after)
+            ),
             command_timeout=float(env.get("MINICLOUD_COMMAND_TIMEOUT", base.command_timeout)),
             cpu_overcommit=float(env.get("MINICLOUD_CPU_OVERCOMMIT", base.cpu_overcommit)),
             ram_overcommit=float(env.get("MINICLOUD_RAM_OVERCOMMIT", base.ram_overcommit)),
@@ -82,6 +112,25 @@ class Settings:
             network_node=env.get("MINICLOUD_NETWORK_NODE", base.network_node),
             health_interval=float(env.get("MINICLOUD_HEALTH_INTERVAL", base.health_interval)),
             health_timeout=float(env.get("MINICLOUD_HEALTH_TIMEOUT", base.health_timeout)),
+            login_free_failures=int(
+                env.get("MINICLOUD_LOGIN_FREE_FAILURES", base.login_free_failures)
+            ),
+            login_backoff=float(env.get("MINICLOUD_LOGIN_BACKOFF", base.login_backoff)),
+            login_backoff_max=float(env.get("MINICLOUD_LOGIN_BACKOFF_MAX", base.login_backoff_max)),
+            login_concurrency=int(env.get("MINICLOUD_LOGIN_CONCURRENCY", base.login_concurrency)),
+            login_queue=int(env.get("MINICLOUD_LOGIN_QUEUE", base.login_queue)),
+            trusted_proxies=tuple(
+                a.strip()
+                for a in env.get("MINICLOUD_TRUSTED_PROXIES", ",".join(base.trusted_proxies)).split(
+                    ","
+                )
+                if a.strip()
+            ),
+            metrics_listen=env.get("MINICLOUD_METRICS_LISTEN", base.metrics_listen),
+            metrics_instance_cache=float(
+                env.get("MINICLOUD_METRICS_INSTANCE_CACHE", base.metrics_instance_cache)
+            ),
+            metrics_tls=MetricsTLS.from_env(env, "MINICLOUD_METRICS"),
         )
         retention: dict[str, Any] = {
             f"retain_{kind}_days": float(env.get(f"MINICLOUD_RETAIN_{kind.upper()}_DAYS", days))

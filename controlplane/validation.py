@@ -8,6 +8,7 @@ import json
 import re
 from typing import Any
 
+from common import sidechannels
 from controlplane.errors import InvalidArgument
 from controlplane.model import DiskSpec, InstanceSpec, NetworkSpec, VideoSpec
 
@@ -233,7 +234,7 @@ def check_spec(spec: InstanceSpec) -> InstanceSpec:
         ssh_key=spec.ssh_key,
         user_data=check_user_data(spec.user_data),
         metadata=check_instance_metadata(dict(spec.metadata)),
-        side_channels=tuple(spec.side_channels),
+        side_channels=sidechannels.normalized(spec.side_channels),
         uefi=spec.uefi,
         secure_boot=spec.secure_boot,
         nvram_template=spec.nvram_template,

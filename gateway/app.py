@@ -1,4 +1,4 @@
-"""The gateway's entry point and composition root: settings, stubs, routes, server."""
+"""The gateway's entry point and composition root: settings, stubs, routes, metrics, server."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import structlog
 from aiohttp import web
 
 from common import logs
+from common.metricsserver import MetricsServer, enabled
 from gateway.admission import PUBLIC_PATHS
 from gateway.backend import Backend
+from gateway.metrics import METRICS, METRICS_SERVER, GatewayMetrics
 from gateway.middleware import gateway_middleware
 from gateway.openapi import document
 from gateway.routes import (
@@ -23,6 +25,7 @@ from gateway.routes import (
     instances,
     metadata,
     networks,
+    nodes,
     root,
 )
 from gateway.routing import BACKEND, SETTINGS, Route, aiohttp_handler
@@ -43,6 +46,7 @@ def all_routes() -> list[Route]:
             agent,
             consoles,
             networks,
+            nodes,
             blobs,
             artifacts,
             metadata,
@@ -52,12 +56,13 @@ def all_routes() -> list[Route]:
 
 
 def build_app(settings: GatewaySettings) -> web.Application:
-    """The aiohttp application (stubs are made when it starts, in its event loop)."""
+    """The aiohttp application (stubs and the metrics listener start with it, in its loop)."""
     app = web.Application(
         middlewares=[gateway_middleware],
         client_max_size=settings.max_chunk_bytes + settings.max_json_bytes,
     )
     app[SETTINGS] = settings
+    app[METRICS] = GatewayMetrics()
     routes = all_routes()
     app[root.OPENAPI] = document(routes)
     app[PUBLIC_PATHS] = frozenset(route.path for route in routes if route.public)
@@ -71,13 +76,28 @@ def build_app(settings: GatewaySettings) -> web.Application:
         await app[BACKEND].close()
 
     app.cleanup_ctx.append(backend)
+    if enabled(settings.metrics_listen):
+        app[METRICS_SERVER] = MetricsServer(
+            app[METRICS].registry, settings.metrics_listen, tls=settings.metrics_tls
+        )
+
+        async def metrics(app: web.Application) -> AsyncIterator[None]:
+            await app[METRICS_SERVER].start()
+            yield
+            await app[METRICS_SERVER].stop()
+
+        app.cleanup_ctx.append(metrics)
     return app
 
 
 async def serve(settings: GatewaySettings) -> web.AppRunner:
     """Start serving; returns the runner (``await runner.cleanup()`` stops it)."""
     runner = web.AppRunner(build_app(settings), access_log=None)
-    await runner.setup()
+    try:
+        await runner.setup()  # starts the metrics listener: its address may be taken
+    except OSError:
+        await runner.cleanup()
+        raise
     host, port = settings.host_port
     try:
         # aiohttp leaves SO_REUSEPORT off: a taken address is an error, not a shared one.

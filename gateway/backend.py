@@ -17,6 +17,7 @@ from protos import (
     instances_pb2_grpc,
     metadata_pb2_grpc,
     networks_pb2_grpc,
+    nodes_pb2_grpc,
     uploads_pb2_grpc,
 )
 
@@ -39,6 +40,7 @@ class Backend:
     consoles: consoles_pb2_grpc.ConsoleServiceAsyncStub
     networks: networks_pb2_grpc.NetworkServiceAsyncStub
     interfaces: networks_pb2_grpc.InterfaceServiceAsyncStub
+    nodes: nodes_pb2_grpc.NodeAdminServiceAsyncStub
     health: health_pb2_grpc.HealthStub
 
     @classmethod
@@ -65,6 +67,7 @@ class Backend:
             networks=networks_pb2_grpc.NetworkServiceStub(channel),
             health=health_pb2_grpc.HealthStub(channel),
             interfaces=networks_pb2_grpc.InterfaceServiceStub(channel),
+            nodes=nodes_pb2_grpc.NodeAdminServiceStub(channel),
         )
 
     async def close(self) -> None:

@@ -8,8 +8,9 @@ implements the gRPC service behind them.
 Networks are served with the synchronous delete (the old shape), so
 ``network-delete-async`` is absent; so are ``provide-dns``, ``route-addresses``
 and ``extra-dns-entries`` (no DNS service, no routed addresses, no ping).
-Not served at all: nodes, snapshots, cluster operations, artifact versions
-and sharing.
+Nodes are served (list, get, delete, events, metadata) but not their process
+metrics (``node-process-metrics``). Not served at all: snapshots, cluster
+operations, artifact versions and sharing.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
     ),
     "networks": ("list-addresses", "get-network-namespace"),
     "networkinterfaces": ("interface-metadata",),
+    "nodes": ("node-get", "node-metadata"),
 }
 
 # Every token shakenfist-client 0.8.3 checks (compat doc §3), to test the page against.

@@ -1,4 +1,4 @@
-"""What wraps every request: a request id, errors as JSON, an access log line."""
+"""What wraps every request: a request id, errors as JSON, an access log line, metrics."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from aiohttp import web
 from common import logs
 from gateway.admission import admit, printable
 from gateway.errors import HttpError
+from gateway.metrics import METRICS
 from gateway.routing import REQUEST_ID, json_response
 
 log = structlog.get_logger("gateway.access")
@@ -31,7 +32,7 @@ def error_response(
 @web.middleware
 async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give the request an id, admit it (``gateway.admission``), turn failures into JSON
-    errors, log one line."""
+    errors, log one line, count it."""
     incoming = logs.clean_request_id(request.headers.get("X-Request-ID", ""))
     request_id = incoming or logs.new_request_id()
     request[REQUEST_ID] = request_id
@@ -52,12 +53,16 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         response = error_response(500, "internal error in the gateway; see its log")
     if not response.prepared:
         response.headers["X-Request-ID"] = request_id
+    elapsed = time.perf_counter() - started
+    metrics = request.app.get(METRICS)
+    if metrics is not None:
+        metrics.observe(request, response.status, elapsed)
     log.info(
         "request",
         method=printable(request.method)[:20],
         path=printable(request.path)[:300],
         status=response.status,
-        ms=round((time.perf_counter() - started) * 1000, 2),
+        ms=round(elapsed * 1000, 2),
         remote=request.remote,
     )
     return response

@@ -6,6 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from common.metricsserver import MetricsTLS
+
 
 @dataclass(frozen=True)
 class GatewaySettings:
@@ -24,6 +26,10 @@ class GatewaySettings:
     # before the gateway asks again (it is checked again by every call anyway).
     token_check_ttl: float = 5.0
     log_json: bool = False
+    # Where /metrics is served (a management address; empty or "off": not served).
+    metrics_listen: str = "127.0.0.1:13003"
+    # HTTPS for /metrics (MINICLOUD_GATEWAY_METRICS_TLS_CERT/_KEY/_CLIENT_CA); None: plain.
+    metrics_tls: MetricsTLS | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -40,6 +46,8 @@ class GatewaySettings:
                 env.get("MINICLOUD_GATEWAY_TOKEN_CHECK_TTL", base.token_check_ttl)
             ),
             log_json=env.get("MINICLOUD_LOG_JSON", "") in ("1", "true", "yes"),
+            metrics_listen=env.get("MINICLOUD_GATEWAY_METRICS_LISTEN", base.metrics_listen),
+            metrics_tls=MetricsTLS.from_env(env, "MINICLOUD_GATEWAY_METRICS"),
         )
 
     @property

@@ -61,15 +61,7 @@ UNSERVED: tuple[Unserved, ...] = (
     Unserved("DELETE", "/networks/{network_ref}/route/{address}", "route-addresses"),
     Unserved("POST", "/networks/{network_ref}/dns", "extra-dns-entries"),
     Unserved("DELETE", "/networks/{network_ref}/dns", "extra-dns-entries"),
-    Unserved("GET", "/nodes"),
-    Unserved("GET", "/nodes/{node}", "node-get"),
-    Unserved("DELETE", "/nodes/{node}"),
-    Unserved("GET", "/nodes/{node}/events"),
     Unserved("GET", "/nodes/{node}/processmetrics", "node-process-metrics"),
-    Unserved("GET", "/nodes/{node}/metadata", "node-metadata"),
-    Unserved("POST", "/nodes/{node}/metadata", "node-metadata"),
-    Unserved("PUT", "/nodes/{node}/metadata/{key}", "node-metadata"),
-    Unserved("DELETE", "/nodes/{node}/metadata/{key}", "node-metadata"),
 )
 
 _PARAM = re.compile(r"\{\w+(:[^}]*)?\}")

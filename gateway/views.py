@@ -10,6 +10,7 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 
+from common import sidechannels
 from protos import (
     agent_pb2,
     artifacts_pb2,
@@ -18,6 +19,7 @@ from protos import (
     common_pb2,
     instances_pb2,
     networks_pb2,
+    nodes_pb2,
     uploads_pb2,
 )
 
@@ -59,7 +61,7 @@ def instance(pb: instances_pb2.Instance, interfaces: list[JsonDict] | None = Non
     """
     spec = pb.spec
     agent_state: str | None = pb.agent_state or None
-    if agent_state is None and "sf-agent" in spec.side_channels:
+    if agent_state is None and sidechannels.AGENT_CHANNEL in spec.side_channels:
         agent_state = "not ready (no contact)"
     return {
         "uuid": pb.uuid,
@@ -81,7 +83,7 @@ def instance(pb: instances_pb2.Instance, interfaces: list[JsonDict] | None = Non
         "nvram_template": _none(spec.nvram_template),
         "machine_type": "q35" if spec.secure_boot else "pc",
         "configdrive": spec.configdrive or "openstack-disk",
-        "side_channels": list(spec.side_channels),
+        "side_channels": sidechannels.advertised(spec.side_channels),
         "ssh_key": _none(spec.ssh_key),
         "user_data": _none(spec.user_data),
         "power_state": _none(pb.power_state),
@@ -252,4 +254,45 @@ def address(pb: networks_pb2.Address) -> JsonDict:
         "when": pb.when,
         "type": pb.type,
         "comment": _none(pb.comment),
+    }
+
+
+def node(pb: nodes_pb2.NodeInfo) -> JsonDict:
+    """A node object: Shaken Fist's keys (name, ip, lastseen, version, release, state, roles)
+    then minicloud's own (capacity, commitments, connectivity, versions)."""
+    return {
+        "name": pb.name,
+        "ip": pb.address,
+        "lastseen": pb.last_seen,
+        "state": pb.state,
+        "version": pb.agent_version,
+        "release": pb.agent_version,
+        "is_hypervisor": True,
+        "is_network_node": False,
+        "is_cluster_maintainer": False,
+        "is_etcd_master": False,
+        "is_eventlog_node": False,
+        "is_database_node": False,
+        "connected": pb.connected,
+        "first_seen": pb.first_seen,
+        "hypervisor": pb.hypervisor,
+        "qemu_version": pb.qemu_version,
+        "libvirt_version": pb.libvirt_version,
+        "cpus": pb.cpus,
+        "memory_mb": pb.memory_mb,
+        "disk_gb": pb.disk_gb,
+        "committed_cpus": pb.committed_cpus,
+        "committed_memory_mb": pb.committed_memory_mb,
+        "committed_disk_gb": pb.committed_disk_gb,
+        "instance_count": pb.instance_count,
+        "instances": [
+            {
+                "uuid": i.uuid,
+                "name": i.name,
+                "namespace": i.namespace,
+                "state": i.state,
+                "power_state": i.power_state,
+            }
+            for i in pb.instances
+        ],
     }

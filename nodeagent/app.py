@@ -5,7 +5,8 @@ libvirt or the fakes from the settings; component tests and benchmarks pass
 fakes): one ``Outbox`` that every part sends its reports to and the
 ``ControlStream`` drains, the executor, the guest watch (which owns the guest
 links), guest operations and consoles. Nothing runs until
-``NodeAgent.run(stop)``: it owns one TaskGroup (the stream, the observer,
+``NodeAgent.run(stop)``: it serves its metrics listener (``/metrics``,
+``/healthz``, ``/readyz``), owns one TaskGroup (the stream, the observer,
 the usage reporter), ends it when ``stop`` is set, and closes the links, the
 blob channel and the hypervisor. Stopping the agent never stops guests.
 """
@@ -13,28 +14,35 @@ blob channel and the hypervisor. Stopping the agent never stops guests.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
+import shutil
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
 from common import logs
+from common.metricsserver import MetricsServer, enabled
 from nodeagent.blobclient import GrpcBlobs
 from nodeagent.consoles import Consoles
 from nodeagent.credentials import Credentials
 from nodeagent.disks.fake import FakeDiskBuilder
 from nodeagent.disks.protocol import DiskBuilder
+from nodeagent.errors import NodeAgentError
 from nodeagent.executor import Executor
 from nodeagent.guest.links import LinkSettings
 from nodeagent.guest.ops import GuestOps
 from nodeagent.guest.watch import GuestWatch
 from nodeagent.hypervisor.fake import FakeHypervisor
 from nodeagent.hypervisor.protocol import Hypervisor
+from nodeagent.metrics import NodeMetrics
 from nodeagent.network.protocol import NetworkDriver
 from nodeagent.observer import observe
 from nodeagent.outbox import Outbox
+from nodeagent.readiness import Readiness
 from nodeagent.settings import Settings
 from nodeagent.stream import ControlStream, Identity
 from nodeagent.usage import report_usage
@@ -47,7 +55,9 @@ def machine_memory_mb() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
 
 
-def build_drivers(settings: Settings, blobs: GrpcBlobs) -> tuple[Hypervisor, DiskBuilder]:
+def build_drivers(
+    settings: Settings, blobs: GrpcBlobs, metrics: NodeMetrics | None = None
+) -> tuple[Hypervisor, DiskBuilder]:
     """The hypervisor driver and disk builder the settings ask for."""
     if settings.hypervisor == "fake":
         return FakeHypervisor(settings.vdi_listen), FakeDiskBuilder()
@@ -61,6 +71,7 @@ def build_drivers(settings: Settings, blobs: GrpcBlobs) -> tuple[Hypervisor, Dis
         vdi_listen=settings.vdi_listen,
         vdi_tls=settings.vdi_tls,
         node_name=settings.name,
+        metrics=metrics,
     )
     disks = Qcow2DiskBuilder(
         settings.instances_dir, settings.image_cache_dir, settings.image_url_template, blobs
@@ -92,10 +103,37 @@ class NodeAgent:
     watch: GuestWatch
     guestops: GuestOps
     consoles: Consoles
+    metrics: NodeMetrics
+    # /metrics, /healthz and /readyz (None when the settings turn it off).
+    metrics_server: MetricsServer | None = None
+
+    async def _learn_versions(self) -> None:
+        """Put the host's QEMU and libvirt versions into what the node registers with."""
+        try:
+            found = await self.hypervisor.versions()
+        except NodeAgentError as exc:
+            log.warning("cannot read the hypervisor's versions", error=str(exc))
+            return
+        self.stream.identity = dataclasses.replace(
+            self.stream.identity,
+            qemu_version=found.get("qemu", ""),
+            libvirt_version=found.get("libvirt", ""),
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run the stream, the observer and the usage reporter until stop is set; then close."""
+        """Serve metrics; run the stream, the observer and the usage reporter until stop is set.
+
+        A taken metrics address raises OSError before anything else starts.
+        """
+        if self.metrics_server is not None:
+            try:
+                await self.metrics_server.start()
+            except OSError:
+                await self.blobs.close()
+                await self.hypervisor.close()
+                raise
         try:
+            await self._learn_versions()
             async with asyncio.TaskGroup() as group:
                 tasks = [
                     group.create_task(self.stream.run(), name="control-stream"),
@@ -114,10 +152,25 @@ class NodeAgent:
                 for task in tasks:
                     task.cancel()
         finally:
+            if self.metrics_server is not None:
+                await self.metrics_server.stop()
             await self.consoles.close_all()
             await self.watch.close()
             await self.blobs.close()
             await self.hypervisor.close()
+
+    @property
+    def metrics_port(self) -> int:
+        """The port /metrics is served on (0 when not serving)."""
+        return self.metrics_server.port if self.metrics_server is not None else 0
+
+
+def disk_gb(folder: Path) -> int:
+    """The size of the file system holding folder, in GB (0 if it cannot be read)."""
+    try:
+        return shutil.disk_usage(folder if folder.exists() else folder.parent).total // 10**9
+    except OSError:
+        return 0
 
 
 def build(
@@ -129,8 +182,13 @@ def build(
     *,
     links: LinkSettings | None = None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    metrics: NodeMetrics | None = None,
 ) -> NodeAgent:
-    """Every part of a node agent over these drivers, wired; nothing runs yet."""
+    """Every part of a node agent over these drivers, wired; nothing runs yet.
+
+    metrics is the registry the drivers were given (a fresh one when None).
+    """
+    metrics = metrics if metrics is not None else NodeMetrics()
     identity = Identity(
         name=settings.name,
         address=settings.address,
@@ -138,6 +196,7 @@ def build(
         memory_mb=settings.memory_mb or machine_memory_mb(),
         hypervisor=hypervisor.kind,
         console_host=settings.console_host,
+        disk_gb=disk_gb(settings.data_dir),
     )
     outbox = Outbox()
     watch = GuestWatch(settings.instances_dir, outbox.send, links)
@@ -154,6 +213,7 @@ def build(
         guestwatch=watch,
         network=network,
         consoles=consoles,
+        blobs=blobs,
     )
     stream = ControlStream(
         settings.control_plane,
@@ -167,18 +227,48 @@ def build(
         on_connected=watch.connected,
         on_disconnected=consoles.close_all,
         on_console=consoles.relay,
+        metrics=metrics,
     )
+    metrics.registry.computed(
+        "minicloud_guest_agents",
+        "Instances on this node by the state of their in-guest agent.",
+        ["agent_state"],
+        lambda: {(state,): float(n) for state, n in watch.state_counts().items()},
+    )
+    metrics.registry.computed(
+        "minicloud_control_stream_up",
+        "1 while the stream to the control plane is up, else 0.",
+        [],
+        lambda: {(): 1.0 if stream.connected.is_set() else 0.0},
+    )
+    server = None
+    if enabled(settings.metrics_listen):
+        readiness = Readiness(hypervisor, stream.connected)
+        server = MetricsServer(
+            metrics.registry, settings.metrics_listen, readiness.check, settings.metrics_tls
+        )
     return NodeAgent(
-        settings, hypervisor, blobs, outbox, stream, executor, watch, guestops, consoles
+        settings,
+        hypervisor,
+        blobs,
+        outbox,
+        stream,
+        executor,
+        watch,
+        guestops,
+        consoles,
+        metrics,
+        server,
     )
 
 
 async def run(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT."""
     settings.instances_dir.mkdir(parents=True, exist_ok=True)
-    blobs = GrpcBlobs(settings.control_plane, Credentials("system", settings.node_key()))
-    hypervisor, disks = build_drivers(settings, blobs)
-    agent = build(settings, hypervisor, disks, blobs, build_network(settings))
+    metrics = NodeMetrics()
+    blobs = GrpcBlobs(settings.control_plane, Credentials("system", settings.node_key()), metrics)
+    hypervisor, disks = build_drivers(settings, blobs, metrics)
+    agent = build(settings, hypervisor, disks, blobs, build_network(settings), metrics=metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -191,4 +281,8 @@ def main() -> None:
     """Console script: minicloud-nodeagent."""
     settings = Settings.from_env()
     logs.configure(json=settings.log_json)
-    asyncio.run(run(settings))
+    try:
+        asyncio.run(run(settings))
+    except OSError as exc:
+        log.error("cannot start the node agent", error=str(exc))
+        raise SystemExit(1) from None

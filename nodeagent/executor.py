@@ -30,6 +30,7 @@ from common.nodewire.commands import (
     CreateDomain,
     DestroyDomain,
     EnsureNetwork,
+    ExportDisks,
     PowerDomain,
     RemoveNetwork,
     SerialCommand,
@@ -39,7 +40,7 @@ from common.nodewire.domain import DomainRequest, NicRequest
 from common.nodewire.messages import NodeEvent, Observation, Result
 from common.nodewire.power import STOPPED, PowerAction, PowerState
 from nodeagent.consoles import Consoles
-from nodeagent.disks.protocol import DiskBuilder
+from nodeagent.disks.protocol import BlobSink, DiskBuilder, DiskError
 from nodeagent.errors import NodeAgentError
 from nodeagent.guest.ops import GuestOps
 from nodeagent.guest.watch import AGENT_CHANNEL, GuestWatch
@@ -84,7 +85,9 @@ class Executor:
         network: NetworkDriver | None = None,
         network_wait: float = NETWORK_WAIT,
         consoles: Consoles | None = None,
+        blobs: BlobSink | None = None,
     ) -> None:
+        self.blobs = blobs
         self.consoles = consoles
         self.network = network
         self.network_wait = network_wait
@@ -173,7 +176,7 @@ class Executor:
             state: DomainState | None
             match command:
                 case CreateDomain():
-                    state = await self._create(command.domain)
+                    state = await self._create(command.domain, command.start)
                 case PowerDomain():
                     state = await self._power(command)
                 case DestroyDomain():
@@ -184,6 +187,16 @@ class Executor:
                     return Result(command.command_id, uuid, True)
                 case AttachInterface():
                     state = await self._attach(command)
+                case ExportDisks():
+                    blobs, state = await self._export(command)
+                    bound.info("command done", seconds=round(self.clock() - started, 3))
+                    return Result(
+                        command.command_id,
+                        uuid,
+                        True,
+                        observation=observation_of(uuid, state),
+                        blobs=blobs,
+                    )
                 case _:
                     assert_never(command)
         except NodeAgentError as exc:
@@ -203,7 +216,7 @@ class Executor:
         except HypervisorError:
             return None
 
-    async def _create(self, spec: DomainRequest) -> DomainState:
+    async def _create(self, spec: DomainRequest, start: bool = True) -> DomainState:
         uuid = spec.uuid
         existing = await self.hypervisor.get_domain(uuid)
         if existing is not None and existing.power_state == PowerState.ON:
@@ -230,7 +243,12 @@ class Executor:
             spec = dataclasses.replace(spec, nvram_template=str(template))
         self.console_log(uuid).parent.mkdir(parents=True, exist_ok=True)
         spec = await self._with_bridges(spec)
-        state = await self.hypervisor.define_and_start(spec, prepared, self.console_log(uuid))
+        state = await self.hypervisor.define_and_start(
+            spec, prepared, self.console_log(uuid), start=start
+        )
+        if not start:
+            self.emit(NodeEvent(uuid, "domain defined", timestamp=self.clock()))
+            return state
         self.emit(NodeEvent(uuid, "domain started", timestamp=self.clock()))
         if self.guestwatch is not None:
             self.guestwatch.domain_on(uuid, AGENT_CHANNEL in spec.side_channels)
@@ -312,6 +330,35 @@ class Executor:
             if current is not None and current.power_state in STOPPED:
                 await self._config_drive(command.domain)
         return await self.hypervisor.power(uuid, action)
+
+    async def _export(self, command: ExportDisks) -> tuple[tuple[str, ...], DomainState]:
+        """Upload a stopped instance's disks flattened, as blobs (a running one is refused)."""
+        uuid = command.instance_uuid
+        state = await self.hypervisor.get_domain(uuid)
+        if state is None:
+            raise DiskError(f"instance {uuid} has no domain on this node")
+        if state.power_state not in STOPPED:
+            raise DiskError(f"instance {uuid} is {state.power_state}; stop the instance first")
+        if self.blobs is None:
+            raise DiskError("this node cannot upload blobs")
+        self.emit(NodeEvent(uuid, "exporting disks", timestamp=self.clock()))
+        started = self.clock()
+        blobs = await self.disks.export(
+            uuid,
+            command.disks,
+            self.blobs,
+            lambda message: self.emit(NodeEvent(uuid, message, timestamp=self.clock())),
+        )
+        self.emit(
+            NodeEvent(
+                uuid,
+                "disks exported",
+                timestamp=self.clock(),
+                duration=self.clock() - started,
+                extra={"blobs": list(blobs)},
+            )
+        )
+        return blobs, state
 
     async def _destroy(self, uuid: str) -> None:
         if self.consoles is not None:

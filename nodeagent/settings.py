@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.metricsserver import MetricsTLS
+
 DEFAULT_IMAGE_TEMPLATE = (
     "https://cloud.debian.org/images/cloud/{codename}/latest/"
     "debian-{version}-genericcloud-amd64.qcow2"
@@ -51,6 +53,11 @@ class Settings:
     network_egress_bridge: str = "mcegress"
     network_underlay_netns: str = ""
     network_name_prefix: str = "mc"
+    # Where /metrics, /healthz and /readyz are served (a management address; empty or
+    # "off": not served).
+    metrics_listen: str = "127.0.0.1:13103"
+    # HTTPS for them (MINICLOUD_NODE_METRICS_TLS_CERT/_KEY/_CLIENT_CA); None: plain.
+    metrics_tls: MetricsTLS | None = None
 
     def node_key(self) -> str:
         """The key to authenticate with: key, else the first line of key_file."""
@@ -105,4 +112,6 @@ class Settings:
             network_egress_bridge=get("NETWORK_EGRESS_BRIDGE", base.network_egress_bridge),
             network_underlay_netns=get("NETWORK_UNDERLAY_NETNS", base.network_underlay_netns),
             network_name_prefix=get("NETWORK_NAME_PREFIX", base.network_name_prefix),
+            metrics_listen=get("METRICS_LISTEN", base.metrics_listen),
+            metrics_tls=MetricsTLS.from_env(env, "MINICLOUD_NODE_METRICS"),
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -41,6 +42,7 @@ from common.nodewire.messages import (
 from common.tasks import Tasks
 from nodeagent.credentials import Credentials, Metadata
 from nodeagent.executor import Executor
+from nodeagent.metrics import NodeMetrics
 from nodeagent.outbox import Outbox
 from protos import node_pb2, node_pb2_grpc
 
@@ -63,6 +65,9 @@ class Identity:
     memory_mb: int
     hypervisor: str
     console_host: str = ""
+    qemu_version: str = ""
+    libvirt_version: str = ""
+    disk_gb: int = 0
 
 
 def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -89,7 +94,9 @@ class ControlStream:
         on_connected: Callable[[list[Observation]], None] | None = None,
         on_disconnected: Callable[[], Awaitable[None]] | None = None,
         on_console: Callable[[ConsoleRelay], None] | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.on_connected = on_connected
         self.on_disconnected = on_disconnected
         self.on_console = on_console
@@ -155,6 +162,9 @@ class ControlStream:
                     hypervisor=ident.hypervisor,
                     agent_version=AGENT_VERSION,
                     console_host=ident.console_host,
+                    qemu_version=ident.qemu_version,
+                    libvirt_version=ident.libvirt_version,
+                    disk_gb=ident.disk_gb,
                 )
             )
         )
@@ -170,6 +180,8 @@ class ControlStream:
         if self.on_connected is not None:
             self.on_connected(inventory)
         self.connected.set()
+        if self.metrics is not None:
+            self.metrics.stream_connections.inc()
         log.info("connected to control plane", target=self.target, domains=len(inventory))
         heartbeat = asyncio.create_task(
             self._heartbeat(outbox, first.registered.heartbeat_interval)
@@ -195,7 +207,13 @@ class ControlStream:
         # Runs in its own task, so what is bound here tags only this command's logs.
         command = delivery.command
         logs.bind(request_id=delivery.request_id or None, target=target_of(command))
+        started = time.perf_counter()
         result = await self.executor.execute(command)
+        if self.metrics is not None:
+            kind, outcome = type(command).__name__, "ok" if result.ok else "failed"
+            self.metrics.commands.inc(command=kind, outcome=outcome)
+            elapsed = time.perf_counter() - started
+            self.metrics.command_duration.observe(elapsed, command=kind, outcome=outcome)
         self.outbox.send(result)
 
     async def _heartbeat(self, outbox: asyncio.Queue[Report], interval: float) -> None:

@@ -23,6 +23,30 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class MoveInstanceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REF_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    ref: _builtins.str
+    """A UUID, or a name in the caller's namespace."""
+    node: _builtins.str
+    """The node to move to ("": placement chooses among the other nodes)."""
+    def __init__(
+        self,
+        *,
+        ref: _builtins.str = ...,
+        node: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node", "ref", b"ref"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MoveInstanceRequest: _TypeAlias = MoveInstanceRequest  # noqa: Y015
+
+@_typing.final
 class CreateInstanceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

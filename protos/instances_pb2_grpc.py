@@ -94,6 +94,11 @@ class InstanceServiceStub:
                 request_serializer=protos_dot_instances__pb2.WatchRequest.SerializeToString,
                 response_deserializer=protos_dot_instances__pb2.WatchUpdate.FromString,
                 _registered_method=True)
+        self.Move = channel.unary_unary(
+                '/minicloud.v1.InstanceService/Move',
+                request_serializer=protos_dot_instances__pb2.MoveInstanceRequest.SerializeToString,
+                response_deserializer=protos_dot_instances__pb2.Instance.FromString,
+                _registered_method=True)
 
 
 class InstanceServiceServicer:
@@ -175,6 +180,15 @@ class InstanceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Move(self, request, context):
+        """Administrator only: move a stopped instance to another node (node empty:
+        placement chooses). Its disks are flattened and copied through the blob
+        store; it stays off on the new node. FAILED_PRECONDITION while it runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InstanceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -237,6 +251,11 @@ def add_InstanceServiceServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=protos_dot_instances__pb2.WatchRequest.FromString,
                     response_serializer=protos_dot_instances__pb2.WatchUpdate.SerializeToString,
+            ),
+            'Move': grpc.unary_unary_rpc_method_handler(
+                    servicer.Move,
+                    request_deserializer=protos_dot_instances__pb2.MoveInstanceRequest.FromString,
+                    response_serializer=protos_dot_instances__pb2.Instance.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -563,6 +582,33 @@ class InstanceService:
             '/minicloud.v1.InstanceService/Watch',
             protos_dot_instances__pb2.WatchRequest.SerializeToString,
             protos_dot_instances__pb2.WatchUpdate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Move(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minicloud.v1.InstanceService/Move',
+            protos_dot_instances__pb2.MoveInstanceRequest.SerializeToString,
+            protos_dot_instances__pb2.Instance.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,11 @@ class InstanceServiceStub:
     """Newest first; 100 by default."""
     Watch: _grpc.UnaryStreamMultiCallable[_instances_pb2.WatchRequest, _instances_pb2.WatchUpdate]
     """Pushes instance changes and new events as they happen."""
+    Move: _grpc.UnaryUnaryMultiCallable[_instances_pb2.MoveInstanceRequest, _instances_pb2.Instance]
+    """Administrator only: move a stopped instance to another node (node empty:
+    placement chooses). Its disks are flattened and copied through the blob
+    store; it stays off on the new node. FAILED_PRECONDITION while it runs.
+    """
 
 @_typing.type_check_only
 class InstanceServiceAsyncStub(InstanceServiceStub):
@@ -69,6 +74,11 @@ class InstanceServiceAsyncStub(InstanceServiceStub):
     """Newest first; 100 by default."""
     Watch: _aio.UnaryStreamMultiCallable[_instances_pb2.WatchRequest, _instances_pb2.WatchUpdate]  # type: ignore[assignment]
     """Pushes instance changes and new events as they happen."""
+    Move: _aio.UnaryUnaryMultiCallable[_instances_pb2.MoveInstanceRequest, _instances_pb2.Instance]  # type: ignore[assignment]
+    """Administrator only: move a stopped instance to another node (node empty:
+    placement chooses). Its disks are flattened and copied through the blob
+    store; it stays off on the new node. FAILED_PRECONDITION while it runs.
+    """
 
 class InstanceServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -158,5 +168,16 @@ class InstanceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_instances_pb2.WatchUpdate], _abc.AsyncIterator[_instances_pb2.WatchUpdate]]:
         """Pushes instance changes and new events as they happen."""
+
+    @_abc_1.abstractmethod
+    def Move(
+        self,
+        request: _instances_pb2.MoveInstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_instances_pb2.Instance, _abc.Awaitable[_instances_pb2.Instance]]:
+        """Administrator only: move a stopped instance to another node (node empty:
+        placement chooses). Its disks are flattened and copied through the blob
+        store; it stays off on the new node. FAILED_PRECONDITION while it runs.
+        """
 
 def add_InstanceServiceServicer_to_server(servicer: InstanceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -210,6 +210,9 @@ class Register(_message.Message):
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
     CONSOLE_HOST_FIELD_NUMBER: _builtins.int
     WIRE_VERSION_FIELD_NUMBER: _builtins.int
+    QEMU_VERSION_FIELD_NUMBER: _builtins.int
+    LIBVIRT_VERSION_FIELD_NUMBER: _builtins.int
+    DISK_GB_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     address: _builtins.str
     cpus: _builtins.int
@@ -223,6 +226,11 @@ class Register(_message.Message):
     """The node stream's version (common/nodewire/messages.py WIRE_VERSION); the
     control plane refuses a node agent of another version.
     """
+    qemu_version: _builtins.str
+    """What the node runs ("" when unknown); shown by NodeAdminService.GetNode."""
+    libvirt_version: _builtins.str
+    disk_gb: _builtins.int
+    """Space for instance disks (the node's data folder), in GB."""
     def __init__(
         self,
         *,
@@ -234,10 +242,13 @@ class Register(_message.Message):
         agent_version: _builtins.str = ...,
         console_host: _builtins.str = ...,
         wire_version: _builtins.int = ...,
+        qemu_version: _builtins.str = ...,
+        libvirt_version: _builtins.str = ...,
+        disk_gb: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_version", b"agent_version", "console_host", b"console_host", "cpus", b"cpus", "hypervisor", b"hypervisor", "memory_mb", b"memory_mb", "name", b"name", "wire_version", b"wire_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_version", b"agent_version", "console_host", b"console_host", "cpus", b"cpus", "disk_gb", b"disk_gb", "hypervisor", b"hypervisor", "libvirt_version", b"libvirt_version", "memory_mb", b"memory_mb", "name", b"name", "qemu_version", b"qemu_version", "wire_version", b"wire_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -372,6 +383,7 @@ class CommandResult(_message.Message):
     EXEC_RESULT_FIELD_NUMBER: _builtins.int
     PUT_RESULT_FIELD_NUMBER: _builtins.int
     GET_RESULT_FIELD_NUMBER: _builtins.int
+    BLOBS_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     instance_uuid: _builtins.str
     ok: _builtins.bool
@@ -392,6 +404,10 @@ class CommandResult(_message.Message):
     def put_result(self) -> Global___AgentPutResult: ...
     @_builtins.property
     def get_result(self) -> Global___AgentGetResult: ...
+    @_builtins.property
+    def blobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """For export_disks: one blob UUID per disk of the command ("" for a cdrom)."""
+
     def __init__(
         self,
         *,
@@ -406,10 +422,11 @@ class CommandResult(_message.Message):
         exec_result: Global___AgentExecResult | None = ...,
         put_result: Global___AgentPutResult | None = ...,
         get_result: Global___AgentGetResult | None = ...,
+        blobs: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "exec_result", b"exec_result", "get_result", b"get_result", "observation", b"observation", "put_result", b"put_result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "blob_uuid", b"blob_uuid", "command_id", b"command_id", "data", b"data", "error", b"error", "exec_result", b"exec_result", "get_result", b"get_result", "instance_uuid", b"instance_uuid", "observation", b"observation", "ok", b"ok", "put_result", b"put_result", "retryable", b"retryable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "blob_uuid", b"blob_uuid", "blobs", b"blobs", "command_id", b"command_id", "data", b"data", "error", b"error", "exec_result", b"exec_result", "get_result", b"get_result", "instance_uuid", b"instance_uuid", "observation", b"observation", "ok", b"ok", "put_result", b"put_result", "retryable", b"retryable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_agent: _TypeAlias = _typing.Literal["exec_result", "put_result", "get_result"]  # noqa: Y015
     _WhichOneofArgType_agent: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
@@ -587,6 +604,7 @@ class Command(_message.Message):
     ENSURE_NETWORK_FIELD_NUMBER: _builtins.int
     REMOVE_NETWORK_FIELD_NUMBER: _builtins.int
     ATTACH_INTERFACE_FIELD_NUMBER: _builtins.int
+    EXPORT_DISKS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     instance_uuid: _builtins.str
@@ -619,6 +637,8 @@ class Command(_message.Message):
     def remove_network(self) -> Global___RemoveNetwork: ...
     @_builtins.property
     def attach_interface(self) -> Global___AttachInterface: ...
+    @_builtins.property
+    def export_disks(self) -> Global___ExportDisks: ...
     def __init__(
         self,
         *,
@@ -637,13 +657,14 @@ class Command(_message.Message):
         ensure_network: Global___EnsureNetwork | None = ...,
         remove_network: Global___RemoveNetwork | None = ...,
         attach_interface: Global___AttachInterface | None = ...,
+        export_disks: Global___ExportDisks | None = ...,
         request_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_execute", b"agent_execute", "agent_get", b"agent_get", "agent_put", b"agent_put", "attach_interface", b"attach_interface", "console_clear", b"console_clear", "console_open", b"console_open", "console_read", b"console_read", "console_screenshot", b"console_screenshot", "create", b"create", "destroy", b"destroy", "ensure_network", b"ensure_network", "power", b"power", "remove_network", b"remove_network"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_execute", b"agent_execute", "agent_get", b"agent_get", "agent_put", b"agent_put", "attach_interface", b"attach_interface", "console_clear", b"console_clear", "console_open", b"console_open", "console_read", b"console_read", "console_screenshot", b"console_screenshot", "create", b"create", "destroy", b"destroy", "ensure_network", b"ensure_network", "export_disks", b"export_disks", "power", b"power", "remove_network", b"remove_network"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_execute", b"agent_execute", "agent_get", b"agent_get", "agent_put", b"agent_put", "attach_interface", b"attach_interface", "command_id", b"command_id", "console_clear", b"console_clear", "console_open", b"console_open", "console_read", b"console_read", "console_screenshot", b"console_screenshot", "create", b"create", "destroy", b"destroy", "ensure_network", b"ensure_network", "instance_uuid", b"instance_uuid", "power", b"power", "remove_network", b"remove_network", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_execute", b"agent_execute", "agent_get", b"agent_get", "agent_put", b"agent_put", "attach_interface", b"attach_interface", "command_id", b"command_id", "console_clear", b"console_clear", "console_open", b"console_open", "console_read", b"console_read", "console_screenshot", b"console_screenshot", "create", b"create", "destroy", b"destroy", "ensure_network", b"ensure_network", "export_disks", b"export_disks", "instance_uuid", b"instance_uuid", "power", b"power", "remove_network", b"remove_network", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["create", "power", "destroy", "agent_execute", "agent_put", "agent_get", "console_read", "console_clear", "console_screenshot", "console_open", "ensure_network", "remove_network", "attach_interface"]  # noqa: Y015
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["create", "power", "destroy", "agent_execute", "agent_put", "agent_get", "console_read", "console_clear", "console_screenshot", "console_open", "ensure_network", "remove_network", "attach_interface", "export_disks"]  # noqa: Y015
     _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
 
@@ -1030,16 +1051,20 @@ class CreateDomain(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DOMAIN_FIELD_NUMBER: _builtins.int
+    STOPPED_FIELD_NUMBER: _builtins.int
+    stopped: _builtins.bool
+    """Only define the domain; it stays off (an instance moved from another node)."""
     @_builtins.property
     def domain(self) -> Global___DomainRequest: ...
     def __init__(
         self,
         *,
         domain: Global___DomainRequest | None = ...,
+        stopped: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain", "stopped", b"stopped"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1243,3 +1268,28 @@ class AttachInterface(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AttachInterface: _TypeAlias = AttachInterface  # noqa: Y015
+
+@_typing.final
+class ExportDisks(_message.Message):
+    """Flatten the command's (stopped) instance's disks, each overlay merged with
+    its backing chain into a standalone qcow2, and upload each to the
+    BlobService (CommandResult.blobs). A cdrom is not copied.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def disks(self) -> _containers.RepeatedCompositeFieldContainer[Global___DiskRequest]: ...
+    def __init__(
+        self,
+        *,
+        disks: _abc.Iterable[Global___DiskRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disks", b"disks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportDisks: _TypeAlias = ExportDisks  # noqa: Y015

@@ -579,6 +579,7 @@ def control_plane(workdir: Path, heartbeat_interval: float) -> Iterator[Plane]:
     env = {
         **os.environ,
         "MINICLOUD_LISTEN": f"127.0.0.1:{port}",
+        "MINICLOUD_METRICS_LISTEN": "127.0.0.1:0",
         "MINICLOUD_DATA_DIR": str(workdir / "data"),
         "MINICLOUD_NAME": "bench-cp",
         "MINICLOUD_HEARTBEAT_INTERVAL": str(heartbeat_interval),
@@ -670,6 +671,7 @@ def build_agent(config: NodeSimConfig, name: str, sleep: Sleep) -> NodeAgent:
         backoff_base=0.5,
         backoff_cap=5.0,
         usage_interval=0,
+        metrics_listen="",
     )
     blobs = GrpcBlobs(config.target, Credentials("system", BENCH_KEY))  # dials only when used
     return build(settings, FakeHypervisor(), FakeDiskBuilder(), blobs, sleep=sleep)

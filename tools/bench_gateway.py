@@ -132,6 +132,7 @@ async def populate(
         memory_mb=1 << 30,
         key=key,
         usage_interval=0,
+        metrics_listen="",
     )
     hypervisor = FakeHypervisor()
     agent = build(
@@ -230,6 +231,7 @@ def main() -> None:
                 env={
                     **env,
                     "MINICLOUD_LISTEN": f"127.0.0.1:{api_port}",
+                    "MINICLOUD_METRICS_LISTEN": "127.0.0.1:0",
                     "MINICLOUD_DATA_DIR": str(work / "cp"),
                     "MINICLOUD_NAME": "bench-cp",
                     "MINICLOUD_SYSTEM_KEY": args.key,
@@ -244,6 +246,7 @@ def main() -> None:
                 env={
                     **env,
                     "MINICLOUD_GATEWAY_LISTEN": f"127.0.0.1:{rest_port}",
+                    "MINICLOUD_GATEWAY_METRICS_LISTEN": "127.0.0.1:0",
                     "MINICLOUD_GATEWAY_API": f"127.0.0.1:{api_port}",
                 },
                 stdout=subprocess.DEVNULL,

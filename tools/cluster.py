@@ -3,6 +3,8 @@
 ``Cluster`` starts an image server (serving a guest image as debian:11 and
 debian:12), a control plane and a node agent as subprocesses, with their logs
 in the cluster's folder, and offers the few helpers tests and benchmarks share.
+Each process serves its metrics on a free port of its own (``metrics_ports``,
+``metrics(proc)``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,10 +82,23 @@ class Cluster:
     # The system namespace's key: the client and the node agent log in with it.
     key: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # Process name -> the port its /metrics is served on.
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def node_dir(self) -> Path:
         return self.root / "node"
+
+    def _metrics_listen(self, name: str) -> str:
+        """A fresh metrics address for a process (kept in metrics_ports)."""
+        self.metrics_ports[name] = free_port()
+        return f"127.0.0.1:{self.metrics_ports[name]}"
+
+    def metrics(self, proc: str = "controlplane", path: str = "/metrics") -> str:
+        """What a process's metrics listener answers at path (the Prometheus text for /metrics)."""
+        url = f"http://127.0.0.1:{self.metrics_ports[proc]}{path}"
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            return str(reply.read().decode())
 
     def _start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         # The child keeps its own copy of the log's descriptor; the parent's is closed.
@@ -122,6 +138,7 @@ class Cluster:
                 "MINICLOUD_HEARTBEAT_INTERVAL": "1",
                 "MINICLOUD_NODE_TIMEOUT": "6",
                 "MINICLOUD_SYSTEM_KEY": self.key,
+                "MINICLOUD_METRICS_LISTEN": self._metrics_listen("controlplane"),
                 **self.controlplane_env,
             },
         )
@@ -146,6 +163,7 @@ class Cluster:
             {
                 "MINICLOUD_GATEWAY_LISTEN": f"127.0.0.1:{self.gateway_port}",
                 "MINICLOUD_GATEWAY_API": self.api,
+                "MINICLOUD_GATEWAY_METRICS_LISTEN": self._metrics_listen("gateway"),
             },
         )
 
@@ -169,6 +187,7 @@ class Cluster:
                 "MINICLOUD_NODE_BACKOFF_BASE": "0.2",
                 "MINICLOUD_NODE_BACKOFF_CAP": "1",
                 "MINICLOUD_NODE_USAGE_INTERVAL": str(self.usage_interval),
+                "MINICLOUD_NODE_METRICS_LISTEN": self._metrics_listen(proc),
                 **self.node_env,
                 **(env or {}),
             },

@@ -11,6 +11,10 @@ DEMO=$ROOT/var/demo
 API=127.0.0.1:13100
 IMAGE_PORT=13080
 REST=127.0.0.1:13000
+# Metrics listeners (Prometheus text at /metrics), on loopback: control plane, gateway, node.
+CP_METRICS=127.0.0.1:13102
+REST_METRICS=127.0.0.1:13003
+NODE_METRICS=127.0.0.1:13103
 export MINICLOUD_API=$API
 # The system namespace's key: made once, kept in var/demo/system-key (mode 0600).
 mkdir -p "$DEMO"
@@ -66,11 +70,12 @@ start() {  # name, command...
 }
 start images .venv/bin/python tools/serve_images.py --dir "$DEMO/images" --port $IMAGE_PORT
 MINICLOUD_LISTEN=$API MINICLOUD_DATA_DIR=$DEMO/controlplane MINICLOUD_SYSTEM_KEY=$MINICLOUD_KEY \
+MINICLOUD_METRICS_LISTEN=$CP_METRICS \
   start controlplane .venv/bin/minicloud-controlplane
-MINICLOUD_GATEWAY_LISTEN=$REST MINICLOUD_GATEWAY_API=$API \
+MINICLOUD_GATEWAY_LISTEN=$REST MINICLOUD_GATEWAY_API=$API MINICLOUD_GATEWAY_METRICS_LISTEN=$REST_METRICS \
   start gateway .venv/bin/python -m gateway
 MINICLOUD_NODE_CONTROL_PLANE=$API MINICLOUD_NODE_NAME=demo-node MINICLOUD_NODE_KEY=$MINICLOUD_KEY \
-MINICLOUD_NODE_DATA_DIR=$DEMO/node \
+MINICLOUD_NODE_DATA_DIR=$DEMO/node MINICLOUD_NODE_METRICS_LISTEN=$NODE_METRICS \
 MINICLOUD_NODE_IMAGE_URL_TEMPLATE="http://127.0.0.1:$IMAGE_PORT/{name}-{version}.qcow2" \
   start nodeagent .venv/bin/minicloud-nodeagent
 
@@ -119,4 +124,9 @@ Logs: $DEMO/*.log
 The Shaken Fist REST gateway is at http://$REST; for shakenfist-client and sf-client:
   export SHAKENFIST_API_URL=http://$REST SHAKENFIST_NAMESPACE=system SHAKENFIST_KEY=$MINICLOUD_KEY
   .venv/bin/sf-client instance list
+
+Prometheus metrics (plain HTTP on loopback; README "Metrics"):
+  curl -s http://$CP_METRICS/metrics | grep ^minicloud_instances     # control plane
+  curl -s http://$REST_METRICS/metrics | grep ^minicloud_http        # REST gateway
+  curl -s http://$NODE_METRICS/metrics; curl -s http://$NODE_METRICS/readyz   # node agent
 EOT

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from common.nodewire.domain import DomainRequest, NicRequest
+from common.nodewire.domain import DiskRequest, DomainRequest, NicRequest
 from common.nodewire.network import NetworkConfig
 from common.nodewire.power import PowerAction
 
@@ -20,11 +20,15 @@ DEFAULT_AGENT_TIMEOUT = 300.0
 
 @dataclass(frozen=True)
 class CreateDomain:
-    """Build the instance's disks, config drive and domain, and start it."""
+    """Build the instance's disks, config drive and domain, and start it (unless not ``start``).
+
+    ``start`` false only defines the domain, which stays off (a moved instance).
+    """
 
     command_id: str
     instance_uuid: str
     domain: DomainRequest
+    start: bool = True
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,21 @@ class AgentGet:
     timeout: float = DEFAULT_AGENT_TIMEOUT
 
 
+@dataclass(frozen=True)
+class ExportDisks:
+    """Flatten a stopped instance's disks and upload each to the BlobService.
+
+    ``disks`` are the instance's disk specs as stored (their order numbers
+    the files); each ``disk`` becomes a standalone qcow2 blob (its overlay
+    merged with its backing chain), a cdrom is not copied. The result's
+    ``blobs`` holds one blob UUID per disk ("" for a cdrom).
+    """
+
+    command_id: str
+    instance_uuid: str
+    disks: tuple[DiskRequest, ...]
+
+
 class ConsoleKind(StrEnum):
     """Out-of-band access to an instance's console."""
 
@@ -135,7 +154,13 @@ class ConsoleAction:
 AgentCommand = AgentExecute | AgentPut | AgentGet
 # Commands a node runs one at a time per target, in arrival order, remembering results.
 SerialCommand = (
-    CreateDomain | PowerDomain | DestroyDomain | AttachInterface | EnsureNetwork | RemoveNetwork
+    CreateDomain
+    | PowerDomain
+    | DestroyDomain
+    | AttachInterface
+    | EnsureNetwork
+    | RemoveNetwork
+    | ExportDisks
 )
 Command = (
     CreateDomain
@@ -144,6 +169,7 @@ Command = (
     | AttachInterface
     | EnsureNetwork
     | RemoveNetwork
+    | ExportDisks
     | AgentExecute
     | AgentPut
     | AgentGet

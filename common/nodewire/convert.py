@@ -23,6 +23,7 @@ from common.nodewire.commands import (
     Delivery,
     DestroyDomain,
     EnsureNetwork,
+    ExportDisks,
     PowerDomain,
     RemoveNetwork,
 )
@@ -209,6 +210,7 @@ def command_to_pb(command: Command) -> node_pb2.Command:
     match command:
         case CreateDomain():
             domain_to_pb(command.domain, pb.create.domain)
+            pb.create.stopped = not command.start
         case PowerDomain():
             pb.power.action = command.action.value
             if command.domain is not None:
@@ -221,6 +223,10 @@ def command_to_pb(command: Command) -> node_pb2.Command:
             network_to_pb(command.network, pb.ensure_network)
         case RemoveNetwork():
             pb.remove_network.network_uuid = command.network_uuid
+        case ExportDisks():
+            pb.export_disks.SetInParent()
+            for d in command.disks:
+                pb.export_disks.disks.add(size_gb=d.size_gb, base=d.base, bus=d.bus, type=d.type)
         case AgentExecute():
             pb.agent_execute.command_line = command.command_line
             pb.agent_execute.env.update(command.env)
@@ -261,7 +267,9 @@ def command_from_pb(pb: node_pb2.Command) -> Command:
     cid, uuid = pb.command_id, pb.instance_uuid
     action = pb.WhichOneof("action")
     if action == "create":
-        return CreateDomain(cid, uuid, domain_from_pb(uuid, pb.create.domain))
+        return CreateDomain(
+            cid, uuid, domain_from_pb(uuid, pb.create.domain), start=not pb.create.stopped
+        )
     if action == "power":
         try:
             power = PowerAction(pb.power.action)
@@ -277,6 +285,12 @@ def command_from_pb(pb: node_pb2.Command) -> Command:
         return EnsureNetwork(cid, uuid, network_from_pb(pb.ensure_network))
     if action == "remove_network":
         return RemoveNetwork(cid, uuid)
+    if action == "export_disks":
+        disks = tuple(
+            DiskRequest(d.size_gb, d.base, d.bus or "virtio", d.type or "disk")
+            for d in pb.export_disks.disks
+        )
+        return ExportDisks(cid, uuid, disks)
     if action == "agent_execute":
         e = pb.agent_execute
         return AgentExecute(
@@ -312,6 +326,9 @@ def register_to_pb(reg: Register) -> node_pb2.Register:
         agent_version=reg.agent_version,
         console_host=reg.console_host,
         wire_version=reg.wire_version,
+        qemu_version=reg.qemu_version,
+        libvirt_version=reg.libvirt_version,
+        disk_gb=reg.disk_gb,
     )
 
 
@@ -326,6 +343,9 @@ def register_from_pb(pb: node_pb2.Register) -> Register:
         pb.agent_version,
         pb.console_host,
         pb.wire_version,
+        pb.qemu_version,
+        pb.libvirt_version,
+        pb.disk_gb,
     )
 
 
@@ -392,6 +412,7 @@ def result_to_pb(result: Result, out: node_pb2.CommandResult) -> None:
     out.retryable = result.retryable
     out.data = result.data
     out.blob_uuid = result.blob_uuid
+    out.blobs.extend(result.blobs)
     if result.observation is not None:
         observation_to_pb(result.observation, out.observation)
     if result.agent is not None:
@@ -410,6 +431,7 @@ def result_from_pb(pb: node_pb2.CommandResult) -> Result:
         agent=_agent_from_pb(pb),
         data=pb.data,
         blob_uuid=pb.blob_uuid,
+        blobs=tuple(pb.blobs),
     )
 
 

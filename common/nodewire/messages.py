@@ -24,6 +24,11 @@ class Register:
     # The address consoles listen on, as clients reach it ("": the address).
     console_host: str = ""
     wire_version: int = WIRE_VERSION
+    # What the node runs ("" when it does not know, as the fake hypervisor).
+    qemu_version: str = ""
+    libvirt_version: str = ""
+    # Space for instance disks, in GB (0: not reported).
+    disk_gb: int = 0
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,8 @@ class Result:
     # Console commands: log bytes read, or the screenshot's blob.
     data: bytes = b""
     blob_uuid: str = ""
+    # ExportDisks: one blob UUID per disk spec ("" for one not copied, a cdrom).
+    blobs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

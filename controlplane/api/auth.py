@@ -55,17 +55,48 @@ def namespace_to_pb(ns: Namespace) -> auth_pb2.Namespace:
     )
 
 
+CLIENT_ADDRESS_KEY = "x-minicloud-client-address"
+MAX_ADDRESS_LENGTH = 64
+
+
+def peer_host(peer: str) -> str:
+    """The host of a gRPC peer string ("ipv4:1.2.3.4:5", "ipv6:[::1]:5", "unix:..."), or ""."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rsplit(":", 1)[0]
+    if kind == "ipv6":
+        return rest.rsplit(":", 1)[0].strip("[]")
+    return ""
+
+
+def caller_address(peer: str, context: Any, trusted: frozenset[str]) -> str:
+    """Who is logging in: the peer's address, or the address a trusted proxy passes on.
+
+    The REST gateway sends its caller's address in ``x-minicloud-client-address``;
+    it is believed only from a peer listed in ``trusted_proxies`` (with TLS, this
+    becomes the gateway's certificate).
+    """
+    host = peer_host(peer)
+    if host in trusted:
+        passed = metadata_value(context, CLIENT_ADDRESS_KEY)
+        if passed and len(passed) <= MAX_ADDRESS_LENGTH and passed.isprintable():
+            return passed
+    return host
+
+
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     """Trades a namespace and key for a token."""
 
-    def __init__(self, namespaces: NamespaceService) -> None:
+    def __init__(self, namespaces: NamespaceService, trusted_proxies: tuple[str, ...] = ()) -> None:
         self.namespaces = namespaces
+        self.trusted_proxies = frozenset(trusted_proxies)
 
     @grpc_errors
     async def Token(
         self, request: auth_pb2.TokenRequest, context: Context
     ) -> auth_pb2.TokenResponse:
-        token, ttl = await self.namespaces.token(request.namespace, request.key)
+        client = caller_address(context.peer(), context, self.trusted_proxies)
+        token, ttl = await self.namespaces.token(request.namespace, request.key, client)
         return auth_pb2.TokenResponse(access_token=token, token_type="Bearer", expires_in=ttl)
 
 

@@ -9,9 +9,11 @@ import grpc
 
 from controlplane.api.convert import event_to_pb, instance_to_pb, spec_from_pb
 from controlplane.api.status import abort_for, grpc_errors, namespace_of
-from controlplane.errors import MiniCloudError
+from controlplane.errors import FailedPrecondition, MiniCloudError
 from controlplane.model import Instance
 from controlplane.services.instances import InstanceService
+from controlplane.services.moves import MoveService
+from controlplane.services.namespaces import require_system
 from protos import instances_pb2, instances_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -20,8 +22,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class InstanceServicer(instances_pb2_grpc.InstanceServiceServicer):
     """gRPC face of the instance use cases."""
 
-    def __init__(self, service: InstanceService) -> None:
+    def __init__(self, service: InstanceService, moves: MoveService | None = None) -> None:
         self.service = service
+        self.moves = moves
 
     @grpc_errors
     async def Create(
@@ -75,6 +78,17 @@ class InstanceServicer(instances_pb2_grpc.InstanceServiceServicer):
     @grpc_errors
     async def Unpause(self, request: instances_pb2.InstanceRef, context: Context) -> Any:
         return await self._power(request, context, "unpause")
+
+    @grpc_errors
+    async def Move(
+        self, request: instances_pb2.MoveInstanceRequest, context: Context
+    ) -> instances_pb2.Instance:
+        namespace = namespace_of(context)
+        require_system(namespace, "move instances")
+        instance = await self.service.get(namespace, request.ref)
+        if self.moves is None:
+            raise FailedPrecondition("this control plane cannot move instances")
+        return instance_to_pb(await self.moves.move(instance.uuid, request.node))
 
     @grpc_errors
     async def GetEvents(

@@ -34,6 +34,7 @@ from controlplane.model import Event, Node
 from controlplane.nodes import NodeRegistry, Session
 from controlplane.reconciler import Reconciler
 from controlplane.services.agent import AgentService
+from controlplane.services.nodes import NodeService
 from controlplane.settings import Settings
 from controlplane.store.records import Records
 from protos import node_pb2, node_pb2_grpc
@@ -55,7 +56,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         records: Records,
         clock: Callable[[], float],
         agent: AgentService,
+        node_service: NodeService,
     ) -> None:
+        self.node_service = node_service
         self.agent = agent
         self.settings = settings
         self.nodes = nodes
@@ -92,8 +95,11 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             agent_version=reg.agent_version,
             last_seen=self.clock(),
             console_host=reg.console_host or reg.address,
+            qemu_version=reg.qemu_version,
+            libvirt_version=reg.libvirt_version,
+            disk_gb=reg.disk_gb,
         )
-        await self.records.put_node(node)
+        node = await self.node_service.connected(node)
         session = self.nodes.connect(node, self.clock())
         logs.bind(node=node.name)
         log.info("node connected", node=node.name, hypervisor=node.hypervisor)
@@ -121,7 +127,11 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         finally:
             reader.cancel()
             watchdog.cancel()
-            self.nodes.disconnect(session)
+            if self.nodes.disconnect(session):
+                try:
+                    await self.node_service.disconnected(node.name)
+                except Exception:
+                    log.exception("cannot record a node's disconnection", node=node.name)
             log.info("node disconnected", node=node.name)
 
     async def _read(self, session: Session, messages: AsyncIterator[node_pb2.NodeMessage]) -> None:

@@ -11,6 +11,7 @@ node relays them.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,10 +19,12 @@ from typing import Any
 
 import structlog
 
+from common import sidechannels
 from common.nodewire.commands import AgentCommand, AgentExecute, AgentGet, AgentPut
 from common.nodewire.messages import ExecResult, GetResult, Result
 from common.tasks import Tasks
 from controlplane.errors import Busy, FailedPrecondition, InvalidArgument, NotFound
+from controlplane.metrics import PlaneMetrics
 from controlplane.model import AgentOperation, Instance
 from controlplane.nodes import NodeRegistry
 from controlplane.services.namespaces import can_see
@@ -60,7 +63,9 @@ class AgentService:
         nodes: NodeRegistry,
         clock: Callable[[], float],
         tasks: Tasks | None = None,
+        metrics: PlaneMetrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.records = records
         self.ops = ops
         self.blobs = blobs
@@ -126,7 +131,7 @@ class AgentService:
     ) -> AgentOperation:
         if instance.state in ("deleted", "delete-wait"):
             raise FailedPrecondition(f"instance {instance.uuid} is {instance.state}")
-        if "sf-agent" not in instance.spec.side_channels:
+        if sidechannels.AGENT_CHANNEL not in instance.spec.side_channels:
             raise FailedPrecondition(
                 "instance has no sf-agent side channel; create it with side_channels=['sf-agent']"
             )
@@ -141,6 +146,7 @@ class AgentService:
         if stream is not None:
             self._streams[op.uuid] = stream
         stored = await self.ops.create(op)
+        self._count(stored, "queued")
         self.kick(instance.uuid)
         return stored
 
@@ -217,6 +223,7 @@ class AgentService:
             if queued is None:
                 return
             op = await self.ops.update(queued, queued.with_changes(state="executing"))
+            self._count(op, "executing")
             self._running[instance_uuid] = op.uuid
             requeued = not await self._run(instance, op)
         except Exception:
@@ -227,8 +234,23 @@ class AgentService:
         if not requeued:
             self.kick(instance_uuid)
 
+    def executing(self) -> int:
+        """How many operations are executing now (one per instance at most)."""
+        return sum(1 for op_uuid in self._running.values() if op_uuid)
+
+    def _count(self, op: AgentOperation, state: str, started: float | None = None) -> None:
+        """Count an operation entering state (and, when it ends, how long it executed)."""
+        if self.metrics is None:
+            return
+        command = str(op.commands[0].get("command", "")) if op.commands else ""
+        self.metrics.agent_operations.inc(command=command, state=state)
+        if started is not None:
+            elapsed = time.perf_counter() - started
+            self.metrics.agent_operation_duration.observe(elapsed, command=command, state=state)
+
     async def _run(self, instance: Instance, op: AgentOperation) -> bool:
         """Run one operation; False when it went back to the queue."""
+        started = time.perf_counter()
         command = node_command(op, stream_output=op.uuid in self._streams)
         try:
             future = self.nodes.send(instance.node, command)
@@ -239,8 +261,10 @@ class AgentService:
             # Nothing reached the guest (its agent was not ready after all): queue it again.
             log.info("agent not ready; operation queued again", op=op.uuid, error=outcome.error)
             await self._requeue(op)
+            self._count(op, "queued")
             return False
-        await self._finish(op, outcome)
+        state = await self._finish(op, outcome)
+        self._count(op, state, started)
         return True
 
     async def _requeue(self, op: AgentOperation) -> None:
@@ -267,7 +291,8 @@ class AgentService:
 
         self.tasks.spawn(kick_later(), name=f"agent operations of {instance_uuid}, later")
 
-    async def _finish(self, op: AgentOperation, outcome: Result) -> None:
+    async def _finish(self, op: AgentOperation, outcome: Result) -> str:
+        """Store the operation's outcome; returns the state it ended in."""
         results: dict[str, Any] = {}
         state, error = "complete", ""
         agent = outcome.agent
@@ -292,6 +317,7 @@ class AgentService:
         stream = self._streams.get(op.uuid)
         if stream is not None:
             stream.queue.put_nowait(None)
+        return state
 
     async def _execute_result(self, op: AgentOperation, result: ExecResult) -> dict[str, Any]:
         out: dict[str, Any] = {

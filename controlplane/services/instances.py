@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 import structlog
 
-from common import logs
+from common import logs, sidechannels
 from controlplane import lifecycle
 from controlplane.errors import (
     AlreadyExists,
@@ -129,7 +129,9 @@ class InstanceService:
             node=node,
             created_at=now,
             state_updated_at=now,
-            agent_state="not ready (no contact)" if "sf-agent" in spec.side_channels else "",
+            agent_state="not ready (no contact)"
+            if sidechannels.AGENT_CHANNEL in spec.side_channels
+            else "",
             command_seq=1,
             metadata=dict(spec.metadata),
             interfaces=alloc.nics if alloc is not None else (),
@@ -218,6 +220,9 @@ class InstanceService:
         instance = await self.get(namespace, ref)
         if op not in lifecycle.POWER_OPS:
             raise InvalidArgument(f"unknown power operation {op!r}")
+        if instance.state == lifecycle.CREATED and not self.nodes.connected(instance.node):
+            # Checked first: while its node is away the power state is unknown.
+            raise Unavailable(f"node {instance.node} is not connected; try again later")
         view = lifecycle.View(instance.state, instance.power_state, bool(instance.node))
         try:
             lifecycle.decide(view, f"power-{op}")

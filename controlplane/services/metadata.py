@@ -19,9 +19,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
-from controlplane.model import Event, Instance, Interface, JsonDict, Network, encode
-from controlplane.services.namespaces import NamespaceService, can_see
+from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from controlplane.model import (
+    Event,
+    Instance,
+    Interface,
+    JsonDict,
+    Network,
+    Node,
+    encode,
+    node_object,
+)
+from controlplane.services.namespaces import SYSTEM, NamespaceService, can_see, require_system
 from controlplane.store import occ
 from controlplane.store.artifacts import Artifacts
 from controlplane.store.blobs import BlobStore
@@ -252,6 +261,41 @@ class InterfaceKind:
         return stored.metadata
 
 
+class NodeKind:
+    """Node metadata lives in the node record; nodes are the system namespace's alone."""
+
+    def __init__(self, records: Records) -> None:
+        self.records = records
+
+    async def find(self, namespace: str, ref: str) -> Found:
+        require_system(namespace, "read or change node metadata")
+        node = await self.records.get_node(ref)
+        if node is None:
+            raise NotFound(f"node {ref!r} not found")
+        return Found(node_object(node.name), SYSTEM, node.metadata)
+
+    def check(self, metadata: JsonDict) -> JsonDict:
+        return check_metadata_size(metadata)
+
+    async def update(self, found: Found, change: Change, event: Event) -> JsonDict:
+        name = found.uuid.removeprefix(node_object(""))
+
+        async def read() -> Node:
+            node = await self.records.get_node(name)
+            if node is None:
+                raise NotFound(f"node {name!r} not found")
+            return node
+
+        async def write(old: Node, new: Node) -> Node:
+            return await self.records.update_node(old, new, [event])
+
+        def mutate(old: Node) -> Node:
+            return old.with_changes(metadata=change(dict(old.metadata)))
+
+        stored = await occ.update(read, mutate, write, f"node {name}")
+        return stored.metadata
+
+
 class MetadataService:
     """Get, set and delete metadata keys on any registered object type."""
 
@@ -278,6 +322,19 @@ class MetadataService:
             raise InvalidArgument(f"a {object_type} UUID or name is required")
         return await kind.find(namespace, ref)
 
+    @staticmethod
+    def _writable(namespace: str, object_type: str, found: Found) -> None:
+        """Refuse a change of an owned object by anyone but its owner (or system).
+
+        An object another namespace may read (an artifact shared with every
+        namespace) is still changed only by its owner. Blobs belong to no
+        namespace: their UUID is what lets one read them and annotate them.
+        """
+        if found.namespace and namespace not in (SYSTEM, found.namespace):
+            raise PermissionDenied(
+                f"only the {found.namespace} namespace may change this {object_type}'s metadata"
+            )
+
     async def get(self, namespace: str, object_type: str, ref: str) -> JsonDict:
         """An object's whole metadata."""
         return (await self._find(namespace, object_type, ref)).metadata
@@ -290,6 +347,7 @@ class MetadataService:
         kind = self._kind(object_type)
         kind.check({key: value})
         found = await self._find(namespace, object_type, ref)
+        self._writable(namespace, object_type, found)
 
         def change(metadata: JsonDict) -> JsonDict:
             return kind.check({**metadata, key: value})
@@ -302,6 +360,7 @@ class MetadataService:
         check_metadata_key(key)
         kind = self._kind(object_type)
         found = await self._find(namespace, object_type, ref)
+        self._writable(namespace, object_type, found)
         if key not in found.metadata:
             return found.metadata
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import math
 import re
 import secrets
 from collections.abc import Callable
@@ -26,7 +27,9 @@ from controlplane.errors import (
     NotFound,
     PermissionDenied,
     Unauthenticated,
+    Unavailable,
 )
+from controlplane.loginguard import LoginGuard, Policy
 from controlplane.store.namespaces import Key, Namespace, Namespaces
 from controlplane.store.occ import retry_on_conflict
 from controlplane.store.protocol import Conflict
@@ -59,10 +62,19 @@ class NamespaceService:
         namespaces: Namespaces,
         clock: Callable[[], float],
         token_ttl: float,
+        *,
+        guard: LoginGuard | None = None,
+        concurrency: int = 2,
+        queue: int = 64,
     ) -> None:
         self.namespaces = namespaces
         self.clock = clock
         self.token_ttl = token_ttl
+        self.guard = guard if guard is not None else LoginGuard(Policy())
+        self._checks_total = max(1, concurrency)
+        self._checks = asyncio.Semaphore(self._checks_total)
+        self._queue = max(0, queue)
+        self._waiting = 0
         self._secret = b""
         self._cache: dict[str, Namespace] = {}
         # (namespace, key name, nonce) -> HMAC of the key that matched it.
@@ -95,42 +107,76 @@ class NamespaceService:
 
     # -- tokens -------------------------------------------------------------
 
-    async def token(self, namespace: str, key: str) -> tuple[str, int]:
-        """A signed token and its lifetime in seconds, for a namespace and one of its keys."""
+    async def token(self, namespace: str, key: str, client: str = "") -> tuple[str, int]:
+        """A signed token and its lifetime in seconds, for a namespace and one of its keys.
+
+        ``client`` is the caller's address. Failed tries slow down the
+        namespace and the address (``controlplane.loginguard``): while either
+        waits out a backoff, a try is refused as Unauthenticated without
+        checking the key, unless the key is one already verified since start
+        (that costs no scrypt, so the right key is not held back).
+        """
         if not namespace:
             raise InvalidArgument("missing namespace in request")
         if not key:
             raise InvalidArgument("missing key in request")
+        subjects = [f"namespace:{namespace}", *([f"address:{client}"] if client else [])]
         ns = self._cache.get(namespace)
-        if ns is None or ns.state != "created":
-            raise NotFound("namespace not found")
-        name = await self._matching_key(ns, key)
+        live = ns is not None and ns.state == "created"
+        name = self._remembered_key(ns, key) if ns is not None and live else None
         if name is None:
-            log.warning("authentication failed", namespace=namespace)
+            wait = self.guard.wait(subjects if live else subjects[1:], self.clock())
+            if wait > 0:
+                log.warning("login refused during backoff", namespace=namespace, client=client)
+                raise Unauthenticated(f"too many failed logins; retry in {math.ceil(wait)} s")
+            if ns is None or not live:
+                self.guard.failed(subjects[1:], self.clock())
+                raise NotFound("namespace not found")
+            name = await self._checked_key(ns, key)
+        if name is None or ns is None:
+            self.guard.failed(subjects, self.clock())
+            log.warning("authentication failed", namespace=namespace, client=client)
             raise Unauthenticated("unauthorized")
+        self.guard.succeeded(subjects)
         ttl = int(self.token_ttl)
         claims = tokens.Claims(namespace, name, ns.keys[name].nonce, self.clock() + ttl)
         log.info("token issued", namespace=namespace, key_name=name)
         return tokens.mint(self._secret, claims), ttl
 
-    async def _matching_key(self, ns: Namespace, key: str) -> str | None:
-        """The name of the namespace's key that key is, or None.
+    def _remembered_key(self, ns: Namespace, key: str) -> str | None:
+        """The name of a key of the namespace that this key matched before, or None.
 
         A key checked once is remembered as an HMAC under the signing secret
         (keyed by its nonce, so replacing the key forgets it): a thousand node
-        agents reconnecting with one key cost one scrypt, not a thousand. The
-        scrypt itself runs off the event loop (hashlib releases the GIL).
+        agents reconnecting with one key cost one scrypt, not a thousand.
         """
         fast = tokens.remember(self._secret, key)
-        keys = sorted(ns.keys.items())
-        for name, stored in keys:
+        for name, stored in sorted(ns.keys.items()):
             known = self._verified.get((ns.name, name, stored.nonce))
             if known is not None and hmac.compare_digest(known, fast):
                 return name
-        for name, stored in keys:
-            if await asyncio.to_thread(tokens.key_matches, key, stored.salt, stored.hash):
-                self._verified[(ns.name, name, stored.nonce)] = fast
-                return name
+        return None
+
+    async def _checked_key(self, ns: Namespace, key: str) -> str | None:
+        """The name of the namespace's key that key is, checked by scrypt, or None.
+
+        The scrypt runs off the event loop (hashlib releases the GIL), at most
+        ``concurrency`` at a time with at most ``queue`` waiting; beyond that
+        a login is refused as Unavailable, so a flood of logins cannot take the
+        control plane's CPU.
+        """
+        if self._waiting >= self._queue + self._checks_total:
+            raise Unavailable("too many logins in progress; retry")
+        self._waiting += 1
+        try:
+            async with self._checks:
+                for name, stored in sorted(ns.keys.items()):
+                    if await asyncio.to_thread(tokens.key_matches, key, stored.salt, stored.hash):
+                        fast = tokens.remember(self._secret, key)
+                        self._verified[(ns.name, name, stored.nonce)] = fast
+                        return name
+        finally:
+            self._waiting -= 1
         return None
 
     def authenticate(self, token: str) -> str:

@@ -7,7 +7,8 @@ Key layout:
 
 The bytes live in ``<folder>/<uuid>``. An upload is written to a temporary
 file while it is hashed; content already stored returns the existing blob.
-File I/O runs in worker threads.
+File I/O runs in worker threads. Bytes written and read are counted in
+``minicloud_blob_bytes_total`` (direction ``in`` and ``out``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import uuid as uuidlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
+from controlplane.metrics import PlaneMetrics
 from controlplane.model import Blob, JsonDict, decode_blob, encode
 from controlplane.store.occ import retry_on_conflict
 from controlplane.store.protocol import Conflict, Op, Put, Store
@@ -31,7 +33,8 @@ CHUNK = 1024 * 1024
 class BlobStore:
     """Blob records in the store, blob bytes in a folder."""
 
-    def __init__(self, store: Store, folder: Path) -> None:
+    def __init__(self, store: Store, folder: Path, metrics: PlaneMetrics | None = None) -> None:
+        self.metrics = metrics
         self.store = store
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
@@ -57,6 +60,7 @@ class BlobStore:
                     digest.update(chunk)
                     size += len(chunk)
                     await asyncio.to_thread(out.write, chunk)
+                    self._moved("in", len(chunk))
             sha = digest.hexdigest()
             existing = await self.find(sha)
             if existing is not None:
@@ -141,4 +145,9 @@ class BlobStore:
                     return
                 if remaining is not None:
                     remaining -= len(data)
+                self._moved("out", len(data))
                 yield data
+
+    def _moved(self, direction: str, size: int) -> None:
+        if self.metrics is not None:
+            self.metrics.blob_bytes.inc(size, direction=direction)

@@ -9,7 +9,7 @@ Key layout (all keys are UTF-8):
     evt/<type>/<time ns>/<uuid>/<n>     -> the event's ev/ key (oldest first per type, so
                                         pruning one type is a scan from the start)
     evindex                             marker: events written before evt/ existed are indexed
-    node/<name>                         node record (JSON)
+    node/<name>                         node record (JSON; its events are ev/node:<name>/...)
 
 Every write of an instance is a compare-and-set on its version, so two
 writers never overwrite each other silently; every change is handed to the
@@ -42,6 +42,10 @@ def _inst_key(uuid: str) -> bytes:
 
 def _name_key(namespace: str, name: str) -> bytes:
     return f"name/{namespace}/{name}".encode()
+
+
+def _node_key(name: str) -> bytes:
+    return f"node/{name}".encode()
 
 
 def _node_index_key(node: str, uuid: str) -> bytes:
@@ -140,12 +144,33 @@ class Records:
         return found
 
     async def put_node(self, node: Node) -> None:
-        """Record a node as it registered."""
-        await self.store.commit([Put(f"node/{node.name}".encode(), encode(node))])
+        """Record a node as it registered (no compare-and-set: see update_node)."""
+        await self.store.commit([Put(_node_key(node.name), encode(node.with_changes(version=0)))])
+
+    async def get_node(self, name: str) -> Node | None:
+        """A node record by name (deleted ones included), or None."""
+        item = await self.store.get(_node_key(name))
+        return None if item is None else decode_node(item.value).with_changes(version=item.version)
 
     async def list_nodes(self) -> list[Node]:
         """Every node that ever registered."""
-        return [decode_node(i.value) for i in await self.store.scan(b"node/")]
+        return [
+            decode_node(i.value).with_changes(version=i.version)
+            for i in await self.store.scan(b"node/")
+        ]
+
+    async def update_node(
+        self, old: Node | None, new: Node, events: Sequence[Event] = (), extra: Sequence[Op] = ()
+    ) -> Node:
+        """Write a node record if nobody changed it since old was read (else Conflict).
+
+        ``old`` None: the node must not be recorded yet.
+        """
+        expect = 0 if old is None else old.version
+        stored = new.with_changes(version=0)
+        ops: list[Op] = [*extra, Put(_node_key(new.name), encode(stored), expect=expect)]
+        await self.store.commit([*ops, *self.event_ops(events)])
+        return new.with_changes(version=expect + 1)
 
     def event_ops(self, events: Sequence[Event]) -> list[Op]:
         """The puts that append events to their objects' logs (and the type index)."""

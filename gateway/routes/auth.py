@@ -6,13 +6,16 @@ from typing import Any
 
 import grpc
 
+from common import logs
 from gateway import views
 from gateway.errors import HttpError
 from gateway.fields import NAME_PATTERN, NAMESPACE, Field
-from gateway.routing import Call, RouteTable, load_json, read_body
+from gateway.routing import REQUEST_ID, Call, RouteTable, load_json, read_body
 from protos import auth_pb2
 
 table = RouteTable()
+# The caller's address, passed on so the control plane slows repeated bad logins per caller.
+CLIENT_ADDRESS_KEY = "x-minicloud-client-address"
 # A first key is both key_name and key, or neither.
 KEY_PAIR = {
     "anyOf": [
@@ -55,13 +58,21 @@ async def authenticate(call: Call) -> Any:
     if not isinstance(body["key"], str):
         raise HttpError(400, "key is not a string")
     request = auth_pb2.TokenRequest(namespace=body["namespace"], key=body["key"])
+    metadata = (
+        (logs.REQUEST_ID_KEY, call.request[REQUEST_ID]),
+        (CLIENT_ADDRESS_KEY, call.request.remote or ""),
+    )
     try:
-        token = await call.api.auth.Token(request, timeout=call.settings.call_timeout)
+        token = await call.api.auth.Token(
+            request, metadata=metadata, timeout=call.settings.call_timeout
+        )
     except grpc.aio.AioRpcError as exc:
         if exc.code() == grpc.StatusCode.NOT_FOUND:
             raise HttpError(404, "namespace not found") from exc
         if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-            raise HttpError(401, "unauthorized") from exc
+            details = exc.details() or ""
+            throttled = details.startswith("too many failed logins")
+            raise HttpError(401, details if throttled else "unauthorized") from exc
         raise
     return {
         "access_token": token.access_token,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from common import sidechannels
 from gateway import netdesc, views
 from gateway.errors import HttpError
 from gateway.fields import NAME_PATTERN, NAMESPACE, Field, to_int
@@ -17,7 +18,7 @@ from protos import auth_pb2, common_pb2, instances_pb2, networks_pb2
 
 table = RouteTable()
 # Shaken Fist 0.7.2's default when side_channels is null.
-DEFAULT_SIDE_CHANNELS = ("sf-agent",)
+DEFAULT_SIDE_CHANNELS = (sidechannels.AGENT_CHANNEL,)
 NOT_READY = 406
 # A hot plug the node did not confirm in time may still happen: not a "retry" (406)
 # but "unavailable": look at the instance's interfaces before trying again.

@@ -22,6 +22,7 @@ OBJECT_TYPES = {
     "networks": "network",
     "interfaces": "interface",
     "auth/namespaces": "namespace",
+    "nodes": "node",
 }
 
 

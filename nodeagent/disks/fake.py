@@ -4,16 +4,20 @@ It honours the contract's visible behaviour: bases it is told about (and
 existing local paths) resolve; any other base raises ``DiskError``, as does a
 cdrom without an image. Config drives are built with the real content
 builder and kept in ``drives`` (path -> content) instead of an ISO file.
+Each disk's content lives in ``contents`` (instance -> one bytes per disk;
+a new disk holds ``base:<its base>``), which tests may change as a guest
+would; ``export`` uploads exactly that content.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from common.nodewire.domain import DiskRequest, DomainRequest
 from nodeagent.disks.configdrive import RANDOM_SEED_BYTES, drive_files
-from nodeagent.disks.protocol import DiskError, ProgressCallback, local_firmware
+from nodeagent.disks.protocol import BlobSink, DiskError, ProgressCallback, local_firmware
 from nodeagent.hypervisor.protocol import PreparedDisk
 
 
@@ -26,6 +30,8 @@ class FakeDiskBuilder:
         self.drives: dict[str, dict[str, bytes]] = {}
         # How many times each instance's config drive was built.
         self.drive_builds: dict[str, int] = {}
+        self.contents: dict[str, list[bytes]] = {}
+        self.requests: dict[str, tuple[DiskRequest, ...]] = {}
 
     async def prepare(
         self, instance_uuid: str, disks: tuple[DiskRequest, ...], progress: ProgressCallback
@@ -43,12 +49,18 @@ class FakeDiskBuilder:
             for i, d in enumerate(disks)
         ]
         self.prepared[instance_uuid] = result
+        if instance_uuid not in self.contents:
+            self.contents[instance_uuid] = [f"base:{d.base}".encode() for d in disks]
+        # Every disk spec each instance was prepared with (bases included), latest last.
+        self.requests[instance_uuid] = disks
         return result
 
     async def remove(self, instance_uuid: str) -> None:
         self.prepared.pop(instance_uuid, None)
         self.drives.pop(instance_uuid, None)
         self.drive_builds.pop(instance_uuid, None)
+        self.contents.pop(instance_uuid, None)
+        self.requests.pop(instance_uuid, None)
 
     async def config_drive(self, spec: DomainRequest) -> PreparedDisk | None:
         if spec.configdrive == "none":
@@ -69,3 +81,26 @@ class FakeDiskBuilder:
         if ref.startswith("sf://blob/"):
             return Path("/fake/cache") / f"blob-{ref.removeprefix('sf://blob/')}"
         return local_firmware(ref)
+
+    async def export(
+        self,
+        instance_uuid: str,
+        disks: tuple[DiskRequest, ...],
+        sink: BlobSink,
+        progress: ProgressCallback,
+    ) -> tuple[str, ...]:
+        contents = self.contents.get(instance_uuid)
+        if contents is None or len(contents) < len(disks):
+            raise DiskError(f"instance {instance_uuid} has no disks on this node")
+        blobs = []
+        for index, spec in enumerate(disks):
+            if spec.type == "cdrom":
+                blobs.append("")
+                continue
+            blobs.append(await sink.upload(_one(contents[index])))
+            progress(f"disk {index} exported")
+        return tuple(blobs)
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data

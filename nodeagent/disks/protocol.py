@@ -19,11 +19,18 @@ Semantics every implementation honours:
 - ``firmware_template`` gives a local file for an NVRAM template reference (an
   absolute path to a file in one of ``FIRMWARE_DIRS``, or ``sf://blob/UUID``
   fetched once into the cache); any other reference raises ``DiskError``.
+- ``export`` flattens each ``disk`` of a prepared instance into one standalone
+  image (qcow2, no backing file: the overlay merged with its base) and
+  uploads it through the sink, returning one blob UUID per spec, in order
+  ("" for a cdrom, which is not copied). An instance whose disk files are
+  missing raises ``DiskError``. The instance's own files are left as they
+  were; temporary files are removed whatever happens. The caller makes sure
+  the guest is not running (a running guest's disk would be copied torn).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -40,6 +47,14 @@ FIRMWARE_DIRS = (Path("/usr/share/OVMF"), Path("/usr/share/ovmf"))
 
 class DiskError(NodeAgentError):
     """A disk could not be prepared; ``retryable`` says whether to try again."""
+
+
+class BlobSink(Protocol):
+    """Where exported disks go (the control plane's BlobService)."""
+
+    async def upload(self, chunks: AsyncIterator[bytes]) -> str:
+        """Store the bytes as a blob; its UUID."""
+        ...
 
 
 class DiskBuilder(Protocol):
@@ -61,6 +76,16 @@ class DiskBuilder(Protocol):
 
     async def firmware_template(self, ref: str, progress: ProgressCallback) -> Path:
         """A local file with the NVRAM template ``ref`` refers to."""
+        ...
+
+    async def export(
+        self,
+        instance_uuid: str,
+        disks: tuple[DiskRequest, ...],
+        sink: BlobSink,
+        progress: ProgressCallback,
+    ) -> tuple[str, ...]:
+        """Upload each disk flattened; one blob UUID per spec ("" for a cdrom)."""
         ...
 
 

@@ -16,6 +16,11 @@ overlay on the base that is never smaller than the base; a ``cdrom`` uses its
 base image read-only in place. Bases are checked with ``qemu-img info``: one
 that itself has a backing file is refused, since following it could expose
 host files to the guest.
+
+``export`` (moving an instance to another node) flattens each overlay with
+``qemu-img convert -O qcow2`` (the backing chain merged into one standalone
+image, unallocated space left out) into a temporary file in the instance's
+folder, streams it to the blob sink and removes it.
 """
 
 from __future__ import annotations
@@ -41,7 +46,13 @@ import structlog
 from common.nodewire.domain import DiskRequest, DomainRequest
 from nodeagent.disks.configdrive import LABEL, RANDOM_SEED_BYTES, drive_files
 from nodeagent.disks.iso import write_iso
-from nodeagent.disks.protocol import FIRMWARE_DIRS, DiskError, ProgressCallback, local_firmware
+from nodeagent.disks.protocol import (
+    FIRMWARE_DIRS,
+    BlobSink,
+    DiskError,
+    ProgressCallback,
+    local_firmware,
+)
 from nodeagent.hypervisor.protocol import PreparedDisk
 
 log = structlog.get_logger(__name__)
@@ -144,6 +155,55 @@ class Qcow2DiskBuilder:
         if ref.startswith(BLOB_PREFIX):
             return await self._blob_file(ref, progress)
         return local_firmware(ref, self.firmware_dirs)
+
+    async def export(
+        self,
+        instance_uuid: str,
+        disks: tuple[DiskRequest, ...],
+        sink: BlobSink,
+        progress: ProgressCallback,
+    ) -> tuple[str, ...]:
+        """Flatten each disk into a standalone qcow2 and upload it; "" for a cdrom."""
+        folder = self.instances_dir / instance_uuid
+        lock = self._instance_locks.setdefault(instance_uuid, asyncio.Lock())
+        blobs: list[str] = []
+        async with lock:
+            for index, spec in enumerate(disks):
+                if spec.type == "cdrom":
+                    blobs.append("")
+                    continue
+                path = folder / f"disk{index}.qcow2"
+                if not path.exists():
+                    raise DiskError(f"disk {index} of instance {instance_uuid} is not on this node")
+                blobs.append(await self._export_one(path, index, sink, progress))
+        return tuple(blobs)
+
+    async def _export_one(
+        self, path: Path, index: int, sink: BlobSink, progress: ProgressCallback
+    ) -> str:
+        flat = path.with_name(f".{path.stem}.export.qcow2")
+        started = time.monotonic()
+        try:
+            progress(f"flattening disk {index}")
+            await _qemu_img("convert", "-q", "-O", "qcow2", str(path), str(flat))
+            size = (await asyncio.to_thread(flat.stat)).st_size
+            progress(f"uploading disk {index} ({size // (1024 * 1024)} MiB)")
+            try:
+                blob = await sink.upload(_file_chunks(flat))
+            except DiskError:
+                raise
+            except Exception as exc:
+                raise DiskError(f"cannot upload disk {index}: {exc}", retryable=True) from exc
+        finally:
+            flat.unlink(missing_ok=True)
+        log.info(
+            "disk exported",
+            path=str(path),
+            blob=blob,
+            bytes=size,
+            seconds=round(time.monotonic() - started, 2),
+        )
+        return blob
 
     def resolve_url(self, base: str) -> str | None:
         """The URL to fetch for ``base``, or None when it is not a URL or shorthand."""
@@ -294,6 +354,13 @@ async def _qemu_img(*args: str) -> str:
         detail = stderr.decode(errors="replace").strip()
         raise DiskError(f"qemu-img {args[0]} failed: {detail}")
     return stdout.decode(errors="replace")
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    """A file's bytes in chunks, read in a thread."""
+    with path.open("rb") as source:
+        while chunk := await asyncio.to_thread(source.read, _CHUNK):
+            yield chunk
 
 
 def _fetch(url: str, ref: str, target: Path, report: Callable[[str], None]) -> None:

@@ -68,6 +68,13 @@ class GuestWatch:
         self.watched.discard(uuid)
         self.latest.pop(uuid, None)
 
+    def state_counts(self) -> dict[str, int]:
+        """How many instances' guest agents are in each agent_state now."""
+        counts: dict[str, int] = {}
+        for status in self.latest.values():
+            counts[status.agent_state] = counts.get(status.agent_state, 0) + 1
+        return counts
+
     def resend(self) -> None:
         """Send every instance's latest state again (after a reconnect)."""
         for status in list(self.latest.values()):

@@ -47,6 +47,8 @@ class FakeHypervisor:
         self, console_host: str = "127.0.0.1", clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.domains: dict[str, DomainState] = {}
+        # What versions() reports, as a real host would.
+        self.reported_versions = {"qemu": "8.2.0-fake", "libvirt": "9.0.0-fake"}
         self.specs: dict[str, DomainRequest] = {}
         self.disks: dict[str, list[PreparedDisk]] = {}
         self.console_host = console_host
@@ -67,10 +69,19 @@ class FakeHypervisor:
         return self.domains.get(uuid)
 
     async def define_and_start(
-        self, spec: DomainRequest, disks: list[PreparedDisk], console_log: Path
+        self,
+        spec: DomainRequest,
+        disks: list[PreparedDisk],
+        console_log: Path,
+        *,
+        start: bool = True,
     ) -> DomainState:
         existing = self.domains.get(spec.uuid)
-        if existing is not None and existing.power_state == PowerState.ON:
+        current = existing.power_state if existing is not None else ""
+        # A running domain stays as it is; a paused one is resumed only when starting.
+        if existing is not None and (
+            current == PowerState.ON or (current == PowerState.PAUSED and not start)
+        ):
             return existing
         self.specs[spec.uuid] = spec
         self.disks[spec.uuid] = list(disks)
@@ -79,6 +90,10 @@ class FakeHypervisor:
             # No TLS here, so no vdi_tls_port (as on a node without SPICE TLS).
             console, vdi = pick_ports(2, self._taken, bindable(self.console_host))
             self._set_ports(spec.uuid, ConsolePorts(console, vdi))
+        if not start:
+            if existing is not None:
+                return existing
+            return self._set(spec.uuid, PowerState.OFF, "defined")
         self._log(spec.uuid, f"{FAKE_BANNER}\r\n".encode())
         return self._set(spec.uuid, PowerState.ON, "booted")
 
@@ -122,6 +137,9 @@ class FakeHypervisor:
             raise HypervisorError(f"cannot take a screenshot: the domain is {state.power_state}")
         width, height = SCREEN
         return rgb_to_png(width, height, b"\x00\x00\xaa" * (width * height))
+
+    async def versions(self) -> dict[str, str]:
+        return dict(self.reported_versions)
 
     async def usage(self) -> dict[str, DomainUsage]:
         result = {}

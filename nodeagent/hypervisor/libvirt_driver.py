@@ -6,7 +6,8 @@ starts with ``mc-``; anything else on the host is invisible to it.
 
 - Every blocking libvirt call runs in a worker thread (``asyncio.to_thread``)
   and every ``libvirtError`` leaves this module as a ``HypervisorError`` (or
-  ``DomainNotFound``), raised ``from`` the original.
+  ``DomainNotFound``), raised ``from`` the original. Each is timed in
+  ``minicloud_libvirt_call_duration_seconds`` by the name of the function run.
 - Lifecycle events come from libvirt's default event loop implementation,
   which runs in one daemon thread per process (libvirt allows one event
   implementation per process, so this is process-wide on purpose). The
@@ -35,6 +36,7 @@ import contextlib
 import os
 import re
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -64,6 +66,7 @@ from nodeagent.hypervisor.protocol import (
     NicUsage,
     PreparedDisk,
 )
+from nodeagent.metrics import NodeMetrics
 from nodeagent.png import PNG_SIGNATURE, ImageError, ppm_to_png
 
 log = structlog.get_logger(__name__)
@@ -312,7 +315,9 @@ class LibvirtHypervisor:
         vdi_listen: str = "127.0.0.1",
         node_name: str = "",
         vdi_tls: bool = False,
+        metrics: NodeMetrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.uri = uri
         self.vdi_tls = vdi_tls
         self._ports: dict[str, ConsolePorts] = {}
@@ -344,11 +349,21 @@ class LibvirtHypervisor:
         return await self._run(f"look up instance {uuid}", self._get_sync, uuid)
 
     async def define_and_start(
-        self, spec: DomainRequest, disks: list[PreparedDisk], console_log: Path
+        self,
+        spec: DomainRequest,
+        disks: list[PreparedDisk],
+        console_log: Path,
+        *,
+        start: bool = True,
     ) -> DomainState:
-        """Define the domain (or refresh a stopped one's definition) and make it run."""
+        """Define the domain (or refresh a stopped one's definition) and make it run (if start)."""
         return await self._run(
-            f"start instance {spec.uuid}", self._define_and_start_sync, spec, disks, console_log
+            f"{'start' if start else 'define'} instance {spec.uuid}",
+            self._define_and_start_sync,
+            spec,
+            disks,
+            console_log,
+            start,
         )
 
     async def power(self, uuid: str, action: str) -> DomainState:
@@ -385,6 +400,10 @@ class LibvirtHypervisor:
         except ImageError as exc:
             raise HypervisorError(f"the screenshot of {uuid} is unreadable: {exc}") from exc
 
+    async def versions(self) -> dict[str, str]:
+        """The host's QEMU (hypervisor) and libvirt versions, as libvirt reports them."""
+        return await self._run("read versions", self._versions_sync)
+
     async def usage(self) -> dict[str, DomainUsage]:
         """CPU, disk and interface counters of every running managed domain."""
         return await self._run("read usage statistics", self._usage_sync)
@@ -406,18 +425,34 @@ class LibvirtHypervisor:
 
     # -- helpers run in worker threads --------------------------------------
 
+    def _versions_sync(self) -> dict[str, str]:
+        conn = self._connection()
+        return {"qemu": _version(conn.getVersion()), "libvirt": _version(conn.getLibVersion())}
+
     async def _run(self, what: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking libvirt call in a thread, translating its errors."""
         if self._closed:
             raise HypervisorError(f"cannot {what}: the libvirt driver is closed")
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
+        call = fn.__name__.strip("_").removesuffix("_sync")
+        started = time.perf_counter()
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
         except libvirt.libvirtError as exc:
+            self._failed(call)
             raise self._translate(exc, what) from exc
         except OSError as exc:  # the instance folder could not be made
+            self._failed(call)
             raise HypervisorError(f"cannot {what}: {exc}") from exc
+        finally:
+            if self.metrics is not None:
+                elapsed = time.perf_counter() - started
+                self.metrics.libvirt_calls.observe(elapsed, call=call)
+
+    def _failed(self, call: str) -> None:
+        if self.metrics is not None:
+            self.metrics.libvirt_errors.inc(call=call)
 
     def _translate(self, exc: Any, what: str) -> HypervisorError:
         code = exc.get_error_code()
@@ -607,7 +642,7 @@ class LibvirtHypervisor:
             return None
 
     def _define_and_start_sync(
-        self, spec: DomainRequest, disks: list[PreparedDisk], console_log: Path
+        self, spec: DomainRequest, disks: list[PreparedDisk], console_log: Path, start: bool
     ) -> DomainState:
         uuid = spec.uuid
         instance_dir = self.sockets_dir / uuid
@@ -616,8 +651,11 @@ class LibvirtHypervisor:
             dom = self._lookup(uuid)
         except DomainNotFound:
             dom = None
+            self._refuse_running_foreign(uuid)
         if dom is not None and dom.isActive():
             current = self._state_of(uuid, dom)
+            if not start and current.power_state in (PowerState.ON, PowerState.PAUSED):
+                return current
             if current.power_state == PowerState.ON:
                 log.info("domain already running", uuid=uuid)
                 return current
@@ -644,6 +682,9 @@ class LibvirtHypervisor:
         console_log.parent.mkdir(parents=True, exist_ok=True)
         dom = conn.defineXML(xml)  # defines, or refreshes a stopped domain's definition
         self._owners[uuid] = True
+        if not start:
+            log.info("domain defined", uuid=uuid, domain=domain_name(uuid), type=self.domain_type)
+            return self._state_of(uuid, dom)
         self._off_acknowledged.discard(uuid)
         dom.create()
         log.info("domain started", uuid=uuid, domain=domain_name(uuid), type=self.domain_type)
@@ -702,7 +743,26 @@ class LibvirtHypervisor:
         dom.attachDeviceFlags(xml, flags)
         log.info("interface attached", uuid=uuid, mac=nic.mac, bridge=nic.bridge)
 
+    def _refuse_running_foreign(self, uuid: str) -> None:
+        """HypervisorError when another node's domain with this UUID runs on this libvirtd.
+
+        A stopped one is taken over by defining ours (an instance moved here from a
+        node agent sharing this host); a running one must be stopped first.
+        """
+        try:
+            other = self._connection().lookupByUUIDString(uuid)
+        except libvirt.libvirtError:
+            return
+        if other.isActive():
+            raise HypervisorError(
+                f"a domain with uuid {uuid} runs here for another node; stop it first",
+                retryable=False,
+            )
+
     def _remove_sync(self, uuid: str) -> None:
+        # Ownership read afresh: a node agent sharing this libvirtd may have taken the
+        # domain over (an instance moved between two nodes on one host); never remove its.
+        self._owners.pop(uuid, None)
         try:
             dom = self._lookup(uuid)
         except DomainNotFound:
@@ -825,3 +885,10 @@ def usage_from_stats(stats: dict[str, Any], macs: dict[str, str]) -> DomainUsage
         disks=disks,
         nics=nics,
     )
+
+
+def _version(number: int) -> str:
+    """libvirt's packed version number (major * 1e6 + minor * 1e3 + release) as text."""
+    if number <= 0:
+        return ""
+    return f"{number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"

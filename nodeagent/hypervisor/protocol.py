@@ -5,7 +5,9 @@ Semantics every implementation honours (the contract suite checks them):
 - Domains are keyed by instance UUID. ``power_state`` is one of ``on``,
   ``off``, ``paused``, ``crashed``.
 - ``define_and_start`` is idempotent: for a domain that already exists it
-  only makes sure the domain runs, and returns its state.
+  only makes sure the domain runs, and returns its state. With
+  ``start=False`` it only defines (or refreshes the definition of) a domain
+  that is not running, which stays off; a running one is left as it is.
 - ``power`` acts on an existing domain and returns the state after the action;
   an unknown UUID raises ``DomainNotFound``; an action the domain's current
   state does not allow raises ``HypervisorError`` with ``retryable=False``.
@@ -119,9 +121,14 @@ class Hypervisor(Protocol):
         ...
 
     async def define_and_start(
-        self, spec: DomainRequest, disks: list[PreparedDisk], console_log: Path
+        self,
+        spec: DomainRequest,
+        disks: list[PreparedDisk],
+        console_log: Path,
+        *,
+        start: bool = True,
     ) -> DomainState:
-        """Define the domain (serial console logged to console_log) and start it."""
+        """Define the domain (serial console logged to console_log) and start it (if start)."""
         ...
 
     async def power(self, uuid: str, action: str) -> DomainState:
@@ -145,6 +152,10 @@ class Hypervisor(Protocol):
 
     async def usage(self) -> dict[str, DomainUsage]:
         """Counters of every running domain, by instance UUID."""
+        ...
+
+    async def versions(self) -> dict[str, str]:
+        """What the host runs: ``qemu`` and ``libvirt`` versions ("" when unknown)."""
         ...
 
     def events(self) -> AsyncIterator[DomainState]:

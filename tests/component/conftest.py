@@ -20,6 +20,7 @@ from nodeagent.blobclient import GrpcBlobs
 from nodeagent.credentials import Credentials
 from nodeagent.disks.fake import FakeDiskBuilder
 from nodeagent.hypervisor.fake import FakeHypervisor
+from nodeagent.metrics import NodeMetrics
 from nodeagent.network.fake import FakeNetworkDriver
 from nodeagent.settings import Settings as NodeSettings
 from nodeagent.stream import ControlStream
@@ -88,10 +89,11 @@ async def start_fake_node(
         backoff_cap=0.2,
         address=address,
         usage_interval=usage_interval,
+        metrics_listen="127.0.0.1:0",
     )
-    agent = build(
-        settings, hypervisor, disks, GrpcBlobs(target, Credentials("system", SYSTEM_KEY)), network
-    )
+    metrics = NodeMetrics()
+    blobs = GrpcBlobs(target, Credentials("system", SYSTEM_KEY), metrics)
+    agent = build(settings, hypervisor, disks, blobs, network, metrics=metrics)
     stopping = asyncio.Event()
     task = asyncio.create_task(agent.run(stopping), name=f"node agent {name}")
     await asyncio.wait_for(agent.stream.connected.wait(), 10)
@@ -108,6 +110,8 @@ def plane_settings(data_dir: Path, port: int = 0) -> Settings:
         node_timeout=5.0,
         command_timeout=10.0,
         system_key=SYSTEM_KEY,
+        metrics_listen="127.0.0.1:0",
+        metrics_instance_cache=0.0,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 
@@ -147,3 +148,80 @@ async def test_networks_interfaces_hot_plug_and_float(
     assert "10.20.0.10" in out and "instance" in out and "gateway" in out
     code, out = await cli(plane, capsys, "network", "delete", "front")
     assert code == 1 and "FAILED_PRECONDITION" in out and "netvm" in out
+
+
+async def test_namespace_verbs_and_a_generated_key_that_works(
+    plane: ControlPlane, node: FakeNode, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Namespace verbs work end to end; a generated key is shown once and logs in."""
+    code, out = await cli(plane, capsys, "namespace", "create", "team", "--key-name", "deploy")
+    assert code == 0, out
+    key = out.split("keep it safe): ")[1].strip()
+    code, out = await cli(plane, capsys, "namespace", "list")
+    assert code == 0 and out.splitlines()[0].split() == ["name", "state", "keys"]
+    assert any(line.split()[:3] == ["team", "created", "deploy"] for line in out.splitlines())
+    as_team = ["--namespace", "team", "--key", key, "instance", "list"]
+    code = await asyncio.to_thread(main, ["--api", f"127.0.0.1:{plane.port}", *as_team])
+    capsys.readouterr()
+    assert code == 0
+    (tmp_path / "key").write_text("a-key-from-a-file\n")
+    code, out = await cli(
+        plane, capsys, "namespace", "add-key", "team", "ci", "--key-file", str(tmp_path / "key")
+    )
+    assert code == 0 and "ci,deploy" in out and "shown once" not in out
+    code, out = await cli(plane, capsys, "namespace", "set-metadata", "team", "owner", "ops")
+    assert code == 0
+    code, out = await cli(plane, capsys, "--json", "namespace", "get-metadata", "team")
+    assert json.loads(out) == {"owner": "ops"}
+    code, out = await cli(plane, capsys, "namespace", "delete-key", "team", "deploy")
+    assert code == 0 and "deploy" not in out
+    code, out = await cli(plane, capsys, "namespace", "delete", "team")
+    assert code == 0
+    code, out = await cli(plane, capsys, "--json", "namespace", "show", "team")
+    assert code != 0 or json.loads(out)["state"] == "deleted"
+
+
+async def test_create_with_metadata_and_delete_all(
+    plane: ControlPlane, node: FakeNode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--metadata KEY=VALUE reaches the instance at create; delete-all wants --confirm."""
+    code, out = await cli(
+        plane,
+        capsys,
+        "--json",
+        "instance",
+        "create",
+        "md1",
+        "--memory",
+        "256",
+        "--metadata",
+        'affinity={"web": -10}',
+        "--metadata",
+        "role=web",
+    )
+    assert code == 0, out
+    assert json.loads(out)["metadata"] == {"affinity": {"web": -10}, "role": "web"}
+    with pytest.raises(SystemExit, match="--confirm"):
+        await cli(plane, capsys, "instance", "delete-all")
+    code, out = await cli(plane, capsys, "instance", "delete-all", "--confirm")
+    assert code == 0 and "deleted 1 instances" in out
+
+
+async def test_node_verbs_list_show_disable_enable_drain_and_events(
+    plane: ControlPlane, node: FakeNode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The node verbs print the node, steer its state, and refuse what the table refuses."""
+    code, out = await cli(plane, capsys, "node", "list")
+    assert code == 0 and node.name in out and "created" in out, out
+    code, out = await cli(plane, capsys, "node", "show", node.name)
+    assert code == 0 and node.name in out, out
+    code, out = await cli(plane, capsys, "--json", "node", "disable", node.name)
+    assert code == 0 and json.loads(out)["state"] == "disabled", out
+    code, out = await cli(plane, capsys, "--json", "node", "enable", node.name)
+    assert code == 0 and json.loads(out)["state"] == "created", out
+    code, out = await cli(plane, capsys, "node", "drain", node.name)
+    assert code == 0, out
+    code, out = await cli(plane, capsys, "node", "events", node.name)
+    assert code == 0 and "drain requested" in out, out
+    code, out = await cli(plane, capsys, "node", "delete", "nope")
+    assert code == 1 and "NOT_FOUND" in out, out

@@ -139,6 +139,7 @@ def test_a_taken_address_stops_the_control_plane_with_one_clear_line(tmp_path: P
             env={
                 **os.environ,
                 "MINICLOUD_LISTEN": f"127.0.0.1:{port}",
+                "MINICLOUD_METRICS_LISTEN": "127.0.0.1:0",
                 "MINICLOUD_DATA_DIR": str(tmp_path / "cp"),
                 "MINICLOUD_SYSTEM_KEY": "k" * 32,
             },

@@ -58,7 +58,10 @@ class Rest:
 
 
 async def start_gateway(target: str) -> tuple[web.AppRunner, str]:
-    runner = await serve(GatewaySettings(listen="127.0.0.1:0", api=target, max_chunk_bytes=1 << 20))
+    settings = GatewaySettings(
+        listen="127.0.0.1:0", api=target, max_chunk_bytes=1 << 20, metrics_listen="127.0.0.1:0"
+    )
+    runner = await serve(settings)
     host, port = runner.addresses[0][:2]
     return runner, f"http://{host}:{port}"
 
@@ -147,7 +150,7 @@ async def test_instance_lifecycle_in_shaken_fist_shapes(rest: Rest, node: FakeNo
         "interfaces",
     ):
         assert key in inst, key
-    assert inst["side_channels"] == ["sf-agent"]
+    assert inst["side_channels"] == ["sf-agent", "sf-agent2"]
     assert inst["disk_spec"][0] == {"base": "debian:11", "size": 2, "bus": "virtio", "type": "disk"}
     inst = await created(rest, inst["uuid"])
     status, by_name = await rest.call("GET", "/instances/vm1")
@@ -406,6 +409,33 @@ async def test_a_second_gateway_on_a_taken_address_is_refused(plane: ControlPlan
     taken = url.removeprefix("http://")
     try:
         with pytest.raises(OSError, match=f"cannot listen on {taken}"):
-            await serve(GatewaySettings(listen=taken, api=f"127.0.0.1:{plane.port}"))
+            await serve(
+                GatewaySettings(listen=taken, api=f"127.0.0.1:{plane.port}", metrics_listen="")
+            )
     finally:
         await runner.cleanup()
+
+
+async def test_sf_agent2_is_accepted_as_the_agent_channel(rest: Rest, node: FakeNode) -> None:
+    """A create asking for sf-agent2 gets the agent channel, listed under both names."""
+    status, inst = await rest.call(
+        "POST", "/instances", create_body("agent2", side_channels=["sf-agent2"])
+    )
+    assert status == 200
+    assert inst["side_channels"] == ["sf-agent", "sf-agent2"]
+    assert inst["agent_state"] == "not ready (no contact)"
+
+
+async def test_repeated_bad_keys_over_rest_are_slowed_with_a_message(
+    rest: Rest, node: FakeNode
+) -> None:
+    """After the free failures, /auth is 401 'too many failed logins', even for the right key."""
+    status, _ = await rest.call(
+        "POST", "/auth/namespaces", {"namespace": "slow", "key_name": "k", "key": "right"}
+    )
+    assert status == 200
+    for _ in range(4):
+        status, body = await rest.call("POST", "/auth", {"namespace": "slow", "key": "wrong"})
+        assert status == 401
+    status, body = await rest.call("POST", "/auth", {"namespace": "slow", "key": "right"})
+    assert status == 401 and body["error"].startswith("too many failed logins"), body

@@ -29,6 +29,7 @@ from protos import (
     instances_pb2,
     metadata_pb2,
     networks_pb2,
+    nodes_pb2,
     uploads_pb2,
 )
 from tests.component.conftest import FakeNode, bearer
@@ -43,6 +44,7 @@ MODULES = (
     metadata_pb2,
     consoles_pb2,
     networks_pb2,
+    nodes_pb2,
 )
 SEED = 20261204
 CALLS_PER_METHOD = 80
@@ -83,7 +85,7 @@ INTS = (0, 1, -1, 2, 63, 64, 65, 1023, -(2**31), 2**31 - 1)
 INT64S = (*INTS, -(2**63), 2**63 - 1, 2**40)
 
 
-def value_for(rng: random.Random, field: pb_descriptor.FieldDescriptor, depth: int) -> Any:
+def value_for(rng: random.Random, field: Any, depth: int) -> Any:
     """A random, often hostile, value for one (non-repeated) field."""
     kind = field.type
     if kind == field.TYPE_STRING:
@@ -182,7 +184,7 @@ async def test_no_input_makes_the_control_plane_fail(plane: ControlPlane, node: 
         for path, method in methods:
             cls = message_factory.GetMessageClass(method.input_type)
             out_cls = message_factory.GetMessageClass(method.output_type)
-            call = channel.unary_unary(
+            call: grpc.aio.UnaryUnaryMultiCallable[Any, Any] = channel.unary_unary(
                 path,
                 request_serializer=lambda m: m.SerializeToString(),
                 response_deserializer=out_cls.FromString,
@@ -210,7 +212,7 @@ async def test_no_input_makes_the_control_plane_fail(plane: ControlPlane, node: 
         assert bad == [], "\n".join(bad[:20])
         health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
         assert health.status == health_pb2.HealthCheckResponse.SERVING
-        stub = channel.unary_unary(
+        stub: grpc.aio.UnaryUnaryMultiCallable[Any, Any] = channel.unary_unary(
             "/minicloud.v1.InstanceService/List",
             request_serializer=lambda m: m.SerializeToString(),
             response_deserializer=instances_pb2.ListInstancesResponse.FromString,
@@ -223,7 +225,7 @@ async def test_undecodable_messages_are_invalid_argument(plane: ControlPlane) ->
     async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
         metadata = await bearer(channel)
         for path in ("/minicloud.v1.InstanceService/Get", "/minicloud.v1.AuthService/Token"):
-            call = channel.unary_unary(
+            call: grpc.aio.UnaryUnaryMultiCallable[Any, Any] = channel.unary_unary(
                 path, request_serializer=lambda b: b, response_deserializer=lambda b: b
             )
             for raw in (b"\x0a\x02\xff\xfe", b"\x0a\x10abc", b"\xff\xff\xff"):

@@ -31,6 +31,7 @@ def node_settings(target: str, data_dir: Path) -> Settings:
         backoff_base=0.05,
         backoff_cap=0.2,
         usage_interval=0.05,
+        metrics_listen="127.0.0.1:0",
     )
 
 

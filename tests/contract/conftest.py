@@ -175,11 +175,13 @@ async def backend(request: pytest.FixtureRequest, work_dir: Path) -> AsyncIterat
             pytest.fail(f"libvirt must be available in CI: {reason}")
         pytest.skip(reason)
     from nodeagent.hypervisor.libvirt_driver import LibvirtHypervisor
+    from nodeagent.metrics import NodeMetrics
 
     driver = LibvirtHypervisor(
         sockets_dir=work_dir / "instances",
         uri=LIBVIRT_URI,
         domain_type=os.environ.get("MINICLOUD_TEST_DOMAIN_TYPE", "auto"),
+        metrics=NodeMetrics(),
     )
     real = Backend(
         kind="libvirt",

@@ -11,7 +11,9 @@ import asyncio
 import json
 import re
 import socket
-from collections.abc import Callable
+import subprocess
+import uuid as uuidlib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -106,7 +108,74 @@ async def test_remove_is_idempotent(builder: DiskBuilder) -> None:
     await builder.remove("00000000-0000-0000-0000-000000000000")
 
 
+class MemoryBlobs:
+    """A blob sink and source in memory, standing in for the control plane's BlobService."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+
+    async def upload(self, chunks: AsyncIterator[bytes]) -> str:
+        uuid = str(uuidlib.uuid4())
+        self.blobs[uuid] = b"".join([c async for c in chunks])
+        return uuid
+
+    async def download(self, uuid: str) -> AsyncIterator[bytes]:
+        yield self.blobs[uuid]
+
+
+async def test_export_uploads_each_disk_and_skips_cdroms(
+    builder: DiskBuilder, make_image: Callable[..., Path]
+) -> None:
+    """Export gives one blob per disk, in order, and "" for a cdrom (not copied)."""
+    iso = make_image("image.iso")
+    specs = (DiskRequest(size_gb=1), DiskRequest(base=str(iso), type="cdrom"), DiskRequest(1))
+    await builder.prepare(UUID, specs, no_progress)
+    sink = MemoryBlobs()
+    messages: list[str] = []
+    blobs = await builder.export(UUID, specs, sink, messages.append)
+    assert len(blobs) == 3 and blobs[1] == ""
+    assert blobs[0] in sink.blobs and blobs[2] in sink.blobs
+    assert messages
+
+
+async def test_export_of_an_instance_without_disks_raises(builder: DiskBuilder) -> None:
+    """An instance with no disk files here cannot be exported."""
+    with pytest.raises(DiskError):
+        await builder.export(UUID, (DiskRequest(size_gb=1),), MemoryBlobs(), no_progress)
+
+
 # -- Qcow2DiskBuilder only ------------------------------------------------------
+
+
+def qemu_io(path: Path, command: str) -> None:
+    """Write into an image as a guest would (qemu-io)."""
+    subprocess.run(["qemu-io", "-c", command, str(path)], capture_output=True, check=True)
+
+
+async def test_export_flattens_the_backing_chain(
+    work_dir: Path, make_image: Callable[..., Path]
+) -> None:
+    """The exported blob is a standalone qcow2 holding the base's and the overlay's data,
+    and a disk made from it on another node reads the same."""
+    base = make_image("base.qcow2", "128M")
+    qemu_io(base, "write -P 0x11 0 1M")
+    builder = real_builder(work_dir / "a")
+    specs = (DiskRequest(size_gb=0, base=str(base)),)
+    (disk,) = await builder.prepare(UUID, specs, no_progress)
+    qemu_io(disk.path, "write -P 0x22 64M 1M")
+    sink = MemoryBlobs()
+    (blob,) = await builder.export(UUID, specs, sink, no_progress)
+    exported = work_dir / "exported.qcow2"
+    exported.write_bytes(sink.blobs[blob])
+    data = info(exported)
+    assert data["format"] == "qcow2" and "backing-filename" not in data
+    qemu_img("compare", str(disk.path), str(exported))
+    assert not list(disk.path.parent.glob(".*export*"))
+    target = Qcow2DiskBuilder(work_dir / "b" / "instances", work_dir / "b" / "cache", "", sink)
+    (moved,) = await target.prepare(
+        UUID, (DiskRequest(size_gb=0, base=f"sf://blob/{blob}"),), no_progress
+    )
+    qemu_img("compare", str(disk.path), str(moved.path))
 
 
 async def test_blank_disk_file(work_dir: Path) -> None:

@@ -70,6 +70,23 @@ async def test_define_and_start_returns_on_and_is_idempotent(backend: Backend) -
     assert listed.get(spec.uuid) == "on"
 
 
+async def test_define_without_start_stays_off_until_powered_on(backend: Backend) -> None:
+    """A domain defined with start=False is off (with its console ports), and powers on."""
+    spec = backend.new_spec()
+    backend.console_log(spec).parent.mkdir(parents=True, exist_ok=True)
+    state = await backend.hypervisor.define_and_start(
+        spec, backend.disks_for(spec), backend.console_log(spec), start=False
+    )
+    assert state.power_state == "off" and state.ports.console_port
+    listed = {d.uuid: d.power_state for d in await backend.hypervisor.list_domains()}
+    assert listed.get(spec.uuid) == "off"
+    assert (await backend.hypervisor.power(spec.uuid, "on")).power_state == "on"
+    again = await backend.hypervisor.define_and_start(
+        spec, backend.disks_for(spec), backend.console_log(spec), start=False
+    )
+    assert again.power_state == "on"
+
+
 @pytest.mark.timeout(1200)
 async def test_every_allowed_action_and_every_refusal(backend: Backend) -> None:
     """Each allowed action reaches its state and every other action is refused, unretryably."""
@@ -108,6 +125,22 @@ async def test_unknown_uuid_raises_domain_not_found(backend: Backend) -> None:
     for action in POWER_ACTIONS:
         with pytest.raises(DomainNotFound):
             await backend.hypervisor.power(uuid, action)
+
+
+@pytest.mark.system
+@pytest.mark.parametrize("backend", ["libvirt"], indirect=True)
+async def test_libvirt_calls_are_timed_by_call(backend: Backend) -> None:
+    """Each blocking libvirt call is timed by its name, a failing one too."""
+    from nodeagent.hypervisor.libvirt_driver import LibvirtHypervisor
+
+    driver = backend.hypervisor
+    assert isinstance(driver, LibvirtHypervisor) and driver.metrics is not None
+    await driver.list_domains()
+    with pytest.raises(DomainNotFound):
+        await driver.power(str(uuidlib.uuid4()), "off")
+    text = (await driver.metrics.registry.render()).decode()
+    assert 'minicloud_libvirt_call_duration_seconds_count{call="list"}' in text
+    assert 'minicloud_libvirt_call_duration_seconds_count{call="power"} 1.0' in text
 
 
 async def test_unknown_action_is_refused(backend: Backend) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -20,6 +23,23 @@ from tests.system.conftest import (
 )
 
 pytestmark = pytest.mark.system
+
+# A node away for longer than this is missing (60 s by default; short here).
+MISSING_AFTER = 4
+
+
+@pytest.fixture(scope="module")
+def cluster(guest_image: Path) -> Iterator[Cluster]:
+    """This module's cluster: a node is missing after MISSING_AFTER seconds away."""
+    c = Cluster.launch(
+        guest_image,
+        Path(os.environ.get("MINICLOUD_TEST_ROOT", "/var/lib/mc/t")),
+        controlplane_env={"MINICLOUD_NODE_MISSING_AFTER": str(MISSING_AFTER)},
+    )
+    try:
+        yield c
+    finally:
+        c.shutdown()
 
 
 def domstate(uuid: str) -> str:
@@ -116,16 +136,23 @@ def test_domain_destroyed_behind_our_back_shows_off(cluster: Cluster) -> None:
 
 
 def test_node_agent_killed_guest_keeps_running_and_converges(cluster: Cluster) -> None:
-    """Killing the node agent leaves guests running; on return, drift is reconciled."""
+    """Killing the node agent leaves guests running; their power is unknown while the node
+    is reconnecting, then missing; on its return, drift is reconciled."""
     with cluster.client() as api:
         inst = api.wait(api.create(small_spec("durable"))["uuid"], settled, timeout=180)
-        uuid = inst["uuid"]
+        uuid, node = inst["uuid"], inst["node"]
         cluster.stop("nodeagent", signal.SIGKILL)
         assert domstate(uuid) == "running"
+        api.wait(uuid, lambda i: i["power_state"] == "unknown", timeout=10)
+        assert api.get_node(node)["state"] in ("reconnecting", "missing")
+        wait_until(lambda: api.get_node(node)["state"] == "missing", 3 * MISSING_AFTER, "missing")
+        messages = [e["message"] for e in api.events(uuid, limit=50)]
+        assert any(f"(node {node} is reconnecting)" in m for m in messages), messages
         virsh("destroy", uuid)  # drift while the agent is away
         cluster.start_node()
         cluster.wait_node_connected(2)
         api.wait(uuid, lambda i: i["power_state"] == "off", timeout=20)
+        assert api.get_node(node)["state"] == "created"
         assert api.power(uuid, "on")["power_state"] == "on"
         assert domstate(uuid) == "running"
 

@@ -83,9 +83,11 @@ def guests(lab: Lab) -> Iterator[dict[str, JsonDict]]:
     with lab.cluster.client() as api:
         api.create_network("red", "10.211.0.0/24")
         api.create_network("blue", "10.212.0.0/29", provide_nat=False)
+        # r2 asks for its address first: r1's random one could otherwise be it.
+        r2 = ready(api, "r2", [{"network_uuid": "red", "address": "10.211.0.20"}])
         made = {
             "r1": ready(api, "r1", [{"network_uuid": "red"}]),
-            "r2": ready(api, "r2", [{"network_uuid": "red", "address": "10.211.0.20"}]),
+            "r2": r2,
             "b1": ready(api, "b1", [{"network_uuid": "blue"}]),
         }
         yield {name: wait_ready(api, inst["uuid"]) for name, inst in made.items()}

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.system.conftest import Cluster, wait_until
 
@@ -75,3 +76,16 @@ def test_one_rest_calls_request_id_is_in_every_process_log(cluster: Cluster) -> 
         if request_id in line
     ]
     assert any(created["uuid"] in line for line in node_lines)
+
+
+def test_every_process_serves_metrics(cluster: Cluster) -> None:
+    """The real processes serve /metrics on their own ports; the node agent is ready."""
+    wanted = {
+        "controlplane": ("minicloud_rpc_requests", "minicloud_instances", "minicloud_nodes"),
+        "gateway": ("minicloud_http_requests",),
+        "nodeagent": ("minicloud_node_agent_commands", "minicloud_control_stream_up"),
+    }
+    for proc, families in wanted.items():
+        names = {f.name for f in text_string_to_metric_families(cluster.metrics(proc))}
+        assert set(families) <= names, (proc, names)
+    assert json.loads(cluster.metrics("nodeagent", "/readyz")) == {"status": "ready"}

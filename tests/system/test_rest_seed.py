@@ -80,7 +80,7 @@ def test_get_instance_by_uuid_and_by_name(
         ok(run_example(cluster, "get_instance.py", "--replace", f"{placeholder}={ref}"))
     )
     assert got["uuid"] == example["uuid"] and got["state"] == "created"
-    assert got["power_state"] == "on" and got["side_channels"] == ["sf-agent"]
+    assert got["power_state"] == "on" and got["side_channels"] == ["sf-agent", "sf-agent2"]
 
 
 def test_events(cluster: Cluster, example: dict[str, Any]) -> None:
@@ -109,6 +109,15 @@ def test_execute(cluster: Cluster, example: dict[str, Any]) -> None:
     ]
     assert op["results"]["0"]["return-code"] == 0
     assert "Debian" in op["results"]["0"]["stdout"]
+
+
+def test_client_await_agent_helpers(example: dict[str, Any]) -> None:
+    """The client's await_agent_command and await_agent_fetch work (they test for sf-agent2)."""
+    sf = example["sf"]
+    assert "sf-agent2" in sf.get_instance(example["uuid"])["side_channels"]
+    code, out = sf.await_agent_command(example["uuid"], "cat /etc/hostname")
+    assert code == 0 and out.strip()
+    assert sf.await_agent_fetch(example["uuid"], "/etc/hostname") == out
 
 
 def test_put_a_file_via_a_blob_then_recycle_it(

@@ -130,3 +130,36 @@ def test_every_rule_stays_within_the_transition_table() -> None:
         if rule.to_state is not None:
             for state in rule.states:
                 assert state == rule.to_state or lc.can_transition(state, rule.to_state)
+
+
+def test_unknown_is_a_power_state() -> None:
+    """unknown is one of the power states an instance may report."""
+    assert "unknown" in lc.POWER_STATES
+
+
+@pytest.mark.parametrize("power", lc.POWER_STATES)
+def test_node_lost_makes_power_unknown(power: str) -> None:
+    """Losing its node turns a created instance's power state unknown, whatever it was."""
+    d = lc.decide(lc.View("created", power, placed=True), "node-lost")
+    assert (d.state, d.power_state, d.actions) == ("created", "unknown", ())
+
+
+@pytest.mark.parametrize("state", [s for s in lc.STATES if s != "created"])
+def test_node_lost_needs_created(state: str) -> None:
+    """Only created instances turn unknown; others keep their power state."""
+    with pytest.raises(lc.Refused):
+        lc.decide(lc.View(state, "on", placed=True), "node-lost")
+
+
+@pytest.mark.parametrize("op", list(lc.POWER_OPS))
+def test_no_power_op_from_unknown(op: str) -> None:
+    """No power operation is allowed while the power state is unknown."""
+    with pytest.raises(lc.Refused, match="powered unknown"):
+        lc.decide(lc.View("created", "unknown", placed=True), f"power-{op}")
+
+
+@pytest.mark.parametrize("power", ["on", "off", "paused", "crashed"])
+def test_observation_overwrites_unknown(power: str) -> None:
+    """When the node is back, what it observes replaces unknown."""
+    d = lc.decide(lc.View("created", "unknown", placed=True), "observed", power)
+    assert d.power_state == power

@@ -19,6 +19,7 @@ from common.nodewire.commands import (
     Delivery,
     DestroyDomain,
     EnsureNetwork,
+    ExportDisks,
     PowerDomain,
     RemoveNetwork,
 )
@@ -88,6 +89,7 @@ NETWORK = NetworkConfig(
 
 COMMANDS: list[Command] = [
     CreateDomain("c1", UUID, DOMAIN),
+    CreateDomain("c1s", UUID, DOMAIN, start=False),
     PowerDomain("c2", UUID, PowerAction.ON, DOMAIN),
     PowerDomain("c3", UUID, PowerAction.SOFT_REBOOT),
     DestroyDomain("c4", UUID),
@@ -101,6 +103,9 @@ COMMANDS: list[Command] = [
     ConsoleAction("c12", UUID, ConsoleKind.CLEAR),
     ConsoleAction("c13", UUID, ConsoleKind.SCREENSHOT),
     ConsoleAction("c14", UUID, ConsoleKind.OPEN, session_id="s1"),
+    ExportDisks(
+        "c15", UUID, (DiskRequest(8, "debian:12"), DiskRequest(0, "/iso", "sata", "cdrom"))
+    ),
 ]
 
 OBSERVATION = Observation(UUID, True, "on", "booted", 5900, 5901, 5902)
@@ -114,6 +119,7 @@ REPORTS: list[Report] = [
     Result("c10", UUID, True, agent=GetResult("/etc/hostname", "blob-2", {"size": 5})),
     Result("c11", UUID, True, data=b"console bytes"),
     Result("c13", UUID, True, blob_uuid="blob-3"),
+    Result("c15", UUID, True, blobs=("blob-4", "")),
     NodeEvent(UUID, "disks ready", "status", 10.0, 1.5, {"disks": 2}, "node-1"),
     Inventory((OBSERVATION, Observation("other", True, "off")), (NET,)),
     AgentStatus(UUID, "ready", 1700000000.0),

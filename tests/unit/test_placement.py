@@ -115,3 +115,20 @@ def test_ties_keep_the_memory_rule() -> None:
     affinity = Affinity.parse({"db": 5})
     neighbours = {"a": [["db"]], "b": [["db"]]}
     assert choose_node(_two_nodes(), 1, 512, 1.0, 1.0, affinity, neighbours) == "a"
+
+
+@pytest.mark.parametrize("state", ["disabled", "draining", "reconnecting", "missing", "deleted"])
+def test_nodes_not_created_are_skipped(state: str) -> None:
+    """A node that is not created takes nothing new; the error names it and why."""
+    nodes = [Capacity("n1", 8, 8192, state=state)]
+    with pytest.raises(ResourceExhausted, match=f"no node takes new instances: n1 is {state}"):
+        choose_node(nodes, 1, 512, 16.0, 1.5)
+    both = [*nodes, Capacity("n2", 2, 1024)]
+    assert choose_node(both, 1, 512, 16.0, 1.5) == "n2"
+
+
+def test_skipped_nodes_are_named_when_the_rest_is_full() -> None:
+    """When the created nodes are full, the refusal also names the skipped ones."""
+    nodes = [Capacity("n1", 8, 8192, state="disabled"), Capacity("n2", 1, 256)]
+    with pytest.raises(ResourceExhausted, match="n1 is disabled"):
+        choose_node(nodes, 1, 512, 16.0, 1.5)

@@ -1,0 +1,50 @@
+"""A store that times every operation: the port wrapped for the ``minicloud_store_*`` metrics.
+
+Conflicts and failures are counted by the exception's class name.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from controlplane.metrics import PlaneMetrics
+from controlplane.store.protocol import Item, Op, Store
+
+
+class TimedStore:
+    """Passes every call to the store it wraps, observing how long get, scan and commit take."""
+
+    def __init__(self, inner: Store, metrics: PlaneMetrics) -> None:
+        self.inner = inner
+        self.metrics = metrics
+
+    async def get(self, key: bytes) -> Item | None:
+        with self._timed("get"):
+            return await self.inner.get(key)
+
+    async def scan(
+        self, prefix: bytes, *, reverse: bool = False, limit: int | None = None
+    ) -> list[Item]:
+        with self._timed("scan"):
+            return await self.inner.scan(prefix, reverse=reverse, limit=limit)
+
+    async def commit(self, ops: Sequence[Op]) -> None:
+        with self._timed("commit"):
+            await self.inner.commit(ops)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    @contextmanager
+    def _timed(self, operation: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        except Exception as exc:
+            self.metrics.store_errors.inc(operation=operation, error=type(exc).__name__)
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            self.metrics.store_duration.observe(elapsed, operation=operation)
