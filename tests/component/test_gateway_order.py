@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -46,15 +47,19 @@ ORDER: list[tuple[str, str, str, Any, int, str, str | None]] = [
     ("forged", "DELETE", "/nodes/n1", None, 401, "token", None),
     ("good", "GET", "/no/such/path", None, 404, "no such path", None),
     ("good", "GET", "/instances/", None, 404, "no such path", None),
-    ("good", "GET", "/nodes", None, 404, "GET /nodes is not implemented", None),
-    ("good", "GET", "/nodes/n1/metadata", None, 404, "is not implemented", None),
+    ("good", "GET", "/nodes/n1/processmetrics", None, 404, "is not implemented", None),
+    ("good", "GET", "/nodes/n1", None, 404, "n1", None),
     ("good", "GET", "/label/golden", None, 404, "is not implemented", None),
     ("good", "DELETE", f"/artifacts/{UUID}", None, 404, "is not implemented", None),
     ("good", "POST", "/instances/x/snapshot", {"all": True}, 404, "is not implemented", None),
     ("good", "GET", "/blob_checksums/md5/abc", None, 404, "is not implemented", None),
     ("good", "PATCH", "/instances", None, 405, "not allowed", "DELETE, GET, POST"),
     ("good", "PUT", f"/agentoperations/{UUID}", None, 405, "not allowed", "DELETE, GET"),
-    ("good", "PATCH", "/nodes", None, 405, "not allowed", ""),
+    ("good", "PATCH", "/nodes", None, 405, "not allowed", "GET"),
+    ("good", "PUT", "/nodes/n1", None, 405, "not allowed", "DELETE, GET"),
+    ("good", "POST", "/nodes/n1/processmetrics", None, 405, "not allowed", ""),
+    ("good", "GET", "/nodes/n1/events", {"limit": "x"}, 400, "limit", None),
+    ("good", "GET", "/nodes", None, 200, "", None),
     ("good", "POST", "/instances", {"name": 7}, 400, "name", None),
     ("good", "GET", "/instances", {"bogus": 1}, 400, "bogus", None),
     ("none", "GET", "/", None, 200, "", None),
@@ -103,6 +108,28 @@ async def test_a_valid_token_is_checked_once_then_remembered(gw: tuple[Rest, str
     rest.token = ns1_token
     assert (await rest.call("GET", "/instances"))[0] == 401
     assert (await rest.call("GET", "/no/such/path"))[0] in (401, 404)
+
+
+def concrete(path: str) -> str:
+    """A path matching the route template path (each parameter filled in)."""
+    return re.sub(r"\{\w+(:[^}]*)?\}", "x1", path)
+
+
+async def test_every_route_without_a_token_is_401(gw: tuple[Rest, str]) -> None:
+    """Every served and not-implemented route, and a method none serves, with a broken body."""
+    from gateway.app import all_routes
+
+    rest, _ = gw
+    routes = [(r.method, r.path) for r in all_routes() if not r.public]
+    routes += [(u.method, u.path) for u in UNSERVED] + [("PATCH", "/nodes/x1")]
+    assert any(path.startswith("/nodes") for _, path in routes)
+    wrong = []
+    for method, path in routes:
+        url = rest.url + concrete(path)
+        async with rest.session.request(method, url, data=b'{"name": [') as r:
+            if r.status != 401:
+                wrong.append((method, path, r.status, await r.text()))
+    assert wrong == []
 
 
 def test_unimplemented_routes_are_neither_served_nor_advertised() -> None:
@@ -303,6 +330,15 @@ def hostile(token: str) -> list[tuple[str, bytes, dict[bytes, bytes], bytes, tup
             b"/auth",
             {b"Content-Type": b"application/json"},
             b"[" * 5000 + b"]" * 5000,
+            (400,),
+        ),
+        ("bad UTF-8 node name", b"/nodes/\xff\xfe", auth, b"", (400, 404)),
+        ("surrogate node name", b"/nodes/%ed%a0%80/events", auth, b"", (400, 404)),
+        (
+            "surrogate node metadata",
+            b"/nodes/n1/metadata/k",
+            json_h,
+            b'{"value": "\\udc00"}',
             (400,),
         ),
         (
