@@ -72,6 +72,12 @@ def _path_param(name: str) -> dict[str, Any]:
     }
 
 
+def _operation_id(route: Route) -> str:
+    """Unique per method and path (handlers made per object type share a name)."""
+    words = re.findall(r"[A-Za-z0-9]+", PARAM.sub(r"\1", route.path))
+    return "_".join([route.method.lower(), *words]) if words else f"{route.method.lower()}_root"
+
+
 def document(routes: list[Route]) -> dict[str, Any]:
     """An OpenAPI 3.0 document describing every route."""
     paths: dict[str, dict[str, Any]] = {}
@@ -79,7 +85,7 @@ def document(routes: list[Route]) -> dict[str, Any]:
         path = PARAM.sub(r"{\1}", route.path)
         operation: dict[str, Any] = {
             "summary": route.summary,
-            "operationId": f"{route.method.lower()}_{route.handler.__name__}",
+            "operationId": _operation_id(route),
             "tags": [route.path.strip("/").split("/")[0] or "root"],
             "parameters": [_path_param(name) for name in PARAM.findall(route.path)]
             + [
