@@ -26,7 +26,7 @@ from controlplane.api.status import (
     metadata_value,
     namespace_of,
 )
-from controlplane.errors import MiniCloudError, status_of
+from controlplane.errors import MiniCloudError, message_of, status_of
 from controlplane.services.instances import InstanceService
 from controlplane.services.namespaces import NamespaceService, require_system
 from controlplane.store.namespaces import Namespace
@@ -195,7 +195,7 @@ def _refusal(handler: Handler | None, error: MiniCloudError) -> Handler | None:
     if handler is None:
         return None
     code = getattr(grpc.StatusCode, status_of(error)[0])
-    message = str(error)
+    message = message_of(error)
 
     async def refuse_unary(request: Any, context: Context) -> Any:
         await context.abort(code, message)

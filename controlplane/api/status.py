@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 
-from controlplane.errors import MiniCloudError, Unauthenticated, status_of
+from controlplane.errors import MiniCloudError, Unauthenticated, message_of, status_of
 
 log = structlog.get_logger(__name__)
 
@@ -51,7 +51,7 @@ def metadata_value(context_or_details: Any, key: str) -> str:
 
 async def abort_for(context: grpc.aio.ServicerContext[Any, Any], error: MiniCloudError) -> None:
     """End a call (a streaming one, typically) with the status mapped from error."""
-    await context.abort(getattr(grpc.StatusCode, status_of(error)[0]), str(error))
+    await context.abort(getattr(grpc.StatusCode, status_of(error)[0]), message_of(error))
 
 
 def grpc_errors(
@@ -65,7 +65,7 @@ def grpc_errors(
             return await method(self, request, context)
         except MiniCloudError as exc:
             code_name, _ = status_of(exc)
-            code, message = getattr(grpc.StatusCode, code_name), str(exc)
+            code, message = getattr(grpc.StatusCode, code_name), message_of(exc)
         except grpc.aio.AbortError:
             raise
         except Exception:
