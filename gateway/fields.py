@@ -25,7 +25,8 @@ KINDS: dict[str, dict[str, Any]] = {
     "dict": {"type": "object"},
     "any": {},
     # A file mode: an integer (st_mode or permission bits) or an octal string.
-    "mode": {"oneOf": [{"type": "integer"}, {"type": "string", "pattern": "^(0o)?[0-7]+$"}]},
+    # (21 octal digits hold any int64, which is what the mode travels as.)
+    "mode": {"oneOf": [{"type": "integer"}, {"type": "string", "pattern": "^(0o)?[0-7]{1,21}$"}]},
 }
 
 

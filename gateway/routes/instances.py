@@ -340,8 +340,15 @@ _power("pause", "Pause", "Pause")
 _power("unpause", "Unpause", "Unpause")
 
 
+# Shaken Fist's event types (the control plane's controlplane.retention.EVENT_TYPES).
+EVENT_TYPES = ("audit", "mutate", "status", "usage", "resources", "prune", "historic")
 EVENT_FIELDS = (
-    Field("event_type", "str", doc="audit, mutate, status, usage, ..."),
+    Field(
+        "event_type",
+        "str",
+        doc="only events of this type (empty: every type)",
+        rules={"enum": ["", *EVENT_TYPES]},
+    ),
     Field(
         "limit",
         "intlike",
