@@ -110,8 +110,8 @@ def _applies(keyword: str, json_type: str) -> bool:
 def enforce(name: str, value: Any, rules: dict[str, Any]) -> None:
     """A 400 naming the field unless value keeps the rules (see ``Field.rules``)."""
     if "enum" in rules and value not in rules["enum"]:
-        allowed = ", ".join(str(v) for v in rules["enum"])
-        raise HttpError(400, f"{name} must be one of: {allowed}"[:300])
+        allowed = ", ".join(repr(v) if v == "" else str(v) for v in rules["enum"])
+        raise HttpError(400, f"{name} {value!r} must be one of: {allowed}"[:300])
     if isinstance(value, int) and not isinstance(value, bool):
         low, high = rules.get("minimum"), rules.get("maximum")
         if (low is not None and value < low) or (high is not None and value > high):

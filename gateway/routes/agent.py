@@ -11,10 +11,12 @@ from gateway.routing import Call, RouteTable
 from protos import agent_pb2
 
 table = RouteTable()
-# An instance without a usable agent: Shaken Fist answers 400 "instance agent not ready".
-AGENT_REFUSED = {"FAILED_PRECONDITION": 400}
+# An instance without a usable agent: Shaken Fist answers 400 "instance agent not ready";
+# here 409, a conflict with the instance's state (a 400 says the request is malformed,
+# and a request valid by the schema never is; see docs/rest.md).
+AGENT_REFUSED = {"FAILED_PRECONDITION": 409}
 # A file's path inside the instance, as the control plane takes it: absolute, no NUL.
-INSTANCE_PATH = {"pattern": "^/[^\\x00]*$", "maxLength": 4096}
+INSTANCE_PATH: dict[str, Any] = {"pattern": "^/[^\\x00]*$", "maxLength": 4096}
 
 
 @table.route(

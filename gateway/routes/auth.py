@@ -118,7 +118,8 @@ async def get_namespace(call: Call) -> Any:
     "DELETE",
     "/auth/namespaces/{namespace}",
     "Delete a namespace (system only; not while it holds instances)",
-    overrides={"FAILED_PRECONDITION": 400},
+    # Shaken Fist answers 400; a namespace holding instances is a state conflict (409).
+    overrides={"FAILED_PRECONDITION": 409},
 )
 async def delete_namespace(call: Call) -> Any:
     if call.param("namespace") == "system":
