@@ -4,7 +4,8 @@ Requests are built from each method's input descriptor with random and hostile
 field values (empty and huge strings, odd but valid Unicode, NUL, negative and
 extreme numbers, enum values no enum names, malformed UUIDs and references,
 and the references of real objects, so calls get past "not found"), sent with
-a system token and now and then an odd ``x-namespace``, with a fixed seed.
+a system token or an ordinary namespace's, now and then with an odd
+``x-namespace``, with a fixed seed.
 No call may end INTERNAL or UNKNOWN, nor with a status message too long for a
 gRPC client to read, and the control plane must still serve afterwards.
 """
@@ -27,6 +28,7 @@ from protos import (
     agent_pb2,
     artifacts_pb2,
     auth_pb2,
+    auth_pb2_grpc,
     blobs_pb2,
     blobs_pb2_grpc,
     consoles_pb2,
@@ -54,7 +56,7 @@ MODULES = (
     nodes_pb2,
 )
 SEED = 20261204
-CALLS_PER_METHOD = 60
+CALLS_PER_METHOD = 150
 BUDGET_SECONDS = 45.0
 STRINGS = (
     "",
@@ -90,6 +92,8 @@ STRINGS = (
 )
 INTS = (0, 1, -1, 2, 63, 64, 65, 1023, -(2**31), 2**31 - 1)
 INT64S = (*INTS, -(2**63), 2**63 - 1, 2**40)
+# Bytes no message parses from: a length-delimited field 1 cut short, a cut-off tag.
+CUT_OFF = (b"\x0a\x10abc", b"\xff\xff\xff")
 # x-namespace values besides none at all (printable ASCII: what grpc lets a client send).
 NAMESPACES = ("", "system", "nosuch", "../system", "a" * 300, "Système".encode().hex(), " x ")
 
@@ -169,17 +173,23 @@ def unary_methods() -> list[tuple[str, pb_descriptor.MethodDescriptor]]:
 
 
 def harmless(method: pb_descriptor.MethodDescriptor, request: Message) -> None:
-    """Keep the fuzz from revoking its own token (replacing or deleting system's keys)."""
+    """Keep the fuzz from revoking its own tokens (replacing or deleting their keys)."""
     if method.name in ("AddKey", "DeleteKey", "Delete") and method.containing_service.name == (
         "NamespaceService"
     ):
         for name in ("namespace", "name"):
-            if name in request.DESCRIPTOR.fields_by_name and getattr(request, name) == "system":
+            fields = request.DESCRIPTOR.fields_by_name
+            if name in fields and getattr(request, name) in ("system", "fuzzuser"):
                 setattr(request, name, "fuzz-ns")
 
 
 async def real_objects(channel: grpc.aio.Channel) -> list[str]:
-    """Make a network, an instance on it, a blob and an upload; their references."""
+    """Make a network, an instance on it, a blob, an upload and a namespace with a key;
+    their references."""
+    namespaces = await authed(auth_pb2_grpc.NamespaceServiceStub, channel)
+    await namespaces.Create(
+        auth_pb2.CreateNamespaceRequest(name="fuzzuser", key_name="k", key="fuzzuser-key")
+    )
     nets = await authed(networks_pb2_grpc.NetworkServiceStub, channel)
     net = await nets.Create(
         networks_pb2.CreateNetworkRequest(name="fuzznet", netblock="10.7.0.0/24")
@@ -205,6 +215,7 @@ async def real_objects(channel: grpc.aio.Channel) -> list[str]:
         upload.uuid,
         f"sf://upload/system/{upload.uuid}",
         "node1",
+        "fuzzuser",
     ]
 
 
@@ -219,6 +230,7 @@ async def test_no_input_makes_the_control_plane_fail(plane: ControlPlane, node: 
     async with grpc.aio.insecure_channel(target) as channel:
         strings = (*STRINGS, *await real_objects(channel))
         token = await bearer(channel)
+        user_token = await bearer(channel, "fuzzuser", "fuzzuser-key")
         methods = unary_methods()
         assert len(methods) > 50
         for path, method in methods:
@@ -239,9 +251,9 @@ async def test_no_input_makes_the_control_plane_fail(plane: ControlPlane, node: 
                 except (ValueError, TypeError):
                     continue
                 harmless(method, request)
-                metadata = token
+                metadata = token if rng.random() < 0.7 else user_token
                 if rng.random() < 0.15:
-                    metadata = (*token, ("x-namespace", rng.choice(NAMESPACES)))
+                    metadata = (*metadata, ("x-namespace", rng.choice(NAMESPACES)))
                 calls += 1
                 try:
                     await call(request, metadata=metadata, timeout=10)
@@ -254,6 +266,7 @@ async def test_no_input_makes_the_control_plane_fail(plane: ControlPlane, node: 
                         bad.append(f"{path} {exc.code().name} {exc.details()} <- {request}"[:600])
                     if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
                         token = await bearer(channel)
+                        user_token = await bearer(channel, "fuzzuser", "fuzzuser-key")
         assert calls > 500, f"only {calls} calls in the budget"
         assert bad == [], "\n".join(bad[:20])
         # Hostile enough to be refused, real enough to succeed, in most methods.
@@ -271,18 +284,59 @@ async def test_no_input_makes_the_control_plane_fail(plane: ControlPlane, node: 
         await stub(instances_pb2.ListInstancesRequest(), metadata=token, timeout=10)
 
 
+def every_method() -> list[tuple[str, pb_descriptor.MethodDescriptor]]:
+    """(path, descriptor) of every method of the public services, streaming ones too."""
+    return [
+        (f"/{service.full_name}/{method.name}", method)
+        for module in MODULES
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    ]
+
+
+async def send_raw(
+    channel: grpc.aio.Channel,
+    path: str,
+    method: pb_descriptor.MethodDescriptor,
+    raw: bytes,
+    md: Any,
+) -> None:
+    """Send raw as the (first) request message of method; read its (first) answer."""
+    kinds = (method.client_streaming, method.server_streaming)
+    same = {"request_serializer": lambda b: b, "response_deserializer": lambda b: b}
+
+    async def one() -> AsyncIterator[bytes]:
+        yield raw
+
+    if kinds == (False, False):
+        await channel.unary_unary(path, **same)(raw, metadata=md, timeout=10)
+    elif kinds == (False, True):
+        async for _ in channel.unary_stream(path, **same)(raw, metadata=md, timeout=10):
+            break
+    elif kinds == (True, False):
+        await channel.stream_unary(path, **same)(one(), metadata=md, timeout=10)
+    else:
+        async for _ in channel.stream_stream(path, **same)(one(), metadata=md, timeout=10):
+            break
+
+
 async def test_undecodable_messages_are_invalid_argument(plane: ControlPlane) -> None:
-    """Bytes that are no valid message (bad UTF-8 in a string, a cut-off field) are refused."""
+    """Bytes that are no valid message (a cut-off field or tag) are refused, by every method."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
         metadata = await bearer(channel)
+        wrong = []
+        cases = [(path, method, raw) for path, method in every_method() for raw in CUT_OFF]
+        # Bad UTF-8 in a string field (field 1 of both).
         for path in ("/minicloud.v1.InstanceService/Get", "/minicloud.v1.AuthService/Token"):
-            call: grpc.aio.UnaryUnaryMultiCallable[Any, Any] = channel.unary_unary(
-                path, request_serializer=lambda b: b, response_deserializer=lambda b: b
-            )
-            for raw in (b"\x0a\x02\xff\xfe", b"\x0a\x10abc", b"\xff\xff\xff"):
-                try:
-                    await call(raw, metadata=metadata, timeout=10)
-                except grpc.aio.AioRpcError as exc:
-                    assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, (path, raw, exc)
-                else:
-                    raise AssertionError(f"{path} accepted {raw!r}")
+            method = next(m for p, m in every_method() if p == path)
+            cases.append((path, method, b"\x0a\x02\xff\xfe"))
+        assert len(cases) > 130
+        for path, method, raw in cases:
+            try:
+                await send_raw(channel, path, method, raw, metadata)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                    wrong.append(f"{path} {raw!r}: {exc.code().name} {exc.details()}")
+            else:
+                wrong.append(f"{path} accepted {raw!r}")
+        assert wrong == [], "\n".join(wrong)
