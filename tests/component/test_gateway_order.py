@@ -132,6 +132,38 @@ async def test_every_route_without_a_token_is_401(gw: tuple[Rest, str]) -> None:
     assert wrong == []
 
 
+async def test_every_path_answers_a_method_it_lacks_with_404_or_405(gw: tuple[Rest, str]) -> None:
+    """With a token: a Shaken Fist method not served is 404 "not implemented", any other 405."""
+    from gateway.app import all_routes
+
+    rest, _ = gw
+    # Methods served on each concrete path (templates naming their parameters differently
+    # may be one path), and the not-implemented ones.
+    served: dict[str, set[str]] = {}
+    for route in all_routes():
+        served.setdefault(concrete(route.path), set()).add(route.method)
+    for row in UNSERVED:
+        served.setdefault(concrete(row.path), set())
+    unserved = {(u.method, concrete(u.path)) for u in UNSERVED}
+    wrong = []
+    for path, methods in served.items():
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+            if method in methods:
+                continue
+            async with rest.session.request(
+                method, rest.url + path, headers={"Authorization": f"Bearer {rest.token}"}
+            ) as r:
+                text = await r.text()
+                if (method, path) in unserved:
+                    ok = r.status == 404 and "is not implemented" in text
+                else:
+                    allow = r.headers.get("Allow", "")
+                    ok = r.status == 405 and set(filter(None, allow.split(", "))) >= methods
+                if not ok:
+                    wrong.append((method, path, r.status, r.headers.get("Allow"), text[:100]))
+    assert wrong == []
+
+
 def test_unimplemented_routes_are_neither_served_nor_advertised() -> None:
     """No route of the not-implemented table is served, and no token needing one is on GET /."""
     from gateway.app import all_routes
