@@ -41,6 +41,15 @@ async def _checked(items: AsyncIterator[Any], context: Context) -> AsyncIterator
         yield item
 
 
+async def _answers(result: Any) -> AsyncIterator[Any]:
+    """A streaming behaviour's answers: those it yields, or none if it writes them itself."""
+    if hasattr(result, "__aiter__"):
+        async for item in result:
+            yield item
+    elif inspect.isawaitable(result):
+        await result
+
+
 def lenient(handler: Handler | None) -> Handler | None:
     """handler with a deserializer that never raises (see the module docstring)."""
     if handler is None or handler.request_deserializer is None:
@@ -74,11 +83,8 @@ def lenient(handler: Handler | None) -> Handler | None:
         async def unary_stream(request: Any, context: Context) -> AsyncIterator[Any]:
             if isinstance(request, Undecodable):
                 await _refuse(context, request)
-            if inspect.isasyncgenfunction(inner):
-                async for item in inner(request, context):
-                    yield item
-            else:
-                await inner(request, context)
+            async for item in _answers(inner(request, context)):
+                yield item
 
         behaviour = unary_stream
     elif name == "stream_unary":
@@ -92,11 +98,8 @@ def lenient(handler: Handler | None) -> Handler | None:
         async def stream_stream(
             requests: AsyncIterator[Any], context: Context
         ) -> AsyncIterator[Any]:
-            if inspect.isasyncgenfunction(inner):
-                async for item in inner(_checked(requests, context), context):
-                    yield item
-            else:
-                await inner(_checked(requests, context), context)
+            async for item in _answers(inner(_checked(requests, context), context)):
+                yield item
 
         behaviour = stream_stream
     wrapped: Handler = make(
