@@ -15,6 +15,10 @@
 
 ``STATUS`` maps each class to its gRPC status code name; the HTTP status for
 each code is in ``common.status``, the table the REST gateway uses too.
+``message_of`` is what a caller is told: the message, cut to ``MAX_MESSAGE``
+characters (messages quote the caller's input, and gRPC clients refuse a
+status message over 16 KiB with RESOURCE_EXHAUSTED, which would hide the
+real status).
 """
 
 from __future__ import annotations
@@ -101,3 +105,15 @@ def status_of(error: MiniCloudError) -> tuple[str, int]:
         if cls in STATUS:
             return STATUS[cls], http_status(STATUS[cls])
     return ("INTERNAL", http_status("INTERNAL"))
+
+
+# Characters of an error message a caller is told (the rest is cut, marked "...").
+MAX_MESSAGE = 1000
+
+
+def message_of(error: BaseException) -> str:
+    """What a caller is told of error: its message, at most MAX_MESSAGE characters."""
+    message = str(error) or type(error).__name__
+    if len(message) <= MAX_MESSAGE:
+        return message
+    return message[: MAX_MESSAGE - 3] + "..."

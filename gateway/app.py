@@ -13,6 +13,7 @@ from aiohttp import web
 from common import logs
 from common.metricsserver import MetricsServer, enabled
 from common.tlsfiles import TLSFiles
+from gateway.admission import PUBLIC_PATHS
 from gateway.backend import Backend
 from gateway.metrics import METRICS, METRICS_SERVER, GatewayMetrics
 from gateway.middleware import gateway_middleware
@@ -29,9 +30,9 @@ from gateway.routes import (
     nodes,
     root,
 )
-from gateway.routing import BACKEND, SETTINGS, TOKEN_CHECK, Route, aiohttp_handler
+from gateway.routing import BACKEND, SETTINGS, Route, aiohttp_handler
 from gateway.settings import GatewaySettings
-from gateway.tokencheck import TokenCheck, load_keyring
+from gateway.tokencheck import TOKENS, TokenCheck, TokenChecker, load_keyring
 
 log = structlog.get_logger(__name__)
 
@@ -66,12 +67,14 @@ def build_app(settings: GatewaySettings) -> web.Application:
         client_max_size=settings.max_chunk_bytes + settings.max_json_bytes,
     )
     app[SETTINGS] = settings
-    app[TOKEN_CHECK] = TokenCheck(
-        load_keyring(settings.token_public_keys), settings.token_clock_skew
-    )
     app[METRICS] = GatewayMetrics()
     routes = all_routes()
     app[root.OPENAPI] = document(routes)
+    app[PUBLIC_PATHS] = frozenset(route.path for route in routes if route.public)
+    local = TokenCheck(load_keyring(settings.token_public_keys), settings.token_clock_skew)
+    app[TOKENS] = TokenChecker(
+        settings.token_check_ttl, min(settings.call_timeout, 10.0), local=local
+    )
     for route in routes:
         app.router.add_route(route.method, route.path, aiohttp_handler(route))
 

@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from protos import (
     agent_pb2_grpc,
     artifacts_pb2_grpc,
+    auth_pb2,
     auth_pb2_grpc,
     blobs_pb2_grpc,
     consoles_pb2_grpc,
@@ -83,3 +84,20 @@ class Backend:
         except grpc.aio.AioRpcError:
             return False
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def token_status(self, authorization: str, timeout: float = 5.0) -> str:
+        """What the control plane says of a bearer token: "OK" or a gRPC status code name.
+
+        A cheap authenticated call (the caller's visible namespaces, read from
+        memory) with nothing but the token in its metadata. The value must already
+        be printable ASCII (gRPC refuses anything else in metadata).
+        """
+        try:
+            await self.namespaces.List(
+                auth_pb2.ListNamespacesRequest(),
+                metadata=(("authorization", authorization),),
+                timeout=timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            return str(exc.code().name)
+        return "OK"

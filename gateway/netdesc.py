@@ -19,6 +19,43 @@ KEYS = (*STRING_KEYS, "float")
 TRUE, FALSE = ("true", "yes", "1"), ("false", "no", "0", "")
 
 
+# What parse accepts, for the OpenAPI document.
+SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["network_uuid"],
+    "properties": {
+        "network_uuid": {
+            "type": "string",
+            "description": "a network UUID or name",
+            "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+        },
+        "address": {"type": "string", "nullable": True, "format": "ipv4"},
+        "macaddress": {
+            "type": "string",
+            "nullable": True,
+            "pattern": "^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$",
+        },
+        "model": {
+            "nullable": True,
+            "enum": [
+                "virtio",
+                "e1000",
+                "rtl8139",
+                "ne2k_pci",
+                "pcnet",
+                "i82551",
+                "i82557b",
+                "i82559er",
+                "",
+                None,
+            ],
+        },
+        "float": {"type": "boolean", "nullable": True},
+    },
+}
+
+
 def _float(value: Any, what: str) -> bool:
     if value is None or isinstance(value, bool):
         return bool(value)

@@ -20,16 +20,35 @@ from aiohttp import web
 from common import logs
 from gateway.backend import Backend
 from gateway.errors import HttpError, from_rpc
-from gateway.fields import Field, parse
+from gateway.fields import MAX_DEPTH, Field, check_json, parse, schema
 from gateway.settings import GatewaySettings
-from gateway.tokencheck import TokenCheck
 
 BACKEND: web.AppKey[Backend] = web.AppKey("backend", Backend)
 SETTINGS: web.AppKey[GatewaySettings] = web.AppKey("settings", GatewaySettings)
-TOKEN_CHECK: web.AppKey[TokenCheck] = web.AppKey("token_check", TokenCheck)
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 NAMESPACE_KEY = "x-namespace"
 UUID_CHARS = set("0123456789abcdef-")
+MAX_METADATA = 4096
+NAME = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+# Path parameter name -> its schema in the OpenAPI document (others: a non-empty string).
+PATH_PARAMS: dict[str, dict[str, Any]] = {
+    "uuid": {"type": "string", "format": "uuid"},
+    "hash": {"type": "string", "pattern": "^[0-9a-fA-F]{128}$"},
+    "offset": {"type": "string", "pattern": "^[0-9]{1,15}$"},
+    "namespace": {"type": "string", "pattern": NAME},
+    "key_name": {"type": "string", "pattern": NAME},
+    "key": {"type": "string", "minLength": 1, "maxLength": 255},
+    "name": {"type": "string", "pattern": NAME},
+    # An artifact's version index.
+    "version": {"type": "string", "pattern": "^[1-9][0-9]{0,8}$"},
+}
+
+
+def metadata_value(value: str, what: str) -> str:
+    """value if gRPC accepts it as call metadata (printable ASCII), else a 400 naming what."""
+    if not value.isascii() or not value.isprintable() or len(value) > MAX_METADATA:
+        raise HttpError(400, f"{what} must be at most {MAX_METADATA} printable ASCII characters")
+    return value
 
 
 @dataclass(frozen=True)
@@ -65,10 +84,10 @@ class Call:
         out = []
         auth = self.request.headers.get("Authorization")
         if auth:
-            out.append(("authorization", auth))
+            out.append(("authorization", metadata_value(auth.strip(), "the Authorization header")))
         out.append((logs.REQUEST_ID_KEY, self.request[REQUEST_ID]))
         if namespace:
-            out.append((NAMESPACE_KEY, namespace))
+            out.append((NAMESPACE_KEY, metadata_value(namespace, "namespace")))
         return tuple(out)
 
     async def rpc(self, method: Any, message: Any, namespace: str | None = None) -> Any:
@@ -98,6 +117,13 @@ class Route:
     public: bool = False
     # Media type of a success answer.
     produces: str = "application/json"
+
+    # JSON-schema keywords across the body's fields (anyOf), stated in the document.
+    body_rules: dict[str, Any] = field(default_factory=dict)
+
+    def body_schema(self) -> dict[str, Any]:
+        """The JSON schema of this route's body."""
+        return {**schema(self.body), **self.body_rules}
 
 
 class RouteTable:
@@ -132,14 +158,22 @@ async def read_body(request: web.Request, limit: int, what: str = "a request bod
     return b"".join(parts)
 
 
-async def _json_body(request: web.Request, limit: int) -> Any:
-    raw = await read_body(request, limit)
+def load_json(raw: bytes) -> Any:
+    """A request body's JSON value (None when empty), or a 400 saying what is wrong with it."""
     if not raw.strip():
         return None
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
+    except RecursionError as exc:
+        raise HttpError(400, f"request body is nested deeper than {MAX_DEPTH} levels") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise HttpError(400, f"request body is not valid JSON: {exc}"[:300]) from exc
+    check_json(value)
+    return value
+
+
+async def _json_body(request: web.Request, limit: int) -> Any:
+    return load_json(await read_body(request, limit))
 
 
 def json_response(value: Any, status: int = 200) -> web.Response:
@@ -157,9 +191,6 @@ def aiohttp_handler(route: Route) -> Callable[[web.Request], Awaitable[web.Strea
     async def handle(request: web.Request) -> web.StreamResponse:
         app = request.app
         settings = app[SETTINGS]
-        if not route.public:
-            # Before the body is read or anything is forwarded.
-            app[TOKEN_CHECK](request.headers.get("Authorization"))
         body: dict[str, Any] = {}
         if route.body_kind == "json":
             body = parse(await _json_body(request, settings.max_json_bytes), route.body)
@@ -168,6 +199,10 @@ def aiohttp_handler(route: Route) -> Callable[[web.Request], Awaitable[web.Strea
             result = await route.handler(call)
         except grpc.aio.AioRpcError as exc:
             raise from_rpc(exc, route.overrides) from exc
+        except (ValueError, TypeError, OverflowError) as exc:
+            # A value protobuf cannot hold (an integer out of range, a wrong type
+            # deep in a body): the caller's mistake, never a 500.
+            raise HttpError(400, f"a value in the request cannot be used: {exc}"[:300]) from exc
         if isinstance(result, web.StreamResponse):
             return result
         if isinstance(result, Reply):

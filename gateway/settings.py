@@ -29,6 +29,9 @@ class GatewaySettings:
     max_chunk_bytes: int = 16 * 1024 * 1024
     # Deadline of each gRPC call (under the client's own 300 s timeout).
     call_timeout: float = 250.0
+    # How long a bearer token the control plane called valid is taken as valid
+    # before the gateway asks again (it is checked again by every call anyway).
+    token_check_ttl: float = 5.0
     log_json: bool = False
     # Where /metrics is served (a management address; empty or "off": not served).
     metrics_listen: str = "127.0.0.1:13003"
@@ -51,6 +54,9 @@ class GatewaySettings:
             max_json_bytes=int(env.get("MINICLOUD_GATEWAY_MAX_JSON_BYTES", base.max_json_bytes)),
             max_chunk_bytes=int(env.get("MINICLOUD_GATEWAY_MAX_CHUNK_BYTES", base.max_chunk_bytes)),
             call_timeout=float(env.get("MINICLOUD_GATEWAY_CALL_TIMEOUT", base.call_timeout)),
+            token_check_ttl=float(
+                env.get("MINICLOUD_GATEWAY_TOKEN_CHECK_TTL", base.token_check_ttl)
+            ),
             log_json=env.get("MINICLOUD_LOG_JSON", "") in ("1", "true", "yes"),
             metrics_listen=env.get("MINICLOUD_GATEWAY_METRICS_LISTEN", base.metrics_listen),
             metrics_tls=MetricsTLS.from_env(env, "MINICLOUD_GATEWAY_METRICS"),

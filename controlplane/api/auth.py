@@ -17,6 +17,7 @@ import grpc
 import structlog
 
 from common import logs
+from controlplane.api.decoding import lenient
 from controlplane.api.status import (
     AUTHORIZATION_KEY,
     CALLER,
@@ -25,7 +26,7 @@ from controlplane.api.status import (
     metadata_value,
     namespace_of,
 )
-from controlplane.errors import MiniCloudError, status_of
+from controlplane.errors import MiniCloudError, message_of, status_of
 from controlplane.services.instances import InstanceService
 from controlplane.services.namespaces import NamespaceService, require_system
 from controlplane.store.namespaces import Namespace
@@ -173,7 +174,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             logs.start_request(incoming or logs.new_request_id(), rpc=method.rsplit("/", 1)[-1])
         if method.startswith(PUBLIC_PREFIXES):
             CALLER.set("")
-            return await continuation(handler_call_details)
+            return lenient(await continuation(handler_call_details))
         try:
             token = bearer(metadata_value(handler_call_details, AUTHORIZATION_KEY))
             caller = self.namespaces.authenticate(token)
@@ -183,10 +184,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 caller, metadata_value(handler_call_details, NAMESPACE_KEY)
             )
         except MiniCloudError as exc:
-            return _refusal(await continuation(handler_call_details), exc)
+            return lenient(_refusal(await continuation(handler_call_details), exc))
         CALLER.set(acting)
         logs.bind(namespace=acting)
-        return await continuation(handler_call_details)
+        return lenient(await continuation(handler_call_details))
 
 
 def _refusal(handler: Handler | None, error: MiniCloudError) -> Handler | None:
@@ -194,7 +195,7 @@ def _refusal(handler: Handler | None, error: MiniCloudError) -> Handler | None:
     if handler is None:
         return None
     code = getattr(grpc.StatusCode, status_of(error)[0])
-    message = str(error)
+    message = message_of(error)
 
     async def refuse_unary(request: Any, context: Context) -> Any:
         await context.abort(code, message)

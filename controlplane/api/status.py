@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 
-from controlplane.errors import MiniCloudError, Unauthenticated, status_of
+from controlplane.errors import MiniCloudError, Unauthenticated, message_of, status_of
 from controlplane.store.protocol import StoreUnavailable
 
 log = structlog.get_logger(__name__)
@@ -52,7 +52,7 @@ def metadata_value(context_or_details: Any, key: str) -> str:
 
 async def abort_for(context: grpc.aio.ServicerContext[Any, Any], error: MiniCloudError) -> None:
     """End a call (a streaming one, typically) with the status mapped from error."""
-    await context.abort(getattr(grpc.StatusCode, status_of(error)[0]), str(error))
+    await context.abort(getattr(grpc.StatusCode, status_of(error)[0]), message_of(error))
 
 
 def grpc_errors(
@@ -70,7 +70,7 @@ def grpc_errors(
             return await method(self, request, context)
         except MiniCloudError as exc:
             code_name, _ = status_of(exc)
-            code, message = getattr(grpc.StatusCode, code_name), str(exc)
+            code, message = getattr(grpc.StatusCode, code_name), message_of(exc)
         except grpc.aio.AbortError:
             raise
         except StoreUnavailable as exc:  # etcd unreachable or slow: the caller may retry

@@ -10,7 +10,7 @@ import asyncio
 import uuid as uuidlib
 from collections.abc import Callable
 
-from controlplane.errors import InvalidArgument, NotFound
+from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound
 from controlplane.model import Artifact, Upload
 from controlplane.services.artifacts import ArtifactService
 from controlplane.store.uploads import Uploads
@@ -63,8 +63,11 @@ class UploadService:
     async def truncate(self, namespace: str, uuid: str, size: int) -> tuple[Upload, int]:
         """Cut an upload back to size bytes (not beyond what it holds)."""
         upload, current = await self.get(namespace, uuid)
-        if not 0 <= size <= current:
-            raise InvalidArgument(f"cannot truncate upload to {size}: it holds {current} bytes")
+        if size < 0:
+            raise InvalidArgument(f"cannot truncate upload to {size} bytes")
+        if size > current:
+            # Not a malformed request: the same one is fine once the upload holds more.
+            raise FailedPrecondition(f"cannot truncate upload to {size}: it holds {current} bytes")
         async with self._lock(uuid):
             return upload, await self.uploads.truncate(uuid, size)
 

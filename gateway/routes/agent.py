@@ -5,21 +5,25 @@ from __future__ import annotations
 from typing import Any
 
 from gateway import views
-from gateway.fields import Field
+from gateway.fields import INT64_MAX, Field
 from gateway.routes.instances import fetch, fetch_created
 from gateway.routing import Call, RouteTable
 from protos import agent_pb2
 
 table = RouteTable()
-# An instance without a usable agent: Shaken Fist answers 400 "instance agent not ready".
-AGENT_REFUSED = {"FAILED_PRECONDITION": 400}
+# An instance without a usable agent: Shaken Fist answers 400 "instance agent not ready";
+# here 409, a conflict with the instance's state (a 400 says the request is malformed,
+# and a request valid by the schema never is; see docs/rest.md).
+AGENT_REFUSED = {"FAILED_PRECONDITION": 409}
+# A file's path inside the instance, as the control plane takes it: absolute, no NUL.
+INSTANCE_PATH: dict[str, Any] = {"pattern": "^/[^\\x00]*$", "maxLength": 4096}
 
 
 @table.route(
     "POST",
     "/instances/{ref}/agent/execute",
     "Run a command line in the instance (poll the operation until complete)",
-    body=(Field("command_line", "str", True),),
+    body=(Field("command_line", "str", True, rules={"pattern": r"\S"}),),
     overrides=AGENT_REFUSED,
 )
 async def execute(call: Call) -> Any:
@@ -34,8 +38,13 @@ async def execute(call: Call) -> Any:
     "Copy a blob into the instance at path, with a mode",
     body=(
         Field("blob_uuid", "str", True),
-        Field("path", "str", True),
-        Field("mode", "mode", doc="st_mode or permission bits; an octal string is accepted"),
+        Field("path", "str", True, rules=INSTANCE_PATH),
+        Field(
+            "mode",
+            "mode",
+            doc="st_mode or permission bits; an octal string is accepted",
+            rules={"minimum": 0, "maximum": INT64_MAX},
+        ),
     ),
     overrides=AGENT_REFUSED,
 )
@@ -54,7 +63,7 @@ async def put(call: Call) -> Any:
     "POST",
     "/instances/{ref}/agent/get",
     "Copy a file out of the instance into a blob (results 0 content_blob)",
-    body=(Field("path", "str", True),),
+    body=(Field("path", "str", True, rules=INSTANCE_PATH),),
     overrides=AGENT_REFUSED,
 )
 async def get(call: Call) -> Any:

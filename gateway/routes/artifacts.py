@@ -10,7 +10,7 @@ import grpc
 
 from gateway import views
 from gateway.errors import HttpError
-from gateway.fields import Field, to_int
+from gateway.fields import NAMESPACE, Field, to_int
 from gateway.routes.instances import EVENT_FIELDS, delete_all_namespace, events_request
 from gateway.routing import Call, RouteTable, read_body
 from protos import artifacts_pb2, auth_pb2, blobs_pb2, uploads_pb2
@@ -83,13 +83,26 @@ async def versions_view(call: Call, art: artifacts_pb2.Artifact) -> list[dict[st
     "/artifacts/upload/{name}",
     "Make an upload or an existing blob the newest version of the upload artifact NAME",
     body=(
-        Field("upload_uuid", "str"),
-        Field("blob_uuid", "str"),
+        Field("upload_uuid", "str", rules={"format": "uuid"}),
+        Field("blob_uuid", "str", rules={"format": "uuid"}),
         Field("source_url", "str"),
         Field("shared", "bool", doc="share it with every namespace (system artifacts only)"),
-        Field("namespace", "str", doc="in this namespace (system only)"),
-        Field("artifact_type", "str", doc="only image"),
+        Field("namespace", "str", doc="in this namespace (system only)", rules=NAMESPACE),
+        Field("artifact_type", "str", doc="only image", rules={"enum": ["image"]}),
     ),
+    # Exactly one of upload_uuid and blob_uuid.
+    body_rules={
+        "oneOf": [
+            {
+                "required": ["upload_uuid"],
+                "properties": {"upload_uuid": {"type": "string"}, "blob_uuid": {"enum": [None]}},
+            },
+            {
+                "required": ["blob_uuid"],
+                "properties": {"blob_uuid": {"type": "string"}, "upload_uuid": {"enum": [None]}},
+            },
+        ]
+    },
 )
 async def upload_artifact(call: Call) -> Any:
     body, name = call.body, call.param("name")
@@ -192,7 +205,10 @@ async def delete_artifact(call: Call) -> Any:
     "DELETE",
     "/artifacts",
     "Delete every artifact of a namespace; returns their UUIDs",
-    body=(Field("confirm", "bool"), Field("namespace", "str", doc="system must name one")),
+    body=(
+        Field("confirm", "bool", True, "must be true", rules={"enum": [True]}),
+        Field("namespace", "str", True, "the namespace to empty (system must name one)", NAMESPACE),
+    ),
 )
 async def delete_all_artifacts(call: Call) -> Any:
     namespace = await delete_all_namespace(call)
@@ -216,7 +232,9 @@ async def artifact_versions(call: Call) -> Any:
     "POST",
     "/artifacts/{ref}/versions",
     "Set how many versions an artifact keeps (the oldest beyond it are deleted now)",
-    body=(Field("max_versions", "intlike", True, "1 to 1000"),),
+    body=(
+        Field("max_versions", "intlike", True, "1 to 1000", rules={"minimum": 1, "maximum": 1000}),
+    ),
     overrides=WRITE_ERRORS,
 )
 async def set_max_versions(call: Call) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import grpc
@@ -10,29 +9,41 @@ import grpc
 from common import logs
 from gateway import views
 from gateway.errors import HttpError
-from gateway.fields import Field
-from gateway.routing import REQUEST_ID, Call, RouteTable, read_body
+from gateway.fields import NAME_PATTERN, NAMESPACE, Field
+from gateway.routing import REQUEST_ID, Call, RouteTable, load_json, read_body
 from protos import auth_pb2
 
 table = RouteTable()
 # The caller's address, passed on so the control plane slows repeated bad logins per caller.
 CLIENT_ADDRESS_KEY = "x-minicloud-client-address"
+# A first key is both key_name and key, or neither.
+KEY_PAIR = {
+    "anyOf": [
+        {
+            "required": ["key_name", "key"],
+            "properties": {"key_name": {"type": "string"}, "key": {"type": "string"}},
+        },
+        {"properties": {"key_name": {"enum": [None]}, "key": {"enum": [None]}}},
+    ]
+}
 
 
 @table.route(
     "POST",
     "/auth",
     "Trade a namespace and key for a bearer token",
+    # Read by the handler itself, with Shaken Fist's messages; declared for the document.
+    body=(
+        Field("namespace", "str", True),
+        Field("key", "str", True, rules={"minLength": 1}),
+    ),
     body_kind="raw",
-    query=(),
     public=True,
 )
 async def authenticate(call: Call) -> Any:
-    raw = await read_body(call.request, call.settings.max_json_bytes)
-    try:
-        body = json.loads(raw or b"{}")
-    except ValueError as exc:
-        raise HttpError(400, "request body is not valid JSON") from exc
+    body = load_json(await read_body(call.request, call.settings.max_json_bytes))
+    if body is None:
+        body = {}
     if not isinstance(body, dict):
         raise HttpError(400, "the request body must be a JSON object")
     unknown = sorted(set(body) - {"namespace", "key"})
@@ -81,11 +92,12 @@ async def list_namespaces(call: Call) -> Any:
     "/auth/namespaces",
     "Create a namespace (system only), optionally with a first key",
     body=(
-        Field("namespace", "str", True),
-        Field("key_name", "str"),
-        Field("key", "str"),
+        Field("namespace", "str", True, rules=NAMESPACE),
+        Field("key_name", "str", rules={"pattern": NAME_PATTERN}),
+        Field("key", "str", rules={"minLength": 1, "maxLength": 1024}),
     ),
     overrides={"ALREADY_EXISTS": 403},
+    body_rules=KEY_PAIR,
 )
 async def create_namespace(call: Call) -> Any:
     request = auth_pb2.CreateNamespaceRequest(
@@ -106,7 +118,8 @@ async def get_namespace(call: Call) -> Any:
     "DELETE",
     "/auth/namespaces/{namespace}",
     "Delete a namespace (system only; not while it holds instances)",
-    overrides={"FAILED_PRECONDITION": 400},
+    # Shaken Fist answers 400; a namespace holding instances is a state conflict (409).
+    overrides={"FAILED_PRECONDITION": 409},
 )
 async def delete_namespace(call: Call) -> Any:
     if call.param("namespace") == "system":
@@ -137,7 +150,10 @@ async def _add_key(call: Call, key_name: str) -> Any:
     "POST",
     "/auth/namespaces/{namespace}/keys",
     "Add (or replace) a key; returns its name",
-    body=(Field("key_name", "str", True), Field("key", "str", True)),
+    body=(
+        Field("key_name", "str", True, rules={"pattern": NAME_PATTERN}),
+        Field("key", "str", True, rules={"minLength": 1, "maxLength": 1024}),
+    ),
 )
 async def add_key(call: Call) -> Any:
     return await _add_key(call, call.body["key_name"])
@@ -147,7 +163,7 @@ async def add_key(call: Call) -> Any:
     "PUT",
     "/auth/namespaces/{namespace}/keys/{key_name}",
     "Replace a key; returns its name",
-    body=(Field("key", "str", True),),
+    body=(Field("key", "str", True, rules={"minLength": 1, "maxLength": 1024}),),
 )
 async def update_key(call: Call) -> Any:
     return await _add_key(call, call.param("key_name"))

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from gateway import views
 from gateway.errors import HttpError, from_rpc
-from gateway.fields import Field, to_int
+from gateway.fields import INT64_MAX, Field, to_int
 from gateway.routes.instances import EVENT_FIELDS, events_request
 from gateway.routing import REQUEST_ID, Call, RouteTable
 from protos import blobs_pb2
@@ -28,10 +28,9 @@ async def list_blobs(call: Call) -> Any:
     return [views.blob(b) for b in found.blobs]
 
 
-@table.route("GET", "/blobs/{ref}/events", "A blob's events, newest first", body=EVENT_FIELDS)
+@table.route("GET", "/blobs/{uuid}/events", "A blob's events, newest first", body=EVENT_FIELDS)
 async def blob_events(call: Call) -> Any:
-    request = events_request(call)
-    request.ref = call.uuid_param("ref", "blob")
+    request = events_request(call, call.uuid_param("uuid", "blob"))
     found = await call.rpc(call.api.blobs.GetEvents, request)
     return [views.event(e) for e in found.events]
 
@@ -53,7 +52,10 @@ def _query_int(call: Call, name: str) -> int:
     "GET",
     "/blobs/{uuid}/data",
     "A blob's bytes from offset, at most limit of them (0: to the end)",
-    query=(Field("offset", "int"), Field("limit", "int")),
+    query=(
+        Field("offset", "int", rules={"minimum": 0, "maximum": INT64_MAX}),
+        Field("limit", "int", rules={"minimum": 0, "maximum": INT64_MAX}),
+    ),
     produces="application/octet-stream",
 )
 async def blob_data(call: Call) -> web.StreamResponse:

@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.errors import HttpError
-from gateway.fields import Field
+from gateway.fields import INT64_MAX, Field
 from gateway.routes.instances import fetch, fetch_created
 from gateway.routing import Call, RouteTable
 from protos import consoles_pb2, instances_pb2
@@ -19,7 +19,14 @@ table = RouteTable()
     "GET",
     "/instances/{ref}/consoledata",
     "The last length bytes of the serial console log (raw bytes)",
-    body=(Field("length", "intlike", doc="bytes (default 10240; -1 for the whole log)"),),
+    body=(
+        Field(
+            "length",
+            "intlike",
+            doc="bytes (default 10240; -1 for the whole log)",
+            rules={"minimum": -1, "maximum": INT64_MAX},
+        ),
+    ),
     produces="application/octet-stream",
 )
 async def console_data(call: Call) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 from common import sidechannels
 from gateway import netdesc, views
 from gateway.errors import HttpError
-from gateway.fields import Field, to_int
+from gateway.fields import NAME_PATTERN, NAMESPACE, Field, to_int
 from gateway.routing import REQUEST_ID, Call, RouteTable
 from protos import auth_pb2, common_pb2, instances_pb2, networks_pb2
 
@@ -20,8 +20,72 @@ table = RouteTable()
 # Shaken Fist 0.7.2's default when side_channels is null.
 DEFAULT_SIDE_CHANNELS = (sidechannels.AGENT_CHANNEL,)
 NOT_READY = 406
-# A hot plug the node did not confirm in time may still happen: not a "retry" (406).
-HOT_PLUG_ERRORS = {"DEADLINE_EXCEEDED": 500}
+# A hot plug the node did not confirm in time may still happen: not a "retry" (406)
+# but "unavailable": look at the instance's interfaces before trying again.
+HOT_PLUG_ERRORS = {"DEADLINE_EXCEEDED": 503}
+
+
+DISK_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "size": {"type": "integer", "minimum": 0, "maximum": 64 * 1024, "nullable": True},
+        "base": {
+            "type": "string",
+            "nullable": True,
+            "description": "DISTRO:VERSION, label:NAME, /path, http(s)://..., sf://upload/NS/NAME, "
+            "sf://blob/UUID",
+            "pattern": "^([A-Za-z0-9_.-]+:[A-Za-z0-9_.-]+|/[A-Za-z0-9_./-]+|https?://[A-Za-z0-9_./-]+"
+            "|sf://upload/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+|sf://blob/[0-9a-f-]{36})$",
+        },
+        "bus": {"enum": ["virtio", "sata", "scsi", "usb", "nvme", None], "nullable": True},
+        "type": {"enum": ["disk", "cdrom", None], "nullable": True},
+    },
+    # A blank disk needs a size; a cdrom needs a base.
+    "anyOf": [
+        {"required": ["base"], "properties": {"base": {"type": "string", "minLength": 1}}},
+        {
+            "required": ["size"],
+            "properties": {
+                "size": {"type": "integer", "minimum": 1},
+                "type": {"enum": ["disk", None], "nullable": True},
+            },
+        },
+    ],
+}
+VIDEO_SCHEMA = {
+    "required": ["model", "memory"],
+    "properties": {
+        "model": {"enum": ["vga", "cirrus", "qxl"]},
+        "memory": {"type": "integer", "minimum": 1, "maximum": 512 * 1024},
+        "vdi": {"enum": ["vnc", "spice", "spiceconcurrent", None], "nullable": True},
+    },
+}
+# Keys are 1-255 characters; the reserved keys tags and affinity have their shapes.
+METADATA_SCHEMA = {
+    "not": {"required": [""]},
+    "properties": {
+        "tags": {"type": "array", "items": {"type": "string", "minLength": 1}},
+        "affinity": {
+            "type": "object",
+            "description": "tag -> integer weight, or require_/prefer_ with_/without_tag lists",
+            "not": {"required": [""]},
+            "additionalProperties": {"type": "integer"},
+        },
+    },
+}
+# Secure boot and an nvram template need UEFI.
+FIRMWARE_RULES = {
+    "anyOf": [
+        {"required": ["uefi"], "properties": {"uefi": {"enum": [True]}}},
+        {
+            "properties": {
+                "secure_boot": {"enum": [False, None]},
+                "nvram_template": {"enum": ["", None]},
+            }
+        },
+    ]
+}
+
 # The REST list is unpaged, as in Shaken Fist; the gateway reads it in List pages this big
 # (the control plane's maximum).
 PAGE_SIZE = 1000
@@ -99,7 +163,7 @@ async def list_instances(call: Call) -> Any:
     "GET",
     "/instances/{ref}",
     "Get an instance by UUID (deleted ones too) or name",
-    body=(Field("namespace", "str", doc="look in this namespace (system only)"),),
+    body=(Field("namespace", "str", doc="look in this namespace (system only)", rules=NAMESPACE),),
 )
 async def get_instance(call: Call) -> Any:
     return await view(call, await fetch(call, call.param("ref"), call.body.get("namespace")))
@@ -146,26 +210,58 @@ def _strings(value: list[Any], what: str) -> list[str]:
     "/instances",
     "Create an instance",
     body=(
-        Field("name", "str", True, "DNS-safe host name"),
-        Field("cpus", "intlike", True),
-        Field("memory", "intlike", True, "MiB"),
+        Field("name", "str", True, "DNS-safe host name", rules={"pattern": NAME_PATTERN}),
+        Field("cpus", "intlike", True, rules={"minimum": 1, "maximum": 64}),
+        Field("memory", "intlike", True, "MiB", rules={"minimum": 16, "maximum": 1024 * 1024}),
         Field(
             "network",
             "list",
             doc="netdescs: network_uuid (UUID or name), address, macaddress, model, float",
+            rules={"items": netdesc.SCHEMA},
         ),
-        Field("disk", "list", True, "diskspecs: size (GB), base, bus, type"),
+        Field(
+            "disk",
+            "list",
+            True,
+            "diskspecs: size (GB), base, bus, type",
+            rules={"minItems": 1, "maxItems": 32, "items": DISK_SCHEMA},
+        ),
         Field("ssh_key", "str"),
-        Field("user_data", "str", doc="base64"),
-        Field("namespace", "str", doc="create in this namespace (system only)"),
-        Field("video", "dict", doc="videospec: model, memory (KiB), vdi"),
-        Field("configdrive", "str", doc="openstack-disk or none"),
-        Field("metadata", "dict"),
-        Field("side_channels", "list", doc="null: the default (sf-agent); []: none"),
+        Field(
+            "user_data",
+            "str",
+            doc="base64, at most 64 KiB once decoded",
+            rules={
+                "format": "byte",
+                "maxLength": 87384,
+                "pattern": "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
+            },
+        ),
+        Field("namespace", "str", doc="create in this namespace (system only)", rules=NAMESPACE),
+        Field("video", "dict", doc="videospec: model, memory (KiB), vdi", rules=VIDEO_SCHEMA),
+        Field(
+            "configdrive",
+            "str",
+            doc="openstack-disk or none",
+            rules={"enum": ["openstack-disk", "none", ""]},
+        ),
+        Field("metadata", "dict", rules=METADATA_SCHEMA),
+        Field(
+            "side_channels",
+            "list",
+            doc="null: the default (sf-agent); []: none",
+            rules={"items": {"type": "string", "pattern": NAME_PATTERN}},
+        ),
         Field("uefi", "bool"),
         Field("secure_boot", "bool"),
-        Field("nvram_template", "str"),
+        Field(
+            "nvram_template",
+            "str",
+            doc="an absolute path or a TYPE:NAME reference (needs uefi)",
+            rules={"pattern": "^(/.*|.*:.*)$"},
+        ),
     ),
+    body_rules=FIRMWARE_RULES,
     # Nodes reconnecting (after a control plane restart, say): Shaken Fist's answer when
     # there is no room, which its client reports as such.
     overrides={"UNAVAILABLE": 507},
@@ -205,7 +301,7 @@ async def create_instance(call: Call) -> Any:
     "DELETE",
     "/instances/{ref}",
     "Start deleting an instance (poll it until its state is deleted)",
-    body=(Field("namespace", "str", doc="in this namespace (system only)"),),
+    body=(Field("namespace", "str", doc="in this namespace (system only)", rules=NAMESPACE),),
 )
 async def delete_instance(call: Call) -> Any:
     namespace = call.body.get("namespace")
@@ -233,7 +329,10 @@ async def delete_all_namespace(call: Call) -> str | None:
     "DELETE",
     "/instances",
     "Delete every instance of a namespace",
-    body=(Field("confirm", "bool"), Field("namespace", "str")),
+    body=(
+        Field("confirm", "bool", True, "must be true", rules={"enum": [True]}),
+        Field("namespace", "str", True, "the namespace to empty (system must name one)", NAMESPACE),
+    ),
 )
 async def delete_all_instances(call: Call) -> Any:
     namespace = await delete_all_namespace(call)
@@ -268,19 +367,32 @@ _power("pause", "Pause", "Pause")
 _power("unpause", "Unpause", "Unpause")
 
 
+# Shaken Fist's event types (the control plane's controlplane.retention.EVENT_TYPES).
+EVENT_TYPES = ("audit", "mutate", "status", "usage", "resources", "prune", "historic")
 EVENT_FIELDS = (
-    Field("event_type", "str", doc="audit, mutate, status, usage, ..."),
-    Field("limit", "intlike", doc="at most this many (default 100, at most 1000)"),
+    Field(
+        "event_type",
+        "str",
+        doc="only events of this type (empty: every type)",
+        rules={"enum": ["", *EVENT_TYPES]},
+    ),
+    Field(
+        "limit",
+        "intlike",
+        doc="at most this many (default 100, at most 1000)",
+        rules={"minimum": 1, "maximum": 1000},
+    ),
 )
 
 
-def events_request(call: Call) -> instances_pb2.GetEventsRequest:
-    """The events request of an ``/<plural>/<ref>/events`` call (400 for a bad limit)."""
+def events_request(call: Call, ref: str = "") -> instances_pb2.GetEventsRequest:
+    """The events request of an ``/<plural>/<ref>/events`` call (400 for a bad limit); ref
+    when given, else the path's ``ref``."""
     limit = call.body.get("limit", 100)
     if not 1 <= limit <= 1000:
         raise HttpError(400, "limit must be between 1 and 1000")
     return instances_pb2.GetEventsRequest(
-        ref=call.param("ref"), event_type=call.body.get("event_type", ""), limit=limit
+        ref=ref or call.param("ref"), event_type=call.body.get("event_type", ""), limit=limit
     )
 
 
@@ -302,7 +414,7 @@ async def instance_interfaces(call: Call) -> Any:
     "POST",
     "/instances/{ref}/interfaces",
     "Hot plug a network interface into a running instance",
-    body=(Field("network", "dict", True, "a netdesc"),),
+    body=(Field("network", "dict", True, "a netdesc", rules=netdesc.SCHEMA),),
     overrides=HOT_PLUG_ERRORS,
 )
 async def hot_plug_interface(call: Call) -> Any:

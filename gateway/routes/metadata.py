@@ -26,6 +26,13 @@ OBJECT_TYPES = {
 }
 
 
+# A value must be given: null, "", [] and {} are refused (Shaken Fist's "no value specified").
+VALUE: dict[str, Any] = {
+    "description": "any JSON but null, an empty string, list or object",
+    "not": {"enum": ["", [], {}, None]},
+}
+
+
 def _value(value: Any) -> struct_pb2.Value:
     holder = struct_pb2.Struct()
     holder.update({"v": value})
@@ -33,14 +40,16 @@ def _value(value: Any) -> struct_pb2.Value:
 
 
 def _routes(plural: str, object_type: str) -> None:
-    base = f"/{plural}/{{ref}}/metadata"
+    # Interfaces are named by UUID only; the other objects by UUID or name.
+    param = "uuid" if object_type == "interface" else "ref"
+    base = f"/{plural}/{{{param}}}/metadata"
 
     async def ref_of(call: Call) -> str:
+        if object_type == "interface":
+            return call.uuid_param("uuid", "interface")
         ref = call.param("ref")
         if object_type == "artifact":
             return (await find_artifact(call, ref)).uuid
-        if object_type == "interface":
-            return call.uuid_param("ref", "interface")
         return ref
 
     async def get_all(call: Call) -> Any:
@@ -76,13 +85,16 @@ def _routes(plural: str, object_type: str) -> None:
         "PUT",
         base + "/{key}",
         f"Set one metadata key of a {object_type}",
-        body=(Field("value", "any", True),),
+        body=(Field("value", "any", True, rules=VALUE),),
     )(put_key)
     table.route(
         "POST",
         base,
         f"Set one metadata key of a {object_type}",
-        body=(Field("key", "str", True), Field("value", "any", True)),
+        body=(
+            Field("key", "str", True, rules={"minLength": 1, "maxLength": 255}),
+            Field("value", "any", True, rules=VALUE),
+        ),
     )(post_key)
     table.route("DELETE", base + "/{key}", f"Delete one metadata key of a {object_type}")(
         delete_key

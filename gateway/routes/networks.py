@@ -13,7 +13,7 @@ import grpc
 
 from gateway import views
 from gateway.errors import HttpError
-from gateway.fields import Field
+from gateway.fields import NAME_PATTERN, NAMESPACE, Field
 from gateway.routes.instances import EVENT_FIELDS, delete_all_namespace, events_request
 from gateway.routing import Call, RouteTable
 from protos import networks_pb2
@@ -22,6 +22,8 @@ table = RouteTable()
 FLOATING = "floating"
 # Shaken Fist refuses deleting a network in use with 403.
 IN_USE = {"FAILED_PRECONDITION": 403}
+OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+NETBLOCK = f"^({OCTET}\\.){{3}}{OCTET}/(8|9|1[0-9]|2[0-9])$"
 
 
 async def fetch(call: Call, ref: str, namespace: str | None = None) -> networks_pb2.Network:
@@ -48,7 +50,7 @@ async def list_networks(call: Call) -> Any:
     "GET",
     "/networks/{ref}",
     "Get a network by UUID (deleted ones too) or name",
-    body=(Field("namespace", "str", doc="look in this namespace (system only)"),),
+    body=(Field("namespace", "str", doc="look in this namespace (system only)", rules=NAMESPACE),),
 )
 async def get_network(call: Call) -> Any:
     return views.network(await fetch(call, call.param("ref"), call.body.get("namespace")))
@@ -59,12 +61,24 @@ async def get_network(call: Call) -> Any:
     "/networks",
     "Create a network (an IPv4 netblock of at least /29)",
     body=(
-        Field("netblock", "str", True, "CIDR, e.g. 10.0.0.0/24"),
+        Field(
+            "netblock",
+            "str",
+            True,
+            "an IPv4 CIDR of at least /29, e.g. 10.0.0.0/24",
+            rules={"pattern": NETBLOCK},
+            enforced=False,
+        ),
         Field("provide_dhcp", "bool", doc="serve DHCP (absent: false)"),
         Field("provide_nat", "bool", doc="NAT to outside (absent: false)"),
-        Field("name", "str", True),
-        Field("namespace", "str", doc="create in this namespace (system only)"),
-        Field("provide_dns", "bool", doc="not provided: only false is accepted"),
+        Field("name", "str", True, rules={"pattern": NAME_PATTERN}),
+        Field(
+            "provide_dns",
+            "bool",
+            doc="not provided: only false is accepted",
+            rules={"enum": [False]},
+        ),
+        Field("namespace", "str", doc="create in this namespace (system only)", rules=NAMESPACE),
     ),
 )
 async def create_network(call: Call) -> Any:
@@ -84,7 +98,7 @@ async def create_network(call: Call) -> Any:
     "DELETE",
     "/networks/{ref}",
     "Delete a network (refused while instances use it); returns it, deleted",
-    body=(Field("namespace", "str", doc="in this namespace (system only)"),),
+    body=(Field("namespace", "str", doc="in this namespace (system only)", rules=NAMESPACE),),
     overrides=IN_USE,
 )
 async def delete_network(call: Call) -> Any:
@@ -103,8 +117,8 @@ async def delete_network(call: Call) -> Any:
     "/networks",
     "Delete every network of a namespace (403 naming those still in use)",
     body=(
-        Field("confirm", "bool"),
-        Field("namespace", "str"),
+        Field("confirm", "bool", True, "must be true", rules={"enum": [True]}),
+        Field("namespace", "str", True, "the namespace to empty (system must name one)", NAMESPACE),
         Field("clean_wait", "bool", doc="first release interfaces of instances being deleted"),
     ),
 )

@@ -287,14 +287,14 @@ async def test_uploads_artifacts_blobs_and_labels(rest: Rest) -> None:
 async def test_agent_routes_refuse_before_created_and_without_agent(
     rest: Rest, node: FakeNode
 ) -> None:
-    """Agent calls on an instance without the sf-agent side channel are 400."""
+    """Agent calls on an instance without the sf-agent side channel are 409 (its state)."""
     status, inst = await rest.call("POST", "/instances", create_body("noagent", side_channels=[]))
     assert status == 200
     await created(rest, inst["uuid"])
     status, body = await rest.call(
         "POST", f"/instances/{inst['uuid']}/agent/execute", {"command_line": "true"}
     )
-    assert status == 400 and "sf-agent" in body["error"]
+    assert status == 409 and "sf-agent" in body["error"]
     status, ops = await rest.call(
         "GET", f"/instances/{inst['uuid']}/agentoperations", {"all": True}
     )

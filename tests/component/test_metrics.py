@@ -171,7 +171,7 @@ async def test_gateway_counts_rest_calls_by_route_template(
             headers = {"Authorization": f"Bearer {token}"}
             async with http.get(f"{url}/instances/{inst.uuid}", headers=headers) as reply:
                 assert reply.status == 200
-            async with http.get(f"{url}/no/such/route") as reply:
+            async with http.get(f"{url}/no/such/route", headers=headers) as reply:
                 assert reply.status == 404
         got = await scrape(port)
         assert "minicloud_http_request_duration_seconds" in got
