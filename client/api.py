@@ -180,9 +180,9 @@ class Client:
         request = auth_pb2.DeleteKeyRequest(namespace=namespace, key_name=key_name)
         return to_dict(self._call("DeleteKey", request, self.namespaces))
 
-    def create(self, spec: JsonDict) -> JsonDict:
-        """Create an instance from a spec dict (InstanceSpec's fields)."""
-        request = instances_pb2.CreateInstanceRequest()
+    def create(self, spec: JsonDict, node: str = "") -> JsonDict:
+        """Create an instance from a spec dict (InstanceSpec's fields), on node if given."""
+        request = instances_pb2.CreateInstanceRequest(placed_on=node)
         json_format.ParseDict({"spec": spec}, request)
         return to_dict(self._call("Create", request))
 

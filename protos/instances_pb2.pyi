@@ -51,16 +51,25 @@ class CreateInstanceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SPEC_FIELD_NUMBER: _builtins.int
+    PLACED_ON_FIELD_NUMBER: _builtins.int
+    placed_on: _builtins.str
+    """Administrator only (the call's token is the system namespace's): put the
+    instance on this node, as Shaken Fist's placed_on. The node must be
+    connected and take new instances (not disabled, draining or missing), and
+    have room: otherwise FAILED_PRECONDITION or RESOURCE_EXHAUSTED naming it.
+    Another namespace's token: PERMISSION_DENIED. "": placement chooses.
+    """
     @_builtins.property
     def spec(self) -> _common_pb2.InstanceSpec: ...
     def __init__(
         self,
         *,
         spec: _common_pb2.InstanceSpec | None = ...,
+        placed_on: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["placed_on", b"placed_on", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -22,7 +22,9 @@ from controlplane.errors import (
 from controlplane.hub import Hub, Subscription
 from controlplane.model import Event, Instance, InstanceSpec
 from controlplane.nodes import NodeRegistry
-from controlplane.placement import Affinity, Neighbours, place
+from controlplane.nodestate import NodeState
+from controlplane.nodestate import refusal as state_refusal
+from controlplane.placement import Affinity, Capacity, Neighbours, place
 from controlplane.reconciler import Reconciler
 from controlplane.services.artifacts import ArtifactService
 from controlplane.services.events import read_events
@@ -65,9 +67,14 @@ class InstanceService:
         self.reconciler = reconciler
         self.hub = hub
 
-    async def create(self, namespace: str, spec: InstanceSpec) -> Instance:
-        """Check, place and record a new instance, then ask its node to build it."""
+    async def create(self, namespace: str, spec: InstanceSpec, placed_on: str = "") -> Instance:
+        """Check, place and record a new instance, then ask its node to build it.
+
+        placed_on (the administrator's, checked by the caller) names the only
+        node placement may choose; capacity and hard affinity still apply.
+        """
         spec = check_spec(spec)
+        candidates = await self._candidates(placed_on)
         if self.artifacts is not None:
             disks = [
                 dataclasses.replace(d, base=await self.artifacts.resolve_base(namespace, d.base))
@@ -81,7 +88,7 @@ class InstanceService:
                 spec = dataclasses.replace(spec, nvram_template=template)
         affinity = Affinity.parse(spec.metadata.get("affinity"))
         choice = place(
-            self.nodes.capacities(),
+            candidates,
             spec.cpus,
             spec.memory,
             self.settings.cpu_overcommit,
@@ -102,6 +109,30 @@ class InstanceService:
                 raise  # An address, MAC or network changed meanwhile: allocate again.
 
         return await retry_on_conflict(attempt, "the instance's networks")
+
+    async def _candidates(self, placed_on: str) -> list[Capacity]:
+        """The nodes placement chooses among: all connected ones, or placed_on's alone.
+
+        A placed_on node that is unknown, not connected or does not take new
+        instances is refused here, with a message naming it and why.
+        """
+        capacities = self.nodes.capacities()
+        if not placed_on:
+            return capacities
+        found = [c for c in capacities if c.name == placed_on]
+        if not found:
+            known = await self.records.get_node(placed_on)
+            if known is None or known.state == NodeState.DELETED:
+                raise FailedPrecondition(f"cannot place on node {placed_on!r}: no such node")
+            raise FailedPrecondition(
+                f"cannot place on node {placed_on}: it is not connected (it is {known.state})"
+            )
+        why = state_refusal(found[0].state)
+        if why:
+            raise FailedPrecondition(
+                f"cannot place on node {placed_on}: it {why} and takes no new instances"
+            )
+        return found
 
     async def _commit(
         self,

@@ -165,6 +165,7 @@ def _strings(value: list[Any], what: str) -> list[str]:
         Field("uefi", "bool"),
         Field("secure_boot", "bool"),
         Field("nvram_template", "str"),
+        Field("placed_on", "str", doc="on this node (system only, as sf-client's -p)"),
     ),
 )
 async def create_instance(call: Call) -> Any:
@@ -189,7 +190,7 @@ async def create_instance(call: Call) -> Any:
         spec.video.CopyFrom(_video(body["video"]))
     if body.get("metadata"):
         spec.metadata.update(body["metadata"])
-    request = instances_pb2.CreateInstanceRequest(spec=spec)
+    request = instances_pb2.CreateInstanceRequest(spec=spec, placed_on=body.get("placed_on") or "")
     created = await call.rpc(call.api.instances.Create, request, body.get("namespace"))
     return await view(call, created)
 
