@@ -42,6 +42,8 @@ log = structlog.get_logger(__name__)
 # A page's store scans read at least this many records at a time (a namespace
 # with few instances among many others' fills a page in few scans).
 SCAN_CHUNK = 128
+# A node's name is its host name: placed_on longer than this names no node.
+MAX_NODE_NAME = 253
 
 
 class InstanceService:
@@ -119,6 +121,8 @@ class InstanceService:
         capacities = self.nodes.capacities()
         if not placed_on:
             return capacities
+        if len(placed_on) > MAX_NODE_NAME:
+            raise InvalidArgument(f"placed_on is a node name, at most {MAX_NODE_NAME} characters")
         found = [c for c in capacities if c.name == placed_on]
         if not found:
             known = await self.records.get_node(placed_on)

@@ -107,6 +107,9 @@ async def test_an_unknown_node_is_refused_by_name(two: Two) -> None:
     err = await refused(two.api, placed("vm1", "node9"))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert err.details() == "cannot place on node 'node9': no such node"
+    long = await refused(two.api, placed("vm1", "n" * 70000))
+    assert long.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert long.details() == "placed_on is a node name, at most 253 characters"
 
 
 async def test_a_node_that_is_not_connected_is_refused_with_its_state(two: Two) -> None:
