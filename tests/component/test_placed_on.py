@@ -27,7 +27,7 @@ from tests.component.conftest import (
     start_fake_node,
 )
 from tests.component.test_gateway import start_gateway
-from tests.component.test_gateway_nodes import sf
+from tests.component.test_gateway_nodes import sf, sf_client
 
 CLI = Path(sys.executable).parent / "minicloud"
 
@@ -236,5 +236,18 @@ async def test_the_client_library_places_through_the_gateway(two: Two) -> None:
         with pytest.raises(apiclient.UnauthenticatedException) as denied:
             await asyncio.to_thread(sf_create, tenant, "vm4", "node2")
         assert "placed_on" in denied.value.text
+    finally:
+        await runner.cleanup()
+
+
+async def test_sf_client_instance_create_dash_p_places_the_instance(two: Two) -> None:
+    """`sf-client instance create ... -p node2` runs unchanged and the instance is on node2."""
+    runner, url = await start_gateway(f"127.0.0.1:{two.plane.port}")
+    try:
+        await sf_client(
+            url, "instance", "create", "vm1", "1", "256", "-d", "1@debian:11", "-p", "node2"
+        )
+        shown = json.loads(await sf_client(url, "--json", "instance", "show", "vm1"))
+        assert shown["node"] == "node2"
     finally:
         await runner.cleanup()
