@@ -181,8 +181,10 @@ class Client:
         request = auth_pb2.DeleteKeyRequest(namespace=namespace, key_name=key_name)
         return to_dict(self._call("DeleteKey", request, self.namespaces))
 
-    def create(self, spec: JsonDict, request_id: str = "", retry_for: float = 60.0) -> JsonDict:
-        """Create an instance from a spec dict (InstanceSpec's fields).
+    def create(
+        self, spec: JsonDict, node: str = "", request_id: str = "", retry_for: float = 60.0
+    ) -> JsonDict:
+        """Create an instance from a spec dict (InstanceSpec's fields), on node if given.
 
         The create carries a client request id (request_id, or a new one), so it is
         retried safely: while the control plane answers UNAVAILABLE (nodes
@@ -190,7 +192,7 @@ class Client:
         for up to retry_for seconds, and a retry of a create that was in fact made
         returns that instance.
         """
-        request = instances_pb2.CreateInstanceRequest()
+        request = instances_pb2.CreateInstanceRequest(placed_on=node)
         json_format.ParseDict({"spec": spec}, request)
         request.client_request_id = request_id or str(uuid.uuid4())
         deadline = time.monotonic() + retry_for

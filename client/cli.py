@@ -22,6 +22,7 @@
     minicloud namespace create team --key-name deploy   # prints the new key once
     minicloud namespace list ; minicloud namespace add-key team ci --key-file ./key.txt
     minicloud node list ; minicloud node show NAME ; minicloud node disable NAME   # system only
+    minicloud instance create demo --disk size=2,base=debian:11 --node node2   # system only
     minicloud instance move demo --node node2   # a stopped instance, system namespace only
 
 The control plane is MINICLOUD_API (default 127.0.0.1:13100), the namespace
@@ -150,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help='KEY=VALUE (VALUE is JSON, else a string; repeatable), e.g. affinity={"web": -10}',
+    )
+    create.add_argument(
+        "--node", default="", help="on this node (system namespace only; default: placement)"
     )
     create.add_argument("--wait", action="store_true", help="wait until created (or error)")
     delete_all = inst.add_parser("delete-all", help="delete every instance of the namespace")
@@ -585,7 +589,7 @@ def run(args: argparse.Namespace, client: Client) -> Any:
             "nvram_template": args.nvram_template,
             "metadata": dict(args.metadata),
         }
-        inst = client.create(spec)
+        inst = client.create(spec, args.node)
         if args.wait:
             inst = client.wait(inst["uuid"], lambda i: i["state"] in ("created", "error"))
         return inst

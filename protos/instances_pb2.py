@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from protos import common_pb2 as protos_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/instances.proto\x12\x0cminicloud.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x13protos/common.proto\"0\n\x13MoveInstanceRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\"\\\n\x15\x43reateInstanceRequest\x12(\n\x04spec\x18\x01 \x01(\x0b\x32\x1a.minicloud.v1.InstanceSpec\x12\x19\n\x11\x63lient_request_id\x18\x02 \x01(\t\"\x1a\n\x0bInstanceRef\x12\x0b\n\x03ref\x18\x01 \x01(\t\"\xc5\x03\n\x08Instance\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12(\n\x04spec\x18\x03 \x01(\x0b\x32\x1a.minicloud.v1.InstanceSpec\x12\r\n\x05state\x18\x04 \x01(\t\x12\x15\n\rerror_message\x18\x05 \x01(\t\x12\x13\n\x0bpower_state\x18\x06 \x01(\t\x12\x0c\n\x04node\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\x03\x12\x12\n\ncreated_at\x18\t \x01(\x01\x12\x18\n\x10state_updated_at\x18\n \x01(\x01\x12\x13\n\x0b\x61gent_state\x18\x0b \x01(\t\x12\x1e\n\x16\x61gent_system_boot_time\x18\x0c \x01(\x01\x12\x14\n\x0c\x63onsole_port\x18\r \x01(\x05\x12\x10\n\x08vdi_port\x18\x0e \x01(\x05\x12\x14\n\x0cvdi_tls_port\x18\x0f \x01(\x05\x12)\n\x08metadata\x18\x10 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x32\n\ninterfaces\x18\x12 \x03(\x0b\x32\x1e.minicloud.v1.NetworkInterface\x12\x14\n\x0cmachine_type\x18\x11 \x01(\t\"V\n\x14ListInstancesRequest\x12\x17\n\x0finclude_deleted\x18\x01 \x01(\x08\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x15ListInstancesResponse\x12)\n\tinstances\x18\x01 \x03(\x0b\x32\x16.minicloud.v1.Instance\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"B\n\x10GetEventsRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"8\n\x11GetEventsResponse\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.minicloud.v1.Event\"\x1b\n\x0cWatchRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\"i\n\x0bWatchUpdate\x12*\n\x08instance\x18\x01 \x01(\x0b\x32\x16.minicloud.v1.InstanceH\x00\x12$\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x13.minicloud.v1.EventH\x00\x42\x08\n\x06update2\xc5\x07\n\x0fInstanceService\x12\x45\n\x06\x43reate\x12#.minicloud.v1.CreateInstanceRequest\x1a\x16.minicloud.v1.Instance\x12\x38\n\x03Get\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12O\n\x04List\x12\".minicloud.v1.ListInstancesRequest\x1a#.minicloud.v1.ListInstancesResponse\x12W\n\nListStream\x12\".minicloud.v1.ListInstancesRequest\x1a#.minicloud.v1.ListInstancesResponse0\x01\x12;\n\x06\x44\x65lete\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12?\n\nSoftReboot\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12?\n\nHardReboot\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12<\n\x07PowerOn\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12=\n\x08PowerOff\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12:\n\x05Pause\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12<\n\x07Unpause\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12L\n\tGetEvents\x12\x1e.minicloud.v1.GetEventsRequest\x1a\x1f.minicloud.v1.GetEventsResponse\x12@\n\x05Watch\x12\x1a.minicloud.v1.WatchRequest\x1a\x19.minicloud.v1.WatchUpdate0\x01\x12\x41\n\x04Move\x12!.minicloud.v1.MoveInstanceRequest\x1a\x16.minicloud.v1.Instanceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/instances.proto\x12\x0cminicloud.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x13protos/common.proto\"0\n\x13MoveInstanceRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\"o\n\x15\x43reateInstanceRequest\x12(\n\x04spec\x18\x01 \x01(\x0b\x32\x1a.minicloud.v1.InstanceSpec\x12\x19\n\x11\x63lient_request_id\x18\x02 \x01(\t\x12\x11\n\tplaced_on\x18\x03 \x01(\t\"\x1a\n\x0bInstanceRef\x12\x0b\n\x03ref\x18\x01 \x01(\t\"\xc5\x03\n\x08Instance\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12(\n\x04spec\x18\x03 \x01(\x0b\x32\x1a.minicloud.v1.InstanceSpec\x12\r\n\x05state\x18\x04 \x01(\t\x12\x15\n\rerror_message\x18\x05 \x01(\t\x12\x13\n\x0bpower_state\x18\x06 \x01(\t\x12\x0c\n\x04node\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\x03\x12\x12\n\ncreated_at\x18\t \x01(\x01\x12\x18\n\x10state_updated_at\x18\n \x01(\x01\x12\x13\n\x0b\x61gent_state\x18\x0b \x01(\t\x12\x1e\n\x16\x61gent_system_boot_time\x18\x0c \x01(\x01\x12\x14\n\x0c\x63onsole_port\x18\r \x01(\x05\x12\x10\n\x08vdi_port\x18\x0e \x01(\x05\x12\x14\n\x0cvdi_tls_port\x18\x0f \x01(\x05\x12)\n\x08metadata\x18\x10 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x32\n\ninterfaces\x18\x12 \x03(\x0b\x32\x1e.minicloud.v1.NetworkInterface\x12\x14\n\x0cmachine_type\x18\x11 \x01(\t\"V\n\x14ListInstancesRequest\x12\x17\n\x0finclude_deleted\x18\x01 \x01(\x08\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x15ListInstancesResponse\x12)\n\tinstances\x18\x01 \x03(\x0b\x32\x16.minicloud.v1.Instance\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"B\n\x10GetEventsRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"8\n\x11GetEventsResponse\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.minicloud.v1.Event\"\x1b\n\x0cWatchRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\"i\n\x0bWatchUpdate\x12*\n\x08instance\x18\x01 \x01(\x0b\x32\x16.minicloud.v1.InstanceH\x00\x12$\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x13.minicloud.v1.EventH\x00\x42\x08\n\x06update2\xc5\x07\n\x0fInstanceService\x12\x45\n\x06\x43reate\x12#.minicloud.v1.CreateInstanceRequest\x1a\x16.minicloud.v1.Instance\x12\x38\n\x03Get\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12O\n\x04List\x12\".minicloud.v1.ListInstancesRequest\x1a#.minicloud.v1.ListInstancesResponse\x12W\n\nListStream\x12\".minicloud.v1.ListInstancesRequest\x1a#.minicloud.v1.ListInstancesResponse0\x01\x12;\n\x06\x44\x65lete\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12?\n\nSoftReboot\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12?\n\nHardReboot\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12<\n\x07PowerOn\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12=\n\x08PowerOff\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12:\n\x05Pause\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12<\n\x07Unpause\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12L\n\tGetEvents\x12\x1e.minicloud.v1.GetEventsRequest\x1a\x1f.minicloud.v1.GetEventsResponse\x12@\n\x05Watch\x12\x1a.minicloud.v1.WatchRequest\x1a\x19.minicloud.v1.WatchUpdate0\x01\x12\x41\n\x04Move\x12!.minicloud.v1.MoveInstanceRequest\x1a\x16.minicloud.v1.Instanceb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,23 +36,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MOVEINSTANCEREQUEST']._serialized_start=91
   _globals['_MOVEINSTANCEREQUEST']._serialized_end=139
   _globals['_CREATEINSTANCEREQUEST']._serialized_start=141
-  _globals['_CREATEINSTANCEREQUEST']._serialized_end=233
-  _globals['_INSTANCEREF']._serialized_start=235
-  _globals['_INSTANCEREF']._serialized_end=261
-  _globals['_INSTANCE']._serialized_start=264
-  _globals['_INSTANCE']._serialized_end=717
-  _globals['_LISTINSTANCESREQUEST']._serialized_start=719
-  _globals['_LISTINSTANCESREQUEST']._serialized_end=805
-  _globals['_LISTINSTANCESRESPONSE']._serialized_start=807
-  _globals['_LISTINSTANCESRESPONSE']._serialized_end=898
-  _globals['_GETEVENTSREQUEST']._serialized_start=900
-  _globals['_GETEVENTSREQUEST']._serialized_end=966
-  _globals['_GETEVENTSRESPONSE']._serialized_start=968
-  _globals['_GETEVENTSRESPONSE']._serialized_end=1024
-  _globals['_WATCHREQUEST']._serialized_start=1026
-  _globals['_WATCHREQUEST']._serialized_end=1053
-  _globals['_WATCHUPDATE']._serialized_start=1055
-  _globals['_WATCHUPDATE']._serialized_end=1160
-  _globals['_INSTANCESERVICE']._serialized_start=1163
-  _globals['_INSTANCESERVICE']._serialized_end=2128
+  _globals['_CREATEINSTANCEREQUEST']._serialized_end=252
+  _globals['_INSTANCEREF']._serialized_start=254
+  _globals['_INSTANCEREF']._serialized_end=280
+  _globals['_INSTANCE']._serialized_start=283
+  _globals['_INSTANCE']._serialized_end=736
+  _globals['_LISTINSTANCESREQUEST']._serialized_start=738
+  _globals['_LISTINSTANCESREQUEST']._serialized_end=824
+  _globals['_LISTINSTANCESRESPONSE']._serialized_start=826
+  _globals['_LISTINSTANCESRESPONSE']._serialized_end=917
+  _globals['_GETEVENTSREQUEST']._serialized_start=919
+  _globals['_GETEVENTSREQUEST']._serialized_end=985
+  _globals['_GETEVENTSRESPONSE']._serialized_start=987
+  _globals['_GETEVENTSRESPONSE']._serialized_end=1043
+  _globals['_WATCHREQUEST']._serialized_start=1045
+  _globals['_WATCHREQUEST']._serialized_end=1072
+  _globals['_WATCHUPDATE']._serialized_start=1074
+  _globals['_WATCHUPDATE']._serialized_end=1179
+  _globals['_INSTANCESERVICE']._serialized_start=1182
+  _globals['_INSTANCESERVICE']._serialized_end=2147
 # @@protoc_insertion_point(module_scope)

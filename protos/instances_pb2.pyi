@@ -52,10 +52,18 @@ class CreateInstanceRequest(_message.Message):
 
     SPEC_FIELD_NUMBER: _builtins.int
     CLIENT_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PLACED_ON_FIELD_NUMBER: _builtins.int
     client_request_id: _builtins.str
     """Optional idempotency key (1-128 printable ASCII characters, no spaces): a create
     retried with the same id in the same namespace returns the instance the first
     one made instead of a duplicate or ALREADY_EXISTS. The CLI and gateway send one.
+    """
+    placed_on: _builtins.str
+    """Administrator only (the call's token is the system namespace's): put the
+    instance on this node, as Shaken Fist's placed_on. The node must be
+    connected and take new instances (not disabled, draining or missing), and
+    have room: otherwise FAILED_PRECONDITION or RESOURCE_EXHAUSTED naming it.
+    Another namespace's token: PERMISSION_DENIED. "": placement chooses.
     """
     @_builtins.property
     def spec(self) -> _common_pb2.InstanceSpec: ...
@@ -64,10 +72,11 @@ class CreateInstanceRequest(_message.Message):
         *,
         spec: _common_pb2.InstanceSpec | None = ...,
         client_request_id: _builtins.str = ...,
+        placed_on: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_request_id", b"client_request_id", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_request_id", b"client_request_id", "placed_on", b"placed_on", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

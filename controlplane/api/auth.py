@@ -19,6 +19,7 @@ import structlog
 from common import logs
 from controlplane.api.decoding import lenient
 from controlplane.api.status import (
+    AUTHENTICATED,
     AUTHORIZATION_KEY,
     CALLER,
     NAMESPACE_KEY,
@@ -174,6 +175,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             logs.start_request(incoming or logs.new_request_id(), rpc=method.rsplit("/", 1)[-1])
         if method.startswith(PUBLIC_PREFIXES):
             CALLER.set("")
+            AUTHENTICATED.set("")
             return lenient(await continuation(handler_call_details))
         try:
             token = bearer(metadata_value(handler_call_details, AUTHORIZATION_KEY))
@@ -186,6 +188,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         except MiniCloudError as exc:
             return lenient(_refusal(await continuation(handler_call_details), exc))
         CALLER.set(acting)
+        AUTHENTICATED.set(caller)
         logs.bind(namespace=acting)
         return lenient(await continuation(handler_call_details))
 

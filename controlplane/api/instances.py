@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 
 from controlplane.api.convert import InstanceMessages, event_to_pb, instance_to_pb, spec_from_pb
-from controlplane.api.status import abort_for, grpc_errors, namespace_of
+from controlplane.api.status import abort_for, authenticated_as, grpc_errors, namespace_of
 from controlplane.errors import FailedPrecondition, MiniCloudError
 from controlplane.model import Instance
 from controlplane.paging import decode_token, encode_token, page_size
@@ -33,8 +33,14 @@ class InstanceServicer(instances_pb2_grpc.InstanceServiceServicer):
         self, request: instances_pb2.CreateInstanceRequest, context: Context
     ) -> instances_pb2.Instance:
         spec = spec_from_pb(request.spec)
-        made = await self.service.create(namespace_of(context), spec, request.client_request_id)
-        return instance_to_pb(made)
+        namespace = namespace_of(context)
+        if request.placed_on:
+            # The token's namespace: system acting in another namespace may still place.
+            require_system(authenticated_as(), "choose the node of an instance (placed_on)")
+        created = await self.service.create(
+            namespace, spec, request.client_request_id, request.placed_on
+        )
+        return instance_to_pb(created)
 
     @grpc_errors
     async def Get(

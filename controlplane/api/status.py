@@ -27,6 +27,12 @@ AUTHORIZATION_KEY = "authorization"
 
 # The namespace the current call acts in, set by the authentication interceptor.
 CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("minicloud_caller", default="")
+# The namespace whose token the call carries (CALLER is the one it acts in, which
+# x-namespace lets system change): administrator checks that must hold whatever
+# namespace system acts in read this.
+AUTHENTICATED: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "minicloud_authenticated", default=""
+)
 
 
 def namespace_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
@@ -35,6 +41,11 @@ def namespace_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     if not caller:
         raise Unauthenticated("this call needs 'authorization: Bearer <token>'")
     return caller
+
+
+def authenticated_as() -> str:
+    """The namespace of the current call's token ("" if it has none)."""
+    return AUTHENTICATED.get()
 
 
 def metadata_value(context_or_details: Any, key: str) -> str:

@@ -22,7 +22,9 @@ from controlplane.errors import (
 from controlplane.hub import Hub, Subscription
 from controlplane.model import Event, Instance, InstanceSpec
 from controlplane.nodes import NodeRegistry
-from controlplane.placement import Affinity, Neighbours, place
+from controlplane.nodestate import NodeState
+from controlplane.nodestate import refusal as state_refusal
+from controlplane.placement import Affinity, Capacity, Neighbours, place
 from controlplane.reconciler import Reconciler
 from controlplane.services.artifacts import ArtifactService
 from controlplane.services.events import read_events
@@ -40,6 +42,8 @@ log = structlog.get_logger(__name__)
 # A page's store scans read at least this many records at a time (a namespace
 # with few instances among many others' fills a page in few scans).
 SCAN_CHUNK = 128
+# A node's name is its host name: placed_on longer than this names no node.
+MAX_NODE_NAME = 253
 
 
 class InstanceService:
@@ -65,16 +69,21 @@ class InstanceService:
         self.reconciler = reconciler
         self.hub = hub
 
-    async def create(self, namespace: str, spec: InstanceSpec, request_id: str = "") -> Instance:
+    async def create(
+        self, namespace: str, spec: InstanceSpec, request_id: str = "", placed_on: str = ""
+    ) -> Instance:
         """Check, place and record a new instance, then ask its node to build it.
 
         With a client request id, a create that was already made with it (its answer
         lost, say, and the call retried) returns the instance that create made.
+        placed_on (the administrator's, checked by the caller) names the only
+        node placement may choose; capacity and hard affinity still apply.
         """
         check_request_id(request_id)
         if request_id and (made := await self._made_by(namespace, request_id)) is not None:
             return made
         spec = check_spec(spec)
+        candidates = await self._candidates(placed_on)
         if self.artifacts is not None:
             disks = [
                 dataclasses.replace(d, base=await self.artifacts.resolve_base(namespace, d.base))
@@ -88,14 +97,15 @@ class InstanceService:
                 spec = dataclasses.replace(spec, nvram_template=template)
         affinity = Affinity.parse(spec.metadata.get("affinity"))
         choice = place(
-            self.nodes.capacities(),
+            candidates,
             spec.cpus,
             spec.memory,
             self.settings.cpu_overcommit,
             self.settings.ram_overcommit,
             affinity,
             await self._neighbours(namespace) if not affinity.empty else None,
-            reconnecting=self.nodes.reconnecting(),
+            # A named node was checked as it is: no waiting for others to come back.
+            reconnecting=() if placed_on else self.nodes.reconnecting(),
         )
         node = choice.node
 
@@ -114,6 +124,32 @@ class InstanceService:
                 raise  # An address, MAC or network changed meanwhile: allocate again.
 
         return await retry_on_conflict(attempt, "the instance's networks")
+
+    async def _candidates(self, placed_on: str) -> list[Capacity]:
+        """The nodes placement chooses among: all connected ones, or placed_on's alone.
+
+        A placed_on node that is unknown, not connected or does not take new
+        instances is refused here, with a message naming it and why.
+        """
+        capacities = self.nodes.capacities()
+        if not placed_on:
+            return capacities
+        if len(placed_on) > MAX_NODE_NAME:
+            raise InvalidArgument(f"placed_on is a node name, at most {MAX_NODE_NAME} characters")
+        found = [c for c in capacities if c.name == placed_on]
+        if not found:
+            known = await self.records.get_node(placed_on)
+            if known is None or known.state == NodeState.DELETED:
+                raise FailedPrecondition(f"cannot place on node {placed_on!r}: no such node")
+            raise FailedPrecondition(
+                f"cannot place on node {placed_on}: it is not connected (it is {known.state})"
+            )
+        why = state_refusal(found[0].state)
+        if why:
+            raise FailedPrecondition(
+                f"cannot place on node {placed_on}: it {why} and takes no new instances"
+            )
+        return found
 
     async def _commit(
         self,

@@ -161,6 +161,19 @@ async def add_key(call: Call) -> Any:
 
 @table.route(
     "PUT",
+    "/auth/namespaces/{namespace}/keys",
+    "Replace a key named in the body; returns its name (shakenfist-client's update-key)",
+    body=(
+        Field("key_name", "str", True, rules={"pattern": NAME_PATTERN}),
+        Field("key", "str", True, rules={"minLength": 1, "maxLength": 1024}),
+    ),
+)
+async def update_key_by_body(call: Call) -> Any:
+    return await _add_key(call, call.body["key_name"])
+
+
+@table.route(
+    "PUT",
     "/auth/namespaces/{namespace}/keys/{key_name}",
     "Replace a key; returns its name",
     body=(Field("key", "str", True, rules={"minLength": 1, "maxLength": 1024}),),

@@ -260,6 +260,7 @@ def _strings(value: list[Any], what: str) -> list[str]:
             doc="an absolute path or a TYPE:NAME reference (needs uefi)",
             rules={"pattern": "^(/.*|.*:.*)$"},
         ),
+        Field("placed_on", "str", doc="on this node (system only, as sf-client's -p)"),
     ),
     body_rules=FIRMWARE_RULES,
     # Nodes reconnecting (after a control plane restart, say): Shaken Fist's answer when
@@ -291,7 +292,9 @@ async def create_instance(call: Call) -> Any:
     # The request's id is the create's idempotency key: a client retrying with the same
     # X-Request-ID gets the instance its first try made.
     request = instances_pb2.CreateInstanceRequest(
-        spec=spec, client_request_id=call.request[REQUEST_ID]
+        spec=spec,
+        client_request_id=call.request[REQUEST_ID],
+        placed_on=body.get("placed_on") or "",
     )
     created = await call.rpc(call.api.instances.Create, request, body.get("namespace"))
     return await view(call, created)

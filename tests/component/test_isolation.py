@@ -78,7 +78,7 @@ FILES = (
 
 # Methods that name no object of another namespace, and why.
 NO_OBJECT: dict[str, str] = {
-    "InstanceService/Create": "makes a new object",
+    "InstanceService/Create": "makes a new object (placed_on: system only, test_placed_on)",
     "InstanceService/List": "lists the caller's own",
     "InstanceService/Move": "system only (PERMISSION_DENIED), tested in test_moves",
     "InstanceService/ListStream": "lists the caller's own (paging tested in test_list_paging)",
