@@ -67,6 +67,8 @@ ZERO_MAC = "00:00:00:00:00:00"
 NAT_COMMENT = "minicloud nat"
 FORWARD_COMMENT = "minicloud forward"
 DHCP_LEASE_TIME = "1h"
+DHCP_HOSTS = "dhcp-hosts"
+DNS_HOSTS = "dns-hosts"
 
 
 @dataclass(frozen=True)
@@ -286,7 +288,7 @@ class LinuxNetworkDriver:
         )
         prefix = checked.netblock.prefixlen
         self._converge_addresses(GATEWAY_INNER, {f"{checked.gateway}/{prefix}"}, names.netns)
-        if config.provide_dhcp:
+        if config.provide_dhcp or config.provide_dns:
             self._ensure_dnsmasq(names, config, checked)
         else:
             self._stop_dnsmasq(config.uuid)
@@ -449,25 +451,7 @@ class LinuxNetworkDriver:
     # -- dnsmasq -------------------------------------------------------------------
 
     def _dnsmasq_argv(self, config: NetworkConfig, checked: Checked) -> list[str]:
-        folder = self.folder(config.uuid)
-        netblock = checked.netblock
-        return [
-            "dnsmasq",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--port=0",
-            "--bind-interfaces",
-            f"--interface={GATEWAY_INNER}",
-            f"--dhcp-range={netblock.network_address},static,{netblock.netmask},{DHCP_LEASE_TIME}",
-            f"--dhcp-hostsfile={folder / 'dhcp-hosts'}",
-            f"--dhcp-option=option:router,{checked.gateway}",
-            f"--dhcp-option=option:mtu,{config.mtu}",
-            "--dhcp-authoritative",
-            "--leasefile-ro",
-            f"--pid-file={folder / 'dnsmasq.pid'}",
-            f"--log-facility={folder / 'dnsmasq.log'}",
-        ]
+        return dnsmasq_argv(config, checked, self.folder(config.uuid))
 
     def _dnsmasq_pids(self, network_uuid: str) -> dict[int, list[str]]:
         """Running dnsmasq processes of this network (found by their pid-file argument)."""
@@ -486,33 +470,29 @@ class LinuxNetworkDriver:
 
     def _ensure_dnsmasq(self, names: Names, config: NetworkConfig, checked: Checked) -> None:
         folder = self.folder(config.uuid)
-        hosts = folder / "dhcp-hosts"
-        lines = []
-        for lease in config.leases:
-            fields = [lease.mac.lower(), lease.address]
-            if hostname := dhcp_hostname(lease.hostname):
-                fields.append(hostname)
-            lines.append(",".join(fields) + "\n")
-        changed = _write_if_changed(hosts, "".join(lines))
+        files = {folder / DHCP_HOSTS: dhcp_hosts(config), folder / DNS_HOSTS: dns_hosts(config)}
+        changed = [path for path, text in files.items() if _write_if_changed(path, text)]
         argv = self._dnsmasq_argv(config, checked)
         running = self._dnsmasq_pids(config.uuid)
         if len(running) == 1 and next(iter(running.values()))[1:] == argv[1:]:
             if changed:
                 pid = next(iter(running))
-                if _readable_by_all(hosts):
-                    os.kill(pid, signal.SIGHUP)
+                if all(_readable_by_all(path) for path in changed):
+                    os.kill(pid, signal.SIGHUP)  # rereads both hosts files
                 else:  # dnsmasq rereads as nobody: it could not see the file, so restart it
-                    self._stop_dnsmasq(config.uuid)
+                    self._stop_dnsmasq(config.uuid, keep_files=True)
                     self.runner.run(*argv, netns=names.netns)
             return
         self._stop_dnsmasq(config.uuid, keep_files=True)
         self.runner.run(*argv, netns=names.netns)
-        log.info("dnsmasq started", network=config.uuid, namespace=names.netns)
+        log.info(
+            "dnsmasq started", network=config.uuid, namespace=names.netns, dns=config.provide_dns
+        )
 
     def _stop_dnsmasq(self, network_uuid: str, keep_files: bool = False) -> None:
         _terminate(list(self._dnsmasq_pids(network_uuid)))
         if not keep_files:
-            for name in ("dhcp-hosts", "dnsmasq.pid", "dnsmasq.log"):
+            for name in (DHCP_HOSTS, DNS_HOSTS, "dnsmasq.pid", "dnsmasq.log"):
                 (self.folder(network_uuid) / name).unlink(missing_ok=True)
 
     # -- remove ----------------------------------------------------------------------
@@ -565,6 +545,80 @@ class LinuxNetworkDriver:
 
 
 NAT_CHAINS = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")
+
+
+def dnsmasq_argv(config: NetworkConfig, checked: Checked, folder: Path) -> list[str]:
+    """dnsmasq's command line for a network: DHCP for exactly the leases, DNS if asked.
+
+    Nothing is read from the node (``--conf-file=/dev/null``, ``--no-resolv``,
+    ``--no-hosts``). Without DNS, ``--port=0``. With DNS, the network's domain
+    is local (never forwarded), the names come from ``dns-hosts`` and DHCP
+    hands out the gateway as the DNS server; other names go to the upstream
+    servers only when there are some (with none, nothing is forwarded).
+    """
+    netblock = checked.netblock
+    argv = [
+        "dnsmasq",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+    ]
+    if config.provide_dns:
+        domain = config.dns_domain
+        argv += [
+            f"--domain={domain}",
+            f"--local=/{domain}/",
+            "--domain-needed",
+            "--bogus-priv",
+            f"--addn-hosts={folder / DNS_HOSTS}",
+            *(f"--server={server}" for server in config.dns_upstream),
+        ]
+    else:
+        argv.append("--port=0")
+    argv += ["--bind-interfaces", f"--interface={GATEWAY_INNER}"]
+    if config.provide_dhcp:
+        argv += [
+            f"--dhcp-range={netblock.network_address},static,{netblock.netmask},{DHCP_LEASE_TIME}",
+            f"--dhcp-hostsfile={folder / DHCP_HOSTS}",
+            f"--dhcp-option=option:router,{checked.gateway}",
+            f"--dhcp-option=option:mtu,{config.mtu}",
+        ]
+        if config.provide_dns:
+            argv.append(f"--dhcp-option=option:dns-server,{checked.gateway}")
+        argv += ["--dhcp-authoritative", "--leasefile-ro"]
+    argv += [f"--pid-file={folder / 'dnsmasq.pid'}", f"--log-facility={folder / 'dnsmasq.log'}"]
+    return argv
+
+
+def dhcp_hosts(config: NetworkConfig) -> str:
+    """The ``dhcp-hosts`` file: one ``mac,ip[,hostname]`` line per lease."""
+    lines = []
+    for lease in config.leases:
+        fields = [lease.mac.lower(), lease.address]
+        if hostname := dhcp_hostname(lease.hostname):
+            fields.append(hostname)
+        lines.append(",".join(fields) + "\n")
+    return "".join(lines)
+
+
+def dns_hosts(config: NetworkConfig) -> str:
+    """The ``dns-hosts`` file: ``ip NAME.DOMAIN NAME`` per lease with a valid, new hostname.
+
+    Empty without DNS. A hostname that is not one DNS label is left out; when
+    two leases share one, the first keeps it.
+    """
+    if not config.provide_dns:
+        return ""
+    lines = []
+    seen: set[str] = set()
+    for lease in config.leases:
+        hostname = dhcp_hostname(lease.hostname).lower()
+        if not hostname or hostname in seen:
+            continue
+        seen.add(hostname)
+        lines.append(f"{lease.address} {hostname}.{config.dns_domain} {hostname}\n")
+    return "".join(lines)
+
 
 P = ParamSpec("P")
 T = TypeVar("T")
