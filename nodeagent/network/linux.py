@@ -470,19 +470,22 @@ class LinuxNetworkDriver:
 
     def _ensure_dnsmasq(self, names: Names, config: NetworkConfig, checked: Checked) -> None:
         folder = self.folder(config.uuid)
-        files = {folder / DHCP_HOSTS: dhcp_hosts(config), folder / DNS_HOSTS: dns_hosts(config)}
+        dns_file = folder / DNS_HOSTS
+        names_before = set(_read(dns_file).splitlines())
+        files = {folder / DHCP_HOSTS: dhcp_hosts(config), dns_file: dns_hosts(config)}
         changed = [path for path, text in files.items() if _write_if_changed(path, text)]
+        # dnsmasq gives a lease the name its address has in dns-hosts and keeps serving
+        # it while the lease lives (in its memory): a name gone needs a fresh dnsmasq.
+        names_gone = bool(names_before - set(files[dns_file].splitlines()))
         argv = self._dnsmasq_argv(config, checked)
         running = self._dnsmasq_pids(config.uuid)
         if len(running) == 1 and next(iter(running.values()))[1:] == argv[1:]:
-            if changed:
-                pid = next(iter(running))
-                if all(_readable_by_all(path) for path in changed):
-                    os.kill(pid, signal.SIGHUP)  # rereads both hosts files
-                else:  # dnsmasq rereads as nobody: it could not see the file, so restart it
-                    self._stop_dnsmasq(config.uuid, keep_files=True)
-                    self.runner.run(*argv, netns=names.netns)
-            return
+            if not changed:
+                return
+            # dnsmasq rereads as nobody: if it could not see a file, restart it.
+            if not names_gone and all(_readable_by_all(path) for path in changed):
+                os.kill(next(iter(running)), signal.SIGHUP)  # rereads both hosts files
+                return
         self._stop_dnsmasq(config.uuid, keep_files=True)
         self.runner.run(*argv, netns=names.netns)
         log.info(
@@ -584,18 +587,24 @@ def dnsmasq_argv(config: NetworkConfig, checked: Checked, folder: Path) -> list[
             f"--dhcp-option=option:mtu,{config.mtu}",
         ]
         if config.provide_dns:
-            argv.append(f"--dhcp-option=option:dns-server,{checked.gateway}")
+            argv += [f"--dhcp-option=option:dns-server,{checked.gateway}", "--dhcp-ignore-names"]
         argv += ["--dhcp-authoritative", "--leasefile-ro"]
     argv += [f"--pid-file={folder / 'dnsmasq.pid'}", f"--log-facility={folder / 'dnsmasq.log'}"]
     return argv
 
 
 def dhcp_hosts(config: NetworkConfig) -> str:
-    """The ``dhcp-hosts`` file: one ``mac,ip[,hostname]`` line per lease."""
+    """The ``dhcp-hosts`` file: one ``mac,ip[,hostname]`` line per lease.
+
+    With DNS the hostnames are left out: dnsmasq would also serve a name it
+    gave with a lease, and keep serving it after the lease is gone (leases
+    live in its memory until they expire), so names come from ``dns-hosts``
+    alone (and clients' own names are ignored).
+    """
     lines = []
     for lease in config.leases:
         fields = [lease.mac.lower(), lease.address]
-        if hostname := dhcp_hostname(lease.hostname):
+        if not config.provide_dns and (hostname := dhcp_hostname(lease.hostname)):
             fields.append(hostname)
         lines.append(",".join(fields) + "\n")
     return "".join(lines)
@@ -674,6 +683,14 @@ def _write_if_changed(path: Path, text: str) -> bool:
     temporary.chmod(0o644)
     temporary.replace(path)
     return True
+
+
+def _read(path: Path) -> str:
+    """A file's text, or empty when it does not exist."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
 
 
 def _readable_by_all(path: Path) -> bool:

@@ -80,6 +80,17 @@ def test_dhcp_hosts_holds_each_lease_with_its_valid_hostname() -> None:
     )
 
 
+def test_with_dns_names_are_left_out_of_dhcp_hosts() -> None:
+    """With DNS, dhcp-hosts has no names (dnsmasq would keep serving a lease's name)."""
+    assert dhcp_hosts(DNS) == (
+        "02:00:00:00:00:0a,10.0.0.10\n"
+        "02:00:00:00:00:0b,10.0.0.11\n"
+        "02:00:00:00:00:0c,10.0.0.12\n"
+        "02:00:00:00:00:0d,10.0.0.13\n"
+    )
+    assert "--dhcp-ignore-names" in argv(DNS)
+
+
 def test_dns_hosts_names_each_instance_once_in_the_domain() -> None:
     """ip NAME.DOMAIN NAME per valid hostname; the first lease keeps a repeated name."""
     assert dns_hosts(DNS) == "10.0.0.10 web-1.team-a.minicloud web-1\n"
