@@ -128,7 +128,7 @@ def observe_linux(driver: LinuxNetworkDriver, network_uuid: str) -> Observed | N
         if p.name.isdigit() and f"{folder}/dnsmasq.pid" in _cmdline(p)
     ]
     leases: set[tuple[str, str, str]] = set()
-    names: set[tuple[str, str]] = set()
+    served: set[tuple[str, str]] = set()
     argv = _cmdline(pids[0]) if pids else ""
     if pids and "--dhcp-range" in argv:
         for line in (folder / "dhcp-hosts").read_text().splitlines():
@@ -137,7 +137,7 @@ def observe_linux(driver: LinuxNetworkDriver, network_uuid: str) -> Observed | N
     if pids and "--addn-hosts" in argv:
         for line in (folder / "dns-hosts").read_text().splitlines():
             address, fqdn, *_ = line.split()
-            names.add((address, fqdn))
+            served.add((address, fqdn))
     return Observed(
         bridge=bool(bridge),
         mtu=bridge[0]["mtu"] if bridge else 0,
@@ -148,7 +148,7 @@ def observe_linux(driver: LinuxNetworkDriver, network_uuid: str) -> Observed | N
         leases=frozenset(leases),
         egress=egress,
         floating=frozenset(floating),
-        names=frozenset(names),
+        names=frozenset(served),
     )
 
 
