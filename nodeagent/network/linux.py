@@ -15,7 +15,8 @@ Per network (names in nodeagent/network/naming.py):
 - when the node hosts the network's services: a namespace holding the
   gateway address on ``gw0`` (a veth into the bridge), IPv4 forwarding on
   in that namespace only, dnsmasq (one per network, run inside the namespace,
-  files under ``<data_dir>/networks/<uuid>/``) answering exactly the leases,
+  files under ``<data_dir>/networks/<uuid>/``) answering exactly the leases
+  (and, with DNS, the leases' hostnames as ``NAME.DOMAIN`` from ``dns-hosts``),
   and with NAT an ``eg0`` veth into the node's egress bridge holding the
   egress address and the floating addresses, a default route via the egress
   gateway, SNAT of the netblock to the egress address, DNAT of each floating

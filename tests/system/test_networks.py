@@ -1,4 +1,5 @@
-"""Virtual networks on real guests: DHCP, DNS, isolation, NAT, floating addresses, hot plug, clean-up.
+"""Virtual networks on real guests: DHCP, DNS, isolation, NAT, floating addresses, hot plug,
+clean-up.
 
 Everything the traffic touches is made here: the node agent's devices carry
 a random name prefix, "outside" is a network namespace on an egress bridge
