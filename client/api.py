@@ -505,11 +505,20 @@ class Client:
     # -- metadata ----------------------------------------------------------------
 
     def create_network(
-        self, name: str, netblock: str, provide_dhcp: bool = True, provide_nat: bool = True
+        self,
+        name: str,
+        netblock: str,
+        provide_dhcp: bool = True,
+        provide_nat: bool = True,
+        provide_dns: bool = False,
     ) -> JsonDict:
         """A new network in the client's namespace."""
         request = networks_pb2.CreateNetworkRequest(
-            name=name, netblock=netblock, provide_dhcp=provide_dhcp, provide_nat=provide_nat
+            name=name,
+            netblock=netblock,
+            provide_dhcp=provide_dhcp,
+            provide_nat=provide_nat,
+            provide_dns=provide_dns,
         )
         return to_dict(self._call("Create", request, self.nets))
 

@@ -1,6 +1,6 @@
 """The CLI's network verbs: ``network ...``, ``interface ...`` and the instance's NIC verbs.
 
-minicloud network create NAME NETBLOCK [--no-dhcp] [--no-nat]
+minicloud network create NAME NETBLOCK [--no-dhcp] [--no-nat] [--dns]
 minicloud network list [--all] | show REF | delete REF [--clean]
 minicloud network addresses REF | interfaces REF | events REF
 minicloud instance create NAME --network NET[@IP] ...
@@ -46,6 +46,9 @@ def add_network_nouns(top: Any, instance: Any) -> list[Any]:
     create.add_argument("netblock", help="IPv4 CIDR, at least /29, e.g. 10.0.0.0/24")
     create.add_argument("--no-dhcp", action="store_true")
     create.add_argument("--no-nat", action="store_true")
+    create.add_argument(
+        "--dns", action="store_true", help="answer NAME.NAMESPACE.ZONE for its instances"
+    )
     net.add_parser("list").add_argument("--all", action="store_true", help="include deleted")
     for verb in ("show", "addresses", "interfaces"):
         net.add_parser(verb).add_argument("ref", help="UUID or name")
@@ -79,7 +82,7 @@ def run_network(args: argparse.Namespace, client: Client) -> Any:
     if args.noun == "network":
         if verb == "create":
             return client.create_network(
-                args.name, args.netblock, not args.no_dhcp, not args.no_nat
+                args.name, args.netblock, not args.no_dhcp, not args.no_nat, args.dns
             )
         if verb == "list":
             return client.list_networks(args.all)

@@ -465,6 +465,8 @@ async def build(
         clock,
         settings.floating_netblock,
         settings.network_node,
+        dns_zone=settings.dns_zone,
+        dns_upstream=settings.dns_upstream,
     )
     netsync = NetworkSync(networks, records, nodes)
     reconciler.hooks = netsync

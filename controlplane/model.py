@@ -77,6 +77,10 @@ class Nic:
     ipv4: str = ""
     model: str = "virtio"
     order: int = 0
+    # The network's DNS server (its gateway) and domain (NAMESPACE.ZONE) when the
+    # network provides DNS, for the config drive; empty otherwise.
+    dns_server: str = ""
+    dns_domain: str = ""
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,8 @@ class Network:
     vxlan_id: int
     provide_dhcp: bool = True
     provide_nat: bool = True
+    # dnsmasq answers NAME.NAMESPACE.ZONE for the instances on it.
+    provide_dns: bool = False
     state: str = "initial"
     error_message: str = ""
     # The network's address in the floating pool ("" without NAT).
@@ -121,6 +127,8 @@ class Interface:
     # The instance's node (where the interface lives).
     node: str = ""
     floating: str = ""
+    # The instance's name: its DHCP hostname, and its DNS name on a network with DNS.
+    hostname: str = ""
     state: str = "initial"
     created_at: float = 0.0
     state_updated_at: float = 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import socket
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from common.metricsserver import MetricsTLS
 from common.tlsfiles import TLSFiles
 from controlplane.loginguard import Policy
 from controlplane.retention import EVENT_TYPES
+from controlplane.validation import is_dns_name
 
 STORE_KINDS = ("rocksdb", "etcd")
 
@@ -61,6 +63,25 @@ def parse_store(value: str, data_dir: Path) -> StoreLocation:
 def paths(value: str) -> tuple[Path, ...]:
     """The paths in a comma-separated list."""
     return tuple(Path(p.strip()) for p in value.split(",") if p.strip())
+
+
+def dns_zone(value: str) -> str:
+    """MINICLOUD_DNS_ZONE, checked: a DNS name (ValueError otherwise)."""
+    zone = value.strip().strip(".").lower()
+    if not is_dns_name(zone):
+        raise ValueError(f"MINICLOUD_DNS_ZONE {value!r} is not a DNS name")
+    return zone
+
+
+def dns_servers(value: str) -> tuple[str, ...]:
+    """MINICLOUD_DNS_UPSTREAM: comma-separated IP addresses (ValueError otherwise)."""
+    servers = tuple(s.strip() for s in value.split(",") if s.strip())
+    for server in servers:
+        try:
+            ipaddress.ip_address(server)
+        except ValueError:
+            raise ValueError(f"MINICLOUD_DNS_UPSTREAM: {server!r} is not an IP address") from None
+    return servers
 
 
 @dataclass(frozen=True)
@@ -118,6 +139,10 @@ class Settings:
     # A node that runs every network's services (gateway, DHCP, NAT); empty: the
     # first node that needs a network runs them.
     network_node: str = ""
+    # Networks with provide_dns answer NAME.NAMESPACE.<dns_zone> for their instances.
+    dns_zone: str = "minicloud"
+    # Servers those networks forward other names to; empty: nothing is forwarded.
+    dns_upstream: tuple[str, ...] = ()
     # How often the store is probed for the health service, and how long it may take.
     health_interval: float = 5.0
     health_timeout: float = 2.0
@@ -206,6 +231,8 @@ class Settings:
             ),
             floating_netblock=env.get("MINICLOUD_FLOATING_NETBLOCK", base.floating_netblock),
             network_node=env.get("MINICLOUD_NETWORK_NODE", base.network_node),
+            dns_zone=dns_zone(env.get("MINICLOUD_DNS_ZONE", base.dns_zone)),
+            dns_upstream=dns_servers(env.get("MINICLOUD_DNS_UPSTREAM", "")),
             health_interval=float(env.get("MINICLOUD_HEALTH_INTERVAL", base.health_interval)),
             health_timeout=float(env.get("MINICLOUD_HEALTH_TIMEOUT", base.health_timeout)),
             login_free_failures=int(

@@ -27,6 +27,7 @@ MAX_INTERFACES = 16
 # As Nova: user data is at most 64 KiB once decoded.
 MAX_USER_DATA = 64 * 1024
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+DNS_LABEL_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 # A client request id (Create's idempotency key): printable ASCII, no spaces.
 MAX_REQUEST_ID = 128
@@ -37,6 +38,11 @@ MAX_METADATA_BYTES = 64 * 1024
 AFFINITY_HARD = ("require_with_tag", "require_without_tag")
 AFFINITY_SOFT = ("prefer_with_tag", "prefer_without_tag")
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def is_dns_name(name: str) -> bool:
+    """Whether name is a DNS name: dot-separated labels of letters, digits and '-', 253 at most."""
+    return len(name) <= 253 and all(DNS_LABEL_RE.match(label) for label in name.split("."))
 
 
 def looks_like_uuid(text: str) -> bool:

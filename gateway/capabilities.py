@@ -6,8 +6,10 @@ accident). A token is listed only when its routes exist and the control plane
 implements the gRPC service behind them.
 
 Networks are served with the synchronous delete (the old shape), so
-``network-delete-async`` is absent; so are ``provide-dns``, ``route-addresses``
-and ``extra-dns-entries`` (no DNS service, no routed addresses, no ping).
+``network-delete-async`` is absent; so are ``route-addresses`` and
+``extra-dns-entries`` (no routed addresses, no extra DNS records, no ping).
+``provide-dns``: networks created with ``provide_dns`` answer
+``NAME.NAMESPACE.ZONE`` for their instances.
 Nodes are served (list, get, delete, events, metadata) but not their process
 metrics (``node-process-metrics``). Not served at all: snapshots, cluster
 operations, namespace trust and caching artifacts from a URL. Artifact versions,
@@ -36,7 +38,7 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
         "vdi-console-helper",
         "hot-plug-interface",
     ),
-    "networks": ("list-addresses", "get-network-namespace"),
+    "networks": ("list-addresses", "get-network-namespace", "provide-dns"),
     "networkinterfaces": ("interface-metadata",),
     "nodes": ("node-get", "node-metadata"),
 }

@@ -238,7 +238,7 @@ def network(pb: networks_pb2.Network) -> JsonDict:
         "netblock": pb.netblock,
         "provide_dhcp": pb.provide_dhcp,
         "provide_nat": pb.provide_nat,
-        "provide_dns": False,
+        "provide_dns": pb.provide_dns,
         "floating_gateway": _none(pb.floating_gateway),
         "vxid": pb.vxlan_id,
         "vxlan_id": pb.vxlan_id,

@@ -27,7 +27,7 @@ from protos import common_pb2 as protos_dot_common__pb2
 from protos import instances_pb2 as protos_dot_instances__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/networks.proto\x12\x0cminicloud.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x13protos/common.proto\x1a\x16protos/instances.proto\"\xc8\x02\n\x07Network\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x10\n\x08netblock\x18\x04 \x01(\t\x12\x14\n\x0cprovide_dhcp\x18\x05 \x01(\x08\x12\x13\n\x0bprovide_nat\x18\x06 \x01(\x08\x12\x10\n\x08vxlan_id\x18\x07 \x01(\x05\x12\r\n\x05state\x18\x08 \x01(\t\x12\x15\n\rerror_message\x18\t \x01(\t\x12\x18\n\x10\x66loating_gateway\x18\n \x01(\t\x12)\n\x08metadata\x18\x0b \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07version\x18\x0c \x01(\x03\x12\x12\n\ncreated_at\x18\r \x01(\x01\x12\x18\n\x10state_updated_at\x18\x0e \x01(\x01\x12\x15\n\rservices_node\x18\x0f \x01(\t\"\x8c\x01\n\x14\x43reateNetworkRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08netblock\x18\x02 \x01(\t\x12\x14\n\x0cprovide_dhcp\x18\x03 \x01(\x08\x12\x13\n\x0bprovide_nat\x18\x04 \x01(\x08\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x19\n\nNetworkRef\x12\x0b\n\x03ref\x18\x01 \x01(\t\".\n\x13ListNetworksRequest\x12\x17\n\x0finclude_deleted\x18\x01 \x01(\x08\"?\n\x14ListNetworksResponse\x12\'\n\x08networks\x18\x01 \x03(\x0b\x32\x15.minicloud.v1.Network\"2\n\x14\x44\x65leteNetworkRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\r\n\x05\x63lean\x18\x02 \x01(\x08\"m\n\x07\x41\x64\x64ress\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x11\n\tuser_type\x18\x03 \x01(\t\x12\x11\n\tuser_uuid\x18\x04 \x01(\t\x12\x0c\n\x04when\x18\x05 \x01(\x01\x12\x0f\n\x07\x63omment\x18\x06 \x01(\t\"A\n\x15ListAddressesResponse\x12(\n\taddresses\x18\x01 \x03(\x0b\x32\x15.minicloud.v1.Address\"L\n\x16ListInterfacesResponse\x12\x32\n\ninterfaces\x18\x01 \x03(\x0b\x32\x1e.minicloud.v1.NetworkInterface\"\x1c\n\x0cInterfaceRef\x12\x0c\n\x04uuid\x18\x01 \x01(\t\"V\n\x16\x41ttachInterfaceRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\x12*\n\x07network\x18\x02 \x01(\x0b\x32\x19.minicloud.v1.NetworkSpec2\x91\x04\n\x0eNetworkService\x12\x43\n\x06\x43reate\x12\".minicloud.v1.CreateNetworkRequest\x1a\x15.minicloud.v1.Network\x12\x36\n\x03Get\x12\x18.minicloud.v1.NetworkRef\x1a\x15.minicloud.v1.Network\x12M\n\x04List\x12!.minicloud.v1.ListNetworksRequest\x1a\".minicloud.v1.ListNetworksResponse\x12\x43\n\x06\x44\x65lete\x12\".minicloud.v1.DeleteNetworkRequest\x1a\x15.minicloud.v1.Network\x12N\n\rListAddresses\x12\x18.minicloud.v1.NetworkRef\x1a#.minicloud.v1.ListAddressesResponse\x12P\n\x0eListInterfaces\x12\x18.minicloud.v1.NetworkRef\x1a$.minicloud.v1.ListInterfacesResponse\x12L\n\tGetEvents\x12\x1e.minicloud.v1.GetEventsRequest\x1a\x1f.minicloud.v1.GetEventsResponse2\x85\x03\n\x10InterfaceService\x12\x41\n\x03Get\x12\x1a.minicloud.v1.InterfaceRef\x1a\x1e.minicloud.v1.NetworkInterface\x12R\n\x0fListForInstance\x12\x19.minicloud.v1.InstanceRef\x1a$.minicloud.v1.ListInterfacesResponse\x12N\n\x06\x41ttach\x12$.minicloud.v1.AttachInterfaceRequest\x1a\x1e.minicloud.v1.NetworkInterface\x12\x43\n\x05\x46loat\x12\x1a.minicloud.v1.InterfaceRef\x1a\x1e.minicloud.v1.NetworkInterface\x12\x45\n\x07\x44\x65\x66loat\x12\x1a.minicloud.v1.InterfaceRef\x1a\x1e.minicloud.v1.NetworkInterfaceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/networks.proto\x12\x0cminicloud.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x13protos/common.proto\x1a\x16protos/instances.proto\"\xdd\x02\n\x07Network\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x10\n\x08netblock\x18\x04 \x01(\t\x12\x14\n\x0cprovide_dhcp\x18\x05 \x01(\x08\x12\x13\n\x0bprovide_nat\x18\x06 \x01(\x08\x12\x10\n\x08vxlan_id\x18\x07 \x01(\x05\x12\r\n\x05state\x18\x08 \x01(\t\x12\x15\n\rerror_message\x18\t \x01(\t\x12\x18\n\x10\x66loating_gateway\x18\n \x01(\t\x12)\n\x08metadata\x18\x0b \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07version\x18\x0c \x01(\x03\x12\x12\n\ncreated_at\x18\r \x01(\x01\x12\x18\n\x10state_updated_at\x18\x0e \x01(\x01\x12\x15\n\rservices_node\x18\x0f \x01(\t\x12\x13\n\x0bprovide_dns\x18\x10 \x01(\x08\"\xa1\x01\n\x14\x43reateNetworkRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08netblock\x18\x02 \x01(\t\x12\x14\n\x0cprovide_dhcp\x18\x03 \x01(\x08\x12\x13\n\x0bprovide_nat\x18\x04 \x01(\x08\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0bprovide_dns\x18\x06 \x01(\x08\"\x19\n\nNetworkRef\x12\x0b\n\x03ref\x18\x01 \x01(\t\".\n\x13ListNetworksRequest\x12\x17\n\x0finclude_deleted\x18\x01 \x01(\x08\"?\n\x14ListNetworksResponse\x12\'\n\x08networks\x18\x01 \x03(\x0b\x32\x15.minicloud.v1.Network\"2\n\x14\x44\x65leteNetworkRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\r\n\x05\x63lean\x18\x02 \x01(\x08\"m\n\x07\x41\x64\x64ress\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x11\n\tuser_type\x18\x03 \x01(\t\x12\x11\n\tuser_uuid\x18\x04 \x01(\t\x12\x0c\n\x04when\x18\x05 \x01(\x01\x12\x0f\n\x07\x63omment\x18\x06 \x01(\t\"A\n\x15ListAddressesResponse\x12(\n\taddresses\x18\x01 \x03(\x0b\x32\x15.minicloud.v1.Address\"L\n\x16ListInterfacesResponse\x12\x32\n\ninterfaces\x18\x01 \x03(\x0b\x32\x1e.minicloud.v1.NetworkInterface\"\x1c\n\x0cInterfaceRef\x12\x0c\n\x04uuid\x18\x01 \x01(\t\"V\n\x16\x41ttachInterfaceRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\x12*\n\x07network\x18\x02 \x01(\x0b\x32\x19.minicloud.v1.NetworkSpec2\x91\x04\n\x0eNetworkService\x12\x43\n\x06\x43reate\x12\".minicloud.v1.CreateNetworkRequest\x1a\x15.minicloud.v1.Network\x12\x36\n\x03Get\x12\x18.minicloud.v1.NetworkRef\x1a\x15.minicloud.v1.Network\x12M\n\x04List\x12!.minicloud.v1.ListNetworksRequest\x1a\".minicloud.v1.ListNetworksResponse\x12\x43\n\x06\x44\x65lete\x12\".minicloud.v1.DeleteNetworkRequest\x1a\x15.minicloud.v1.Network\x12N\n\rListAddresses\x12\x18.minicloud.v1.NetworkRef\x1a#.minicloud.v1.ListAddressesResponse\x12P\n\x0eListInterfaces\x12\x18.minicloud.v1.NetworkRef\x1a$.minicloud.v1.ListInterfacesResponse\x12L\n\tGetEvents\x12\x1e.minicloud.v1.GetEventsRequest\x1a\x1f.minicloud.v1.GetEventsResponse2\x85\x03\n\x10InterfaceService\x12\x41\n\x03Get\x12\x1a.minicloud.v1.InterfaceRef\x1a\x1e.minicloud.v1.NetworkInterface\x12R\n\x0fListForInstance\x12\x19.minicloud.v1.InstanceRef\x1a$.minicloud.v1.ListInterfacesResponse\x12N\n\x06\x41ttach\x12$.minicloud.v1.AttachInterfaceRequest\x1a\x1e.minicloud.v1.NetworkInterface\x12\x43\n\x05\x46loat\x12\x1a.minicloud.v1.InterfaceRef\x1a\x1e.minicloud.v1.NetworkInterface\x12\x45\n\x07\x44\x65\x66loat\x12\x1a.minicloud.v1.InterfaceRef\x1a\x1e.minicloud.v1.NetworkInterfaceb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,29 +35,29 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.networks_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_NETWORK']._serialized_start=115
-  _globals['_NETWORK']._serialized_end=443
-  _globals['_CREATENETWORKREQUEST']._serialized_start=446
-  _globals['_CREATENETWORKREQUEST']._serialized_end=586
-  _globals['_NETWORKREF']._serialized_start=588
-  _globals['_NETWORKREF']._serialized_end=613
-  _globals['_LISTNETWORKSREQUEST']._serialized_start=615
-  _globals['_LISTNETWORKSREQUEST']._serialized_end=661
-  _globals['_LISTNETWORKSRESPONSE']._serialized_start=663
-  _globals['_LISTNETWORKSRESPONSE']._serialized_end=726
-  _globals['_DELETENETWORKREQUEST']._serialized_start=728
-  _globals['_DELETENETWORKREQUEST']._serialized_end=778
-  _globals['_ADDRESS']._serialized_start=780
-  _globals['_ADDRESS']._serialized_end=889
-  _globals['_LISTADDRESSESRESPONSE']._serialized_start=891
-  _globals['_LISTADDRESSESRESPONSE']._serialized_end=956
-  _globals['_LISTINTERFACESRESPONSE']._serialized_start=958
-  _globals['_LISTINTERFACESRESPONSE']._serialized_end=1034
-  _globals['_INTERFACEREF']._serialized_start=1036
-  _globals['_INTERFACEREF']._serialized_end=1064
-  _globals['_ATTACHINTERFACEREQUEST']._serialized_start=1066
-  _globals['_ATTACHINTERFACEREQUEST']._serialized_end=1152
-  _globals['_NETWORKSERVICE']._serialized_start=1155
-  _globals['_NETWORKSERVICE']._serialized_end=1684
-  _globals['_INTERFACESERVICE']._serialized_start=1687
-  _globals['_INTERFACESERVICE']._serialized_end=2076
+  _globals['_NETWORK']._serialized_end=464
+  _globals['_CREATENETWORKREQUEST']._serialized_start=467
+  _globals['_CREATENETWORKREQUEST']._serialized_end=628
+  _globals['_NETWORKREF']._serialized_start=630
+  _globals['_NETWORKREF']._serialized_end=655
+  _globals['_LISTNETWORKSREQUEST']._serialized_start=657
+  _globals['_LISTNETWORKSREQUEST']._serialized_end=703
+  _globals['_LISTNETWORKSRESPONSE']._serialized_start=705
+  _globals['_LISTNETWORKSRESPONSE']._serialized_end=768
+  _globals['_DELETENETWORKREQUEST']._serialized_start=770
+  _globals['_DELETENETWORKREQUEST']._serialized_end=820
+  _globals['_ADDRESS']._serialized_start=822
+  _globals['_ADDRESS']._serialized_end=931
+  _globals['_LISTADDRESSESRESPONSE']._serialized_start=933
+  _globals['_LISTADDRESSESRESPONSE']._serialized_end=998
+  _globals['_LISTINTERFACESRESPONSE']._serialized_start=1000
+  _globals['_LISTINTERFACESRESPONSE']._serialized_end=1076
+  _globals['_INTERFACEREF']._serialized_start=1078
+  _globals['_INTERFACEREF']._serialized_end=1106
+  _globals['_ATTACHINTERFACEREQUEST']._serialized_start=1108
+  _globals['_ATTACHINTERFACEREQUEST']._serialized_end=1194
+  _globals['_NETWORKSERVICE']._serialized_start=1197
+  _globals['_NETWORKSERVICE']._serialized_end=1726
+  _globals['_INTERFACESERVICE']._serialized_start=1729
+  _globals['_INTERFACESERVICE']._serialized_end=2118
 # @@protoc_insertion_point(module_scope)

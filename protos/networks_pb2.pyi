@@ -46,6 +46,7 @@ class Network(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     STATE_UPDATED_AT_FIELD_NUMBER: _builtins.int
     SERVICES_NODE_FIELD_NUMBER: _builtins.int
+    PROVIDE_DNS_FIELD_NUMBER: _builtins.int
     uuid: _builtins.str
     name: _builtins.str
     namespace: _builtins.str
@@ -64,6 +65,8 @@ class Network(_message.Message):
     state_updated_at: _builtins.float
     services_node: _builtins.str
     """The node running its gateway, DHCP and NAT (empty until one needs it)."""
+    provide_dns: _builtins.bool
+    """dnsmasq answers NAME.NAMESPACE.ZONE for the network's instances."""
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct: ...
     def __init__(
@@ -84,10 +87,11 @@ class Network(_message.Message):
         created_at: _builtins.float = ...,
         state_updated_at: _builtins.float = ...,
         services_node: _builtins.str = ...,
+        provide_dns: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error_message", b"error_message", "floating_gateway", b"floating_gateway", "metadata", b"metadata", "name", b"name", "namespace", b"namespace", "netblock", b"netblock", "provide_dhcp", b"provide_dhcp", "provide_nat", b"provide_nat", "services_node", b"services_node", "state", b"state", "state_updated_at", b"state_updated_at", "uuid", b"uuid", "version", b"version", "vxlan_id", b"vxlan_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error_message", b"error_message", "floating_gateway", b"floating_gateway", "metadata", b"metadata", "name", b"name", "namespace", b"namespace", "netblock", b"netblock", "provide_dhcp", b"provide_dhcp", "provide_dns", b"provide_dns", "provide_nat", b"provide_nat", "services_node", b"services_node", "state", b"state", "state_updated_at", b"state_updated_at", "uuid", b"uuid", "version", b"version", "vxlan_id", b"vxlan_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -102,10 +106,12 @@ class CreateNetworkRequest(_message.Message):
     PROVIDE_DHCP_FIELD_NUMBER: _builtins.int
     PROVIDE_NAT_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    PROVIDE_DNS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     netblock: _builtins.str
     provide_dhcp: _builtins.bool
     provide_nat: _builtins.bool
+    provide_dns: _builtins.bool
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct: ...
     def __init__(
@@ -116,10 +122,11 @@ class CreateNetworkRequest(_message.Message):
         provide_dhcp: _builtins.bool = ...,
         provide_nat: _builtins.bool = ...,
         metadata: _struct_pb2.Struct | None = ...,
+        provide_dns: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "name", b"name", "netblock", b"netblock", "provide_dhcp", b"provide_dhcp", "provide_nat", b"provide_nat"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "name", b"name", "netblock", b"netblock", "provide_dhcp", b"provide_dhcp", "provide_dns", b"provide_dns", "provide_nat", b"provide_nat"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

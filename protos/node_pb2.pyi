@@ -909,10 +909,17 @@ class NetworkRequest(_message.Message):
     MAC_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    DNS_SERVERS_FIELD_NUMBER: _builtins.int
+    DNS_DOMAIN_FIELD_NUMBER: _builtins.int
     network_uuid: _builtins.str
     mac: _builtins.str
     address: _builtins.str
     model: _builtins.str
+    dns_domain: _builtins.str
+    @_builtins.property
+    def dns_servers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The network's DNS server (its gateway) and domain, when it provides DNS."""
+
     def __init__(
         self,
         *,
@@ -920,10 +927,12 @@ class NetworkRequest(_message.Message):
         mac: _builtins.str = ...,
         address: _builtins.str = ...,
         model: _builtins.str = ...,
+        dns_servers: _abc.Iterable[_builtins.str] | None = ...,
+        dns_domain: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "mac", b"mac", "model", b"model", "network_uuid", b"network_uuid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "dns_domain", b"dns_domain", "dns_servers", b"dns_servers", "mac", b"mac", "model", b"model", "network_uuid", b"network_uuid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1201,6 +1210,9 @@ class EnsureNetwork(_message.Message):
     EGRESS_GATEWAY_FIELD_NUMBER: _builtins.int
     FLOATING_FIELD_NUMBER: _builtins.int
     MTU_FIELD_NUMBER: _builtins.int
+    PROVIDE_DNS_FIELD_NUMBER: _builtins.int
+    DNS_DOMAIN_FIELD_NUMBER: _builtins.int
+    DNS_UPSTREAM_FIELD_NUMBER: _builtins.int
     network_uuid: _builtins.str
     vni: _builtins.int
     netblock: _builtins.str
@@ -1211,12 +1223,19 @@ class EnsureNetwork(_message.Message):
     egress_address: _builtins.str
     egress_gateway: _builtins.str
     mtu: _builtins.int
+    provide_dns: _builtins.bool
+    """Serve DNS for the leases' hostnames as NAME.dns_domain (NAMESPACE.ZONE)."""
+    dns_domain: _builtins.str
     @_builtins.property
     def leases(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkLease]: ...
     @_builtins.property
     def peers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def floating(self) -> _containers.RepeatedCompositeFieldContainer[Global___FloatingAddress]: ...
+    @_builtins.property
+    def dns_upstream(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Where other names are forwarded; empty: nowhere (dnsmasq answers only its own)."""
+
     def __init__(
         self,
         *,
@@ -1233,10 +1252,13 @@ class EnsureNetwork(_message.Message):
         egress_gateway: _builtins.str = ...,
         floating: _abc.Iterable[Global___FloatingAddress] | None = ...,
         mtu: _builtins.int = ...,
+        provide_dns: _builtins.bool = ...,
+        dns_domain: _builtins.str = ...,
+        dns_upstream: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["egress_address", b"egress_address", "egress_gateway", b"egress_gateway", "floating", b"floating", "gateway", b"gateway", "leases", b"leases", "mtu", b"mtu", "netblock", b"netblock", "network_uuid", b"network_uuid", "peers", b"peers", "provide_dhcp", b"provide_dhcp", "provide_nat", b"provide_nat", "services_here", b"services_here", "vni", b"vni"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dns_domain", b"dns_domain", "dns_upstream", b"dns_upstream", "egress_address", b"egress_address", "egress_gateway", b"egress_gateway", "floating", b"floating", "gateway", b"gateway", "leases", b"leases", "mtu", b"mtu", "netblock", b"netblock", "network_uuid", b"network_uuid", "peers", b"peers", "provide_dhcp", b"provide_dhcp", "provide_dns", b"provide_dns", "provide_nat", b"provide_nat", "services_here", b"services_here", "vni", b"vni"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

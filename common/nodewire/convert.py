@@ -115,7 +115,14 @@ def domain_to_pb(domain: DomainRequest, out: node_pb2.DomainRequest) -> None:
     out.video.vdi = domain.video.vdi
     out.side_channels.extend(domain.side_channels)
     for n in domain.networks:
-        out.networks.add(network_uuid=n.network_uuid, mac=n.mac, address=n.address, model=n.model)
+        out.networks.add(
+            network_uuid=n.network_uuid,
+            mac=n.mac,
+            address=n.address,
+            model=n.model,
+            dns_servers=n.dns_servers,
+            dns_domain=n.dns_domain,
+        )
     out.ssh_key = domain.ssh_key
     out.user_data = domain.user_data
     dict_to_struct(domain.metadata, out.metadata)
@@ -143,7 +150,14 @@ def domain_from_pb(uuid: str, pb: node_pb2.DomainRequest) -> DomainRequest:
         ),
         side_channels=tuple(pb.side_channels),
         networks=tuple(
-            NetworkRequest(n.network_uuid, n.mac, n.address, n.model or "virtio")
+            NetworkRequest(
+                n.network_uuid,
+                n.mac,
+                n.address,
+                n.model or "virtio",
+                tuple(n.dns_servers),
+                n.dns_domain,
+            )
             for n in pb.networks
         ),
         ssh_key=pb.ssh_key,
@@ -174,6 +188,9 @@ def network_to_pb(config: NetworkConfig, out: node_pb2.EnsureNetwork) -> None:
     for f in config.floating:
         out.floating.add(address=f.address, inner_address=f.inner_address)
     out.mtu = config.mtu
+    out.provide_dns = config.provide_dns
+    out.dns_domain = config.dns_domain
+    out.dns_upstream.extend(config.dns_upstream)
 
 
 def network_from_pb(pb: node_pb2.EnsureNetwork) -> NetworkConfig:
@@ -192,6 +209,9 @@ def network_from_pb(pb: node_pb2.EnsureNetwork) -> NetworkConfig:
         egress_gateway=pb.egress_gateway,
         floating=tuple(Floating(f.address, f.inner_address) for f in pb.floating),
         mtu=pb.mtu or 1450,
+        provide_dns=pb.provide_dns,
+        dns_domain=pb.dns_domain,
+        dns_upstream=tuple(pb.dns_upstream),
     )
 
 

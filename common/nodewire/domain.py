@@ -18,12 +18,18 @@ class DiskRequest:
 
 @dataclass(frozen=True)
 class NetworkRequest:
-    """One requested network as the config drive describes it: MAC, IPv4 address, NIC model."""
+    """One requested network as the config drive describes it: MAC, IPv4 address, NIC model.
+
+    ``dns_servers`` and ``dns_domain`` are the network's own DNS (its gateway
+    and ``NAMESPACE.ZONE``) when it provides DNS; empty otherwise.
+    """
 
     network_uuid: str = ""
     mac: str = ""
     address: str = ""
     model: str = "virtio"
+    dns_servers: tuple[str, ...] = ()
+    dns_domain: str = ""
 
 
 @dataclass(frozen=True)

@@ -44,3 +44,9 @@ class NetworkConfig:
     egress_gateway: str = ""
     floating: tuple[Floating, ...] = ()
     mtu: int = 1450
+    # dnsmasq answers the leases' hostnames as HOSTNAME.dns_domain (NAMESPACE.ZONE)
+    # and is the DNS server DHCP hands out.
+    provide_dns: bool = False
+    dns_domain: str = ""
+    # Servers other names are forwarded to; empty: none (nothing leaves the network).
+    dns_upstream: tuple[str, ...] = ()

@@ -31,6 +31,7 @@ def network_to_pb(net: Network) -> networks_pb2.Network:
         netblock=net.netblock,
         provide_dhcp=net.provide_dhcp,
         provide_nat=net.provide_nat,
+        provide_dns=net.provide_dns,
         vxlan_id=net.vxlan_id,
         state=net.state,
         error_message=net.error_message,
@@ -66,6 +67,7 @@ class NetworkServicer(networks_pb2_grpc.NetworkServiceServicer):
             request.provide_dhcp,
             request.provide_nat,
             struct_to_dict(request.metadata),
+            provide_dns=request.provide_dns,
         )
         return network_to_pb(net)
 

@@ -166,7 +166,9 @@ class InstanceService:
         logs.bind(instance=uuid)
         alloc = None
         if spec.networks and self.networks is not None:
-            alloc = await self.networks.allocate(namespace, uuid, node, spec.networks)
+            alloc = await self.networks.allocate(
+                namespace, uuid, node, spec.networks, hostname=spec.name
+            )
             spec = dataclasses.replace(spec, networks=tuple(alloc.specs))
         elif spec.networks:
             raise InvalidArgument("this control plane has no networks")

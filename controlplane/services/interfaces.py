@@ -92,7 +92,12 @@ class InterfaceService:
                 )
             order = max((n.order for n in instance.interfaces), default=-1) + 1
             alloc = await self.networks.allocate(
-                instance.namespace, instance.uuid, instance.node, [spec], first_order=order
+                instance.namespace,
+                instance.uuid,
+                instance.node,
+                [spec],
+                first_order=order,
+                hostname=instance.spec.name,
             )
             new = instance.with_changes(
                 interfaces=instance.interfaces + alloc.nics,

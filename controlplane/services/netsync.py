@@ -88,7 +88,7 @@ class NetworkSync:
             provide_dhcp=network.provide_dhcp,
             provide_nat=network.provide_nat,
             services_here=services_here,
-            leases=tuple(Lease(i.macaddr, i.ipv4) for i in interfaces if i.ipv4),
+            leases=tuple(Lease(i.macaddr, i.ipv4, i.hostname) for i in interfaces if i.ipv4),
             peers=tuple(peers),
             egress_address=f"{egress}/{pool.prefixlen}" if egress else "",
             egress_gateway=ipam.gateway(pool) if egress else "",
@@ -96,6 +96,9 @@ class NetworkSync:
                 Floating(i.floating, i.ipv4) for i in interfaces if i.floating and egress
             ),
             mtu=MTU,
+            provide_dns=network.provide_dns,
+            dns_domain=self.service.dns_domain(network),
+            dns_upstream=self.service.dns_upstream if network.provide_dns else (),
         )
 
     async def sync(self, network_uuids: Iterable[str], left: Iterable[str] = ()) -> None:

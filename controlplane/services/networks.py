@@ -15,6 +15,7 @@ Deleting a network is refused while live instances have interfaces on it;
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import random
 import uuid as uuidlib
@@ -46,7 +47,7 @@ from controlplane.store.networks import FLOATING, NetworkRecords
 from controlplane.store.occ import retry_on_conflict
 from controlplane.store.protocol import MAX_BATCH, Conflict, Op
 from controlplane.store.records import Records
-from controlplane.validation import NAME_RE, check_metadata_size, looks_like_uuid
+from controlplane.validation import NAME_RE, check_metadata_size, is_dns_name, looks_like_uuid
 
 log = structlog.get_logger(__name__)
 
@@ -69,9 +70,17 @@ class Allocation:
     # The specs with network names resolved to UUIDs and defaults applied.
     specs: list[NetworkSpec] = field(default_factory=list)
 
+    # network uuid -> (DNS server, DNS domain) of the networks that provide DNS.
+    dns: dict[str, tuple[str, str]] = field(default_factory=dict)
+
     @property
     def nics(self) -> tuple[Nic, ...]:
-        return tuple(i.nic for i in self.interfaces)
+        """The interfaces as the instance record holds them (with their network's DNS)."""
+        nics = []
+        for iface in self.interfaces:
+            server, domain = self.dns.get(iface.network_uuid, ("", ""))
+            nics.append(dataclasses.replace(iface.nic, dns_server=server, dns_domain=domain))
+        return tuple(nics)
 
     @property
     def network_uuids(self) -> list[str]:
@@ -90,6 +99,8 @@ class NetworkService:
         floating_netblock: str,
         network_node: str = "",
         rng: random.Random | None = None,
+        dns_zone: str = "minicloud",
+        dns_upstream: tuple[str, ...] = (),
     ) -> None:
         self.records = records
         self.networks = networks
@@ -98,6 +109,12 @@ class NetworkService:
         self.pool = ipam.parse_netblock(floating_netblock)
         self.network_node = network_node
         self.rng = rng or random.SystemRandom()
+        self.dns_zone = dns_zone
+        self.dns_upstream = dns_upstream
+
+    def dns_domain(self, network: Network) -> str:
+        """Where a network's names live: NAMESPACE.ZONE (empty without DNS)."""
+        return f"{network.namespace}.{self.dns_zone}".lower() if network.provide_dns else ""
 
     # Reading -------------------------------------------------------------------
 
@@ -166,6 +183,7 @@ class NetworkService:
         provide_dhcp: bool = True,
         provide_nat: bool = True,
         metadata: JsonDict | None = None,
+        provide_dns: bool = False,
     ) -> Network:
         """Check and record a network, reserving its special addresses (and egress)."""
         if not NAME_RE.match(name):
@@ -174,6 +192,11 @@ class NetworkService:
             )
         if looks_like_uuid(name) or name == FLOATING:
             raise InvalidArgument(f"a network may not be named {name!r}")
+        if provide_dns and not is_dns_name(f"{namespace}.{self.dns_zone}"):
+            raise InvalidArgument(
+                f"namespace {namespace!r} cannot be part of a DNS name "
+                "(letters, digits and '-' only), so its networks cannot provide DNS"
+            )
         net = ipam.parse_netblock(netblock)
         metadata = check_metadata_size(dict(metadata or {}))
         if await self.networks.find_network(namespace, name) is not None:
@@ -203,6 +226,7 @@ class NetworkService:
                 vxlan_id=vni,
                 provide_dhcp=provide_dhcp,
                 provide_nat=provide_nat,
+                provide_dns=provide_dns,
                 state=CREATED,
                 egress_address=egress,
                 created_at=now,
@@ -303,6 +327,7 @@ class NetworkService:
         node: str,
         specs: Sequence[NetworkSpec],
         first_order: int = 0,
+        hostname: str = "",
     ) -> Allocation:
         """Interfaces for these specs, with the batch that claims them (nothing stored yet).
 
@@ -310,7 +335,8 @@ class NetworkService:
         address outside the netblock or already taken, a MAC in use, and a
         float on a network without NAT. The batch holds a compare-and-set on
         each network record, so committing it fails with Conflict if anything
-        changed meanwhile; callers allocate again.
+        changed meanwhile; callers allocate again. ``hostname`` (the
+        instance's name) is each interface's DHCP hostname and DNS name.
         """
         alloc = Allocation()
         now = self.clock()
@@ -330,6 +356,8 @@ class NetworkService:
                 raise FailedPrecondition(f"{what}: network {net.name} is {net.state}")
             networks.setdefault(net.uuid, net)
             block = ipam.parse_netblock(net.netblock)
+            if net.provide_dns:
+                alloc.dns[net.uuid] = (ipam.gateway(block), self.dns_domain(net))
             if net.uuid not in taken:
                 taken[net.uuid] = await self.networks.taken(net.uuid)
             ipv4 = ""
@@ -370,6 +398,7 @@ class NetworkService:
                 model=spec.model or "virtio",
                 node=node,
                 floating=floating,
+                hostname=hostname,
                 state="initial",
                 created_at=now,
                 state_updated_at=now,

@@ -72,24 +72,18 @@ async def get_network(call: Call) -> Any:
         Field("provide_dhcp", "bool", doc="serve DHCP (absent: false)"),
         Field("provide_nat", "bool", doc="NAT to outside (absent: false)"),
         Field("name", "str", True, rules={"pattern": NAME_PATTERN}),
-        Field(
-            "provide_dns",
-            "bool",
-            doc="not provided: only false is accepted",
-            rules={"enum": [False]},
-        ),
         Field("namespace", "str", doc="create in this namespace (system only)", rules=NAMESPACE),
+        Field("provide_dns", "bool", doc="answer NAME.NAMESPACE.ZONE in DNS (absent: false)"),
     ),
 )
 async def create_network(call: Call) -> Any:
     body = call.body
-    if body.get("provide_dns"):
-        raise HttpError(400, "this cloud does not provide DNS on virtual networks")
     request = networks_pb2.CreateNetworkRequest(
         name=body["name"],
         netblock=body["netblock"],
         provide_dhcp=body.get("provide_dhcp", False),
         provide_nat=body.get("provide_nat", False),
+        provide_dns=body.get("provide_dns", False),
     )
     return views.network(await call.rpc(call.api.networks.Create, request, body.get("namespace")))
 

@@ -10,8 +10,11 @@ key as ``public_keys.mykey`` (as Shaken Fist names it), the availability
 zone, a fresh ``random_seed`` per build, and the user metadata as ``meta``
 (string values; others JSON-encoded). ``user_data`` is the API's base64
 decoded. ``network_data.json`` lists one link and one network per interface
-(static IPv4 when the address is known, DHCP otherwise); an instance without
-interfaces gets empty lists, which cloud-init accepts.
+(static IPv4 when the address is known, DHCP otherwise); an interface on a
+network with DNS also names the network's DNS server (``dns_nameservers``,
+and once in ``services`` as ``{"type": "dns"}``) and domain
+(``dns_search``). An instance without interfaces gets empty lists, which
+cloud-init accepts.
 
 Building the ISO image from these files is ``nodeagent.disks.iso``'s job.
 """
@@ -71,6 +74,10 @@ def _network(index: int, interface: NetworkRequest) -> dict[str, Any]:
         "network_id": interface.network_uuid,
         "routes": [],
     }
+    if interface.dns_servers:
+        network["dns_nameservers"] = list(interface.dns_servers)
+    if interface.dns_domain:
+        network["dns_search"] = [interface.dns_domain]
     if not interface.address:
         network["type"] = "ipv4_dhcp"
         return network
@@ -96,7 +103,9 @@ def network_data(spec: DomainRequest) -> dict[str, Any]:
             link["vif_id"] = interface.network_uuid
         links.append(link)
     networks = [_network(i, n) for i, n in enumerate(spec.networks)]
-    return {"links": links, "networks": networks, "services": []}
+    servers = dict.fromkeys(s for n in spec.networks for s in n.dns_servers)
+    services = [{"type": "dns", "address": server} for server in servers]
+    return {"links": links, "networks": networks, "services": services}
 
 
 def drive_files(

@@ -15,7 +15,8 @@ Per network (names in nodeagent/network/naming.py):
 - when the node hosts the network's services: a namespace holding the
   gateway address on ``gw0`` (a veth into the bridge), IPv4 forwarding on
   in that namespace only, dnsmasq (one per network, run inside the namespace,
-  files under ``<data_dir>/networks/<uuid>/``) answering exactly the leases,
+  files under ``<data_dir>/networks/<uuid>/``) answering exactly the leases
+  (and, with DNS, the leases' hostnames as ``NAME.DOMAIN`` from ``dns-hosts``),
   and with NAT an ``eg0`` veth into the node's egress bridge holding the
   egress address and the floating addresses, a default route via the egress
   gateway, SNAT of the netblock to the egress address, DNAT of each floating
@@ -67,6 +68,8 @@ ZERO_MAC = "00:00:00:00:00:00"
 NAT_COMMENT = "minicloud nat"
 FORWARD_COMMENT = "minicloud forward"
 DHCP_LEASE_TIME = "1h"
+DHCP_HOSTS = "dhcp-hosts"
+DNS_HOSTS = "dns-hosts"
 
 
 @dataclass(frozen=True)
@@ -286,7 +289,7 @@ class LinuxNetworkDriver:
         )
         prefix = checked.netblock.prefixlen
         self._converge_addresses(GATEWAY_INNER, {f"{checked.gateway}/{prefix}"}, names.netns)
-        if config.provide_dhcp:
+        if config.provide_dhcp or config.provide_dns:
             self._ensure_dnsmasq(names, config, checked)
         else:
             self._stop_dnsmasq(config.uuid)
@@ -449,25 +452,7 @@ class LinuxNetworkDriver:
     # -- dnsmasq -------------------------------------------------------------------
 
     def _dnsmasq_argv(self, config: NetworkConfig, checked: Checked) -> list[str]:
-        folder = self.folder(config.uuid)
-        netblock = checked.netblock
-        return [
-            "dnsmasq",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--port=0",
-            "--bind-interfaces",
-            f"--interface={GATEWAY_INNER}",
-            f"--dhcp-range={netblock.network_address},static,{netblock.netmask},{DHCP_LEASE_TIME}",
-            f"--dhcp-hostsfile={folder / 'dhcp-hosts'}",
-            f"--dhcp-option=option:router,{checked.gateway}",
-            f"--dhcp-option=option:mtu,{config.mtu}",
-            "--dhcp-authoritative",
-            "--leasefile-ro",
-            f"--pid-file={folder / 'dnsmasq.pid'}",
-            f"--log-facility={folder / 'dnsmasq.log'}",
-        ]
+        return dnsmasq_argv(config, checked, self.folder(config.uuid))
 
     def _dnsmasq_pids(self, network_uuid: str) -> dict[int, list[str]]:
         """Running dnsmasq processes of this network (found by their pid-file argument)."""
@@ -486,33 +471,32 @@ class LinuxNetworkDriver:
 
     def _ensure_dnsmasq(self, names: Names, config: NetworkConfig, checked: Checked) -> None:
         folder = self.folder(config.uuid)
-        hosts = folder / "dhcp-hosts"
-        lines = []
-        for lease in config.leases:
-            fields = [lease.mac.lower(), lease.address]
-            if hostname := dhcp_hostname(lease.hostname):
-                fields.append(hostname)
-            lines.append(",".join(fields) + "\n")
-        changed = _write_if_changed(hosts, "".join(lines))
+        dns_file = folder / DNS_HOSTS
+        names_before = set(_read(dns_file).splitlines())
+        files = {folder / DHCP_HOSTS: dhcp_hosts(config), dns_file: dns_hosts(config)}
+        changed = [path for path, text in files.items() if _write_if_changed(path, text)]
+        # dnsmasq gives a lease the name its address has in dns-hosts and keeps serving
+        # it while the lease lives (in its memory): a name gone needs a fresh dnsmasq.
+        names_gone = bool(names_before - set(files[dns_file].splitlines()))
         argv = self._dnsmasq_argv(config, checked)
         running = self._dnsmasq_pids(config.uuid)
         if len(running) == 1 and next(iter(running.values()))[1:] == argv[1:]:
-            if changed:
-                pid = next(iter(running))
-                if _readable_by_all(hosts):
-                    os.kill(pid, signal.SIGHUP)
-                else:  # dnsmasq rereads as nobody: it could not see the file, so restart it
-                    self._stop_dnsmasq(config.uuid)
-                    self.runner.run(*argv, netns=names.netns)
-            return
+            if not changed:
+                return
+            # dnsmasq rereads as nobody: if it could not see a file, restart it.
+            if not names_gone and all(_readable_by_all(path) for path in changed):
+                os.kill(next(iter(running)), signal.SIGHUP)  # rereads both hosts files
+                return
         self._stop_dnsmasq(config.uuid, keep_files=True)
         self.runner.run(*argv, netns=names.netns)
-        log.info("dnsmasq started", network=config.uuid, namespace=names.netns)
+        log.info(
+            "dnsmasq started", network=config.uuid, namespace=names.netns, dns=config.provide_dns
+        )
 
     def _stop_dnsmasq(self, network_uuid: str, keep_files: bool = False) -> None:
         _terminate(list(self._dnsmasq_pids(network_uuid)))
         if not keep_files:
-            for name in ("dhcp-hosts", "dnsmasq.pid", "dnsmasq.log"):
+            for name in (DHCP_HOSTS, DNS_HOSTS, "dnsmasq.pid", "dnsmasq.log"):
                 (self.folder(network_uuid) / name).unlink(missing_ok=True)
 
     # -- remove ----------------------------------------------------------------------
@@ -565,6 +549,86 @@ class LinuxNetworkDriver:
 
 
 NAT_CHAINS = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")
+
+
+def dnsmasq_argv(config: NetworkConfig, checked: Checked, folder: Path) -> list[str]:
+    """dnsmasq's command line for a network: DHCP for exactly the leases, DNS if asked.
+
+    Nothing is read from the node (``--conf-file=/dev/null``, ``--no-resolv``,
+    ``--no-hosts``). Without DNS, ``--port=0``. With DNS, the network's domain
+    is local (never forwarded), the names come from ``dns-hosts`` and DHCP
+    hands out the gateway as the DNS server; other names go to the upstream
+    servers only when there are some (with none, nothing is forwarded).
+    """
+    netblock = checked.netblock
+    argv = [
+        "dnsmasq",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+    ]
+    if config.provide_dns:
+        domain = config.dns_domain
+        argv += [
+            f"--domain={domain}",
+            f"--local=/{domain}/",
+            "--domain-needed",
+            "--bogus-priv",
+            f"--addn-hosts={folder / DNS_HOSTS}",
+            *(f"--server={server}" for server in config.dns_upstream),
+        ]
+    else:
+        argv.append("--port=0")
+    argv += ["--bind-interfaces", f"--interface={GATEWAY_INNER}"]
+    if config.provide_dhcp:
+        argv += [
+            f"--dhcp-range={netblock.network_address},static,{netblock.netmask},{DHCP_LEASE_TIME}",
+            f"--dhcp-hostsfile={folder / DHCP_HOSTS}",
+            f"--dhcp-option=option:router,{checked.gateway}",
+            f"--dhcp-option=option:mtu,{config.mtu}",
+        ]
+        if config.provide_dns:
+            argv += [f"--dhcp-option=option:dns-server,{checked.gateway}", "--dhcp-ignore-names"]
+        argv += ["--dhcp-authoritative", "--leasefile-ro"]
+    argv += [f"--pid-file={folder / 'dnsmasq.pid'}", f"--log-facility={folder / 'dnsmasq.log'}"]
+    return argv
+
+
+def dhcp_hosts(config: NetworkConfig) -> str:
+    """The ``dhcp-hosts`` file: one ``mac,ip[,hostname]`` line per lease.
+
+    With DNS the hostnames are left out: dnsmasq would also serve a name it
+    gave with a lease, and keep serving it after the lease is gone (leases
+    live in its memory until they expire), so names come from ``dns-hosts``
+    alone (and clients' own names are ignored).
+    """
+    lines = []
+    for lease in config.leases:
+        fields = [lease.mac.lower(), lease.address]
+        if not config.provide_dns and (hostname := dhcp_hostname(lease.hostname)):
+            fields.append(hostname)
+        lines.append(",".join(fields) + "\n")
+    return "".join(lines)
+
+
+def dns_hosts(config: NetworkConfig) -> str:
+    """The ``dns-hosts`` file: ``ip NAME.DOMAIN NAME`` per lease with a valid, new hostname.
+
+    Empty without DNS. A hostname that is not one DNS label is left out; when
+    two leases share one, the first keeps it.
+    """
+    if not config.provide_dns:
+        return ""
+    lines = []
+    seen: set[str] = set()
+    for lease in config.leases:
+        hostname = dhcp_hostname(lease.hostname).lower()
+        if not hostname or hostname in seen:
+            continue
+        seen.add(hostname)
+        lines.append(f"{lease.address} {hostname}.{config.dns_domain} {hostname}\n")
+    return "".join(lines)
+
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -620,6 +684,14 @@ def _write_if_changed(path: Path, text: str) -> bool:
     temporary.chmod(0o644)
     temporary.replace(path)
     return True
+
+
+def _read(path: Path) -> str:
+    """A file's text, or empty when it does not exist."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
 
 
 def _readable_by_all(path: Path) -> bool:

@@ -6,7 +6,8 @@ VXLAN device (one VNI per network; ``peers`` are the other nodes' underlay
 addresses, flooded through static FDB entries). On the one node that hosts the
 network's services (``services_here``) it also has a network namespace
 holding the gateway address on a veth into the bridge, dnsmasq serving DHCP
-leases for exactly the allocated MAC/IP pairs, and, when asked, NAT out
+leases for exactly the allocated MAC/IP pairs (and, with ``provide_dns``,
+answering the leases' hostnames as ``NAME.dns_domain``), and, when asked, NAT out
 through an egress veth into the node's egress bridge, where the namespace
 holds the network's ``egress_address`` and any floating addresses (DNAT to
 their inner address, SNAT back).

@@ -51,6 +51,12 @@ def dhcp_hostname(hostname: str) -> str:
     return hostname if HOSTNAME_PATTERN.match(hostname) else ""
 
 
+def dns_name(name: str) -> bool:
+    """Whether name is a DNS name dnsmasq takes: dot-separated valid labels, 253 at most."""
+    labels = name.split(".")
+    return len(name) <= 253 and all(HOSTNAME_PATTERN.match(label) for label in labels)
+
+
 def _address(text: str, what: str) -> ipaddress.IPv4Address:
     try:
         return ipaddress.IPv4Address(text)
@@ -114,6 +120,14 @@ def check(config: NetworkConfig) -> Checked:
         if address in netblock or address in floating or (egress and address == egress.ip):
             raise invalid(f"floating address {address} is repeated or not outside the netblock")
         floating.add(address)
+    if config.provide_dns:
+        if not dns_name(config.dns_domain):
+            raise invalid(f"DNS domain {config.dns_domain!r} is not a DNS name")
+        for server in config.dns_upstream:
+            try:
+                ipaddress.ip_address(server)
+            except ValueError:
+                raise invalid(f"DNS upstream {server!r} is not an IP address") from None
     if config.floating and config.services_here and egress is None:
         raise invalid("floating addresses need provide_nat and an egress address")
     return Checked(netblock=netblock, gateway=gateway, egress=egress)

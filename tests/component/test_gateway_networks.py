@@ -14,6 +14,7 @@ import pytest
 from controlplane.app import ControlPlane, start
 from tests.component.conftest import FakeNode, plane_settings, start_fake_node
 from tests.component.test_gateway import Rest, create_body, created, start_gateway, token_keys
+from tests.component.test_gateway_nodes import sf
 
 JsonDict = dict[str, Any]
 INTERFACE_KEYS = {
@@ -254,9 +255,9 @@ BAD_INPUT = [
     (
         "POST",
         "/networks",
-        {"netblock": "10.9.0.0/24", "name": "x", "provide_dns": True},
+        {"netblock": "10.9.0.0/24", "name": "x", "provide_dns": "yes"},
         400,
-        "DNS",
+        "bool",
     ),
     ("POST", "/networks", {"netblock": "10.9.0.0/24", "name": "net1"}, 409, "exists"),
     ("POST", "/instances", create_body(network=[netdesc("nonet")]), 404, "not found"),
@@ -357,3 +358,20 @@ async def test_another_namespace_sees_no_network_or_interface(rest: Rest) -> Non
         "POST", "/networks", {"netblock": "10.0.0.0/24", "name": "net1"}
     )
     assert status == 200 and mine["namespace"] == "other" and mine["uuid"] != net["uuid"]
+
+
+async def test_the_real_client_creates_a_network_with_dns(rest: Rest, fake_node: FakeNode) -> None:
+    """shakenfist-client sends provide_dns once provide-dns is advertised; the node gets names."""
+    client = await sf(rest.url)
+    net = await asyncio.to_thread(
+        client.allocate_network, "10.30.0.0/24", True, True, "dnsnet", None, True
+    )
+    assert net["provide_dns"] is True and net["state"] == "created"
+    status, inst = await rest.call(
+        "POST", "/instances", create_body(name="web", network=[netdesc("dnsnet")])
+    )
+    assert status == 200, inst
+    await created(rest, inst["uuid"])
+    config = fake_node.network.networks[net["uuid"]]
+    assert config.provide_dns and config.dns_domain == "system.minicloud"
+    assert [lease.hostname for lease in config.leases] == ["web"]

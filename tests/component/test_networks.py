@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -446,3 +447,63 @@ async def test_networks_and_interfaces_have_metadata(
         assert dict(got.metadata) == {"role": "web"}
     shown = await c.nets.Get(networks_pb2.NetworkRef(ref="net1"))
     assert dict(shown.metadata) == {"role": "web"}
+
+
+async def test_a_network_with_dns_tells_the_node_its_instances_names(
+    cloud: tuple[ControlPlane, grpc.aio.Channel, Net], node1: FakeNode
+) -> None:
+    """The node gets NAMESPACE.ZONE and each instance's name; names follow instances."""
+    _, channel, _ = cloud
+    c = await clients(channel, await namespace_api(channel, "team-a"))
+    net = await c.nets.Create(net_request(provide_dns=True))
+    assert net.provide_dns
+    vm1 = await running(c, "vm1", networks=[{"network_uuid": "net1"}])
+    vm2 = await running(c, "vm2", networks=[{"network_uuid": "net1"}])
+
+    def names() -> set[tuple[str, str]]:
+        return {(x.hostname, x.address) for x in node1.network.networks[net.uuid].leases}
+
+    config = node1.network.networks[net.uuid]
+    assert config.provide_dns and config.dns_domain == "team-a.minicloud"
+    assert config.dns_upstream == ()
+    assert names() == {("vm1", vm1.interfaces[0].ipv4), ("vm2", vm2.interfaces[0].ipv4)}
+    drive = node1.disks.drives[vm1.uuid]["openstack/latest/network_data.json"]
+    data = json.loads(drive)
+    assert data["networks"][0]["dns_nameservers"] == ["10.0.0.1"]
+    assert data["networks"][0]["dns_search"] == ["team-a.minicloud"]
+    assert data["services"] == [{"type": "dns", "address": "10.0.0.1"}]
+
+    await c.api.Delete(instances_pb2.InstanceRef(ref="vm2"))
+    await eventually(lambda: names() == {("vm1", vm1.interfaces[0].ipv4)}, "vm2's name gone")
+    vm3 = await running(c, "vm3")
+    iface = await c.ifaces.Attach(
+        networks_pb2.AttachInterfaceRequest(
+            instance="vm3", network=common_pb2.NetworkSpec(network_uuid="net1")
+        )
+    )
+    await eventually(lambda: ("vm3", iface.ipv4) in names(), "a hot-plugged instance's name")
+    assert vm3.uuid != vm1.uuid
+
+
+async def test_a_network_without_dns_sends_no_domain(c: Net, node1: FakeNode) -> None:
+    """Without provide_dns the node is told no domain; the config drive names no DNS server."""
+    net = await c.nets.Create(net_request())
+    inst = await running(c, "vm1", networks=[{"network_uuid": "net1"}])
+    config = node1.network.networks[net.uuid]
+    assert not config.provide_dns and config.dns_domain == ""
+    assert [x.hostname for x in config.leases] == ["vm1"]
+    data = json.loads(node1.disks.drives[inst.uuid]["openstack/latest/network_data.json"])
+    assert "dns_nameservers" not in data["networks"][0] and data["services"] == []
+
+
+async def test_dns_needs_a_namespace_that_can_be_a_dns_label(
+    cloud: tuple[ControlPlane, grpc.aio.Channel, Net],
+) -> None:
+    """A namespace with an underscore cannot have DNS networks: INVALID_ARGUMENT, nothing made."""
+    _, channel, _ = cloud
+    c = await clients(channel, await namespace_api(channel, "team_b"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await c.nets.Create(net_request(provide_dns=True))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "DNS" in str(err.value.details())
+    assert not (await c.nets.List(networks_pb2.ListNetworksRequest())).networks

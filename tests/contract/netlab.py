@@ -27,6 +27,8 @@ case "$1" in
     ip -4 addr flush dev "$interface"
     ip addr add "$ip/$mask" dev "$interface"
     if [ -n "$router" ]; then ip route replace default via "${router%% *}" dev "$interface"; fi
+    [ -n "$OPTIONS_DIR" ] && printf '%s' "$dns" > "$OPTIONS_DIR/dns"
+    [ -n "$OPTIONS_DIR" ] && printf '%s' "$domain" > "$OPTIONS_DIR/domain"
     ;;
 esac
 exit 0
@@ -104,9 +106,26 @@ class Lab:
 
     def dhcp(self, netns: str, tries: int = 4) -> str | None:
         """Ask for a lease on eth0 with busybox udhcpc; the address it configured, if any."""
-        sh("busybox", "udhcpc", "-f", "-n", "-q", "-t", str(tries), "-T", "1", "-A", "1",
+        options = self.work_dir / f"options-{netns}"
+        options.mkdir(exist_ok=True)
+        sh("env", f"OPTIONS_DIR={options}", "busybox", "udhcpc", "-f", "-n", "-q",
+           "-t", str(tries), "-T", "1", "-A", "1",
            "-s", str(self.script), "-i", "eth0", netns=netns, check=False)  # fmt: skip
         return self.address(netns)
+
+    def dhcp_option(self, netns: str, name: str) -> str:
+        """What the last lease of netns said for an option udhcpc exports (dns, domain)."""
+        path = self.work_dir / f"options-{netns}" / name
+        return path.read_text() if path.exists() else ""
+
+    def resolve(self, netns: str, name: str, server: str) -> str | None:
+        """The IPv4 address server answers for name, asked from netns (None: no answer)."""
+        out = sh("busybox", "nslookup", "-type=a", name, server, netns=netns, check=False)
+        if out.returncode != 0:
+            return None
+        answers = out.stdout.split("Name:", 1)[1] if "Name:" in out.stdout else ""
+        found = re.search(r"Address(?: \d+)?:\s*(\d+\.\d+\.\d+\.\d+)", answers)
+        return found.group(1) if found else None
 
     def address(self, netns: str, device: str = "eth0") -> str | None:
         """The first IPv4 address on a namespace's device."""

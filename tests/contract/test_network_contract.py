@@ -51,12 +51,16 @@ class Observed:
     leases: frozenset[tuple[str, str, str]]
     egress: str
     floating: frozenset[tuple[str, str]]
+    # DNS names served (address, NAME.DOMAIN); empty without DNS.
+    names: frozenset[tuple[str, str]] = frozenset()
 
 
 def expected(config: NetworkConfig) -> Observed:
     """What the contract says a node carries after ensure(config)."""
     services = config.services_here
     dhcp = services and config.provide_dhcp
+    # With DNS, names are only in DNS: dnsmasq would keep serving a lease's name.
+    dns = services and config.provide_dns
     egress = config.egress_address if services and config.provide_nat else ""
     prefix = config.netblock.split("/")[1]
     return Observed(
@@ -67,13 +71,18 @@ def expected(config: NetworkConfig) -> Observed:
         gateway=f"{config.gateway}/{prefix}" if services else "",
         dhcp=dhcp,
         leases=frozenset(
-            (lease.mac.lower(), lease.address, dhcp_hostname(lease.hostname))
+            (lease.mac.lower(), lease.address, "" if dns else dhcp_hostname(lease.hostname))
             for lease in (config.leases if dhcp else ())
         ),
         egress=egress,
         floating=frozenset((f.address, f.inner_address) for f in config.floating)
         if egress
         else frozenset(),
+        names=frozenset(
+            (lease.address, f"{dhcp_hostname(lease.hostname).lower()}.{config.dns_domain}")
+            for lease in (config.leases if dns else ())
+            if dhcp_hostname(lease.hostname)
+        ),
     )
 
 
@@ -119,20 +128,27 @@ def observe_linux(driver: LinuxNetworkDriver, network_uuid: str) -> Observed | N
         if p.name.isdigit() and f"{folder}/dnsmasq.pid" in _cmdline(p)
     ]
     leases: set[tuple[str, str, str]] = set()
-    if pids:
+    served: set[tuple[str, str]] = set()
+    argv = _cmdline(pids[0]) if pids else ""
+    if pids and "--dhcp-range" in argv:
         for line in (folder / "dhcp-hosts").read_text().splitlines():
             mac, address, *rest = line.split(",")
             leases.add((mac, address, rest[0] if rest else ""))
+    if pids and "--addn-hosts" in argv:
+        for line in (folder / "dns-hosts").read_text().splitlines():
+            address, fqdn, *_ = line.split()
+            served.add((address, fqdn))
     return Observed(
         bridge=bool(bridge),
         mtu=bridge[0]["mtu"] if bridge else 0,
         peers=peers,
         services=services,
         gateway=gateway,
-        dhcp=len(pids) == 1,
+        dhcp=len(pids) == 1 and "--dhcp-range" in argv,
         leases=frozenset(leases),
         egress=egress,
         floating=frozenset(floating),
+        names=frozenset(served),
     )
 
 
@@ -296,11 +312,12 @@ async def test_ensure_carries_the_network_and_is_idempotent(net: NetBackend) -> 
 
 
 async def test_a_changed_config_converges(net: NetBackend) -> None:
-    """Leases, peers, floating addresses, NAT, DHCP and services follow each new config."""
+    """Leases, peers, floating addresses, NAT, DHCP, DNS and services follow each new config."""
     config = config_for(net)
     await net.driver.ensure(config)
     base = config.gateway.rsplit(".", 1)[0]
     egress = config.egress_address.split("/")[0].rsplit(".", 1)[0]
+    dns = replace(config, provide_dns=True, dns_domain="team-a.minicloud")
     steps = [
         replace(
             config,
@@ -311,6 +328,9 @@ async def test_a_changed_config_converges(net: NetBackend) -> None:
         ),
         replace(config, provide_nat=False, floating=(), peers=()),
         replace(config, provide_dhcp=False),
+        dns,
+        replace(dns, leases=(*dns.leases, Lease("02:00:00:aa:00:08", f"{base}.8", "guest-d"))),
+        replace(dns, provide_dhcp=False),
         replace(config, services_here=False),
         config,
     ]
@@ -380,6 +400,8 @@ async def test_remove_deletes_everything_and_is_idempotent(net: NetBackend) -> N
         {"floating": (Floating("192.168.250.100", "10.99.8.5"),)},
         {"egress_address": "", "egress_gateway": ""},
         {"mtu": 100},
+        {"provide_dns": True, "dns_domain": "bad_domain"},
+        {"provide_dns": True, "dns_domain": "a.example", "dns_upstream": ("resolver",)},
     ],
 )
 async def test_bad_configs_are_refused_and_make_nothing(
@@ -424,6 +446,38 @@ async def test_dhcp_gives_exactly_the_leased_address(linux_net: NetBackend) -> N
         replace(config, leases=(*config.leases, Lease(stranger_mac, f"{base}.42", "late")))
     )
     assert lab.dhcp(stranger) == f"{base}.42"
+
+
+async def test_dns_answers_the_leases_names_in_the_domain_and_forwards_nothing(
+    linux_net: NetBackend,
+) -> None:
+    """The gateway answers NAME.DOMAIN (and DHCP hands it out); names follow the leases.
+
+    A name is gone as soon as its lease is, even for a guest that took the lease.
+    """
+    net = linux_net
+    assert net.lab is not None
+    lab = net.lab
+    config = config_for(net, provide_dns=True, dns_domain="team-a.minicloud")
+    await net.driver.ensure(config)
+    guest = lab.guest(net.driver.bridge_name(config.uuid), config.leases[0].mac)
+    assert lab.dhcp(guest) == config.leases[0].address
+    assert lab.dhcp_option(guest, "dns") == config.gateway
+    assert lab.dhcp_option(guest, "domain") == "team-a.minicloud"
+
+    def lookup(name: str) -> str | None:
+        return lab.resolve(guest, name, config.gateway)
+
+    assert lookup("guest-a.team-a.minicloud") == config.leases[0].address
+    assert lookup("guest-a") == config.leases[0].address
+    assert lookup("nobody.team-a.minicloud") is None
+    assert lookup("example.com") is None  # nothing is forwarded
+    base = config.gateway.rsplit(".", 1)[0]
+    late = Lease("02:00:00:aa:00:42", f"{base}.42", "late")
+    await net.driver.ensure(replace(config, leases=(config.leases[0], late)))
+    assert lookup("late.team-a.minicloud") == f"{base}.42"
+    await net.driver.ensure(replace(config, leases=(late,)))
+    assert lookup("guest-a.team-a.minicloud") is None
 
 
 async def test_nat_and_floating_addresses_reach_the_outside(linux_net: NetBackend) -> None:

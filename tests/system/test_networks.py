@@ -1,4 +1,5 @@
-"""Virtual networks on real guests: DHCP, isolation, NAT, floating addresses, hot plug, clean-up.
+"""Virtual networks on real guests: DHCP, DNS, isolation, NAT, floating addresses, hot plug,
+clean-up.
 
 Everything the traffic touches is made here: the node agent's devices carry
 a random name prefix, "outside" is a network namespace on an egress bridge
@@ -79,9 +80,9 @@ def pings(api: Client, uuid: str, address: str) -> bool:
 
 @pytest.fixture(scope="module")
 def guests(lab: Lab) -> Iterator[dict[str, JsonDict]]:
-    """Networks red (with NAT) and blue; guests r1, r2 on red and b1 on blue."""
+    """Networks red (with NAT and DNS) and blue; guests r1, r2 on red and b1 on blue."""
     with lab.cluster.client() as api:
-        api.create_network("red", "10.211.0.0/24")
+        api.create_network("red", "10.211.0.0/24", provide_dns=True)
         api.create_network("blue", "10.212.0.0/29", provide_nat=False)
         # r2 asks for its address first: r1's random one could otherwise be it.
         r2 = ready(api, "r2", [{"network_uuid": "red", "address": "10.211.0.20"}])
@@ -104,6 +105,23 @@ def test_dhcp_gives_each_guest_exactly_its_allocated_address(
             mac = run(api, inst["uuid"], "cat /sys/class/net/eth0/address")["stdout"].strip()
             assert mac == iface["macaddr"]
         assert guests["r2"]["interfaces"][0]["ipv4"] == "10.211.0.20"
+
+
+def test_a_guest_resolves_another_guests_name_on_a_network_with_dns(
+    lab: Lab, guests: dict[str, JsonDict]
+) -> None:
+    """r1 learns red's DNS server by DHCP and resolves r2.NAMESPACE.minicloud to r2's address."""
+    with lab.cluster.client() as api:
+        r1, r2 = guests["r1"], guests["r2"]
+        wait_address(api, r1["uuid"], "eth0", r1["interfaces"][0]["ipv4"])
+        resolv = run(api, r1["uuid"], "cat /etc/resolv.conf")["stdout"]
+        assert "nameserver 10.211.0.1" in resolv, resolv
+        name = f"r2.{r2['namespace']}.minicloud"
+        lookup = f"python3 -c \"import socket; print(socket.gethostbyname('{name}'))\""
+        assert run(api, r1["uuid"], lookup)["stdout"].strip() == "10.211.0.20"
+        # Nothing is forwarded: a name outside the network's domain is not answered.
+        outside = run(api, r1["uuid"], f"{BUSYBOX} nslookup example.com 10.211.0.1")
+        assert outside["return-code"] != 0, outside
 
 
 def test_guests_on_one_network_ping_and_networks_are_isolated(

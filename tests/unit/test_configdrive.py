@@ -110,6 +110,23 @@ def test_network_data_lists_each_interface() -> None:
     assert dhcp["type"] == "ipv4_dhcp" and dhcp["link"] == "eth1"
 
 
+def test_network_data_names_the_dns_of_networks_that_provide_it() -> None:
+    """An interface on a network with DNS carries its server and domain; services list it once."""
+    net = "9b7c2d4e-1a2b-4c3d-8e9f-0a1b2c3d4e5f"
+    servers, domain = ("10.0.0.1",), "team-a.minicloud"
+    interfaces = (
+        NetworkRequest(net, "02:00:00:ea:3a:28", dns_servers=servers, dns_domain=domain),
+        NetworkRequest(net, "02:00:00:ea:3a:29", dns_servers=servers, dns_domain=domain),
+        NetworkRequest(network_uuid=net, mac="02:00:00:ea:3a:2a"),
+    )
+    data = document(drive_files(spec(networks=interfaces), random_seed=SEED), "network_data.json")
+    first, second, plain = data["networks"]
+    assert first["dns_nameservers"] == ["10.0.0.1"] == second["dns_nameservers"]
+    assert first["dns_search"] == ["team-a.minicloud"]
+    assert "dns_nameservers" not in plain and "dns_search" not in plain
+    assert data["services"] == [{"type": "dns", "address": "10.0.0.1"}]
+
+
 def test_bad_interface_address_raises() -> None:
     """An interface address that is not an IP address is a DiskError."""
     with pytest.raises(DiskError, match="address"):

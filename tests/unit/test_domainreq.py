@@ -49,3 +49,21 @@ def test_domain_request_has_the_instances_metadata_and_interfaces() -> None:
     assert request.interfaces == (
         NicRequest("nic-1", "net-1", "02:00:00:ea:3a:28", "10.0.0.5", "e1000", 0),
     )
+
+
+def test_a_network_with_dns_gives_the_config_drive_its_server_and_domain() -> None:
+    """An interface stored with its network's DNS passes server and domain to the drive."""
+    base = instance()
+    nic = Nic(
+        "nic-1",
+        "net-1",
+        "02:00:00:ea:3a:28",
+        "10.0.0.5",
+        "e1000",
+        0,
+        dns_server="10.0.0.1",
+        dns_domain="team-a.minicloud",
+    )
+    request = domain_request(base.with_changes(interfaces=(nic,)))
+    (network,) = request.networks
+    assert (network.dns_servers, network.dns_domain) == (("10.0.0.1",), "team-a.minicloud")

@@ -61,7 +61,11 @@ DOMAIN = DomainRequest(
     disks=(DiskRequest(8, "debian:12"), DiskRequest(0, "/iso", "ide", "cdrom")),
     video=VideoRequest("virtio", 32768, "vnc"),
     side_channels=("sf-agent",),
-    networks=(NetworkRequest(NET, "02:00:00:ea:3a:28", "10.0.0.5/24", "e1000"),),
+    networks=(
+        NetworkRequest(
+            NET, "02:00:00:ea:3a:28", "10.0.0.5/24", "e1000", ("10.0.0.1",), "team-a.minicloud"
+        ),
+    ),
     ssh_key="ssh-ed25519 AAAA test",
     user_data="aGVsbG8=",
     metadata={"count": 3, "ratio": 0.5, "tags": ["a", 1], "nested": {"n": 2}},
@@ -85,6 +89,9 @@ NETWORK = NetworkConfig(
     egress_gateway="192.168.240.1",
     floating=(Floating("192.168.240.9", "10.0.0.5"),),
     mtu=1400,
+    provide_dns=True,
+    dns_domain="team-a.minicloud",
+    dns_upstream=("192.0.2.53", "198.51.100.53"),
 )
 
 COMMANDS: list[Command] = [
