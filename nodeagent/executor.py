@@ -14,9 +14,9 @@ import dataclasses
 import shutil
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import assert_never
+from typing import TypeVar, assert_never, cast
 
 import structlog
 
@@ -52,6 +52,28 @@ log = structlog.get_logger(__name__)
 REMEMBERED_RESULTS = 4096
 # How long building a domain waits for its networks to be set up on this node.
 NETWORK_WAIT = 60.0
+
+
+A = TypeVar("A")
+B = TypeVar("B")
+C = TypeVar("C")
+D = TypeVar("D")
+
+
+async def _all_of(
+    a: Awaitable[A], b: Awaitable[B], c: Awaitable[C], d: Awaitable[D]
+) -> tuple[A, B, C, D]:
+    """Run four independent steps concurrently; once all have ended, raise the first failure.
+
+    Unlike a bare ``gather``, no step is left running behind a failed one, and
+    the error is the step's own (a ``NodeAgentError`` keeps its retryability).
+    """
+    results = await asyncio.gather(a, b, c, d, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    ra, rb, rc, rd = results
+    return cast(A, ra), cast(B, rb), cast(C, rc), cast(D, rd)
 
 
 def observation_of(uuid: str, state: DomainState | None) -> Observation:
@@ -219,32 +241,28 @@ class Executor:
             return None
 
     async def _create(self, spec: DomainRequest, start: bool = True) -> DomainState:
+        """Prepare everything the domain needs at once, then define (and start) it.
+
+        The disks, the config drive, the firmware template and the network
+        bridges do not depend on each other, so they are made concurrently:
+        the domain starts as soon as the slowest of them is ready.
+        """
         uuid = spec.uuid
         existing = await self.hypervisor.get_domain(uuid)
         if existing is not None and existing.power_state == PowerState.ON:
             return existing
-        self.emit(NodeEvent(uuid, "preparing disks", timestamp=self.clock()))
-        started = self.clock()
-        prepared = await self.disks.prepare(
-            uuid,
-            spec.disks,
-            lambda message: self.emit(NodeEvent(uuid, message, timestamp=self.clock())),
+        prepared, drive, template, spec = await _all_of(
+            self._disks(spec),
+            self._config_drive(spec),
+            self._firmware(spec),
+            self._with_bridges(spec),
         )
-        self.emit(
-            NodeEvent(uuid, "disks ready", timestamp=self.clock(), duration=self.clock() - started)
-        )
-        drive = await self._config_drive(spec)
         if drive is not None:
             # Second disk, as Shaken Fist attaches it: vdb behind a virtio boot disk.
             prepared.insert(1, drive)
-        if spec.uefi and spec.nvram_template:
-            template = await self.disks.firmware_template(
-                spec.nvram_template,
-                lambda message: self.emit(NodeEvent(uuid, message, timestamp=self.clock())),
-            )
+        if template is not None:
             spec = dataclasses.replace(spec, nvram_template=str(template))
         self.console_log(uuid).parent.mkdir(parents=True, exist_ok=True)
-        spec = await self._with_bridges(spec)
         state = await self.hypervisor.define_and_start(
             spec, prepared, self.console_log(uuid), start=start
         )
@@ -255,6 +273,30 @@ class Executor:
         if self.guestwatch is not None:
             self.guestwatch.domain_on(uuid, AGENT_CHANNEL in spec.side_channels)
         return state
+
+    async def _disks(self, spec: DomainRequest) -> list[PreparedDisk]:
+        """Make the instance's disks, with events before and after."""
+        uuid = spec.uuid
+        self.emit(NodeEvent(uuid, "preparing disks", timestamp=self.clock()))
+        started = self.clock()
+        prepared = await self.disks.prepare(
+            uuid,
+            spec.disks,
+            lambda message: self.emit(NodeEvent(uuid, message, timestamp=self.clock())),
+        )
+        self.emit(
+            NodeEvent(uuid, "disks ready", timestamp=self.clock(), duration=self.clock() - started)
+        )
+        return prepared
+
+    async def _firmware(self, spec: DomainRequest) -> Path | None:
+        """The local NVRAM template a UEFI instance asked for (None: the OVMF default)."""
+        if not (spec.uefi and spec.nvram_template):
+            return None
+        return await self.disks.firmware_template(
+            spec.nvram_template,
+            lambda message: self.emit(NodeEvent(spec.uuid, message, timestamp=self.clock())),
+        )
 
     async def _network(self, command: EnsureNetwork | RemoveNetwork) -> None:
         if self.network is None:

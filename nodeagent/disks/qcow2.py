@@ -109,6 +109,7 @@ class Qcow2DiskBuilder:
         self.url_template = url_template
         self._fetch_locks: dict[str, asyncio.Lock] = {}
         self._instance_locks: dict[str, asyncio.Lock] = {}
+        self._drive_locks: dict[str, asyncio.Lock] = {}
 
     async def prepare(
         self, instance_uuid: str, disks: tuple[DiskRequest, ...], progress: ProgressCallback
@@ -128,6 +129,7 @@ class Qcow2DiskBuilder:
         folder = self.instances_dir / instance_uuid
         await asyncio.to_thread(shutil.rmtree, folder, True)
         self._instance_locks.pop(instance_uuid, None)
+        self._drive_locks.pop(instance_uuid, None)
         log.info("disks removed", uuid=instance_uuid, folder=str(folder))
 
     async def config_drive(self, spec: DomainRequest) -> PreparedDisk | None:
@@ -141,7 +143,8 @@ class Qcow2DiskBuilder:
             random_seed=os.urandom(RANDOM_SEED_BYTES),
             availability_zone=self.availability_zone,
         )
-        lock = self._instance_locks.setdefault(spec.uuid, asyncio.Lock())
+        # Its own lock, not the disks': the executor builds it while the disks are made.
+        lock = self._drive_locks.setdefault(spec.uuid, asyncio.Lock())
         async with lock:
             folder = self.instances_dir / spec.uuid
             await asyncio.to_thread(_make_folder, folder)

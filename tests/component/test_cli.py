@@ -161,7 +161,8 @@ async def test_namespace_verbs_and_a_generated_key_that_works(
     code, out = await cli(plane, capsys, "namespace", "list")
     assert code == 0 and out.splitlines()[0].split() == ["name", "state", "keys"]
     assert any(line.split()[:3] == ["team", "created", "deploy"] for line in out.splitlines())
-    as_team = ["--namespace", "team", "--key", key, "instance", "list"]
+    # --key=KEY: a generated key may start with "-", which argparse would take for an option.
+    as_team = ["--namespace", "team", f"--key={key}", "instance", "list"]
     code = await asyncio.to_thread(
         main, ["--api", f"127.0.0.1:{plane.port}", "--plaintext", *as_team]
     )

@@ -202,6 +202,54 @@ def test_scsi_disks_get_a_virtio_scsi_controller() -> None:
     assert build().find("devices/controller[@type='scsi']") is None
 
 
+def usb_models(root: ET.Element) -> list[str | None]:
+    """The model of every USB controller the domain XML names."""
+    return [c.get("model") for c in root.iterfind("devices/controller[@type='usb']")]
+
+
+def test_no_usb_controller_without_a_usb_disk() -> None:
+    """Without a USB disk the domain says it has no USB controller at all (model none)."""
+    assert usb_models(build()) == ["none"]
+    assert usb_models(build(disks=[])) == ["none"]
+    assert usb_models(build(disks=[disk("a", bus="sata"), disk("b", bus="scsi")])) == ["none"]
+
+
+@pytest.mark.parametrize("device", ["disk", "cdrom"])
+def test_a_usb_disk_brings_the_default_usb_controller(device: str) -> None:
+    """A USB disk or cdrom leaves the USB controller to libvirt, which adds its default."""
+    root = build(disks=[disk("a"), disk("b", bus="usb", device=device, format="raw")])
+    assert usb_models(root) == []
+
+
+def test_no_memory_balloon() -> None:
+    """The memory balloon is switched off (libvirt would add a virtio one)."""
+    balloons = build().findall("devices/memballoon")
+    assert [b.get("model") for b in balloons] == ["none"]
+
+
+@pytest.mark.parametrize("vdi", ["vnc", "spice", "spiceconcurrent"])
+def test_only_the_devices_asked_for(vdi: str) -> None:
+    """A plain instance has its disk, console, video, display and agent channel, nothing else."""
+    root = build(spec(video=VideoRequest(vdi=vdi)))
+    devices = root.find("devices")
+    assert devices is not None
+    assert sorted({d.tag for d in devices}) == [
+        "channel",
+        "console",
+        "controller",
+        "disk",
+        "graphics",
+        "memballoon",
+        "serial",
+        "video",
+    ]
+    assert len(devices.findall("serial")) == 1
+    assert devices.find("input") is None  # no tablet (libvirt's PS/2 pair is implicit)
+    assert devices.find("parallel") is None and devices.find("sound") is None
+    assert devices.find("redirdev") is None and devices.find("smartcard") is None
+    assert [c.get("type") for c in devices.iterfind("channel")] == ["unix"]  # no spicevmc
+
+
 def test_cdrom_is_read_only_on_sata() -> None:
     """A cdrom is a read-only SATA cdrom device whatever bus was asked for."""
     for bus in ("virtio", "sata", "nvme"):
