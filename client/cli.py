@@ -679,6 +679,12 @@ def main(argv: list[str] | None = None) -> int:
     except (TimeoutError, KeyboardInterrupt) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (`minicloud ... | grep -q`): no traceback, and nothing more
+        # written to the closed pipe when Python flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     finally:
         client.close()
     return int(args.exit_code)

@@ -311,3 +311,24 @@ async def test_list_reads_every_page_and_prints_oldest_first(
     assert calls == [2, 2, 1]
     code, out = await cli(plane, capsys, "--json", "instance", "delete-all", "--confirm")
     assert code == 0 and len(json.loads(out)) == 5
+
+
+def test_a_reader_that_goes_away_ends_the_cli_without_a_traceback(tmp_path: Path) -> None:
+    """`minicloud --json ... | grep -q x` closes the pipe early: exit quietly, no traceback."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, json; from client import cli; "
+        "cli.run = lambda args, client: [{'n': i} for i in range(200000)]; "
+        "sys.exit(cli.main(['--plaintext', '--json', 'instance', 'list']))"
+    )
+    done = subprocess.run(
+        f'{sys.executable} -c "{script}" | head -c 10 >/dev/null',
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
