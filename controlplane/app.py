@@ -304,12 +304,6 @@ class ControlPlane:
         self.moves = parts.moves
         self.certificates = parts.certificates
 
-    @property
-    def node_target(self) -> str:
-        """Where node agents connect: the node listener with TLS, else the public one."""
-        port = self.node_port if self.node_server is not None else self.port
-        return f"127.0.0.1:{port}"
-
     def _bind(self, server: grpc.aio.Server, listen: str, creds: Any) -> int:
         try:
             if creds is None:
