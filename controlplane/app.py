@@ -330,7 +330,8 @@ class ControlPlane:
         else:
             public = grpc.ssl_server_credentials([(self.tls.key, self.tls.cert)])
             self.port = self._bind(self.server, listen, public)
-        if self.node_server is not None and self.tls is not None:
+        if self.node_server is not None:
+            assert self.tls is not None  # the node listener exists only with TLS
             nodes = grpc.ssl_server_credentials(
                 [(self.tls.key, self.tls.cert)],
                 root_certificates=self.tls.ca,

@@ -163,7 +163,6 @@ async def outcome(client: Any, name: str, ask_anyway: bool) -> BaseException | N
 @pytest.mark.parametrize("name", sorted(UNSERVED_CALLS))
 async def test_an_unserved_call_is_a_clean_not_found_in_the_client(gateway: str, name: str) -> None:
     """Sent anyway, the request is 404 "<METHOD> <path> is not implemented"; gated, not sent."""
-    pytest.importorskip("gateway.unimplemented", reason="the not-implemented table (gateway)")
     client = await asyncio.to_thread(make_client, gateway)
     token = UNSERVED_CALLS[name]
     if token:
