@@ -27,7 +27,7 @@ docs/stores.md says what each adapter promises beyond this.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -73,6 +73,7 @@ class Put:
     key: bytes
     value: bytes
     expect: int | None = None
+    lease: int = 0
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,24 @@ class Delete:
 
 
 Op = Put | Delete
+
+
+class WatchLost(StoreError):
+    """The watch cannot go on without missing changes; re-read and watch again."""
+
+    retryable = True
+
+
+class LeaseExpired(StoreError):
+    """The lease ended (revoked, or ttl passed without keep_alive)."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """One committed change: the key's new item, or None when it was deleted."""
+
+    key: bytes
+    item: Item | None
 
 
 class Store(Protocol):
@@ -110,6 +129,34 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Flush and release the store."""
+        ...
+
+
+class Watch(Protocol):
+    """Changes under a prefix, from entering on: one list per commit, in commit order."""
+
+    async def __aenter__(self) -> AsyncIterator[list[Change]]: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+
+class Coordinated(Store, Protocol):
+    """A store several control planes can coordinate through."""
+
+    def watch(self, prefix: bytes) -> Watch:
+        """Changes under prefix from entering the block on."""
+        ...
+
+    async def grant(self, ttl: float) -> int:
+        """A new lease id (> 0) lasting ttl seconds."""
+        ...
+
+    async def keep_alive(self, lease: int) -> None:
+        """Renew for another ttl; LeaseExpired if it ended."""
+        ...
+
+    async def revoke(self, lease: int) -> None:
+        """End it now (its keys are deleted); no error if ended."""
         ...
 
 
