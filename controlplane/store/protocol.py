@@ -22,12 +22,25 @@ Semantics every implementation honours (tests/contract/test_store_contract.py):
   need not exist), so a scan resumes from the last key of the previous one.
 - What was committed survives ``close`` and reopening the same location.
 
+Coordination (``Coordinated``; tests/contract/test_coordination_contract.py),
+for several control planes on one store:
+
+- ``watch(prefix)``: once its block is entered, every change committed under
+  prefix afterwards is yielded, one list per commit (that commit's keys under
+  prefix, a deleted key's item None), in commit order. A watch that cannot
+  go on without a gap raises ``WatchLost``: re-read and watch again.
+- ``grant(ttl)`` makes a lease; a ``Put`` naming it ties its key to it. When
+  the lease ends (``revoke``, or ``ttl`` seconds without ``keep_alive``),
+  every key still tied to it is deleted, and watchers see the deletes. A
+  later ``Put`` of the key without the lease unties it. ``keep_alive`` of an
+  ended lease, and a batch putting a key under one, raise ``LeaseExpired``.
+
 docs/stores.md says what each adapter promises beyond this.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -57,6 +70,16 @@ class InvalidBatch(StoreError):
     """A batch the store cannot take: over MAX_BATCH operations, or a key named twice."""
 
 
+class WatchLost(StoreError):
+    """A watch cannot go on without missing changes; re-read what is needed and watch again."""
+
+    retryable = True
+
+
+class LeaseExpired(StoreError):
+    """The lease has ended (revoked, or its ttl passed without a keep-alive)."""
+
+
 @dataclass(frozen=True)
 class Item:
     """A stored value with its key and version."""
@@ -68,11 +91,16 @@ class Item:
 
 @dataclass(frozen=True)
 class Put:
-    """Write ``value`` at ``key``; if ``expect`` is set, only at that version."""
+    """Write ``value`` at ``key``; if ``expect`` is set, only at that version.
+
+    With ``lease`` (a ``Coordinated.grant`` id) the key is deleted when that
+    lease ends; 0 ties it to none.
+    """
 
     key: bytes
     value: bytes
     expect: int | None = None
+    lease: int = 0
 
 
 @dataclass(frozen=True)
@@ -110,6 +138,42 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Flush and release the store."""
+        ...
+
+
+@dataclass(frozen=True)
+class Change:
+    """One committed change to a watched key: its new item, or None when it was deleted."""
+
+    key: bytes
+    item: Item | None
+
+
+class Watch(Protocol):
+    """``async with store.watch(prefix) as changes: async for batch in changes: ...``"""
+
+    async def __aenter__(self) -> AsyncIterator[list[Change]]: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+
+class Coordinated(Store, Protocol):
+    """A store several control planes can coordinate through: watches and leases."""
+
+    def watch(self, prefix: bytes) -> Watch:
+        """Changes committed under prefix once the watch is entered, one list per commit."""
+        ...
+
+    async def grant(self, ttl: float) -> int:
+        """A new lease (an id > 0) that lasts ttl seconds unless kept alive."""
+        ...
+
+    async def keep_alive(self, lease: int) -> None:
+        """Renew a lease for another ttl (LeaseExpired if it has ended)."""
+        ...
+
+    async def revoke(self, lease: int) -> None:
+        """End a lease now, deleting its keys (no error if it has already ended)."""
         ...
 
 
