@@ -81,9 +81,10 @@ from controlplane.store.artifacts import Artifacts
 from controlplane.store.blobs import BlobStore
 from controlplane.store.cluster import ClusterMismatch, cluster_identity
 from controlplane.store.etcd import EtcdStore, EtcdTls
+from controlplane.store.local import LocalCoordination, coordinated
 from controlplane.store.namespaces import Namespaces
 from controlplane.store.networks import NetworkRecords
-from controlplane.store.protocol import Store, StoreError
+from controlplane.store.protocol import Coordinated, Store, StoreError
 from controlplane.store.records import Records
 from controlplane.store.revocations import Revocations
 from controlplane.store.rocks import RocksStore
@@ -132,7 +133,7 @@ class Parts:
     clock: Callable[[], float]
     tasks: Tasks
     metrics: PlaneMetrics
-    store: Store
+    store: Coordinated
     hub: Hub
     records: Records
     nodes: NodeRegistry
@@ -405,8 +406,12 @@ class ControlPlane:
             await self.stop()
 
 
-def open_store(settings: Settings) -> Store:
-    """The store MINICLOUD_STORE names: RocksDB (the default, under data_dir) or etcd."""
+def open_store(settings: Settings) -> Coordinated:
+    """The store MINICLOUD_STORE names: RocksDB (the default, under data_dir) or etcd.
+
+    RocksDB is one process's, so its watches and leases are in-process
+    (store/local.py); etcd coordinates every control plane on it.
+    """
     where = settings.store_location()
     if where.kind == "etcd":
         files = (settings.etcd_ca, settings.etcd_cert, settings.etcd_key)
@@ -420,7 +425,7 @@ def open_store(settings: Settings) -> Store:
             prefix=settings.etcd_prefix,
             tls=tls is not None,
         )
-        return EtcdStore(
+        return EtcdStore(  # type: ignore[return-value]  # until the etcd adapter coordinates
             where.endpoints,
             settings.etcd_prefix.encode(),
             tls=tls,
@@ -428,7 +433,7 @@ def open_store(settings: Settings) -> Store:
         )
     assert where.path is not None
     log.info("store: rocksdb", path=str(where.path))
-    return RocksStore(where.path)
+    return LocalCoordination(RocksStore(where.path))
 
 
 async def build(
@@ -439,7 +444,7 @@ async def build(
     signing_key, keyring = signingkeys.load(settings.signing_key_path(), settings.token_public_keys)
     metrics = PlaneMetrics()
     material = settings.tls.read() if settings.tls is not None else None
-    store = TimedStore(store if store is not None else open_store(settings), metrics)
+    store = TimedStore(coordinated(store) if store is not None else open_store(settings), metrics)
     tasks = Tasks()
     hub = Hub()
     records = Records(store, hub)

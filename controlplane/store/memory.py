@@ -1,15 +1,17 @@
 """An in-memory store that honours the store contract (see store/protocol.py).
 
 "Reopening" is modelled by passing the same ``MemoryStore.Data`` to a new
-instance, so tests of restarts work without a disk.
+instance, so tests of restarts work without a disk. ``observer``, when set,
+is called with each accepted batch's changes as it is applied (in commit
+order); ``controlplane.store.local`` builds watches on it.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from controlplane.store.protocol import Conflict, Delete, Item, Op, Put, check_batch
+from controlplane.store.protocol import Change, Conflict, Delete, Item, Op, Put, check_batch
 
 
 class MemoryStore:
@@ -24,6 +26,7 @@ class MemoryStore:
 
     def __init__(self, data: Data | None = None) -> None:
         self.data = data if data is not None else MemoryStore.Data()
+        self.observer: Callable[[list[Change]], None] | None = None
 
     async def get(self, key: bytes) -> Item | None:
         found = self.data.items.get(key)
@@ -58,11 +61,16 @@ class MemoryStore:
         for op in ops:
             if op.expect is not None and self._version(op.key) != op.expect:
                 raise Conflict(f"key {op.key!r} is not at version {op.expect}")
+        changes: list[Change] = []
         for op in ops:
             if isinstance(op, Put):
                 self._put(op.key, op.value)
+                changes.append(Change(op.key, Item(op.key, op.value, self._version(op.key))))
             elif isinstance(op, Delete):
                 self._delete(op.key)
+                changes.append(Change(op.key, None))
+        if self.observer is not None:
+            self.observer(changes)
 
     async def close(self) -> None:
         return None

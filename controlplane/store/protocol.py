@@ -22,6 +22,19 @@ Semantics every implementation honours (tests/contract/test_store_contract.py):
   need not exist), so a scan resumes from the last key of the previous one.
 - What was committed survives ``close`` and reopening the same location.
 
+Coordination (``Coordinated``; tests/contract/test_coordination_contract.py),
+for several control planes on one store:
+
+- ``watch(prefix)``: once its block is entered, every change committed under
+  prefix afterwards is yielded, one list per commit (that commit's keys under
+  prefix, a deleted key's item None), in commit order. A watch that cannot
+  go on without a gap raises ``WatchLost``: re-read and watch again.
+- ``grant(ttl)`` makes a lease; a ``Put`` naming it ties its key to it. When
+  the lease ends (``revoke``, or ``ttl`` seconds without ``keep_alive``),
+  every key still tied to it is deleted, and watchers see the deletes. A
+  later ``Put`` of the key without the lease unties it. ``keep_alive`` of an
+  ended lease, and a batch putting a key under one, raise ``LeaseExpired``.
+
 docs/stores.md says what each adapter promises beyond this.
 """
 
@@ -57,6 +70,16 @@ class InvalidBatch(StoreError):
     """A batch the store cannot take: over MAX_BATCH operations, or a key named twice."""
 
 
+class WatchLost(StoreError):
+    """A watch cannot go on without missing changes; re-read what is needed and watch again."""
+
+    retryable = True
+
+
+class LeaseExpired(StoreError):
+    """The lease has ended (revoked, or its ttl passed without a keep-alive)."""
+
+
 @dataclass(frozen=True)
 class Item:
     """A stored value with its key and version."""
@@ -68,7 +91,11 @@ class Item:
 
 @dataclass(frozen=True)
 class Put:
-    """Write ``value`` at ``key``; if ``expect`` is set, only at that version."""
+    """Write ``value`` at ``key``; if ``expect`` is set, only at that version.
+
+    With ``lease`` (a ``Coordinated.grant`` id) the key is deleted when that
+    lease ends; 0 ties it to none.
+    """
 
     key: bytes
     value: bytes
@@ -85,24 +112,6 @@ class Delete:
 
 
 Op = Put | Delete
-
-
-class WatchLost(StoreError):
-    """The watch cannot go on without missing changes; re-read and watch again."""
-
-    retryable = True
-
-
-class LeaseExpired(StoreError):
-    """The lease ended (revoked, or ttl passed without keep_alive)."""
-
-
-@dataclass(frozen=True)
-class Change:
-    """One committed change: the key's new item, or None when it was deleted."""
-
-    key: bytes
-    item: Item | None
 
 
 class Store(Protocol):
@@ -132,8 +141,16 @@ class Store(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Change:
+    """One committed change to a watched key: its new item, or None when it was deleted."""
+
+    key: bytes
+    item: Item | None
+
+
 class Watch(Protocol):
-    """Changes under a prefix, from entering on: one list per commit, in commit order."""
+    """``async with store.watch(prefix) as changes: async for batch in changes: ...``"""
 
     async def __aenter__(self) -> AsyncIterator[list[Change]]: ...
 
@@ -141,22 +158,22 @@ class Watch(Protocol):
 
 
 class Coordinated(Store, Protocol):
-    """A store several control planes can coordinate through."""
+    """A store several control planes can coordinate through: watches and leases."""
 
     def watch(self, prefix: bytes) -> Watch:
-        """Changes under prefix from entering the block on."""
+        """Changes committed under prefix once the watch is entered, one list per commit."""
         ...
 
     async def grant(self, ttl: float) -> int:
-        """A new lease id (> 0) lasting ttl seconds."""
+        """A new lease (an id > 0) that lasts ttl seconds unless kept alive."""
         ...
 
     async def keep_alive(self, lease: int) -> None:
-        """Renew for another ttl; LeaseExpired if it ended."""
+        """Renew a lease for another ttl (LeaseExpired if it has ended)."""
         ...
 
     async def revoke(self, lease: int) -> None:
-        """End it now (its keys are deleted); no error if ended."""
+        """End a lease now, deleting its keys (no error if it has already ended)."""
         ...
 
 

@@ -22,6 +22,10 @@ here), so they run inline on the event loop; unbounded scans, writes,
 flushes and closing go through ``asyncio.to_thread``. This departs from the
 architecture guide's "every blocking call in a thread" on purpose, measured
 by tools/bench_api.py (docs/benchmarks.md).
+
+``observer``, when set, is called on the event loop with each accepted
+batch's changes, in commit order, just before its caller learns it is
+written; ``controlplane.store.local`` builds watches on it.
 """
 
 from __future__ import annotations
@@ -30,12 +34,13 @@ import asyncio
 import contextlib
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import rocksdict
 
 from controlplane.store.protocol import (
+    Change,
     Conflict,
     Delete,
     Item,
@@ -49,8 +54,9 @@ from controlplane.store.protocol import (
 _VERSION = struct.Struct(">Q")
 # A queued batch: its operations, its caller's future and the caller's loop.
 _Queued = tuple[list[Op], "asyncio.Future[None]", asyncio.AbstractEventLoop]
-# A batch's outcome for its caller: None (written) or the error.
-_Outcome = tuple["asyncio.Future[None]", StoreError | None]
+# A batch's outcome for its caller: its changes (written) or the error.
+_Outcome = tuple["asyncio.Future[None]", "list[Change] | StoreError"]
+Observer = Callable[[list[Change]], None]
 # Scans of at most this many items run inline; longer ones in a worker thread.
 INLINE_SCAN_LIMIT = 1000
 
@@ -75,6 +81,7 @@ class RocksStore:
         self._queued = threading.Condition()
         self._closing = False
         self._writer: threading.Thread | None = None
+        self.observer: Observer | None = None
 
     async def get(self, key: bytes) -> Item | None:
         return self._get(key)
@@ -127,7 +134,7 @@ class RocksStore:
                     return
                 group, self._queue = self._queue, []
             try:
-                outcomes: list[StoreError | None] = list(
+                outcomes: list[list[Change] | StoreError] = list(
                     self._commit_group([ops for ops, _, _ in group])
                 )
             except Exception as exc:  # the write failed: every batch of the group failed
@@ -138,7 +145,7 @@ class RocksStore:
                 by_loop.setdefault(loop, []).append((done, outcome))
             for loop, settled in by_loop.items():
                 with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
-                    loop.call_soon_threadsafe(_settle, settled)
+                    loop.call_soon_threadsafe(_settle, settled, self.observer)
 
     def _get(self, key: bytes) -> Item | None:
         raw = self._db.get(key)
@@ -176,13 +183,13 @@ class RocksStore:
                 it.next()
         return found
 
-    def _commit_group(self, group: list[list[Op]]) -> list[Conflict | None]:
+    def _commit_group(self, group: list[list[Op]]) -> list[list[Change] | StoreError]:
         """Check each batch in turn and write the accepted ones in one synced write."""
         with self._lock:
             # Versions as the accepted batches so far leave them (not yet written).
             versions: dict[bytes, int] = {}
             batch = rocksdict.WriteBatch(raw_mode=True)
-            outcomes: list[Conflict | None] = []
+            outcomes: list[list[Change] | StoreError] = []
             for ops in group:
                 for op in ops:
                     if op.key not in versions:
@@ -196,15 +203,18 @@ class RocksStore:
                         Conflict(f"key {failed.key!r} is not at version {failed.expect}")
                     )
                     continue
+                changes: list[Change] = []
                 for op in ops:
                     if isinstance(op, Put):
                         versions[op.key] += 1
                         batch.put(op.key, _VERSION.pack(versions[op.key]) + op.value)
+                        changes.append(Change(op.key, Item(op.key, op.value, versions[op.key])))
                     elif isinstance(op, Delete):
                         versions[op.key] = 0
                         batch.delete(op.key)
-                outcomes.append(None)
-            if any(outcome is None for outcome in outcomes):
+                        changes.append(Change(op.key, None))
+                outcomes.append(changes)
+            if any(isinstance(outcome, list) for outcome in outcomes):
                 self._db.write(batch, self._sync)
             return outcomes
 
@@ -218,12 +228,14 @@ class RocksStore:
             self._db.close()
 
 
-def _settle(settled: list[_Outcome]) -> None:
-    """On the callers' loop: complete each caller's future with its batch's outcome."""
+def _settle(settled: list[_Outcome], observer: Observer | None) -> None:
+    """On the callers' loop: tell the observer, then each caller, its batch's outcome."""
     for done, outcome in settled:
+        if isinstance(outcome, list) and observer is not None:
+            observer(outcome)
         if done.cancelled():
             continue
-        if outcome is None:
+        if isinstance(outcome, list):
             done.set_result(None)
         else:
             done.set_exception(outcome)

@@ -1,6 +1,7 @@
 """A store that times every operation: the port wrapped for the ``minicloud_store_*`` metrics.
 
-Conflicts and failures are counted by the exception's class name.
+Conflicts and failures are counted by the exception's class name. Watches
+and leases pass through untimed.
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from controlplane.metrics import PlaneMetrics
-from controlplane.store.protocol import Item, Op, Store
+from controlplane.store.protocol import Coordinated, Item, Op, Watch
 
 
 class TimedStore:
     """Passes every call to the store it wraps, observing how long get, scan and commit take."""
 
-    def __init__(self, inner: Store, metrics: PlaneMetrics) -> None:
+    def __init__(self, inner: Coordinated, metrics: PlaneMetrics) -> None:
         self.inner = inner
         self.metrics = metrics
 
@@ -41,6 +42,18 @@ class TimedStore:
 
     async def close(self) -> None:
         await self.inner.close()
+
+    def watch(self, prefix: bytes) -> Watch:
+        return self.inner.watch(prefix)
+
+    async def grant(self, ttl: float) -> int:
+        return await self.inner.grant(ttl)
+
+    async def keep_alive(self, lease: int) -> None:
+        await self.inner.keep_alive(lease)
+
+    async def revoke(self, lease: int) -> None:
+        await self.inner.revoke(lease)
 
     @contextmanager
     def _timed(self, operation: str) -> Iterator[None]:
