@@ -425,7 +425,7 @@ def open_store(settings: Settings) -> Coordinated:
             prefix=settings.etcd_prefix,
             tls=tls is not None,
         )
-        return EtcdStore(  # type: ignore[return-value]  # until the etcd adapter coordinates
+        return EtcdStore(
             where.endpoints,
             settings.etcd_prefix.encode(),
             tls=tls,

@@ -1,18 +1,26 @@
 """The coordination contract (watches and leases; store/protocol.py), on every coordinating store.
 
 The one-process stores (memory, RocksDB) coordinate through
-``LocalCoordination``; leases here are short so the suite stays fast.
+``LocalCoordination``; leases here are short so the suite stays fast. The
+etcd half runs on the session's etcd (tests/conftest.py) under a key prefix
+of its own (etcd rounds a lease's ttl up to whole seconds, 2 at least); the
+tests at the end start a three-member etcd cluster of their own and kill
+members of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import os
+import signal
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
+from controlplane.store.etcd import EtcdStore
 from controlplane.store.local import LocalCoordination
 from controlplane.store.memory import MemoryStore
 from controlplane.store.protocol import (
@@ -21,18 +29,25 @@ from controlplane.store.protocol import (
     Delete,
     LeaseExpired,
     Put,
+    WatchLost,
 )
 from controlplane.store.rocks import RocksStore
+from protos import etcd_rpc_pb2 as rpc
+from protos import etcd_rpc_pb2_grpc as rpc_grpc
+from tests.etcd_server import EtcdCluster, etcd_or_skip, start_etcd_cluster
 
 TTL = 0.4
 Opener = Callable[[], Coordinated]
 
 
-@pytest.fixture(params=["memory", "rocks"])
+@pytest.fixture(params=["memory", "rocks", "etcd"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Coordinated]:
     """A coordinating store of each kind."""
     made: Coordinated
-    if request.param == "rocks":
+    if request.param == "etcd":
+        endpoint = request.getfixturevalue("etcd").endpoint
+        made = EtcdStore([endpoint], request.getfixturevalue("etcd_prefix"))
+    elif request.param == "rocks":
         made = LocalCoordination(RocksStore(tmp_path / "db"))
     else:
         made = LocalCoordination(MemoryStore())
@@ -146,3 +161,60 @@ async def test_a_put_without_the_lease_unties_the_key(store: Coordinated) -> Non
     await store.revoke(lease)
     item = await store.get(b"w/k")
     assert item is not None and item.value == b"free"
+
+
+# -- etcd: a cluster that loses members ------------------------------------------
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
+    """A three-member etcd cluster of this test's own (members run --unsafe-no-fsync)."""
+    etcd_or_skip()
+    started = start_etcd_cluster(tmp_path / "cluster")
+    yield started
+    started.stop()
+
+
+async def test_etcd_keeps_serving_when_a_member_is_killed(cluster: EtcdCluster) -> None:
+    """With one of three members killed, gets, commits and a running watch go on."""
+    store = EtcdStore(cluster.endpoints, b"/ha/", timeout=3.0)
+    try:
+        await store.commit([Put(b"w/before", b"0")])
+        async with store.watch(b"w/") as changes:
+            await store.commit([Put(b"w/a", b"1")])
+            assert [c.key for c in await next_batch(changes)] == [b"w/a"]
+            cluster.kill(0)  # the member both the calls and the watch stream went to
+            item = await store.get(b"w/before")
+            assert item is not None and item.value == b"0"
+            await store.commit([Put(b"w/b", b"2")])
+            batch = await next_batch(changes, timeout=15)
+            assert [(c.key, c.item.value if c.item else None) for c in batch] == [(b"w/b", b"2")]
+            await nothing_more(changes)
+    finally:
+        await store.close()
+
+
+async def test_etcd_watch_is_lost_when_the_revisions_it_missed_are_compacted(
+    cluster: EtcdCluster,
+) -> None:
+    """A watch whose stream breaks after etcd compacted what it had not seen raises WatchLost."""
+    store = EtcdStore(cluster.endpoints, b"/ha/", timeout=3.0)
+    other = EtcdStore(cluster.endpoints[1:], b"/ha/", timeout=3.0)
+    first = cluster.members[0].process
+    try:
+        async with store.watch(b"w/") as changes:
+            os.kill(first.pid, signal.SIGSTOP)  # the watch's member hears nothing from now on
+            try:
+                await other.commit([Put(b"w/missed", b"1")])
+                await other.commit([Put(b"w/later", b"2")])
+                async with grpc.aio.insecure_channel(cluster.endpoints[1]) as channel:
+                    kv = rpc_grpc.KVStub(channel)
+                    head = (await kv.Range(rpc.RangeRequest(key=b"x"))).header.revision
+                    await kv.Compact(rpc.CompactionRequest(revision=head))
+            finally:
+                cluster.kill(0)  # the stream breaks; the revisions after it are gone
+            with pytest.raises(WatchLost, match="compacted"):
+                await next_batch(changes, timeout=15)
+    finally:
+        await store.close()
+        await other.close()
