@@ -45,10 +45,12 @@ from controlplane.api.nodeauth import NodeCertInterceptor
 from controlplane.api.nodes import NodeAdminServicer
 from controlplane.api.uploads import UploadServicer
 from controlplane.hub import Hub
+from controlplane.leadership import Leadership, Work
 from controlplane.loginguard import LoginGuard
 from controlplane.metrics import PlaneMetrics
 from controlplane.nodes import NodeRegistry
 from controlplane.reconciler import Reconciler
+from controlplane.replica import ReplicaLease
 from controlplane.services.agent import AgentService
 from controlplane.services.artifacts import ArtifactService
 from controlplane.services.blobs import BlobService
@@ -155,6 +157,8 @@ class Parts:
     moves: MoveService
     certificates: CertificateService
     cluster_id: str
+    # This replica's lease in the store (granted once serving): leadership is tied to it.
+    replica: ReplicaLease
 
 
 # Where a service is served when the plane runs TLS: on the public listener, on the
@@ -304,6 +308,13 @@ class ControlPlane:
         self.node_service = parts.node_service
         self.moves = parts.moves
         self.certificates = parts.certificates
+        self.leadership = Leadership(
+            parts.store,
+            parts.replica,
+            parts.settings.name,
+            leader_work(parts),
+            on_change=lambda leading: parts.metrics.leader.set(1 if leading else 0),
+        )
 
     def _bind(self, server: grpc.aio.Server, listen: str, creds: Any) -> int:
         try:
@@ -345,10 +356,11 @@ class ControlPlane:
         if self.node_server is not None:
             await self.node_server.start()
         await self.set_health(True)
-        self.tasks.spawn(self.parts.pruner.run(), name="event pruner")
-        self.tasks.spawn(self.node_service.run(), name="missing nodes")
+        # Every replica: its lease, its campaign for leadership (the leader runs
+        # leader_work), the revocations its own listeners enforce, its readiness.
+        self.tasks.spawn(self.parts.replica.run(), name="replica lease")
+        self.tasks.spawn(self.leadership.run(), name="leadership")
         self.tasks.spawn(self.parts.certificates.run(), name="revocations")
-        self.tasks.spawn(self.parts.blob_service.run(), name="blob sweep")
         readiness = Readiness(
             self.store, self.set_health, settings.health_interval, settings.health_timeout
         )
@@ -387,6 +399,7 @@ class ControlPlane:
         if self.node_port:
             await released(self.parts.settings.node_listen, self.node_port)
         await self.tasks.stop()
+        await self.parts.replica.close()  # the leader key goes now, not a lease ttl later
         if self.metrics is not None:
             await self.metrics.stop()
         await self.store.close()
@@ -404,6 +417,19 @@ class ControlPlane:
             log.info("shutting down")
         finally:
             await self.stop()
+
+
+def leader_work(parts: Parts) -> list[Work]:
+    """What must run once in the cluster: on the leader only (controlplane/leadership.py).
+
+    The reconciler and network sync act on requests and node reports in the
+    replica that has them; what runs on a timer over the whole store is here.
+    """
+    return [
+        ("event pruner", parts.pruner.run),
+        ("missing nodes", parts.node_service.run),
+        ("blob sweep", parts.blob_service.run),
+    ]
 
 
 def open_store(settings: Settings) -> Coordinated:
@@ -545,6 +571,7 @@ async def build(
         cluster_id=await cluster_identity(
             store, pki.info(material.ca).cluster_id if material else ""
         ),
+        replica=ReplicaLease(store, settings.leader_ttl, settings.name),
     )
     server = grpc.aio.server(
         # Metering first: it counts what authentication refuses too.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from common.metrics import Counter, Histogram, Metrics
+from common.metrics import Counter, Gauge, Histogram, Metrics
 
 
 @dataclass
@@ -68,3 +68,8 @@ class PlaneMetrics:
         )
         for direction in ("in", "out"):
             self.blob_bytes.touch(direction=direction)
+        self.leader: Gauge = m.gauge(
+            "minicloud_leader",
+            "1 while this replica leads (runs the work that must happen once), else 0.",
+        )
+        self.leader.set(0)

@@ -178,6 +178,9 @@ class Settings:
     etcd_key: str = ""
     # How long one etcd call may take, in seconds.
     etcd_timeout: float = 10.0
+    # The replica's lease (controlplane/replica.py), renewed every third of it: the leader
+    # key goes at most this long after its replica died, and another replica leads.
+    leader_ttl: float = 3.0
 
     def signing_key_path(self) -> Path:
         """The token signing key file."""
@@ -271,7 +274,10 @@ class Settings:
             etcd_cert=env.get("MINICLOUD_ETCD_CERT", base.etcd_cert),
             etcd_key=env.get("MINICLOUD_ETCD_KEY", base.etcd_key),
             etcd_timeout=float(env.get("MINICLOUD_ETCD_TIMEOUT", base.etcd_timeout)),
+            leader_ttl=float(env.get("MINICLOUD_LEADER_TTL", base.leader_ttl)),
         )
+        if not settings.leader_ttl > 0:
+            raise ValueError(f"MINICLOUD_LEADER_TTL must be above 0, not {settings.leader_ttl}")
         settings.store_location()  # refuse a malformed MINICLOUD_STORE at load
         retention: dict[str, Any] = {
             f"retain_{kind}_days": float(env.get(f"MINICLOUD_RETAIN_{kind.upper()}_DAYS", days))
