@@ -44,6 +44,7 @@ from controlplane.api.node_stream import NodeServicer
 from controlplane.api.nodeauth import NodeCertInterceptor
 from controlplane.api.nodes import NodeAdminServicer
 from controlplane.api.uploads import UploadServicer
+from controlplane.changefeed import Changefeed
 from controlplane.hub import Hub
 from controlplane.leadership import Leadership, Work
 from controlplane.loginguard import LoginGuard
@@ -315,6 +316,7 @@ class ControlPlane:
             leader_work(parts),
             on_change=lambda leading: parts.metrics.leader.set(1 if leading else 0),
         )
+        self.changefeed = Changefeed(parts.store, parts.hub)
 
     def _bind(self, server: grpc.aio.Server, listen: str, creds: Any) -> int:
         try:
@@ -352,6 +354,8 @@ class ControlPlane:
             self.node_port = self._bind(self.node_server, settings.node_listen, nodes)
         if self.metrics is not None:
             await self.metrics.start()  # before serving: a taken metrics port stops the start
+        await self.changefeed.start()  # Watch streams see every commit from here on
+        self.tasks.spawn(self.changefeed.run(), name="changefeed")
         await self.server.start()
         if self.node_server is not None:
             await self.node_server.start()
@@ -473,7 +477,7 @@ async def build(
     store = TimedStore(coordinated(store) if store is not None else open_store(settings), metrics)
     tasks = Tasks()
     hub = Hub()
-    records = Records(store, hub)
+    records = Records(store)
     nodes = NodeRegistry(metrics)
     nodes.load_usage(await records.list_instances())
     reconciler = Reconciler(records, nodes, settings.name, clock, tasks)

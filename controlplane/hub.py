@@ -1,8 +1,13 @@
-"""In-process fan-out of instance changes and new events to Watch streams."""
+"""In-process fan-out of instance changes and new events to Watch streams.
+
+The replica's changefeed (controlplane/changefeed.py) publishes here what
+the store reports committed, through any replica.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 
 from controlplane.model import Event, Instance
@@ -16,7 +21,10 @@ class Subscription:
 
     namespace: str
     instance_uuid: str = ""
-    queue: asyncio.Queue[Update] = field(default_factory=lambda: asyncio.Queue(maxsize=10000))
+    # None is no update: it wakes a reader to look at ``overflowed``.
+    queue: asyncio.Queue[Update | None] = field(
+        default_factory=lambda: asyncio.Queue(maxsize=10000)
+    )
     overflowed: bool = False
 
 
@@ -53,3 +61,13 @@ class Hub:
                 sub.queue.put_nowait(update)
             except asyncio.QueueFull:
                 sub.overflowed = True
+
+    def lose_all(self) -> int:
+        """End every subscription as overflowed (changes may have been missed); how many."""
+        for sub in self._subs:
+            if sub.overflowed:
+                continue
+            sub.overflowed = True
+            with contextlib.suppress(asyncio.QueueFull):  # a full queue's reader is not waiting
+                sub.queue.put_nowait(None)
+        return len(self._subs)

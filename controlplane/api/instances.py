@@ -147,6 +147,8 @@ class InstanceServicer(instances_pb2_grpc.InstanceServiceServicer):
                 yield instances_pb2.WatchUpdate(instance=instance_to_pb(current))
             while not sub.overflowed:
                 update = await sub.queue.get()
+                if update is None:
+                    continue  # woken to end: the subscription was lost
                 if isinstance(update, Instance):
                     yield instances_pb2.WatchUpdate(instance=instance_to_pb(update))
                 else:

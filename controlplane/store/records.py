@@ -13,8 +13,9 @@ Key layout (all keys are UTF-8):
     creq/<namespace>/<client request id> -> uuid of the instance a create with that id made
 
 Every write of an instance is a compare-and-set on its version, so two
-writers never overwrite each other silently; every change is handed to the
-hub for Watch streams after it is committed.
+writers never overwrite each other silently. Nothing is published from
+here: Watch streams are fed from the store's own watch on ``inst/`` and
+``ev/`` (controlplane/changefeed.py), so they see what every replica commits.
 
 Scans of instance records (List, the gauges, name look-ups for system) keep
 what they decoded: a record whose stored bytes and version are unchanged is
@@ -26,7 +27,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
-from controlplane.hub import Hub
 from controlplane.model import (
     Event,
     Instance,
@@ -92,9 +92,8 @@ def _node_index_key(node: str, uuid: str) -> bytes:
 class Records:
     """Reads and writes the control plane's records."""
 
-    def __init__(self, store: Store, hub: Hub) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self.hub = hub
         self._seq = itertools.count()
         self._decoded = _Decoded()
 
@@ -157,9 +156,7 @@ class Records:
         if instance.node:
             ops.append(Put(_node_index_key(instance.node, instance.uuid), b""))
         await self.commit_with_events(ops, events)
-        stored = instance.with_changes(version=1)
-        self._publish(stored, events)
-        return stored
+        return instance.with_changes(version=1)
 
     async def update_instance(
         self, old: Instance, new: Instance, events: Sequence[Event] = (), extra: Sequence[Op] = ()
@@ -176,9 +173,7 @@ class Records:
             if new.node:
                 ops.append(Put(_node_index_key(new.node, new.uuid), b""))
         await self.commit_with_events(ops, events)
-        stored = new.with_changes(version=old.version + 1)
-        self._publish(stored, events)
-        return stored
+        return new.with_changes(version=old.version + 1)
 
     async def commit_with_events(self, ops: Sequence[Op], events: Sequence[Event]) -> None:
         """Commit ops and the events that tell of them: in one batch when that fits MAX_BATCH.
@@ -200,13 +195,12 @@ class Records:
         """Append events to their objects' logs (in batches of MAX_BATCH // 2 events).
 
         Each event and its type-index entry go in the same batch; a long list
-        is not atomic as a whole (nothing needs it to be).
+        is not atomic as a whole (nothing needs it to be). ``namespace`` is
+        the objects' (Watch streams learn an instance's from its record).
         """
         step = MAX_BATCH // 2
         for start in range(0, len(events), step):
             await self.store.commit(self.event_ops(events[start : start + step]))
-        for event in events:
-            self.hub.publish(namespace, event)
 
     async def events(self, uuid: str, event_type: str = "", limit: int = 100) -> list[Event]:
         """An object's events, newest first, optionally of one type only."""
@@ -303,8 +297,3 @@ class Records:
                 ops = []
         await self.store.commit([*ops, Put(b"evindex", b"1")])
         return count
-
-    def _publish(self, instance: Instance, events: Sequence[Event]) -> None:
-        for event in events:
-            self.hub.publish(instance.namespace, event)
-        self.hub.publish(instance.namespace, instance)

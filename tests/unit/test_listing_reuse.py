@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from controlplane.api.convert import InstanceMessages
-from controlplane.hub import Hub
 from controlplane.model import DiskSpec, Instance, InstanceSpec
 from controlplane.store.memory import MemoryStore
 from controlplane.store.records import Records
@@ -17,7 +16,7 @@ def instance(uuid: str, name: str = "vm") -> Instance:
 
 async def test_an_unchanged_record_is_decoded_once_and_a_changed_one_again() -> None:
     """Two scans hand out the same object for an unchanged record, a new one after a write."""
-    records = Records(MemoryStore(), Hub())
+    records = Records(MemoryStore())
     stored = await records.create_instance(instance("00000000-0000-4000-8000-000000000001"), [])
     await records.create_instance(instance("00000000-0000-4000-8000-000000000002", "b"), [])
     first = await records.instances_after("", 10)
@@ -31,7 +30,7 @@ async def test_an_unchanged_record_is_decoded_once_and_a_changed_one_again() -> 
 
 async def test_instances_after_resumes_past_a_uuid_with_a_limit() -> None:
     """instances_after reads at most limit records, in UUID order, past the UUID given."""
-    records = Records(MemoryStore(), Hub())
+    records = Records(MemoryStore())
     uuids = [f"00000000-0000-4000-8000-00000000000{i}" for i in range(5)]
     for i, uuid in enumerate(uuids):
         await records.create_instance(instance(uuid, f"vm{i}"), [])

@@ -11,10 +11,10 @@ from common.nodewire.commands import DestroyDomain
 from common.nodewire.messages import Result
 from controlplane.errors import Unavailable
 from controlplane.gauges import InstanceCounts
-from controlplane.hub import Hub
 from controlplane.metrics import PlaneMetrics
 from controlplane.model import Instance, Node
 from controlplane.nodes import NodeRegistry
+from controlplane.store.local import LocalCoordination
 from controlplane.store.memory import MemoryStore
 from controlplane.store.protocol import Conflict, Put
 from controlplane.store.records import Records
@@ -33,7 +33,7 @@ async def values(metrics: PlaneMetrics) -> dict[tuple[str, tuple[tuple[str, str]
 async def test_timed_store_times_each_operation_and_counts_conflicts() -> None:
     """get, scan and commit are timed by name; a refused compare-and-set counts as Conflict."""
     metrics = PlaneMetrics()
-    store = TimedStore(MemoryStore(), metrics)
+    store = TimedStore(LocalCoordination(MemoryStore()), metrics)
     await store.commit([Put(b"k", b"v", expect=0)])
     await store.get(b"k")
     await store.scan(b"")
@@ -75,7 +75,7 @@ async def test_node_commands_count_by_how_they_end() -> None:
 
 async def test_instance_counts_read_the_records_at_most_once_per_ttl() -> None:
     """Instance counts are reused until ttl has passed, then read again."""
-    records = Records(MemoryStore(), Hub())
+    records = Records(MemoryStore())
     now = [0.0]
     calls = [0]
     real = records.list_instances
