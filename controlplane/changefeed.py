@@ -6,6 +6,8 @@ stream on any replica sees what was committed through every replica, each
 change once (Records itself publishes nothing). An instance's events go to
 the instance's namespace (read from its record, and remembered); events of
 other objects (nodes, networks, blobs, ...) only to system watchers.
+Each watch keeps commit order; an instance change and the events committed
+with it come through different watches, so either may reach a stream first.
 
 When a store watch is lost (``WatchLost``: the store could not go on
 without a gap) every subscription ends as overflowed, so each client
