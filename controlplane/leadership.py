@@ -110,7 +110,15 @@ class Leadership:
                 if item is None:
                     return
                 self._set(False, item.value.decode())
-                log.info("following", replica=self.name, leader=self.leader)
+                if self.leader == self.name:
+                    log.warning(
+                        "the leader key names this replica under another lease: a previous "
+                        "run's (it ends within its ttl), or another replica has the same "
+                        "MINICLOUD_NAME",
+                        replica=self.name,
+                    )
+                else:
+                    log.info("following", replica=self.name, leader=self.leader)
                 watching = asyncio.ensure_future(self._deleted(changes))
                 ended = asyncio.ensure_future(held.ended.wait())
                 try:

@@ -16,6 +16,7 @@ import pytest
 
 from controlplane.leadership import LEADER_KEY, Leadership
 from controlplane.replica import ReplicaLease
+from controlplane.settings import Settings
 from controlplane.store.local import LocalCoordination
 from controlplane.store.memory import MemoryStore
 from controlplane.store.protocol import Coordinated, LeaseExpired, StoreUnavailable
@@ -186,3 +187,12 @@ async def test_an_unreachable_store_costs_leadership_only_after_a_ttl(
         assert a.changes[:2] == [True, False]
     finally:
         await a.stop()
+
+
+def test_the_leader_ttl_is_a_setting_of_three_seconds_by_default() -> None:
+    """MINICLOUD_LEADER_TTL sets the replica's lease ttl (3 s unset); 0 or less is refused."""
+    plain = {"MINICLOUD_PLAINTEXT": "1"}
+    assert Settings.from_env(plain).leader_ttl == 3.0
+    assert Settings.from_env({**plain, "MINICLOUD_LEADER_TTL": "1.5"}).leader_ttl == 1.5
+    with pytest.raises(ValueError, match="MINICLOUD_LEADER_TTL"):
+        Settings.from_env({**plain, "MINICLOUD_LEADER_TTL": "0"})
