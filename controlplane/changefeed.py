@@ -99,6 +99,8 @@ class Changefeed:
 
     async def _instances(self, changes: AsyncIterator[list[Change]]) -> None:
         async for batch in changes:
+            if not self.hub:
+                continue  # nobody watches: nothing to decode
             for change in batch:
                 if change.item is None:
                     continue
@@ -110,6 +112,8 @@ class Changefeed:
 
     async def _events(self, changes: AsyncIterator[list[Change]]) -> None:
         async for batch in changes:
+            if not self.hub:
+                continue
             for change in batch:
                 if change.item is None:
                     continue  # pruned

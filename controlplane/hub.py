@@ -45,6 +45,10 @@ class Hub:
         self._subs.add(sub)
         return sub
 
+    def __len__(self) -> int:
+        """How many subscriptions there are."""
+        return len(self._subs)
+
     def unsubscribe(self, sub: Subscription) -> None:
         """Stop receiving updates."""
         self._subs.discard(sub)
