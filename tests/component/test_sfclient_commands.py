@@ -28,6 +28,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import socket
 import sys
 import tempfile
@@ -348,6 +349,7 @@ async def stack() -> AsyncIterator[Stack]:
         for node in nodes:
             await node.close()
         await plane.stop(0)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 async def make_objects(stack: Stack, node: FakeNode) -> GuestAgent:
