@@ -1,5 +1,5 @@
-"""Uploads (chunked, truncatable), artifacts from an upload or a blob, labels, deletion,
-versions and events."""
+"""Uploads (chunked, truncatable), artifacts from an upload, a blob or a URL, labels,
+deletion, versions and events."""
 
 from __future__ import annotations
 
@@ -141,6 +141,29 @@ async def check_sharable(call: Call, namespace: str | None) -> None:
         "system",
     ):
         raise HttpError(403, "only artifacts of the system namespace can be shared")
+
+
+@table.route(
+    "POST",
+    "/artifacts",
+    "Cache an image from an http(s) URL: answers the artifact at once, fetches it in the"
+    " background (state initial, then created, or error with the reason in its events)",
+    body=(
+        Field("url", "str", True, "an http or https URL", rules={"minLength": 1}),
+        Field("shared", "bool", doc="share it with every namespace (system artifacts only)"),
+        Field("namespace", "str", doc="in this namespace (system only)", rules=NAMESPACE),
+        Field("name", "str", doc="the artifact's name (default: the URL's last path segment)"),
+    ),
+    # Shaken Fist answers 403 for a shared artifact asked by anyone but system.
+    overrides={"FAILED_PRECONDITION": 403},
+)
+async def cache_artifact(call: Call) -> Any:
+    body = call.body
+    request = artifacts_pb2.CacheUrlRequest(
+        url=body["url"], name=body.get("name") or "", shared=bool(body.get("shared"))
+    )
+    art = await call.rpc(call.api.artifacts.CacheUrl, request, body.get("namespace"))
+    return await artifact_view(call, art)
 
 
 @table.route(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import grpc
 import pytest
 
+from client.cli import main
 from controlplane.app import ControlPlane, start
 from protos import (
     artifacts_pb2,
@@ -29,6 +31,7 @@ from protos import (
     networks_pb2_grpc,
 )
 from tests.component.conftest import (
+    SYSTEM_KEY,
     Api,
     FakeNode,
     authed,
@@ -386,3 +389,39 @@ async def test_a_node_fetches_the_cached_blob_not_the_url(
         assert images.hits == ["/debian.qcow2"]
     finally:
         await node.close()
+
+
+async def test_the_cli_caches_a_url_with_a_progress_bar_until_it_is_created(
+    plane: ControlPlane, images: ImageServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`minicloud artifact cache URL --name NAME` waits, drawing progress, and shows the result."""
+    argv = ["--api", f"127.0.0.1:{plane.port}", "--plaintext", "--key", SYSTEM_KEY, "--json"]
+    cache = ["artifact", "cache", images.url("/debian.qcow2"), "--name", "deb"]
+    code = await asyncio.to_thread(main, [*argv, *cache])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    art = json.loads(out)
+    assert (art["name"], art["state"], len(art["versions"])) == ("deb", "created", 1)
+    assert "fetch deb" in err and "100%" in err
+    code = await asyncio.to_thread(main, [*argv, "artifact", "cache", images.url("/nope.img")])
+    out, err = capsys.readouterr()
+    assert code == 1 and "the fetch failed: " in err and "HTTP 404" in err
+
+
+async def test_the_cli_trusts_and_untrusts_namespaces(
+    plane: ControlPlane, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`minicloud namespace trust/untrust` change what the namespace trusts."""
+    argv = ["--api", f"127.0.0.1:{plane.port}", "--plaintext", "--key", SYSTEM_KEY]
+    for name in ("maker", "user"):
+        assert await asyncio.to_thread(main, [*argv, "namespace", "create", name]) == 0
+    capsys.readouterr()
+    code = await asyncio.to_thread(main, [*argv, "namespace", "trust", "maker", "user"])
+    out, _ = capsys.readouterr()
+    assert code == 0 and out.splitlines()[1].split()[-1] == "user"
+    code = await asyncio.to_thread(main, [*argv, "--json", "namespace", "untrust", "maker", "user"])
+    out, _ = capsys.readouterr()
+    assert code == 0 and json.loads(out)["trusted"] == []
+    code = await asyncio.to_thread(main, [*argv, "namespace", "trust", "maker", "nobody"])
+    _, err = capsys.readouterr()
+    assert code == 1 and "NOT_FOUND" in err
