@@ -190,7 +190,12 @@ async def open_url(
                     location = answer.headers.get("Location", "")
                     if not location:
                         raise FetchError(f"{_where(current)} redirects nowhere")
-                    current = str(answer.url.join(URL(location)))
+                    try:
+                        current = str(answer.url.join(URL(location)))
+                    except ValueError:
+                        raise FetchError(
+                            f"{_where(current)} redirects to a malformed URL"
+                        ) from None
                     continue
                 if answer.status != 200:
                     raise FetchError(f"{_where(current)} answered HTTP {answer.status}")

@@ -2,7 +2,7 @@
 
 ``cache`` checks the URL (http or https only: anything else is
 INVALID_ARGUMENT, nothing stored) and answers the artifact ``upload:NAME``
-(NAME defaults to the URL's last path segment) at once: a new one in state
+(NAME defaults to one made from the URL's last path segment) at once: a new one in state
 ``initial``, or the existing one, its ``fetch`` saying ``fetching``. A request
 for the URL the artifact is already fetching starts nothing more (a URL is
 fetched once at a time); another URL while one is fetching is
@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
+import re
 import time
 import uuid as uuidlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -81,14 +82,15 @@ def cluster_networks(floating: str, networks: NetworkRecords, records: Records) 
 
 
 def name_from_url(url: str) -> str:
-    """The artifact name a URL gives: its last path segment (INVALID_ARGUMENT if none fits)."""
-    segment = unquote(urlsplit(url).path.rstrip("/").rpartition("/")[2])
-    if not NAME_RE.match(segment):
-        raise InvalidArgument(
-            f"cannot name an artifact after {url[:200]!r}: give a name "
-            "(1-63 letters, digits, '.', '_' or '-')"
-        )
-    return segment
+    """The artifact name a URL gives: its last path segment, else its host, made a valid
+    name (other characters become "-"); "image" when neither gives one."""
+    parts = urlsplit(url)
+    for candidate in (unquote(parts.path.rstrip("/").rpartition("/")[2]), parts.hostname or ""):
+        cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", candidate)
+        cleaned = re.sub(r"^[^A-Za-z0-9]+", "", cleaned)[:63].rstrip("-")
+        if NAME_RE.match(cleaned):
+            return cleaned
+    return "image"
 
 
 class UrlCache:
@@ -161,8 +163,17 @@ class UrlCache:
                     f"artifact upload:{name} is being fetched from {old.fetch.get('url')!r}; "
                     "cache another URL into it once that fetch has ended"
                 )
+            state = old.state
+            if state == ERROR:
+                # Fetched again: initial until this fetch decides (created with versions).
+                state = CREATED if old.versions else INITIAL
             return dataclasses.replace(
-                old, fetch=fetch, shared=old.shared or shared, index=old.last_index
+                old,
+                fetch=fetch,
+                state=state,
+                error="",
+                shared=old.shared or shared,
+                index=old.last_index,
             )
 
         def events(old: Artifact | None, new: Artifact, dropped: list[JsonDict]) -> Sequence[Op]:

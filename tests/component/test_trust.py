@@ -134,12 +134,14 @@ async def test_trust_goes_one_way_and_only_the_namespace_or_system_sets_it(
     assert list(user_ns.trusted) == []
 
 
-async def test_trusting_a_missing_namespace_or_oneself_is_refused(world: World) -> None:
-    """An unknown namespace is NOT_FOUND; trusting oneself is INVALID_ARGUMENT."""
+async def test_trusting_a_missing_namespace_is_refused_and_oneself_changes_nothing(
+    world: World,
+) -> None:
+    """An unknown namespace is NOT_FOUND, none named INVALID_ARGUMENT; oneself: no change."""
     for trusted, code in (
         ("nobody", grpc.StatusCode.NOT_FOUND),
-        ("maker", grpc.StatusCode.INVALID_ARGUMENT),
         ("", grpc.StatusCode.INVALID_ARGUMENT),
+        ("maker", grpc.StatusCode.OK),
     ):
         request = auth_pb2.TrustRequest(namespace="maker", trusted=trusted)
         assert await code_of(world.maker.namespaces.Trust(request)) == code
@@ -176,3 +178,13 @@ async def test_two_trusters_with_the_same_name_need_a_full_reference(world: Worl
     code = await code_of(world.user.artifacts.GetArtifact(ref("label:golden")))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert (await world.user.artifacts.GetArtifact(ref("upload:base"))).namespace == "maker"
+
+
+async def test_trusting_twice_or_untrusting_a_stranger_changes_nothing(world: World) -> None:
+    """Trust is a set: trusting twice lists the namespace once; untrusting others is a no-op."""
+    request = auth_pb2.TrustRequest(namespace="maker", trusted="user")
+    await world.maker.namespaces.Trust(request)
+    again = await world.maker.namespaces.Trust(request)
+    assert list(again.trusted) == ["user"]
+    other = auth_pb2.TrustRequest(namespace="maker", trusted="nobody")
+    assert list((await world.maker.namespaces.Untrust(other)).trusted) == ["user"]

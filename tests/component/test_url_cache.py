@@ -323,11 +323,12 @@ async def test_unsupported_urls_are_invalid_and_store_nothing(stubs: Stubs, url:
     assert list(listed.artifacts) == []
 
 
-async def test_a_url_without_a_usable_name_needs_one(stubs: Stubs, images: ImageServer) -> None:
-    """The name defaults to the URL's last path segment; with none usable, one must be given."""
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stubs.cache(images.url("/"))
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+async def test_a_name_is_made_from_the_url_when_none_is_given(
+    stubs: Stubs, images: ImageServer
+) -> None:
+    """Without a name, the artifact is named after the URL's file, else its host."""
+    assert (await stubs.cache(images.url("/debian.qcow2?x=1"))).name == "debian.qcow2"
+    assert (await stubs.cache(images.url("/"))).name == "127.0.0.1"
 
 
 async def test_only_system_artifacts_can_be_cached_shared(

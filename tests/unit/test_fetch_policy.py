@@ -6,7 +6,6 @@ import ipaddress
 
 import pytest
 
-from controlplane.errors import InvalidArgument
 from controlplane.services.urlcache import name_from_url
 from controlplane.settings import Settings
 from controlplane.urlfetch import FetchPolicy, check_url
@@ -79,13 +78,14 @@ def test_only_http_and_https_urls_with_a_host_are_taken(url: str) -> None:
         check_url(url)
 
 
-def test_a_name_comes_from_the_last_path_segment() -> None:
-    """The artifact is named after the file the URL names, or a name must be given."""
+def test_a_name_comes_from_the_last_path_segment_else_the_host() -> None:
+    """The artifact is named after the file the URL names (made a valid name), else its host."""
     assert name_from_url("https://x.example/images/debian-12.qcow2?token=1") == "debian-12.qcow2"
     assert name_from_url("https://x.example/a/cirros%2D0.6.img") == "cirros-0.6.img"
-    for url in ("https://x.example/", "https://x.example/a b", "https://x.example"):
-        with pytest.raises(InvalidArgument):
-            name_from_url(url)
+    assert name_from_url("https://x.example/a/my%20disk (1).img") == "my-disk-1-.img"
+    assert name_from_url("https://x.example/") == "x.example"
+    assert name_from_url("https://x.example/" + "a" * 100) == "a" * 63
+    assert name_from_url("https://_/...") == "image"
 
 
 def test_fetch_settings_are_read_once_and_checked() -> None:
