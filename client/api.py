@@ -628,6 +628,36 @@ class Client:
         request = nodes_pb2.GetNodeEventsRequest(name=name, event_type=event_type, limit=limit)
         return [to_dict(e) for e in self._call("GetNodeEvents", request, self.node_admin).events]
 
+    # -- URL cache and trust -------------------------------------------------
+
+    def cache_url(self, url: str, name: str = "", shared: bool = False) -> JsonDict:
+        """Start caching an http(s) URL as upload NAME; answers the artifact at once."""
+        request = artifacts_pb2.CacheUrlRequest(url=url, name=name, shared=shared)
+        return to_dict(self._call("CacheUrl", request, self.artifacts))
+
+    def wait_fetch(
+        self,
+        ref: str,
+        progress: Callable[[JsonDict], None] = lambda art: None,
+        timeout: float = 3600,
+        poll: float = 0.25,
+    ) -> JsonDict:
+        """The artifact once its fetch has ended (progress sees it while it runs)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            art = self.artifact(ref)
+            if art.get("fetch", {}).get("state") != "fetching":
+                return art
+            progress(art)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"artifact {ref} is still being fetched")
+            time.sleep(poll)
+
+    def trust(self, namespace: str, trusted: str, on: bool = True) -> JsonDict:
+        """Let trusted see and use the namespace's artifacts (or stop it)."""
+        request = auth_pb2.TrustRequest(namespace=namespace, trusted=trusted)
+        return to_dict(self._call("Trust" if on else "Untrust", request, self.namespaces))
+
 
 def _node(pb: nodes_pb2.NodeInfo) -> JsonDict:
     found = to_dict(pb)

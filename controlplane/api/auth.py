@@ -53,6 +53,7 @@ def namespace_to_pb(ns: Namespace) -> auth_pb2.Namespace:
         keys=sorted(ns.keys),
         created_at=ns.created_at,
         version=ns.version,
+        trusted=list(ns.trusted),
     )
 
 
@@ -149,6 +150,18 @@ class NamespaceServicer(auth_pb2_grpc.NamespaceServiceServicer):
     ) -> auth_pb2.Namespace:
         ns = await self.namespaces.delete_key(
             namespace_of(context), request.namespace, request.key_name
+        )
+        return namespace_to_pb(ns)
+
+    @grpc_errors
+    async def Trust(self, request: auth_pb2.TrustRequest, context: Context) -> auth_pb2.Namespace:
+        ns = await self.namespaces.trust(namespace_of(context), request.namespace, request.trusted)
+        return namespace_to_pb(ns)
+
+    @grpc_errors
+    async def Untrust(self, request: auth_pb2.TrustRequest, context: Context) -> auth_pb2.Namespace:
+        ns = await self.namespaces.untrust(
+            namespace_of(context), request.namespace, request.trusted
         )
         return namespace_to_pb(ns)
 

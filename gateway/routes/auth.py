@@ -193,3 +193,29 @@ async def delete_key(call: Call) -> Any:
     )
     await call.rpc(call.api.namespaces.DeleteKey, request)
     return None
+
+
+@table.route(
+    "POST",
+    "/auth/namespaces/{namespace}/trust",
+    "Trust another namespace: it then sees this namespace's artifacts and may use them as"
+    " disk bases (system, or the namespace itself)",
+    body=(Field("external_namespace", "str", True, rules=NAMESPACE),),
+)
+async def trust_namespace(call: Call) -> Any:
+    request = auth_pb2.TrustRequest(
+        namespace=call.param("namespace"), trusted=call.body["external_namespace"]
+    )
+    return views.namespace(await call.rpc(call.api.namespaces.Trust, request))
+
+
+@table.route(
+    "DELETE",
+    "/auth/namespaces/{namespace}/trust/{external_namespace}",
+    "Stop trusting a namespace",
+)
+async def untrust_namespace(call: Call) -> Any:
+    request = auth_pb2.TrustRequest(
+        namespace=call.param("namespace"), trusted=call.param("external_namespace")
+    )
+    return views.namespace(await call.rpc(call.api.namespaces.Untrust, request))
