@@ -109,6 +109,7 @@ class Connection:
             # An address that was down is tried again within seconds of coming back.
             options.append(("grpc.max_reconnect_backoff_ms", int(RECONNECT_CAP * 1000)))
         self.target = target
+        self.watched = False
         if creds is None:
             self.channel = grpc.insecure_channel(target, options=options)
         else:
@@ -141,6 +142,7 @@ class Connection:
             ):
                 done.set()
 
+        self.watched = True
         self.channel.subscribe(seen, try_to_connect=True)
         try:
             done.wait(timeout)
@@ -149,7 +151,13 @@ class Connection:
         return bool(ready)
 
     def close(self) -> None:
-        """Close the channel."""
+        """Close the channel (once gRPC's thread watching its connectivity has ended: it
+        fails when the channel closes under it)."""
+        if self.watched:
+            state = getattr(self.channel, "_connectivity_state", None)
+            deadline = time.monotonic() + 1.0
+            while getattr(state, "polling", False) and time.monotonic() < deadline:
+                time.sleep(0.02)
         self.channel.close()
 
 
