@@ -63,8 +63,11 @@ class Pair:
     def client(self, addresses: str = "") -> Client:
         return Client(addresses or self.addresses, "system", SYSTEM_KEY, 10, plaintext=True)
 
-    async def stop_a(self) -> None:
-        """Stop A and wait until the node agent is connected to B."""
+    async def stop_a(self, abruptly: bool = False) -> None:
+        """Stop A (abruptly: its server first, cutting every call off before it ends its
+        node streams, as a crash would) and wait until the node agent is connected to B."""
+        if abruptly:
+            await self.a.server.stop(0)
         await self.a.stop(0)
         await wait_until(lambda: self.b.nodes.connected("node1"))
 
@@ -244,3 +247,54 @@ async def test_a_watch_survives_a_stopping_and_says_it_resubscribed(pair: Pair) 
     seen.extend(await asyncio.to_thread(lambda: list(drained())))
     assert not [u for u in seen if "error" in u]
     client.close()
+
+
+async def test_an_execute_stream_that_loses_a_waits_for_its_operation_through_b(
+    pair: Pair,
+) -> None:
+    """Output streams from A; after A's stop the client waits for the operation via B and
+    returns it as it ends."""
+    from tests.component.test_agent_ops import GuestAgent
+
+    def create() -> JsonDict:
+        with pair.client() as client:
+            made = client.create({**spec("ga"), "side_channels": ["sf-agent"]})
+            return client.wait(made["uuid"], lambda i: i["state"] == "created", timeout=10)
+
+    made = await asyncio.to_thread(create)
+    guest = GuestAgent(pair.node.agent_socket(made["uuid"]))
+    guest.start()
+    try:
+        client = pair.client()
+        await asyncio.to_thread(
+            client.wait, made["uuid"], lambda i: i["agent_state"] == "ready", 20
+        )
+        started = threading.Event()
+        chunks: list[bytes] = []
+
+        def output(_stream: str, data: bytes) -> None:
+            chunks.append(data)
+            started.set()
+
+        running = asyncio.create_task(
+            asyncio.to_thread(
+                client.execute_stream, made["uuid"], "echo one; sleep 2; echo two", output
+            )
+        )
+        assert await asyncio.to_thread(started.wait, 20)
+        await pair.stop_a(abruptly=True)
+        final = await asyncio.wait_for(running, 30)
+        assert b"one" in b"".join(chunks)
+        assert client.addresses.current == pair.b_address
+        # The operation as B records it, not the broken stream's UNAVAILABLE. Today a
+        # control plane fails the operations of a node that disconnects; once node
+        # commands are queued in the store it completes instead.
+        listed = await asyncio.to_thread(client.agent_operations, made["uuid"], True)
+        assert [op["uuid"] for op in listed] == [final["uuid"]]
+        if final["state"] == "complete":
+            assert "two" in final["results"]["0"]["stdout"]
+        else:
+            assert (final["state"], final["error_message"]) == ("error", "node node1 disconnected")
+        client.close()
+    finally:
+        guest.stop()
