@@ -480,10 +480,9 @@ class Client:
                 yield json_format.MessageToDict(update, preserving_proto_field_name=True)
             return
         failures = 0
+        conn = self._pick()
+        fresh_token = False
         while True:
-            conn = self._pick() if failures == 0 else self._resubscribe(failures)
-            if failures:
-                yield {"resubscribed": {"address": conn.target}}
             opened = time.monotonic()
             try:
                 stream = conn.stub.Watch(request, metadata=self._metadata_for(conn))
@@ -492,6 +491,10 @@ class Client:
                     yield json_format.MessageToDict(update, preserving_proto_field_name=True)
                 return
             except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAUTHENTICATED and not fresh_token:
+                    self._token = ""  # expired, or not taken here: authenticate again, once
+                    fresh_token = True
+                    continue
                 if exc.code() != grpc.StatusCode.UNAVAILABLE:
                     raise
                 if time.monotonic() - opened >= WATCH_SETTLED:
@@ -500,6 +503,9 @@ class Client:
                 failures += 1
                 if failures >= len(self.addresses.addresses):
                     raise
+            conn = self._resubscribe(failures)
+            fresh_token = False
+            yield {"resubscribed": {"address": conn.target}}
 
     def _resubscribe(self, failures: int) -> Connection:
         """The next connected address to subscribe on again, after a short wait."""

@@ -24,7 +24,9 @@ import grpc
 import pytest
 
 from client.api import Client, JsonDict
+from client.cadir import CaDir
 from client.cli import main as cli_main
+from common.tlsfiles import TLSFiles
 from controlplane.app import ControlPlane, start
 from controlplane.store.memory import MemoryStore
 from tests.component.conftest import SYSTEM_KEY, FakeNode, plane_settings, start_fake_node
@@ -298,3 +300,42 @@ async def test_an_execute_stream_that_loses_a_waits_for_its_operation_through_b(
         client.close()
     finally:
         guest.stop()
+
+
+async def test_tls_settings_apply_to_every_address(tmp_path: Path) -> None:
+    """With the cluster's CA and a node certificate, client and node agent move to B."""
+    from tests.component.test_node_tls import NOW, Tls
+
+    ca = CaDir(tmp_path / "ca")
+    ca.init(NOW)
+    ca.issue("server", "controlplane", NOW, sans=("127.0.0.1",))
+    issued = ca.issued
+    settings = dataclasses.replace(
+        plane_settings(tmp_path / "cp"),
+        tls=TLSFiles(
+            str(issued / "controlplane.crt"),
+            str(issued / "controlplane.key"),
+            str(ca.path / "ca.crt"),
+        ),
+        node_listen="127.0.0.1:0",
+    )
+    shared = MemoryStore()
+    a = await start(dataclasses.replace(settings, name="cp-a"), store=shared)
+    b = await start(dataclasses.replace(settings, name="cp-b"), store=shared)
+    material = Tls(a, ca).node_material("node1")
+    node = await start_fake_node(f"127.0.0.1:{a.node_port},127.0.0.1:{b.node_port}", tls=material)
+    try:
+        await a.stop(0)
+        await wait_until(lambda: b.nodes.connected("node1"))
+        public = f"127.0.0.1:{a.port},127.0.0.1:{b.port}"
+
+        def use() -> JsonDict:
+            ca_file = str(ca.path / "ca.crt")
+            with Client(public, "system", SYSTEM_KEY, 10, ca_file=ca_file) as client:
+                return client.create(spec("secure"))
+
+        made = await asyncio.to_thread(use)
+        assert made["node"] == "node1"
+    finally:
+        await node.close()
+        await b.stop(0)
