@@ -128,3 +128,45 @@ def test_each_address_is_tried_once_then_the_last_error_is_raised(
 def test_the_gateway_repeats_reads_tokens_health_and_creates_only(method: str, again: bool) -> None:
     """The gateway classifies by method name (it sends every create with a request id)."""
     assert repeatable(method) is again
+
+
+class Broken(grpc.RpcError):
+    """A stream cut off (UNAVAILABLE) after some messages."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+
+class Chunk:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class BlobSource:
+    """Serves DATA from the request's offset, cut off after cut_after chunks (or not)."""
+
+    DATA = b"0123456789"
+
+    def __init__(self, log: list[tuple[str, int]], target: str, cut_after: int | None) -> None:
+        self.log, self.target, self.cut_after = log, target, cut_after
+
+    def Download(self, request: Any, **kwargs: Any) -> Any:
+        self.log.append((self.target, request.offset))
+        for n, start in enumerate(range(request.offset, len(self.DATA), 2)):
+            if self.cut_after is not None and n == self.cut_after:
+                raise Broken()
+            yield Chunk(self.DATA[start : start + 2])
+
+
+def test_a_broken_download_resumes_at_its_byte_through_the_next_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """a serves 4 bytes and breaks; b is asked from byte 4 on: every byte once."""
+    log: list[tuple[str, int]] = []
+    made, _ = client(monkeypatch, a=(True, False), b=(True, False))
+    first: Any = made._connections["a:1"]
+    second: Any = made._connections["b:2"]
+    first.blobs = BlobSource(log, "a:1", cut_after=2)
+    second.blobs = BlobSource(log, "b:2", cut_after=None)
+    assert b"".join(made.download_blob("u")) == BlobSource.DATA
+    assert log == [("a:1", 0), ("b:2", 4)]
