@@ -16,6 +16,7 @@ system's roots when empty), unless ``plaintext`` is asked for.
 from __future__ import annotations
 
 import contextlib
+import queue
 import threading
 import time
 import uuid
@@ -59,6 +60,8 @@ RECONNECT_CAP = 5.0
 # A Watch stream that has been open this long, or has delivered a message, has settled:
 # when it breaks, every address may be tried again.
 WATCH_SETTLED = 5.0
+# How long a broken console session keeps trying to attach again.
+REATTACH_FOR = 10.0
 # Instances per List page the client asks for (the control plane's default and at most 1000).
 PAGE_SIZE = 500
 
@@ -180,7 +183,8 @@ class Client:
     * streams: ``watch`` subscribes again on the next address (see there),
       ``execute_stream`` waits for its operation through the next address once
       it was queued, ``download_blob`` resumes at the byte it had reached,
-      ``attach`` attaches again; uploads are sent once, over a connected address.
+      ``attach`` attaches again (``ConsoleOutput``); uploads are sent once, over a
+      connected address.
 
     TLS (``ca_file``, or ``plaintext``) applies to every address.
     """
@@ -785,9 +789,12 @@ class Client:
         ``cancel()`` on the returned iterator to stop reading early.
         """
 
+        # With several addresses successive sessions share the keystrokes (see Keystrokes).
+        shared = None if self.addresses.single else Keystrokes(keystrokes)
+
         def messages() -> Iterator[consoles_pb2.ConsoleInput]:
             yield consoles_pb2.ConsoleInput(ref=ref)
-            for data in keystrokes:
+            for data in keystrokes if shared is None else shared.session():
                 yield consoles_pb2.ConsoleInput(data=data)
 
         def start() -> Any:
@@ -953,12 +960,48 @@ def _whole_numbers(value: Any) -> Any:
     return value
 
 
+class Keystrokes:
+    """One iterator of keystrokes shared by successive console sessions: a thread reads it
+    and hands each keystroke to the newest session (gRPC's thread sending an ended
+    session's input may still be waiting inside the iterator)."""
+
+    def __init__(self, source: Iterator[bytes]) -> None:
+        self.source = source
+        self.lock = threading.Lock()
+        self.current: queue.Queue[bytes | None] = queue.Queue()
+        self.reading = False
+        self.ended = False
+
+    def session(self) -> Iterator[bytes]:
+        """The keystrokes for a new session (the previous session's input ends)."""
+        mine: queue.Queue[bytes | None] = queue.Queue()
+        with self.lock:
+            self.current.put(None)
+            self.current = mine
+            if self.ended:
+                mine.put(None)
+            if not self.reading:
+                self.reading = True
+                threading.Thread(target=self._read, daemon=True).start()
+        while (data := mine.get()) is not None:
+            yield data
+
+    def _read(self) -> None:
+        for data in self.source:
+            with self.lock:
+                self.current.put(data)
+        with self.lock:
+            self.ended = True
+            self.current.put(None)
+
+
 class ConsoleOutput:
     """Console output chunks from an Attach call; cancel() ends it.
 
     With several addresses a session that breaks (UNAVAILABLE) attaches again
-    through the next address, once per address in a row; keystrokes typed while it
-    does may be lost.
+    through the next address, round the list with a short growing wait, for up to
+    ``REATTACH_FOR`` seconds from the break (the instance's node agent needs a moment
+    to reach another control plane); keystrokes typed meanwhile may be lost.
     """
 
     def __init__(self, start: Callable[[], Any], addresses: AddressList) -> None:
@@ -969,6 +1012,7 @@ class ConsoleOutput:
 
     def __iter__(self) -> Iterator[bytes]:
         failures = 0
+        broke = 0.0
         while True:
             try:
                 for message in self.call:
@@ -978,10 +1022,13 @@ class ConsoleOutput:
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or self.addresses.single:
                     raise
+                if failures == 0:
+                    broke = time.monotonic()
                 failures += 1
                 self.addresses.failed(self.conn.target)
-                if self.cancelled or failures >= len(self.addresses.addresses):
+                if self.cancelled or time.monotonic() - broke > REATTACH_FOR:
                     raise
+                time.sleep(addresslist.delay(failures))
                 self.call, self.conn = self.start()
 
     def cancel(self) -> None:

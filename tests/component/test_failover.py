@@ -9,6 +9,7 @@ connected to, or for a node agent moving over).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import queue
@@ -339,3 +340,47 @@ async def test_tls_settings_apply_to_every_address(tmp_path: Path) -> None:
     finally:
         await node.close()
         await b.stop(0)
+
+
+async def test_a_console_session_attaches_again_through_b(pair: Pair) -> None:
+    """A console attached through A is cut off by A's crash; it attaches again through B
+    and what is typed there reaches the console."""
+
+    def create() -> JsonDict:
+        with pair.client() as client:
+            made = client.create(spec("tty"))
+            return client.wait(made["uuid"], lambda i: i["state"] == "created", timeout=10)
+
+    made = await asyncio.to_thread(create)
+    keys: queue.Queue[bytes | None] = queue.Queue()
+    seen: queue.Queue[bytes] = queue.Queue()
+    client = pair.client()
+
+    def keystrokes() -> Iterator[bytes]:
+        while (data := keys.get()) is not None:
+            yield data
+
+    output = await asyncio.to_thread(client.attach, made["uuid"], keystrokes())
+
+    def read() -> None:
+        with contextlib.suppress(grpc.RpcError):
+            for data in output:
+                seen.put(data)
+
+    def read_until(wanted: bytes) -> bytes:
+        found = b""
+        while wanted not in found:
+            found += seen.get(timeout=10)
+        return found
+
+    threading.Thread(target=read, daemon=True).start()
+    banner = f"fake console of {made['uuid']}".encode()
+    await asyncio.to_thread(read_until, banner)
+    await pair.stop_a(abruptly=True)
+    await asyncio.to_thread(read_until, banner)  # attached again, through B
+    assert output.conn.target == pair.b_address
+    keys.put(b"echo again\r")
+    await asyncio.to_thread(read_until, b"echo again")
+    output.cancel()
+    keys.put(None)
+    client.close()
