@@ -113,6 +113,8 @@ class Connection:
             options.append(("grpc.max_reconnect_backoff_ms", int(RECONNECT_CAP * 1000)))
         self.target = target
         self.watched = False
+        self.state: grpc.ChannelConnectivity | None = None
+        self.changed = threading.Condition()
         if creds is None:
             self.channel = grpc.insecure_channel(target, options=options)
         else:
@@ -131,37 +133,48 @@ class Connection:
 
     def connects(self, timeout: float) -> bool:
         """Whether the channel is (or gets) connected within timeout seconds: False as soon
-        as a connection attempt fails. A call is sent only over a connected channel."""
-        done = threading.Event()
-        ready: list[bool] = []
+        as a connection attempt fails. A call is sent only over a connected channel.
 
-        def seen(state: grpc.ChannelConnectivity) -> None:
-            if state == grpc.ChannelConnectivity.READY:
-                ready.append(True)
-                done.set()
-            elif state in (
-                grpc.ChannelConnectivity.TRANSIENT_FAILURE,
-                grpc.ChannelConnectivity.SHUTDOWN,
-            ):
-                done.set()
+        The channel's state is followed by one subscription (made on first use), so a
+        connected channel answers at once.
+        """
+        with self.changed:
+            if self._ready():
+                return True
+        if not self.watched:
+            self.watched = True
+            self.channel.subscribe(self._seen, try_to_connect=True)
+        else:
+            # Ask it to connect again (gRPC connects on a subscription that says so).
+            self.channel.subscribe(_ignore, try_to_connect=True)
+            self.channel.unsubscribe(_ignore)
+        failed = (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN)
+        with self.changed:
+            self.changed.wait_for(lambda: self._ready() or self.state in failed, timeout)
+            return self._ready()
 
-        self.watched = True
-        self.channel.subscribe(seen, try_to_connect=True)
-        try:
-            done.wait(timeout)
-        finally:
-            self.channel.unsubscribe(seen)
-        return bool(ready)
+    def _ready(self) -> bool:
+        return self.state == grpc.ChannelConnectivity.READY
+
+    def _seen(self, state: grpc.ChannelConnectivity) -> None:
+        with self.changed:
+            self.state = state
+            self.changed.notify_all()
 
     def close(self) -> None:
-        """Close the channel (once gRPC's thread watching its connectivity has ended: it
-        fails when the channel closes under it)."""
+        """Close the channel (once gRPC's thread following its state has ended: it fails
+        when the channel closes under it)."""
         if self.watched:
+            self.channel.unsubscribe(self._seen)
             state = getattr(self.channel, "_connectivity_state", None)
             deadline = time.monotonic() + 1.0
             while getattr(state, "polling", False) and time.monotonic() < deadline:
                 time.sleep(0.02)
         self.channel.close()
+
+
+def _ignore(state: grpc.ChannelConnectivity) -> None:
+    """A subscriber that only asks a channel to connect."""
 
 
 class Client:
