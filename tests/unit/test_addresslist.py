@@ -54,3 +54,24 @@ def test_moves_wait_a_little_longer_each_time_up_to_a_cap() -> None:
     assert waits[1] > 0
     assert waits == sorted(waits)
     assert max(waits) == MOVE_CAP
+
+
+def test_the_gateway_and_node_agent_settings_take_a_list() -> None:
+    """MINICLOUD_GATEWAY_API and MINICLOUD_NODE_CONTROL_PLANE: one address as before, or
+    several; a bad list stops the start with the setting's name."""
+    from gateway.settings import GatewaySettings
+    from nodeagent.settings import Settings as NodeSettings
+
+    gateway = {"MINICLOUD_GATEWAY_PLAINTEXT": "1"}
+    node = {"MINICLOUD_NODE_PLAINTEXT": "1"}
+    assert GatewaySettings.from_env(gateway).api == "127.0.0.1:13100"
+    assert NodeSettings.from_env(node).control_plane == "127.0.0.1:13100"
+    both = "10.0.0.5:13100, 10.0.0.6:13100"
+    api = GatewaySettings.from_env({**gateway, "MINICLOUD_GATEWAY_API": both}).api
+    assert api == "10.0.0.5:13100,10.0.0.6:13100"
+    nodes = NodeSettings.from_env({**node, "MINICLOUD_NODE_CONTROL_PLANE": both})
+    assert nodes.control_plane == "10.0.0.5:13100,10.0.0.6:13100"
+    with pytest.raises(ValueError, match="MINICLOUD_GATEWAY_API"):
+        GatewaySettings.from_env({**gateway, "MINICLOUD_GATEWAY_API": "a:1,"})
+    with pytest.raises(ValueError, match="MINICLOUD_NODE_CONTROL_PLANE"):
+        NodeSettings.from_env({**node, "MINICLOUD_NODE_CONTROL_PLANE": "a:1,a:1"})
