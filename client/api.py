@@ -10,7 +10,9 @@ Results are plain dicts (protobuf JSON with the proto field names). The client
 trades its namespace and key for a token on first use and again whenever the
 control plane says the token is no longer good (it expired, say). The channel
 is TLS, checked against the cluster's CA certificate (``ca_file``; the
-system's roots when empty), unless ``plaintext`` is asked for.
+system's roots when empty), unless ``plaintext`` is asked for. The target may
+be several control-plane addresses, comma-separated: the client then moves to
+the next when one fails (``Client`` says which calls are sent again).
 """
 
 from __future__ import annotations
