@@ -26,7 +26,8 @@
     minicloud instance create demo --disk size=2,base=debian:11 --node node2   # system only
     minicloud instance move demo --node node2   # a stopped instance, system namespace only
 
-The control plane is MINICLOUD_API (default 127.0.0.1:13100), the namespace
+The control plane is MINICLOUD_API (default 127.0.0.1:13100; several control
+planes as a comma-separated list, tried in turn when one fails), the namespace
 MINICLOUD_NAMESPACE (default system) and its key MINICLOUD_KEY; --api,
 --namespace and --key override them. The connection is TLS, checked against
 the cluster's CA certificate MINICLOUD_TLS_CA (--ca-file); --plaintext (or

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import tlsfiles
+from common import addresslist, tlsfiles
 from common.metricsserver import MetricsTLS
 from common.tlsfiles import TLSFiles
 
@@ -22,6 +22,8 @@ DEFAULT_IMAGE_TEMPLATE = (
 class Settings:
     """Everything the node agent can be configured with."""
 
+    # The control plane's node listener: HOST:PORT, or several comma-separated (the agent
+    # dials the next when its stream is lost; the TLS settings apply to each).
     control_plane: str = "127.0.0.1:13100"
     # This node's certificate and key, and the cluster's CA (MINICLOUD_NODE_TLS_*): the
     # control plane's node listener (13101) knows the node by it. None: plaintext, with
@@ -97,7 +99,11 @@ class Settings:
             return env.get(f"MINICLOUD_NODE_{name}", str(default))
 
         return cls(
-            control_plane=get("CONTROL_PLANE", base.control_plane),
+            control_plane=",".join(
+                addresslist.parse(
+                    get("CONTROL_PLANE", base.control_plane), "MINICLOUD_NODE_CONTROL_PLANE"
+                )
+            ),
             key=get("KEY", base.key),
             key_file=get("KEY_FILE", base.key_file),
             name=get("NAME", base.name),
