@@ -955,7 +955,7 @@ class Client:
     def cache_url(self, url: str, name: str = "", shared: bool = False) -> JsonDict:
         """Start caching an http(s) URL as upload NAME; answers the artifact at once."""
         request = artifacts_pb2.CacheUrlRequest(url=url, name=name, shared=shared)
-        return to_dict(self._call("CacheUrl", request, self.artifacts))
+        return to_dict(self._call("CacheUrl", request, "artifacts"))
 
     def wait_fetch(
         self,
@@ -978,7 +978,7 @@ class Client:
     def trust(self, namespace: str, trusted: str, on: bool = True) -> JsonDict:
         """Let trusted see and use the namespace's artifacts (or stop it)."""
         request = auth_pb2.TrustRequest(namespace=namespace, trusted=trusted)
-        return to_dict(self._call("Trust" if on else "Untrust", request, self.namespaces))
+        return to_dict(self._call("Trust" if on else "Untrust", request, "namespaces"))
 
 
 def _node(pb: nodes_pb2.NodeInfo) -> JsonDict:
