@@ -208,17 +208,23 @@ def lab(work_dir: Path) -> Iterator[Lab]:
         lab.cleanup()
 
 
+CLUSTER = "c0ffee00-contract"
+
+
 def linux_driver(lab: Lab, underlay_netns: str, address: str, prefix: str) -> LinuxNetworkDriver:
     """A Linux driver whose VXLAN underlay is one of the lab's namespaces."""
-    return LinuxNetworkDriver(
+    driver = LinuxNetworkDriver(
         LinuxNetworkSettings(
             data_dir=lab.work_dir / prefix,
             underlay_address=address,
             underlay_netns=underlay_netns,
             name_prefix=prefix,
             egress_bridge=f"{lab.prefix}egress",
+            claims_path=lab.work_dir / "network-claims.json",
         )
     )
+    driver.claim(CLUSTER)
+    return driver
 
 
 async def _linux_backend(lab: Lab) -> AsyncIterator[NetBackend]:
