@@ -1,4 +1,4 @@
-"""Clusters on one host claim their VXLAN ids, egress bridge and floating range; overlaps are refused."""
+"""Clusters on one host claim VXLAN ids, egress bridges and floating ranges; no overlaps."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ UUID = "6a1c0f3e-2b7d-4c55-9a0e-1f2d3c4b5a69"
 
 
 def test_a_record_is_made_with_the_legacy_candidates_and_kept(tmp_path: Path) -> None:
-    """The first open writes the record (with networks found from before it); later opens read it."""
+    """The first open writes the record (with networks found from before it); later ones read."""
     assert not NetworkRecord.exists(tmp_path, "c1")
     record = NetworkRecord.open(tmp_path, "c1", {UUID: Names.of("mc", UUID)})
     assert record.path == record_path(tmp_path, "c1") == tmp_path / "network-record-c1.json"
