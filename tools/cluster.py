@@ -245,6 +245,9 @@ class Cluster:
                 "MINICLOUD_NODE_BACKOFF_CAP": "1",
                 "MINICLOUD_NODE_USAGE_INTERVAL": str(self.usage_interval),
                 "MINICLOUD_NODE_METRICS_LISTEN": self._metrics_listen(proc),
+                # Its own host-wide claims file, so test clusters never meet the host's
+                # (a test of clusters sharing a host gives them one in node_env).
+                "MINICLOUD_NODE_NETWORK_CLAIMS": str(self.root / "network-claims.json"),
                 **self.node_env,
                 **(env or {}),
             },
