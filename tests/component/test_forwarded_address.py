@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
+from structlog.testing import capture_logs
 
 from client.cadir import CaDir
 from common import forwarded, pki
 from common.tlsfiles import TLSFiles
 from controlplane.app import ControlPlane, start
+from gateway.app import serve
+from gateway.settings import GatewaySettings
 from protos import auth_pb2, auth_pb2_grpc
 from tests.component.conftest import SYSTEM_KEY, plane_settings
 
@@ -33,6 +38,7 @@ class Plane:
     cp: ControlPlane
     ca: bytes
     gateway: pki.KeyPair
+    folder: CaDir
 
     def channel(self) -> grpc.aio.Channel:
         creds = grpc.ssl_channel_credentials(root_certificates=self.ca)
@@ -46,6 +52,7 @@ async def plane(tmp_path: Path) -> AsyncIterator[Plane]:
     ca.init(NOW)
     ca.issue("server", "controlplane", NOW, sans=("127.0.0.1",))
     ca.issue("gateway", "rest-gateway", NOW)
+    ca.issue("server", "gateway", NOW, sans=("127.0.0.1",))
     issued = ca.issued
     settings = dataclasses.replace(
         plane_settings(tmp_path / "cp"),
@@ -63,7 +70,7 @@ async def plane(tmp_path: Path) -> AsyncIterator[Plane]:
     gateway = pki.KeyPair(
         (issued / "rest-gateway.crt").read_bytes(), (issued / "rest-gateway.key").read_bytes()
     )
-    yield Plane(cp, (ca.path / "ca.crt").read_bytes(), gateway)
+    yield Plane(cp, (ca.path / "ca.crt").read_bytes(), gateway, ca)
     await cp.stop(0)
 
 
@@ -107,3 +114,33 @@ async def test_only_the_gateways_certificate_passes_an_address_on(plane: Plane) 
         assert code == grpc.StatusCode.UNAUTHENTICATED and "too many" in message
         code, message = await login(channel, "nosuch9", "wrong", "203.0.113.6", plane.gateway)
         assert "too many" not in message
+
+
+@pytest.mark.parametrize("with_certificate", [True, False])
+async def test_the_gateway_vouches_for_its_callers_with_its_certificate(
+    plane: Plane, with_certificate: bool
+) -> None:
+    """Through a gateway holding its certificate, the forwarded address is taken; without, not."""
+    issued, ca_file = plane.folder.issued, str(plane.folder.path / "ca.crt")
+    settings = GatewaySettings(
+        listen="127.0.0.1:0",
+        api=f"127.0.0.1:{plane.cp.port}",
+        metrics_listen="",
+        tls=TLSFiles(str(issued / "gateway.crt"), str(issued / "gateway.key"), ca_file),
+        client_cert=str(issued / "rest-gateway.crt") if with_certificate else "",
+        client_key=str(issued / "rest-gateway.key") if with_certificate else "",
+    )
+    runner = await serve(settings)
+    host, port = runner.addresses[0][:2]
+    context = ssl.create_default_context(cafile=ca_file)
+    try:
+        with capture_logs() as logged:
+            async with aiohttp.ClientSession() as session:
+                body = {"namespace": "system", "key": SYSTEM_KEY}
+                url = f"https://{host}:{port}/auth"
+                async with session.post(url, json=body, ssl=context) as answer:
+                    assert answer.status == 200
+    finally:
+        await runner.cleanup()
+    ignored = [e for e in logged if "ignoring a forwarded client address" in e["event"]]
+    assert bool(ignored) is not with_certificate
