@@ -13,11 +13,11 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import grpc
 import pytest
-from structlog.testing import capture_logs
 
 from client.cadir import CaDir
 from common import forwarded, pki
@@ -118,7 +118,7 @@ async def test_only_the_gateways_certificate_passes_an_address_on(plane: Plane) 
 
 @pytest.mark.parametrize("with_certificate", [True, False])
 async def test_the_gateway_vouches_for_its_callers_with_its_certificate(
-    plane: Plane, with_certificate: bool
+    plane: Plane, with_certificate: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Through a gateway holding its certificate, the forwarded address is taken; without, not."""
     issued, ca_file = plane.folder.issued, str(plane.folder.path / "ca.crt")
@@ -130,17 +130,31 @@ async def test_the_gateway_vouches_for_its_callers_with_its_certificate(
         client_cert=str(issued / "rest-gateway.crt") if with_certificate else "",
         client_key=str(issued / "rest-gateway.key") if with_certificate else "",
     )
+    checked: list[str] = []
+    original = forwarded.check
+
+    def check(*args: Any) -> forwarded.Gateway:
+        try:
+            found = original(*args)
+        except pki.PkiError as exc:
+            checked.append(f"ignored: {exc}")
+            raise
+        checked.append(f"believed, from {found.name}")
+        return found
+
+    monkeypatch.setattr(forwarded, "check", check)
     runner = await serve(settings)
     host, port = runner.addresses[0][:2]
     context = ssl.create_default_context(cafile=ca_file)
     try:
-        with capture_logs() as logged:
-            async with aiohttp.ClientSession() as session:
-                body = {"namespace": "system", "key": SYSTEM_KEY}
-                url = f"https://{host}:{port}/auth"
-                async with session.post(url, json=body, ssl=context) as answer:
-                    assert answer.status == 200
+        async with aiohttp.ClientSession() as session:
+            body = {"namespace": "system", "key": SYSTEM_KEY}
+            url = f"https://{host}:{port}/auth"
+            async with session.post(url, json=body, ssl=context) as answer:
+                assert answer.status == 200
     finally:
         await runner.cleanup()
-    ignored = [e for e in logged if "ignoring a forwarded client address" in e["event"]]
-    assert bool(ignored) is not with_certificate
+    if with_certificate:
+        assert checked == ["believed, from rest-gateway"]
+    else:
+        assert checked == ["ignored: no gateway certificate's proof came with the address"]
