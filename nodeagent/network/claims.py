@@ -34,7 +34,13 @@ DEFAULT_PATH = Path("/var/lib/minicloud/network-claims.json")
 Claims = dict[str, dict[str, Any]]
 
 
-class ClaimRefused(NetworkError, FatalError):
+class ClaimsError(NetworkError, FatalError):
+    """The claims file cannot be used (never retryable; fatal at start)."""
+
+    retryable = False
+
+
+class ClaimRefused(ClaimsError):
     """Another cluster on this host holds what was asked for (never retryable).
 
     Fatal when claiming the egress bridge or floating range at start or
@@ -133,7 +139,11 @@ class HostClaims:
                 text = self.path.read_text()
             except FileNotFoundError:
                 text = ""
-            loaded = json.loads(text) if text.strip() else {}
+            try:
+                loaded = json.loads(text) if text.strip() else {}
+                dict(loaded.get("holders", {}))
+            except (ValueError, AttributeError, TypeError) as exc:
+                raise ClaimsError(f"cannot read the claims file {self.path}: {exc}") from None
             claims: Claims = {
                 holder: held
                 for holder, held in dict(loaded.get("holders", {})).items()

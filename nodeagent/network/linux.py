@@ -64,7 +64,7 @@ from nodeagent.network.naming import (
     name_pattern,
 )
 from nodeagent.network.protocol import NetworkConfig, NetworkError
-from nodeagent.network.record import NetworkRecord
+from nodeagent.network.record import NetworkRecord, RecordError
 from nodeagent.network.validation import Checked, check, check_uuid, dhcp_hostname
 from nodeagent.settings import Settings
 
@@ -199,9 +199,15 @@ class LinuxNetworkDriver:
         data_dir = self.settings.data_dir
         legacy = None
         if not NetworkRecord.exists(data_dir, cluster_id):
+            try:
+                found = self._scan()
+            except (NetworkError, OSError, ValueError) as exc:
+                raise RecordError(
+                    f"cannot look for networks made before the network record: {exc}"
+                ) from None
             legacy = {
                 uuid: Names.of(self.prefix, uuid)
-                for uuid in self._scan() - self.claims.networks_of_others(cluster_id)
+                for uuid in found - self.claims.networks_of_others(cluster_id)
             }
         record = NetworkRecord.open(data_dir, cluster_id, legacy)
         self.claims.claim(

@@ -24,7 +24,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from nodeagent.errors import FatalError
 from nodeagent.network.naming import Names
+from nodeagent.network.protocol import NetworkError
+
+
+class RecordError(NetworkError, FatalError):
+    """The record cannot be read or is another cluster's (fatal at start)."""
+
+    retryable = False
 
 
 def record_path(data_dir: Path, cluster_id: str) -> Path:
@@ -60,8 +68,11 @@ class NetworkRecord:
             record.legacy = {uuid: asdict(names) for uuid, names in (legacy or {}).items()}
             record.save()
             return record
-        if data.get("cluster") != cluster_id:
-            raise ValueError(f"{path} is cluster {data.get('cluster')}'s, not {cluster_id}'s")
+        except (OSError, ValueError) as exc:
+            raise RecordError(f"cannot read the network record {path}: {exc}") from None
+        if not isinstance(data, dict) or data.get("cluster") != cluster_id:
+            found = data.get("cluster") if isinstance(data, dict) else None
+            raise RecordError(f"{path} is cluster {found}'s, not {cluster_id}'s")
         return cls(path, cluster_id, data)
 
     def names(self, network_uuid: str) -> Names | None:

@@ -9,7 +9,7 @@ import pytest
 
 from nodeagent.app import _fatal, main
 from nodeagent.errors import FatalError
-from nodeagent.network.claims import ClaimRefused, HostClaims
+from nodeagent.network.claims import ClaimRefused, ClaimsError, HostClaims
 
 
 def holder(tmp_path: Path, name: str) -> Path:
@@ -96,7 +96,17 @@ def test_a_refused_claim_at_start_stops_the_node_agent_with_exit_1(
 
     monkeypatch.setenv("MINICLOUD_NODE_PLAINTEXT", "1")
     monkeypatch.setattr("nodeagent.app.run", refused)
+    # main configures logging for the process; the suite's loggers must keep theirs.
+    monkeypatch.setattr("nodeagent.app.logs.configure", lambda **_: None)
     with pytest.raises(SystemExit) as stopped:
         main()
     assert stopped.value.code == 1
     assert _fatal(ValueError("other")) is None
+
+
+def test_an_unreadable_claims_file_is_a_clear_fatal_error(tmp_path: Path) -> None:
+    """A damaged claims file stops the claim, naming the file, rather than being overwritten."""
+    (tmp_path / "claims.json").write_text("[1, 2")
+    with pytest.raises(ClaimsError, match="cannot read the claims file"):
+        HostClaims(tmp_path / "claims.json").claim(holder(tmp_path, "a"), "c1", egress_bridge="e")
+    assert (tmp_path / "claims.json").read_text() == "[1, 2"

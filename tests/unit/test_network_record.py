@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from nodeagent.errors import FatalError
 from nodeagent.network.naming import Names
-from nodeagent.network.record import NetworkRecord, record_path
+from nodeagent.network.record import NetworkRecord, RecordError, record_path
 
 UUID = "6a1c0f3e-2b7d-4c55-9a0e-1f2d3c4b5a69"
 
@@ -49,5 +50,9 @@ def test_each_cluster_has_its_own_record(tmp_path: Path) -> None:
     NetworkRecord.open(tmp_path, "c1").add(UUID, Names.of("mc", UUID), 1)
     assert NetworkRecord.open(tmp_path, "c2").names(UUID) is None
     record_path(tmp_path, "c3").write_text(json.dumps({"cluster": "c1"}))
-    with pytest.raises(ValueError, match="cluster c1's, not c3's"):
+    with pytest.raises(RecordError, match="cluster c1's, not c3's") as caught:
         NetworkRecord.open(tmp_path, "c3")
+    assert isinstance(caught.value, FatalError)
+    record_path(tmp_path, "c4").write_text("{not json")
+    with pytest.raises(RecordError, match="cannot read the network record"):
+        NetworkRecord.open(tmp_path, "c4")
