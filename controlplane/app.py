@@ -34,7 +34,7 @@ from controlplane import gauges, signingkeys
 from controlplane.api import reflection
 from controlplane.api.agent import AgentServicer
 from controlplane.api.artifacts import ArtifactServicer
-from controlplane.api.auth import AuthInterceptor, AuthServicer, NamespaceServicer
+from controlplane.api.auth import AuthInterceptor, AuthServicer, NamespaceServicer, ProxyTrust
 from controlplane.api.blobs import BlobServicer
 from controlplane.api.consoles import ConsoleServicer
 from controlplane.api.instances import InstanceServicer
@@ -159,6 +159,8 @@ class Parts:
     certificates: CertificateService
     cluster_id: str
     urls: UrlCache
+    # The cluster's CA certificate with TLS (b"" without): gateway certificates' issuer.
+    ca: bytes = b""
 
 
 # Where a service is served when the plane runs TLS: on the public listener, on the
@@ -230,7 +232,11 @@ SERVICES: tuple[Service, ...] = (
         _name(consoles_pb2, "ConsoleService"),
     ),
     Service(
-        lambda p: AuthServicer(p.namespaces, p.settings.trusted_proxies),
+        lambda p: AuthServicer(
+            p.namespaces,
+            p.settings.trusted_proxies,
+            ProxyTrust(p.ca, p.certificates, p.clock) if p.ca else None,
+        ),
         auth_pb2_grpc.add_AuthServiceServicer_to_server,
         _name(auth_pb2, "AuthService"),
     ),
@@ -565,6 +571,7 @@ async def build(
         cluster_id=await cluster_identity(
             store, pki.info(material.ca).cluster_id if material else ""
         ),
+        ca=material.ca if material else b"",
     )
     server = grpc.aio.server(
         # Metering first: it counts what authentication refuses too.

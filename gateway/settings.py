@@ -25,6 +25,11 @@ class GatewaySettings:
     # The control plane's gRPC target: HOST:PORT, or several comma-separated (the
     # gateway moves to the next when one fails; the TLS settings apply to each).
     api: str = "127.0.0.1:13100"
+    # With TLS: the gateway's own certificate and key (``minicloud-ca issue-gateway``,
+    # MINICLOUD_GATEWAY_CLIENT_CERT/_KEY), with which it vouches for the callers'
+    # addresses it passes on at login. Empty: the control plane ignores them.
+    client_cert: str = ""
+    client_key: str = ""
     # Largest JSON request body, and largest raw upload chunk, in bytes.
     max_json_bytes: int = 1024 * 1024
     max_chunk_bytes: int = 16 * 1024 * 1024
@@ -56,6 +61,8 @@ class GatewaySettings:
                     env.get("MINICLOUD_GATEWAY_API", base.api), "MINICLOUD_GATEWAY_API"
                 )
             ),
+            client_cert=env.get("MINICLOUD_GATEWAY_CLIENT_CERT", ""),
+            client_key=env.get("MINICLOUD_GATEWAY_CLIENT_KEY", ""),
             max_json_bytes=int(env.get("MINICLOUD_GATEWAY_MAX_JSON_BYTES", base.max_json_bytes)),
             max_chunk_bytes=int(env.get("MINICLOUD_GATEWAY_MAX_CHUNK_BYTES", base.max_chunk_bytes)),
             call_timeout=float(env.get("MINICLOUD_GATEWAY_CALL_TIMEOUT", base.call_timeout)),

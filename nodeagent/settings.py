@@ -62,6 +62,9 @@ class Settings:
     network_egress_bridge: str = "mcegress"
     network_underlay_netns: str = ""
     network_name_prefix: str = "mc"
+    # The host-wide claims file where each cluster's node agents claim VXLAN ids, their
+    # egress bridge and their floating range (nodeagent/network/claims.py).
+    network_claims: Path = Path("/var/lib/minicloud/network-claims.json")
     # Where /metrics, /healthz and /readyz are served (a management address; empty or
     # "off": not served).
     metrics_listen: str = "127.0.0.1:13103"
@@ -125,6 +128,7 @@ class Settings:
             network_egress_bridge=get("NETWORK_EGRESS_BRIDGE", base.network_egress_bridge),
             network_underlay_netns=get("NETWORK_UNDERLAY_NETNS", base.network_underlay_netns),
             network_name_prefix=get("NETWORK_NAME_PREFIX", base.network_name_prefix),
+            network_claims=Path(get("NETWORK_CLAIMS", base.network_claims)),
             metrics_listen=get("METRICS_LISTEN", base.metrics_listen),
             metrics_tls=MetricsTLS.from_env(env, "MINICLOUD_NODE_METRICS"),
             tls=tlsfiles.required(env, "MINICLOUD_NODE", "the node agent"),

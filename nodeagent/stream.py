@@ -45,6 +45,7 @@ from common.nodewire.messages import (
 )
 from common.tasks import Tasks
 from nodeagent.credentials import Credentials, Metadata
+from nodeagent.errors import FatalError
 from nodeagent.executor import Executor
 from nodeagent.membership import ForeignCluster
 from nodeagent.metrics import NodeMetrics
@@ -142,7 +143,7 @@ class ControlStream:
                     stub: NodeServiceAsyncStub = node_pb2_grpc.NodeServiceStub(channel)
                     await self._serve(stub, await self.credentials.metadata(channel))
                 attempt = 0
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, FatalError):
                 raise
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
