@@ -3,17 +3,19 @@
     minicloud-ca init                                  # the CA and the cluster's id
     minicloud-ca issue-server controlplane --san 127.0.0.1 --san cp.example.org
     minicloud-ca issue-node node1 [--days 365]         # a node agent's client certificate
+    minicloud-ca issue-gateway rest-gateway            # the REST gateway's client certificate
     minicloud-ca renew node1 ; minicloud-ca revoke node1 --reason "disk stolen"
     minicloud-ca list
     minicloud-ca token-key new-token-signing-key       # an Ed25519 token key pair (rotation)
 
 The folder is MINICLOUD_CA_DIR (default ./ca), or --dir. Keys are written
 0600. A node certificate names its node: the node agent holding it may speak
-only as that node. revoke and renew also tell the control plane at
-MINICLOUD_API (--api; with the system key MINICLOUD_KEY), which keeps
-revocations in its store: every control plane then refuses the old
-certificate and closes a stream it holds open within seconds. --api ""
-records the revocation in the folder only.
+only as that node. A gateway certificate is what lets a REST gateway pass its
+callers' addresses on to the control plane (MINICLOUD_GATEWAY_CLIENT_CERT/_KEY).
+revoke and renew also tell the control plane at MINICLOUD_API (--api; with
+the system key MINICLOUD_KEY), which keeps revocations in its store: every
+control plane then refuses the old certificate and closes a stream it holds
+open within seconds. --api "" records the revocation in the folder only.
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     node = verbs.add_parser("issue-node", help="a node agent's certificate")
     node.add_argument("name", help="the node's name")
     node.add_argument("--days", type=int, default=pki.DEFAULT_DAYS)
+    gateway = verbs.add_parser(
+        "issue-gateway", help="a REST gateway's certificate (vouches for callers' addresses)"
+    )
+    gateway.add_argument("name", help="the gateway's name")
+    gateway.add_argument("--days", type=int, default=pki.DEFAULT_DAYS)
     tell = argparse.ArgumentParser(add_help=False)
     tell.add_argument(
         "--api",
@@ -93,8 +100,9 @@ def run(args: argparse.Namespace, now: datetime.datetime) -> str:
     if args.verb == "issue-server":
         path = ca.issue("server", args.name, now, sans=tuple(args.san), days=args.days)
         return f"issued {path} (key {path.with_suffix('.key')})"
-    if args.verb == "issue-node":
-        path = ca.issue("node", args.name, now, days=args.days)
+    if args.verb in ("issue-node", "issue-gateway"):
+        kind: pki.Kind = "node" if args.verb == "issue-node" else "gateway"
+        path = ca.issue(kind, args.name, now, days=args.days)
         return f"issued {path} (key {path.with_suffix('.key')})"
     if args.verb == "renew":
         try:

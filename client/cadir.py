@@ -137,9 +137,10 @@ class CaDir:
             old = pki.info((self.issued / f"{name}.crt").read_bytes())
         except FileNotFoundError:
             raise CaError(f"{name} was never issued") from None
-        if old.kind not in pki.KINDS:
-            raise CaError(f"{name} is not a server or node certificate")
-        kind: pki.Kind = "server" if old.kind == "server" else "node"
+        kinds: dict[str, pki.Kind] = {kind: kind for kind in pki.KINDS}
+        if old.kind not in kinds:
+            raise CaError(f"{name} is not a server, node or gateway certificate")
+        kind = kinds[old.kind]
         sans = old.sans if kind == "server" else tuple(s for s in old.sans if s != name)
         self.revoke(name, now, reason="renewed")
         return self.issue(kind, name, now, sans=sans, days=days, replace=True)

@@ -16,6 +16,7 @@
     minicloud blob upload ./disk.img ; minicloud blob download UUID ./copy.img
     minicloud artifact upload myimage ./disk.qcow2   # then: --disk size=10,base=sf://upload/system/myimage
     minicloud artifact versions upload:myimage ; minicloud artifact delete upload:myimage
+    minicloud artifact cache https://example.com/debian.qcow2 --name debian   # progress bar
     minicloud instance set-metadata demo tags '["web"]'   # also get-metadata, delete-metadata
     minicloud instance delete demo ; minicloud instance delete-all --confirm
     minicloud instance create web1 --metadata affinity='{"web": -10}'
@@ -25,7 +26,8 @@
     minicloud instance create demo --disk size=2,base=debian:11 --node node2   # system only
     minicloud instance move demo --node node2   # a stopped instance, system namespace only
 
-The control plane is MINICLOUD_API (default 127.0.0.1:13100), the namespace
+The control plane is MINICLOUD_API (default 127.0.0.1:13100; several control
+planes as a comma-separated list, tried in turn when one fails), the namespace
 MINICLOUD_NAMESPACE (default system) and its key MINICLOUD_KEY; --api,
 --namespace and --key override them. The connection is TLS, checked against
 the cluster's CA certificate MINICLOUD_TLS_CA (--ca-file); --plaintext (or
@@ -209,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     art_upload = artifact.add_parser("upload", help="upload a file as an artifact version")
     art_upload.add_argument("name")
     art_upload.add_argument("path", type=Path)
+    cache = artifact.add_parser(
+        "cache", help="cache an http(s) URL as an upload artifact (progress until it is created)"
+    )
+    cache.add_argument("url")
+    cache.add_argument("--name", default="", help="default: the URL's last path segment")
+    cache.add_argument("--shared", action="store_true", help="share it (system only)")
+    cache.add_argument("--no-wait", action="store_true", help="answer at once")
     label = artifact.add_parser("label", help="point a label at a blob")
     label.add_argument("name")
     label.add_argument("blob_uuid")
@@ -478,6 +487,8 @@ def run_artifact(args: argparse.Namespace, client: Client) -> Any:
         art = client.upload_artifact(args.name, file_chunks(args.path), progress)
         progress.finish()
         return art
+    if verb == "cache":
+        return cache_url(args, client)
     if verb == "label":
         return client.label_blob(args.name, args.blob_uuid)
     if verb == "show":
@@ -499,6 +510,35 @@ def run_artifact(args: argparse.Namespace, client: Client) -> Any:
     if verb in ("share", "unshare"):
         return client.share_artifact(args.ref, verb == "share")
     return client.list_artifacts()
+
+
+def cache_url(args: argparse.Namespace, client: Client) -> JsonDict:
+    """Start caching a URL; unless --no-wait, show a progress bar until the fetch ends."""
+    art = client.cache_url(args.url, args.name, args.shared)
+    if args.no_wait:
+        return art
+    bar: Progress | None = None
+
+    def show(current: JsonDict) -> None:
+        nonlocal bar
+        fetch = current.get("fetch", {})
+        size, done = int(fetch.get("size", 0)), int(fetch.get("fetched", 0))
+        if bar is None:
+            bar = Progress(f"fetch {current['name']}", size, sys.stderr)
+        bar.total = size or max(done, 1)
+        bar(done - bar.done)
+
+    art = client.wait_fetch(art["uuid"], show)
+    if bar is not None:
+        if art["state"] == "created":
+            size = int(art.get("fetch", {}).get("size", 0))
+            bar.total = size or bar.total
+            bar(size - bar.done)
+        bar.finish()
+    if art["state"] == "error":
+        print(f"error: the fetch failed: {art.get('error', '')}", file=sys.stderr)
+        args.exit_code = 1
+    return art
 
 
 def render_artifact(args: argparse.Namespace, result: Any) -> bool:

@@ -4,6 +4,7 @@ minicloud namespace list | show NAME | delete NAME
 minicloud namespace create NAME [--key-name NAME] [--key-file FILE]
 minicloud namespace add-key NAMESPACE KEY_NAME [--key-file FILE]
 minicloud namespace delete-key NAMESPACE KEY_NAME
+minicloud namespace trust NAMESPACE TRUSTED | untrust NAMESPACE TRUSTED
 
 A new key is read from --key-file ('-' for standard input), never from the
 command line (where other users of the machine could see it in the process
@@ -42,6 +43,12 @@ def add_namespace_noun(top: Any) -> Any:
     delete_key = ns.add_parser("delete-key", help="remove a key, revoking its tokens")
     delete_key.add_argument("name", metavar="namespace")
     delete_key.add_argument("key_name")
+    for verb, what in (("trust", "let"), ("untrust", "stop")):
+        trust = ns.add_parser(
+            verb, help=f"{what} another namespace see and use this one's artifacts"
+        )
+        trust.add_argument("name", metavar="namespace")
+        trust.add_argument("trusted")
     return ns
 
 
@@ -67,6 +74,8 @@ def run_namespace(args: argparse.Namespace, client: Client) -> Any:
         return client.delete_namespace(args.name)
     if verb == "delete-key":
         return client.delete_key(args.name, args.key_name)
+    if verb in ("trust", "untrust"):
+        return client.trust(args.name, args.trusted, verb == "trust")
     if verb == "create" and not args.key_name:
         return client.create_namespace(args.name)
     key, generated = new_key(args.key_file)
@@ -82,13 +91,22 @@ def run_namespace(args: argparse.Namespace, client: Client) -> Any:
 def render_namespace(args: argparse.Namespace, result: JsonDict | list[JsonDict]) -> None:
     """Print a namespace result for people."""
     if isinstance(result, list):
-        rows = [[n["name"], n.get("state", ""), n.get("keys", [])] for n in result]
-        print(table.render(["name", "state", "keys"], rows))
+        rows = [
+            [n["name"], n.get("state", ""), n.get("keys", []), n.get("trusted", [])] for n in result
+        ]
+        print(table.render(["name", "state", "keys", "trusts"], rows))
         return
     print(
         table.render(
-            ["name", "state", "keys"],
-            [[result["name"], result.get("state", ""), result.get("keys", [])]],
+            ["name", "state", "keys", "trusts"],
+            [
+                [
+                    result["name"],
+                    result.get("state", ""),
+                    result.get("keys", []),
+                    result.get("trusted", []),
+                ]
+            ],
         )
     )
     if "generated_key" in result:

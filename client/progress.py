@@ -31,7 +31,7 @@ class Progress:
         rate = self.done / max(now - self.started, 1e-6) / mib
         percent = 100 * self.done / self.total if self.total else 100
         self.out.write(
-            f"\\r{self.label}  {self.done / mib:.1f}/{self.total / mib:.1f} MiB  "
+            f"\r{self.label}  {self.done / mib:.1f}/{self.total / mib:.1f} MiB  "
             f"{percent:3.0f}%  {rate:.1f} MiB/s"
         )
         self.out.flush()
@@ -39,5 +39,5 @@ class Progress:
     def finish(self) -> None:
         """End the line."""
         self._draw(time.monotonic())
-        self.out.write("\\n")
+        self.out.write("\n")
         self.out.flush()

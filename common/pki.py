@@ -11,7 +11,10 @@ unit:
 - ``server``: serverAuth, with the DNS names and IP addresses asked for as
   subject alternative names (the control plane, the gateway);
 - ``node``: clientAuth, common name = the node's name, which is the only
-  name a node agent holding it may speak as.
+  name a node agent holding it may speak as;
+- ``gateway``: clientAuth, common name = the gateway's name: the only
+  certificate whose holder may pass a caller's address on to the control
+  plane (it signs each one, ``sign``/``verify``; see ``common.forwarded``).
 
 Everything here is pure apart from the clock passed in: it takes and gives
 PEM bytes, and leaves files to the caller.
@@ -30,12 +33,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-Kind = Literal["server", "node"]
-KINDS: tuple[Kind, ...] = ("server", "node")
+Kind = Literal["server", "node", "gateway"]
+KINDS: tuple[Kind, ...] = ("server", "node", "gateway")
 CA_DAYS = 3650
 DEFAULT_DAYS = 365
 ORGANISATION = "minicloud"
-_UNITS: dict[Kind, str] = {"server": "server", "node": "node"}
+_UNITS: dict[Kind, str] = {"server": "server", "node": "node", "gateway": "gateway"}
 
 
 class PkiError(ValueError):
@@ -164,8 +167,8 @@ def issue(
     """A certificate of a kind for a name, signed by the CA, valid ``days`` from now.
 
     A server certificate names ``sans`` (DNS names or IP addresses; at least
-    one); a node certificate names the node in its common name (and as a DNS
-    name, so a node may also serve under it).
+    one); a node (or gateway) certificate names the node (gateway) in its
+    common name (and as a DNS name, so a node may also serve under it).
     """
     if kind not in KINDS:
         raise PkiError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
@@ -244,6 +247,11 @@ def node_name(pem: bytes, ca_pem: bytes, now: datetime.datetime) -> str:
     this checks it again (so it is safe on its own), then that the certificate
     is a current node certificate of this cluster.
     """
+    return client_name(pem, ca_pem, now, "node")
+
+
+def client_name(pem: bytes, ca_pem: bytes, now: datetime.datetime, kind: Kind) -> str:
+    """The name in a current client certificate of this kind issued by the CA (else PkiError)."""
     cert = load_cert(pem)
     ca_cert = load_cert(ca_pem)
     try:
@@ -253,6 +261,26 @@ def node_name(pem: bytes, ca_pem: bytes, now: datetime.datetime) -> str:
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
         raise PkiError("the certificate has expired or is not yet valid")
     found = info(pem)
-    if found.kind != "node":
-        raise PkiError(f"a {found.kind or 'foreign'} certificate is not a node certificate")
+    if found.kind != kind:
+        raise PkiError(f"a {found.kind or 'foreign'} certificate is not a {kind} certificate")
     return found.name
+
+
+def sign(key_pem: bytes, data: bytes) -> bytes:
+    """An ECDSA (SHA-256) signature of data with an issued certificate's key."""
+    try:
+        key = _load_key(key_pem)
+    except (ValueError, TypeError) as exc:
+        raise PkiError(f"not an ECDSA private key: {exc}") from None
+    return key.sign(data, ec.ECDSA(hashes.SHA256()))
+
+
+def verify(cert_pem: bytes, data: bytes, signature: bytes) -> None:
+    """Check that the key of this certificate signed data (PkiError if not)."""
+    public = load_cert(cert_pem).public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise PkiError("the certificate's key is not an ECDSA key")
+    try:
+        public.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        raise PkiError("the signature does not match the certificate") from None

@@ -13,6 +13,7 @@ event, ``main`` until SIGTERM or SIGINT.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import signal
 import socket
 import time
@@ -33,7 +34,7 @@ from controlplane import gauges, signingkeys
 from controlplane.api import reflection
 from controlplane.api.agent import AgentServicer
 from controlplane.api.artifacts import ArtifactServicer
-from controlplane.api.auth import AuthInterceptor, AuthServicer, NamespaceServicer
+from controlplane.api.auth import AuthInterceptor, AuthServicer, NamespaceServicer, ProxyTrust
 from controlplane.api.blobs import BlobServicer
 from controlplane.api.consoles import ConsoleServicer
 from controlplane.api.instances import InstanceServicer
@@ -78,6 +79,7 @@ from controlplane.services.networks import NetworkService
 from controlplane.services.nodes import NodeService
 from controlplane.services.readiness import Readiness
 from controlplane.services.uploads import UploadService
+from controlplane.services.urlcache import UrlCache, cluster_networks
 from controlplane.settings import Settings
 from controlplane.store.agentops import AgentOperations
 from controlplane.store.artifacts import Artifacts
@@ -93,6 +95,7 @@ from controlplane.store.revocations import Revocations
 from controlplane.store.rocks import RocksStore
 from controlplane.store.timed import TimedStore
 from controlplane.store.uploads import Uploads
+from controlplane.urlfetch import FetchPolicy
 from protos import (
     agent_pb2,
     agent_pb2_grpc,
@@ -158,8 +161,11 @@ class Parts:
     moves: MoveService
     certificates: CertificateService
     cluster_id: str
+    urls: UrlCache
     # This replica's lease in the store (granted once serving): leadership is tied to it.
     replica: ReplicaLease
+    # The cluster's CA certificate with TLS (b"" without): gateway certificates' issuer.
+    ca: bytes = b""
 
 
 # Where a service is served when the plane runs TLS: on the public listener, on the
@@ -216,7 +222,7 @@ SERVICES: tuple[Service, ...] = (
         BOTH,
     ),
     Service(
-        lambda p: ArtifactServicer(p.artifacts),
+        lambda p: ArtifactServicer(p.artifacts, p.urls),
         artifacts_pb2_grpc.add_ArtifactServiceServicer_to_server,
         _name(artifacts_pb2, "ArtifactService"),
     ),
@@ -231,7 +237,11 @@ SERVICES: tuple[Service, ...] = (
         _name(consoles_pb2, "ConsoleService"),
     ),
     Service(
-        lambda p: AuthServicer(p.namespaces, p.settings.trusted_proxies),
+        lambda p: AuthServicer(
+            p.namespaces,
+            p.settings.trusted_proxies,
+            ProxyTrust(p.ca, p.certificates, p.clock) if p.ca else None,
+        ),
         auth_pb2_grpc.add_AuthServiceServicer_to_server,
         _name(auth_pb2, "AuthService"),
     ),
@@ -486,8 +496,34 @@ async def build(
     blob_service = BlobService(
         blobs, records, artifact_records, reconciler.event, settings.blob_sweep_interval
     )
-    artifacts = ArtifactService(artifact_records, blob_service, records, reconciler.event, clock)
+    namespaces = NamespaceService(
+        Namespaces(store),
+        clock,
+        settings.token_ttl,
+        guard=LoginGuard(settings.login_policy()),
+        concurrency=settings.login_concurrency,
+        queue=settings.login_queue,
+        signing_key=signing_key,
+        keyring=keyring,
+        skew=settings.token_clock_skew,
+    )
+    artifacts = ArtifactService(
+        artifact_records, blob_service, records, reconciler.event, clock, namespaces.trusted_by
+    )
     network_records = NetworkRecords(store)
+    urls = UrlCache(
+        artifacts,
+        FetchPolicy(
+            max_bytes=settings.artifact_fetch_max_bytes,
+            allow=tuple(ipaddress.ip_network(n) for n in settings.artifact_fetch_allow),
+            deny=tuple(ipaddress.ip_network(n) for n in settings.artifact_fetch_deny),
+        ),
+        settings.artifact_fetch_timeout,
+        tasks,
+        settings.name,
+        cluster_networks(settings.floating_netblock, network_records, records),
+    )
+    await urls.recover()
     networks = NetworkService(
         records,
         network_records,
@@ -514,17 +550,6 @@ async def build(
         Uploads(store, settings.data_dir / "uploads"), artifacts, settings.name, clock
     )
     await agent.recover()
-    namespaces = NamespaceService(
-        Namespaces(store),
-        clock,
-        settings.token_ttl,
-        guard=LoginGuard(settings.login_policy()),
-        concurrency=settings.login_concurrency,
-        queue=settings.login_queue,
-        signing_key=signing_key,
-        keyring=keyring,
-        skew=settings.token_clock_skew,
-    )
     await namespaces.start(settings.system_key, settings.data_dir / "system-key")
     moves = MoveService(settings, records, nodes, reconciler, blobs, networks, netsync)
     node_service = NodeService(
@@ -534,7 +559,7 @@ async def build(
     kinds: dict[str, MetadataKind] = {
         "instance": InstanceKind(records),
         "blob": BlobKind(blobs, records),
-        "artifact": ArtifactKind(artifact_records, records),
+        "artifact": ArtifactKind(artifact_records, records, namespaces.trusted_by),
         "namespace": NamespaceKind(namespaces, records),
         "network": NetworkKind(network_records, records),
         "interface": InterfaceKind(network_records, records),
@@ -572,10 +597,12 @@ async def build(
         certificates=CertificateService(
             Revocations(store), nodes, clock, settings.revocation_interval
         ),
+        urls=urls,
         cluster_id=await cluster_identity(
             store, pki.info(material.ca).cluster_id if material else ""
         ),
         replica=ReplicaLease(store, settings.leader_ttl, settings.name),
+        ca=material.ca if material else b"",
     )
     server = grpc.aio.server(
         # Metering first: it counts what authentication refuses too.

@@ -290,6 +290,11 @@ class Artifact:
     max_versions: int = 0
     # Shared with every namespace (system artifacts only).
     shared: bool = False
+    # Why the artifact is in state "error" (its last fetch failed), else "".
+    error: str = ""
+    # The last fetch from a URL (services/urlcache.py): url, state (fetching, done,
+    # failed), fetched and size (bytes; size 0: not announced), plane, started_at.
+    fetch: JsonDict = field(default_factory=dict)
 
     @property
     def blob_uuid(self) -> str:

@@ -84,6 +84,19 @@ def dns_servers(value: str) -> tuple[str, ...]:
     return servers
 
 
+def networks(value: str, name: str) -> tuple[str, ...]:
+    """Comma-separated networks or addresses (CIDR), checked (ValueError naming the setting)."""
+    found = []
+    for item in (v.strip() for v in value.split(",")):
+        if not item:
+            continue
+        try:
+            found.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ValueError(f"{name}: {item!r} is not a network or address") from None
+    return tuple(found)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the control plane can be configured with."""
@@ -167,6 +180,14 @@ class Settings:
     # how often blobs released while an instance still used them are checked again.
     artifact_max_versions: int = 3
     blob_sweep_interval: float = 60.0
+    # Caching artifacts from URLs (services/urlcache.py): at most this many bytes, this
+    # many seconds per fetch. Loopback, link-local, private, shared and reserved addresses
+    # and the cluster's own networks are refused unless in artifact_fetch_allow;
+    # artifact_fetch_deny refuses more (it wins over allow).
+    artifact_fetch_max_bytes: int = 16 * 1024**3
+    artifact_fetch_timeout: float = 3600.0
+    artifact_fetch_allow: tuple[str, ...] = ()
+    artifact_fetch_deny: tuple[str, ...] = ()
 
     # The store (parse_store): empty for RocksDB under data_dir/store. With etcd every
     # key goes under etcd_prefix; TLS to etcd (https URLs, or any of these files set)
@@ -267,6 +288,18 @@ class Settings:
             ),
             blob_sweep_interval=float(
                 env.get("MINICLOUD_BLOB_SWEEP_INTERVAL", base.blob_sweep_interval)
+            ),
+            artifact_fetch_max_bytes=int(
+                env.get("MINICLOUD_ARTIFACT_FETCH_MAX_BYTES", base.artifact_fetch_max_bytes)
+            ),
+            artifact_fetch_timeout=float(
+                env.get("MINICLOUD_ARTIFACT_FETCH_TIMEOUT", base.artifact_fetch_timeout)
+            ),
+            artifact_fetch_allow=networks(
+                env.get("MINICLOUD_ARTIFACT_FETCH_ALLOW", ""), "MINICLOUD_ARTIFACT_FETCH_ALLOW"
+            ),
+            artifact_fetch_deny=networks(
+                env.get("MINICLOUD_ARTIFACT_FETCH_DENY", ""), "MINICLOUD_ARTIFACT_FETCH_DENY"
             ),
             store=env.get("MINICLOUD_STORE", base.store),
             etcd_prefix=env.get("MINICLOUD_ETCD_PREFIX", base.etcd_prefix),

@@ -6,11 +6,12 @@ import asyncio
 import signal
 import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import structlog
 from aiohttp import web
 
-from common import logs
+from common import logs, pki
 from common.metricsserver import MetricsServer, enabled
 from common.tlsfiles import TLSFiles
 from gateway.admission import PUBLIC_PATHS
@@ -78,6 +79,8 @@ def build_app(settings: GatewaySettings) -> web.Application:
     for route in routes:
         app.router.add_route(route.method, route.path, aiohttp_handler(route))
 
+    app[auth.VOUCHER] = voucher(settings)
+
     async def backend(app: web.Application) -> AsyncIterator[None]:
         ca = settings.tls.read().ca if settings.tls is not None else b""
         app[BACKEND] = Backend.connect(settings.api, ca)
@@ -97,6 +100,31 @@ def build_app(settings: GatewaySettings) -> web.Application:
 
         app.cleanup_ctx.append(metrics)
     return app
+
+
+def voucher(settings: GatewaySettings) -> auth.Voucher | None:
+    """The gateway certificate it vouches for callers' addresses with (None: it has none).
+
+    OSError when a file cannot be read or is not a gateway certificate with its key.
+    """
+    if not settings.client_cert and not settings.client_key:
+        if settings.tls is not None:
+            log.warning(
+                "no gateway certificate (MINICLOUD_GATEWAY_CLIENT_CERT/_KEY): the control "
+                "plane counts every login through this gateway under the gateway's address"
+            )
+        return None
+    try:
+        found = auth.Voucher(
+            Path(settings.client_cert).read_bytes(), Path(settings.client_key).read_bytes()
+        )
+        kind = pki.info(found.cert).kind
+        if kind != "gateway":
+            raise pki.PkiError(f"{settings.client_cert} is a {kind or 'foreign'} certificate")
+        pki.verify(found.cert, b"key check", pki.sign(found.key, b"key check"))  # a pair
+    except (OSError, pki.PkiError) as exc:
+        raise OSError(f"cannot use the gateway certificate {settings.client_cert}: {exc}") from exc
+    return found
 
 
 def https(tls: TLSFiles) -> ssl.SSLContext:

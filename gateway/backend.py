@@ -1,12 +1,16 @@
-"""The gRPC stubs the gateway calls, all over one channel to the control plane."""
+"""The gRPC stubs the gateway calls, all over one channel to the control plane (a
+``FailoverChannel`` when the gateway is given several control-plane addresses)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from common.addresslist import AddressList
+from gateway.failover import FailoverChannel
 from protos import (
     agent_pb2_grpc,
     artifacts_pb2_grpc,
@@ -46,16 +50,25 @@ class Backend:
     @classmethod
     def connect(cls, target: str, ca: bytes = b"") -> Backend:
         """Stubs over a new channel (call from inside the serving event loop): TLS checked
-        against the CA certificate ca, or plaintext when ca is empty."""
-        options = [
+        against the CA certificate ca, or plaintext when ca is empty. target is one
+        address, or several comma-separated: then the channel fails over between them
+        (``gateway.failover``), the same TLS for each."""
+        addresses = AddressList(target)
+        options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
         ]
-        if ca:
-            creds = grpc.ssl_channel_credentials(root_certificates=ca)
-            channel = grpc.aio.secure_channel(target, creds, options=options)
-        else:
-            channel = grpc.aio.insecure_channel(target, options=options)
+        if not addresses.single:
+            # An address that was down is tried again within seconds of coming back.
+            options.append(("grpc.max_reconnect_backoff_ms", 5000))
+
+        def dial(address: str) -> grpc.aio.Channel:
+            if ca:
+                creds = grpc.ssl_channel_credentials(root_certificates=ca)
+                return grpc.aio.secure_channel(address, creds, options=options)
+            return grpc.aio.insecure_channel(address, options=options)
+
+        channel = dial(addresses.current) if addresses.single else FailoverChannel(addresses, dial)
         return cls(
             channel=channel,
             instances=instances_pb2_grpc.InstanceServiceStub(channel),

@@ -11,8 +11,9 @@ Networks are served with the synchronous delete (the old shape), so
 ``provide-dns``: networks created with ``provide_dns`` answer
 ``NAME.NAMESPACE.ZONE`` for their instances.
 Nodes are served (list, get, delete, events, metadata) but not their process
-metrics (``node-process-metrics``). Not served at all: snapshots, cluster
-operations, namespace trust and caching artifacts from a URL. Artifact versions,
+metrics (``node-process-metrics``). Not served at all: snapshots and cluster
+operations. Caching artifacts from a URL and namespace trust are served, but
+Shaken Fist names no token for them, so none is listed. Artifact versions,
 deletion and events have no token of their own; ``blob-events`` says blob events
 are served.
 """

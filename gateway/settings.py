@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import tlsfiles
+from common import addresslist, tlsfiles
 from common.metricsserver import MetricsTLS
 from common.tlsfiles import TLSFiles
 
@@ -22,8 +22,14 @@ class GatewaySettings:
     # control plane's certificate with (MINICLOUD_GATEWAY_TLS_*). None: plain HTTP and
     # a plaintext channel to the control plane (MINICLOUD_GATEWAY_PLAINTEXT=1).
     tls: TLSFiles | None = None
-    # The control plane's gRPC target.
+    # The control plane's gRPC target: HOST:PORT, or several comma-separated (the
+    # gateway moves to the next when one fails; the TLS settings apply to each).
     api: str = "127.0.0.1:13100"
+    # With TLS: the gateway's own certificate and key (``minicloud-ca issue-gateway``,
+    # MINICLOUD_GATEWAY_CLIENT_CERT/_KEY), with which it vouches for the callers'
+    # addresses it passes on at login. Empty: the control plane ignores them.
+    client_cert: str = ""
+    client_key: str = ""
     # Largest JSON request body, and largest raw upload chunk, in bytes.
     max_json_bytes: int = 1024 * 1024
     max_chunk_bytes: int = 16 * 1024 * 1024
@@ -50,7 +56,13 @@ class GatewaySettings:
         base = cls()
         return cls(
             listen=env.get("MINICLOUD_GATEWAY_LISTEN", base.listen),
-            api=env.get("MINICLOUD_GATEWAY_API", base.api),
+            api=",".join(
+                addresslist.parse(
+                    env.get("MINICLOUD_GATEWAY_API", base.api), "MINICLOUD_GATEWAY_API"
+                )
+            ),
+            client_cert=env.get("MINICLOUD_GATEWAY_CLIENT_CERT", ""),
+            client_key=env.get("MINICLOUD_GATEWAY_CLIENT_KEY", ""),
             max_json_bytes=int(env.get("MINICLOUD_GATEWAY_MAX_JSON_BYTES", base.max_json_bytes)),
             max_chunk_bytes=int(env.get("MINICLOUD_GATEWAY_MAX_CHUNK_BYTES", base.max_chunk_bytes)),
             call_timeout=float(env.get("MINICLOUD_GATEWAY_CALL_TIMEOUT", base.call_timeout)),

@@ -33,9 +33,6 @@ UNSERVED: tuple[Unserved, ...] = (
     Unserved("GET", "/admin/cacert", "cluster-cacert"),
     Unserved("GET", "/admin/resources", "cluster-resources"),  # newest
     Unserved("GET", "/admin/vditokenpubkey"),  # newest
-    Unserved("POST", "/artifacts"),
-    Unserved("POST", "/auth/namespaces/{namespace}/trust"),
-    Unserved("DELETE", "/auth/namespaces/{namespace}/trust/{external_namespace}"),
     Unserved("GET", "/blobs/{blob_uuid}/checksum/{algorithm}", "blob-single-checksum"),  # newest
     # sha512 is served (gateway.routes.blobs); other algorithms are not.
     Unserved("GET", "/blob_checksums/{algorithm}/{hash}"),

@@ -205,7 +205,7 @@ def namespace(pb: auth_pb2.Namespace) -> JsonDict:
         "metadata": {},
         "version": pb.version,
         "keys": list(pb.keys),
-        "trust": {"full": []},
+        "trust": {"full": list(pb.trusted)},
     }
 
 

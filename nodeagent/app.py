@@ -31,7 +31,7 @@ from nodeagent.consoles import Consoles
 from nodeagent.credentials import Credentials
 from nodeagent.disks.fake import FakeDiskBuilder
 from nodeagent.disks.protocol import DiskBuilder
-from nodeagent.errors import NodeAgentError
+from nodeagent.errors import FatalError, NodeAgentError
 from nodeagent.executor import Executor
 from nodeagent.guest.links import LinkSettings
 from nodeagent.guest.ops import GuestOps
@@ -218,9 +218,15 @@ def build(
     )
     membership = Membership(settings.data_dir / "cluster-id")
     hypervisor.claim(membership.known())
+    if network is not None:
+        # Its record, egress bridge and floating range (ClaimRefused: another cluster's).
+        network.claim(membership.known())
 
     def registered(cluster_id: str) -> None:
-        hypervisor.claim(membership.join(cluster_id))
+        cluster = membership.join(cluster_id)
+        hypervisor.claim(cluster)
+        if network is not None:
+            network.claim(cluster)
 
     stream = ControlStream(
         settings.control_plane,
@@ -274,6 +280,7 @@ async def run(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT."""
     settings.instances_dir.mkdir(parents=True, exist_ok=True)
     metrics = NodeMetrics()
+    network = build_network(settings)
     if settings.tls is None:
         log.warning(
             "dialling the control plane without TLS (MINICLOUD_NODE_PLAINTEXT)",
@@ -284,7 +291,12 @@ async def run(settings: Settings) -> None:
         credentials = Credentials("system", "", tls=settings.tls.read())
     blobs = GrpcBlobs(settings.control_plane, credentials, metrics)
     hypervisor, disks = build_drivers(settings, blobs, metrics)
-    agent = build(settings, hypervisor, disks, blobs, build_network(settings), metrics=metrics)
+    try:
+        agent = build(settings, hypervisor, disks, blobs, network, metrics=metrics)
+    except FatalError:
+        await blobs.close()
+        await hypervisor.close()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -307,3 +319,20 @@ def main() -> None:
     except OSError as exc:
         log.error("cannot start the node agent", error=str(exc))
         raise SystemExit(1) from None
+    except Exception as exc:
+        fatal = _fatal(exc)
+        if fatal is None:
+            raise
+        log.error("cannot go on: stopping the node agent", error=str(fatal))
+        raise SystemExit(1) from None
+
+
+def _fatal(exc: BaseException) -> FatalError | None:
+    """The FatalError an exception is, or one of its group holds (task groups wrap them)."""
+    if isinstance(exc, FatalError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _fatal(inner)) is not None:
+                return found
+    return None

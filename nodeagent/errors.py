@@ -7,11 +7,14 @@
     ├── ImageError               not an image png understands      (png; also a ValueError)
     ├── DiskError                a disk could not be prepared      (disks.protocol)
     ├── NetworkError             a network could not be set up     (network.protocol)
+    │   └── ClaimRefused         another cluster holds it on this host (network.claims;
+    │                            also a FatalError)
     ├── GuestChannelError        talking to a guest agent failed   (guest.channel)
     │   ├── GuestError           the guest answered ERROR
     │   └── GuestUnavailable     no working link; retryable
     ├── GuestOpError             an agent operation failed         (guest.ops)
-    └── ForeignCluster           the control plane is another cluster's (membership)
+    ├── ForeignCluster           the control plane is another cluster's (membership)
+    └── FatalError               the node agent cannot go on: it stops and exits 1
 
 The executor turns every one of them into a failed ``Result`` carrying the
 error's ``retryable``; anything else is an internal error, never retried.
@@ -29,3 +32,7 @@ class NodeAgentError(Exception):
         super().__init__(message)
         if retryable is not None:
             self.retryable = retryable
+
+
+class FatalError(NodeAgentError):
+    """Raised while starting or registering, it stops the node agent (exit 1)."""

@@ -117,6 +117,8 @@ class Executor:
         self.network_wait = network_wait
         # Networks ensured on this node since the agent started (set: ready).
         self._networks: dict[str, asyncio.Event] = {}
+        # Networks whose last ensure failed for good (another cluster's VXLAN id here, say).
+        self._network_errors: dict[str, NetworkError] = {}
         self.guestops = guestops
         self.guestwatch = guestwatch
         self.hypervisor = hypervisor
@@ -305,8 +307,15 @@ class Executor:
         if isinstance(command, RemoveNetwork):
             await self.network.remove(uuid)
             self._networks.pop(uuid, None)
+            self._network_errors.pop(uuid, None)
             return
-        await self.network.ensure(command.network)
+        try:
+            await self.network.ensure(command.network)
+        except NetworkError as exc:
+            if not exc.retryable:
+                self._network_errors[uuid] = exc
+            raise
+        self._network_errors.pop(uuid, None)
         self._networks.setdefault(uuid, asyncio.Event()).set()
 
     async def _bridge(self, nic: NicRequest) -> NicRequest:
@@ -315,8 +324,15 @@ class Executor:
             raise NetworkError("this node has no network driver")
         ready = self._networks.setdefault(nic.network_uuid, asyncio.Event())
         try:
+            if not ready.is_set() and nic.network_uuid in self._network_errors:
+                raise TimeoutError  # it failed for good: no use waiting
             await asyncio.wait_for(ready.wait(), self.network_wait)
         except TimeoutError as exc:
+            if failed := self._network_errors.get(nic.network_uuid):
+                raise NetworkError(
+                    f"network {nic.network_uuid} cannot be set up on this node: {failed}",
+                    retryable=False,
+                ) from exc
             raise NetworkError(
                 f"network {nic.network_uuid} is not set up on this node yet", retryable=True
             ) from exc

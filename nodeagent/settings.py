@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import tlsfiles
+from common import addresslist, tlsfiles
 from common.metricsserver import MetricsTLS
 from common.tlsfiles import TLSFiles
 
@@ -22,6 +22,8 @@ DEFAULT_IMAGE_TEMPLATE = (
 class Settings:
     """Everything the node agent can be configured with."""
 
+    # The control plane's node listener: HOST:PORT, or several comma-separated (the agent
+    # dials the next when its stream is lost; the TLS settings apply to each).
     control_plane: str = "127.0.0.1:13100"
     # This node's certificate and key, and the cluster's CA (MINICLOUD_NODE_TLS_*): the
     # control plane's node listener (13101) knows the node by it. None: plaintext, with
@@ -60,6 +62,9 @@ class Settings:
     network_egress_bridge: str = "mcegress"
     network_underlay_netns: str = ""
     network_name_prefix: str = "mc"
+    # The host-wide claims file where each cluster's node agents claim VXLAN ids, their
+    # egress bridge and their floating range (nodeagent/network/claims.py).
+    network_claims: Path = Path("/var/lib/minicloud/network-claims.json")
     # Where /metrics, /healthz and /readyz are served (a management address; empty or
     # "off": not served).
     metrics_listen: str = "127.0.0.1:13103"
@@ -97,7 +102,11 @@ class Settings:
             return env.get(f"MINICLOUD_NODE_{name}", str(default))
 
         return cls(
-            control_plane=get("CONTROL_PLANE", base.control_plane),
+            control_plane=",".join(
+                addresslist.parse(
+                    get("CONTROL_PLANE", base.control_plane), "MINICLOUD_NODE_CONTROL_PLANE"
+                )
+            ),
             key=get("KEY", base.key),
             key_file=get("KEY_FILE", base.key_file),
             name=get("NAME", base.name),
@@ -119,6 +128,7 @@ class Settings:
             network_egress_bridge=get("NETWORK_EGRESS_BRIDGE", base.network_egress_bridge),
             network_underlay_netns=get("NETWORK_UNDERLAY_NETNS", base.network_underlay_netns),
             network_name_prefix=get("NETWORK_NAME_PREFIX", base.network_name_prefix),
+            network_claims=Path(get("NETWORK_CLAIMS", base.network_claims)),
             metrics_listen=get("METRICS_LISTEN", base.metrics_listen),
             metrics_tls=MetricsTLS.from_env(env, "MINICLOUD_NODE_METRICS"),
             tls=tlsfiles.required(env, "MINICLOUD_NODE", "the node agent"),

@@ -7,7 +7,10 @@ other part sent to the agent's ``Outbox``, which the stream drains while
 connected (converting each report as it goes out). Command handlers run
 under one ``Tasks`` owner and end with ``run``. A lost stream is redialled
 after a jittered, capped exponential backoff; the clock and randomness are
-injected.
+injected. With several control-plane addresses (``MINICLOUD_NODE_CONTROL_PLANE``
+comma-separated) each redial goes to the next address after the one that was
+lost or refused (``common.addresslist``); the control plane it reaches
+reconciles the node as any reconnect does.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import grpc
 import structlog
 
 from common import logs
+from common.addresslist import AddressList
 from common.nodewire.commands import Delivery, target_of
 from common.nodewire.convert import (
     WireError,
@@ -41,6 +45,7 @@ from common.nodewire.messages import (
 )
 from common.tasks import Tasks
 from nodeagent.credentials import Credentials, Metadata
+from nodeagent.errors import FatalError
 from nodeagent.executor import Executor
 from nodeagent.membership import ForeignCluster
 from nodeagent.metrics import NodeMetrics
@@ -105,7 +110,7 @@ class ControlStream:
         self.on_console = on_console
         self.credentials = credentials
         self.outbox = outbox
-        self.target = target
+        self.addresses = AddressList(target)
         self.identity = identity
         self.executor = executor
         self.backoff_base = backoff_base
@@ -117,6 +122,11 @@ class ControlStream:
         self.connections = 0
         self.tasks = Tasks()
 
+    @property
+    def target(self) -> str:
+        """The control-plane address dialled now."""
+        return self.addresses.current
+
     async def run(self) -> None:
         """Dial and serve until cancelled, redialling with backoff when the stream is lost."""
         try:
@@ -127,12 +137,13 @@ class ControlStream:
     async def _dial_forever(self) -> None:
         attempt = 0
         while True:
+            target = self.target
             try:
-                async with self.credentials.channel(self.target) as channel:
+                async with self.credentials.channel(target) as channel:
                     stub: NodeServiceAsyncStub = node_pb2_grpc.NodeServiceStub(channel)
                     await self._serve(stub, await self.credentials.metadata(channel))
                 attempt = 0
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, FatalError):
                 raise
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
@@ -147,11 +158,19 @@ class ControlStream:
             finally:
                 self.connected.clear()
                 self.outbox.detach()
+                # Lost or refused: the next dial goes to the next address (the same one
+                # when there is only one).
+                self.addresses.failed(target)
                 if self.on_disconnected is not None:
                     await self.on_disconnected()
             delay = backoff(attempt, self.backoff_base, self.backoff_cap, self.rng)
             attempt += 1
-            log.info("redialling control plane", delay=round(delay, 2), attempt=attempt)
+            log.info(
+                "redialling control plane",
+                delay=round(delay, 2),
+                attempt=attempt,
+                target=self.target,
+            )
             await self.sleep(delay)
 
     async def _serve(self, stub: NodeServiceAsyncStub, metadata: Metadata) -> None:

@@ -25,35 +25,39 @@ _sym_db = _symbol_database.Default()
 from protos import instances_pb2 as protos_dot_instances__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/artifacts.proto\x12\x0cminicloud.v1\x1a\x16protos/instances.proto\",\n\x19\x44\x65leteAllArtifactsRequest\x12\x0f\n\x07\x63onfirm\x18\x01 \x01(\x08\"2\n\x14\x44\x65leteVersionRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\":\n\x15SetMaxVersionsRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x14\n\x0cmax_versions\x18\x02 \x01(\x05\"G\n\x14ListVersionsResponse\x12/\n\x08versions\x18\x01 \x03(\x0b\x32\x1d.minicloud.v1.ArtifactVersion\"=\n\x13\x41rtifactUploadChunk\x12\x0e\n\x04name\x18\x01 \x01(\tH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"T\n\x0f\x46romBlobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tblob_uuid\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x12\n\nsource_url\x18\x04 \x01(\t\"\x1a\n\x0b\x41rtifactRef\x12\x0b\n\x03ref\x18\x01 \x01(\t\"\x16\n\x14ListArtifactsRequest\"B\n\x15ListArtifactsResponse\x12)\n\tartifacts\x18\x01 \x03(\x0b\x32\x16.minicloud.v1.Artifact\"U\n\x0f\x41rtifactVersion\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x11\n\tblob_uuid\x18\x02 \x01(\t\x12\x12\n\ncreated_at\x18\x03 \x01(\x01\x12\x0c\n\x04size\x18\x04 \x01(\x03\"\xe3\x01\n\x08\x41rtifact\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x12\n\nsource_url\x18\x06 \x01(\t\x12/\n\x08versions\x18\x07 \x03(\x0b\x32\x1d.minicloud.v1.ArtifactVersion\x12\x11\n\tblob_uuid\x18\x08 \x01(\t\x12\x14\n\x0cmax_versions\x18\t \x01(\x05\x12\r\n\x05index\x18\n \x01(\x05\x12\x0e\n\x06shared\x18\x0b \x01(\x08\x32\x93\x07\n\x0f\x41rtifactService\x12\x45\n\x06Upload\x12!.minicloud.v1.ArtifactUploadChunk\x1a\x16.minicloud.v1.Artifact(\x01\x12\x41\n\x08\x46romBlob\x12\x1d.minicloud.v1.FromBlobRequest\x1a\x16.minicloud.v1.Artifact\x12@\n\x0bGetArtifact\x12\x19.minicloud.v1.ArtifactRef\x1a\x16.minicloud.v1.Artifact\x12X\n\rListArtifacts\x12\".minicloud.v1.ListArtifactsRequest\x1a#.minicloud.v1.ListArtifactsResponse\x12\x43\n\x0e\x44\x65leteArtifact\x12\x19.minicloud.v1.ArtifactRef\x1a\x16.minicloud.v1.Artifact\x12\x62\n\x12\x44\x65leteAllArtifacts\x12\'.minicloud.v1.DeleteAllArtifactsRequest\x1a#.minicloud.v1.ListArtifactsResponse\x12M\n\x0cListVersions\x12\x19.minicloud.v1.ArtifactRef\x1a\".minicloud.v1.ListVersionsResponse\x12K\n\rDeleteVersion\x12\".minicloud.v1.DeleteVersionRequest\x1a\x16.minicloud.v1.Artifact\x12M\n\x0eSetMaxVersions\x12#.minicloud.v1.SetMaxVersionsRequest\x1a\x16.minicloud.v1.Artifact\x12L\n\tGetEvents\x12\x1e.minicloud.v1.GetEventsRequest\x1a\x1f.minicloud.v1.GetEventsResponse\x12:\n\x05Share\x12\x19.minicloud.v1.ArtifactRef\x1a\x16.minicloud.v1.Artifact\x12<\n\x07Unshare\x12\x19.minicloud.v1.ArtifactRef\x1a\x16.minicloud.v1.Artifactb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/artifacts.proto\x12\x0cminicloud.v1\x1a\x16protos/instances.proto\"<\n\x0f\x43\x61\x63heUrlRequest\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06shared\x18\x03 \x01(\x08\"m\n\rArtifactFetch\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07\x66\x65tched\x18\x03 \x01(\x03\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x12\n\nstarted_at\x18\x06 \x01(\x01\",\n\x19\x44\x65leteAllArtifactsRequest\x12\x0f\n\x07\x63onfirm\x18\x01 \x01(\x08\"2\n\x14\x44\x65leteVersionRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\":\n\x15SetMaxVersionsRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x14\n\x0cmax_versions\x18\x02 \x01(\x05\"G\n\x14ListVersionsResponse\x12/\n\x08versions\x18\x01 \x03(\x0b\x32\x1d.minicloud.v1.ArtifactVersion\"=\n\x13\x41rtifactUploadChunk\x12\x0e\n\x04name\x18\x01 \x01(\tH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"T\n\x0f\x46romBlobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tblob_uuid\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x12\n\nsource_url\x18\x04 \x01(\t\"\x1a\n\x0b\x41rtifactRef\x12\x0b\n\x03ref\x18\x01 \x01(\t\"\x16\n\x14ListArtifactsRequest\"B\n\x15ListArtifactsResponse\x12)\n\tartifacts\x18\x01 \x03(\x0b\x32\x16.minicloud.v1.Artifact\"U\n\x0f\x41rtifactVersion\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x11\n\tblob_uuid\x18\x02 \x01(\t\x12\x12\n\ncreated_at\x18\x03 \x01(\x01\x12\x0c\n\x04size\x18\x04 \x01(\x03\"\x9e\x02\n\x08\x41rtifact\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x12\n\nsource_url\x18\x06 \x01(\t\x12/\n\x08versions\x18\x07 \x03(\x0b\x32\x1d.minicloud.v1.ArtifactVersion\x12\x11\n\tblob_uuid\x18\x08 \x01(\t\x12\x14\n\x0cmax_versions\x18\t \x01(\x05\x12\r\n\x05index\x18\n \x01(\x05\x12\x0e\n\x06shared\x18\x0b \x01(\x08\x12\r\n\x05\x65rror\x18\x0c \x01(\t\x12*\n\x05\x66\x65tch\x18\r \x01(\x0b\x32\x1b.minicloud.v1.ArtifactFetch2\xd6\x07\n\x0f\x41rtifactService\x12\x45\n\x06Upload\x12!.minicloud.v1.ArtifactUploadChunk\x1a\x16.minicloud.v1.Artifact(\x01\x12\x41\n\x08\x46romBlob\x12\x1d.minicloud.v1.FromBlobRequest\x1a\x16.minicloud.v1.Artifact\x12@\n\x0bGetArtifact\x12\x19.minicloud.v1.ArtifactRef\x1a\x16.minicloud.v1.Artifact\x12X\n\rListArtifacts\x12\".minicloud.v1.ListArtifactsRequest\x1a#.minicloud.v1.ListArtifactsResponse\x12\x43\n\x0e\x44\x65leteArtifact\x12\x19.minicloud.v1.ArtifactRef\x1a\x16.minicloud.v1.Artifact\x12\x62\n\x12\x44\x65leteAllArtifacts\x12\'.minicloud.v1.DeleteAllArtifactsRequest\x1a#.minicloud.v1.ListArtifactsResponse\x12M\n\x0cListVersions\x12\x19.minicloud.v1.ArtifactRef\x1a\".minicloud.v1.ListVersionsResponse\x12K\n\rDeleteVersion\x12\".minicloud.v1.DeleteVersionRequest\x1a\x16.minicloud.v1.Artifact\x12M\n\x0eSetMaxVersions\x12#.minicloud.v1.SetMaxVersionsRequest\x1a\x16.minicloud.v1.Artifact\x12L\n\tGetEvents\x12\x1e.minicloud.v1.GetEventsRequest\x1a\x1f.minicloud.v1.GetEventsResponse\x12:\n\x05Share\x12\x19.minicloud.v1.ArtifactRef\x1a\x16.minicloud.v1.Artifact\x12<\n\x07Unshare\x12\x19.minicloud.v1.ArtifactRef\x1a\x16.minicloud.v1.Artifact\x12\x41\n\x08\x43\x61\x63heUrl\x12\x1d.minicloud.v1.CacheUrlRequest\x1a\x16.minicloud.v1.Artifactb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.artifacts_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DELETEALLARTIFACTSREQUEST']._serialized_start=64
-  _globals['_DELETEALLARTIFACTSREQUEST']._serialized_end=108
-  _globals['_DELETEVERSIONREQUEST']._serialized_start=110
-  _globals['_DELETEVERSIONREQUEST']._serialized_end=160
-  _globals['_SETMAXVERSIONSREQUEST']._serialized_start=162
-  _globals['_SETMAXVERSIONSREQUEST']._serialized_end=220
-  _globals['_LISTVERSIONSRESPONSE']._serialized_start=222
-  _globals['_LISTVERSIONSRESPONSE']._serialized_end=293
-  _globals['_ARTIFACTUPLOADCHUNK']._serialized_start=295
-  _globals['_ARTIFACTUPLOADCHUNK']._serialized_end=356
-  _globals['_FROMBLOBREQUEST']._serialized_start=358
-  _globals['_FROMBLOBREQUEST']._serialized_end=442
-  _globals['_ARTIFACTREF']._serialized_start=444
-  _globals['_ARTIFACTREF']._serialized_end=470
-  _globals['_LISTARTIFACTSREQUEST']._serialized_start=472
-  _globals['_LISTARTIFACTSREQUEST']._serialized_end=494
-  _globals['_LISTARTIFACTSRESPONSE']._serialized_start=496
-  _globals['_LISTARTIFACTSRESPONSE']._serialized_end=562
-  _globals['_ARTIFACTVERSION']._serialized_start=564
-  _globals['_ARTIFACTVERSION']._serialized_end=649
-  _globals['_ARTIFACT']._serialized_start=652
-  _globals['_ARTIFACT']._serialized_end=879
-  _globals['_ARTIFACTSERVICE']._serialized_start=882
-  _globals['_ARTIFACTSERVICE']._serialized_end=1797
+  _globals['_CACHEURLREQUEST']._serialized_start=64
+  _globals['_CACHEURLREQUEST']._serialized_end=124
+  _globals['_ARTIFACTFETCH']._serialized_start=126
+  _globals['_ARTIFACTFETCH']._serialized_end=235
+  _globals['_DELETEALLARTIFACTSREQUEST']._serialized_start=237
+  _globals['_DELETEALLARTIFACTSREQUEST']._serialized_end=281
+  _globals['_DELETEVERSIONREQUEST']._serialized_start=283
+  _globals['_DELETEVERSIONREQUEST']._serialized_end=333
+  _globals['_SETMAXVERSIONSREQUEST']._serialized_start=335
+  _globals['_SETMAXVERSIONSREQUEST']._serialized_end=393
+  _globals['_LISTVERSIONSRESPONSE']._serialized_start=395
+  _globals['_LISTVERSIONSRESPONSE']._serialized_end=466
+  _globals['_ARTIFACTUPLOADCHUNK']._serialized_start=468
+  _globals['_ARTIFACTUPLOADCHUNK']._serialized_end=529
+  _globals['_FROMBLOBREQUEST']._serialized_start=531
+  _globals['_FROMBLOBREQUEST']._serialized_end=615
+  _globals['_ARTIFACTREF']._serialized_start=617
+  _globals['_ARTIFACTREF']._serialized_end=643
+  _globals['_LISTARTIFACTSREQUEST']._serialized_start=645
+  _globals['_LISTARTIFACTSREQUEST']._serialized_end=667
+  _globals['_LISTARTIFACTSRESPONSE']._serialized_start=669
+  _globals['_LISTARTIFACTSRESPONSE']._serialized_end=735
+  _globals['_ARTIFACTVERSION']._serialized_start=737
+  _globals['_ARTIFACTVERSION']._serialized_end=822
+  _globals['_ARTIFACT']._serialized_start=825
+  _globals['_ARTIFACT']._serialized_end=1111
+  _globals['_ARTIFACTSERVICE']._serialized_start=1114
+  _globals['_ARTIFACTSERVICE']._serialized_end=2096
 # @@protoc_insertion_point(module_scope)

@@ -14,7 +14,9 @@ artifact version references it and no live instance uses it as a base.
 An artifact of the system namespace may be shared with every namespace:
 each then sees it (GetArtifact, ListArtifacts, ListVersions, GetEvents, a
 TYPE:NAME not found in its own namespace) and may use it as a disk base
-(sf://upload/system/NAME, or label:NAME); only system may change it.
+(sf://upload/system/NAME, or label:NAME); only system may change it. A
+namespace trusting another (NamespaceService.Trust) lets it see and use its
+artifacts the same way; only the owner (or system) changes them.
 """
 
 from collections import abc as _abc
@@ -31,6 +33,70 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class CacheUrlRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    SHARED_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    name: _builtins.str
+    shared: _builtins.bool
+    """Share it with every namespace (system artifacts only; FAILED_PRECONDITION otherwise)."""
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        name: _builtins.str = ...,
+        shared: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "shared", b"shared", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CacheUrlRequest: _TypeAlias = CacheUrlRequest  # noqa: Y015
+
+@_typing.final
+class ArtifactFetch(_message.Message):
+    """The last fetch of an artifact from a URL."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    FETCHED_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    state: _builtins.str
+    """fetching, done or failed."""
+    fetched: _builtins.int
+    """Bytes fetched so far, and the size the server announced (0: not announced)."""
+    size: _builtins.int
+    error: _builtins.str
+    started_at: _builtins.float
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        state: _builtins.str = ...,
+        fetched: _builtins.int = ...,
+        size: _builtins.int = ...,
+        error: _builtins.str = ...,
+        started_at: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "fetched", b"fetched", "size", b"size", "started_at", b"started_at", "state", b"state", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArtifactFetch: _TypeAlias = ArtifactFetch  # noqa: Y015
 
 @_typing.final
 class DeleteAllArtifactsRequest(_message.Message):
@@ -266,6 +332,8 @@ class Artifact(_message.Message):
     MAX_VERSIONS_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
     SHARED_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    FETCH_FIELD_NUMBER: _builtins.int
     uuid: _builtins.str
     namespace: _builtins.str
     type: _builtins.str
@@ -281,8 +349,14 @@ class Artifact(_message.Message):
     """The highest version index given so far (the next version is index + 1)."""
     shared: _builtins.bool
     """Visible to every namespace (system artifacts only)."""
+    error: _builtins.str
+    """Why the artifact is in state "error" (its last fetch failed)."""
     @_builtins.property
     def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArtifactVersion]: ...
+    @_builtins.property
+    def fetch(self) -> Global___ArtifactFetch:
+        """Its last fetch from a URL (CacheUrl), if any."""
+
     def __init__(
         self,
         *,
@@ -297,10 +371,12 @@ class Artifact(_message.Message):
         max_versions: _builtins.int = ...,
         index: _builtins.int = ...,
         shared: _builtins.bool = ...,
+        error: _builtins.str = ...,
+        fetch: Global___ArtifactFetch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fetch", b"fetch"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_uuid", b"blob_uuid", "index", b"index", "max_versions", b"max_versions", "name", b"name", "namespace", b"namespace", "shared", b"shared", "source_url", b"source_url", "state", b"state", "type", b"type", "uuid", b"uuid", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_uuid", b"blob_uuid", "error", b"error", "fetch", b"fetch", "index", b"index", "max_versions", b"max_versions", "name", b"name", "namespace", b"namespace", "shared", b"shared", "source_url", b"source_url", "state", b"state", "type", b"type", "uuid", b"uuid", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

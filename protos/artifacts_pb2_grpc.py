@@ -95,6 +95,11 @@ class ArtifactServiceStub:
                 request_serializer=protos_dot_artifacts__pb2.ArtifactRef.SerializeToString,
                 response_deserializer=protos_dot_artifacts__pb2.Artifact.FromString,
                 _registered_method=True)
+        self.CacheUrl = channel.unary_unary(
+                '/minicloud.v1.ArtifactService/CacheUrl',
+                request_serializer=protos_dot_artifacts__pb2.CacheUrlRequest.SerializeToString,
+                response_deserializer=protos_dot_artifacts__pb2.Artifact.FromString,
+                _registered_method=True)
 
 
 class ArtifactServiceServicer:
@@ -187,6 +192,22 @@ class ArtifactServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CacheUrl(self, request, context):
+        """Cache an http(s) URL as a new version of the upload artifact NAME (default: the
+        URL's last path segment). Answers the artifact at once (a new one in state
+        "initial"), its fetch running in the background: fetch.fetched/size show progress,
+        events record it; then state "created", or "error" with the reason in error and
+        in a "fetch failed: ..." event. Only http and https (INVALID_ARGUMENT otherwise);
+        addresses the control plane refuses (loopback, link-local, private, the cluster's
+        own networks by default: MINICLOUD_ARTIFACT_FETCH_ALLOW/DENY), more than
+        MINICLOUD_ARTIFACT_FETCH_MAX_BYTES and fetches beyond MINICLOUD_ARTIFACT_FETCH_TIMEOUT
+        end in "error". Content already stored (same sha512) is not stored again, and
+        adds no version when the newest already holds it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ArtifactServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -248,6 +269,11 @@ def add_ArtifactServiceServicer_to_server(servicer, server):
             'Unshare': grpc.unary_unary_rpc_method_handler(
                     servicer.Unshare,
                     request_deserializer=protos_dot_artifacts__pb2.ArtifactRef.FromString,
+                    response_serializer=protos_dot_artifacts__pb2.Artifact.SerializeToString,
+            ),
+            'CacheUrl': grpc.unary_unary_rpc_method_handler(
+                    servicer.CacheUrl,
+                    request_deserializer=protos_dot_artifacts__pb2.CacheUrlRequest.FromString,
                     response_serializer=protos_dot_artifacts__pb2.Artifact.SerializeToString,
             ),
     }
@@ -574,6 +600,33 @@ class ArtifactService:
             target,
             '/minicloud.v1.ArtifactService/Unshare',
             protos_dot_artifacts__pb2.ArtifactRef.SerializeToString,
+            protos_dot_artifacts__pb2.Artifact.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CacheUrl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minicloud.v1.ArtifactService/CacheUrl',
+            protos_dot_artifacts__pb2.CacheUrlRequest.SerializeToString,
             protos_dot_artifacts__pb2.Artifact.FromString,
             options,
             channel_credentials,

@@ -14,7 +14,9 @@ artifact version references it and no live instance uses it as a base.
 An artifact of the system namespace may be shared with every namespace:
 each then sees it (GetArtifact, ListArtifacts, ListVersions, GetEvents, a
 TYPE:NAME not found in its own namespace) and may use it as a disk base
-(sf://upload/system/NAME, or label:NAME); only system may change it.
+(sf://upload/system/NAME, or label:NAME); only system may change it. A
+namespace trusting another (NamespaceService.Trust) lets it see and use its
+artifacts the same way; only the owner (or system) changes them.
 """
 
 from collections import abc as _abc
@@ -77,6 +79,18 @@ class ArtifactServiceStub:
     another namespace's artifact), or stop sharing it.
     """
     Unshare: _grpc.UnaryUnaryMultiCallable[_artifacts_pb2.ArtifactRef, _artifacts_pb2.Artifact]
+    CacheUrl: _grpc.UnaryUnaryMultiCallable[_artifacts_pb2.CacheUrlRequest, _artifacts_pb2.Artifact]
+    """Cache an http(s) URL as a new version of the upload artifact NAME (default: the
+    URL's last path segment). Answers the artifact at once (a new one in state
+    "initial"), its fetch running in the background: fetch.fetched/size show progress,
+    events record it; then state "created", or "error" with the reason in error and
+    in a "fetch failed: ..." event. Only http and https (INVALID_ARGUMENT otherwise);
+    addresses the control plane refuses (loopback, link-local, private, the cluster's
+    own networks by default: MINICLOUD_ARTIFACT_FETCH_ALLOW/DENY), more than
+    MINICLOUD_ARTIFACT_FETCH_MAX_BYTES and fetches beyond MINICLOUD_ARTIFACT_FETCH_TIMEOUT
+    end in "error". Content already stored (same sha512) is not stored again, and
+    adds no version when the newest already holds it.
+    """
 
 @_typing.type_check_only
 class ArtifactServiceAsyncStub(ArtifactServiceStub):
@@ -112,6 +126,18 @@ class ArtifactServiceAsyncStub(ArtifactServiceStub):
     another namespace's artifact), or stop sharing it.
     """
     Unshare: _aio.UnaryUnaryMultiCallable[_artifacts_pb2.ArtifactRef, _artifacts_pb2.Artifact]  # type: ignore[assignment]
+    CacheUrl: _aio.UnaryUnaryMultiCallable[_artifacts_pb2.CacheUrlRequest, _artifacts_pb2.Artifact]  # type: ignore[assignment]
+    """Cache an http(s) URL as a new version of the upload artifact NAME (default: the
+    URL's last path segment). Answers the artifact at once (a new one in state
+    "initial"), its fetch running in the background: fetch.fetched/size show progress,
+    events record it; then state "created", or "error" with the reason in error and
+    in a "fetch failed: ..." event. Only http and https (INVALID_ARGUMENT otherwise);
+    addresses the control plane refuses (loopback, link-local, private, the cluster's
+    own networks by default: MINICLOUD_ARTIFACT_FETCH_ALLOW/DENY), more than
+    MINICLOUD_ARTIFACT_FETCH_MAX_BYTES and fetches beyond MINICLOUD_ARTIFACT_FETCH_TIMEOUT
+    end in "error". Content already stored (same sha512) is not stored again, and
+    adds no version when the newest already holds it.
+    """
 
 class ArtifactServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -216,5 +242,23 @@ class ArtifactServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _artifacts_pb2.ArtifactRef,
         context: _ServicerContext,
     ) -> _typing.Union[_artifacts_pb2.Artifact, _abc.Awaitable[_artifacts_pb2.Artifact]]: ...
+
+    @_abc_1.abstractmethod
+    def CacheUrl(
+        self,
+        request: _artifacts_pb2.CacheUrlRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_artifacts_pb2.Artifact, _abc.Awaitable[_artifacts_pb2.Artifact]]:
+        """Cache an http(s) URL as a new version of the upload artifact NAME (default: the
+        URL's last path segment). Answers the artifact at once (a new one in state
+        "initial"), its fetch running in the background: fetch.fetched/size show progress,
+        events record it; then state "created", or "error" with the reason in error and
+        in a "fetch failed: ..." event. Only http and https (INVALID_ARGUMENT otherwise);
+        addresses the control plane refuses (loopback, link-local, private, the cluster's
+        own networks by default: MINICLOUD_ARTIFACT_FETCH_ALLOW/DENY), more than
+        MINICLOUD_ARTIFACT_FETCH_MAX_BYTES and fetches beyond MINICLOUD_ARTIFACT_FETCH_TIMEOUT
+        end in "error". Content already stored (same sha512) is not stored again, and
+        adds no version when the newest already holds it.
+        """
 
 def add_ArtifactServiceServicer_to_server(servicer: ArtifactServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -24,33 +24,35 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11protos/auth.proto\x12\x0cminicloud.v1\".\n\x0cTokenRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"M\n\rTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\"[\n\tNamespace\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0c\n\x04keys\x18\x03 \x03(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\x12\x0f\n\x07version\x18\x05 \x01(\x03\"\x1c\n\x0cNamespaceRef\x12\x0c\n\x04name\x18\x01 \x01(\t\"E\n\x16\x43reateNamespaceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08key_name\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\"\x17\n\x15ListNamespacesRequest\"E\n\x16ListNamespacesResponse\x12+\n\nnamespaces\x18\x01 \x03(\x0b\x32\x17.minicloud.v1.Namespace\"A\n\rAddKeyRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x10\n\x08key_name\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\"7\n\x10\x44\x65leteKeyRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x10\n\x08key_name\x18\x02 \x01(\t2O\n\x0b\x41uthService\x12@\n\x05Token\x12\x1a.minicloud.v1.TokenRequest\x1a\x1b.minicloud.v1.TokenResponse2\xaf\x03\n\x10NamespaceService\x12G\n\x06\x43reate\x12$.minicloud.v1.CreateNamespaceRequest\x1a\x17.minicloud.v1.Namespace\x12:\n\x03Get\x12\x1a.minicloud.v1.NamespaceRef\x1a\x17.minicloud.v1.Namespace\x12Q\n\x04List\x12#.minicloud.v1.ListNamespacesRequest\x1a$.minicloud.v1.ListNamespacesResponse\x12=\n\x06\x44\x65lete\x12\x1a.minicloud.v1.NamespaceRef\x1a\x17.minicloud.v1.Namespace\x12>\n\x06\x41\x64\x64Key\x12\x1b.minicloud.v1.AddKeyRequest\x1a\x17.minicloud.v1.Namespace\x12\x44\n\tDeleteKey\x12\x1e.minicloud.v1.DeleteKeyRequest\x1a\x17.minicloud.v1.Namespaceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11protos/auth.proto\x12\x0cminicloud.v1\"2\n\x0cTrustRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0f\n\x07trusted\x18\x02 \x01(\t\".\n\x0cTokenRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"M\n\rTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\"l\n\tNamespace\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0c\n\x04keys\x18\x03 \x03(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12\x0f\n\x07trusted\x18\x06 \x03(\t\"\x1c\n\x0cNamespaceRef\x12\x0c\n\x04name\x18\x01 \x01(\t\"E\n\x16\x43reateNamespaceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08key_name\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\"\x17\n\x15ListNamespacesRequest\"E\n\x16ListNamespacesResponse\x12+\n\nnamespaces\x18\x01 \x03(\x0b\x32\x17.minicloud.v1.Namespace\"A\n\rAddKeyRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x10\n\x08key_name\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\"7\n\x10\x44\x65leteKeyRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x10\n\x08key_name\x18\x02 \x01(\t2O\n\x0b\x41uthService\x12@\n\x05Token\x12\x1a.minicloud.v1.TokenRequest\x1a\x1b.minicloud.v1.TokenResponse2\xad\x04\n\x10NamespaceService\x12G\n\x06\x43reate\x12$.minicloud.v1.CreateNamespaceRequest\x1a\x17.minicloud.v1.Namespace\x12:\n\x03Get\x12\x1a.minicloud.v1.NamespaceRef\x1a\x17.minicloud.v1.Namespace\x12Q\n\x04List\x12#.minicloud.v1.ListNamespacesRequest\x1a$.minicloud.v1.ListNamespacesResponse\x12=\n\x06\x44\x65lete\x12\x1a.minicloud.v1.NamespaceRef\x1a\x17.minicloud.v1.Namespace\x12>\n\x06\x41\x64\x64Key\x12\x1b.minicloud.v1.AddKeyRequest\x1a\x17.minicloud.v1.Namespace\x12\x44\n\tDeleteKey\x12\x1e.minicloud.v1.DeleteKeyRequest\x1a\x17.minicloud.v1.Namespace\x12<\n\x05Trust\x12\x1a.minicloud.v1.TrustRequest\x1a\x17.minicloud.v1.Namespace\x12>\n\x07Untrust\x12\x1a.minicloud.v1.TrustRequest\x1a\x17.minicloud.v1.Namespaceb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.auth_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TOKENREQUEST']._serialized_start=35
-  _globals['_TOKENREQUEST']._serialized_end=81
-  _globals['_TOKENRESPONSE']._serialized_start=83
-  _globals['_TOKENRESPONSE']._serialized_end=160
-  _globals['_NAMESPACE']._serialized_start=162
-  _globals['_NAMESPACE']._serialized_end=253
-  _globals['_NAMESPACEREF']._serialized_start=255
-  _globals['_NAMESPACEREF']._serialized_end=283
-  _globals['_CREATENAMESPACEREQUEST']._serialized_start=285
-  _globals['_CREATENAMESPACEREQUEST']._serialized_end=354
-  _globals['_LISTNAMESPACESREQUEST']._serialized_start=356
-  _globals['_LISTNAMESPACESREQUEST']._serialized_end=379
-  _globals['_LISTNAMESPACESRESPONSE']._serialized_start=381
-  _globals['_LISTNAMESPACESRESPONSE']._serialized_end=450
-  _globals['_ADDKEYREQUEST']._serialized_start=452
-  _globals['_ADDKEYREQUEST']._serialized_end=517
-  _globals['_DELETEKEYREQUEST']._serialized_start=519
-  _globals['_DELETEKEYREQUEST']._serialized_end=574
-  _globals['_AUTHSERVICE']._serialized_start=576
-  _globals['_AUTHSERVICE']._serialized_end=655
-  _globals['_NAMESPACESERVICE']._serialized_start=658
-  _globals['_NAMESPACESERVICE']._serialized_end=1089
+  _globals['_TRUSTREQUEST']._serialized_start=35
+  _globals['_TRUSTREQUEST']._serialized_end=85
+  _globals['_TOKENREQUEST']._serialized_start=87
+  _globals['_TOKENREQUEST']._serialized_end=133
+  _globals['_TOKENRESPONSE']._serialized_start=135
+  _globals['_TOKENRESPONSE']._serialized_end=212
+  _globals['_NAMESPACE']._serialized_start=214
+  _globals['_NAMESPACE']._serialized_end=322
+  _globals['_NAMESPACEREF']._serialized_start=324
+  _globals['_NAMESPACEREF']._serialized_end=352
+  _globals['_CREATENAMESPACEREQUEST']._serialized_start=354
+  _globals['_CREATENAMESPACEREQUEST']._serialized_end=423
+  _globals['_LISTNAMESPACESREQUEST']._serialized_start=425
+  _globals['_LISTNAMESPACESREQUEST']._serialized_end=448
+  _globals['_LISTNAMESPACESRESPONSE']._serialized_start=450
+  _globals['_LISTNAMESPACESRESPONSE']._serialized_end=519
+  _globals['_ADDKEYREQUEST']._serialized_start=521
+  _globals['_ADDKEYREQUEST']._serialized_end=586
+  _globals['_DELETEKEYREQUEST']._serialized_start=588
+  _globals['_DELETEKEYREQUEST']._serialized_end=643
+  _globals['_AUTHSERVICE']._serialized_start=645
+  _globals['_AUTHSERVICE']._serialized_end=724
+  _globals['_NAMESPACESERVICE']._serialized_start=727
+  _globals['_NAMESPACESERVICE']._serialized_end=1284
 # @@protoc_insertion_point(module_scope)

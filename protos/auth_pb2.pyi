@@ -27,6 +27,29 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class TrustRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    TRUSTED_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    trusted: _builtins.str
+    """The namespace to trust or stop trusting."""
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        trusted: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "trusted", b"trusted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrustRequest: _TypeAlias = TrustRequest  # noqa: Y015
+
+@_typing.final
 class TokenRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -84,6 +107,7 @@ class Namespace(_message.Message):
     KEYS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    TRUSTED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     state: _builtins.str
     """created or deleted."""
@@ -93,6 +117,10 @@ class Namespace(_message.Message):
     def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Key names only; keys are stored hashed and never returned."""
 
+    @_builtins.property
+    def trusted(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The namespaces it trusts (system sees everything without being named here)."""
+
     def __init__(
         self,
         *,
@@ -101,10 +129,11 @@ class Namespace(_message.Message):
         keys: _abc.Iterable[_builtins.str] | None = ...,
         created_at: _builtins.float = ...,
         version: _builtins.int = ...,
+        trusted: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "keys", b"keys", "name", b"name", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "keys", b"keys", "name", b"name", "state", b"state", "trusted", b"trusted", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -138,6 +138,16 @@ class NamespaceServiceStub:
                 request_serializer=protos_dot_auth__pb2.DeleteKeyRequest.SerializeToString,
                 response_deserializer=protos_dot_auth__pb2.Namespace.FromString,
                 _registered_method=True)
+        self.Trust = channel.unary_unary(
+                '/minicloud.v1.NamespaceService/Trust',
+                request_serializer=protos_dot_auth__pb2.TrustRequest.SerializeToString,
+                response_deserializer=protos_dot_auth__pb2.Namespace.FromString,
+                _registered_method=True)
+        self.Untrust = channel.unary_unary(
+                '/minicloud.v1.NamespaceService/Untrust',
+                request_serializer=protos_dot_auth__pb2.TrustRequest.SerializeToString,
+                response_deserializer=protos_dot_auth__pb2.Namespace.FromString,
+                _registered_method=True)
 
 
 class NamespaceServiceServicer:
@@ -184,6 +194,22 @@ class NamespaceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Trust(self, request, context):
+        """Trust another namespace (system, or the namespace itself): the trusted one then
+        sees the namespace's artifacts and may use them as disk bases (it cannot change
+        them). NOT_FOUND for a namespace that does not exist. Trusting twice changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Untrust(self, request, context):
+        """Stop trusting it (untrusting one not trusted changes nothing).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NamespaceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -215,6 +241,16 @@ def add_NamespaceServiceServicer_to_server(servicer, server):
             'DeleteKey': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteKey,
                     request_deserializer=protos_dot_auth__pb2.DeleteKeyRequest.FromString,
+                    response_serializer=protos_dot_auth__pb2.Namespace.SerializeToString,
+            ),
+            'Trust': grpc.unary_unary_rpc_method_handler(
+                    servicer.Trust,
+                    request_deserializer=protos_dot_auth__pb2.TrustRequest.FromString,
+                    response_serializer=protos_dot_auth__pb2.Namespace.SerializeToString,
+            ),
+            'Untrust': grpc.unary_unary_rpc_method_handler(
+                    servicer.Untrust,
+                    request_deserializer=protos_dot_auth__pb2.TrustRequest.FromString,
                     response_serializer=protos_dot_auth__pb2.Namespace.SerializeToString,
             ),
     }
@@ -379,6 +415,60 @@ class NamespaceService:
             target,
             '/minicloud.v1.NamespaceService/DeleteKey',
             protos_dot_auth__pb2.DeleteKeyRequest.SerializeToString,
+            protos_dot_auth__pb2.Namespace.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Trust(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minicloud.v1.NamespaceService/Trust',
+            protos_dot_auth__pb2.TrustRequest.SerializeToString,
+            protos_dot_auth__pb2.Namespace.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Untrust(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minicloud.v1.NamespaceService/Untrust',
+            protos_dot_auth__pb2.TrustRequest.SerializeToString,
             protos_dot_auth__pb2.Namespace.FromString,
             options,
             channel_credentials,

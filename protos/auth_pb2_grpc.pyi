@@ -81,6 +81,13 @@ class NamespaceServiceStub:
     """system, or the namespace itself. Replaces a key of the same name."""
     DeleteKey: _grpc.UnaryUnaryMultiCallable[_auth_pb2.DeleteKeyRequest, _auth_pb2.Namespace]
     """Revokes every token minted with that key."""
+    Trust: _grpc.UnaryUnaryMultiCallable[_auth_pb2.TrustRequest, _auth_pb2.Namespace]
+    """Trust another namespace (system, or the namespace itself): the trusted one then
+    sees the namespace's artifacts and may use them as disk bases (it cannot change
+    them). NOT_FOUND for a namespace that does not exist. Trusting twice changes nothing.
+    """
+    Untrust: _grpc.UnaryUnaryMultiCallable[_auth_pb2.TrustRequest, _auth_pb2.Namespace]
+    """Stop trusting it (untrusting one not trusted changes nothing)."""
 
 @_typing.type_check_only
 class NamespaceServiceAsyncStub(NamespaceServiceStub):
@@ -96,6 +103,13 @@ class NamespaceServiceAsyncStub(NamespaceServiceStub):
     """system, or the namespace itself. Replaces a key of the same name."""
     DeleteKey: _aio.UnaryUnaryMultiCallable[_auth_pb2.DeleteKeyRequest, _auth_pb2.Namespace]  # type: ignore[assignment]
     """Revokes every token minted with that key."""
+    Trust: _aio.UnaryUnaryMultiCallable[_auth_pb2.TrustRequest, _auth_pb2.Namespace]  # type: ignore[assignment]
+    """Trust another namespace (system, or the namespace itself): the trusted one then
+    sees the namespace's artifacts and may use them as disk bases (it cannot change
+    them). NOT_FOUND for a namespace that does not exist. Trusting twice changes nothing.
+    """
+    Untrust: _aio.UnaryUnaryMultiCallable[_auth_pb2.TrustRequest, _auth_pb2.Namespace]  # type: ignore[assignment]
+    """Stop trusting it (untrusting one not trusted changes nothing)."""
 
 class NamespaceServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -144,5 +158,24 @@ class NamespaceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.Namespace, _abc.Awaitable[_auth_pb2.Namespace]]:
         """Revokes every token minted with that key."""
+
+    @_abc_1.abstractmethod
+    def Trust(
+        self,
+        request: _auth_pb2.TrustRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.Namespace, _abc.Awaitable[_auth_pb2.Namespace]]:
+        """Trust another namespace (system, or the namespace itself): the trusted one then
+        sees the namespace's artifacts and may use them as disk bases (it cannot change
+        them). NOT_FOUND for a namespace that does not exist. Trusting twice changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def Untrust(
+        self,
+        request: _auth_pb2.TrustRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.Namespace, _abc.Awaitable[_auth_pb2.Namespace]]:
+        """Stop trusting it (untrusting one not trusted changes nothing)."""
 
 def add_NamespaceServiceServicer_to_server(servicer: NamespaceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -34,6 +34,8 @@ from client.cadir import CaDir
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 BANNER = "minicloud-guest: boot complete"
+# The REST gateway's own certificate (kind gateway): it vouches for callers' addresses.
+GATEWAY_CERT = "rest-gateway"
 
 
 def build_guest_image() -> Path:
@@ -113,6 +115,7 @@ class Cluster:
         self.ca.init(now)
         for name in ("controlplane", "gateway"):
             self.ca.issue("server", name, now, sans=("127.0.0.1", "localhost"))
+        self.ca.issue("gateway", GATEWAY_CERT, now)
 
     def _tls_env(self, prefix: str, name: str) -> dict[str, str]:
         """PREFIX_TLS_* naming an issued certificate, or PREFIX_PLAINTEXT=1 without TLS."""
@@ -123,6 +126,16 @@ class Cluster:
             f"{prefix}_TLS_CERT": str(issued / f"{name}.crt"),
             f"{prefix}_TLS_KEY": str(issued / f"{name}.key"),
             f"{prefix}_TLS_CA": self.ca_file,
+        }
+
+    def _gateway_cert_env(self) -> dict[str, str]:
+        """The gateway's own certificate, with which it vouches for its callers' addresses."""
+        if not self.tls:
+            return {}
+        issued = self.ca.issued
+        return {
+            "MINICLOUD_GATEWAY_CLIENT_CERT": str(issued / f"{GATEWAY_CERT}.crt"),
+            "MINICLOUD_GATEWAY_CLIENT_KEY": str(issued / f"{GATEWAY_CERT}.key"),
         }
 
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -212,6 +225,7 @@ class Cluster:
                 "MINICLOUD_GATEWAY_API": self.api,
                 "MINICLOUD_GATEWAY_METRICS_LISTEN": self._metrics_listen("gateway"),
                 **self._tls_env("MINICLOUD_GATEWAY", "gateway"),
+                **self._gateway_cert_env(),
                 "MINICLOUD_GATEWAY_TOKEN_PUBLIC_KEYS": str(public),
             },
         )
@@ -245,6 +259,9 @@ class Cluster:
                 "MINICLOUD_NODE_BACKOFF_CAP": "1",
                 "MINICLOUD_NODE_USAGE_INTERVAL": str(self.usage_interval),
                 "MINICLOUD_NODE_METRICS_LISTEN": self._metrics_listen(proc),
+                # Its own host-wide claims file, so test clusters never meet the host's
+                # (a test of clusters sharing a host gives them one in node_env).
+                "MINICLOUD_NODE_NETWORK_CLAIMS": str(self.root / "network-claims.json"),
                 **self.node_env,
                 **(env or {}),
             },

@@ -25,7 +25,8 @@ export MINICLOUD_NAMESPACE=system
 MINICLOUD_KEY=$(cat "$DEMO/system-key")
 export MINICLOUD_KEY
 # Every connection is TLS: the cluster's CA (var/demo/ca, made on first start by
-# minicloud-ca) issues the servers' certificates and the node's; clients trust ca.crt.
+# minicloud-ca) issues the servers' certificates, the node's and the gateway's; clients
+# trust ca.crt.
 NODE_API=127.0.0.1:13101
 CA=$DEMO/ca
 export MINICLOUD_TLS_CA=$CA/ca.crt
@@ -81,6 +82,11 @@ if [ ! -f "$CA/ca.crt" ]; then
   MINICLOUD_CA_DIR=$CA .venv/bin/minicloud-ca issue-node demo-node
 fi
 ISSUED=$CA/issued
+# The gateway's own certificate: with it the control plane believes the callers' addresses
+# the gateway passes on (login backoff per caller). Made here too for older demo CAs.
+if [ ! -f "$ISSUED/rest-gateway.crt" ]; then
+  MINICLOUD_CA_DIR=$CA .venv/bin/minicloud-ca issue-gateway rest-gateway
+fi
 start images .venv/bin/python tools/serve_images.py --dir "$DEMO/images" --port $IMAGE_PORT
 MINICLOUD_TLS_CERT=$ISSUED/controlplane.crt MINICLOUD_TLS_KEY=$ISSUED/controlplane.key \
 MINICLOUD_NODE_LISTEN=$NODE_API \
@@ -93,6 +99,7 @@ TOKEN_PUB=$DEMO/controlplane/token-signing-key.pub
 for _ in $(seq 1 100); do [ -s "$TOKEN_PUB" ] && break; sleep 0.1; done
 MINICLOUD_GATEWAY_TLS_CERT=$ISSUED/gateway.crt MINICLOUD_GATEWAY_TLS_KEY=$ISSUED/gateway.key \
 MINICLOUD_GATEWAY_TLS_CA=$CA/ca.crt \
+MINICLOUD_GATEWAY_CLIENT_CERT=$ISSUED/rest-gateway.crt MINICLOUD_GATEWAY_CLIENT_KEY=$ISSUED/rest-gateway.key \
 MINICLOUD_GATEWAY_LISTEN=$REST MINICLOUD_GATEWAY_API=$API MINICLOUD_GATEWAY_METRICS_LISTEN=$REST_METRICS \
 MINICLOUD_GATEWAY_TOKEN_PUBLIC_KEYS=$TOKEN_PUB \
   start gateway .venv/bin/python -m gateway

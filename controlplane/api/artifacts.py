@@ -10,8 +10,9 @@ import grpc
 from controlplane.api.convert import event_to_pb
 from controlplane.api.status import grpc_errors, namespace_of
 from controlplane.errors import InvalidArgument
-from controlplane.model import Artifact
+from controlplane.model import Artifact, JsonDict
 from controlplane.services.artifacts import ArtifactService
+from controlplane.services.urlcache import UrlCache
 from protos import artifacts_pb2, artifacts_pb2_grpc, instances_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -23,6 +24,8 @@ def artifact_to_pb(art: Artifact) -> artifacts_pb2.Artifact:
         max_versions=art.max_versions,
         index=art.last_index,
         shared=art.shared,
+        error=art.error,
+        fetch=_fetch_to_pb(art.fetch) if art.fetch else None,
         uuid=art.uuid,
         namespace=art.namespace,
         type=art.type,
@@ -41,11 +44,23 @@ def artifact_to_pb(art: Artifact) -> artifacts_pb2.Artifact:
     )
 
 
+def _fetch_to_pb(fetch: JsonDict) -> artifacts_pb2.ArtifactFetch:
+    return artifacts_pb2.ArtifactFetch(
+        url=str(fetch.get("url", "")),
+        state=str(fetch.get("state", "")),
+        fetched=int(fetch.get("fetched", 0)),
+        size=int(fetch.get("size", 0)),
+        error=str(fetch.get("error", "")),
+        started_at=float(fetch.get("started_at", 0.0)),
+    )
+
+
 class ArtifactServicer(artifacts_pb2_grpc.ArtifactServiceServicer):
     """gRPC face of artifacts."""
 
-    def __init__(self, service: ArtifactService) -> None:
+    def __init__(self, service: ArtifactService, urls: UrlCache) -> None:
         self.service = service
+        self.urls = urls
 
     @grpc_errors
     async def Upload(
@@ -155,6 +170,15 @@ class ArtifactServicer(artifacts_pb2_grpc.ArtifactServiceServicer):
         self, request: artifacts_pb2.ArtifactRef, context: Context
     ) -> artifacts_pb2.Artifact:
         return self._pb(await self.service.share(namespace_of(context), request.ref, False))
+
+    @grpc_errors
+    async def CacheUrl(
+        self, request: artifacts_pb2.CacheUrlRequest, context: Context
+    ) -> artifacts_pb2.Artifact:
+        art = await self.urls.cache(
+            namespace_of(context), request.url, request.name, request.shared
+        )
+        return self._pb(art)
 
     def _pb(self, art: Artifact) -> artifacts_pb2.Artifact:
         return artifact_to_pb(self.service.view(art))

@@ -10,13 +10,14 @@ stream, which only the system namespace may open) before any servicer runs.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias
 
 import grpc
 import structlog
 
-from common import logs
+from common import forwarded, logs, pki
 from controlplane.api.decoding import lenient
 from controlplane.api.status import (
     AUTHENTICATED,
@@ -28,6 +29,7 @@ from controlplane.api.status import (
     namespace_of,
 )
 from controlplane.errors import MiniCloudError, message_of, status_of
+from controlplane.services.certificates import CertificateService
 from controlplane.services.instances import InstanceService
 from controlplane.services.namespaces import NamespaceService, require_system
 from controlplane.store.namespaces import Namespace
@@ -53,11 +55,13 @@ def namespace_to_pb(ns: Namespace) -> auth_pb2.Namespace:
         keys=sorted(ns.keys),
         created_at=ns.created_at,
         version=ns.version,
+        trusted=list(ns.trusted),
     )
 
 
-CLIENT_ADDRESS_KEY = "x-minicloud-client-address"
+CLIENT_ADDRESS_KEY = forwarded.ADDRESS_KEY
 MAX_ADDRESS_LENGTH = 64
+log = structlog.get_logger(__name__)
 
 
 def peer_host(peer: str) -> str:
@@ -71,11 +75,10 @@ def peer_host(peer: str) -> str:
 
 
 def caller_address(peer: str, context: Any, trusted: frozenset[str]) -> str:
-    """Who is logging in: the peer's address, or the address a trusted proxy passes on.
+    """Without TLS: the peer's address, or the address a trusted proxy passes on.
 
     The REST gateway sends its caller's address in ``x-minicloud-client-address``;
-    it is believed only from a peer listed in ``trusted_proxies`` (with TLS, this
-    becomes the gateway's certificate).
+    without TLS it is believed only from a peer listed in ``trusted_proxies``.
     """
     host = peer_host(peer)
     if host in trusted:
@@ -85,18 +88,66 @@ def caller_address(peer: str, context: Any, trusted: frozenset[str]) -> str:
     return host
 
 
+class ProxyTrust:
+    """With TLS, whose forwarded address is believed: a current, unrevoked gateway
+    certificate of the cluster's CA that signed it (``common.forwarded``). Any other
+    forwarded address is ignored (logged): the login counts against the peer itself."""
+
+    def __init__(
+        self,
+        ca_pem: bytes,
+        certificates: CertificateService,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ca_pem = ca_pem
+        self.certificates = certificates
+        self.clock = clock
+
+    async def caller(self, context: Any, namespace: str) -> str:
+        """Who is logging in into namespace."""
+        host = peer_host(context.peer())
+        passed = metadata_value(context, CLIENT_ADDRESS_KEY)
+        if not passed:
+            return host
+        if len(passed) > MAX_ADDRESS_LENGTH or not passed.isprintable():
+            return host
+        proof = metadata_value(context, forwarded.PROOF_KEY)
+        try:
+            gateway = forwarded.check(proof, passed, namespace, self.ca_pem, self.clock())
+            if await self.certificates.is_revoked(gateway.serial):
+                raise pki.PkiError(f"gateway {gateway.name}'s certificate is revoked")
+        except pki.PkiError as exc:
+            log.warning(
+                "ignoring a forwarded client address: no gateway certificate vouches for it",
+                peer=host,
+                error=str(exc),
+            )
+            return host
+        return passed
+
+
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     """Trades a namespace and key for a token."""
 
-    def __init__(self, namespaces: NamespaceService, trusted_proxies: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        namespaces: NamespaceService,
+        trusted_proxies: tuple[str, ...] = (),
+        proxies: ProxyTrust | None = None,
+    ) -> None:
         self.namespaces = namespaces
         self.trusted_proxies = frozenset(trusted_proxies)
+        # With TLS: only a gateway's certificate passes an address on (trusted_proxies unused).
+        self.proxies = proxies
 
     @grpc_errors
     async def Token(
         self, request: auth_pb2.TokenRequest, context: Context
     ) -> auth_pb2.TokenResponse:
-        client = caller_address(context.peer(), context, self.trusted_proxies)
+        if self.proxies is not None:
+            client = await self.proxies.caller(context, request.namespace)
+        else:
+            client = caller_address(context.peer(), context, self.trusted_proxies)
         token, ttl = await self.namespaces.token(request.namespace, request.key, client)
         return auth_pb2.TokenResponse(access_token=token, token_type="Bearer", expires_in=ttl)
 
@@ -149,6 +200,18 @@ class NamespaceServicer(auth_pb2_grpc.NamespaceServiceServicer):
     ) -> auth_pb2.Namespace:
         ns = await self.namespaces.delete_key(
             namespace_of(context), request.namespace, request.key_name
+        )
+        return namespace_to_pb(ns)
+
+    @grpc_errors
+    async def Trust(self, request: auth_pb2.TrustRequest, context: Context) -> auth_pb2.Namespace:
+        ns = await self.namespaces.trust(namespace_of(context), request.namespace, request.trusted)
+        return namespace_to_pb(ns)
+
+    @grpc_errors
+    async def Untrust(self, request: auth_pb2.TrustRequest, context: Context) -> auth_pb2.Namespace:
+        ns = await self.namespaces.untrust(
+            namespace_of(context), request.namespace, request.trusted
         )
         return namespace_to_pb(ns)
 

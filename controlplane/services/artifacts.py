@@ -10,7 +10,10 @@ left for the node.
 An artifact of the system namespace may be shared: every namespace then
 sees it (by UUID, by TYPE:NAME when it has none of its own, in its list) and
 may use it as a base (``sf://upload/system/NAME``, ``label:NAME``), but only
-system changes it (PERMISSION_DENIED for others).
+system changes it (PERMISSION_DENIED for others). A namespace that trusts
+another (``NamespaceService.trust``) lets it see and use its artifacts the
+same way (``trusted_by`` answers whose artifacts a namespace sees so); only
+the owner (and system) changes them.
 
 Each version holds one reference on its blob; a version that goes (deleted,
 dropped beyond the artifact's maximum, or with its artifact) gives it back
@@ -21,7 +24,7 @@ recorded as an event of the artifact, committed with it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 
 from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from controlplane.model import Artifact, Event, JsonDict
@@ -35,16 +38,34 @@ from controlplane.validation import NAME_RE, looks_like_uuid
 
 KINDS = ("upload", "label")
 MAX_VERSIONS = 1000
+# An artifact being fetched for the first time, and one whose last fetch failed.
+INITIAL = "initial"
+ERROR = "error"
 EventMaker = Callable[..., Event]
+# A namespace -> the namespaces that trust it (whose artifacts it sees and may use).
+TrustedBy = Callable[[str], Collection[str]]
 
 
-def visible(namespace: str, art: Artifact) -> bool:
-    """Whether the namespace may see the artifact: its own, any for system, or shared."""
-    return can_see(namespace, art.namespace) or (art.shared and art.state != DELETED)
+def no_trust(namespace: str) -> Collection[str]:
+    """Nobody trusts anybody."""
+    return ()
 
 
-async def find_visible(artifacts: Artifacts, namespace: str, ref: str) -> Artifact | None:
-    """By UUID (deleted ones too), or TYPE:NAME: the namespace's own, else a shared one."""
+def visible(namespace: str, art: Artifact, trusted_by: TrustedBy = no_trust) -> bool:
+    """Whether the namespace may see the artifact: its own, any for system, a shared
+    one, or one of a namespace that trusts it."""
+    if can_see(namespace, art.namespace):
+        return True
+    if art.state == DELETED:
+        return False
+    return art.shared or art.namespace in trusted_by(namespace)
+
+
+async def find_visible(
+    artifacts: Artifacts, namespace: str, ref: str, trusted_by: TrustedBy = no_trust
+) -> Artifact | None:
+    """By UUID (deleted ones too), or TYPE:NAME: the namespace's own, else a shared one,
+    else one of a namespace trusting it (INVALID_ARGUMENT when several such have it)."""
     found = None
     if looks_like_uuid(ref):
         found = await artifacts.get(ref)
@@ -53,7 +74,22 @@ async def find_visible(artifacts: Artifacts, namespace: str, ref: str) -> Artifa
         found = await artifacts.find(namespace, kind, name)
         if found is None and namespace != SYSTEM:
             found = await artifacts.find(SYSTEM, kind, name)
-    return found if found is not None and visible(namespace, found) else None
+            if found is not None and not visible(namespace, found, trusted_by):
+                found = None
+        if found is None and namespace != SYSTEM:
+            others = [
+                await artifacts.find(o, kind, name)
+                for o in sorted(set(trusted_by(namespace)) - {SYSTEM})
+            ]
+            matches = [a for a in others if a is not None]
+            if len(matches) > 1:
+                owners = ", ".join(a.namespace for a in matches)
+                raise InvalidArgument(
+                    f"artifact {ref!r} is in several namespaces trusting {namespace} ({owners}):"
+                    " name it by UUID or sf://upload/NAMESPACE/NAME"
+                )
+            found = matches[0] if matches else None
+    return found if found is not None and visible(namespace, found, trusted_by) else None
 
 
 class ArtifactService:
@@ -66,16 +102,18 @@ class ArtifactService:
         records: Records,
         event: EventMaker,
         clock: Callable[[], float],
+        trusted_by: TrustedBy = no_trust,
     ) -> None:
         self.artifacts = artifacts
         self.blobs = blobs
         self.records = records
         self.event = event
         self.clock = clock
+        self.trusted_by = trusted_by
 
     async def upload(self, namespace: str, name: str, chunks: AsyncIterator[bytes]) -> Artifact:
         """Store bytes as a blob and make it the newest version of the upload NAME."""
-        _check_name(name)
+        check_name(name)
         blob = await self.blobs.add(chunks, self.clock())
         return await self.from_blob(namespace, name, blob.uuid, "upload")
 
@@ -83,7 +121,7 @@ class ArtifactService:
         self, namespace: str, name: str, blob_uuid: str, kind: str = "upload", source_url: str = ""
     ) -> Artifact:
         """Make an existing blob the newest version of an artifact."""
-        _check_name(name)
+        check_name(name)
         kind = kind or "upload"
         if kind not in KINDS:
             raise InvalidArgument(f"artifact type {kind!r} is not one of: {', '.join(KINDS)}")
@@ -92,7 +130,7 @@ class ArtifactService:
         art, dropped = await self.artifacts.add_version(
             namespace, kind, name, blob_uuid, self.clock(), source_url, self._version_events
         )
-        await self._release(dropped)
+        await self.release(dropped)
         return art
 
     def _version_events(
@@ -110,10 +148,11 @@ class ArtifactService:
                 blob_uuid=newest["blob_uuid"],
             )
         )
-        events += self._dropped_events(new, dropped)
+        events += self.dropped_events(new, dropped)
         return self.records.event_ops(events)
 
-    def _dropped_events(self, art: Artifact, dropped: list[JsonDict]) -> list[Event]:
+    def dropped_events(self, art: Artifact, dropped: list[JsonDict]) -> list[Event]:
+        """The events of versions dropped beyond the artifact's maximum."""
         keep = self.artifacts.max_versions(art)
         return [
             self.event(
@@ -125,32 +164,41 @@ class ArtifactService:
             for v in dropped
         ]
 
-    async def _release(self, removed: list[JsonDict]) -> None:
+    async def release(self, removed: list[JsonDict]) -> None:
+        """Give back the blob references of versions that went."""
         for version in removed:
             await self.blobs.release(str(version["blob_uuid"]), "an artifact version went")
 
     async def get(self, namespace: str, ref: str) -> Artifact:
         """By UUID (deleted ones too), or "TYPE:NAME" (own first, then shared)."""
-        found = await find_visible(self.artifacts, namespace, ref)
+        found = await find_visible(self.artifacts, namespace, ref, self.trusted_by)
         if found is None:
             raise NotFound(f"artifact {ref!r} not found")
         return found
 
     async def _owned(self, namespace: str, ref: str) -> Artifact:
-        """An artifact the namespace may change (a shared one only by its owner)."""
+        """An artifact the namespace may change (a shared or trusted one only by its owner)."""
         art = await self.get(namespace, ref)
         if not can_see(namespace, art.namespace):
+            how = "shared by" if art.shared else "trusted to you by"
             raise PermissionDenied(
-                f"artifact {ref!r} is shared by {art.namespace}: only {art.namespace} may change it"
+                f"artifact {ref!r} is {how} {art.namespace}: only {art.namespace} may change it"
             )
         return art
 
     async def list_all(self, namespace: str) -> list[Artifact]:
-        """The namespace's live artifacts, then the shared ones of system."""
+        """The namespace's live artifacts, then the shared ones of system, then those of
+        the namespaces trusting it (by namespace name)."""
         own = await self.artifacts.list_all(namespace)
         if namespace == SYSTEM:
             return own
-        return own + [a for a in await self.artifacts.list_all(SYSTEM) if a.shared]
+        trusters = set(self.trusted_by(namespace)) - {namespace}
+        others = [
+            a for a in await self.artifacts.list_all(SYSTEM) if a.shared or SYSTEM in trusters
+        ]
+        for truster in sorted(trusters - {SYSTEM}):
+            others += await self.artifacts.list_all(truster)
+        return own + others
 
     def view(self, art: Artifact) -> Artifact:
         """The artifact with its effective maximum of versions filled in."""
@@ -172,7 +220,7 @@ class ArtifactService:
         if changed is None:
             raise NotFound(f"artifact {art.uuid} not found")
         new, removed = changed
-        await self._release(removed)
+        await self.release(removed)
         return new
 
     async def delete(self, namespace: str, ref: str) -> Artifact:
@@ -249,7 +297,7 @@ class ArtifactService:
 
         def events(old: Artifact, new: Artifact, removed: list[JsonDict]) -> list[Event]:
             out = [self.event(old.uuid, f"max versions set to {keep}", max_versions=keep)]
-            return out + self._dropped_events(new, removed)
+            return out + self.dropped_events(new, removed)
 
         return await self._change(art, edit, events)
 
@@ -283,12 +331,12 @@ class ArtifactService:
     async def resolve_base(self, namespace: str, base: str) -> str:
         """A disk base with artifact references replaced by ``sf://blob/UUID``."""
         if base.startswith("label:"):
-            art = await find_visible(self.artifacts, namespace, base)
+            art = await find_visible(self.artifacts, namespace, base, self.trusted_by)
             return await self._blob_ref(art, base)
         if base.startswith("sf://upload/"):
             owner, _, name = base.removeprefix("sf://upload/").partition("/")
             art = await self.artifacts.find(owner, "upload", name) if owner and name else None
-            if art is not None and not visible(namespace, art):
+            if art is not None and not visible(namespace, art, self.trusted_by):
                 art = None
             return await self._blob_ref(art, base)
         if base.startswith("sf://blob/"):
@@ -302,12 +350,19 @@ class ArtifactService:
         return base
 
     async def _blob_ref(self, art: Artifact | None, base: str) -> str:
+        if art is not None and not art.blob_uuid and art.state == INITIAL:
+            raise FailedPrecondition(
+                f"disk base {base!r} is still being fetched; retry once it is created"
+            )
+        if art is not None and not art.blob_uuid and art.state == ERROR:
+            raise NotFound(f"disk base {base!r} not found: its fetch failed ({art.error})")
         if art is None or not art.blob_uuid:
             raise NotFound(f"disk base {base!r} not found")
         return f"sf://blob/{art.blob_uuid}"
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
+    """Refuse a name that is not 1-63 letters, digits, '.', '_' or '-'."""
     if not NAME_RE.match(name):
         raise InvalidArgument(
             f"artifact name {name!r} must be 1-63 letters, digits, '.', '_' or '-'"

@@ -30,7 +30,7 @@ from controlplane.model import (
     encode,
     node_object,
 )
-from controlplane.services.artifacts import find_visible
+from controlplane.services.artifacts import TrustedBy, find_visible, no_trust
 from controlplane.services.namespaces import SYSTEM, NamespaceService, can_see, require_system
 from controlplane.store import occ
 from controlplane.store.artifacts import Artifacts
@@ -139,16 +139,19 @@ class BlobKind:
 class ArtifactKind:
     """Artifact metadata lives in the artifact record; found by UUID or TYPE:NAME.
 
-    A shared artifact's metadata is readable by every namespace (the service
-    refuses changes by anyone but its owner).
+    A shared artifact's metadata is readable by every namespace, a trusted one's
+    by the namespaces trusted (the service refuses changes by anyone but its owner).
     """
 
-    def __init__(self, artifacts: Artifacts, records: Records) -> None:
+    def __init__(
+        self, artifacts: Artifacts, records: Records, trusted_by: TrustedBy = no_trust
+    ) -> None:
         self.artifacts = artifacts
         self.records = records
+        self.trusted_by = trusted_by
 
     async def find(self, namespace: str, ref: str) -> Found:
-        art = await find_visible(self.artifacts, namespace, ref)
+        art = await find_visible(self.artifacts, namespace, ref, self.trusted_by)
         if art is None:
             raise NotFound(f"artifact {ref!r} not found")
         return Found(art.uuid, art.namespace, art.metadata)

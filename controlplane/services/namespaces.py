@@ -1,8 +1,10 @@
-"""Namespace use cases: keys, tokens, and who may see what.
+"""Namespace use cases: keys, tokens, trust, and who may see what.
 
 The ``system`` namespace is the administrator. Every other namespace sees only
 its own objects; an object of another namespace looks exactly like a missing
-one. Namespace records are few and read on every call, so they are cached in
+one. A namespace may trust others (``trust``): they then see its artifacts and
+may use them as disk bases (``trusted_by``; artifacts only, and read only).
+Namespace records are few and read on every call, so they are cached in
 memory; every write goes through this service, which keeps the cache true.
 """
 
@@ -285,8 +287,49 @@ class NamespaceService:
             raise FailedPrecondition(
                 f"namespace {name!r} still has {live_instances} instance(s); delete them first"
             )
-        stored = await self._write(ns.with_changes(state="deleted", keys={}))
+        stored = await self._write(ns.with_changes(state="deleted", keys={}, trusted=()))
+        for other in self.trusted_by(name):
+            # A namespace made later with the same name is not trusted by anyone.
+            await self.untrust(SYSTEM, other, name)
         log.info("namespace deleted", namespace=name)
+        return stored
+
+    def trusted_by(self, name: str) -> list[str]:
+        """The live namespaces that trust this one, by name."""
+        return sorted(
+            ns.name
+            for ns in self._cache.values()
+            if ns.state == "created" and name in ns.trusted and ns.name != name
+        )
+
+    async def trust(self, caller: str, namespace: str, trusted: str) -> Namespace:
+        """Let ``trusted`` see and use the namespace's artifacts (system, or the namespace)."""
+        return await self._set_trust(caller, namespace, trusted, True)
+
+    async def untrust(self, caller: str, namespace: str, trusted: str) -> Namespace:
+        """Stop trusting a namespace (not trusted: nothing changes)."""
+        return await self._set_trust(caller, namespace, trusted, False)
+
+    async def _set_trust(self, caller: str, namespace: str, trusted: str, on: bool) -> Namespace:
+        if not trusted:
+            raise InvalidArgument("name the namespace to trust")
+        if trusted == namespace:
+            return self.get(caller, namespace)  # a namespace always sees its own artifacts
+        if on:
+            other = self._cache.get(trusted)
+            if other is None or other.state != "created":
+                raise NotFound(f"namespace {trusted!r} not found")
+
+        async def attempt() -> Namespace:
+            ns = self.get(caller, namespace)
+            kept = tuple(n for n in ns.trusted if n != trusted)
+            wanted = (*kept, trusted) if on else kept
+            if wanted == ns.trusted:
+                return ns
+            return await self._write(ns.with_changes(trusted=wanted))
+
+        stored = await retry_on_conflict(attempt, f"namespace {namespace}")
+        log.info("trust set" if on else "trust removed", namespace=namespace, trusted=trusted)
         return stored
 
     async def add_key(self, caller: str, namespace: str, key_name: str, key: str) -> Namespace:

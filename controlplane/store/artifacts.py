@@ -39,6 +39,20 @@ def keep_newest(
     return tuple(versions[cut:]), list(versions[:cut])
 
 
+def with_version(
+    old: Artifact, blob_uuid: str, now: float, keep: int, source_url: str = ""
+) -> tuple[Artifact, list[JsonDict]]:
+    """The artifact with a new newest version (index one more than any given), and the
+    oldest versions beyond ``keep`` it drops."""
+    number = old.last_index + 1
+    version = {"index": number, "blob_uuid": blob_uuid, "created_at": now}
+    kept, dropped = keep_newest((*old.versions, version), keep)
+    new = dataclasses.replace(
+        old, versions=kept, index=number, source_url=source_url or old.source_url
+    )
+    return new, dropped
+
+
 class Artifacts:
     """Reads and writes artifacts."""
 
@@ -103,17 +117,51 @@ class Artifacts:
             if old.state == DELETED:
                 # Deleted since its name was read: the name is free now, so start again.
                 raise Conflict(f"artifact {kind}:{name} was deleted")
-            number = old.last_index + 1
-            version = {"index": number, "blob_uuid": blob_uuid, "created_at": now}
-            kept, dropped = keep_newest((*old.versions, version), self.max_versions(old))
-            art = dataclasses.replace(
-                old, versions=kept, index=number, source_url=source_url or old.source_url
-            )
+            art, dropped = with_version(old, blob_uuid, now, self.max_versions(old), source_url)
             ops = [Put(item.key, encode(art), expect=item.version), *events(old, art, dropped)]
             await self.store.commit(ops)
             return art, dropped
 
         return await retry_on_conflict(attempt, f"artifact {kind}:{name}")
+
+    async def claim(
+        self,
+        fresh: Artifact,
+        edit: Callable[[Artifact], Artifact | None],
+        events: EventOps = lambda old, new, dropped: (),
+    ) -> tuple[Artifact, bool]:
+        """The live artifact of fresh's namespace, type and name changed by edit, or fresh
+        itself stored when there is none; and whether anything was written.
+
+        edit answers None to leave an existing artifact as it is.
+        """
+        name_key = _name_key(fresh)
+
+        async def attempt() -> tuple[Artifact, bool]:
+            index = await self.store.get(name_key)
+            if index is None:
+                ops = [
+                    Put(name_key, fresh.uuid.encode(), expect=0),
+                    Put(f"art/{fresh.uuid}".encode(), encode(fresh), expect=0),
+                    *events(None, fresh, []),
+                ]
+                await self.store.commit(ops)
+                return fresh, True
+            item = await self.store.get(f"art/{index.value.decode()}".encode())
+            if item is None:
+                raise Conflict(f"artifact {fresh.type}:{fresh.name} is being replaced")
+            old = decode_artifact(item.value)
+            if old.state == DELETED:
+                raise Conflict(f"artifact {fresh.type}:{fresh.name} was deleted")
+            new = edit(old)
+            if new is None or new == old:
+                return old, False
+            await self.store.commit(
+                [Put(item.key, encode(new), expect=item.version), *events(old, new, [])]
+            )
+            return new, True
+
+        return await retry_on_conflict(attempt, f"artifact {fresh.type}:{fresh.name}")
 
     async def change(
         self, uuid: str, edit: Edit, events: EventOps = lambda old, new, dropped: ()

@@ -42,6 +42,8 @@ class Namespace:
     metadata: dict[str, Any] = field(default_factory=dict)
     created_at: float = 0.0
     version: int = 0
+    # The namespaces this one trusts: they see its artifacts and may use them as bases.
+    trusted: tuple[str, ...] = ()
 
     def with_changes(self, **changes: Any) -> Namespace:
         """A copy with some fields replaced."""
@@ -61,6 +63,7 @@ def decode(raw: bytes, version: int) -> Namespace:
     data = json.loads(raw)
     data.pop("schema", None)
     data["keys"] = {name: Key(**key) for name, key in data.get("keys", {}).items()}
+    data["trusted"] = tuple(data.get("trusted", ()))
     return Namespace(**data, version=version)
 
 

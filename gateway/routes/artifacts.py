@@ -1,5 +1,5 @@
-"""Uploads (chunked, truncatable), artifacts from an upload or a blob, labels, deletion,
-versions and events."""
+"""Uploads (chunked, truncatable), artifacts from an upload, a blob or a URL, labels,
+deletion, versions and events."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import grpc
 
 from gateway import views
 from gateway.errors import HttpError
-from gateway.fields import NAMESPACE, Field, to_int
+from gateway.fields import NAME_PATTERN, NAMESPACE, Field, to_int
 from gateway.routes.instances import EVENT_FIELDS, delete_all_namespace, events_request
 from gateway.routing import Call, RouteTable, read_body
 from protos import artifacts_pb2, auth_pb2, blobs_pb2, uploads_pb2
@@ -18,6 +18,10 @@ from protos import artifacts_pb2, auth_pb2, blobs_pb2, uploads_pb2
 table = RouteTable()
 # A shared system artifact changed by another namespace: Shaken Fist's 403.
 WRITE_ERRORS = {"PERMISSION_DENIED": 403}
+# An http(s) URL the control plane takes: a host (a name or an IPv4 address; no
+# credentials), an optional port, then printable ASCII (non-ASCII must be %-encoded).
+PORT = "(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+URL = f"^[hH][tT][tT][pP][sS]?://[A-Za-z0-9._~-]+(:{PORT})?([/?#][!-~]*)?$"
 
 
 @table.route("POST", "/upload", "Start an upload")
@@ -141,6 +145,34 @@ async def check_sharable(call: Call, namespace: str | None) -> None:
         "system",
     ):
         raise HttpError(403, "only artifacts of the system namespace can be shared")
+
+
+@table.route(
+    "POST",
+    "/artifacts",
+    "Cache an image from an http(s) URL: answers the artifact at once, fetches it in the"
+    " background (state initial, then created, or error with the reason in its events)",
+    body=(
+        Field("url", "str", True, "an http or https URL naming a host", rules={"pattern": URL}),
+        Field("shared", "bool", doc="share it with every namespace (system artifacts only)"),
+        Field("namespace", "str", doc="in this namespace (system only)", rules=NAMESPACE),
+        Field(
+            "name",
+            "str",
+            doc="the artifact's name (default: made from the URL's last path segment)",
+            rules={"pattern": NAME_PATTERN},
+        ),
+    ),
+    # Shaken Fist answers 403 for a shared artifact asked by anyone but system.
+    overrides={"FAILED_PRECONDITION": 403},
+)
+async def cache_artifact(call: Call) -> Any:
+    body = call.body
+    request = artifacts_pb2.CacheUrlRequest(
+        url=body["url"], name=body.get("name") or "", shared=bool(body.get("shared"))
+    )
+    art = await call.rpc(call.api.artifacts.CacheUrl, request, body.get("namespace"))
+    return await artifact_view(call, art)
 
 
 @table.route(

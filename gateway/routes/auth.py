@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from aiohttp import web
 
-from common import logs
+from common import forwarded, logs
 from gateway import views
 from gateway.errors import HttpError
 from gateway.fields import NAME_PATTERN, NAMESPACE, Field
@@ -15,7 +18,23 @@ from protos import auth_pb2
 
 table = RouteTable()
 # The caller's address, passed on so the control plane slows repeated bad logins per caller.
-CLIENT_ADDRESS_KEY = "x-minicloud-client-address"
+CLIENT_ADDRESS_KEY = forwarded.ADDRESS_KEY
+
+
+@dataclass(frozen=True)
+class Voucher:
+    """The gateway certificate and key it signs the addresses it passes on with."""
+
+    cert: bytes
+    key: bytes
+
+    def proof(self, address: str, namespace: str) -> str:
+        """What makes the control plane believe address (common.forwarded)."""
+        return forwarded.prove(self.cert, self.key, address, namespace, time.time())
+
+
+# Set at start when the gateway has its certificate (MINICLOUD_GATEWAY_CLIENT_CERT/_KEY).
+VOUCHER: web.AppKey[Voucher | None] = web.AppKey("voucher")
 # A first key is both key_name and key, or neither.
 KEY_PAIR = {
     "anyOf": [
@@ -58,10 +77,14 @@ async def authenticate(call: Call) -> Any:
     if not isinstance(body["key"], str):
         raise HttpError(400, "key is not a string")
     request = auth_pb2.TokenRequest(namespace=body["namespace"], key=body["key"])
-    metadata = (
+    address = call.request.remote or ""
+    metadata: tuple[tuple[str, str], ...] = (
         (logs.REQUEST_ID_KEY, call.request[REQUEST_ID]),
-        (CLIENT_ADDRESS_KEY, call.request.remote or ""),
+        (CLIENT_ADDRESS_KEY, address),
     )
+    voucher = call.request.app.get(VOUCHER)
+    if voucher is not None and address:
+        metadata += ((forwarded.PROOF_KEY, voucher.proof(address, body["namespace"])),)
     try:
         token = await call.api.auth.Token(
             request, metadata=metadata, timeout=call.settings.call_timeout
@@ -193,3 +216,29 @@ async def delete_key(call: Call) -> Any:
     )
     await call.rpc(call.api.namespaces.DeleteKey, request)
     return None
+
+
+@table.route(
+    "POST",
+    "/auth/namespaces/{namespace}/trust",
+    "Trust another namespace: it then sees this namespace's artifacts and may use them as"
+    " disk bases (system, or the namespace itself)",
+    body=(Field("external_namespace", "str", True, rules=NAMESPACE),),
+)
+async def trust_namespace(call: Call) -> Any:
+    request = auth_pb2.TrustRequest(
+        namespace=call.param("namespace"), trusted=call.body["external_namespace"]
+    )
+    return views.namespace(await call.rpc(call.api.namespaces.Trust, request))
+
+
+@table.route(
+    "DELETE",
+    "/auth/namespaces/{namespace}/trust/{external_namespace}",
+    "Stop trusting a namespace",
+)
+async def untrust_namespace(call: Call) -> Any:
+    request = auth_pb2.TrustRequest(
+        namespace=call.param("namespace"), trusted=call.param("external_namespace")
+    )
+    return views.namespace(await call.rpc(call.api.namespaces.Untrust, request))

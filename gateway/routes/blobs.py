@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+import structlog
 from aiohttp import web
 
 from gateway import views
@@ -15,6 +16,7 @@ from gateway.routing import REQUEST_ID, Call, RouteTable
 from protos import blobs_pb2
 
 table = RouteTable()
+log = structlog.get_logger(__name__)
 
 
 @table.route(
@@ -75,11 +77,20 @@ async def blob_data(call: Call) -> web.StreamResponse:
     response = web.StreamResponse(headers={"X-Request-ID": call.request[REQUEST_ID]})
     response.content_type = "application/octet-stream"
     await response.prepare(call.request)
-    if first is not None:
-        await response.write(first.data)
-        async for chunk in iterator:
-            await response.write(chunk.data)
-    await response.write_eof()
+    sent = 0
+    try:
+        if first is not None:
+            await response.write(first.data)
+            sent += len(first.data)
+            async for chunk in iterator:
+                await response.write(chunk.data)
+                sent += len(chunk.data)
+        await response.write_eof()
+    except ConnectionResetError:
+        # The client hung up before the end (sf-client's artifact download stops
+        # reading once it has the size it expects): not a failure of the gateway.
+        stream.cancel()
+        log.info("download ended by the client", blob=request.uuid, sent=sent)
     return response
 
 

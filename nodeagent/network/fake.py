@@ -21,6 +21,7 @@ class FakeNetworkDriver:
         self.ensure_calls = 0
         self.remove_calls = 0
         self._failure: NetworkError | None = None
+        self.cluster_id = ""
 
     def fail_next(self, error: NetworkError) -> None:
         """Make the next ensure or remove raise this error (and change nothing)."""
@@ -48,3 +49,7 @@ class FakeNetworkDriver:
 
     async def present(self) -> list[str]:
         return sorted(self.networks)
+
+    def claim(self, cluster_id: str) -> None:
+        if cluster_id:
+            self.cluster_id = cluster_id

@@ -25,8 +25,12 @@ Per network (names in nodeagent/network/naming.py):
   be (every rule carries a ``minicloud`` comment).
 
 Each link and the namespace's loopback carry ``minicloud-network:<uuid>`` as
-their alias, and the network's folder holds ``network.json``: ``present``
-finds networks by those, under this driver's name prefix only.
+their alias, and the network's folder holds ``network.json``. What the driver
+makes is recorded as its cluster's (``nodeagent.network.record``, opened by
+``claim``): ``present`` lists only the recorded networks, and ``ensure`` and
+``remove`` touch nothing the record does not hold. VXLAN ids, the egress
+bridge and the floating range are claimed host-wide
+(``nodeagent.network.claims``) against other clusters' node agents.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import asyncio
 import ipaddress
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -49,6 +54,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import structlog
 
+from nodeagent.network.claims import DEFAULT_PATH, HostClaims
 from nodeagent.network.naming import (
     ALIAS_PREFIX,
     EGRESS_INNER,
@@ -58,12 +64,14 @@ from nodeagent.network.naming import (
     name_pattern,
 )
 from nodeagent.network.protocol import NetworkConfig, NetworkError
+from nodeagent.network.record import NetworkRecord, RecordError
 from nodeagent.network.validation import Checked, check, check_uuid, dhcp_hostname
 from nodeagent.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 VXLAN_PORT = 4789
+UUID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 ZERO_MAC = "00:00:00:00:00:00"
 NAT_COMMENT = "minicloud nat"
 FORWARD_COMMENT = "minicloud forward"
@@ -87,6 +95,8 @@ class LinuxNetworkSettings:
     # First letters of every device and namespace name (1-4 of [a-z0-9]).
     name_prefix: str = "mc"
     command_timeout: float = 20.0
+    # The host-wide claims file (VXLAN ids, egress bridge, floating range per cluster).
+    claims_path: Path = DEFAULT_PATH
 
     @classmethod
     def from_node(cls, settings: Settings) -> LinuxNetworkSettings:
@@ -97,6 +107,7 @@ class LinuxNetworkSettings:
             egress_bridge=settings.network_egress_bridge,
             underlay_netns=settings.network_underlay_netns,
             name_prefix=settings.network_name_prefix,
+            claims_path=settings.network_claims,
         )
 
 
@@ -157,6 +168,10 @@ class LinuxNetworkDriver:
         self.networks_dir = settings.data_dir / "networks"
         self._locks: dict[str, asyncio.Lock] = {}
         self._egress_lock = threading.Lock()
+        self.claims = HostClaims(settings.claims_path)
+        # This cluster's record of what the driver made (None until claim).
+        self.record: NetworkRecord | None = None
+        self._record_lock = threading.Lock()
 
     # -- the port --------------------------------------------------------------
 
@@ -176,11 +191,85 @@ class LinuxNetworkDriver:
     async def present(self) -> list[str]:
         return await _off_loop(self._present)
 
+    def claim(self, cluster_id: str) -> None:
+        """Serve cluster_id: open (or make) its record; claim the egress bridge and the
+        cluster's floating range on this host (ClaimRefused if another cluster has them)."""
+        if not cluster_id or (self.record is not None and self.record.cluster_id == cluster_id):
+            return
+        data_dir = self.settings.data_dir
+        legacy = None
+        if not NetworkRecord.exists(data_dir, cluster_id):
+            try:
+                found = self._scan()
+            except (NetworkError, OSError, ValueError) as exc:
+                raise RecordError(
+                    f"cannot look for networks made before the network record: {exc}"
+                ) from None
+            legacy = {
+                uuid: Names.of(self.prefix, uuid)
+                for uuid in found - self.claims.networks_of_others(cluster_id)
+            }
+        record = NetworkRecord.open(data_dir, cluster_id, legacy)
+        self.claims.claim(
+            record.path,
+            cluster_id,
+            egress_bridge=self.settings.egress_bridge,
+            floating=record.floating,
+        )
+        with self._record_lock:
+            self.record = record
+        if record.legacy:
+            log.warning(
+                "networks made before the network record are left alone unless this "
+                "cluster's control plane asks for them",
+                networks=sorted(record.legacy),
+            )
+
     # -- helpers shared by the steps ---------------------------------------------
 
     def names(self, network_uuid: str) -> Names:
-        """This driver's names for a network."""
-        return Names.of(self.prefix, network_uuid)
+        """This driver's names for a network (those it was recorded under, if it was)."""
+        found = self.record.names(network_uuid) if self.record is not None else None
+        return found or Names.of(self.prefix, network_uuid)
+
+    def _required(self) -> NetworkRecord:
+        if self.record is None:
+            raise NetworkError("this node agent does not know its cluster yet", retryable=True)
+        return self.record
+
+    def _taken(self, names: Names) -> list[str]:
+        """Which of these names exist on the host."""
+        found = [n for n in names.root_links if Path("/sys/class/net", n).exists()]
+        return found + ([names.netns] if self._netns_exists(names.netns) else [])
+
+    def _own(self, config: NetworkConfig) -> Names:
+        """The names of a network this cluster may make or change: recorded, adopted from
+        before the record, or new (and free); its VXLAN id claimed; written down first."""
+        record = self._required()
+        uuid = config.uuid
+        with self._record_lock:
+            names = record.names(uuid)
+            if names is not None and record.vni(uuid) == config.vni:
+                return names
+            old_vni = record.vni(uuid)
+            if names is None:
+                names = record.legacy_names(uuid)
+                if names is not None:
+                    log.info("adopting a network made before the network record", network=uuid)
+                else:
+                    names = Names.of(self.prefix, uuid)
+                    if taken := self._taken(names):
+                        raise NetworkError(
+                            f"{', '.join(taken)} exist on this host but are not recorded as "
+                            f"this cluster's (another cluster's network, or a name hash "
+                            f"collision): network {uuid} cannot be made here",
+                            retryable=False,
+                        )
+            self.claims.claim(record.path, record.cluster_id, vni=config.vni, network=uuid)
+            record.add(uuid, names, config.vni)
+        if old_vni:
+            self.claims.release_vni(record.path, old_vni)
+        return names
 
     def folder(self, network_uuid: str) -> Path:
         """The network's files (config record, DHCP hosts, dnsmasq pid and log)."""
@@ -272,7 +361,14 @@ class LinuxNetworkDriver:
     # -- ensure ------------------------------------------------------------------
 
     def _ensure(self, config: NetworkConfig, checked: Checked) -> None:
-        names = self.names(config.uuid)
+        names = self._own(config)
+        if checked.egress is not None:
+            record = self._required()
+            floating = str(ipaddress.ip_interface(config.egress_address).network)
+            if floating != record.floating:
+                self.claims.claim(record.path, record.cluster_id, floating=floating)
+                with self._record_lock:
+                    record.set_floating(floating)
         folder = self.folder(config.uuid)
         folder.mkdir(parents=True, exist_ok=True)
         for path in (self.networks_dir, folder):
@@ -512,18 +608,47 @@ class LinuxNetworkDriver:
         self._delete_link(names.egress_veth, network_uuid)
 
     def _remove(self, network_uuid: str) -> None:
-        names = self.names(network_uuid)
+        record = self._required()
+        uuid = network_uuid
+        with self._record_lock:
+            found = record.names(uuid)
+            if found is None:
+                found = record.legacy_names(uuid)
+                if found is None:
+                    log.info("not removing a network this cluster did not make", network=uuid)
+                    return
+                log.info("removing a network made before the network record", network=uuid)
+        names = found
         self._remove_services(names, network_uuid)
         self._delete_link(names.vxlan, network_uuid)
         if self.settings.underlay_netns:
             self._delete_link(names.vxlan, network_uuid, self.settings.underlay_netns)
         self._delete_link(names.bridge, network_uuid)
         shutil.rmtree(self.folder(network_uuid), ignore_errors=True)
+        vni = record.vni(network_uuid)
+        with self._record_lock:
+            record.drop(network_uuid)
+        if vni:
+            self.claims.release_vni(record.path, vni)
         log.info("network removed", network=network_uuid)
 
     # -- present -----------------------------------------------------------------------
 
     def _present(self) -> list[str]:
+        record = self.record
+        if record is None:
+            return []
+        if record.legacy:
+            log.warning(
+                "left alone: networks made before the network record that this cluster's "
+                "control plane has not asked for",
+                networks=sorted(record.legacy),
+            )
+        return sorted(record.networks)
+
+    def _scan(self) -> set[str]:
+        """Networks of the format before the record: devices under this prefix with a
+        network alias, namespaces, and folders in this data folder."""
         pattern = name_pattern(self.prefix)
         found: set[str] = set()
 
@@ -545,7 +670,7 @@ class LinuxNetworkDriver:
                 from_links([{**loopback, "ifname": namespace.name}])
         if self.networks_dir.exists():
             found.update(p.name for p in self.networks_dir.iterdir() if p.is_dir())
-        return sorted(found)
+        return {uuid for uuid in found if UUID_PATTERN.match(uuid)}
 
 
 NAT_CHAINS = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")

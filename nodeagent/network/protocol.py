@@ -22,6 +22,8 @@ Semantics every implementation honours (tests/contract/test_network_contract.py)
   removing an absent network is a no-op.
 - ``present`` lists the UUIDs of networks that have anything on this node,
   so a restarted agent can remove those the control plane no longer knows.
+- ``claim`` names the cluster served: only its record's networks are listed,
+  changed or removed (another cluster's, even under the same prefix, never).
 - Failures raise ``NetworkError``; ``retryable`` says whether to try again.
 """
 
@@ -55,5 +57,9 @@ class NetworkDriver(Protocol):
         ...
 
     async def present(self) -> list[str]:
-        """UUIDs of the networks this node has anything for."""
+        """UUIDs of the networks this node has anything for (of its cluster)."""
+        ...
+
+    def claim(self, cluster_id: str) -> None:
+        """Serve cluster_id ("" = not known yet): only its networks are ours from now."""
         ...

@@ -159,7 +159,7 @@ async def test_namespace_verbs_and_a_generated_key_that_works(
     assert code == 0, out
     key = out.split("keep it safe): ")[1].strip()
     code, out = await cli(plane, capsys, "namespace", "list")
-    assert code == 0 and out.splitlines()[0].split() == ["name", "state", "keys"]
+    assert code == 0 and out.splitlines()[0].split() == ["name", "state", "keys", "trusts"]
     assert any(line.split()[:3] == ["team", "created", "deploy"] for line in out.splitlines())
     # --key=KEY: a generated key may start with "-", which argparse would take for an option.
     as_team = ["--namespace", "team", f"--key={key}", "instance", "list"]

@@ -30,8 +30,6 @@ UUID = "11111111-2222-3333-4444-555555555555"
 
 # Client method -> the capability token it checks before sending ("" if none).
 UNSERVED_CALLS: dict[str, str] = {
-    "add_namespace_trust": "",
-    "cache_artifact": "",
     "delete_network_dns_entry": "extra-dns-entries",
     "get_blob_hash": "blob-single-checksum",
     "get_cluster_cacert": "cluster-cacert",
@@ -46,7 +44,6 @@ UNSERVED_CALLS: dict[str, str] = {
     "get_vdi_token_public_keys": "",
     "list_cluster_operations_for_target": "cluster-operations-by-target",
     "ping": "",
-    "remove_namespace_trust": "",
     "route_network_address": "route-addresses",
     "snapshot_instance": "",
     "unroute_network_address": "route-addresses",

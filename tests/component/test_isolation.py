@@ -85,6 +85,7 @@ NO_OBJECT: dict[str, str] = {
     "NetworkService/Create": "makes a new object",
     "NetworkService/List": "lists the caller's own",
     "ArtifactService/Upload": "makes a new version of the caller's own artifact",
+    "ArtifactService/CacheUrl": "makes a new version of the caller's own artifact",
     "ArtifactService/ListArtifacts": "lists the caller's own",
     "ArtifactService/DeleteAllArtifacts": "deletes the caller's own",
     "BlobService/ListBlobs": "lists the caller's own (test_artifacts.py tests it)",
@@ -215,6 +216,12 @@ HIDDEN: dict[str, Request] = {
     "NamespaceService/DeleteKey": lambda o: auth_pb2.DeleteKeyRequest(
         namespace="owner", key_name="k"
     ),
+    "NamespaceService/Trust": lambda o: auth_pb2.TrustRequest(
+        namespace="owner", trusted="stranger"
+    ),
+    "NamespaceService/Untrust": lambda o: auth_pb2.TrustRequest(
+        namespace="owner", trusted="friend"
+    ),
     **{f"MetadataService/{k}": v for k, v in meta("instance", lambda o: o.instance).items()},
     **{f"MetadataService/{k}": v for k, v in meta("network", lambda o: o.network).items()},
     **{f"MetadataService/{k}": v for k, v in meta("interface", lambda o: o.interface).items()},
@@ -239,6 +246,36 @@ BLOB_WRITES: dict[str, Request] = {
 }
 
 
+# What a namespace the owner trusts ("friend") may do with the owner's artifact: see it and
+# use it (TRUSTED_READS answer OK), never change it (TRUSTED_WRITES answer PERMISSION_DENIED).
+TRUSTED_READS: dict[str, Request] = {
+    "ArtifactService/GetArtifact": lambda o: artifacts_pb2.ArtifactRef(ref=o.artifact),
+    "ArtifactService/GetArtifact by name": lambda o: artifacts_pb2.ArtifactRef(ref="label:lbl"),
+    "ArtifactService/ListVersions": lambda o: artifacts_pb2.ArtifactRef(ref=o.artifact),
+    "ArtifactService/GetEvents": lambda o: instances_pb2.GetEventsRequest(ref=o.artifact),
+    "MetadataService/Get artifact": lambda o: metadata_pb2.MetadataRef(
+        object_type="artifact", ref=o.artifact
+    ),
+}
+TRUSTED_WRITES: dict[str, Request] = {
+    "ArtifactService/DeleteArtifact": lambda o: artifacts_pb2.ArtifactRef(ref=o.artifact),
+    "ArtifactService/DeleteVersion": lambda o: artifacts_pb2.DeleteVersionRequest(
+        ref=o.artifact, index=1
+    ),
+    "ArtifactService/SetMaxVersions": lambda o: artifacts_pb2.SetMaxVersionsRequest(
+        ref=o.artifact, max_versions=1
+    ),
+    "ArtifactService/Share": lambda o: artifacts_pb2.ArtifactRef(ref=o.artifact),
+    "ArtifactService/Unshare": lambda o: artifacts_pb2.ArtifactRef(ref=o.artifact),
+    "MetadataService/Set artifact": lambda o: metadata_pb2.SetMetadataRequest(
+        object_type="artifact", ref=o.artifact, key="k", value=struct_pb2.Value(string_value="x")
+    ),
+    "MetadataService/Delete artifact": lambda o: metadata_pb2.DeleteMetadataRequest(
+        object_type="artifact", ref=o.artifact, key="k"
+    ),
+}
+
+
 def method_names() -> set[str]:
     """Every method of every public service, as "Service/Method"."""
     names = set()
@@ -259,13 +296,15 @@ def test_every_method_is_classified() -> None:
 
 @pytest.fixture
 async def world(plane: ControlPlane, node: FakeNode) -> AsyncIterator[tuple[Any, Objects]]:
-    """The owner's objects, and a channel with the stranger's token."""
+    """The owner's objects, and a channel with the stranger's token (the owner trusts
+    "friend", not the stranger)."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
         admin = await authed(auth_pb2_grpc.NamespaceServiceStub, channel)
-        for name in ("owner", "stranger"):
+        for name in ("owner", "stranger", "friend"):
             await admin.Create(
                 auth_pb2.CreateNamespaceRequest(name=name, key_name="k", key=f"{name}-key")
             )
+        await admin.Trust(auth_pb2.TrustRequest(namespace="owner", trusted="friend"))
         owner = await bearer(channel, "owner", "owner-key")
         stranger = await bearer(channel, "stranger", "stranger-key")
 
@@ -373,3 +412,24 @@ async def test_a_blobs_uuid_lets_any_namespace_annotate_it(
     """Blobs belong to no namespace: knowing the UUID lets one read and annotate it."""
     (channel, stranger), objects = world
     assert await call(channel, stranger, name, BLOB_WRITES[name](objects)) == grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize("name", sorted(TRUSTED_READS))
+async def test_a_trusted_namespace_sees_the_trusters_artifacts(
+    world: tuple[tuple[grpc.aio.Channel, Any], Objects], name: str
+) -> None:
+    """A namespace the owner trusts may read the owner's artifact (by UUID or TYPE:NAME)."""
+    (channel, _), objects = world
+    friend = await bearer(channel, "friend", "friend-key")
+    assert await call(channel, friend, name, TRUSTED_READS[name](objects)) == grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize("name", sorted(TRUSTED_WRITES))
+async def test_a_trusted_namespace_cannot_change_the_trusters_artifacts(
+    world: tuple[tuple[grpc.aio.Channel, Any], Objects], name: str
+) -> None:
+    """Trust lets a namespace see and use artifacts, not change them."""
+    (channel, _), objects = world
+    friend = await bearer(channel, "friend", "friend-key")
+    code = await call(channel, friend, name, TRUSTED_WRITES[name](objects))
+    assert code == grpc.StatusCode.PERMISSION_DENIED, code

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from nodeagent.network.claims import ClaimRefused
 from nodeagent.network.fake import FakeNetworkDriver
 from nodeagent.network.linux import LinuxNetworkDriver, LinuxNetworkSettings
 from nodeagent.network.naming import name_pattern
@@ -208,17 +209,23 @@ def lab(work_dir: Path) -> Iterator[Lab]:
         lab.cleanup()
 
 
+CLUSTER = "c0ffee00-contract"
+
+
 def linux_driver(lab: Lab, underlay_netns: str, address: str, prefix: str) -> LinuxNetworkDriver:
     """A Linux driver whose VXLAN underlay is one of the lab's namespaces."""
-    return LinuxNetworkDriver(
+    driver = LinuxNetworkDriver(
         LinuxNetworkSettings(
             data_dir=lab.work_dir / prefix,
             underlay_address=address,
             underlay_netns=underlay_netns,
             name_prefix=prefix,
             egress_bridge=f"{lab.prefix}egress",
+            claims_path=lab.work_dir / "network-claims.json",
         )
     )
+    driver.claim(CLUSTER)
+    return driver
 
 
 async def _linux_backend(lab: Lab) -> AsyncIterator[NetBackend]:
@@ -601,3 +608,72 @@ async def test_two_nodes_carry_one_network_over_vxlan(lab: Lab) -> None:
         await second.remove(config.uuid)
     assert await first.present() == [] == await second.present()
     assert driver_leftovers(first) == [] == driver_leftovers(second)
+
+
+def other_cluster_driver(lab: Lab, underlay_netns: str, address: str) -> LinuxNetworkDriver:
+    """A second cluster's node agent on this host: the same prefix, its own data folder."""
+    driver = LinuxNetworkDriver(
+        LinuxNetworkSettings(
+            data_dir=lab.work_dir / "other-cluster",
+            underlay_address=address,
+            underlay_netns=underlay_netns,
+            name_prefix=lab.prefix,
+            egress_bridge=f"{lab.prefix}egress2",
+            claims_path=lab.work_dir / "network-claims.json",
+        )
+    )
+    driver.claim("0ther000-contract")
+    return driver
+
+
+async def test_two_clusters_with_one_prefix_keep_to_their_own(lab: Lab) -> None:
+    """Under one prefix, each cluster lists, removes and claims only what it recorded."""
+    one, two = lab.underlay_pair(UNDERLAY_ONE, UNDERLAY_TWO)
+    ours = linux_driver(lab, one, UNDERLAY_ONE, lab.prefix)
+    theirs = other_cluster_driver(lab, two, UNDERLAY_TWO)
+    mine = new_config(base=lab.netblock(3), egress_address="", egress_gateway="", floating=())
+    other = new_config(base=lab.netblock(4), egress_address="", egress_gateway="", floating=())
+    try:
+        await ours.ensure(mine)
+        await theirs.ensure(other)
+        assert await ours.present() == [mine.uuid]
+        assert await theirs.present() == [other.uuid]
+        await ours.remove(other.uuid)  # not ours: left alone
+        assert sh("ip", "link", "show", "dev", theirs.bridge_name(other.uuid)).returncode == 0
+        restarted = linux_driver(lab, one, UNDERLAY_ONE, lab.prefix)
+        assert await restarted.present() == [mine.uuid]
+        with pytest.raises(ClaimRefused, match=f"VXLAN id {mine.vni} is used on this host"):
+            await theirs.ensure(replace(other, uuid=str(uuidlib.uuid4()), vni=mine.vni))
+        with pytest.raises(ClaimRefused, match="egress bridge"):
+            other_egress = LinuxNetworkSettings(
+                data_dir=lab.work_dir / "third",
+                underlay_address=UNDERLAY_TWO,
+                name_prefix=lab.prefix,
+                egress_bridge=f"{lab.prefix}egress",
+                claims_path=lab.work_dir / "network-claims.json",
+            )
+            LinuxNetworkDriver(other_egress).claim("third000-contract")
+    finally:
+        await ours.remove(mine.uuid)
+        await theirs.remove(other.uuid)
+    assert await ours.present() == [] == await theirs.present()
+    assert driver_leftovers(ours) == []
+
+
+async def test_networks_made_before_the_record_are_adopted_only_when_asked(lab: Lab) -> None:
+    """A network of the older format stays unlisted until its control plane asks for it."""
+    one, _ = lab.underlay_pair(UNDERLAY_ONE, UNDERLAY_TWO)
+    driver = linux_driver(lab, one, UNDERLAY_ONE, lab.prefix)
+    config = new_config(base=lab.netblock(5), egress_address="", egress_gateway="", floating=())
+    await driver.ensure(config)
+    assert driver.record is not None
+    driver.record.path.unlink()  # as a node agent from before the record left it
+    upgraded = linux_driver(lab, one, UNDERLAY_ONE, lab.prefix)
+    try:
+        assert await upgraded.present() == []
+        assert upgraded.record is not None and config.uuid in upgraded.record.legacy
+        await upgraded.ensure(config)  # the control plane knows it: adopted, not refused
+        assert await upgraded.present() == [config.uuid]
+    finally:
+        await upgraded.remove(config.uuid)
+    assert driver_leftovers(upgraded) == []
