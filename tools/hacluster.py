@@ -307,6 +307,15 @@ class HaCluster:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
+def _leads(line: str) -> bool:
+    """Whether a metrics line is the leader gauge at 1 (``minicloud_leader 1.0``)."""
+    name, _, value = line.partition(" ")
+    try:
+        return name == "minicloud_leader" and float(value) == 1.0
+    except ValueError:
+        return False
+
+
 def main() -> None:
     """Start an HA cluster with one fake node, print its addresses, wait for ^C."""
     cluster = HaCluster.launch(Path("/var/tmp/mc-ha"))
