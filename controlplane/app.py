@@ -47,8 +47,11 @@ from controlplane.api.uploads import UploadServicer
 from controlplane.hub import Hub
 from controlplane.loginguard import LoginGuard
 from controlplane.metrics import PlaneMetrics
+from controlplane.nodequeue import CommandQueue
 from controlplane.nodes import NodeRegistry
+from controlplane.presence import Presence
 from controlplane.reconciler import Reconciler
+from controlplane.replica import Replica
 from controlplane.services.agent import AgentService
 from controlplane.services.artifacts import ArtifactService
 from controlplane.services.blobs import BlobService
@@ -90,6 +93,7 @@ from controlplane.store.revocations import Revocations
 from controlplane.store.rocks import RocksStore
 from controlplane.store.timed import TimedStore
 from controlplane.store.uploads import Uploads
+from controlplane.usage import SharedUsage
 from protos import (
     agent_pb2,
     agent_pb2_grpc,
@@ -155,6 +159,7 @@ class Parts:
     moves: MoveService
     certificates: CertificateService
     cluster_id: str
+    replica: Replica
 
 
 # Where a service is served when the plane runs TLS: on the public listener, on the
@@ -349,6 +354,8 @@ class ControlPlane:
         self.tasks.spawn(self.node_service.run(), name="missing nodes")
         self.tasks.spawn(self.parts.certificates.run(), name="revocations")
         self.tasks.spawn(self.parts.blob_service.run(), name="blob sweep")
+        self.tasks.spawn(self.parts.replica.run(), name="replica lease")
+        self.tasks.spawn(self.nodes.run(self.store), name="other replicas' nodes")
         readiness = Readiness(
             self.store, self.set_health, settings.health_interval, settings.health_timeout
         )
@@ -389,6 +396,7 @@ class ControlPlane:
         await self.tasks.stop()
         if self.metrics is not None:
             await self.metrics.stop()
+        await self.parts.replica.close()
         await self.store.close()
 
     @property
@@ -448,8 +456,13 @@ async def build(
     tasks = Tasks()
     hub = Hub()
     records = Records(store, hub)
-    nodes = NodeRegistry(metrics)
-    nodes.load_usage(await records.list_instances())
+    replica = Replica(store, settings.name)
+    await replica.start()
+    nodes = NodeRegistry(
+        metrics, tasks, SharedUsage(store), Presence(store, replica, clock), CommandQueue(store)
+    )
+    replica.on_renewed = nodes.rerecord
+    await nodes.load(store, records)
     reconciler = Reconciler(records, nodes, settings.name, clock, tasks)
     blobs = BlobStore(store, settings.data_dir / "blobs", metrics)
     artifact_records = Artifacts(store, settings.artifact_max_versions)
@@ -500,6 +513,7 @@ async def build(
     node_service = NodeService(
         records, nodes, reconciler, clock, settings.node_missing_after, settings.name, moves=moves
     )
+    nodes.on_lost = node_service.lost
     await node_service.load()
     kinds: dict[str, MetadataKind] = {
         "instance": InstanceKind(records),
@@ -545,6 +559,7 @@ async def build(
         cluster_id=await cluster_identity(
             store, pki.info(material.ca).cluster_id if material else ""
         ),
+        replica=replica,
     )
     server = grpc.aio.server(
         # Metering first: it counts what authentication refuses too.
