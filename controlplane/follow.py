@@ -4,7 +4,8 @@
 two is missed; a change seen twice must be harmless to ``apply``), hands the
 scan to ``reset`` and every later batch of changes to ``apply``, until
 cancelled. A lost watch (or a store error) starts over after ``retry``
-seconds: read again, watch again.
+seconds: read again, watch again. A store that cannot watch (an adapter
+without watches yet) is not followed.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ async def follow(
                     apply(batch)
         except StoreError as exc:
             log.info("watch ended; reading again", prefix=prefix.decode(), error=str(exc))
+        except (AttributeError, NotImplementedError):
+            log.warning("this store cannot watch; not following", prefix=prefix.decode())
+            return
         except Exception:
             log.exception("following the store failed; reading again", prefix=prefix.decode())
         await asyncio.sleep(retry)

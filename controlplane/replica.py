@@ -39,13 +39,21 @@ class Replica:
         self._closed = False
 
     async def start(self) -> None:
-        """Grant the replica's lease (before anything is written tied to it)."""
-        self.lease = await self.store.grant(self.ttl)
+        """Grant the replica's lease (before anything is written tied to it).
+
+        A store that cannot grant leases yet (an adapter without them) leaves the
+        lease 0: nothing is then recorded for the other replicas.
+        """
+        try:
+            self.lease = await self.store.grant(self.ttl)
+        except (AttributeError, NotImplementedError):
+            log.warning("this store has no leases: other replicas see none of this one's nodes")
+            return
         log.info("replica lease granted", replica=self.name, ttl=self.ttl)
 
     async def run(self) -> None:
         """Keep the lease alive until cancelled, granting a new one if it ended."""
-        while not self._closed:
+        while not self._closed and self.lease:
             await asyncio.sleep(self.ttl / 3)
             try:
                 await self.store.keep_alive(self.lease)
