@@ -15,6 +15,7 @@ from controlplane.hub import Hub
 from controlplane.metrics import PlaneMetrics
 from controlplane.model import Instance, Node
 from controlplane.nodes import NodeRegistry
+from controlplane.store.local import LocalCoordination
 from controlplane.store.memory import MemoryStore
 from controlplane.store.protocol import Conflict, Put
 from controlplane.store.records import Records
@@ -33,7 +34,7 @@ async def values(metrics: PlaneMetrics) -> dict[tuple[str, tuple[tuple[str, str]
 async def test_timed_store_times_each_operation_and_counts_conflicts() -> None:
     """get, scan and commit are timed by name; a refused compare-and-set counts as Conflict."""
     metrics = PlaneMetrics()
-    store = TimedStore(MemoryStore(), metrics)
+    store = TimedStore(LocalCoordination(MemoryStore()), metrics)
     await store.commit([Put(b"k", b"v", expect=0)])
     await store.get(b"k")
     await store.scan(b"")
