@@ -50,7 +50,9 @@ from controlplane.hub import Hub
 from controlplane.leadership import Leadership, Work
 from controlplane.loginguard import LoginGuard
 from controlplane.metrics import PlaneMetrics
+from controlplane.nodequeue import CommandQueue
 from controlplane.nodes import NodeRegistry
+from controlplane.presence import Presence
 from controlplane.reconciler import Reconciler
 from controlplane.replica import ReplicaLease
 from controlplane.services.agent import AgentService
@@ -96,6 +98,7 @@ from controlplane.store.rocks import RocksStore
 from controlplane.store.timed import TimedStore
 from controlplane.store.uploads import Uploads
 from controlplane.urlfetch import FetchPolicy
+from controlplane.usage import SharedUsage
 from protos import (
     agent_pb2,
     agent_pb2_grpc,
@@ -375,6 +378,7 @@ class ControlPlane:
         self.tasks.spawn(self.parts.replica.run(), name="replica lease")
         self.tasks.spawn(self.leadership.run(), name="leadership")
         self.tasks.spawn(self.parts.certificates.run(), name="revocations")
+        self.tasks.spawn(self.nodes.run(self.store), name="other replicas' nodes")
         readiness = Readiness(
             self.store, self.set_health, settings.health_interval, settings.health_timeout
         )
@@ -488,8 +492,12 @@ async def build(
     tasks = Tasks()
     hub = Hub()
     records = Records(store)
-    nodes = NodeRegistry(metrics)
-    nodes.load_usage(await records.list_instances())
+    replica = ReplicaLease(store, settings.leader_ttl, settings.name)
+    nodes = NodeRegistry(
+        metrics, tasks, SharedUsage(store), Presence(store, replica, clock), CommandQueue(store)
+    )
+    replica.on_renewed = nodes.rerecord
+    await nodes.load(store, records)
     reconciler = Reconciler(records, nodes, settings.name, clock, tasks)
     blobs = BlobStore(store, settings.data_dir / "blobs", metrics)
     artifact_records = Artifacts(store, settings.artifact_max_versions)
@@ -555,6 +563,7 @@ async def build(
     node_service = NodeService(
         records, nodes, reconciler, clock, settings.node_missing_after, settings.name, moves=moves
     )
+    nodes.on_lost = node_service.lost
     await node_service.load()
     kinds: dict[str, MetadataKind] = {
         "instance": InstanceKind(records),
@@ -601,7 +610,7 @@ async def build(
         cluster_id=await cluster_identity(
             store, pki.info(material.ca).cluster_id if material else ""
         ),
-        replica=ReplicaLease(store, settings.leader_ttl, settings.name),
+        replica=replica,
         ca=material.ca if material else b"",
     )
     server = grpc.aio.server(

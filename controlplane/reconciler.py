@@ -127,12 +127,23 @@ class Reconciler:
             if deleting and self.hooks is not None:
                 extra, more = await self.hooks.release_ops(instance)
                 events += more
-            stored = await self.records.update_instance(instance, new, events, extra)
+            if not (deleting and instance.node):
+                stored = await self.records.update_instance(instance, new, events, extra)
+                return instance, stored, decision
+            # The node's room goes back in the same batch (controlplane/usage.py).
+            spec, usage = instance.spec, self.nodes.usage
+            claim = await usage.claim(instance.node, -spec.cpus, -spec.memory)
+            try:
+                stored = await self.records.update_instance(
+                    instance, new, events, [*extra, claim.op]
+                )
+            except BaseException:
+                usage.settle(claim, False)
+                raise
+            usage.settle(claim, True)
             return instance, stored, decision
 
         instance, stored, decision = await retry_on_conflict(attempt, f"instance {uuid}")
-        if stored.state == lifecycle.DELETED and instance.state != lifecycle.DELETED:
-            self.nodes.release_usage(instance)
         if self.hooks is not None and stored.state != instance.state:
             await self.hooks.instance_changed(instance, stored)
         return stored, self.perform(stored, decision.actions)

@@ -5,8 +5,11 @@ lease: the leader key (controlplane/leadership.py) and, with several
 replicas, anything else that must vanish with the replica. ``run`` grants
 a lease, renews it every ttl/3 and, once it has ended (the store says so, or
 no renewal got through for a whole ttl), grants a new one; ``current``
-waits for a live lease. Whoever wrote keys under an ended lease must write
-them again under the new one: ``Held.ended`` is set when that happens.
+waits for a live lease and ``lease`` is its id (0 while there is none).
+Whoever wrote keys under an ended lease must write them again under the new
+one: ``Held.ended`` is set when that happens, and ``on_renewed`` is awaited
+after every grant (the first too), so the node registry records again which
+nodes' streams this replica holds (controlplane/presence.py).
 ``close`` revokes the lease, so what it held goes at once rather than a ttl
 later.
 
@@ -20,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -58,6 +61,13 @@ class ReplicaLease:
         self._held: Held | None = None
         self._granted = asyncio.Event()
         self._closed = False
+        self.on_renewed: Callable[[], Awaitable[None]] | None = None
+
+    @property
+    def lease(self) -> int:
+        """The live lease's id, or 0 while none is granted."""
+        held = self._held
+        return held.id if held is not None and not held.ended.is_set() else 0
 
     async def current(self) -> Held:
         """The live lease, waiting until one is granted."""
@@ -81,6 +91,11 @@ class ReplicaLease:
             self._held = held
             self._granted.set()
             log.info("replica lease granted", replica=self.name, lease=f"{lease:x}", ttl=self.ttl)
+            if self.on_renewed is not None:
+                try:
+                    await self.on_renewed()
+                except StoreError as exc:  # what it could not write is written at the next grant
+                    log.warning("cannot record again under the new lease", error=str(exc))
             try:
                 await self._renew(held)
             finally:

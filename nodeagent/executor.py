@@ -50,6 +50,7 @@ from nodeagent.network.protocol import NetworkDriver, NetworkError
 log = structlog.get_logger(__name__)
 
 REMEMBERED_RESULTS = 4096
+REMEMBERED_AGENT_RESULTS = 256
 # How long building a domain waits for its networks to be set up on this node.
 NETWORK_WAIT = 60.0
 
@@ -128,6 +129,10 @@ class Executor:
         self.clock = clock
         self._locks: dict[str, asyncio.Lock] = {}
         self._results: OrderedDict[str, Result] = OrderedDict()
+        # Agent commands running now, by id (a second copy waits for the first), and
+        # the last results (their output may be large: fewer are kept).
+        self._agent_runs: dict[str, asyncio.Future[Result]] = {}
+        self._agent_results: OrderedDict[str, Result] = OrderedDict()
 
     def console_log(self, uuid: str) -> Path:
         """Where an instance's serial console is logged."""
@@ -139,7 +144,7 @@ class Executor:
             case AgentExecute() | AgentPut() | AgentGet():
                 # In-guest work does not hold up power operations on the instance.
                 started = self.clock()
-                result = await self._agent(command)
+                result = await self._agent_once(command)
             case ConsoleAction():
                 # Nor do console reads, screenshots or sessions (and they are not remembered).
                 started = self.clock()
@@ -173,6 +178,38 @@ class Executor:
         if isinstance(command, DestroyDomain):
             self._locks.pop(uuid, None)
         return result
+
+    async def _agent_once(self, command: AgentExecute | AgentPut | AgentGet) -> Result:
+        """Run an agent command once per command id.
+
+        A copy delivered again (a control plane replica that died after sending
+        it, say, and the one the node reconnected to sending it again) waits for
+        the first run's result, or gets it remembered (the last
+        REMEMBERED_AGENT_RESULTS of them; a retryable failure is not remembered).
+        """
+        cid = command.command_id
+        remembered = self._agent_results.get(cid)
+        if remembered is not None:
+            return remembered
+        run = self._agent_runs.get(cid)
+        if run is None:
+            run = asyncio.ensure_future(self._agent(command))
+            self._agent_runs[cid] = run
+            run.add_done_callback(self._agent_done(cid))
+        return await asyncio.shield(run)
+
+    def _agent_done(self, cid: str) -> Callable[[asyncio.Future[Result]], None]:
+        def done(run: asyncio.Future[Result]) -> None:
+            self._agent_runs.pop(cid, None)
+            if run.cancelled() or run.exception() is not None:
+                return
+            result = run.result()
+            if not (not result.ok and result.retryable):
+                self._agent_results[cid] = result
+                while len(self._agent_results) > REMEMBERED_AGENT_RESULTS:
+                    self._agent_results.popitem(last=False)
+
+        return done
 
     async def _agent(self, command: AgentExecute | AgentPut | AgentGet) -> Result:
         uuid = command.instance_uuid

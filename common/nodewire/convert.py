@@ -570,3 +570,38 @@ def control_to_pb(item: Delivery | ConsoleRelay) -> node_pb2.ControlMessage:
     if isinstance(item, ConsoleRelay):
         return node_pb2.ControlMessage(console=relay_to_pb(item))
     return node_pb2.ControlMessage(command=delivery_to_pb(item))
+
+
+# -- bytes, for the control plane's store (a command queued for a node on another replica) --
+
+
+def delivery_to_bytes(delivery: Delivery) -> bytes:
+    """A command and its request id as the node stream's ``Command`` message, serialised."""
+    return delivery_to_pb(delivery).SerializeToString()
+
+
+def delivery_from_bytes(data: bytes) -> Delivery:
+    """A command from delivery_to_bytes; WireError when it is not one."""
+    pb = node_pb2.Command()
+    try:
+        pb.ParseFromString(data)
+    except Exception as exc:  # protobuf's DecodeError
+        raise WireError(f"not a node command: {exc}") from exc
+    return delivery_from_pb(pb)
+
+
+def result_to_bytes(result: Result) -> bytes:
+    """A command's result as the node stream's ``CommandResult`` message, serialised."""
+    pb = node_pb2.CommandResult()
+    result_to_pb(result, pb)
+    return pb.SerializeToString()
+
+
+def result_from_bytes(data: bytes) -> Result:
+    """A result from result_to_bytes; WireError when it is not one."""
+    pb = node_pb2.CommandResult()
+    try:
+        pb.ParseFromString(data)
+    except Exception as exc:  # protobuf's DecodeError
+        raise WireError(f"not a command result: {exc}") from exc
+    return result_from_pb(pb)

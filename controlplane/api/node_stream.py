@@ -7,6 +7,9 @@ may only register as the node its certificate names (PERMISSION_DENIED
 otherwise).
 Reads and writes run as two tasks; when either ends (or the node stays
 silent past the timeout) the session is closed and pending commands fail.
+Each stream is recorded for the other replicas while it lasts (``announce``,
+``withdraw``): they send this node's commands through the store, and this
+replica delivers them.
 """
 
 from __future__ import annotations
@@ -117,6 +120,8 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         )
         node = await self.node_service.connected(node)
         session = self.nodes.connect(node, self.clock())
+        # The other replicas see it connected here; commands they queued for it come now.
+        await self.nodes.announce(session)
         if identity is not None and self.certificates is not None:
             self.certificates.opened(node.name, identity.serial)
         logs.bind(node=node.name)
@@ -147,7 +152,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         finally:
             reader.cancel()
             watchdog.cancel()
-            if self.nodes.disconnect(session):
+            current = self.nodes.disconnect(session)
+            await self.nodes.withdraw(session)
+            if current:
                 try:
                     await self.node_service.disconnected(node.name)
                 except Exception:

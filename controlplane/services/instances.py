@@ -83,7 +83,26 @@ class InstanceService:
         if request_id and (made := await self._made_by(namespace, request_id)) is not None:
             return made
         spec = check_spec(spec)
-        candidates = await self._candidates(placed_on)
+        affinity = Affinity.parse(spec.metadata.get("affinity"))
+        neighbours = await self._neighbours(namespace) if not affinity.empty else None
+
+        async def placement() -> tuple[list[Capacity], str, Mapping[str, float]]:
+            candidates = await self._candidates(placed_on)
+            choice = place(
+                candidates,
+                spec.cpus,
+                spec.memory,
+                self.settings.cpu_overcommit,
+                self.settings.ram_overcommit,
+                affinity,
+                neighbours,
+                # A named node was checked as it is: no waiting for others to come back.
+                reconnecting=() if placed_on else self.nodes.reconnecting(),
+            )
+            return candidates, choice.node, choice.scores
+
+        # Placed before anything else, so what no node can take is refused first.
+        first = [await placement()]
         if self.artifacts is not None:
             disks = [
                 dataclasses.replace(d, base=await self.artifacts.resolve_base(namespace, d.base))
@@ -95,25 +114,13 @@ class InstanceService:
             if spec.nvram_template:
                 template = await self.artifacts.resolve_base(namespace, spec.nvram_template)
                 spec = dataclasses.replace(spec, nvram_template=template)
-        affinity = Affinity.parse(spec.metadata.get("affinity"))
-        choice = place(
-            candidates,
-            spec.cpus,
-            spec.memory,
-            self.settings.cpu_overcommit,
-            self.settings.ram_overcommit,
-            affinity,
-            await self._neighbours(namespace) if not affinity.empty else None,
-            # A named node was checked as it is: no waiting for others to come back.
-            reconnecting=() if placed_on else self.nodes.reconnecting(),
-        )
-        node = choice.node
 
         async def attempt() -> Instance:
+            # Placed again on every later try: a conflict may mean the room was taken.
+            candidates, node, scores = first.pop() if first else await placement()
+            chosen = next(c for c in candidates if c.name == node)
             try:
-                return await self._commit(
-                    namespace, spec, node, choice.scores, affinity, request_id
-                )
+                return await self._commit(namespace, spec, chosen, scores, affinity, request_id)
             except Conflict as exc:
                 if request_id and (made := await self._made_by(namespace, request_id)):
                     return made  # the same request, made concurrently
@@ -121,9 +128,10 @@ class InstanceService:
                     raise AlreadyExists(
                         f"an instance named {spec.name!r} already exists in {namespace}"
                     ) from exc
-                raise  # An address, MAC or network changed meanwhile: allocate again.
+                # The node's usage, an address, a MAC or a network changed meanwhile.
+                raise
 
-        return await retry_on_conflict(attempt, "the instance's networks")
+        return await retry_on_conflict(attempt, "the instance's node and networks")
 
     async def _candidates(self, placed_on: str) -> list[Capacity]:
         """The nodes placement chooses among: all connected ones, or placed_on's alone.
@@ -155,12 +163,18 @@ class InstanceService:
         self,
         namespace: str,
         spec: InstanceSpec,
-        node: str,
+        chosen: Capacity,
         scores: Mapping[str, float],
         affinity: Affinity,
         request_id: str = "",
     ) -> Instance:
-        """Allocate interfaces and store the instance in one batch (Conflict: try again)."""
+        """Allocate interfaces, claim the node's room and store the instance in one batch.
+
+        The claim is a compare-and-set of the node's committed usage in the store
+        (controlplane/usage.py): Conflict when another replica (or another create)
+        took the room first, and the caller places again.
+        """
+        node = chosen.name
         now = self.reconciler.clock()
         uuid = str(uuidlib.uuid4())
         logs.bind(instance=uuid)
@@ -202,10 +216,18 @@ class InstanceService:
         ]
         if alloc is not None:
             events += alloc.events
-        stored = await self.records.create_instance(
-            instance, events, alloc.ops if alloc is not None else (), request_id
+        limit = (
+            chosen.cpus * self.settings.cpu_overcommit,
+            chosen.memory_mb * self.settings.ram_overcommit,
         )
-        self.nodes.add_usage(stored)
+        claim = await self.nodes.usage.claim(node, spec.cpus, spec.memory, limit)
+        ops = [*(alloc.ops if alloc is not None else ()), claim.op]
+        try:
+            stored = await self.records.create_instance(instance, events, ops, request_id)
+        except BaseException:
+            self.nodes.usage.settle(claim, False)
+            raise
+        self.nodes.usage.settle(claim, True)
         if alloc is not None and self.netsync is not None:
             # Queued before the create, so the node has the networks when it builds.
             await self.netsync.sync(alloc.network_uuids)

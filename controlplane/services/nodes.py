@@ -90,7 +90,7 @@ class NodeService:
         the power state last observed until it is back or missing).
         """
         for node in await self.records.list_nodes():
-            if node.state == nodestate.CREATED:
+            if node.state == nodestate.CREATED and not self.nodes.connected(node.name):
                 now = self.clock()
                 node = await self._write(
                     node,
@@ -132,8 +132,8 @@ class NodeService:
 
     async def disconnected(self, name: str) -> None:
         """A node's current stream ended: it is away, and so are its instances."""
-        if self.stopping:
-            return
+        if self.stopping or self.nodes.connected(name):
+            return  # or it is connected to another replica already
         async with self._lock(name):
             try:
                 node = await self._change(name, "disconnect", "status", "node disconnected")
@@ -141,6 +141,17 @@ class NodeService:
                 log.warning("cannot record a node's disconnection", node=name, error=str(exc))
                 return
             await self._instances_away(node)
+
+    async def lost(self, name: str) -> None:
+        """Another replica's record of the node's stream went and none replaced it.
+
+        That replica ended the stream (and recorded the node away itself) or died
+        (then nobody did): a node still recorded as connected is away from now on.
+        """
+        node = await self.records.get_node(name)
+        if node is None or nodestate.TABLE.get((node.state, "disconnect")) in (None, node.state):
+            return
+        await self.disconnected(name)
 
     async def check_missing(self) -> list[str]:
         """Move nodes reconnecting past the deadline to missing; their names."""
@@ -292,11 +303,12 @@ class NodeService:
         self, node: Node, instances: list[Instance] | None = None, count: int | None = None
     ) -> NodeView:
         session = self.nodes.sessions.get(node.name)
+        elsewhere = self.nodes.presence.elsewhere(node.name) if self.nodes.presence else None
         cpus, memory = self.nodes.committed(node.name)
         disk = sum(d.size_gb for i in instances or () for d in i.spec.disks)
         return NodeView(
             node=node,
-            connected=session is not None,
+            connected=session is not None or elsewhere is not None,
             last_heartbeat=session.last_seen if session is not None else node.last_seen,
             committed_cpus=cpus,
             committed_memory_mb=memory,
