@@ -101,8 +101,8 @@ class InstanceService:
             )
             return candidates, choice.node, choice.scores
 
-        # Placed before anything else, so what no node can take is refused first.
-        first = [await placement()]
+        # The request's own mistakes (a base that cannot be used) are refused before
+        # the cluster's state (no node with room) is looked at.
         if self.artifacts is not None:
             disks = [
                 dataclasses.replace(d, base=await self.artifacts.resolve_base(namespace, d.base))
@@ -114,6 +114,7 @@ class InstanceService:
             if spec.nvram_template:
                 template = await self.artifacts.resolve_base(namespace, spec.nvram_template)
                 spec = dataclasses.replace(spec, nvram_template=template)
+        first = [await placement()]
 
         async def attempt() -> Instance:
             # Placed again on every later try: a conflict may mean the room was taken.
