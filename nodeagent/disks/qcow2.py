@@ -20,7 +20,11 @@ host files to the guest.
 ``export`` (moving an instance to another node) flattens each overlay with
 ``qemu-img convert -O qcow2`` (the backing chain merged into one standalone
 image, unallocated space left out) into a temporary file in the instance's
-folder, streams it to the blob sink and removes it.
+folder, streams it to the blob sink and removes it. ``snapshot`` does the
+same for one disk of a running guest from the stable original under its
+snapshot overlay (``-U``: QEMU holds the file open), or makes a thin copy:
+an overlay on the disk's cached base blob, rebased to the name
+``blob-<UUID>`` so that it resolves in any node's cache.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from nodeagent.disks.protocol import (
     BlobSink,
     DiskError,
     ProgressCallback,
+    SnapshotCopy,
     local_firmware,
 )
 from nodeagent.hypervisor.protocol import PreparedDisk
@@ -68,6 +73,7 @@ DEBIAN_CODENAMES = {
     "13": "trixie",
 }
 _CHUNK = 1024 * 1024
+_BLOB_FILE = re.compile(r"^blob-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _PROGRESS_STEP_PERCENT = 10
 _PROGRESS_INTERVAL_S = 2.0
 _FETCH_TIMEOUT_S = 30.0
@@ -207,6 +213,70 @@ class Qcow2DiskBuilder:
             seconds=round(time.monotonic() - started, 2),
         )
         return blob
+
+    async def snapshot(
+        self,
+        instance_uuid: str,
+        index: int,
+        source: Path | None,
+        thin: bool,
+        sink: BlobSink,
+        progress: ProgressCallback,
+    ) -> SnapshotCopy:
+        """Convert one disk (or the stable ``source`` under its overlay) into a blob."""
+        disk = self.instances_dir / instance_uuid / f"disk{index}.qcow2"
+        path = source or disk
+        if not path.exists():
+            raise DiskError(f"disk {index} of instance {instance_uuid} is not on this node")
+        copy = disk.with_name(f".{disk.stem}.snapshot.qcow2")
+        started = time.monotonic()
+        try:
+            options = ["-O", "qcow2"]
+            base_blob, backing = "", ""
+            if thin:
+                backing, fmt = await self._blob_backing(disk, index)
+                base_blob = Path(backing).name.removeprefix("blob-")
+                options += ["-B", backing, "-F", fmt]
+            progress(f"copying disk {index}")
+            await _qemu_img("convert", "-q", "-U", *options, str(path), str(copy))
+            if thin:
+                # the cache path of this node becomes a name any node's cache resolves
+                await _qemu_img(
+                    "rebase", "-q", "-u", "-b", Path(backing).name, "-F", fmt, str(copy)
+                )
+            size = (await asyncio.to_thread(copy.stat)).st_size
+            progress(f"uploading disk {index} ({size // (1024 * 1024)} MiB)")
+            try:
+                blob = await sink.upload(_file_chunks(copy))
+            except DiskError:
+                raise
+            except Exception as exc:
+                raise DiskError(f"cannot upload disk {index}: {exc}", retryable=True) from exc
+        finally:
+            copy.unlink(missing_ok=True)
+        log.info(
+            "disk snapshot copied",
+            path=str(path),
+            blob=blob,
+            bytes=size,
+            thin=thin,
+            seconds=round(time.monotonic() - started, 2),
+        )
+        return SnapshotCopy(blob, size, base_blob)
+
+    async def _blob_backing(self, disk: Path, index: int) -> tuple[str, str]:
+        """The disk's backing file and its format, if it is a cached blob (thin snapshots)."""
+        output = await _qemu_img("info", "-U", "--output=json", str(disk))
+        try:
+            data = json.loads(output)
+        except ValueError as exc:
+            raise DiskError(f"cannot read qemu-img info of disk {index}: {exc}") from exc
+        backing = str(data.get("full-backing-filename") or data.get("backing-filename") or "")
+        if not _BLOB_FILE.match(Path(backing).name):
+            raise DiskError(
+                f"disk {index} was not made from a blob, so it cannot have a thin snapshot"
+            )
+        return backing, str(data.get("backing-filename-format") or "qcow2")
 
     def resolve_url(self, base: str) -> str | None:
         """The URL to fetch for ``base``, or None when it is not a URL or shorthand."""
