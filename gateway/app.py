@@ -29,6 +29,7 @@ from gateway.routes import (
     networks,
     nodes,
     root,
+    snapshots,
 )
 from gateway.routing import BACKEND, SETTINGS, Route, aiohttp_handler
 from gateway.settings import GatewaySettings
@@ -47,6 +48,7 @@ def all_routes() -> list[Route]:
             instances,
             agent,
             consoles,
+            snapshots,
             networks,
             nodes,
             blobs,

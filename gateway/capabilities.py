@@ -11,7 +11,9 @@ Networks are served with the synchronous delete (the old shape), so
 ``provide-dns``: networks created with ``provide_dns`` answer
 ``NAME.NAMESPACE.ZONE`` for their instances.
 Nodes are served (list, get, delete, events, metadata) but not their process
-metrics (``node-process-metrics``). Not served at all: snapshots, cluster
+metrics (``node-process-metrics``). Snapshots (``instance-snapshot``; Shaken
+Fist itself has no token for them: every release serves them) are served.
+Not served at all: cluster
 operations, namespace trust and caching artifacts from a URL. Artifact versions,
 deletion and events have no token of their own; ``blob-events`` says blob events
 are served.
@@ -37,6 +39,7 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
         "instance-screenshot",
         "vdi-console-helper",
         "hot-plug-interface",
+        "instance-snapshot",
     ),
     "networks": ("list-addresses", "get-network-namespace", "provide-dns"),
     "networkinterfaces": ("interface-metadata",),
