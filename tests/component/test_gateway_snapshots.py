@@ -33,8 +33,6 @@ async def test_snapshot_label_and_list_with_the_client(
     blob = out["vda"]["blob_uuid"]
     assert out["label"]["blob_uuid"] == blob
     listed = await sf("get_instance_snapshots", inst.uuid)
-    assert [(s["device"], s["blob_uuid"], s["state"]) for s in listed] == [
-        ("vda", blob, "created")
-    ]
+    assert [(s["device"], s["blob_uuid"], s["state"]) for s in listed] == [("vda", blob, "created")]
     out = await sf("snapshot_instance", "vm1", all=True)
     assert list(out) == ["vda"] and out["vda"]["artifact_index"] == 2
