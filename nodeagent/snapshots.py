@@ -122,6 +122,8 @@ class DiskSnapshots:
         state = await self.hypervisor.get_domain(uuid)
         if state is not None and state.power_state == PowerState.PAUSED:
             note = "the guest is paused"
+        elif not command.agent:
+            note = "the instance has no agent channel"
         elif self.guestops is None:
             note = "this node has no guest agent support"
         else:

@@ -1401,6 +1401,7 @@ class SnapshotDisk(_message.Message):
     THIN_FIELD_NUMBER: _builtins.int
     BASE_FIELD_NUMBER: _builtins.int
     FREEZE_TIMEOUT_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """The disk's place in the instance's disk specs."""
     device: _builtins.str
@@ -1408,6 +1409,8 @@ class SnapshotDisk(_message.Message):
     thin: _builtins.bool
     base: _builtins.str
     freeze_timeout: _builtins.float
+    agent: _builtins.bool
+    """Whether the instance has the agent channel (without it: crash-consistent)."""
     def __init__(
         self,
         *,
@@ -1416,10 +1419,11 @@ class SnapshotDisk(_message.Message):
         thin: _builtins.bool = ...,
         base: _builtins.str = ...,
         freeze_timeout: _builtins.float = ...,
+        agent: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base", b"base", "device", b"device", "freeze_timeout", b"freeze_timeout", "index", b"index", "thin", b"thin"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "base", b"base", "device", b"device", "freeze_timeout", b"freeze_timeout", "index", b"index", "thin", b"thin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -145,6 +145,8 @@ class SnapshotDisk:
     thin: bool = False
     base: str = ""
     freeze_timeout: float = 10.0
+    # Whether the instance has the agent channel (without it: crash-consistent).
+    agent: bool = True
 
 
 class ConsoleKind(StrEnum):

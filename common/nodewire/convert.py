@@ -255,6 +255,7 @@ def command_to_pb(command: Command) -> node_pb2.Command:
             pb.snapshot_disk.thin = command.thin
             pb.snapshot_disk.base = command.base
             pb.snapshot_disk.freeze_timeout = command.freeze_timeout
+            pb.snapshot_disk.agent = command.agent
         case AgentExecute():
             pb.agent_execute.command_line = command.command_line
             pb.agent_execute.env.update(command.env)
@@ -321,7 +322,7 @@ def command_from_pb(pb: node_pb2.Command) -> Command:
         return ExportDisks(cid, uuid, disks)
     if action == "snapshot_disk":
         d = pb.snapshot_disk
-        return SnapshotDisk(cid, uuid, d.index, d.device, d.thin, d.base, d.freeze_timeout)
+        return SnapshotDisk(cid, uuid, d.index, d.device, d.thin, d.base, d.freeze_timeout, d.agent)
     if action == "agent_execute":
         e = pb.agent_execute
         return AgentExecute(

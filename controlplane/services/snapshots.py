@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from common import sidechannels
 from common.nodewire.commands import SnapshotDisk
 from common.nodewire.devices import spec_device_names
 from common.nodewire.messages import Result, SnapshotResult
@@ -172,6 +173,7 @@ class SnapshotService:
             thin,
             base if thin else "",
             self.freeze_timeout,
+            sidechannels.AGENT_CHANNEL in instance.spec.side_channels,
         )
         result = await self._ask(instance, command, f"snapshot disk {device}")
         snap = result.snapshot

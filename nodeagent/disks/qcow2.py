@@ -73,6 +73,7 @@ DEBIAN_CODENAMES = {
     "13": "trixie",
 }
 _CHUNK = 1024 * 1024
+MAX_BLOB_CHAIN = 8  # thin snapshots of thin snapshots, at most this deep
 _BLOB_FILE = re.compile(r"^blob-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _PROGRESS_STEP_PERCENT = 10
 _PROGRESS_INTERVAL_S = 2.0
@@ -329,8 +330,14 @@ class Qcow2DiskBuilder:
         )
         return disk
 
-    async def _blob_file(self, ref: str, progress: ProgressCallback) -> Path:
-        """A blob base, downloaded once from the control plane into the cache."""
+    async def _blob_file(self, ref: str, progress: ProgressCallback, depth: int = 0) -> Path:
+        """A blob base, downloaded once from the control plane into the cache.
+
+        A blob that is a thin snapshot (a qcow2 whose backing file is named
+        ``blob-<UUID>``) has its base blob fetched beside it, and so on down
+        its chain (at most ``MAX_BLOB_CHAIN`` deep); any other backing file
+        is refused.
+        """
         uuid = ref.removeprefix(BLOB_PREFIX)
         if self.blobs is None or not uuid or "/" in uuid:
             raise DiskError(f"base image {ref!r} cannot be fetched by this node")
@@ -346,7 +353,30 @@ class Qcow2DiskBuilder:
                 except Exception as exc:
                     raise DiskError(f"cannot fetch base image {ref!r}: {exc}") from exc
                 log.info("blob fetched", ref=ref, path=str(target))
-            return target
+        backing = await self._blob_backing_name(target, ref)
+        if backing:
+            if depth >= MAX_BLOB_CHAIN:
+                raise DiskError(f"base image {ref!r} has a chain of more than {MAX_BLOB_CHAIN}")
+            await self._blob_file(BLOB_PREFIX + backing.removeprefix("blob-"), progress, depth + 1)
+        return target
+
+    async def _blob_backing_name(self, path: Path, ref: str) -> str:
+        """The blob a cached blob is a thin overlay on (its backing file's name), or ""."""
+        data = await self._info(path, ref)
+        backing = str(data.get("backing-filename") or "")
+        if backing and not _BLOB_FILE.match(backing):
+            raise DiskError(f"base image {ref!r} has a backing file; refusing to use it")
+        return backing
+
+    async def _info(self, path: Path, ref: str) -> dict[str, object]:
+        output = await _qemu_img("info", "--output=json", str(path))
+        try:
+            data = json.loads(output)
+        except ValueError as exc:
+            raise DiskError(f"cannot read qemu-img info for base image {ref!r}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise DiskError(f"cannot read qemu-img info for base image {ref!r}")
+        return data
 
     async def _create(self, path: Path, options: list[str], size: str | None) -> None:
         """Run ``qemu-img create`` into a temporary name, then rename it into place."""
@@ -365,7 +395,16 @@ class Qcow2DiskBuilder:
         output = await _qemu_img("info", "--output=json", str(path))
         try:
             data = json.loads(output)
-            if data.get("backing-filename"):
+            backing = data.get("backing-filename")
+            # Only a cached blob may have a backing file: the blob it is a thin overlay
+            # on, fetched beside it (see _blob_file); nothing else on the host.
+            thin = (
+                ref.startswith(BLOB_PREFIX)
+                and isinstance(backing, str)
+                and _BLOB_FILE.match(backing) is not None
+                and (path.parent / backing).is_file()
+            )
+            if backing and not thin:
                 raise DiskError(f"base image {ref!r} has a backing file; refusing to use it")
             return ImageInfo(format=str(data["format"]), virtual_size=int(data["virtual-size"]))
         except (ValueError, KeyError, TypeError) as exc:

@@ -344,7 +344,7 @@ async def test_snapshot_and_snapshots(
         plane, capsys, "instance", "snapshot", "snap-vm", "--device", "vda", "--label", "gold"
     )
     assert code == 0, out
-    assert "sf://snapshot/" in out and "crash-consistent (the guest agent is not ready)" in out
+    assert "sf://snapshot/" in out and "crash-consistent (the instance has no agent channel)" in out
     code, out = await cli(plane, capsys, "--json", "instance", "snapshots", "snap-vm")
     assert code == 0 and [s["index"] for s in json.loads(out)] == [1]
     code, out = await cli(plane, capsys, "instance", "snapshot", "snap-vm", "--device", "vdz")

@@ -198,7 +198,7 @@ async def test_an_unknown_device_is_an_error(node: Setup) -> None:
 
 async def test_snapshot_command_and_result_cross_the_wire() -> None:
     """SnapshotDisk and its result survive protobuf both ways."""
-    command = SnapshotDisk("c", UUID, 1, "vdc", True, BASE, 7.5)
+    command = SnapshotDisk("c", UUID, 1, "vdc", True, BASE, 7.5, False)
     assert command_from_pb(command_to_pb(command)) == command
     result = Result(
         "c", UUID, True, snapshot=SnapshotResult("b", "frozen", ("/", "/data"), "", 9, "x", "vdc")
