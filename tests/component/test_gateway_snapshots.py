@@ -36,3 +36,17 @@ async def test_snapshot_label_and_list_with_the_client(
     assert [(s["device"], s["blob_uuid"], s["state"]) for s in listed] == [("vda", blob, "created")]
     out = await sf("snapshot_instance", "vm1", all=True)
     assert list(out) == ["vda"] and out["vda"]["artifact_index"] == 2
+
+
+async def test_the_first_disk_by_default_and_every_disk_with_all(
+    api: Api, node: FakeNode, gateway: str
+) -> None:
+    """As Shaken Fist: disk 0 unless all; a label with delete-after-label keeps only the label."""
+    await running(api, disks=[{"size_gb": 1, "base": "debian:11"}, {"size_gb": 1}])
+    sf = Sf(gateway)
+    assert list(await sf("snapshot_instance", "vm1")) == ["vda"]
+    assert sorted(await sf("snapshot_instance", "vm1", all=True)) == ["vda", "vdc"]
+    out = await sf("snapshot_instance", "vm1", label_name="keep", delete_snapshot_after_label=True)
+    assert out["label"]["blob_uuid"] == out["vda"]["blob_uuid"]
+    listed = await sf("get_instance_snapshots", "vm1")
+    assert [s["device"] for s in listed] == ["vdc"]  # the vda artifact went with its versions
