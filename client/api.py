@@ -77,6 +77,10 @@ POWER_METHODS = {
 }
 
 
+# A snapshot copies whole disks: it may take much longer than other calls.
+SNAPSHOT_TIMEOUT = 1800.0
+
+
 def to_dict(message: Message) -> JsonDict:
     """A message as a dict, defaults included, with proto field names."""
     return json_format.MessageToDict(
@@ -474,6 +478,25 @@ class Client:
         """Move a stopped instance to node (placement's choice when empty); system only."""
         request = instances_pb2.MoveInstanceRequest(ref=ref, node=node)
         return to_dict(self._call("Move", request))
+
+    def snapshot(
+        self, ref: str, device: str = "", thin: bool = False, label: str = ""
+    ) -> list[JsonDict]:
+        """Snapshot the instance's disks (or one device); one dict per disk snapshotted."""
+        request = instances_pb2.SnapshotInstanceRequest(
+            ref=ref, device=device, thin=thin, label_name=label
+        )
+        saved, self.timeout = self.timeout, max(self.timeout, SNAPSHOT_TIMEOUT)
+        try:
+            reply = self._call("Snapshot", request)
+        finally:
+            self.timeout = saved
+        return [to_dict(s) for s in reply.snapshots]
+
+    def snapshots(self, ref: str) -> list[JsonDict]:
+        """The kept versions of the instance's snapshots."""
+        reply = self._call("ListSnapshots", instances_pb2.InstanceRef(ref=ref))
+        return [to_dict(s) for s in reply.snapshots]
 
     def events(self, ref: str, event_type: str = "", limit: int = 100) -> list[JsonDict]:
         """An instance's events, newest first."""

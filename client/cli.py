@@ -25,6 +25,8 @@
     minicloud node list ; minicloud node show NAME ; minicloud node disable NAME   # system only
     minicloud instance create demo --disk size=2,base=debian:11 --node node2   # system only
     minicloud instance move demo --node node2   # a stopped instance, system namespace only
+    minicloud instance snapshot demo --device vda --label golden   # then: base=label:golden
+    minicloud instance snapshots demo           # the kept versions of its snapshots
 
 The control plane is MINICLOUD_API (default 127.0.0.1:13100; several control
 planes as a comma-separated list, tried in turn when one fails), the namespace
@@ -168,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     move = inst.add_parser("move", help="move a stopped instance to another node (system only)")
     move.add_argument("ref")
     move.add_argument("--node", default="", help="the node (default: placement chooses)")
+    snapshot = inst.add_parser(
+        "snapshot", help="snapshot the disks into artifacts (sf://snapshot/UUID/DEVICE)"
+    )
+    snapshot.add_argument("ref")
+    snapshot.add_argument("--device", default="", help="one disk, e.g. vda (default: all)")
+    snapshot.add_argument("--thin", action="store_true", help="an overlay on the disk's base blob")
+    snapshot.add_argument("--label", default="", help="also point this label at it (one disk)")
+    inst.add_parser("snapshots", help="list the kept snapshots").add_argument("ref")
     reboot = inst.add_parser("reboot")
     reboot.add_argument("ref")
     reboot.add_argument("--hard", action="store_true")
@@ -580,6 +590,12 @@ def _stamp(when: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
 
 
+def _consistency(snap: JsonDict) -> str:
+    """How consistent a snapshot is, with why when it was not frozen."""
+    note = snap.get("note", "")
+    return f"{snap['consistency']} ({note})" if note else str(snap["consistency"])
+
+
 def show_events(events: list[JsonDict]) -> None:
     """Events, one a line: time, type, where, message."""
     for event in events:
@@ -647,6 +663,10 @@ def run(args: argparse.Namespace, client: Client) -> Any:
         return client.power(args.ref, POWER_COMMANDS[verb])
     if verb == "move":
         return client.move(args.ref, args.node)
+    if verb == "snapshot":
+        return client.snapshot(args.ref, args.device, args.thin, args.label)
+    if verb == "snapshots":
+        return client.snapshots(args.ref)
     if verb == "reboot":
         return client.power(args.ref, "hard-reboot" if args.hard else "soft-reboot")
     if verb == "events":
@@ -690,6 +710,18 @@ def render(args: argparse.Namespace, result: Any) -> None:
             for i in result
         ]
         print(table.render(["uuid", "name", "state", "power", "node"], rows))
+    elif args.verb == "snapshot":
+        rows = [
+            [s["device"], s["source_url"], s["artifact_index"], s["blob_uuid"], _consistency(s)]
+            for s in result
+        ]
+        print(table.render(["device", "artifact", "version", "blob", "consistency"], rows))
+    elif args.verb == "snapshots":
+        rows = [
+            [s["device"], s["index"], s["blob_uuid"], s["size"], _stamp(s["created"]), s["state"]]
+            for s in result
+        ]
+        print(table.render(["device", "version", "blob", "size", "created", "state"], rows))
     elif args.verb == "events":
         show_events(result)
     else:

@@ -80,6 +80,7 @@ from controlplane.services.netsync import NetworkSync
 from controlplane.services.networks import NetworkService
 from controlplane.services.nodes import NodeService
 from controlplane.services.readiness import Readiness
+from controlplane.services.snapshots import SnapshotService
 from controlplane.services.uploads import UploadService
 from controlplane.services.urlcache import UrlCache, cluster_networks
 from controlplane.settings import Settings
@@ -162,6 +163,7 @@ class Parts:
     pruner: EventPruner
     node_service: NodeService
     moves: MoveService
+    snapshots: SnapshotService
     certificates: CertificateService
     cluster_id: str
     urls: UrlCache
@@ -193,7 +195,7 @@ def _name(module: Any, service: str) -> str:
 
 SERVICES: tuple[Service, ...] = (
     Service(
-        lambda p: InstanceServicer(p.service, p.moves),
+        lambda p: InstanceServicer(p.service, p.moves, p.snapshots),
         instances_pb2_grpc.add_InstanceServiceServicer_to_server,
         _name(instances_pb2, "InstanceService"),
     ),
@@ -603,6 +605,7 @@ async def build(
         ),
         node_service=node_service,
         moves=moves,
+        snapshots=SnapshotService(records, service, artifacts, nodes, reconciler),
         certificates=CertificateService(
             Revocations(store), nodes, clock, settings.revocation_interval
         ),

@@ -30,6 +30,7 @@ from gateway.routes import (
     networks,
     nodes,
     root,
+    snapshots,
 )
 from gateway.routing import BACKEND, SETTINGS, Route, aiohttp_handler
 from gateway.settings import GatewaySettings
@@ -48,6 +49,7 @@ def all_routes() -> list[Route]:
             instances,
             agent,
             consoles,
+            snapshots,
             networks,
             nodes,
             blobs,

@@ -11,9 +11,11 @@ Networks are served with the synchronous delete (the old shape), so
 ``provide-dns``: networks created with ``provide_dns`` answer
 ``NAME.NAMESPACE.ZONE`` for their instances.
 Nodes are served (list, get, delete, events, metadata) but not their process
-metrics (``node-process-metrics``). Not served at all: snapshots and cluster
-operations. Caching artifacts from a URL and namespace trust are served, but
-Shaken Fist names no token for them, so none is listed. Artifact versions,
+metrics (``node-process-metrics``). Snapshots (``instance-snapshot``; Shaken
+Fist itself has no token for them: every release serves them) are served.
+Caching artifacts from a URL and namespace trust are served, but Shaken Fist
+names no token for them, so none is listed. Not served at all: cluster
+operations. Artifact versions,
 deletion and events have no token of their own; ``blob-events`` says blob events
 are served.
 """
@@ -38,6 +40,7 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
         "instance-screenshot",
         "vdi-console-helper",
         "hot-plug-interface",
+        "instance-snapshot",
     ),
     "networks": ("list-addresses", "get-network-namespace", "provide-dns"),
     "networkinterfaces": ("interface-metadata",),

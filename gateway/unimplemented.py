@@ -38,8 +38,6 @@ UNSERVED: tuple[Unserved, ...] = (
     Unserved("GET", "/blob_checksums/{algorithm}/{hash}"),
     Unserved("GET", "/clusteroperations", "cluster-operations-by-target"),  # newest
     Unserved("GET", "/clusteroperations/{op_type}/{op_uuid}", "get-cluster-operations"),  # newest
-    Unserved("POST", "/instances/{instance_ref}/snapshot"),
-    Unserved("GET", "/instances/{instance_ref}/snapshot"),
     Unserved("GET", "/instances/{instance_ref}/vdiconsoleproxy", "vdi-console-proxy"),  # newest
     Unserved("GET", "/label/{label_name:.+}"),
     Unserved("DELETE", "/label/{label_name:.+}"),

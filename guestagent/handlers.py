@@ -1,4 +1,4 @@
-"""What the in-guest agent does for each request: execute, put, get, is-system-running.
+"""What the in-guest agent does for each request: execute, put, get, freeze, thaw and more.
 
 Standard library only. A handler owns one request id. ``start`` runs it (in
 its own thread when it waits on anything); ``feed`` takes the PUT_DATA and
@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from guestagent.freeze import DEFAULT_TIMEOUT, FreezeError, Freezer
 from guestagent.protocol import GUEST_FRAME_LIMIT, HEADER_SIZE, Frame, Kind, ProtocolError
 
 CHUNK = GUEST_FRAME_LIMIT - HEADER_SIZE  # data per STDOUT/STDERR/GET_DATA frame: one write
@@ -115,6 +116,47 @@ def system_state() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return result.stdout.strip() or "unknown"
+
+
+# The guest's one freezer: a freeze outlives its request (it is thawed by a later one).
+FREEZER = Freezer()
+
+
+class FreezeHandler(Handler):
+    """freeze: sync, then freeze the writable local file systems until a thaw or ``timeout``.
+
+    Runs on the reader thread (it is quick, and a freeze must not race the
+    thaw that follows it); the freeze belongs to the session that asked, and
+    ends when that session does.
+    """
+
+    threaded = False
+
+    def __init__(self, request_id: int, send: Send, frame: Frame, owner: object = None) -> None:
+        super().__init__(request_id, send)
+        self.timeout = frame.float_field("timeout", DEFAULT_TIMEOUT)
+        if not self.timeout > 0:
+            raise ProtocolError("freeze timeout must be positive")
+        self.owner = owner
+
+    def run(self) -> None:
+        """Answer OK with what was frozen and skipped, or ERROR."""
+        try:
+            fields = FREEZER.freeze(self.timeout, self.owner)
+        except FreezeError as exc:
+            self.fail(str(exc))
+            return
+        self.finish(Kind.OK, fields)
+
+
+class ThawHandler(Handler):
+    """thaw: thaw what a freeze froze (nothing frozen is fine: an empty list)."""
+
+    threaded = False
+
+    def run(self) -> None:
+        """Answer OK with the mount points thawed."""
+        self.finish(Kind.OK, FREEZER.thaw())
 
 
 class ExecuteHandler(Handler):
@@ -417,4 +459,6 @@ OPS: dict[str, Callable[[int, Send, Frame], Handler]] = {
     "put": PutHandler,
     "get": GetHandler,
     "is-system-running": lambda request_id, send, _frame: SystemStateHandler(request_id, send),
+    "freeze": FreezeHandler,
+    "thaw": lambda request_id, send, _frame: ThawHandler(request_id, send),
 }

@@ -46,7 +46,9 @@ REQUEST    host    ``op`` (str) and the op's fields:
                    ``put``: ``path`` (absolute str), ``mode`` (int), followed
                    by PUT_DATA frames and a PUT_END from the host, answered by
                    OK; ``get``: ``path``, answered by STAT, GET_DATA chunks,
-                   GET_END; ``is-system-running``: answered by OK.
+                   GET_END; ``is-system-running``: answered by OK;
+                   ``freeze``: ``timeout`` (float seconds, capped at 60),
+                   answered by OK; ``thaw``: answered by OK.
 STDOUT     guest   data: a chunk of the command's standard output.
 STDERR     guest   data: a chunk of the command's standard error.
 EXIT       guest   ``return_code`` (int; -N for signal N), ``timed_out``
@@ -57,7 +59,11 @@ STAT       guest   ``size``, ``mode``, ``mtime``, ``uid``, ``gid`` of the file.
 GET_DATA   guest   data: the next chunk of the file.
 GET_END    guest   ``size`` (int, bytes sent) (final).
 OK         guest   op results: put ``size``; is-system-running ``state``
-                   (str, e.g. "running", "degraded", "starting") (final).
+                   (str, e.g. "running", "degraded", "starting"); freeze
+                   ``frozen`` (list of mount points), ``skipped`` (list of
+                   ``path``/``reason`` objects), ``timeout``; thaw ``thawed``
+                   (list), ``expired`` (bool: the freeze had already thawed
+                   itself at its timeout) (final).
 ERROR      guest   ``message`` (str), ``retryable`` (bool) (final). With
                    id 0 it reports a link-level problem (garbage received):
                    the guest then discards input until the host reconnects.

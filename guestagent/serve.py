@@ -3,7 +3,7 @@
 Usage::
 
     python3 -m guestagent.serve [--port-name sf-agent] [--device PATH]
-    python3 -m guestagent.serve --listen PATH     # tests: a unix socket instead
+    python3 -m guestagent.serve --listen PATH     # tests: a unix socket, freezes simulated
 
 Standard library only (Python 3.8 or later), nothing from the rest of the
 project. See ``guestagent.protocol`` for the frames.
@@ -58,7 +58,7 @@ import threading
 import time
 import traceback
 
-from guestagent.handlers import OPS, Handler
+from guestagent.handlers import FREEZER, OPS, FreezeHandler, Handler
 from guestagent.protocol import (
     VERSION,
     Decoder,
@@ -300,7 +300,8 @@ class Session:
             return self.handlers.get(request_id)
 
     def end(self, reason: str) -> None:
-        """Stop sending on this connection and abandon its requests."""
+        """Stop sending on this connection, thaw what it froze, abandon its requests."""
+        FREEZER.release(self)  # first: logging to a frozen file system would block
         with self.lock:
             if not self.alive:
                 return
@@ -373,6 +374,8 @@ class Agent:
 
     def garbage(self, exc: ProtocolError) -> None:
         """Report a broken stream, then ignore input until the host reconnects."""
+        if self.session is not None:
+            FREEZER.release(self.session)
         log(f"protocol error from the host: {exc}; discarding input until it reconnects")
         if self.session is not None:
             self.session.end("protocol error")
@@ -428,7 +431,10 @@ class Agent:
             session.send(Frame(Kind.ERROR, rid, {"message": message, "retryable": False}))
             return
         try:
-            handler = factory(rid, session.send, frame)
+            if factory is FreezeHandler:
+                handler: Handler = FreezeHandler(rid, session.send, frame, owner=session)
+            else:
+                handler = factory(rid, session.send, frame)
         except ProtocolError as exc:
             session.send(Frame(Kind.ERROR, rid, {"message": str(exc), "retryable": False}))
             return
@@ -477,11 +483,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python3 -m guestagent.serve", description=__doc__)
     parser.add_argument("--port-name", default="sf-agent", help="virtio-serial port name")
     parser.add_argument("--device", help="open this device instead of looking the name up")
-    parser.add_argument("--listen", help="serve on a unix socket at this path (tests)")
+    parser.add_argument(
+        "--listen",
+        help="serve on a unix socket at this path (tests; freezes are then simulated, "
+        "so a test never freezes the host's file systems)",
+    )
     args = parser.parse_args(argv)
+    if args.listen:
+        FREEZER.ioctl = lambda fd, request, arg: 0
     # SIGTERM ends the agent through SystemExit, so that requests are abandoned
     # properly (commands killed, partial files deleted) before it exits
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
+    FREEZER.log = log
     while True:
         port = open_port(args)
         agent = Agent(port)

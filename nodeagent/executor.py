@@ -34,6 +34,7 @@ from common.nodewire.commands import (
     PowerDomain,
     RemoveNetwork,
     SerialCommand,
+    SnapshotDisk,
     target_of,
 )
 from common.nodewire.domain import DomainRequest, NicRequest
@@ -46,6 +47,7 @@ from nodeagent.guest.ops import GuestOps
 from nodeagent.guest.watch import AGENT_CHANNEL, GuestWatch
 from nodeagent.hypervisor.protocol import DomainState, Hypervisor, HypervisorError, PreparedDisk
 from nodeagent.network.protocol import NetworkDriver, NetworkError
+from nodeagent.snapshots import DiskSnapshots
 
 log = structlog.get_logger(__name__)
 
@@ -133,6 +135,7 @@ class Executor:
         # the last results (their output may be large: fewer are kept).
         self._agent_runs: dict[str, asyncio.Future[Result]] = {}
         self._agent_results: OrderedDict[str, Result] = OrderedDict()
+        self.snapshots = DiskSnapshots(hypervisor, disks, emit, clock, guestops, blobs)
 
     def console_log(self, uuid: str) -> Path:
         """Where an instance's serial console is logged."""
@@ -259,6 +262,13 @@ class Executor:
                         True,
                         observation=observation_of(uuid, state),
                         blobs=blobs,
+                    )
+                case SnapshotDisk():
+                    snapshot = await self.snapshots.take(command)
+                    bound.info("command done", seconds=round(self.clock() - started, 3))
+                    current = await self._current(uuid)
+                    return Result(
+                        command.command_id, uuid, True, observation=current, snapshot=snapshot
                     )
                 case _:
                     assert_never(command)

@@ -26,33 +26,43 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from protos import common_pb2 as protos_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/instances.proto\x12\x0cminicloud.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x13protos/common.proto\"0\n\x13MoveInstanceRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\"o\n\x15\x43reateInstanceRequest\x12(\n\x04spec\x18\x01 \x01(\x0b\x32\x1a.minicloud.v1.InstanceSpec\x12\x19\n\x11\x63lient_request_id\x18\x02 \x01(\t\x12\x11\n\tplaced_on\x18\x03 \x01(\t\"\x1a\n\x0bInstanceRef\x12\x0b\n\x03ref\x18\x01 \x01(\t\"\xc5\x03\n\x08Instance\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12(\n\x04spec\x18\x03 \x01(\x0b\x32\x1a.minicloud.v1.InstanceSpec\x12\r\n\x05state\x18\x04 \x01(\t\x12\x15\n\rerror_message\x18\x05 \x01(\t\x12\x13\n\x0bpower_state\x18\x06 \x01(\t\x12\x0c\n\x04node\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\x03\x12\x12\n\ncreated_at\x18\t \x01(\x01\x12\x18\n\x10state_updated_at\x18\n \x01(\x01\x12\x13\n\x0b\x61gent_state\x18\x0b \x01(\t\x12\x1e\n\x16\x61gent_system_boot_time\x18\x0c \x01(\x01\x12\x14\n\x0c\x63onsole_port\x18\r \x01(\x05\x12\x10\n\x08vdi_port\x18\x0e \x01(\x05\x12\x14\n\x0cvdi_tls_port\x18\x0f \x01(\x05\x12)\n\x08metadata\x18\x10 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x32\n\ninterfaces\x18\x12 \x03(\x0b\x32\x1e.minicloud.v1.NetworkInterface\x12\x14\n\x0cmachine_type\x18\x11 \x01(\t\"V\n\x14ListInstancesRequest\x12\x17\n\x0finclude_deleted\x18\x01 \x01(\x08\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x15ListInstancesResponse\x12)\n\tinstances\x18\x01 \x03(\x0b\x32\x16.minicloud.v1.Instance\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"B\n\x10GetEventsRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"8\n\x11GetEventsResponse\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.minicloud.v1.Event\"\x1b\n\x0cWatchRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\"i\n\x0bWatchUpdate\x12*\n\x08instance\x18\x01 \x01(\x0b\x32\x16.minicloud.v1.InstanceH\x00\x12$\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x13.minicloud.v1.EventH\x00\x42\x08\n\x06update2\xc5\x07\n\x0fInstanceService\x12\x45\n\x06\x43reate\x12#.minicloud.v1.CreateInstanceRequest\x1a\x16.minicloud.v1.Instance\x12\x38\n\x03Get\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12O\n\x04List\x12\".minicloud.v1.ListInstancesRequest\x1a#.minicloud.v1.ListInstancesResponse\x12W\n\nListStream\x12\".minicloud.v1.ListInstancesRequest\x1a#.minicloud.v1.ListInstancesResponse0\x01\x12;\n\x06\x44\x65lete\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12?\n\nSoftReboot\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12?\n\nHardReboot\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12<\n\x07PowerOn\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12=\n\x08PowerOff\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12:\n\x05Pause\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12<\n\x07Unpause\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12L\n\tGetEvents\x12\x1e.minicloud.v1.GetEventsRequest\x1a\x1f.minicloud.v1.GetEventsResponse\x12@\n\x05Watch\x12\x1a.minicloud.v1.WatchRequest\x1a\x19.minicloud.v1.WatchUpdate0\x01\x12\x41\n\x04Move\x12!.minicloud.v1.MoveInstanceRequest\x1a\x16.minicloud.v1.Instanceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/instances.proto\x12\x0cminicloud.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x13protos/common.proto\"X\n\x17SnapshotInstanceRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x0c\n\x04thin\x18\x03 \x01(\x08\x12\x12\n\nlabel_name\x18\x04 \x01(\t\"\xea\x01\n\x0c\x44iskSnapshot\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x15\n\rartifact_uuid\x18\x02 \x01(\t\x12\x16\n\x0e\x61rtifact_index\x18\x03 \x01(\x05\x12\x11\n\tblob_uuid\x18\x04 \x01(\t\x12\x12\n\nsource_url\x18\x05 \x01(\t\x12\x13\n\x0b\x63onsistency\x18\x06 \x01(\t\x12\x0c\n\x04note\x18\x07 \x01(\t\x12\x0e\n\x06\x66rozen\x18\x08 \x03(\t\x12\x0c\n\x04thin\x18\t \x01(\x08\x12\x11\n\tbase_blob\x18\n \x01(\t\x12\x0c\n\x04size\x18\x0b \x01(\x03\x12\x12\n\nlabel_uuid\x18\x0c \x01(\t\"I\n\x18SnapshotInstanceResponse\x12-\n\tsnapshots\x18\x01 \x03(\x0b\x32\x1a.minicloud.v1.DiskSnapshot\"\x9c\x01\n\x0fSnapshotVersion\x12\x15\n\rartifact_uuid\x18\x01 \x01(\t\x12\x12\n\nsource_url\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\x05\x12\x11\n\tblob_uuid\x18\x05 \x01(\t\x12\x0f\n\x07\x63reated\x18\x06 \x01(\x01\x12\x0c\n\x04size\x18\x07 \x01(\x03\x12\r\n\x05state\x18\x08 \x01(\t\"I\n\x15ListSnapshotsResponse\x12\x30\n\tsnapshots\x18\x01 \x03(\x0b\x32\x1d.minicloud.v1.SnapshotVersion\"0\n\x13MoveInstanceRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\"o\n\x15\x43reateInstanceRequest\x12(\n\x04spec\x18\x01 \x01(\x0b\x32\x1a.minicloud.v1.InstanceSpec\x12\x19\n\x11\x63lient_request_id\x18\x02 \x01(\t\x12\x11\n\tplaced_on\x18\x03 \x01(\t\"\x1a\n\x0bInstanceRef\x12\x0b\n\x03ref\x18\x01 \x01(\t\"\xc5\x03\n\x08Instance\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12(\n\x04spec\x18\x03 \x01(\x0b\x32\x1a.minicloud.v1.InstanceSpec\x12\r\n\x05state\x18\x04 \x01(\t\x12\x15\n\rerror_message\x18\x05 \x01(\t\x12\x13\n\x0bpower_state\x18\x06 \x01(\t\x12\x0c\n\x04node\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\x03\x12\x12\n\ncreated_at\x18\t \x01(\x01\x12\x18\n\x10state_updated_at\x18\n \x01(\x01\x12\x13\n\x0b\x61gent_state\x18\x0b \x01(\t\x12\x1e\n\x16\x61gent_system_boot_time\x18\x0c \x01(\x01\x12\x14\n\x0c\x63onsole_port\x18\r \x01(\x05\x12\x10\n\x08vdi_port\x18\x0e \x01(\x05\x12\x14\n\x0cvdi_tls_port\x18\x0f \x01(\x05\x12)\n\x08metadata\x18\x10 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x32\n\ninterfaces\x18\x12 \x03(\x0b\x32\x1e.minicloud.v1.NetworkInterface\x12\x14\n\x0cmachine_type\x18\x11 \x01(\t\"V\n\x14ListInstancesRequest\x12\x17\n\x0finclude_deleted\x18\x01 \x01(\x08\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x15ListInstancesResponse\x12)\n\tinstances\x18\x01 \x03(\x0b\x32\x16.minicloud.v1.Instance\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"B\n\x10GetEventsRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"8\n\x11GetEventsResponse\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.minicloud.v1.Event\"\x1b\n\x0cWatchRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\"i\n\x0bWatchUpdate\x12*\n\x08instance\x18\x01 \x01(\x0b\x32\x16.minicloud.v1.InstanceH\x00\x12$\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x13.minicloud.v1.EventH\x00\x42\x08\n\x06update2\xf1\x08\n\x0fInstanceService\x12\x45\n\x06\x43reate\x12#.minicloud.v1.CreateInstanceRequest\x1a\x16.minicloud.v1.Instance\x12\x38\n\x03Get\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12O\n\x04List\x12\".minicloud.v1.ListInstancesRequest\x1a#.minicloud.v1.ListInstancesResponse\x12W\n\nListStream\x12\".minicloud.v1.ListInstancesRequest\x1a#.minicloud.v1.ListInstancesResponse0\x01\x12;\n\x06\x44\x65lete\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12?\n\nSoftReboot\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12?\n\nHardReboot\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12<\n\x07PowerOn\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12=\n\x08PowerOff\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12:\n\x05Pause\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12<\n\x07Unpause\x12\x19.minicloud.v1.InstanceRef\x1a\x16.minicloud.v1.Instance\x12L\n\tGetEvents\x12\x1e.minicloud.v1.GetEventsRequest\x1a\x1f.minicloud.v1.GetEventsResponse\x12@\n\x05Watch\x12\x1a.minicloud.v1.WatchRequest\x1a\x19.minicloud.v1.WatchUpdate0\x01\x12\x41\n\x04Move\x12!.minicloud.v1.MoveInstanceRequest\x1a\x16.minicloud.v1.Instance\x12Y\n\x08Snapshot\x12%.minicloud.v1.SnapshotInstanceRequest\x1a&.minicloud.v1.SnapshotInstanceResponse\x12O\n\rListSnapshots\x12\x19.minicloud.v1.InstanceRef\x1a#.minicloud.v1.ListSnapshotsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.instances_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MOVEINSTANCEREQUEST']._serialized_start=91
-  _globals['_MOVEINSTANCEREQUEST']._serialized_end=139
-  _globals['_CREATEINSTANCEREQUEST']._serialized_start=141
-  _globals['_CREATEINSTANCEREQUEST']._serialized_end=252
-  _globals['_INSTANCEREF']._serialized_start=254
-  _globals['_INSTANCEREF']._serialized_end=280
-  _globals['_INSTANCE']._serialized_start=283
-  _globals['_INSTANCE']._serialized_end=736
-  _globals['_LISTINSTANCESREQUEST']._serialized_start=738
-  _globals['_LISTINSTANCESREQUEST']._serialized_end=824
-  _globals['_LISTINSTANCESRESPONSE']._serialized_start=826
-  _globals['_LISTINSTANCESRESPONSE']._serialized_end=917
-  _globals['_GETEVENTSREQUEST']._serialized_start=919
-  _globals['_GETEVENTSREQUEST']._serialized_end=985
-  _globals['_GETEVENTSRESPONSE']._serialized_start=987
-  _globals['_GETEVENTSRESPONSE']._serialized_end=1043
-  _globals['_WATCHREQUEST']._serialized_start=1045
-  _globals['_WATCHREQUEST']._serialized_end=1072
-  _globals['_WATCHUPDATE']._serialized_start=1074
-  _globals['_WATCHUPDATE']._serialized_end=1179
-  _globals['_INSTANCESERVICE']._serialized_start=1182
-  _globals['_INSTANCESERVICE']._serialized_end=2147
+  _globals['_SNAPSHOTINSTANCEREQUEST']._serialized_start=91
+  _globals['_SNAPSHOTINSTANCEREQUEST']._serialized_end=179
+  _globals['_DISKSNAPSHOT']._serialized_start=182
+  _globals['_DISKSNAPSHOT']._serialized_end=416
+  _globals['_SNAPSHOTINSTANCERESPONSE']._serialized_start=418
+  _globals['_SNAPSHOTINSTANCERESPONSE']._serialized_end=491
+  _globals['_SNAPSHOTVERSION']._serialized_start=494
+  _globals['_SNAPSHOTVERSION']._serialized_end=650
+  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_start=652
+  _globals['_LISTSNAPSHOTSRESPONSE']._serialized_end=725
+  _globals['_MOVEINSTANCEREQUEST']._serialized_start=727
+  _globals['_MOVEINSTANCEREQUEST']._serialized_end=775
+  _globals['_CREATEINSTANCEREQUEST']._serialized_start=777
+  _globals['_CREATEINSTANCEREQUEST']._serialized_end=888
+  _globals['_INSTANCEREF']._serialized_start=890
+  _globals['_INSTANCEREF']._serialized_end=916
+  _globals['_INSTANCE']._serialized_start=919
+  _globals['_INSTANCE']._serialized_end=1372
+  _globals['_LISTINSTANCESREQUEST']._serialized_start=1374
+  _globals['_LISTINSTANCESREQUEST']._serialized_end=1460
+  _globals['_LISTINSTANCESRESPONSE']._serialized_start=1462
+  _globals['_LISTINSTANCESRESPONSE']._serialized_end=1553
+  _globals['_GETEVENTSREQUEST']._serialized_start=1555
+  _globals['_GETEVENTSREQUEST']._serialized_end=1621
+  _globals['_GETEVENTSRESPONSE']._serialized_start=1623
+  _globals['_GETEVENTSRESPONSE']._serialized_end=1679
+  _globals['_WATCHREQUEST']._serialized_start=1681
+  _globals['_WATCHREQUEST']._serialized_end=1708
+  _globals['_WATCHUPDATE']._serialized_start=1710
+  _globals['_WATCHUPDATE']._serialized_end=1815
+  _globals['_INSTANCESERVICE']._serialized_start=1818
+  _globals['_INSTANCESERVICE']._serialized_end=2955
 # @@protoc_insertion_point(module_scope)

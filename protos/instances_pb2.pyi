@@ -23,6 +23,179 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class SnapshotInstanceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REF_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    THIN_FIELD_NUMBER: _builtins.int
+    LABEL_NAME_FIELD_NUMBER: _builtins.int
+    ref: _builtins.str
+    """A UUID, or a name in the caller's namespace."""
+    device: _builtins.str
+    """One disk by its device name (vda); "": every disk (cdroms are not snapshotted)."""
+    thin: _builtins.bool
+    """An overlay on the disk's base blob instead of a standalone image."""
+    label_name: _builtins.str
+    """Also make the snapshot the newest version of this label (one disk only)."""
+    def __init__(
+        self,
+        *,
+        ref: _builtins.str = ...,
+        device: _builtins.str = ...,
+        thin: _builtins.bool = ...,
+        label_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "label_name", b"label_name", "ref", b"ref", "thin", b"thin"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotInstanceRequest: _TypeAlias = SnapshotInstanceRequest  # noqa: Y015
+
+@_typing.final
+class DiskSnapshot(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_FIELD_NUMBER: _builtins.int
+    ARTIFACT_UUID_FIELD_NUMBER: _builtins.int
+    ARTIFACT_INDEX_FIELD_NUMBER: _builtins.int
+    BLOB_UUID_FIELD_NUMBER: _builtins.int
+    SOURCE_URL_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    FROZEN_FIELD_NUMBER: _builtins.int
+    THIN_FIELD_NUMBER: _builtins.int
+    BASE_BLOB_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    LABEL_UUID_FIELD_NUMBER: _builtins.int
+    device: _builtins.str
+    artifact_uuid: _builtins.str
+    artifact_index: _builtins.int
+    """The artifact version this snapshot is."""
+    blob_uuid: _builtins.str
+    source_url: _builtins.str
+    """The disk base reference: sf://snapshot/<instance uuid>/<device>."""
+    consistency: _builtins.str
+    """"frozen", "crash-consistent" (note says why) or "stopped"."""
+    note: _builtins.str
+    thin: _builtins.bool
+    base_blob: _builtins.str
+    """A thin snapshot's base blob."""
+    size: _builtins.int
+    label_uuid: _builtins.str
+    """The label made the newest version of, when one was asked for."""
+    @_builtins.property
+    def frozen(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The guest's mount points that were frozen."""
+
+    def __init__(
+        self,
+        *,
+        device: _builtins.str = ...,
+        artifact_uuid: _builtins.str = ...,
+        artifact_index: _builtins.int = ...,
+        blob_uuid: _builtins.str = ...,
+        source_url: _builtins.str = ...,
+        consistency: _builtins.str = ...,
+        note: _builtins.str = ...,
+        frozen: _abc.Iterable[_builtins.str] | None = ...,
+        thin: _builtins.bool = ...,
+        base_blob: _builtins.str = ...,
+        size: _builtins.int = ...,
+        label_uuid: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_index", b"artifact_index", "artifact_uuid", b"artifact_uuid", "base_blob", b"base_blob", "blob_uuid", b"blob_uuid", "consistency", b"consistency", "device", b"device", "frozen", b"frozen", "label_uuid", b"label_uuid", "note", b"note", "size", b"size", "source_url", b"source_url", "thin", b"thin"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiskSnapshot: _TypeAlias = DiskSnapshot  # noqa: Y015
+
+@_typing.final
+class SnapshotInstanceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def snapshots(self) -> _containers.RepeatedCompositeFieldContainer[Global___DiskSnapshot]: ...
+    def __init__(
+        self,
+        *,
+        snapshots: _abc.Iterable[Global___DiskSnapshot] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["snapshots", b"snapshots"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotInstanceResponse: _TypeAlias = SnapshotInstanceResponse  # noqa: Y015
+
+@_typing.final
+class SnapshotVersion(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARTIFACT_UUID_FIELD_NUMBER: _builtins.int
+    SOURCE_URL_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    BLOB_UUID_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    artifact_uuid: _builtins.str
+    source_url: _builtins.str
+    device: _builtins.str
+    index: _builtins.int
+    blob_uuid: _builtins.str
+    created: _builtins.float
+    size: _builtins.int
+    state: _builtins.str
+    """The blob's state ("created"; "deleted" once freed)."""
+    def __init__(
+        self,
+        *,
+        artifact_uuid: _builtins.str = ...,
+        source_url: _builtins.str = ...,
+        device: _builtins.str = ...,
+        index: _builtins.int = ...,
+        blob_uuid: _builtins.str = ...,
+        created: _builtins.float = ...,
+        size: _builtins.int = ...,
+        state: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_uuid", b"artifact_uuid", "blob_uuid", b"blob_uuid", "created", b"created", "device", b"device", "index", b"index", "size", b"size", "source_url", b"source_url", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotVersion: _TypeAlias = SnapshotVersion  # noqa: Y015
+
+@_typing.final
+class ListSnapshotsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def snapshots(self) -> _containers.RepeatedCompositeFieldContainer[Global___SnapshotVersion]: ...
+    def __init__(
+        self,
+        *,
+        snapshots: _abc.Iterable[Global___SnapshotVersion] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["snapshots", b"snapshots"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSnapshotsResponse: _TypeAlias = ListSnapshotsResponse  # noqa: Y015
+
+@_typing.final
 class MoveInstanceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

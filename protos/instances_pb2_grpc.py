@@ -104,6 +104,16 @@ class InstanceServiceStub:
                 request_serializer=protos_dot_instances__pb2.MoveInstanceRequest.SerializeToString,
                 response_deserializer=protos_dot_instances__pb2.Instance.FromString,
                 _registered_method=True)
+        self.Snapshot = channel.unary_unary(
+                '/minicloud.v1.InstanceService/Snapshot',
+                request_serializer=protos_dot_instances__pb2.SnapshotInstanceRequest.SerializeToString,
+                response_deserializer=protos_dot_instances__pb2.SnapshotInstanceResponse.FromString,
+                _registered_method=True)
+        self.ListSnapshots = channel.unary_unary(
+                '/minicloud.v1.InstanceService/ListSnapshots',
+                request_serializer=protos_dot_instances__pb2.InstanceRef.SerializeToString,
+                response_deserializer=protos_dot_instances__pb2.ListSnapshotsResponse.FromString,
+                _registered_method=True)
 
 
 class InstanceServiceServicer:
@@ -205,6 +215,23 @@ class InstanceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Snapshot(self, request, context):
+        """Snapshot the instance's disks (every disk, or one device) into versions of
+        snapshot artifacts (sf://snapshot/<instance uuid>/<device>); answers once done.
+        A running guest is frozen through its agent when it has one (else the
+        snapshot is crash-consistent, and says so).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSnapshots(self, request, context):
+        """The kept versions of the instance's snapshots.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InstanceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -277,6 +304,16 @@ def add_InstanceServiceServicer_to_server(servicer, server):
                     servicer.Move,
                     request_deserializer=protos_dot_instances__pb2.MoveInstanceRequest.FromString,
                     response_serializer=protos_dot_instances__pb2.Instance.SerializeToString,
+            ),
+            'Snapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.Snapshot,
+                    request_deserializer=protos_dot_instances__pb2.SnapshotInstanceRequest.FromString,
+                    response_serializer=protos_dot_instances__pb2.SnapshotInstanceResponse.SerializeToString,
+            ),
+            'ListSnapshots': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSnapshots,
+                    request_deserializer=protos_dot_instances__pb2.InstanceRef.FromString,
+                    response_serializer=protos_dot_instances__pb2.ListSnapshotsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -657,6 +694,60 @@ class InstanceService:
             '/minicloud.v1.InstanceService/Move',
             protos_dot_instances__pb2.MoveInstanceRequest.SerializeToString,
             protos_dot_instances__pb2.Instance.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Snapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minicloud.v1.InstanceService/Snapshot',
+            protos_dot_instances__pb2.SnapshotInstanceRequest.SerializeToString,
+            protos_dot_instances__pb2.SnapshotInstanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSnapshots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minicloud.v1.InstanceService/ListSnapshots',
+            protos_dot_instances__pb2.InstanceRef.SerializeToString,
+            protos_dot_instances__pb2.ListSnapshotsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,6 +62,14 @@ class InstanceServiceStub:
     placement chooses). Its disks are flattened and copied through the blob
     store; it stays off on the new node. FAILED_PRECONDITION while it runs.
     """
+    Snapshot: _grpc.UnaryUnaryMultiCallable[_instances_pb2.SnapshotInstanceRequest, _instances_pb2.SnapshotInstanceResponse]
+    """Snapshot the instance's disks (every disk, or one device) into versions of
+    snapshot artifacts (sf://snapshot/<instance uuid>/<device>); answers once done.
+    A running guest is frozen through its agent when it has one (else the
+    snapshot is crash-consistent, and says so).
+    """
+    ListSnapshots: _grpc.UnaryUnaryMultiCallable[_instances_pb2.InstanceRef, _instances_pb2.ListSnapshotsResponse]
+    """The kept versions of the instance's snapshots."""
 
 @_typing.type_check_only
 class InstanceServiceAsyncStub(InstanceServiceStub):
@@ -95,6 +103,14 @@ class InstanceServiceAsyncStub(InstanceServiceStub):
     placement chooses). Its disks are flattened and copied through the blob
     store; it stays off on the new node. FAILED_PRECONDITION while it runs.
     """
+    Snapshot: _aio.UnaryUnaryMultiCallable[_instances_pb2.SnapshotInstanceRequest, _instances_pb2.SnapshotInstanceResponse]  # type: ignore[assignment]
+    """Snapshot the instance's disks (every disk, or one device) into versions of
+    snapshot artifacts (sf://snapshot/<instance uuid>/<device>); answers once done.
+    A running guest is frozen through its agent when it has one (else the
+    snapshot is crash-consistent, and says so).
+    """
+    ListSnapshots: _aio.UnaryUnaryMultiCallable[_instances_pb2.InstanceRef, _instances_pb2.ListSnapshotsResponse]  # type: ignore[assignment]
+    """The kept versions of the instance's snapshots."""
 
 class InstanceServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -209,5 +225,25 @@ class InstanceServiceServicer(metaclass=_abc_1.ABCMeta):
         placement chooses). Its disks are flattened and copied through the blob
         store; it stays off on the new node. FAILED_PRECONDITION while it runs.
         """
+
+    @_abc_1.abstractmethod
+    def Snapshot(
+        self,
+        request: _instances_pb2.SnapshotInstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_instances_pb2.SnapshotInstanceResponse, _abc.Awaitable[_instances_pb2.SnapshotInstanceResponse]]:
+        """Snapshot the instance's disks (every disk, or one device) into versions of
+        snapshot artifacts (sf://snapshot/<instance uuid>/<device>); answers once done.
+        A running guest is frozen through its agent when it has one (else the
+        snapshot is crash-consistent, and says so).
+        """
+
+    @_abc_1.abstractmethod
+    def ListSnapshots(
+        self,
+        request: _instances_pb2.InstanceRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_instances_pb2.ListSnapshotsResponse, _abc.Awaitable[_instances_pb2.ListSnapshotsResponse]]:
+        """The kept versions of the instance's snapshots."""
 
 def add_InstanceServiceServicer_to_server(servicer: InstanceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

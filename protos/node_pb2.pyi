@@ -394,6 +394,7 @@ class CommandResult(_message.Message):
     PUT_RESULT_FIELD_NUMBER: _builtins.int
     GET_RESULT_FIELD_NUMBER: _builtins.int
     BLOBS_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     instance_uuid: _builtins.str
     ok: _builtins.bool
@@ -418,6 +419,10 @@ class CommandResult(_message.Message):
     def blobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """For export_disks: one blob UUID per disk of the command ("" for a cdrom)."""
 
+    @_builtins.property
+    def snapshot(self) -> Global___SnapshotDiskResult:
+        """For snapshot_disk: the disk's snapshot."""
+
     def __init__(
         self,
         *,
@@ -433,16 +438,60 @@ class CommandResult(_message.Message):
         put_result: Global___AgentPutResult | None = ...,
         get_result: Global___AgentGetResult | None = ...,
         blobs: _abc.Iterable[_builtins.str] | None = ...,
+        snapshot: Global___SnapshotDiskResult | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "exec_result", b"exec_result", "get_result", b"get_result", "observation", b"observation", "put_result", b"put_result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "exec_result", b"exec_result", "get_result", b"get_result", "observation", b"observation", "put_result", b"put_result", "snapshot", b"snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "blob_uuid", b"blob_uuid", "blobs", b"blobs", "command_id", b"command_id", "data", b"data", "error", b"error", "exec_result", b"exec_result", "get_result", b"get_result", "instance_uuid", b"instance_uuid", "observation", b"observation", "ok", b"ok", "put_result", b"put_result", "retryable", b"retryable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "blob_uuid", b"blob_uuid", "blobs", b"blobs", "command_id", b"command_id", "data", b"data", "error", b"error", "exec_result", b"exec_result", "get_result", b"get_result", "instance_uuid", b"instance_uuid", "observation", b"observation", "ok", b"ok", "put_result", b"put_result", "retryable", b"retryable", "snapshot", b"snapshot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_agent: _TypeAlias = _typing.Literal["exec_result", "put_result", "get_result"]  # noqa: Y015
     _WhichOneofArgType_agent: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_agent) -> _WhichOneofReturnType_agent | None: ...
 
 Global___CommandResult: _TypeAlias = CommandResult  # noqa: Y015
+
+@_typing.final
+class SnapshotDiskResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOB_UUID_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_FIELD_NUMBER: _builtins.int
+    FROZEN_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    BASE_BLOB_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    blob_uuid: _builtins.str
+    consistency: _builtins.str
+    """"frozen", "crash-consistent" (note says why) or "stopped"."""
+    note: _builtins.str
+    size: _builtins.int
+    base_blob: _builtins.str
+    """A thin snapshot's base blob, else ""."""
+    device: _builtins.str
+    """The guest's device name of the disk (vda)."""
+    @_builtins.property
+    def frozen(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The guest's mount points that were frozen."""
+
+    def __init__(
+        self,
+        *,
+        blob_uuid: _builtins.str = ...,
+        consistency: _builtins.str = ...,
+        frozen: _abc.Iterable[_builtins.str] | None = ...,
+        note: _builtins.str = ...,
+        size: _builtins.int = ...,
+        base_blob: _builtins.str = ...,
+        device: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_blob", b"base_blob", "blob_uuid", b"blob_uuid", "consistency", b"consistency", "device", b"device", "frozen", b"frozen", "note", b"note", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotDiskResult: _TypeAlias = SnapshotDiskResult  # noqa: Y015
 
 @_typing.final
 class AgentExecResult(_message.Message):
@@ -621,6 +670,7 @@ class Command(_message.Message):
     REMOVE_NETWORK_FIELD_NUMBER: _builtins.int
     ATTACH_INTERFACE_FIELD_NUMBER: _builtins.int
     EXPORT_DISKS_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_DISK_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     instance_uuid: _builtins.str
@@ -655,6 +705,8 @@ class Command(_message.Message):
     def attach_interface(self) -> Global___AttachInterface: ...
     @_builtins.property
     def export_disks(self) -> Global___ExportDisks: ...
+    @_builtins.property
+    def snapshot_disk(self) -> Global___SnapshotDisk: ...
     def __init__(
         self,
         *,
@@ -674,13 +726,14 @@ class Command(_message.Message):
         remove_network: Global___RemoveNetwork | None = ...,
         attach_interface: Global___AttachInterface | None = ...,
         export_disks: Global___ExportDisks | None = ...,
+        snapshot_disk: Global___SnapshotDisk | None = ...,
         request_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_execute", b"agent_execute", "agent_get", b"agent_get", "agent_put", b"agent_put", "attach_interface", b"attach_interface", "console_clear", b"console_clear", "console_open", b"console_open", "console_read", b"console_read", "console_screenshot", b"console_screenshot", "create", b"create", "destroy", b"destroy", "ensure_network", b"ensure_network", "export_disks", b"export_disks", "power", b"power", "remove_network", b"remove_network"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_execute", b"agent_execute", "agent_get", b"agent_get", "agent_put", b"agent_put", "attach_interface", b"attach_interface", "console_clear", b"console_clear", "console_open", b"console_open", "console_read", b"console_read", "console_screenshot", b"console_screenshot", "create", b"create", "destroy", b"destroy", "ensure_network", b"ensure_network", "export_disks", b"export_disks", "power", b"power", "remove_network", b"remove_network", "snapshot_disk", b"snapshot_disk"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_execute", b"agent_execute", "agent_get", b"agent_get", "agent_put", b"agent_put", "attach_interface", b"attach_interface", "command_id", b"command_id", "console_clear", b"console_clear", "console_open", b"console_open", "console_read", b"console_read", "console_screenshot", b"console_screenshot", "create", b"create", "destroy", b"destroy", "ensure_network", b"ensure_network", "export_disks", b"export_disks", "instance_uuid", b"instance_uuid", "power", b"power", "remove_network", b"remove_network", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_execute", b"agent_execute", "agent_get", b"agent_get", "agent_put", b"agent_put", "attach_interface", b"attach_interface", "command_id", b"command_id", "console_clear", b"console_clear", "console_open", b"console_open", "console_read", b"console_read", "console_screenshot", b"console_screenshot", "create", b"create", "destroy", b"destroy", "ensure_network", b"ensure_network", "export_disks", b"export_disks", "instance_uuid", b"instance_uuid", "power", b"power", "remove_network", b"remove_network", "request_id", b"request_id", "snapshot_disk", b"snapshot_disk"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["create", "power", "destroy", "agent_execute", "agent_put", "agent_get", "console_read", "console_clear", "console_screenshot", "console_open", "ensure_network", "remove_network", "attach_interface", "export_disks"]  # noqa: Y015
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["create", "power", "destroy", "agent_execute", "agent_put", "agent_get", "console_read", "console_clear", "console_screenshot", "console_open", "ensure_network", "remove_network", "attach_interface", "export_disks", "snapshot_disk"]  # noqa: Y015
     _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
 
@@ -1331,3 +1384,47 @@ class ExportDisks(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportDisks: _TypeAlias = ExportDisks  # noqa: Y015
+
+@_typing.final
+class SnapshotDisk(_message.Message):
+    """Snapshot one disk of the command's instance into a blob
+    (CommandResult.snapshot): a running guest is frozen through its agent
+    around an external disk-only snapshot, its original copied while it runs
+    on an overlay, and the overlay committed back. thin: an overlay on the
+    disk's base blob (base, sf://blob/UUID) instead of a standalone image.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    THIN_FIELD_NUMBER: _builtins.int
+    BASE_FIELD_NUMBER: _builtins.int
+    FREEZE_TIMEOUT_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """The disk's place in the instance's disk specs."""
+    device: _builtins.str
+    """The guest's name for it (vda)."""
+    thin: _builtins.bool
+    base: _builtins.str
+    freeze_timeout: _builtins.float
+    agent: _builtins.bool
+    """Whether the instance has the agent channel (without it: crash-consistent)."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        device: _builtins.str = ...,
+        thin: _builtins.bool = ...,
+        base: _builtins.str = ...,
+        freeze_timeout: _builtins.float = ...,
+        agent: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "base", b"base", "device", b"device", "freeze_timeout", b"freeze_timeout", "index", b"index", "thin", b"thin"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotDisk: _TypeAlias = SnapshotDisk  # noqa: Y015

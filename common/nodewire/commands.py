@@ -125,6 +125,30 @@ class ExportDisks:
     disks: tuple[DiskRequest, ...]
 
 
+@dataclass(frozen=True)
+class SnapshotDisk:
+    """Snapshot one disk of the instance into a blob (the result's ``snapshot``).
+
+    ``index`` is the disk's place in the instance's disk specs (its file),
+    ``device`` the guest's name for it (vda), checked against the domain. A
+    running guest is frozen through its agent for at most ``freeze_timeout``
+    seconds around an external snapshot, then copied from the stable
+    original while it runs on an overlay that is committed back after.
+    ``thin`` uploads an overlay on the disk's base blob (``base``, a
+    ``sf://blob/UUID``) instead of a standalone image.
+    """
+
+    command_id: str
+    instance_uuid: str
+    index: int
+    device: str
+    thin: bool = False
+    base: str = ""
+    freeze_timeout: float = 10.0
+    # Whether the instance has the agent channel (without it: crash-consistent).
+    agent: bool = True
+
+
 class ConsoleKind(StrEnum):
     """Out-of-band access to an instance's console."""
 
@@ -161,6 +185,7 @@ SerialCommand = (
     | EnsureNetwork
     | RemoveNetwork
     | ExportDisks
+    | SnapshotDisk
 )
 Command = (
     CreateDomain
@@ -170,6 +195,7 @@ Command = (
     | EnsureNetwork
     | RemoveNetwork
     | ExportDisks
+    | SnapshotDisk
     | AgentExecute
     | AgentPut
     | AgentGet

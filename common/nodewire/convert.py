@@ -26,6 +26,7 @@ from common.nodewire.commands import (
     ExportDisks,
     PowerDomain,
     RemoveNetwork,
+    SnapshotDisk,
 )
 from common.nodewire.domain import (
     DiskRequest,
@@ -49,6 +50,7 @@ from common.nodewire.messages import (
     Register,
     Report,
     Result,
+    SnapshotResult,
 )
 from common.nodewire.network import Floating, Lease, NetworkConfig
 from common.nodewire.power import PowerAction
@@ -247,6 +249,13 @@ def command_to_pb(command: Command) -> node_pb2.Command:
             pb.export_disks.SetInParent()
             for d in command.disks:
                 pb.export_disks.disks.add(size_gb=d.size_gb, base=d.base, bus=d.bus, type=d.type)
+        case SnapshotDisk():
+            pb.snapshot_disk.index = command.index
+            pb.snapshot_disk.device = command.device
+            pb.snapshot_disk.thin = command.thin
+            pb.snapshot_disk.base = command.base
+            pb.snapshot_disk.freeze_timeout = command.freeze_timeout
+            pb.snapshot_disk.agent = command.agent
         case AgentExecute():
             pb.agent_execute.command_line = command.command_line
             pb.agent_execute.env.update(command.env)
@@ -311,6 +320,9 @@ def command_from_pb(pb: node_pb2.Command) -> Command:
             for d in pb.export_disks.disks
         )
         return ExportDisks(cid, uuid, disks)
+    if action == "snapshot_disk":
+        d = pb.snapshot_disk
+        return SnapshotDisk(cid, uuid, d.index, d.device, d.thin, d.base, d.freeze_timeout, d.agent)
     if action == "agent_execute":
         e = pb.agent_execute
         return AgentExecute(
@@ -441,6 +453,15 @@ def result_to_pb(result: Result, out: node_pb2.CommandResult) -> None:
         observation_to_pb(result.observation, out.observation)
     if result.agent is not None:
         _agent_to_pb(result.agent, out)
+    if result.snapshot is not None:
+        snap = result.snapshot
+        out.snapshot.blob_uuid = snap.blob_uuid
+        out.snapshot.consistency = snap.consistency
+        out.snapshot.frozen.extend(snap.frozen)
+        out.snapshot.note = snap.note
+        out.snapshot.size = snap.size
+        out.snapshot.base_blob = snap.base_blob
+        out.snapshot.device = snap.device
 
 
 def result_from_pb(pb: node_pb2.CommandResult) -> Result:
@@ -456,6 +477,13 @@ def result_from_pb(pb: node_pb2.CommandResult) -> Result:
         data=pb.data,
         blob_uuid=pb.blob_uuid,
         blobs=tuple(pb.blobs),
+        snapshot=_snapshot_from_pb(pb.snapshot) if pb.HasField("snapshot") else None,
+    )
+
+
+def _snapshot_from_pb(pb: node_pb2.SnapshotDiskResult) -> SnapshotResult:
+    return SnapshotResult(
+        pb.blob_uuid, pb.consistency, tuple(pb.frozen), pb.note, pb.size, pb.base_blob, pb.device
     )
 
 

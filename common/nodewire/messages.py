@@ -78,6 +78,25 @@ AgentResult = ExecResult | PutResult | GetResult
 
 
 @dataclass(frozen=True)
+class SnapshotResult:
+    """One disk snapshotted: its blob and how consistent it is.
+
+    ``consistency`` is ``frozen`` (the guest's file systems were frozen by its
+    agent), ``crash-consistent`` (running, not frozen: ``note`` says why) or
+    ``stopped`` (the guest was not running).
+    """
+
+    blob_uuid: str
+    consistency: str
+    frozen: tuple[str, ...] = ()
+    note: str = ""
+    size: int = 0
+    # A thin snapshot's base blob (its backing file), else "".
+    base_blob: str = ""
+    device: str = ""
+
+
+@dataclass(frozen=True)
 class Result:
     """The outcome of one command."""
 
@@ -94,6 +113,8 @@ class Result:
     blob_uuid: str = ""
     # ExportDisks: one blob UUID per disk spec ("" for one not copied, a cdrom).
     blobs: tuple[str, ...] = ()
+    # SnapshotDisk: the disk's snapshot.
+    snapshot: SnapshotResult | None = None
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from controlplane.paging import decode_token, encode_token, page_size
 from controlplane.services.instances import InstanceService
 from controlplane.services.moves import MoveService
 from controlplane.services.namespaces import require_system
+from controlplane.services.snapshots import DiskSnapshot, SnapshotService, SnapshotVersion
 from protos import instances_pb2, instances_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -23,9 +24,15 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class InstanceServicer(instances_pb2_grpc.InstanceServiceServicer):
     """gRPC face of the instance use cases."""
 
-    def __init__(self, service: InstanceService, moves: MoveService | None = None) -> None:
+    def __init__(
+        self,
+        service: InstanceService,
+        moves: MoveService | None = None,
+        snapshots: SnapshotService | None = None,
+    ) -> None:
         self.service = service
         self.moves = moves
+        self.snapshots = snapshots
         self.messages = InstanceMessages()
 
     @grpc_errors
@@ -129,6 +136,26 @@ class InstanceServicer(instances_pb2_grpc.InstanceServiceServicer):
         return instance_to_pb(await self.moves.move(instance.uuid, request.node))
 
     @grpc_errors
+    async def Snapshot(
+        self, request: instances_pb2.SnapshotInstanceRequest, context: Context
+    ) -> instances_pb2.SnapshotInstanceResponse:
+        if self.snapshots is None:
+            raise FailedPrecondition("this control plane cannot snapshot instances")
+        taken = await self.snapshots.snapshot(
+            namespace_of(context), request.ref, request.device, request.thin, request.label_name
+        )
+        return instances_pb2.SnapshotInstanceResponse(snapshots=[_snapshot_pb(t) for t in taken])
+
+    @grpc_errors
+    async def ListSnapshots(
+        self, request: instances_pb2.InstanceRef, context: Context
+    ) -> instances_pb2.ListSnapshotsResponse:
+        if self.snapshots is None:
+            raise FailedPrecondition("this control plane cannot snapshot instances")
+        found = await self.snapshots.versions(namespace_of(context), request.ref)
+        return instances_pb2.ListSnapshotsResponse(snapshots=[_version_pb(v) for v in found])
+
+    @grpc_errors
     async def GetEvents(
         self, request: instances_pb2.GetEventsRequest, context: Context
     ) -> instances_pb2.GetEventsResponse:
@@ -165,3 +192,33 @@ async def _subscribe(service: InstanceService, namespace: str, ref: str, context
         return await service.watch(namespace, ref)
     except MiniCloudError as exc:
         await abort_for(context, exc)
+
+
+def _snapshot_pb(taken: DiskSnapshot) -> instances_pb2.DiskSnapshot:
+    return instances_pb2.DiskSnapshot(
+        device=taken.device,
+        artifact_uuid=taken.artifact.uuid,
+        artifact_index=taken.index,
+        blob_uuid=taken.blob_uuid,
+        source_url=taken.source_url,
+        consistency=taken.consistency,
+        note=taken.note,
+        frozen=list(taken.frozen),
+        thin=taken.thin,
+        base_blob=taken.base_blob,
+        size=taken.size,
+        label_uuid=taken.label.uuid if taken.label is not None else "",
+    )
+
+
+def _version_pb(version: SnapshotVersion) -> instances_pb2.SnapshotVersion:
+    return instances_pb2.SnapshotVersion(
+        artifact_uuid=version.artifact.uuid,
+        source_url=version.artifact.source_url,
+        device=version.device,
+        index=version.index,
+        blob_uuid=version.blob_uuid,
+        created=version.created,
+        size=version.size,
+        state=version.state,
+    )

@@ -3,7 +3,9 @@
 Bases understood here: ``label:NAME`` (the newest version of the label NAME),
 ``sf://upload/NAMESPACE/NAME`` (the newest version of that upload; the
 caller's own namespace, any for ``system``, or a shared system upload) and
-``sf://blob/UUID`` (checked to exist and not be freed); other ``sf://`` refs
+``sf://blob/UUID`` (checked to exist and not be freed),
+``sf://snapshot/INSTANCE/DEVICE`` (the newest snapshot of an instance's disk;
+see ``controlplane.services.snapshots``); other ``sf://`` refs
 are refused, and anything else (a URL, a path, a distribution shorthand) is
 left for the node.
 
@@ -37,6 +39,7 @@ from controlplane.store.records import Records
 from controlplane.validation import NAME_RE, looks_like_uuid
 
 KINDS = ("upload", "label")
+SNAPSHOT = "snapshot"  # made only by instance snapshots, never by FromBlob
 MAX_VERSIONS = 1000
 # An artifact being fetched for the first time, and one whose last fetch failed.
 INITIAL = "initial"
@@ -345,6 +348,8 @@ class ArtifactService:
             except NotFound as exc:
                 raise NotFound(f"disk base {base!r}: no such blob") from exc
             return base
+        if base.startswith("sf://snapshot/"):
+            return await self.resolve_snapshot(namespace, base)
         if base.startswith("sf://"):
             raise InvalidArgument(f"disk base {base!r} is not a kind of sf:// reference known here")
         return base
@@ -359,6 +364,57 @@ class ArtifactService:
         if art is None or not art.blob_uuid:
             raise NotFound(f"disk base {base!r} not found")
         return f"sf://blob/{art.blob_uuid}"
+
+    # -- instance snapshots (controlplane.services.snapshots) -------------------
+
+    async def add_snapshot(
+        self, namespace: str, instance_uuid: str, device: str, blob_uuid: str
+    ) -> Artifact:
+        """Make a disk snapshot's blob the newest version of ``snapshot:<instance>/<device>``."""
+        await self.blobs.get_live(blob_uuid)
+        await self.blobs.reference(blob_uuid, "a new snapshot version")
+        art, dropped = await self.artifacts.add_version(
+            namespace,
+            SNAPSHOT,
+            f"{instance_uuid}/{device}",
+            blob_uuid,
+            self.clock(),
+            f"sf://snapshot/{instance_uuid}/{device}",
+            self._version_events,
+        )
+        await self.release(dropped)
+        return art
+
+    async def snapshots_of(self, namespace: str, instance_uuid: str) -> list[Artifact]:
+        """The live snapshot artifacts of an instance (one per device snapshotted)."""
+        return [
+            art
+            for art in await self.artifacts.list_all(namespace)
+            if art.type == SNAPSHOT
+            and art.name.startswith(f"{instance_uuid}/")
+            and art.state != DELETED
+        ]
+
+    async def resolve_snapshot(self, namespace: str, base: str) -> str:
+        """``sf://snapshot/<instance>/<device>`` as the blob of its newest version.
+
+        The caller's own snapshots; system finds any namespace's.
+        """
+        instance_uuid, _, device = base.removeprefix("sf://snapshot/").partition("/")
+        name = f"{instance_uuid}/{device}"
+        art = None
+        if instance_uuid and device:
+            art = await self.artifacts.find(namespace, SNAPSHOT, name)
+            if art is None and namespace == SYSTEM:
+                art = next(
+                    (
+                        a
+                        for a in await self.artifacts.list_everywhere()
+                        if a.type == SNAPSHOT and a.name == name and a.state != DELETED
+                    ),
+                    None,
+                )
+        return await self._blob_ref(art, base)
 
 
 def check_name(name: str) -> None:

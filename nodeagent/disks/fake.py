@@ -17,7 +17,13 @@ from pathlib import Path
 
 from common.nodewire.domain import DiskRequest, DomainRequest
 from nodeagent.disks.configdrive import RANDOM_SEED_BYTES, drive_files
-from nodeagent.disks.protocol import BlobSink, DiskError, ProgressCallback, local_firmware
+from nodeagent.disks.protocol import (
+    BlobSink,
+    DiskError,
+    ProgressCallback,
+    SnapshotCopy,
+    local_firmware,
+)
 from nodeagent.hypervisor.protocol import PreparedDisk
 
 
@@ -100,6 +106,30 @@ class FakeDiskBuilder:
             blobs.append(await sink.upload(_one(contents[index])))
             progress(f"disk {index} exported")
         return tuple(blobs)
+
+    async def snapshot(
+        self,
+        instance_uuid: str,
+        index: int,
+        source: Path | None,
+        thin: bool,
+        sink: BlobSink,
+        progress: ProgressCallback,
+    ) -> SnapshotCopy:
+        contents = self.contents.get(instance_uuid)
+        if contents is None or index >= len(contents):
+            raise DiskError(f"disk {index} of instance {instance_uuid} is not on this node")
+        base_blob = ""
+        if thin:
+            base = self.requests[instance_uuid][index].base
+            if not base.startswith("sf://blob/"):
+                raise DiskError(
+                    f"disk {index} was not made from a blob, so it cannot have a thin snapshot"
+                )
+            base_blob = base.removeprefix("sf://blob/")
+        blob = await sink.upload(_one(contents[index]))
+        progress(f"disk {index} copied")
+        return SnapshotCopy(blob, len(contents[index]), base_blob)
 
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:

@@ -26,11 +26,19 @@ Semantics every implementation honours:
   missing raises ``DiskError``. The instance's own files are left as they
   were; temporary files are removed whatever happens. The caller makes sure
   the guest is not running (a running guest's disk would be copied torn).
+- ``snapshot`` copies one ``disk`` (by its index) into a blob: from
+  ``source`` (a stable file: the original under a running guest's snapshot
+  overlay) or, when None, from the disk's own file (a stopped guest). It is
+  a standalone qcow2, or with ``thin`` an overlay whose backing file is the
+  disk's base blob (named ``blob-<UUID>``, as nodes cache blobs; a disk not
+  made from a blob cannot be thin: ``DiskError``). It returns a
+  ``SnapshotCopy``; temporary files are removed whatever happens.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -55,6 +63,15 @@ class BlobSink(Protocol):
     async def upload(self, chunks: AsyncIterator[bytes]) -> str:
         """Store the bytes as a blob; its UUID."""
         ...
+
+
+@dataclass(frozen=True)
+class SnapshotCopy:
+    """A disk copied into a blob: the blob, its size, and a thin copy's base blob ("")."""
+
+    blob_uuid: str
+    size: int
+    base_blob: str = ""
 
 
 class DiskBuilder(Protocol):
@@ -86,6 +103,18 @@ class DiskBuilder(Protocol):
         progress: ProgressCallback,
     ) -> tuple[str, ...]:
         """Upload each disk flattened; one blob UUID per spec ("" for a cdrom)."""
+        ...
+
+    async def snapshot(
+        self,
+        instance_uuid: str,
+        index: int,
+        source: Path | None,
+        thin: bool,
+        sink: BlobSink,
+        progress: ProgressCallback,
+    ) -> SnapshotCopy:
+        """Copy one disk into a blob, standalone or (thin) an overlay on its base blob."""
         ...
 
 

@@ -20,7 +20,11 @@ host files to the guest.
 ``export`` (moving an instance to another node) flattens each overlay with
 ``qemu-img convert -O qcow2`` (the backing chain merged into one standalone
 image, unallocated space left out) into a temporary file in the instance's
-folder, streams it to the blob sink and removes it.
+folder, streams it to the blob sink and removes it. ``snapshot`` does the
+same for one disk of a running guest from the stable original under its
+snapshot overlay (``-U``: QEMU holds the file open), or makes a thin copy:
+an overlay on the disk's cached base blob, rebased to the name
+``blob-<UUID>`` so that it resolves in any node's cache.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from nodeagent.disks.protocol import (
     BlobSink,
     DiskError,
     ProgressCallback,
+    SnapshotCopy,
     local_firmware,
 )
 from nodeagent.hypervisor.protocol import PreparedDisk
@@ -68,6 +73,8 @@ DEBIAN_CODENAMES = {
     "13": "trixie",
 }
 _CHUNK = 1024 * 1024
+MAX_BLOB_CHAIN = 8  # thin snapshots of thin snapshots, at most this deep
+_BLOB_FILE = re.compile(r"^blob-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _PROGRESS_STEP_PERCENT = 10
 _PROGRESS_INTERVAL_S = 2.0
 _FETCH_TIMEOUT_S = 30.0
@@ -208,6 +215,70 @@ class Qcow2DiskBuilder:
         )
         return blob
 
+    async def snapshot(
+        self,
+        instance_uuid: str,
+        index: int,
+        source: Path | None,
+        thin: bool,
+        sink: BlobSink,
+        progress: ProgressCallback,
+    ) -> SnapshotCopy:
+        """Convert one disk (or the stable ``source`` under its overlay) into a blob."""
+        disk = self.instances_dir / instance_uuid / f"disk{index}.qcow2"
+        path = source or disk
+        if not path.exists():
+            raise DiskError(f"disk {index} of instance {instance_uuid} is not on this node")
+        copy = disk.with_name(f".{disk.stem}.snapshot.qcow2")
+        started = time.monotonic()
+        try:
+            options = ["-O", "qcow2"]
+            base_blob, backing = "", ""
+            if thin:
+                backing, fmt = await self._blob_backing(disk, index)
+                base_blob = Path(backing).name.removeprefix("blob-")
+                options += ["-B", backing, "-F", fmt]
+            progress(f"copying disk {index}")
+            await _qemu_img("convert", "-q", "-U", *options, str(path), str(copy))
+            if thin:
+                # the cache path of this node becomes a name any node's cache resolves
+                await _qemu_img(
+                    "rebase", "-q", "-u", "-b", Path(backing).name, "-F", fmt, str(copy)
+                )
+            size = (await asyncio.to_thread(copy.stat)).st_size
+            progress(f"uploading disk {index} ({size // (1024 * 1024)} MiB)")
+            try:
+                blob = await sink.upload(_file_chunks(copy))
+            except DiskError:
+                raise
+            except Exception as exc:
+                raise DiskError(f"cannot upload disk {index}: {exc}", retryable=True) from exc
+        finally:
+            copy.unlink(missing_ok=True)
+        log.info(
+            "disk snapshot copied",
+            path=str(path),
+            blob=blob,
+            bytes=size,
+            thin=thin,
+            seconds=round(time.monotonic() - started, 2),
+        )
+        return SnapshotCopy(blob, size, base_blob)
+
+    async def _blob_backing(self, disk: Path, index: int) -> tuple[str, str]:
+        """The disk's backing file and its format, if it is a cached blob (thin snapshots)."""
+        output = await _qemu_img("info", "-U", "--output=json", str(disk))
+        try:
+            data = json.loads(output)
+        except ValueError as exc:
+            raise DiskError(f"cannot read qemu-img info of disk {index}: {exc}") from exc
+        backing = str(data.get("full-backing-filename") or data.get("backing-filename") or "")
+        if not _BLOB_FILE.match(Path(backing).name):
+            raise DiskError(
+                f"disk {index} was not made from a blob, so it cannot have a thin snapshot"
+            )
+        return backing, str(data.get("backing-filename-format") or "qcow2")
+
     def resolve_url(self, base: str) -> str | None:
         """The URL to fetch for ``base``, or None when it is not a URL or shorthand."""
         if base.startswith(("http://", "https://")):
@@ -259,8 +330,14 @@ class Qcow2DiskBuilder:
         )
         return disk
 
-    async def _blob_file(self, ref: str, progress: ProgressCallback) -> Path:
-        """A blob base, downloaded once from the control plane into the cache."""
+    async def _blob_file(self, ref: str, progress: ProgressCallback, depth: int = 0) -> Path:
+        """A blob base, downloaded once from the control plane into the cache.
+
+        A blob that is a thin snapshot (a qcow2 whose backing file is named
+        ``blob-<UUID>``) has its base blob fetched beside it, and so on down
+        its chain (at most ``MAX_BLOB_CHAIN`` deep); any other backing file
+        is refused.
+        """
         uuid = ref.removeprefix(BLOB_PREFIX)
         if self.blobs is None or not uuid or "/" in uuid:
             raise DiskError(f"base image {ref!r} cannot be fetched by this node")
@@ -276,7 +353,30 @@ class Qcow2DiskBuilder:
                 except Exception as exc:
                     raise DiskError(f"cannot fetch base image {ref!r}: {exc}") from exc
                 log.info("blob fetched", ref=ref, path=str(target))
-            return target
+        backing = await self._blob_backing_name(target, ref)
+        if backing:
+            if depth >= MAX_BLOB_CHAIN:
+                raise DiskError(f"base image {ref!r} has a chain of more than {MAX_BLOB_CHAIN}")
+            await self._blob_file(BLOB_PREFIX + backing.removeprefix("blob-"), progress, depth + 1)
+        return target
+
+    async def _blob_backing_name(self, path: Path, ref: str) -> str:
+        """The blob a cached blob is a thin overlay on (its backing file's name), or ""."""
+        data = await self._info(path, ref)
+        backing = str(data.get("backing-filename") or "")
+        if backing and not _BLOB_FILE.match(backing):
+            raise DiskError(f"base image {ref!r} has a backing file; refusing to use it")
+        return backing
+
+    async def _info(self, path: Path, ref: str) -> dict[str, object]:
+        output = await _qemu_img("info", "--output=json", str(path))
+        try:
+            data = json.loads(output)
+        except ValueError as exc:
+            raise DiskError(f"cannot read qemu-img info for base image {ref!r}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise DiskError(f"cannot read qemu-img info for base image {ref!r}")
+        return data
 
     async def _create(self, path: Path, options: list[str], size: str | None) -> None:
         """Run ``qemu-img create`` into a temporary name, then rename it into place."""
@@ -295,7 +395,16 @@ class Qcow2DiskBuilder:
         output = await _qemu_img("info", "--output=json", str(path))
         try:
             data = json.loads(output)
-            if data.get("backing-filename"):
+            backing = data.get("backing-filename")
+            # Only a cached blob may have a backing file: the blob it is a thin overlay
+            # on, fetched beside it (see _blob_file); nothing else on the host.
+            thin = (
+                ref.startswith(BLOB_PREFIX)
+                and isinstance(backing, str)
+                and _BLOB_FILE.match(backing) is not None
+                and (path.parent / backing).is_file()
+            )
+            if backing and not thin:
                 raise DiskError(f"base image {ref!r} has a backing file; refusing to use it")
             return ImageInfo(format=str(data["format"]), virtual_size=int(data["virtual-size"]))
         except (ValueError, KeyError, TypeError) as exc:

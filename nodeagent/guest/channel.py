@@ -102,6 +102,15 @@ class GuestHello:
 
 
 @dataclass(frozen=True)
+class Frozen:
+    """What a freeze did in the guest: mount points frozen, and those skipped with why."""
+
+    frozen: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...] = ()
+    timeout: float = 0.0
+
+
+@dataclass(frozen=True)
 class ExecResult:
     """How a command ended and what it printed (the first ``max_output`` bytes of each)."""
 
@@ -297,6 +306,40 @@ class GuestChannel:
         frame = await self._call(request, "is-system-running", self.settings.reply_timeout)
         self._expect(frame, Kind.OK, "is-system-running")
         return self._checked(lambda: _text(frame, "state"))
+
+    async def freeze(self, timeout: float) -> Frozen:
+        """Sync and freeze the guest's writable local file systems for at most ``timeout`` s.
+
+        The guest thaws by itself after ``timeout`` (it caps it at 60 s), and
+        when this connection ends.
+        """
+        request = Frame(Kind.REQUEST, 0, {"op": "freeze", "timeout": timeout})
+        frame = await self._call(request, "freeze", self.settings.reply_timeout)
+        self._expect(frame, Kind.OK, "freeze")
+
+        def parse() -> Frozen:
+            skipped = []
+            for item in _list(frame.fields.get("skipped", [])):
+                if not isinstance(item, dict):
+                    raise ProtocolError("freeze skipped entries must be objects")
+                skipped.append((str(item.get("path", "")), str(item.get("reason", ""))))
+            frozen = tuple(str(p) for p in _list(frame.fields.get("frozen", [])))
+            return Frozen(frozen, tuple(skipped), frame.float_field("timeout", timeout))
+
+        return self._checked(parse)
+
+    async def thaw(self) -> tuple[tuple[str, ...], bool]:
+        """Thaw the guest's file systems: the mount points thawed, and whether the freeze
+        had already ended by its timeout (then a snapshot may postdate the thaw)."""
+        request = Frame(Kind.REQUEST, 0, {"op": "thaw"})
+        frame = await self._call(request, "thaw", self.settings.reply_timeout)
+        self._expect(frame, Kind.OK, "thaw")
+
+        def parse() -> tuple[tuple[str, ...], bool]:
+            thawed = tuple(str(p) for p in _list(frame.fields.get("thawed", [])))
+            return thawed, frame.bool_field("expired", False)
+
+        return self._checked(parse)
 
     async def execute(
         self,

@@ -21,7 +21,7 @@ from common.nodewire.commands import (
 )
 from common.nodewire.messages import AgentResult, ExecOutput, ExecResult, GetResult, PutResult
 from nodeagent.errors import NodeAgentError
-from nodeagent.guest.channel import GuestError, GuestUnavailable
+from nodeagent.guest.channel import Frozen, GuestChannelError, GuestError, GuestUnavailable
 
 
 class GuestOpError(NodeAgentError):
@@ -61,6 +61,10 @@ class AgentChannel(Protocol):
     async def put(self, path: str, mode: int, chunks: AsyncIterator[bytes]) -> Any: ...
 
     async def get(self, path: str) -> tuple[dict[str, Any], FileChunks]: ...
+
+    async def freeze(self, timeout: float) -> Frozen: ...
+
+    async def thaw(self) -> tuple[tuple[str, ...], bool]: ...
 
 
 class ReadyChannels(Protocol):
@@ -115,6 +119,33 @@ class GuestOps:
             raise GuestOpError(f"lost contact with the agent: {exc}", retryable=False) from exc
         except GuestError as exc:
             raise GuestOpError(str(exc), retryable=False) from exc
+
+    async def freeze(self, uuid: str, timeout: float) -> tuple[tuple[str, ...], str]:
+        """Freeze the guest's file systems: (mount points frozen, "") or ((), why not).
+
+        Never raises: a guest that cannot freeze is snapshotted crash-consistent.
+        """
+        channel = self.links.channel(uuid)
+        if channel is None:
+            return (), "the guest agent is not ready"
+        try:
+            frozen = await channel.freeze(timeout)
+        except GuestChannelError as exc:
+            return (), f"the guest agent could not freeze: {exc}"
+        if not frozen.frozen:
+            return (), "the guest agent found nothing to freeze"
+        return frozen.frozen, ""
+
+    async def thaw(self, uuid: str) -> str:
+        """Thaw the guest's file systems: "" when the freeze held until now, else why not."""
+        channel = self.links.channel(uuid)
+        if channel is None:
+            return "the guest agent went away before the thaw (it thaws by itself)"
+        try:
+            _thawed, expired = await channel.thaw()
+        except GuestChannelError as exc:
+            return f"the thaw failed: {exc} (the guest thaws by itself)"
+        return "the freeze expired before the snapshot was taken" if expired else ""
 
     async def _execute(self, channel: AgentChannel, command: AgentExecute) -> ExecResult:
         def relay(stream: str, data: bytes) -> None:

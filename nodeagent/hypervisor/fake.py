@@ -11,6 +11,10 @@ with a banner and echoes what it is sent, logging both to the console log as
 QEMU would. Its display password is new at every start, as with libvirt
 (nothing listens on the display port). Screenshots are a plain
 720x400 PNG; usage counters grow with the time the domain has been on.
+
+Disk snapshots keep each disk's file chain in ``chains`` (instance -> device
+-> files, active first); ``failures`` makes the next N calls of a step fail
+(``snapshot``, ``commit`` or ``pivot``), leaving the chain as it was.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from common.nodewire.devices import device_names
 from common.nodewire.domain import DomainRequest, NicRequest
 from common.nodewire.power import POWER_ACTIONS, PowerState, target_of
 from nodeagent.hypervisor.console_ports import ConsolePorts, bindable, new_password, pick_ports
@@ -63,6 +68,9 @@ class FakeHypervisor:
         self._events: asyncio.Queue[DomainState | None] = asyncio.Queue()
         self._closes = 0  # how often close was called: a stream ends at a close after it began
         self.cluster_id = ""
+        self.chains: dict[str, dict[str, list[Path]]] = {}
+        # Step name -> how many of its next calls fail.
+        self.failures: dict[str, int] = {}
 
     def claim(self, cluster_id: str) -> None:
         self.cluster_id = cluster_id
@@ -90,6 +98,7 @@ class FakeHypervisor:
             return existing
         self.specs[spec.uuid] = spec
         self.disks[spec.uuid] = list(disks)
+        self.chains.pop(spec.uuid, None)
         self._logs[spec.uuid] = console_log
         if spec.uuid not in self._ports:
             # No TLS here, so no vdi_tls_port (as on a node without SPICE TLS).
@@ -123,6 +132,7 @@ class FakeHypervisor:
         if self.domains.pop(uuid, None) is not None:
             self.specs.pop(uuid, None)
             self.disks.pop(uuid, None)
+            self.chains.pop(uuid, None)
             self._set_ports(uuid, None)
             self._logs.pop(uuid, None)
             self._on_since.pop(uuid, None)
@@ -130,6 +140,45 @@ class FakeHypervisor:
             server = self._servers.pop(uuid, None)
             if server is not None:
                 server.close()
+
+    def _chains(self, uuid: str) -> dict[str, list[Path]]:
+        if uuid not in self.domains:
+            raise DomainNotFound(f"no domain for instance {uuid}")
+        if uuid not in self.chains:
+            disks = self.disks.get(uuid, [])
+            names = device_names((d.bus, d.device) for d in disks)
+            self.chains[uuid] = {name: [d.path] for name, d in zip(names, disks, strict=True)}
+        return self.chains[uuid]
+
+    def _chain(self, uuid: str, device: str) -> list[Path]:
+        chain = self._chains(uuid).get(device)
+        if chain is None:
+            raise HypervisorError(f"instance {uuid} has no disk {device}")
+        return chain
+
+    def _fail(self, step: str) -> None:
+        left = self.failures.get(step, 0)
+        if left > 0:
+            self.failures[step] = left - 1
+            raise HypervisorError(f"fake {step} failure")
+
+    async def disk_chain(self, uuid: str, device: str) -> list[Path]:
+        return list(self._chain(uuid, device))
+
+    async def snapshot_disk(self, uuid: str, device: str, overlay: Path) -> None:
+        chain = self._chain(uuid, device)
+        if self.domains[uuid].power_state != PowerState.ON:
+            raise HypervisorError(f"instance {uuid} is not running")
+        self._fail("snapshot")
+        chain.insert(0, overlay)
+
+    async def commit_disk(self, uuid: str, device: str, overlay: Path) -> None:
+        chain = self._chain(uuid, device)
+        if chain[0] != overlay or len(chain) < 2:
+            raise HypervisorError(f"disk {device} of {uuid} does not run on {overlay}")
+        self._fail("commit")
+        self._fail("pivot")  # the job is abandoned: the domain stays on the overlay
+        chain.pop(0)
 
     async def console_endpoint(self, uuid: str) -> tuple[str, int]:
         if uuid not in self.domains or uuid not in self._ports:

@@ -34,6 +34,13 @@ at its next definition.
 - Screenshots come through a libvirt stream, as PNG from libvirt 9 with QEMU
   7.1 or later (passed through) or as PPM from older ones (converted); usage
   counters come from one ``getAllDomainStats`` call for all domains.
+- Disk snapshots: an external disk-only snapshot (``snapshotCreateXML``
+  with no metadata, atomic; every other disk ``snapshot='no'``) puts a new
+  overlay on top of one disk; ``commit_disk`` commits it back with an active
+  shallow ``blockCommit`` (into the overlay's own backing file only), waits
+  for the job to be ready, pivots
+  (``blockJobAbort`` with ``PIVOT``) and deletes the overlay; a pivot that
+  fails abandons the job, so the domain keeps running on the overlay.
 - A domain that crashed stays ``crashed`` (libvirt keeps the shut-off reason)
   until it is started again or powered ``off`` through this driver; the
   driver remembers the latter in memory because libvirt cannot clear the
@@ -95,6 +102,9 @@ T = TypeVar("T")
 
 DOMAIN_TYPE_SETTINGS = ("auto", "kvm", "qemu")
 MAX_SCREENSHOT = 64 * 1024 * 1024
+# How long an active commit of a snapshot overlay may take, and pivots tried once it is ready.
+COMMIT_TIMEOUT = 600.0
+PIVOT_TRIES = 40
 _USAGE_STATS = (
     libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
     | libvirt.VIR_DOMAIN_STATS_BLOCK
@@ -406,6 +416,20 @@ class LibvirtHypervisor:
         await self._run(
             f"attach an interface to instance {uuid}", self._attach_sync, uuid, nic, xml
         )
+
+    async def disk_chain(self, uuid: str, device: str) -> list[Path]:
+        """The files behind one disk of the live domain, the active one first."""
+        return await self._run(f"read the disks of {uuid}", self._chain_sync, uuid, device)
+
+    async def snapshot_disk(self, uuid: str, device: str, overlay: Path) -> None:
+        """An external disk-only snapshot of one disk: the domain then writes to ``overlay``."""
+        await self._run(
+            f"snapshot disk {device} of {uuid}", self._snapshot_sync, uuid, device, overlay
+        )
+
+    async def commit_disk(self, uuid: str, device: str, overlay: Path) -> None:
+        """Commit ``overlay`` back into its backing file, pivot onto it, delete the overlay."""
+        await self._run(f"commit disk {device} of {uuid}", self._commit_sync, uuid, device, overlay)
 
     async def console_endpoint(self, uuid: str) -> tuple[str, int]:
         """Where the domain's serial console listens (its TCP chardev)."""
@@ -799,6 +823,75 @@ class LibvirtHypervisor:
         dom.attachDeviceFlags(xml, flags)
         log.info("interface attached", uuid=uuid, mac=nic.mac, bridge=nic.bridge)
 
+    def _chain_sync(self, uuid: str, device: str) -> list[Path]:
+        return disk_chain_of(self._lookup(uuid).XMLDesc(0), device)
+
+    def _snapshot_sync(self, uuid: str, device: str, overlay: Path) -> None:
+        dom = self._lookup(uuid)
+        xml = dom.XMLDesc(0)
+        disk_chain_of(xml, device)  # HypervisorError when there is no such disk
+        root = ET.Element("domainsnapshot")
+        disks = ET.SubElement(root, "disks")
+        for target in ET.fromstring(xml).iterfind("./devices/disk/target"):
+            name = target.get("dev", "")
+            if name == device:
+                element = ET.SubElement(disks, "disk", name=name, snapshot="external")
+                ET.SubElement(element, "driver", type="qcow2")
+                ET.SubElement(element, "source", file=str(overlay))
+            else:
+                ET.SubElement(disks, "disk", name=name, snapshot="no")
+        flags = (
+            libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
+            | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
+            | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC
+        )
+        dom.snapshotCreateXML(ET.tostring(root, encoding="unicode"), flags)
+        log.info("disk snapshot taken", uuid=uuid, device=device, overlay=str(overlay))
+
+    def _commit_sync(self, uuid: str, device: str, overlay: Path) -> None:
+        dom = self._lookup(uuid)
+        chain = disk_chain_of(dom.XMLDesc(0), device)
+        if len(chain) < 2 or chain[0] != overlay:
+            raise HypervisorError(f"disk {device} of {uuid} does not run on {overlay}")
+        # SHALLOW: into the overlay's own backing file, never further down the chain
+        # (without it a NULL base means the deepest file: the shared base image).
+        flags = libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE | libvirt.VIR_DOMAIN_BLOCK_COMMIT_SHALLOW
+        dom.blockCommit(device, None, None, 0, flags)
+        try:
+            self._pivot(dom, device)
+        except BaseException:
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.blockJobAbort(device, 0)  # the domain stays on the overlay, as before
+            raise
+        after = disk_chain_of(dom.XMLDesc(0), device)
+        if after != chain[1:]:
+            raise HypervisorError(f"disk {device} of {uuid} runs on {after[0]}, not {chain[1]}")
+        with contextlib.suppress(FileNotFoundError):
+            overlay.unlink()
+        log.info("disk snapshot committed", uuid=uuid, device=device, overlay=str(overlay))
+
+    def _pivot(self, dom: Any, device: str) -> None:
+        """Wait for the active commit to be ready (everything copied), then pivot."""
+        deadline = time.monotonic() + COMMIT_TIMEOUT
+        tries = 0
+        while True:
+            info = dom.blockJobInfo(device, 0)
+            if not info:
+                raise HypervisorError(f"the commit job of disk {device} vanished")
+            if info.get("end", 0) > 0 and info.get("cur") == info.get("end"):
+                try:
+                    dom.blockJobAbort(device, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+                    return
+                except libvirt.libvirtError as exc:
+                    tries += 1
+                    if tries >= PIVOT_TRIES:
+                        raise
+                    # not ready yet: QEMU reports ready a moment after cur reaches end
+                    log.debug("pivot not possible yet", device=device, error=str(exc))
+            if time.monotonic() > deadline:
+                raise HypervisorError(f"committing disk {device} took over {COMMIT_TIMEOUT:.0f} s")
+            time.sleep(0.05)
+
     def _refuse_running_foreign(self, uuid: str) -> None:
         """HypervisorError when another node's domain with this UUID runs on this libvirtd.
 
@@ -876,6 +969,26 @@ class LibvirtHypervisor:
         # RuntimeError: the loop has closed, so nobody is listening any more.
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._events.put_nowait, state)
+
+
+def disk_chain_of(xml: str, device: str) -> list[Path]:
+    """The files of the domain disk with that target device, active first (from live XML)."""
+    for disk in ET.fromstring(xml).iterfind("./devices/disk"):
+        target = disk.find("target")
+        if target is None or target.get("dev") != device:
+            continue
+        chain = []
+        node: ET.Element | None = disk
+        while node is not None:
+            source = node.find("source")
+            if source is None or not source.get("file"):
+                break
+            chain.append(Path(source.get("file", "")))
+            node = node.find("backingStore")
+        if not chain:
+            raise HypervisorError(f"disk {device} has no file")
+        return chain
+    raise HypervisorError(f"the domain has no disk {device}")
 
 
 def _interface_macs(xml: str) -> dict[str, str]:

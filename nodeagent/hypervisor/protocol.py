@@ -28,6 +28,15 @@ Semantics every implementation honours (the contract suite checks them):
   where to connect to the serial console; ``screenshot`` returns a PNG of
   the display of a running domain; ``usage`` gives counters of every
   running domain.
+- ``disk_chain`` lists the files behind a disk of a domain (by its device
+  name), the active one first. ``snapshot_disk`` takes an external,
+  disk-only snapshot of one disk of a running domain (no snapshot metadata,
+  atomic): the domain then writes to ``overlay`` (a new qcow2 on the disk's
+  previous file, which stays a stable point in time); on failure nothing
+  changed. ``commit_disk`` merges the active ``overlay`` back into its
+  backing file (an active block commit), pivots the domain onto that file
+  and deletes the overlay; on failure the job is abandoned and the domain
+  keeps running on the overlay, as before the call.
 - Blocking work runs off the event loop.
 """
 
@@ -150,6 +159,18 @@ class Hypervisor(Protocol):
 
     async def attach_interface(self, uuid: str, nic: NicRequest) -> None:
         """Hot plug a NIC (live if running, and persistently)."""
+
+    async def disk_chain(self, uuid: str, device: str) -> list[Path]:
+        """The disk's files, the active one first (HypervisorError: no such disk)."""
+        ...
+
+    async def snapshot_disk(self, uuid: str, device: str, overlay: Path) -> None:
+        """External disk-only snapshot of one disk of a running domain onto ``overlay``."""
+        ...
+
+    async def commit_disk(self, uuid: str, device: str, overlay: Path) -> None:
+        """Commit the active ``overlay`` into its backing file, pivot, delete the overlay."""
+        ...
 
     async def console_endpoint(self, uuid: str) -> tuple[str, int]:
         """Host and TCP port of the domain's serial console (DomainNotFound if none)."""

@@ -332,3 +332,20 @@ def test_a_reader_that_goes_away_ends_the_cli_without_a_traceback(tmp_path: Path
         check=False,
     )
     assert "Traceback" not in done.stderr, done.stderr
+
+
+async def test_snapshot_and_snapshots(
+    plane: ControlPlane, node: FakeNode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """instance snapshot prints each disk's artifact and consistency; snapshots lists them."""
+    code, out = await cli(plane, capsys, "instance", "create", "snap-vm", "--wait")
+    assert code == 0, out
+    code, out = await cli(
+        plane, capsys, "instance", "snapshot", "snap-vm", "--device", "vda", "--label", "gold"
+    )
+    assert code == 0, out
+    assert "sf://snapshot/" in out and "crash-consistent (the instance has no agent channel)" in out
+    code, out = await cli(plane, capsys, "--json", "instance", "snapshots", "snap-vm")
+    assert code == 0 and [s["index"] for s in json.loads(out)] == [1]
+    code, out = await cli(plane, capsys, "instance", "snapshot", "snap-vm", "--device", "vdz")
+    assert code == 1 and "NOT_FOUND" in out

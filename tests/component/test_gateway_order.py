@@ -51,7 +51,7 @@ ORDER: list[tuple[str, str, str, Any, int, str, str | None]] = [
     ("good", "GET", "/nodes/n1", None, 404, "n1", None),
     ("good", "GET", "/label/golden", None, 404, "is not implemented", None),
     ("good", "POST", f"/networks/{UUID}/dns", None, 404, "is not implemented", None),
-    ("good", "POST", "/instances/x/snapshot", {"all": True}, 404, "is not implemented", None),
+    ("good", "POST", f"/networks/{UUID}/route", {"x": 1}, 404, "is not implemented", None),
     ("good", "GET", "/blob_checksums/md5/abc", None, 404, "is not implemented", None),
     ("good", "PATCH", "/instances", None, 405, "not allowed", "DELETE, GET, POST"),
     ("good", "PUT", f"/agentoperations/{UUID}", None, 405, "not allowed", "DELETE, GET"),

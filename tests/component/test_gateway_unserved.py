@@ -37,7 +37,6 @@ UNSERVED_CALLS: dict[str, str] = {
     "get_cluster_operation_chain": "cluster-operation-chain",
     "get_cluster_resources": "cluster-resources",
     "get_existing_locks": "",
-    "get_instance_snapshots": "",
     "get_node_process_metrics": "node-process-metrics",
     "get_vdi_console_proxy": "",
     "get_vdi_console_proxy_file": "",
@@ -45,7 +44,6 @@ UNSERVED_CALLS: dict[str, str] = {
     "list_cluster_operations_for_target": "cluster-operations-by-target",
     "ping": "",
     "route_network_address": "route-addresses",
-    "snapshot_instance": "",
     "unroute_network_address": "route-addresses",
     "update_network_dns_entry": "extra-dns-entries",
 }

@@ -178,6 +178,34 @@ async def test_handshake_reports_version_and_boot_time(channel: GuestChannel) ->
     assert await channel.is_system_running() in ("running", "degraded", "starting", "unknown")
 
 
+async def test_freeze_then_thaw_and_freezes_end_with_the_connection(
+    agent: AgentProcess,
+) -> None:
+    """A freeze answers what it froze, a second one is refused, a thaw ends it; a freeze
+    whose connection ends is thawed, and one left alone thaws at its timeout (simulated
+    freezes: an agent on a socket never freezes the host)."""
+    channel = GuestChannel(agent.path, QUICK)
+    hello = await channel.connect()
+    assert "freeze" in hello.ops and "thaw" in hello.ops
+    frozen = await channel.freeze(timeout=30)
+    assert frozen.timeout == 30 and all(path.startswith("/") for path in frozen.frozen)
+    with pytest.raises(GuestError, match="frozen already"):
+        await channel.freeze(timeout=30)
+    assert (await channel.thaw()) == (frozen.frozen, False)
+    await channel.freeze(timeout=30)
+    await channel.close()
+
+    await asyncio.sleep(0.6)  # let the agent notice the host left
+    channel = GuestChannel(agent.path, QUICK)
+    await channel.connect()
+    assert (await channel.thaw()) == ((), False)  # thawed when the first host left
+    await channel.freeze(timeout=0.2)
+    await asyncio.sleep(0.5)
+    thawed, expired = await channel.thaw()
+    assert thawed == () and (expired or not frozen.frozen)
+    await channel.close()
+
+
 async def test_execute_echo(channel: GuestChannel) -> None:
     """`echo hi` returns 0 and its output."""
     result = await channel.execute("echo hi")

@@ -190,6 +190,8 @@ HIDDEN: dict[str, Request] = {
     "InstanceService/Unpause": inst,
     "InstanceService/GetEvents": lambda o: instances_pb2.GetEventsRequest(ref=o.instance),
     "InstanceService/Watch": lambda o: instances_pb2.WatchRequest(ref=o.instance),
+    "InstanceService/Snapshot": lambda o: instances_pb2.SnapshotInstanceRequest(ref=o.instance),
+    "InstanceService/ListSnapshots": inst,
     "NetworkService/Get": lambda o: networks_pb2.NetworkRef(ref=o.network),
     "NetworkService/Delete": lambda o: networks_pb2.DeleteNetworkRequest(ref=o.network),
     "NetworkService/ListAddresses": lambda o: networks_pb2.NetworkRef(ref=o.network),

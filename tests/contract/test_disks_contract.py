@@ -329,3 +329,45 @@ async def test_unknown_reference_raises(work_dir: Path) -> None:
         await real_builder(work_dir).prepare(
             UUID, (DiskRequest(base="relative/path"),), no_progress
         )
+
+
+async def test_snapshots_standalone_and_thin_boot_elsewhere(
+    work_dir: Path, make_image: Callable[..., Path]
+) -> None:
+    """A disk made from a blob snapshots into a standalone copy, or a thin overlay naming its
+    base blob that another node fetches with its base and reads the same; other backing
+    files stay refused."""
+    base = make_image("base.qcow2", "128M")
+    qemu_io(base, "write -P 0x11 0 1M")
+    sink = MemoryBlobs()
+    base_blob = await sink.upload(_chunks(base.read_bytes()))
+    specs = (DiskRequest(size_gb=0, base=f"sf://blob/{base_blob}"),)
+    builder = Qcow2DiskBuilder(work_dir / "a" / "instances", work_dir / "a" / "cache", "", sink)
+    (disk,) = await builder.prepare(UUID, specs, no_progress)
+    qemu_io(disk.path, "write -P 0x22 64M 1M")
+
+    full = await builder.snapshot(UUID, 0, None, False, sink, no_progress)
+    thin = await builder.snapshot(UUID, 0, None, True, sink, no_progress)
+    assert full.base_blob == "" and thin.base_blob == base_blob
+    assert thin.size < full.size
+    assert not list(disk.path.parent.glob(".*snapshot*"))
+
+    other = Qcow2DiskBuilder(work_dir / "b" / "instances", work_dir / "b" / "cache", "", sink)
+    for copy in (full, thin):
+        uuid = str(uuidlib.uuid4())
+        (made,) = await other.prepare(
+            uuid, (DiskRequest(size_gb=0, base=f"sf://blob/{copy.blob_uuid}"),), no_progress
+        )
+        qemu_img("compare", str(disk.path), str(made.path))
+    assert (work_dir / "b" / "cache" / f"blob-{base_blob}").exists()
+
+    with pytest.raises(DiskError, match="cannot have a thin snapshot"):
+        blank = (DiskRequest(size_gb=1),)
+        await builder.prepare("11111111-1111-4111-8111-111111111111", blank, no_progress)
+        await builder.snapshot(
+            "11111111-1111-4111-8111-111111111111", 0, None, True, sink, no_progress
+        )
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    yield data

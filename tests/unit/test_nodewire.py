@@ -22,6 +22,7 @@ from common.nodewire.commands import (
     ExportDisks,
     PowerDomain,
     RemoveNetwork,
+    SnapshotDisk,
 )
 from common.nodewire.domain import (
     DiskRequest,
@@ -113,6 +114,7 @@ COMMANDS: list[Command] = [
     ExportDisks(
         "c15", UUID, (DiskRequest(8, "debian:12"), DiskRequest(0, "/iso", "sata", "cdrom"))
     ),
+    SnapshotDisk("c16", UUID, 1, "vdc", True, "sf://blob/b", 5.0, False),
 ]
 
 OBSERVATION = Observation(UUID, True, "on", "booted", 5900, 5901, 5902, vdi_password="s3cretPw")
