@@ -167,8 +167,8 @@ class FakeHypervisor:
 
     async def snapshot_disk(self, uuid: str, device: str, overlay: Path) -> None:
         chain = self._chain(uuid, device)
-        if self.domains[uuid].power_state != PowerState.ON:
-            raise HypervisorError(f"instance {uuid} is not running")
+        if self.domains[uuid].power_state not in (PowerState.ON, PowerState.PAUSED):
+            raise HypervisorError(f"instance {uuid} is not running")  # as libvirt: a live disk
         self._fail("snapshot")
         chain.insert(0, overlay)
 
