@@ -234,7 +234,7 @@ class HaCluster:
                 "MINICLOUD_NODE_BACKOFF_BASE": "0.2",
                 "MINICLOUD_NODE_BACKOFF_CAP": "1",
                 "MINICLOUD_NODE_METRICS_LISTEN": "off",
-                "MINICLOUD_NODE_CPUS": "64",
+                "MINICLOUD_NODE_CPUS": "1024",
                 "MINICLOUD_NODE_MEMORY_MB": str(1024 * 1024),
                 **(env or {}),
             },
@@ -254,9 +254,7 @@ class HaCluster:
         for index, replica in enumerate(self.replicas):
             if replica.name not in self.procs:
                 continue
-            if any(
-                line.strip() == "minicloud_leader 1" for line in self.metrics(index).splitlines()
-            ):
+            if any(_leads(line) for line in self.metrics(index).splitlines()):
                 return index
         return None
 
