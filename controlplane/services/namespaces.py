@@ -45,6 +45,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 KEY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 MAX_KEY_LENGTH = 1024
 DEPLOY_KEY = "deploy"
+# Times start reads again when another control plane wrote the system namespace meanwhile.
+START_ATTEMPTS = 5
 
 
 def can_see(caller: str, owner: str) -> bool:
@@ -101,6 +103,18 @@ class NamespaceService:
         made and written to ``key_file`` (mode 0600) for the operator.
         """
         self._secret = await self.namespaces.secret()
+        # Replicas starting together race to make the system namespace and its key: the
+        # one that loses reads what the other wrote and goes on from there.
+        for attempt in range(START_ATTEMPTS):
+            try:
+                await self._start(system_key, key_file)
+                return
+            except Conflict:
+                if attempt == START_ATTEMPTS - 1:
+                    raise
+                log.info("another control plane set up the system namespace meanwhile")
+
+    async def _start(self, system_key: str, key_file: Path | None) -> None:
         self._cache = {ns.name: ns for ns in await self.namespaces.list_all()}
         system = self._cache.get(SYSTEM) or await self._write(
             Namespace(name=SYSTEM, created_at=self.clock())

@@ -211,3 +211,22 @@ async def retried(call: Any, attempts: int = 3) -> Any:
                 raise
             await asyncio.sleep(0.2)
     raise AssertionError("unreachable")
+
+
+async def test_replicas_started_together_on_a_new_store_all_come_up(
+    tmp_path: Path, etcd: EtcdServer, etcd_prefix: bytes
+) -> None:
+    """Three replicas built at once on an empty store race to make the system namespace and
+    its key; every one of them starts, and the system key logs in on each."""
+    settings = [
+        replica_settings(tmp_path / name, etcd, etcd_prefix, name) for name in ("r1", "r2", "r3")
+    ]
+    planes = await asyncio.gather(*(start(s) for s in settings))
+    try:
+        for plane in planes:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
+                api = await make_api(channel)
+                assert list((await api.List(instances_pb2.ListInstancesRequest())).instances) == []
+    finally:
+        for plane in planes:
+            await plane.stop(0)
