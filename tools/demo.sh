@@ -3,9 +3,14 @@
 # server, then create a demo instance and show its state and console.
 #   tools/demo.sh          start (again) and create the demo instance
 #   tools/demo.sh stop     stop the demo's processes and delete its instances
+#   tools/demo.sh ha ...   three control-plane replicas on etcd instead (tools/demo_ha.sh)
 # Everything the demo keeps lives under var/demo/ in the checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "ha" ]; then
+  shift
+  exec bash tools/demo_ha.sh "$@"
+fi
 ROOT=$(pwd)
 DEMO=$ROOT/var/demo
 API=127.0.0.1:13100
