@@ -92,7 +92,11 @@ class HaCluster:
         members: int = 3,
         replica_env: dict[str, str] | None = None,
     ) -> HaCluster:
-        """Make the CA, start etcd and the replicas; wait until one of them leads."""
+        """Make the CA, start etcd and the replicas; wait until one of them leads.
+
+        With ``members=0`` there is no etcd: one replica on its own RocksDB (the
+        default store), for comparisons.
+        """
         root = base / secrets.token_hex(4)
         root.mkdir(parents=True)
         cluster = cls(root=root, replica_env=replica_env or {})
@@ -104,7 +108,8 @@ class HaCluster:
             cluster.ca.issue("server", name, now, sans=("127.0.0.1", "localhost"))
         cluster.ca.issue("node", "etcd-client", now)
         try:
-            cluster.start_etcd()
+            if members:
+                cluster.start_etcd()
             for index in range(replicas):
                 cluster.start_replica(index)
                 if index == 0:  # the first makes the shared signing key
@@ -189,14 +194,21 @@ class HaCluster:
         """Start (or restart) replica ``index``."""
         replica = self.replicas[index]
         issued = self.ca.issued
-        self._start(
-            replica.name,
-            [str(BIN / "minicloud-controlplane")],
+        etcd = (
             {
                 "MINICLOUD_STORE": "etcd:" + ",".join(m.url for m in self.members),
                 "MINICLOUD_ETCD_CA": self.ca_file,
                 "MINICLOUD_ETCD_CERT": str(issued / "etcd-client.crt"),
                 "MINICLOUD_ETCD_KEY": str(issued / "etcd-client.key"),
+            }
+            if self.members
+            else {}
+        )
+        self._start(
+            replica.name,
+            [str(BIN / "minicloud-controlplane")],
+            {
+                **etcd,
                 "MINICLOUD_NAME": replica.name,
                 "MINICLOUD_LISTEN": replica.api,
                 "MINICLOUD_NODE_LISTEN": replica.node_api,
@@ -282,9 +294,13 @@ class HaCluster:
                 proc.kill()
                 proc.wait(5)
 
-    def client(self, timeout: float = 60) -> Client:
-        """A client of the system namespace that knows every replica."""
-        return Client(self.apis, "system", self.key, timeout=timeout, ca_file=self.ca_file)
+    def client(self, timeout: float = 60, first: int = 0) -> Client:
+        """A client of the system namespace that knows every replica, starting at ``first``."""
+        apis = [r.api for r in self.replicas]
+        turn = first % len(apis)
+        return Client(
+            apis[turn:] + apis[:turn], "system", self.key, timeout=timeout, ca_file=self.ca_file
+        )
 
     def logs(self) -> str:
         return "\n".join(

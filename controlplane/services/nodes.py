@@ -13,6 +13,7 @@ Only the system namespace may read or steer nodes (PermissionDenied).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -158,7 +159,19 @@ class NodeService:
         now = self.clock()
         moved = []
         for node in await self.records.list_nodes():
-            if node.state != nodestate.RECONNECTING or self.nodes.connected(node.name):
+            if node.state != nodestate.RECONNECTING:
+                continue
+            if self.nodes.connected(node.name):
+                # Its stream is live (on some replica), but it is recorded reconnecting: a
+                # replica that started while the stream was being recorded guessed wrong.
+                async with self._lock(node.name):
+                    with contextlib.suppress(MiniCloudError, nodestate.Refused):
+                        await self._change(
+                            node.name,
+                            nodestate.NodeEvent.CONNECT,
+                            "status",
+                            "node connected (its stream is live)",
+                        )
                 continue
             if now - node.disconnected_at < self.missing_after:
                 continue

@@ -256,3 +256,26 @@ async def test_two_replicas_racing_creates_onto_one_small_node_never_overcommit_
     assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
     item = await cluster.store.get(usage_key("node1"))
     assert item is not None and decode_usage(item.value) == (fit, fit * 256)
+
+
+async def test_a_node_recorded_reconnecting_while_its_stream_is_live_is_put_right(
+    cluster: Cluster,
+) -> None:
+    """A node whose record says reconnecting (a replica that started while its stream was
+    being recorded elsewhere guessed so) is recorded created again by the missing-nodes check,
+    never moved to missing."""
+    node = await start_fake_node(f"127.0.0.1:{cluster.a.port}")
+    cluster.nodes.append(node)
+    await eventually(lambda: cluster.b.nodes.connected("node1"))
+    service = cluster.b.node_service
+    stale = await service.records.get_node("node1")
+    assert stale is not None
+    now = service.clock()
+    await service._write(
+        stale,
+        stale.with_changes(state="reconnecting", state_updated_at=now, disconnected_at=now),
+        [],
+    )
+    assert await service.check_missing() == []
+    fixed = await service.records.get_node("node1")
+    assert fixed is not None and fixed.state == "created"
