@@ -128,7 +128,7 @@ def measure(name: str, replicas: int, members: int, args: argparse.Namespace) ->
         with cluster.client() as client:
             wait_until(lambda: connected(client) == len(NODES), 60, "the nodes to connect")
         result: JsonDict = {"name": name, "replicas": replicas, "etcd_members": members}
-        result |= creates(cluster, args.creates, args.threads, name)
+        result |= creates(cluster, args.creates, args.threads, f"r{replicas}e{members}")
         with cluster.client() as client:
             uuids = [i["uuid"] for i in client.list_instances()]
         result |= reads(cluster, uuids)
