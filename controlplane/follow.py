@@ -38,9 +38,6 @@ async def follow(
                     apply(batch)
         except StoreError as exc:
             log.info("watch ended; reading again", prefix=prefix.decode(), error=str(exc))
-        except (AttributeError, NotImplementedError):
-            log.warning("this store cannot watch; not following", prefix=prefix.decode())
-            return
         except Exception:
             log.exception("following the store failed; reading again", prefix=prefix.decode())
         await asyncio.sleep(retry)

@@ -98,7 +98,7 @@ class Presence:
     async def record(self, node: Node) -> Connection | None:
         """This replica holds the node's stream now (None if that could not be recorded)."""
         if not self.replica.lease:
-            return None  # a store without leases: nothing to tie the record to
+            return None  # no lease granted yet: on_renewed records every stream once it is
         conn = Connection(node.name, self.name, self.clock(), node.cpus, node.memory_mb)
         try:
             await self.store.commit([Put(key(node.name), encode(conn), lease=self.replica.lease)])
