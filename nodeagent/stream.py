@@ -77,8 +77,12 @@ class Identity:
 
 
 def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
-    """Full-jitter exponential backoff: a random delay in [0, min(cap, base * 2^attempt)]."""
-    return rng.uniform(0, min(cap, base * (2**attempt)))
+    """Full-jitter exponential backoff: a random delay in [0, min(cap, base * 2^attempt)].
+
+    The exponent stops growing at 30 (a node agent refused for days keeps counting
+    attempts; 2.0**1024 would not fit a float).
+    """
+    return rng.uniform(0, min(cap, base * (2.0 ** min(attempt, 30))))
 
 
 class ControlStream:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.system.conftest import Cluster
+from tests.system.conftest import Cluster, wait_until
 from tests.system.rest_helpers import client, sf_client, wait_agent_ready
 
 pytestmark = pytest.mark.system
@@ -66,7 +66,12 @@ def test_cli_instance_flows(cluster: Cluster, tmp_path: Path) -> None:
         cli(cluster, "instance", *command, "clivm")
         assert state_of(cluster, "clivm")["power_state"] == power, command
 
-    assert "minicloud-guest" in cli(cluster, "instance", "consoledata", "clivm")
+    # The console since the last (hard) reboot: the guest prints its banner once it is up.
+    wait_until(
+        lambda: "minicloud-guest" in cli(cluster, "instance", "consoledata", "clivm"),
+        120,
+        "the rebooted guest's banner in sf-client's consoledata",
+    )
 
     cli(cluster, "instance", "delete", "clivm")
     assert client(cluster).get_instance(uuid)["state"] == "deleted"
